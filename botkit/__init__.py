@@ -1,0 +1,57 @@
+"""botkit: run your own instruction-tuned LLM chatbot on Slack, Discord and the console.
+
+What a plugin author needs is importable from here; other modules are internal.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+import pluggy
+
+from botkit.adapter import Adapter, AdapterSettings
+from botkit.backend import Backend, BackendSettings
+from botkit.commands import Command, CommandContext
+from botkit.types import (
+    Chunk,
+    ConversationScope,
+    Message,
+    Prompt,
+    Refuse,
+    Reply,
+    ReplyStatus,
+    Responder,
+    Role,
+    SamplingParams,
+    Turn,
+    User,
+)
+
+hookimpl = pluggy.HookimplMarker("botkit")
+"""Marks a plugin function as an implementation of a botkit hook."""
+
+try:
+    __version__ = version("botkit")
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Adapter",
+    "AdapterSettings",
+    "Backend",
+    "BackendSettings",
+    "Chunk",
+    "Command",
+    "CommandContext",
+    "ConversationScope",
+    "Message",
+    "Prompt",
+    "Refuse",
+    "Reply",
+    "ReplyStatus",
+    "Responder",
+    "Role",
+    "SamplingParams",
+    "Turn",
+    "User",
+    "__version__",
+    "hookimpl",
+]

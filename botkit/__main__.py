@@ -1,0 +1,5 @@
+"""``python -m botkit`` runs the ``botkit`` command."""
+
+from botkit.cli import main
+
+main()

@@ -1,0 +1,247 @@
+"""The console adapter: chat with the bot in a terminal or through a pipe, as any user, anywhere.
+
+Lines starting with ':' steer the console itself (act as another user, as an
+admin, in another channel, thread or DM); everything else is a chat message.
+With a terminal, Ctrl-C stops the reply being written and, at the prompt,
+exits; with piped input each line gets its reply and the command exits at EOF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from typing import TextIO
+
+from pydantic import Field
+
+from botkit import hookimpl
+from botkit.adapter import Adapter, AdapterSettings
+from botkit.types import Message, ReplyStatus, Responder, User
+
+PLATFORM = "console"
+
+CONSOLE_HELP = """\
+Console commands:
+  :as NAME        write as user NAME
+  :admin          write as the user 'admin' (an admin by default: [bot] admins)
+  :channel NAME   write in channel NAME
+  :thread NAME    write in thread NAME of this channel (':thread' alone leaves it)
+  :dm             write in a direct message to the bot
+  :who            show who and where you are
+  :quit           leave (so do Ctrl-D and, at the prompt, Ctrl-C)
+Bot commands start with '/': try /help."""
+
+
+class ConsoleSettings(AdapterSettings):
+    user: str = Field("you", min_length=1, description="the user you write as at start")
+    channel: str = Field("general", min_length=1, description="the channel you write in at start")
+
+
+@dataclass
+class Place:
+    """Who the console user is acting as, and where."""
+
+    user: str
+    channel: str
+    thread: str | None = None
+    dm: bool = False
+
+    def describe(self) -> str:
+        if self.dm:
+            return f"{self.user} in a DM"
+        where = f"#{self.channel}" + (f" thread {self.thread}" if self.thread else "")
+        return f"{self.user} in {where}"
+
+
+class ConsoleResponder(Responder):
+    """Prints replies; streamed text appears word by word as it is generated.
+
+    A trailing partial word is held back until it is complete, so output filters
+    see whole words before anything reaches the screen.
+    """
+
+    def __init__(self, out: TextIO, speaker: str) -> None:
+        self.out = out
+        self.speaker = speaker
+        self.printed = ""
+        self.started = False
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    async def send(self, text: str) -> None:
+        self._write(f"{self.speaker}> {text}\n")
+
+    async def update(self, text: str) -> None:
+        cut = max(text.rfind(" "), text.rfind("\n")) + 1
+        stable = text[:cut]
+        if not stable.startswith(self.printed):
+            return  # a filter rewrote what is on screen; finish() prints the corrected reply
+        if not self.started:
+            self._write(f"{self.speaker}> ")
+            self.started = True
+        self._write(stable[len(self.printed) :])
+        self.printed = stable
+
+    async def finish(self, text: str, status: ReplyStatus) -> None:
+        if not self.started:
+            self._write(f"{self.speaker}> {text}\n")
+        elif text.startswith(self.printed):
+            self._write(text[len(self.printed) :] + "\n")
+        else:
+            self._write(f"\n{self.speaker}> (corrected) {text}\n")
+
+
+class ConsoleAdapter(Adapter):
+    name = PLATFORM
+    settings: ConsoleSettings
+
+    def __init__(
+        self,
+        bot: object,
+        settings: ConsoleSettings,
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+    ) -> None:
+        super().__init__(bot, settings)  # type: ignore[arg-type]
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.interactive = self.stdin.isatty() and self.stdout.isatty()
+        self.place = Place(settings.user, settings.channel)
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._want_line = threading.Event()
+        self._closed = asyncio.Event()
+        self._last_message: Message | None = None
+        self._replying = False
+
+    def prompt(self) -> str:
+        return f"[{self.place.describe()}] > "
+
+    def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs on a daemon thread: one line each time the adapter asks for one."""
+        while True:
+            self._want_line.wait()
+            self._want_line.clear()
+            try:
+                line: str | None = input(self.prompt()) if self.interactive else self.stdin.readline()
+                if line == "" and not self.interactive:
+                    line = None
+            except EOFError:
+                line = None
+            except (OSError, ValueError):  # stdin closed under us
+                line = None
+            try:
+                loop.call_soon_threadsafe(self._lines.put_nowait, line)
+            except RuntimeError:  # the loop is gone: we are exiting
+                return
+            if line is None:
+                return
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._read_lines, args=(loop,), name="botkit-console-input", daemon=True).start()
+        interrupt_installed = self._install_interrupt(loop)
+        if self.interactive:
+            self.stdout.write(f"Chatting with {self.bot.settings.bot.name} ({self.bot.backend.model_name}). "
+                              "Type :help for console commands, /help for bot commands.\n")
+        try:
+            while not self._closed.is_set():
+                self._want_line.set()
+                reader = asyncio.ensure_future(self._lines.get())
+                closer = asyncio.ensure_future(self._closed.wait())
+                await asyncio.wait({reader, closer}, return_when=asyncio.FIRST_COMPLETED)
+                closer.cancel()
+                if not reader.done():
+                    reader.cancel()
+                    break
+                line = reader.result()
+                if line is None:
+                    break
+                await self._handle_line(line.rstrip("\r\n"))
+        finally:
+            if interrupt_installed:
+                loop.remove_signal_handler(signal.SIGINT)
+            if self.interactive:
+                self.stdout.write("\n")
+                self.stdout.flush()
+
+    def _install_interrupt(self, loop: asyncio.AbstractEventLoop) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        try:
+            loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
+        except (NotImplementedError, RuntimeError):
+            return False
+        return True
+
+    def _on_interrupt(self) -> None:
+        """Ctrl-C: stop the reply being written, or leave when there is none."""
+        if self._replying and self._last_message is not None and self.bot.stop_generations(self._last_message):
+            return
+        self._closed.set()
+
+    async def close(self) -> None:
+        self._closed.set()
+
+    async def _handle_line(self, line: str) -> None:
+        if line.startswith(":"):
+            self._console_command(line[1:].strip())
+            return
+        place = self.place
+        message = Message(
+            text=line,
+            author=User(id=place.user, name=place.user),
+            platform=PLATFORM,
+            channel_id=f"dm-{place.user}" if place.dm else place.channel,
+            thread_id=None if place.dm else place.thread,
+            is_dm=place.dm,
+        )
+        self._last_message = message
+        self._replying = True
+        try:
+            await self.bot.handle(message, ConsoleResponder(self.stdout, self.bot.settings.bot.name))
+        finally:
+            self._replying = False
+
+    def _console_command(self, command: str) -> None:
+        name, _, arg = command.partition(" ")
+        arg = arg.strip()
+        place = self.place
+        if name in ("as", "channel") and not arg:
+            self._say(f":{name} needs a name, e.g. ':{name} alice'")
+            return
+        if name == "as":
+            place.user = arg
+        elif name == "admin":
+            place.user = "admin"
+        elif name == "channel":
+            place.channel, place.thread, place.dm = arg, None, False
+        elif name == "thread":
+            place.thread, place.dm = (arg or None), False
+        elif name == "dm":
+            place.dm = True
+        elif name == "who":
+            pass
+        elif name in ("quit", "exit", "q"):
+            self._closed.set()
+            return
+        elif name == "help":
+            self._say(CONSOLE_HELP)
+            return
+        else:
+            self._say(f"unknown console command ':{name}'; type :help for the list")
+            return
+        self._say(f"now {place.describe()}")
+
+    def _say(self, text: str) -> None:
+        self.stdout.write(f"({text})\n" if "\n" not in text else text + "\n")
+        self.stdout.flush()
+
+
+@hookimpl
+def botkit_register_adapters(register):
+    register(PLATFORM, ConsoleAdapter, ConsoleSettings)

@@ -1,0 +1,243 @@
+"""The ``botkit`` command: chat, run, plugins list, config check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from botkit import __version__
+from botkit.bot import Bot
+from botkit.errors import BotkitError, ConfigError
+from botkit.settings import Settings, load_settings, masked_dump
+
+log = logging.getLogger("botkit")
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.logging.level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def fail(error: BotkitError) -> None:
+    """Print a user-facing error and exit: 2 for configuration problems, 1 otherwise."""
+    click.echo(f"botkit: error: {error}", err=True)
+    sys.exit(2 if isinstance(error, ConfigError) else 1)
+
+
+class Context:
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+
+    def settings(self) -> Settings:
+        settings = load_settings(self.config)
+        configure_logging(settings)
+        return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="botkit")
+@click.option(
+    "--config",
+    "-c",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="config file (default: $BOTKIT_CONFIG, else ./config.toml if present, else built-in defaults)",
+)
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """Run your own instruction-tuned LLM chatbot on Slack, Discord and the console."""
+    ctx.obj = Context(config)
+
+
+async def serve(bot: Bot, adapter_names: list[str]) -> None:
+    """Start the bot and the adapters; stop everything when any adapter ends or on SIGTERM."""
+    await bot.start()
+    adapters = [bot.make_adapter(name) for name in adapter_names]
+    loop = asyncio.get_running_loop()
+
+    def close_all() -> None:
+        for adapter in adapters:
+            loop.create_task(adapter.close())
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, close_all)
+    except (NotImplementedError, RuntimeError):
+        pass
+    tasks = [asyncio.ensure_future(adapter.run()) for adapter in adapters]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception() is not None:
+                log.error("adapter stopped with an error", exc_info=task.exception())
+    finally:
+        for adapter in adapters:
+            await adapter.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await bot.stop()
+
+
+def run_adapters(ctx: Context, only: list[str] | None) -> None:
+    try:
+        settings = ctx.settings()
+        bot = Bot.load(settings)
+        names = only if only is not None else bot.enabled_adapters()
+        for name in names:
+            bot.adapter_settings(name)  # validates, and names a missing adapter plugin
+        if not names:
+            raise ConfigError("no adapter is enabled: enable one with [adapters.<name>] enabled = true")
+        asyncio.run(serve(bot, names))
+    except BotkitError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.pass_obj
+def chat(ctx: Context) -> None:
+    """Chat with the bot in this terminal (or through a pipe: one reply per line).
+
+    Lines starting with ':' steer the console (:help lists them): act as
+    another user or an admin, or move to another channel, thread or DM.
+    """
+    run_adapters(ctx, ["console"])
+
+
+@cli.command()
+@click.pass_obj
+def run(ctx: Context) -> None:
+    """Start every enabled adapter in one process until stopped (Ctrl-C or SIGTERM)."""
+    run_adapters(ctx, None)
+
+
+@cli.group()
+def plugins() -> None:
+    """Inspect the installed plugins."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.pass_obj
+def plugins_list(ctx: Context, as_json: bool) -> None:
+    """List every plugin: name, where it comes from, whether it is enabled, and its hooks."""
+    from botkit.plugin_host import PluginHost
+
+    try:
+        settings = ctx.settings()
+        settings.plugins.on_error = "skip"  # list broken plugins instead of stopping at the first
+        host = PluginHost(settings)
+        logging.getLogger("botkit.plugins").setLevel(logging.CRITICAL)
+        host.load()
+    except BotkitError as error:
+        fail(error)
+    rows = [
+        {
+            "name": info.name,
+            "source": info.origin,
+            "enabled": info.enabled,
+            "loaded": info.loaded,
+            "hooks": info.hooks,
+            "error": info.error,
+        }
+        for info in sorted(host.infos.values(), key=lambda i: i.name)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows)
+    source_width = max(len(r["source"]) for r in rows)
+    click.echo(f"{'NAME':<{width}}  {'ENABLED':<7}  {'SOURCE':<{source_width}}  HOOKS")
+    for r in rows:
+        state = "error" if r["error"] else ("yes" if r["enabled"] else "no")
+        hooks = ", ".join(h.removeprefix("botkit_") for h in r["hooks"]) or "-"
+        click.echo(f"{r['name']:<{width}}  {state:<7}  {r['source']:<{source_width}}  {hooks}")
+        if r["error"]:
+            click.echo(f"{'':<{width}}  error: {r['error']}")
+
+
+@cli.group()
+def config() -> None:
+    """Check the configuration."""
+
+
+@config.command("check")
+@click.pass_obj
+def config_check(ctx: Context) -> None:
+    """Validate the config (file, environment, every plugin's settings) and print the result.
+
+    Secrets are shown masked. Exits 2 when anything is invalid.
+    """
+    try:
+        settings = ctx.settings()
+        bot = Bot.load(settings)
+        effective = effective_config(bot)
+    except BotkitError as error:
+        fail(error)
+    click.echo(f"# {settings.source_name}: valid", err=True)
+    click.echo(to_toml(effective))
+
+
+def effective_config(bot: Bot) -> dict[str, Any]:
+    """Everything the bot would run with, secrets masked."""
+    settings = bot.settings
+    plugin_tables: dict[str, Any] = {}
+    for name, info in sorted(bot.host.infos.items()):
+        table: dict[str, Any] = {"enabled": info.enabled}
+        if name in bot.host.plugin_settings:
+            table.update(masked_dump(bot.host.plugin_settings[name]))
+        plugin_tables[name] = table
+    return {
+        "bot": masked_dump(settings.bot),
+        "logging": masked_dump(settings.logging),
+        "backend": masked_dump(bot.backend_settings),
+        "adapters": {name: masked_dump(bot.adapter_settings(name)) for name in sorted(bot.registry.adapters)},
+        "plugins": {
+            "on_error": settings.plugins.on_error,
+            "directory": str(settings.plugins.directory) if settings.plugins.directory else None,
+            **plugin_tables,
+        },
+    }
+
+
+def to_toml(data: dict[str, Any], table: tuple[str, ...] = ()) -> str:
+    """A small TOML writer for the effective config: unset values become comments."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if table and (scalars or not tables):
+        lines.append(f"[{'.'.join(table)}]")
+    for key, value in scalars.items():
+        lines.append(f"# {key} is unset" if value is None else f"{key} = {toml_value(value)}")
+    text = "\n".join(lines)
+    for key, value in tables.items():
+        sub = to_toml(value, table + (key,))
+        text = f"{text}\n\n{sub}" if text else sub
+    return text
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Errors a user or operator can meet, each saying what happened and what to do."""
+
+from __future__ import annotations
+
+
+class BotkitError(Exception):
+    """Base of every error botkit raises on purpose."""
+
+
+class ConfigError(BotkitError):
+    """The configuration (file, environment or flag) is invalid."""
+
+
+class PluginLoadError(BotkitError):
+    """A plugin could not be imported, registered or configured."""
+
+    def __init__(self, plugin: str, cause: str) -> None:
+        self.plugin = plugin
+        self.cause = cause
+        super().__init__(f"plugin {plugin!r}: {cause}")
+
+
+class DuplicateNameError(BotkitError):
+    """Two plugins registered the same backend, adapter, command or settings name."""
+
+
+class ModelLoadError(BotkitError):
+    """A model file is missing, unreadable or not a model the backend can load."""
+
+
+class QueueFull(BotkitError):
+    """A backend's generation queue has no room for another request."""

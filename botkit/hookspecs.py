@@ -1,0 +1,185 @@
+"""The hooks a botkit plugin may implement: registration, lifecycle and each pipeline stage.
+
+Every pipeline hook may be a plain function or an ``async def``; botkit awaits
+whatever an implementation returns (see :mod:`botkit.hookcall`). pluggy's
+``firstresult`` is never used, because an ``async def`` implementation returns a
+coroutine, which is "not None" before it has run: "first non-None" is taken
+after awaiting. Implementations are called in pluggy's order (last registered
+first, ``tryfirst``/``trylast`` respected); wrappers are not supported on
+pipeline hooks. An implementation that raises is logged with its plugin's name
+and skipped; the message goes on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from botkit.types import Message, Prompt, Reply, User
+
+if TYPE_CHECKING:
+    from botkit.bot import Bot
+    from botkit.registry import (
+        RegisterAdapter,
+        RegisterBackend,
+        RegisterCommand,
+        RegisterSettings,
+    )
+
+hookspec = pluggy.HookspecMarker("botkit")
+
+MaybeAwaitable = Any  # T | Awaitable[T]: pluggy cannot express it, botkit awaits either
+
+
+@hookspec
+def botkit_register_settings(register: RegisterSettings) -> None:
+    """Declare a plugin's settings model.
+
+    When: once at start-up, before any plugin settings are validated.
+    Arguments: ``register(plugin_name, model)`` where ``model`` is a pydantic
+    ``BaseModel`` class; the ``[plugins.<plugin_name>]`` table of config.toml
+    (less its ``enabled`` key) is validated against it, and the instance is
+    available as ``bot.plugin_settings(plugin_name)``.
+    Results: all implementations are called; ``register`` raises
+    ``DuplicateNameError`` when a name is registered twice.
+    Where: any plugin that has settings. Synchronous.
+    """
+
+
+@hookspec
+def botkit_register_backends(register: RegisterBackend) -> None:
+    """Contribute a model backend type.
+
+    When: once at start-up.
+    Arguments: ``register(type_name, factory, settings_model)``: ``factory`` takes
+    the validated settings (an instance of ``settings_model``, a subclass of
+    ``botkit.backend.BackendSettings``) and returns a ``botkit.backend.Backend``.
+    ``[backend] type = "<type_name>"`` in config selects it.
+    Results: all implementations are called; duplicates raise ``DuplicateNameError``.
+    Where: backend plugins (``botkit.backends.*`` and third-party). Synchronous.
+    """
+
+
+@hookspec
+def botkit_register_adapters(register: RegisterAdapter) -> None:
+    """Contribute a chat platform adapter.
+
+    When: once at start-up.
+    Arguments: ``register(name, factory, settings_model)``: ``factory(bot,
+    settings)`` returns a ``botkit.adapter.Adapter``; its settings come from
+    ``[adapters.<name>]``.
+    Results: all implementations are called; duplicates raise ``DuplicateNameError``.
+    Where: adapter plugins. Synchronous.
+    """
+
+
+@hookspec
+def botkit_register_commands(register: RegisterCommand) -> None:
+    """Contribute chat commands such as ``/help`` or ``/stop``.
+
+    When: once at start-up.
+    Arguments: ``register(command)`` with a ``botkit.commands.Command``.
+    Commands are only ever parsed from what a user typed, never from model output.
+    Results: all implementations are called; duplicates raise ``DuplicateNameError``.
+    Where: any plugin. Synchronous.
+    """
+
+
+@hookspec
+def botkit_startup(bot: Bot) -> MaybeAwaitable:
+    """The bot has loaded its plugins, settings and backend and is about to accept messages.
+
+    Arguments: ``bot``, the running ``botkit.bot.Bot``.
+    Results: every implementation is awaited in turn; return values are ignored.
+    An implementation that raises is logged and skipped.
+    Where: plugins that open connections or start background tasks.
+    """
+
+
+@hookspec
+def botkit_shutdown(bot: Bot) -> MaybeAwaitable:
+    """The bot is stopping: in-flight replies have finished or been stopped.
+
+    Arguments: ``bot``. Results: every implementation is awaited; values ignored.
+    Where: plugins that hold connections, files or tasks.
+    """
+
+
+@hookspec
+def botkit_is_admin(user: User, message: Message | None, bot: Bot) -> MaybeAwaitable:
+    """Decide whether ``user`` is an administrator.
+
+    When: whenever anything asks ``bot.is_admin(user, message)``: admin-only
+    commands, exemptions.
+    Arguments: ``user``; ``message``, the message being handled when there is
+    one (for platform context such as roles); ``bot``.
+    Results: the first ``True``/``False`` after awaiting wins; when every
+    implementation returns ``None`` the ``[bot] admins`` list of config decides.
+    Where: access-control plugins.
+    """
+
+
+@hookspec
+def botkit_gate(message: Message, bot: Bot) -> MaybeAwaitable:
+    """Let a message through, rewrite it, or stop it, before anything answers it.
+
+    When: for every non-empty incoming message, commands included, before
+    commands are dispatched and before the model is asked.
+    Arguments: ``message`` as rewritten by the gates called before this one; ``bot``.
+    Results: a chain. ``None`` lets the message through unchanged; a ``Message``
+    replaces it for the rest of the pipeline; ``botkit.types.Refuse`` stops it
+    (its ``notice``, if any, is sent to the user) and no later gate runs.
+    Where: access control, rate limits, input moderation.
+    """
+
+
+@hookspec
+def botkit_prepare_context(message: Message, prompt: Prompt, bot: Bot) -> MaybeAwaitable:
+    """Shape what the model will see for this message.
+
+    When: after gates and commands, before the backend is asked; ``prompt``
+    starts as ``[bot] system_prompt`` and the message as the only turn.
+    Arguments: ``message``; ``prompt``, a mutable ``botkit.types.Prompt``
+    (change ``prompt.system``, insert history before ``prompt.turns[-1]``);
+    ``bot``.
+    Results: every implementation is awaited in turn, each seeing the changes of
+    the one before; return values are ignored. The core then drops the oldest
+    history turns until the prompt fits the model's context window.
+    Where: memory (history), per-channel system prompts.
+    """
+
+
+@hookspec
+def botkit_filter_reply(message: Message, text: str, final: bool, bot: Bot) -> MaybeAwaitable:
+    """Check or rewrite the reply before the user sees it.
+
+    When: while the reply streams, before each update is delivered
+    (``final=False``, ``text`` is the whole reply so far), and once more on the
+    complete reply (``final=True``).
+    Arguments: ``message``, the message being answered; ``text`` as rewritten by
+    the filters called before this one; ``final``; ``bot``.
+    Results: a chain. ``None`` keeps ``text``; a ``str`` replaces it; a
+    ``botkit.types.Refuse`` stops generation and replaces the reply by its
+    notice (or an empty reply). Filters must be pure functions of the raw text
+    so far: they are re-run on the whole text at every update.
+    Where: output moderation, mention neutralising, disclosure labels.
+    """
+
+
+@hookspec
+def botkit_after_reply(message: Message, reply: Reply, bot: Bot) -> MaybeAwaitable:
+    """A generated reply has been delivered (or stopped, timed out, blocked or failed).
+
+    Arguments: ``message``, the message answered (after gate rewrites);
+    ``reply``, a ``botkit.types.Reply`` with the final text, status, backend,
+    model, token counts and latency; ``bot``.
+    Results: every implementation is awaited in turn; values ignored.
+    Where: memory writes, metrics, feedback.
+    """
+
+
+HOOK_NAMES: tuple[str, ...] = tuple(
+    name for name, value in list(globals().items()) if name.startswith("botkit_") and callable(value)
+)
+"""Every hook botkit defines, in the order above."""

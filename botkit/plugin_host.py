@@ -1,0 +1,215 @@
+"""Finding, selecting, loading and registering plugins: built-ins, entry points and a folder."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from botkit import hookspecs
+from botkit.errors import ConfigError, PluginLoadError
+from botkit.registry import Registry
+from botkit.settings import Settings, validate_table
+
+log = logging.getLogger("botkit.plugins")
+
+ENTRY_POINT_GROUP = "botkit"
+ENV_LOAD_PLUGINS = "BOTKIT_LOAD_PLUGINS"
+
+# Built-in plugins are ordinary plugins: same hooks, same switches.
+BUILTIN_PLUGINS: dict[str, str] = {
+    "commands": "botkit.plugins.commands",
+    "console": "botkit.adapters.console",
+    "llamacpp": "botkit.backends.llamacpp",
+    "scripted": "botkit.backends.scripted",
+}
+
+_REGISTER_HOOKS = {
+    "botkit_register_settings": "settings_registrar",
+    "botkit_register_backends": "backend_registrar",
+    "botkit_register_adapters": "adapter_registrar",
+    "botkit_register_commands": "command_registrar",
+}
+
+
+@dataclass
+class PluginSource:
+    """Where a plugin comes from, before it is imported."""
+
+    name: str
+    origin: str  # "builtin", "entry point (dist x.y)", or a file path
+    load: Any  # () -> object
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    origin: str
+    enabled: bool
+    loaded: bool
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def discover(directory: Path | None) -> dict[str, PluginSource]:
+    """Every plugin that could be loaded, by name. Duplicate names are an error."""
+    sources: dict[str, PluginSource] = {}
+
+    def add(source: PluginSource) -> None:
+        if source.name in sources:
+            raise ConfigError(
+                f"two plugins are named {source.name!r}: {sources[source.name].origin} and "
+                f"{source.origin}; rename or uninstall one"
+            )
+        sources[source.name] = source
+
+    for name, module in BUILTIN_PLUGINS.items():
+        add(PluginSource(name, "builtin", lambda module=module: importlib.import_module(module)))
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry_point.dist
+        origin = f"entry point ({dist.name} {dist.version})" if dist else "entry point"
+        add(PluginSource(entry_point.name, origin, entry_point.load))
+    if directory is not None:
+        if not directory.is_dir():
+            raise ConfigError(f"[plugins] directory: {directory} is not a folder")
+        for path in sorted(directory.glob("*.py")):
+            if not path.stem.startswith("_"):
+                add(PluginSource(path.stem, str(path), lambda path=path: _import_file(path)))
+    return sources
+
+
+def _import_file(path: Path) -> ModuleType:
+    module_name = f"botkit_plugin_dir.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def selected_names(sources: dict[str, PluginSource], settings: Settings) -> set[str]:
+    """Names to load: all known, less ``enabled = false`` tables, within BOTKIT_LOAD_PLUGINS."""
+    available = ", ".join(sorted(sources))
+    tables = settings.plugins.tables()
+    for name in tables:
+        if name not in sources:
+            raise ConfigError(
+                f"{settings.source_name}: [plugins.{name}]: unknown plugin {name!r}; available: {available}"
+            )
+    names = set(sources)
+    restrict = os.environ.get(ENV_LOAD_PLUGINS)
+    if restrict is not None:
+        wanted = {n.strip() for n in restrict.split(",") if n.strip()}
+        unknown = wanted - set(sources)
+        if unknown:
+            raise ConfigError(
+                f"{ENV_LOAD_PLUGINS}: unknown plugin(s) {', '.join(sorted(unknown))}; available: {available}"
+            )
+        names &= wanted
+    for name, table in tables.items():
+        enabled = table.get("enabled", True) if isinstance(table, dict) else True
+        if not isinstance(enabled, bool):
+            raise ConfigError(
+                f"{settings.source_name}: [plugins.{name}] enabled: expected true or false (got {enabled!r})"
+            )
+        if not enabled:
+            names.discard(name)
+    return names
+
+
+class PluginHost:
+    """The pluggy manager with botkit's plugins loaded and their contributions registered."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pm = pluggy.PluginManager("botkit")
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.infos: dict[str, PluginInfo] = {}
+        self.plugin_settings: dict[str, Any] = {}
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def load(self, extra: dict[str, object] | None = None) -> None:
+        """Import, register and configure every selected plugin, then ``extra`` (tests).
+
+        A plugin that fails raises ``PluginLoadError`` when ``[plugins] on_error``
+        is "fail", and is left out with a logged error when it is "skip".
+        """
+        sources = discover(self.settings.plugins.directory)
+        names = selected_names(sources, self.settings)
+        for name, source in sorted(sources.items()):
+            info = PluginInfo(name, source.origin, enabled=name in names, loaded=False)
+            self.infos[name] = info
+            if not info.enabled:
+                continue
+            self._guarded(info, lambda source=source, name=name: self.pm.register(source.load(), name=name))
+        for name, plugin in (extra or {}).items():
+            self.infos[name] = PluginInfo(name, "test", enabled=True, loaded=False)
+            self._guarded(self.infos[name], lambda plugin=plugin, name=name: self.pm.register(plugin, name=name))
+        for name in list(self.pm_names()):
+            self._guarded(self.infos[name], lambda name=name: self._collect(name))
+        self.pm.check_pending()
+        self._configure_plugins()
+        for name in self.pm_names():
+            info = self.infos[name]
+            info.loaded = True
+            info.hooks = sorted(h.name for h in self.pm.get_hookcallers(self.pm.get_plugin(name)) or [])
+
+    def pm_names(self) -> list[str]:
+        return [name for name, _ in self.pm.list_name_plugin()]
+
+    def _guarded(self, info: PluginInfo, step: Any) -> None:
+        try:
+            step()
+        except PluginLoadError as error:
+            self._failed(info, error)
+        except Exception as error:
+            self._failed(info, PluginLoadError(info.name, f"{type(error).__name__}: {error}"))
+
+    def _failed(self, info: PluginInfo, error: PluginLoadError) -> None:
+        info.error = error.cause
+        plugin = self.pm.get_plugin(info.name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        if self.settings.plugins.on_error == "fail":
+            raise error
+        log.error("%s; starting without it ([plugins] on_error = \"skip\")", error)
+
+    def _collect(self, name: str) -> None:
+        """Call the plugin's ``botkit_register_*`` implementations with registrars bound to it."""
+        plugin = self.pm.get_plugin(name)
+        for hook_name, registrar in _REGISTER_HOOKS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.plugin is plugin:
+                    impl.function(register=getattr(self.registry, registrar)(name))
+
+    def _configure_plugins(self) -> None:
+        tables = self.settings.plugins.tables()
+        for name, model in self.registry.settings_models.items():
+            table = {k: v for k, v in tables.get(name, {}).items() if k != "enabled"}
+            self.plugin_settings[name] = validate_table(model, table, self.settings, ("plugins", name))
+        for name, table in tables.items():
+            keys = set(table) - {"enabled"} if isinstance(table, dict) else set()
+            if keys and name in self.pm_names() and name not in self.registry.settings_models:
+                raise ConfigError(
+                    f"{self.settings.source_name}: [plugins.{name}]: plugin {name!r} has no settings "
+                    f"(found {', '.join(sorted(keys))}); only 'enabled' applies"
+                )

@@ -1,0 +1,212 @@
+"""The one settings object: config.toml plus BOTKIT_* environment overrides, validated.
+
+Core keys are typed here. The ``[backend]``, ``[adapters.<name>]`` and
+``[plugins.<name>]`` tables are validated against the models their plugins
+register (see ``validate_table``) once the plugins are loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from botkit.errors import ConfigError
+from botkit.types import ConversationScope
+
+ENV_PREFIX = "BOTKIT_"
+ENV_CONFIG = "BOTKIT_CONFIG"
+DEFAULT_CONFIG = Path("config.toml")
+
+
+class BotSettings(BaseModel):
+    """``[bot]``: who the bot is and how it treats messages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("botkit", description="the bot's display name")
+    system_prompt: str = Field(
+        "You are a helpful assistant. Answer briefly and truthfully.",
+        description="system prompt for every conversation; empty for the model's own default",
+    )
+    max_message_chars: int = Field(8000, ge=1, description="longer messages are refused politely")
+    conversation_scope: ConversationScope = Field(
+        ConversationScope.THREAD, description="'channel', 'thread' or 'user'; DMs are always per DM"
+    )
+    admins: list[str] = Field(
+        default_factory=lambda: ["console:admin"],
+        description="administrators as 'platform:user_id'",
+    )
+    command_prefix: str = Field("/", min_length=1, max_length=3)
+
+
+class PluginsSettings(BaseModel):
+    """``[plugins]``: which plugins load; each ``[plugins.<name>]`` table configures one."""
+
+    model_config = ConfigDict(extra="allow")
+
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="a plugin that fails to load stops start-up ('fail') or is left out ('skip')"
+    )
+    directory: Path | None = Field(None, description="folder of single-file plugins (*.py)")
+
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """The ``[plugins.<name>]`` tables, by plugin name."""
+        return {k: v for k, v in (self.model_extra or {}).items()}
+
+
+class LoggingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class Settings(BaseSettings):
+    """Everything botkit reads from config.toml and the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+    )
+
+    bot: BotSettings = Field(default_factory=BotSettings)
+    backend: dict[str, Any] = Field(default_factory=dict)
+    adapters: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    plugins: PluginsSettings = Field(default_factory=PluginsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    # Where the values came from, for error messages and the secrets rule.
+    _source_path: Path | None = PrivateAttr(None)
+    _file_data: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed in as init values).
+        return env_settings, init_settings
+
+    @property
+    def source_path(self) -> Path | None:
+        return self._source_path
+
+    @property
+    def file_data(self) -> dict[str, Any]:
+        """The values as read from the file, before environment overrides."""
+        return self._file_data
+
+    @property
+    def source_name(self) -> str:
+        return str(self._source_path) if self._source_path else "defaults"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; errors name the file, line and problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file (pass --config PATH or set {ENV_CONFIG})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config file: {error}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+
+
+def config_path(explicit: Path | None = None) -> Path | None:
+    """The config file to read: ``--config``, else ``BOTKIT_CONFIG``, else ./config.toml if present."""
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(ENV_CONFIG)
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read and validate the core settings. Plugin tables are checked later by ``validate_table``."""
+    path = config_path(path)
+    data = read_toml(path) if path is not None else {}
+    where = str(path) if path else "defaults"
+    reject_secrets_in_file(Settings, data, where, ())
+    try:
+        settings = Settings(**data)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, where, ())) from None
+    settings._source_path = path
+    settings._file_data = data
+    return settings
+
+
+def validate_table(
+    model: type[BaseModel], values: dict[str, Any], settings: Settings, table: tuple[str, ...]
+) -> BaseModel:
+    """Validate one config table (e.g. ``("plugins", "ratelimit")``) against ``model``."""
+    file_values: Any = settings.file_data
+    for key in table:
+        file_values = file_values.get(key, {}) if isinstance(file_values, dict) else {}
+    reject_secrets_in_file(model, file_values, settings.source_name, table)
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, settings.source_name, table)) from None
+
+
+def env_name(path: tuple[str | int, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(p).upper() for p in path)
+
+
+def format_key(path: tuple[str | int, ...]) -> str:
+    """``("plugins", "ratelimit", "per_user")`` -> ``[plugins.ratelimit] per_user``."""
+    names = [str(p) for p in path]
+    if len(names) == 1:
+        return names[0]
+    return f"[{'.'.join(names[:-1])}] {names[-1]}"
+
+
+def describe_validation_error(error: ValidationError, where: str, table: tuple[str, ...]) -> str:
+    lines = []
+    for problem in error.errors():
+        loc = table + tuple(str(p) for p in problem["loc"])
+        source = env_name(loc) if env_name(loc) in os.environ else where
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{source}: {format_key(loc)}: unknown key (check the spelling)")
+            continue
+        got = problem.get("input")
+        shown = "" if isinstance(got, dict) or problem["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"{source}: {format_key(loc)}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def reject_secrets_in_file(
+    model: type[BaseModel], file_values: Any, where: str, table: tuple[str, ...]
+) -> None:
+    """Secrets come only from the environment: refuse a ``SecretStr`` key set in the file."""
+    if not isinstance(file_values, dict):
+        return
+    for name, field in model.model_fields.items():
+        if name not in file_values:
+            continue
+        annotation = field.annotation
+        path = table + (name,)
+        if annotation is SecretStr or annotation == SecretStr | None:
+            raise ConfigError(
+                f"{where}: {format_key(path)} is a secret and is read only from the environment: "
+                f"remove it from the file and set {env_name(path)}"
+            )
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            reject_secrets_in_file(annotation, file_values[name], where, path)
+
+
+def masked_dump(model: BaseModel) -> dict[str, Any]:
+    """The model as plain data with every secret shown as '**********'."""
+    return model.model_dump(mode="json", exclude_none=False)

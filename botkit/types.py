@@ -1,0 +1,170 @@
+"""The values that travel through botkit: messages in, prompts to a model, replies out."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+
+class ConversationScope(str, enum.Enum):
+    """Which messages share one conversation (and so one history and one ordering lane).
+
+    Direct messages are always one conversation per DM, whatever the scope.
+    """
+
+    CHANNEL = "channel"
+    THREAD = "thread"
+    USER = "user"  # per user within a channel (and thread)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """Someone who writes to the bot. ``id`` is the platform's own id for them."""
+
+    id: str
+    name: str = ""
+    is_bot: bool = False
+    roles: tuple[str, ...] = ()
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One incoming chat message, as an adapter translated it from its platform."""
+
+    text: str
+    author: User
+    platform: str
+    channel_id: str
+    thread_id: str | None = None
+    is_dm: bool = False
+    message_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def user_key(self) -> str:
+        """The author as ``platform:id``, the form used in config (admins, lists)."""
+        return f"{self.platform}:{self.author.id}"
+
+    def conversation_key(self, scope: ConversationScope) -> str:
+        """The key of the conversation this message belongs to under ``scope``."""
+        if self.is_dm:
+            return f"{self.platform}:dm:{self.author.id}"
+        key = f"{self.platform}:{self.channel_id}"
+        if scope is ConversationScope.CHANNEL:
+            return key
+        if self.thread_id is not None:
+            key = f"{key}:{self.thread_id}"
+        if scope is ConversationScope.USER:
+            key = f"{key}:user:{self.author.id}"
+        return key
+
+
+class Role(str, enum.Enum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One entry of a conversation as the model sees it."""
+
+    role: Role
+    text: str
+    speaker: str | None = None  # sender attribution in shared conversations
+
+
+@dataclass(slots=True)
+class Prompt:
+    """What the model is asked: a system prompt and the conversation, newest turn last."""
+
+    system: str
+    turns: list[Turn]
+
+    @property
+    def history(self) -> list[Turn]:
+        return self.turns[:-1]
+
+    @property
+    def current(self) -> Turn:
+        return self.turns[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of streamed model output."""
+
+    text: str
+    tokens: int = 1
+
+
+class ReplyStatus(str, enum.Enum):
+    COMPLETED = "completed"
+    STOPPED = "stopped"  # the user asked /stop, or the bot shut down
+    TIMED_OUT = "timed_out"
+    BLOCKED = "blocked"  # an output filter stopped the generation
+    FAILED = "failed"  # the backend raised
+
+
+@dataclass(slots=True)
+class Reply:
+    """A generated reply, handed to after-hooks once delivery is done."""
+
+    text: str
+    status: ReplyStatus
+    backend: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    first_token_s: float | None = None
+    dropped_turns: int = 0
+
+
+class Responder(ABC):
+    """Where the answers to one incoming message go; each adapter implements it.
+
+    ``send`` delivers a complete message (a command's answer, a notice);
+    ``update`` and ``finish`` deliver a streamed reply: ``update`` is called with
+    the whole reply so far each time it grows, ``finish`` once with the final text.
+    An adapter throttles updates as its platform needs.
+    """
+
+    @abstractmethod
+    async def send(self, text: str) -> None: ...
+
+    @abstractmethod
+    async def update(self, text: str) -> None: ...
+
+    @abstractmethod
+    async def finish(self, text: str, status: ReplyStatus) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Returned by a gate or an output filter to stop the message or the reply.
+
+    ``notice`` is what the user is told (nothing when ``None``); ``reason`` goes
+    to the log and to after-hooks.
+    """
+
+    notice: str | None = None
+    reason: str = ""
