@@ -135,7 +135,11 @@ def config_path(explicit: Path | None = None) -> Path | None:
 def load_settings(path: Path | None = None) -> Settings:
     """Read and validate the core settings. Plugin tables are checked later by ``validate_table``."""
     path = config_path(path)
-    data = read_toml(path) if path is not None else {}
+    return settings_from_mapping(read_toml(path) if path is not None else {}, path)
+
+
+def settings_from_mapping(data: dict[str, Any], path: Path | None = None) -> Settings:
+    """Validate settings given as a parsed config file (with environment overrides applied)."""
     where = str(path) if path else "defaults"
     reject_secrets_in_file(Settings, data, where, ())
     try:
