@@ -120,7 +120,7 @@ class Pipeline:
         try:
             answer = await command.handler(CommandContext(message, args, self.bot, responder))
         except Exception:
-            plugin = self.bot.registry.command_plugins.get(name, "?")
+            plugin = self.bot.registry.owner("command", name)
             log.exception("command %s%s of plugin %r failed", prefix, name, plugin)
             answer = f"Sorry, {prefix}{name} failed; the error has been logged."
         if answer:

@@ -148,24 +148,26 @@ class PluginHost:
         return self.pm.hook
 
     def load(self, extra: dict[str, object] | None = None) -> None:
-        """Import, register and configure every selected plugin, then ``extra`` (tests).
+        """Import, register and configure every selected plugin, and ``extra`` ones (tests, embedding).
 
         A plugin that fails raises ``PluginLoadError`` when ``[plugins] on_error``
         is "fail", and is left out with a logged error when it is "skip".
         """
         sources = discover(self.settings.plugins.directory)
+        for name, plugin in (extra or {}).items():
+            if name in sources:
+                raise ConfigError(f"a plugin named {name!r} is already installed ({sources[name].origin})")
+            sources[name] = PluginSource(name, "given", lambda plugin=plugin: plugin)
         names = selected_names(sources, self.settings)
-        for name, source in sorted(sources.items()):
+        # Built-ins register first, so that a clash names the third-party plugin.
+        for name, source in sorted(sources.items(), key=lambda item: (item[1].origin != "builtin", item[0])):
             info = PluginInfo(name, source.origin, enabled=name in names, loaded=False)
             self.infos[name] = info
-            if not info.enabled:
-                continue
-            self._guarded(info, lambda source=source, name=name: self.pm.register(source.load(), name=name))
-        for name, plugin in (extra or {}).items():
-            self.infos[name] = PluginInfo(name, "test", enabled=True, loaded=False)
-            self._guarded(self.infos[name], lambda plugin=plugin, name=name: self.pm.register(plugin, name=name))
-        for name in list(self.pm_names()):
-            self._guarded(self.infos[name], lambda name=name: self._collect(name))
+            if info.enabled:
+                self._guarded(info, lambda source=source, name=name: self.pm.register(source.load(), name=name))
+        for step in (self._check_hooks, self._collect):
+            for name in self.pm_names():
+                self._guarded(self.infos[name], lambda name=name, step=step: step(name))
         self.pm.check_pending()
         self._configure_plugins()
         for name in self.pm_names():
@@ -186,12 +188,23 @@ class PluginHost:
 
     def _failed(self, info: PluginInfo, error: PluginLoadError) -> None:
         info.error = error.cause
+        self.registry.forget(info.name)
         plugin = self.pm.get_plugin(info.name)
         if plugin is not None:
             self.pm.unregister(plugin)
         if self.settings.plugins.on_error == "fail":
             raise error
         log.error("%s; starting without it ([plugins] on_error = \"skip\")", error)
+
+    def _check_hooks(self, name: str) -> None:
+        """A misspelled hook fails loudly, naming the plugin (pluggy would name only the hook)."""
+        plugin = self.pm.get_plugin(name)
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            if caller.spec is None and any(
+                impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls()
+            ):
+                known = ", ".join(hookspecs.HOOK_NAMES)
+                raise PluginLoadError(name, f"implements unknown hook {caller.name!r}; botkit's hooks are: {known}")
 
     def _collect(self, name: str) -> None:
         """Call the plugin's ``botkit_register_*`` implementations with registrars bound to it."""

@@ -67,48 +67,65 @@ class Registry:
         self.backends: dict[str, BackendType] = {}
         self.adapters: dict[str, AdapterType] = {}
         self.commands: dict[str, Command] = {}
-        self.command_plugins: dict[str, str] = {}
+        self.owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin that registered it
 
-    def _claim(self, kind: str, table: dict[str, Any], name: str, plugin: str) -> None:
-        if not name or not name.replace("_", "").replace("-", "").isalnum():
-            raise DuplicateNameError(
-                f"plugin {plugin!r} registered {kind} {name!r}: names are letters, digits, '-' and '_'"
-            )
-        if name in table:
-            existing = table[name]
-            owner = getattr(existing, "plugin", None) or self.command_plugins.get(name, "?")
+    def _tables(self) -> dict[str, dict[str, Any]]:
+        return {
+            "settings": self.settings_models,
+            "backend": self.backends,
+            "adapter": self.adapters,
+            "command": self.commands,
+        }
+
+    def _claim(self, kind: str, name: str, plugin: str) -> None:
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"{kind} name {name!r}: use letters, digits, '-' and '_'")
+        owner = self.owners.get((kind, name))
+        if owner is not None:
             raise DuplicateNameError(
                 f"{kind} {name!r} is registered by both plugin {owner!r} and plugin {plugin!r}; "
                 f"disable one of them in config.toml ([plugins.{plugin}] enabled = false)"
             )
+        self.owners[(kind, name)] = plugin
+
+    def owner(self, kind: str, name: str) -> str | None:
+        """The plugin that registered ``name`` as a ``kind`` ("command", "backend", ...)."""
+        return self.owners.get((kind, name))
+
+    def forget(self, plugin: str) -> None:
+        """Drop everything ``plugin`` registered (it failed to load)."""
+        tables = self._tables()
+        for (kind, name), owner in list(self.owners.items()):
+            if owner == plugin:
+                del self.owners[(kind, name)]
+                tables[kind].pop(name, None)
 
     def settings_registrar(self, plugin: str) -> RegisterSettings:
         def register(plugin_name: str, model: type[BaseModel]) -> None:
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 raise TypeError(f"plugin {plugin!r}: settings model must be a pydantic BaseModel class")
-            self._claim("settings", self.settings_models, plugin_name, plugin)
+            self._claim("settings", plugin_name, plugin)
             self.settings_models[plugin_name] = model
 
         return register
 
     def backend_registrar(self, plugin: str) -> RegisterBackend:
         def register(type_name: str, factory: Callable[[Any], Backend], settings_model: type) -> None:
-            self._claim("backend", self.backends, type_name, plugin)
+            self._claim("backend", type_name, plugin)
             self.backends[type_name] = BackendType(type_name, factory, settings_model, plugin)
 
         return register
 
     def adapter_registrar(self, plugin: str) -> RegisterAdapter:
         def register(name: str, factory: Callable[[Any, Any], Adapter], settings_model: type) -> None:
-            self._claim("adapter", self.adapters, name, plugin)
+            self._claim("adapter", name, plugin)
             self.adapters[name] = AdapterType(name, factory, settings_model, plugin)
 
         return register
 
     def command_registrar(self, plugin: str) -> RegisterCommand:
         def register(command: Command) -> None:
-            self._claim("command", self.commands, command.name, plugin)
+            self._claim("command", command.name, plugin)
             self.commands[command.name] = command
-            self.command_plugins[command.name] = plugin
 
         return register

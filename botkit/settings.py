@@ -105,7 +105,7 @@ class Settings(BaseSettings):
 
     @property
     def source_name(self) -> str:
-        return str(self._source_path) if self._source_path else "defaults"
+        return str(self._source_path) if self._source_path else "config"
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def load_settings(path: Path | None = None) -> Settings:
 
 def settings_from_mapping(data: dict[str, Any], path: Path | None = None) -> Settings:
     """Validate settings given as a parsed config file (with environment overrides applied)."""
-    where = str(path) if path else "defaults"
+    where = str(path) if path else "config"
     reject_secrets_in_file(Settings, data, where, ())
     try:
         settings = Settings(**data)

@@ -179,10 +179,10 @@ class ConsoleAdapter(Adapter):
         return True
 
     def _on_interrupt(self) -> None:
-        """Ctrl-C: stop the reply being written, or leave when there is none."""
-        if self._replying and self._last_message is not None and self.bot.stop_generations(self._last_message):
-            return
-        self._closed.set()
+        """Ctrl-C: at a terminal, stop the reply being written; otherwise leave (cleanly)."""
+        stopped = self._last_message is not None and self.bot.stop_generations(self._last_message)
+        if not (self.interactive and self._replying and stopped):
+            self._closed.set()
 
     async def close(self) -> None:
         self._closed.set()

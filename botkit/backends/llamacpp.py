@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import random
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -98,13 +99,19 @@ class LlamaCppBackend(Backend):
     def _load(self, path: Path) -> Any:
         from llama_cpp import Llama
 
+        # llama-cpp-python derives the seed of every unseeded generation from this
+        # one, so llama.cpp's "random" sentinel (0xFFFFFFFF) would make every process
+        # sample the same replies: an unset seed is drawn here instead.
+        seed = self.settings.seed
+        if seed is None:
+            seed = random.randrange(1, 2**32 - 1)
         try:
             return Llama(
                 model_path=str(path),
                 n_ctx=self.settings.n_ctx,
                 n_threads=self.settings.n_threads,
                 n_batch=self.settings.n_batch,
-                seed=self.settings.seed if self.settings.seed is not None else 0xFFFFFFFF,
+                seed=seed,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as error:

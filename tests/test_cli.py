@@ -1,0 +1,323 @@
+"""The botkit command as a user runs it: chat (piped and at a terminal), run, plugins list, config check."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from botkit import __version__
+
+REPO = Path(__file__).resolve().parent.parent
+
+WHOAMI_PLUGIN = """
+from botkit import Command, hookimpl
+
+async def whoami(ctx):
+    m = ctx.message
+    admin = await ctx.bot.is_admin(m.author, m)
+    return f"user={m.author.id} channel={m.channel_id} thread={m.thread_id} dm={m.is_dm} admin={admin}"
+
+@hookimpl
+def botkit_register_commands(register):
+    register(Command("whoami", "say who and where you are", whoami))
+"""
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def scripted_config(tmp_path: Path) -> Path:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "whoami.py").write_text(WHOAMI_PLUGIN, encoding="utf-8")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [bot]
+            name = "testbot"
+            [backend]
+            type = "scripted"
+            default_reply = "scripted answer"
+            [plugins]
+            directory = "{plugins}"
+            """
+        ),
+        encoding="utf-8",
+    )
+    return config
+
+
+def botkit(*args: str, stdin: str = "", cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "botkit", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=clean_env(),
+        timeout=timeout,
+    )
+
+
+def test_version():
+    result = botkit("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"botkit, version {__version__}"
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["chat"], ["run"], ["plugins"], ["plugins", "list"], ["config"], ["config", "check"]]
+)
+def test_every_command_has_help(command):
+    from click.testing import CliRunner
+
+    from botkit.cli import cli
+
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage: " in result.output
+    description = result.output.split("\n\n")[1].strip()
+    assert len(description) > 10, result.output
+
+
+def test_piped_chat_answers_each_line_then_exits(scripted_config, tmp_path):
+    result = botkit("--config", str(scripted_config), "chat", stdin="hello\n\nsecond line\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["testbot> scripted answer", "testbot> scripted answer"]
+    assert result.stderr == ""
+
+
+def test_chat_with_empty_input_exits_cleanly(scripted_config, tmp_path):
+    result = botkit("--config", str(scripted_config), "chat", stdin="", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_console_can_act_as_other_users_admins_and_places(scripted_config, tmp_path):
+    lines = [
+        "/whoami",
+        ":as alice",
+        "/whoami",
+        ":channel random",
+        ":thread t1",
+        "/whoami",
+        ":thread",
+        ":admin",
+        "/whoami",
+        ":dm",
+        "/whoami",
+        ":who",
+        ":bogus",
+        ":as",
+    ]
+    result = botkit("--config", str(scripted_config), "chat", stdin="\n".join(lines) + "\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "testbot> user=you channel=general thread=None dm=False admin=False",
+        "(now alice in #general)",
+        "testbot> user=alice channel=general thread=None dm=False admin=False",
+        "(now alice in #random)",
+        "(now alice in #random thread t1)",
+        "testbot> user=alice channel=random thread=t1 dm=False admin=False",
+        "(now alice in #random)",
+        "(now admin in #random)",
+        "testbot> user=admin channel=random thread=None dm=False admin=True",
+        "(now admin in a DM)",
+        "testbot> user=admin channel=dm-admin thread=None dm=True admin=True",
+        "(now admin in a DM)",
+        "(unknown console command ':bogus'; type :help for the list)",
+        "(:as needs a name, e.g. ':as alice')",
+    ]
+
+
+def test_console_help_lists_console_commands(scripted_config, tmp_path):
+    result = botkit("--config", str(scripted_config), "chat", stdin=":help\n:quit\nnot read\n", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in (":as NAME", ":admin", ":channel NAME", ":thread NAME", ":dm", ":who", ":quit"):
+        assert command in result.stdout
+    assert "scripted answer" not in result.stdout  # :quit left before the last line
+
+
+def test_ctrl_c_during_piped_chat_exits_cleanly(tmp_path):
+    config = tmp_path / "slow.toml"
+    config.write_text(
+        '[backend]\ntype = "scripted"\nchunk_delay = 0.05\n'
+        'default_reply = "' + " ".join(["word"] * 400) + '"\n',
+        encoding="utf-8",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "botkit", "--config", str(config), "chat"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write("write a lot\n")
+    process.stdin.flush()
+    assert process.stdout.read(len("botkit> ")) == "botkit> "
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert out.rstrip().endswith("[stopped]")
+    assert "Traceback" not in err
+
+
+class Terminal:
+    """``botkit chat`` on a pseudo-terminal, as a person would use it."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.master, slave = pty.openpty()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "botkit", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**clean_env(), "TERM": "dumb"},
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=lambda: __import__("fcntl").ioctl(0, __import__("termios").TIOCSCTTY, 0),
+        )
+        os.close(slave)
+        self.output = ""
+
+    def read_until(self, pattern: str, timeout: float = 15) -> str:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.output):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for {pattern!r}; screen so far:\n{self.output}")
+            ready, _, _ = select.select([self.master], [], [], remaining)
+            if ready:
+                try:
+                    self.output += os.read(self.master, 4096).decode("utf-8", "replace")
+                except OSError:  # the child closed the terminal
+                    break
+        return self.output
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def close(self) -> int:
+        try:
+            return self.process.wait(timeout=10)
+        finally:
+            os.close(self.master)
+
+
+def test_terminal_chat_ctrl_c_stops_a_reply_then_exits(tmp_path):
+    config = tmp_path / "slow.toml"
+    config.write_text(
+        '[backend]\ntype = "scripted"\nchunk_delay = 0.05\n'
+        'default_reply = "' + " ".join(["word"] * 400) + '"\n',
+        encoding="utf-8",
+    )
+    terminal = Terminal(["--config", str(config), "chat"], tmp_path)
+    terminal.read_until(r"\[you in #general\] > ")
+    terminal.type("talk to me\n")
+    terminal.read_until(r"botkit> word word")
+    terminal.type("\x03")  # Ctrl-C while the reply streams: stops it
+    terminal.read_until(r"\[stopped\]\r?\n\[you in #general\] > ")
+    terminal.type("\x03")  # Ctrl-C at the prompt: leaves
+    assert terminal.close() == 0
+    assert "Traceback" not in terminal.output
+
+
+def test_terminal_chat_ctrl_d_exits(scripted_config, tmp_path):
+    terminal = Terminal(["--config", str(scripted_config), "chat"], tmp_path)
+    terminal.read_until(r"Chatting with testbot \(scripted\)")
+    terminal.read_until(r"> ")
+    terminal.type("hi\n")
+    terminal.read_until("testbot> scripted answer")
+    terminal.type("\x04")
+    assert terminal.close() == 0
+
+
+def test_run_starts_the_enabled_adapters(scripted_config, tmp_path):
+    result = botkit("--config", str(scripted_config), "run", stdin="hello\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["testbot> scripted answer"]
+
+
+def test_run_with_no_enabled_adapter_says_what_to_do(tmp_path):
+    config = tmp_path / "none.toml"
+    config.write_text('[backend]\ntype = "scripted"\n[adapters.console]\nenabled = false\n', encoding="utf-8")
+    result = botkit("--config", str(config), "run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no adapter is enabled" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_errors_exit_2_without_a_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[bot\nname = 1\n", encoding="utf-8")
+    result = botkit("--config", str(bad), "chat", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"botkit: error: {bad}: invalid TOML")
+    assert "line 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_check_prints_the_effective_config(scripted_config, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "botkit", "--config", str(scripted_config), "config", "check"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**clean_env(), "BOTKIT_BACKEND__TEMPERATURE": "0.25"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{scripted_config}: valid" in result.stderr
+    import tomllib
+
+    effective = tomllib.loads(result.stdout)
+    assert effective["bot"]["name"] == "testbot"
+    assert effective["backend"]["type"] == "scripted" and effective["backend"]["temperature"] == 0.25
+    assert effective["adapters"]["console"]["enabled"] is True
+    assert effective["plugins"]["whoami"] == {"enabled": True}
+
+
+def test_config_check_reports_an_invalid_value(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[backend]\ntype = "scripted"\ntop_p = 3\n', encoding="utf-8")
+    result = botkit("config", "check", cwd=tmp_path)  # ./config.toml is found by default
+    assert result.returncode == 2
+    assert "[backend] top_p: Input should be less than or equal to 1 (got 3)" in result.stderr
+
+
+def test_plugins_list_shows_name_source_state_and_hooks(scripted_config, tmp_path):
+    result = botkit("--config", str(scripted_config), "plugins", "list", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert rows.keys() >= {"commands", "console", "llamacpp", "scripted", "whoami"}
+    assert re.match(r"llamacpp\s+yes\s+builtin\s+register_backends$", rows["llamacpp"])
+    assert "whoami.py" in rows["whoami"] and "register_commands" in rows["whoami"]
+
+
+def test_plugins_list_shows_broken_and_disabled_plugins(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "broken.py").write_text("raise RuntimeError('half-written plugin')\n", encoding="utf-8")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[plugins]\ndirectory = "{plugins}"\n[plugins.commands]\nenabled = false\n', encoding="utf-8")
+    result = botkit("plugins", "list", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["commands"]["enabled"] is False and rows["commands"]["hooks"] == []
+    assert rows["broken"]["error"] == "RuntimeError: half-written plugin"
