@@ -1,0 +1,81 @@
+"""The generation queue: FIFO slots, places in line, /stop of waiting and running requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from botkit.errors import QueueFull
+from botkit.generation import GenerationCancelled, GenerationQueue, Ticket
+
+
+async def test_first_request_runs_at_once_and_others_wait_in_order():
+    queue = GenerationQueue(concurrency=1, limit=10)
+    first, second, third = Ticket("a"), Ticket("b"), Ticket("c")
+    assert queue.enqueue(first) == 0
+    assert queue.enqueue(second) == 1
+    assert queue.enqueue(third) == 2
+    order: list[str] = []
+
+    async def run(ticket: Ticket) -> None:
+        await queue.wait_turn(ticket)
+        order.append(ticket.owner)
+        await asyncio.sleep(0.01)
+        queue.release(ticket)
+
+    await asyncio.gather(run(third), run(second), run(first))
+    assert order == ["a", "b", "c"]
+    assert (queue.running, queue.waiting) == (0, 0)
+
+
+async def test_concurrency_two_runs_two_at_once():
+    queue = GenerationQueue(concurrency=2, limit=10)
+    tickets = [Ticket(str(i)) for i in range(3)]
+    assert [queue.enqueue(t) for t in tickets] == [0, 0, 1]
+    assert queue.running == 2
+    queue.release(tickets[0])
+    await queue.wait_turn(tickets[2])
+    assert queue.running == 2 and tickets[2].active
+
+
+async def test_limit_refuses_more_waiters():
+    queue = GenerationQueue(concurrency=1, limit=1)
+    queue.enqueue(Ticket("a"))
+    queue.enqueue(Ticket("b"))
+    with pytest.raises(QueueFull):
+        queue.enqueue(Ticket("c"))
+
+
+async def test_cancel_removes_waiting_and_signals_running():
+    queue = GenerationQueue(concurrency=1, limit=10)
+    running, waiting, other = Ticket("alice"), Ticket("alice"), Ticket("bob")
+    for ticket in (running, waiting, other):
+        queue.enqueue(ticket)
+    assert queue.cancel("alice") == 2
+    assert running.cancel.is_set()
+    with pytest.raises(GenerationCancelled):
+        await queue.wait_turn(waiting)
+    queue.release(running)
+    await asyncio.wait_for(queue.wait_turn(other), 1)  # bob moves up, alice's waiter is gone
+    assert queue.cancel("nobody") == 0
+
+
+async def test_a_cancelled_waiting_task_gives_up_its_place():
+    queue = GenerationQueue(concurrency=1, limit=10)
+    holder, quitter, next_one = Ticket("a"), Ticket("b"), Ticket("c")
+    for ticket in (holder, quitter, next_one):
+        queue.enqueue(ticket)
+    task = asyncio.ensure_future(queue.wait_turn(quitter))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert queue.waiting == 1
+    queue.release(holder)
+    await asyncio.wait_for(queue.wait_turn(next_one), 1)
+
+
+def test_concurrency_must_be_positive():
+    with pytest.raises(ValueError):
+        GenerationQueue(concurrency=0, limit=1)

@@ -1,0 +1,357 @@
+"""The default llama.cpp backend on the real embedded SmolLM2 model, alone and behind the full bot."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from botkit import Prompt, Reply, ReplyStatus, Role, Turn, hookimpl
+from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
+from botkit.errors import ModelLoadError
+
+N_CTX = 512
+SYSTEM = "You are a helpful assistant."
+FRANCE = "What is the capital of France?"
+# Long enough that SmolLM2 keeps writing until max_tokens: a test that stops it
+# early would otherwise pass because the model had finished anyway.
+STORY = "Write a long story about a dragon."
+LLAMA_BOT = {"backend": {"type": "llamacpp", "temperature": 0, "seed": 1, "max_tokens": 48}}
+
+
+def ask(text: str, system: str = SYSTEM) -> Prompt:
+    return Prompt(system, [Turn(Role.USER, text)])
+
+
+async def generate(
+    backend: LlamaCppBackend,
+    prompt: Prompt,
+    cancel: threading.Event | None = None,
+    **params: object,
+) -> list[str]:
+    sampling = dataclasses.replace(backend.settings.sampling(), **params)
+    return [
+        chunk.text async for chunk in backend.stream(prompt, sampling, cancel or threading.Event())
+    ]
+
+
+@pytest.fixture(scope="module")
+def llama() -> Iterator[LlamaCppBackend]:
+    """The embedded model, loaded once for the module.
+
+    The backend keeps nothing bound to an event loop (its worker is a thread), so
+    it is started and closed on loops of their own and serves every test's loop.
+    """
+    backend = LlamaCppBackend(LlamaCppSettings(n_ctx=N_CTX, temperature=0, seed=1, max_tokens=48))
+    asyncio.run(backend.start())
+    yield backend
+    asyncio.run(backend.close())
+
+
+# -- loading -------------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_embedded_model_is_found_and_loads(llama):
+    path = embedded_model_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
+    assert path.read_bytes()[:4] == b"GGUF"
+    assert llama.model_path == path
+    assert llama.model_name == "SmolLM2-135M-Instruct.Q4_1"
+    assert llama.context_window == N_CTX
+
+
+async def test_missing_model_file_names_the_path_and_the_setting(tmp_path):
+    missing = tmp_path / "nowhere" / "model.gguf"
+    with pytest.raises(ModelLoadError) as raised:
+        await LlamaCppBackend(LlamaCppSettings(model_path=missing)).start()
+    assert str(missing) in str(raised.value)
+    assert "[backend] model_path" in str(raised.value)
+
+
+async def test_a_file_that_is_not_gguf_is_refused(tmp_path):
+    text = tmp_path / "model.gguf"
+    text.write_text("this is a text file, not a model\n")
+    with pytest.raises(ModelLoadError) as raised:
+        await LlamaCppBackend(LlamaCppSettings(model_path=text)).start()
+    assert str(text) in str(raised.value) and "not a GGUF model file" in str(raised.value)
+
+
+@pytest.mark.model
+async def test_a_truncated_gguf_is_a_load_error_not_a_crash(tmp_path):
+    truncated = tmp_path / "truncated.gguf"
+    with embedded_model_path().open("rb") as model:
+        truncated.write_bytes(model.read(64 * 1024))
+    with pytest.raises(ModelLoadError) as raised:
+        await LlamaCppBackend(LlamaCppSettings(model_path=truncated)).start()
+    assert "llama.cpp could not load" in str(raised.value) and str(truncated) in str(raised.value)
+
+
+@pytest.mark.model
+async def test_an_invalid_chat_template_names_the_setting():
+    backend = LlamaCppBackend(
+        LlamaCppSettings(n_ctx=256, chat_template="{% for message in messages %}")
+    )
+    try:
+        with pytest.raises(ModelLoadError) as raised:
+            await backend.start()
+    finally:
+        await backend.close()
+    assert "[backend] chat_template" in str(raised.value)
+
+
+# -- prompt formats ------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_chat_format_uses_the_models_own_chat_template(llama):
+    assert llama.render(ask("Hi")) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    # Only SmolLM2's own template (from the GGUF metadata) knows this default.
+    assert llama.render(ask("Hi", system="")).startswith(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    )
+
+
+@pytest.mark.model
+async def test_alpaca_format_renders_the_stanford_template_and_answers():
+    backend = LlamaCppBackend(
+        LlamaCppSettings(prompt_format="alpaca", n_ctx=256, temperature=0, seed=1, max_tokens=24)
+    )
+    await backend.start()
+    try:
+        without_input = backend.render(ask("Name a colour.", system=""))
+        with_input = backend.render(
+            Prompt(
+                "Answer briefly.",
+                [Turn(Role.USER, "Hi", speaker="ann"), Turn(Role.USER, "Name a colour.")],
+            )
+        )
+        answer = "".join(await generate(backend, ask("Name a colour.", system="")))
+    finally:
+        await backend.close()
+    assert without_input == (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nName a colour.\n\n### Response:\n"
+    )
+    assert with_input == (
+        "Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nName a colour.\n\n### Input:\nAnswer briefly.\n\nann: Hi\n\n### Response:\n"
+    )
+    assert answer.strip() and "###" not in answer
+
+
+# -- generation ----------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_streams_several_chunks_that_answer_the_question(llama):
+    chunks = await generate(llama, ask(FRANCE))
+    assert len(chunks) > 3
+    answer = "".join(chunks)
+    assert answer.strip() and "Paris" in answer
+
+
+@pytest.mark.model
+async def test_fixed_seed_gives_the_same_answer_twice(llama):
+    greedy = [await generate(llama, ask(STORY), max_tokens=24) for _ in range(2)]
+    assert greedy[0] == greedy[1] and len(greedy[0]) == 24
+    sampled = [
+        await generate(llama, ask(STORY), max_tokens=24, temperature=1.2, seed=7) for _ in range(2)
+    ]
+    assert sampled[0] == sampled[1]
+    other_seed = await generate(llama, ask(STORY), max_tokens=24, temperature=1.2, seed=8)
+    assert other_seed != sampled[0]  # so the seed, not greediness, made them equal
+
+
+@pytest.mark.model
+async def test_unset_seed_samples_differently_in_each_process():
+    # Every process loading the model afresh must not replay the same "random" replies.
+    answers = []
+    for _ in range(2):
+        backend = LlamaCppBackend(LlamaCppSettings(n_ctx=256, temperature=1.5, max_tokens=16))
+        await backend.start()
+        try:
+            answers.append("".join(await generate(backend, ask("Tell me a story."))))
+        finally:
+            await backend.close()
+    assert answers[0] != answers[1]
+
+
+@pytest.mark.model
+async def test_cancel_stops_generation_early_and_the_model_works_after(llama):
+    cancel = threading.Event()
+    chunks = []
+    async for chunk in llama.stream(
+        ask(STORY), dataclasses.replace(llama.settings.sampling(), max_tokens=400), cancel
+    ):
+        chunks.append(chunk.text)
+        if len(chunks) == 3:
+            cancel.set()  # and keep reading, as the pipeline does after /stop
+    assert 3 <= len(chunks) <= 10
+    assert "".join(await generate(llama, ask(FRANCE))) == "The capital of France is Paris."
+
+
+@pytest.mark.model
+async def test_leaving_the_stream_early_waits_for_the_worker(llama):
+    stream = llama.stream(
+        ask(STORY),
+        dataclasses.replace(llama.settings.sampling(), max_tokens=400),
+        threading.Event(),
+    )
+    async for _ in stream:
+        break
+    started = time.monotonic()
+    await stream.aclose()
+    # 400 tokens take seconds; the worker stops after its current token instead.
+    assert time.monotonic() - started < 1.0
+    assert "".join(await generate(llama, ask(FRANCE))) == "The capital of France is Paris."
+
+
+@pytest.mark.model
+async def test_event_loop_keeps_ticking_during_generation(llama):
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0.02)
+    started = time.monotonic()
+    chunks = await generate(llama, ask(STORY), max_tokens=64)
+    elapsed = time.monotonic() - started
+    task.cancel()
+    during = [t for t in ticks if t >= started]
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(chunks) == 64
+    assert max(gaps) < 0.1, f"the event loop stalled for {max(gaps) * 1000:.0f} ms"
+    assert len(during) >= 0.5 * elapsed / 0.01
+
+
+@pytest.mark.model
+async def test_count_tokens_matches_the_tokenizer_llama_generates_with(llama):
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(embedded_model_path()), vocab_only=True, verbose=False)
+    short, long = ask("Hi"), ask("Hi. " + "Please tell me about the history of Rome. " * 10)
+    counts = [await llama.count_tokens(prompt) for prompt in (short, long)]
+    # Tokenized exactly as Llama.create_completion tokenizes its prompt.
+    expected = [
+        len(vocab.tokenize(llama.render(p).encode("utf-8"), special=True)) for p in (short, long)
+    ]
+    vocab.close()
+    assert counts == expected
+    assert counts[0] > 5 and counts[1] > counts[0] + 80
+
+
+# -- through the bot -----------------------------------------------------------
+
+
+def with_backend(**backend: object) -> dict:
+    return {"backend": {**LLAMA_BOT["backend"], **backend}}
+
+
+async def until_streaming(reply) -> None:
+    """Wait until a reply has its first streamed text (the model is generating it)."""
+    async with asyncio.timeout(10):
+        while not reply.updates:
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.model
+async def test_bot_streams_a_reply_from_the_model(make_bot):
+    async with make_bot(LLAMA_BOT) as bot:
+        reply = await bot.chat.say(FRANCE)
+    assert reply.status is ReplyStatus.COMPLETED
+    assert len(reply.updates) > 1 and reply.updates[-1] == reply.final
+    assert "Paris" in reply.final
+    assert bot.backend.model_name == "SmolLM2-135M-Instruct.Q4_1"
+
+
+@pytest.mark.model
+async def test_bot_records_the_tokens_of_prompt_and_reply(make_bot):
+    replies: list[Reply] = []
+
+    class Record:
+        @hookimpl
+        def botkit_after_reply(self, reply):
+            replies.append(reply)
+
+    async with make_bot(LLAMA_BOT, plugins={"record": Record()}) as bot:
+        await bot.chat.say(STORY)
+        prompt_tokens = await bot.backend.count_tokens(
+            ask(STORY, system=bot.settings.bot.system_prompt)
+        )
+    [reply] = replies
+    assert reply.status is ReplyStatus.COMPLETED
+    assert reply.completion_tokens == 48  # the story runs to max_tokens
+    assert reply.prompt_tokens == prompt_tokens
+    assert 0 < reply.first_token_s < reply.latency_s
+
+
+@pytest.mark.model
+async def test_bot_timeout_ends_a_long_generation(make_bot):
+    async with make_bot(with_backend(timeout=0.05, max_tokens=2000)) as bot:
+        started = time.monotonic()
+        reply = await bot.chat.say(STORY)
+        elapsed = time.monotonic() - started
+    assert reply.status is ReplyStatus.TIMED_OUT
+    assert reply.final.endswith("[stopped: the answer took longer than 0.05 s]")
+    assert elapsed < 2  # 2000 tokens would take half a minute
+
+
+@pytest.mark.model
+async def test_bot_stop_ends_the_users_generation(make_bot):
+    async with make_bot(with_backend(max_tokens=400)) as bot:
+        task, story = bot.chat.say_nowait(STORY, user="alice", channel="one")
+        await until_streaming(story)
+        stop = await asyncio.wait_for(bot.chat.say("/stop", user="alice", channel="one"), 1)
+        await asyncio.wait_for(task, 2)
+        after = await bot.chat.say(FRANCE, user="alice", channel="one")
+    assert stop.texts == ["Stopped."]
+    assert story.status is ReplyStatus.STOPPED and story.final.endswith("[stopped]")
+    assert len(story.updates) < 50
+    assert after.status is ReplyStatus.COMPLETED and "Paris" in after.final
+
+
+@pytest.mark.model
+async def test_bot_queues_a_second_user_and_answers_in_arrival_order(make_bot):
+    async with make_bot(LLAMA_BOT) as bot:
+        finished: list[str] = []
+        alice_task, alice = bot.chat.say_nowait(STORY, user="alice", channel="one")
+        alice_task.add_done_callback(lambda _: finished.append("alice"))
+        await until_streaming(alice)
+        bob_task, bob = bot.chat.say_nowait(FRANCE, user="bob", channel="two")
+        bob_task.add_done_callback(lambda _: finished.append("bob"))
+        await asyncio.wait_for(asyncio.gather(alice_task, bob_task), 20)
+    assert alice.sent == []
+    assert len(bob.sent) == 1 and "1 request ahead of you" in bob.sent[0]
+    assert finished == ["alice", "bob"]
+    assert alice.status is bob.status is ReplyStatus.COMPLETED
+    assert "dragon" in alice.final.lower() and "Paris" in bob.final
+
+
+@pytest.mark.model
+async def test_bot_refuses_a_message_longer_than_the_context_window(make_bot):
+    config = {**with_backend(n_ctx=256), "bot": {"max_message_chars": 100_000}}
+    async with make_bot(config) as bot:
+        assert bot.backend.context_window == 256
+        text = "Please summarise this. " + "The quick brown fox jumps over the lazy dog. " * 60
+        refused = await bot.chat.say(text)
+        after = await bot.chat.say(FRANCE)
+    assert len(text) < 100_000
+    assert refused.final is None and len(refused.sent) == 1
+    assert "too long for the model" in refused.sent[0]
+    assert after.status is ReplyStatus.COMPLETED
