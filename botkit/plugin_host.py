@@ -197,9 +197,13 @@ class PluginHost:
         log.error("%s; starting without it ([plugins] on_error = \"skip\")", error)
 
     def _check_hooks(self, name: str) -> None:
-        """A misspelled hook fails loudly, naming the plugin (pluggy would name only the hook)."""
+        """A misspelled hook or a wrapper fails loudly, naming the plugin."""
         plugin = self.pm.get_plugin(name)
         for caller in self.pm.get_hookcallers(plugin) or []:
+            if any(impl.plugin is plugin and (impl.hookwrapper or impl.wrapper) for impl in caller.get_hookimpls()):
+                raise PluginLoadError(
+                    name, f"{caller.name} is a wrapper; botkit calls hooks itself and does not run wrappers"
+                )
             if caller.spec is None and any(
                 impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls()
             ):

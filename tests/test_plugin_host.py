@@ -193,3 +193,13 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     assert "wave" in host.registry.commands
     disabled = host_for({"plugins": {"wave": {"enabled": False}}})
     assert "wave" not in disabled.registry.commands
+
+
+def test_hook_wrappers_are_refused_by_name():
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def botkit_gate(self, message):
+            return (yield)
+
+    with pytest.raises(PluginLoadError, match="plugin 'wrapping': botkit_gate is a wrapper"):
+        host_for(extra={"wrapping": Wrapper()})

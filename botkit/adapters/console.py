@@ -13,13 +13,16 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pydantic import Field
 
 from botkit import hookimpl
 from botkit.adapter import Adapter, AdapterSettings
 from botkit.types import Message, ReplyStatus, Responder, User
+
+if TYPE_CHECKING:
+    from botkit.bot import Bot
 
 PLATFORM = "console"
 
@@ -102,12 +105,12 @@ class ConsoleAdapter(Adapter):
 
     def __init__(
         self,
-        bot: object,
+        bot: Bot,
         settings: ConsoleSettings,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
     ) -> None:
-        super().__init__(bot, settings)  # type: ignore[arg-type]
+        super().__init__(bot, settings)
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.interactive = self.stdin.isatty() and self.stdout.isatty()

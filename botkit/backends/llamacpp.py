@@ -183,7 +183,9 @@ class LlamaCppBackend(Backend):
             )
             try:
                 for part in completion:
-                    yield Chunk(part["choices"][0]["text"])
+                    text = part["choices"][0]["text"]
+                    if text:  # the closing part carries only the finish reason, no token
+                        yield Chunk(text)
             finally:
                 completion.close()
 
