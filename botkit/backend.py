@@ -76,6 +76,10 @@ class Backend(ABC):
         """Tokens the rendered ``prompt`` takes, counted with the model's tokenizer."""
 
     @abstractmethod
+    async def count_text(self, text: str) -> int:
+        """Tokens of plain ``text`` (one turn's content, without template markup)."""
+
+    @abstractmethod
     def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
     ) -> AsyncIterator[Chunk]:

@@ -16,6 +16,7 @@ from botkit.pipeline import Pipeline
 from botkit.plugin_host import PluginHost
 from botkit.registry import Registry
 from botkit.settings import Settings, validate_table
+from botkit.storage import Database, Migrator
 from botkit.types import Message, Responder, User
 
 log = logging.getLogger("botkit")
@@ -29,6 +30,8 @@ class Bot:
         self.host = host
         self.backend_name, self.backend_settings, self.backend = self._make_backend()
         self.queue = GenerationQueue(self.backend.concurrency, self.backend_settings.queue_limit)
+        self.db = Database(settings.storage)
+        self.migrator = Migrator(self.db, list(self.registry.migrations.values()))
         self.pipeline = Pipeline(self)
         self.started = False
 
@@ -81,8 +84,14 @@ class Bot:
         return [name for name in sorted(self.registry.adapters) if self.adapter_settings(name).enabled]
 
     async def start(self) -> None:
-        """Load the model and run the start-up hooks."""
-        await self.backend.start()
+        """Open the database (upgrading or checking its schema), load the model, run start-up hooks."""
+        await self.db.connect()
+        try:
+            await self.migrator.ensure_current(self.settings.storage.auto_upgrade)
+            await self.backend.start()
+        except BaseException:
+            await self.db.close()
+            raise
         await call_all(self.hook.botkit_startup, bot=self)
         self.started = True
         log.info("bot started: backend %s, model %s", self.backend_name, self.backend.model_name)
@@ -96,6 +105,7 @@ class Bot:
         await self.pipeline.drain()
         await call_all(self.hook.botkit_shutdown, bot=self)
         await self.backend.close()
+        await self.db.close()
 
     async def handle(self, message: Message, responder: Responder) -> None:
         """Answer one incoming message; adapters call this."""

@@ -30,3 +30,7 @@ class ModelLoadError(BotkitError):
 
 class QueueFull(BotkitError):
     """A backend's generation queue has no room for another request."""
+
+
+class StorageError(BotkitError):
+    """The database cannot be reached, or its schema is not the one this code needs."""

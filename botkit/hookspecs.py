@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         RegisterAdapter,
         RegisterBackend,
         RegisterCommand,
+        RegisterMigrations,
         RegisterSettings,
     )
 
@@ -83,6 +84,23 @@ def botkit_register_commands(register: RegisterCommand) -> None:
     Commands are only ever parsed from what a user typed, never from model output.
     Results: all implementations are called; duplicates raise ``DuplicateNameError``.
     Where: any plugin. Synchronous.
+    """
+
+
+@hookspec
+def botkit_register_migrations(register: RegisterMigrations) -> None:
+    """Contribute a branch of database migrations for a plugin's own tables.
+
+    When: once at start-up, before the schema is checked or upgraded.
+    Arguments: ``register(versions, metadata)``: ``versions`` is a folder of
+    Alembic revision files whose first revision has ``branch_labels`` (the
+    plugin's name) and ``depends_on = "botkit"`` when it refers to core
+    tables; ``metadata`` is the SQLAlchemy ``MetaData`` of the tables those
+    revisions create, so that a test can check models and migrations agree.
+    ``botkit db upgrade`` (or start-up with ``[storage] auto_upgrade``)
+    applies every branch.
+    Results: all implementations are called; a plugin registers one branch.
+    Where: plugins that keep their own tables. Synchronous.
     """
 
 

@@ -24,6 +24,17 @@ EMPTY_REPLY = "(the model gave an empty answer)"
 FAILED_REPLY = "Sorry, something went wrong while I was answering. Please try again."
 
 
+def readable(text: str) -> bool:
+    """False for text no database stores faithfully: NUL bytes, unpaired surrogates."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class ConversationLanes:
     """One FIFO lock per conversation: its messages are handled in arrival order."""
 
@@ -88,6 +99,12 @@ class Pipeline:
             await responder.send(
                 f"Sorry, your message is too long for me ({len(message.text):,} characters; "
                 f"the limit is {limit:,}). Please shorten it or split it up."
+            )
+            return
+        if not readable(message.text):
+            await responder.send(
+                "Sorry, your message contains characters I can't read (a NUL byte or broken Unicode). "
+                "Please send it again without them."
             )
             return
         hook = self.bot.hook

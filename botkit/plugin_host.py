@@ -30,6 +30,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "commands": "botkit.plugins.commands",
     "console": "botkit.adapters.console",
     "llamacpp": "botkit.backends.llamacpp",
+    "memory": "botkit.plugins.memory",
     "scripted": "botkit.backends.scripted",
 }
 
@@ -38,6 +39,7 @@ _REGISTER_HOOKS = {
     "botkit_register_backends": "backend_registrar",
     "botkit_register_adapters": "adapter_registrar",
     "botkit_register_commands": "command_registrar",
+    "botkit_register_migrations": "migrations_registrar",
 }
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
+from sqlalchemy import MetaData
 
 from botkit.errors import DuplicateNameError
+from botkit.storage.migrations import MigrationBranch
 
 if TYPE_CHECKING:
     from botkit.adapter import Adapter, AdapterSettings
@@ -59,6 +62,10 @@ class RegisterCommand(Protocol):
     def __call__(self, command: Command) -> None: ...
 
 
+class RegisterMigrations(Protocol):
+    def __call__(self, versions: Path, metadata: MetaData) -> None: ...
+
+
 class Registry:
     """Everything registered by the loaded plugins, keyed by name."""
 
@@ -67,6 +74,7 @@ class Registry:
         self.backends: dict[str, BackendType] = {}
         self.adapters: dict[str, AdapterType] = {}
         self.commands: dict[str, Command] = {}
+        self.migrations: dict[str, MigrationBranch] = {}  # by plugin name
         self.owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin that registered it
 
     def _tables(self) -> dict[str, dict[str, Any]]:
@@ -75,6 +83,7 @@ class Registry:
             "backend": self.backends,
             "adapter": self.adapters,
             "command": self.commands,
+            "migrations": self.migrations,
         }
 
     def _claim(self, kind: str, name: str, plugin: str) -> None:
@@ -120,6 +129,15 @@ class Registry:
         def register(name: str, factory: Callable[[Any, Any], Adapter], settings_model: type) -> None:
             self._claim("adapter", name, plugin)
             self.adapters[name] = AdapterType(name, factory, settings_model, plugin)
+
+        return register
+
+    def migrations_registrar(self, plugin: str) -> RegisterMigrations:
+        def register(versions: Path, metadata: MetaData) -> None:
+            if not Path(versions).is_dir():
+                raise ValueError(f"migrations folder {versions} does not exist")
+            self._claim("migrations", plugin, plugin)
+            self.migrations[plugin] = MigrationBranch(plugin, Path(versions), metadata)
 
         return register
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from botkit.errors import ConfigError
+from botkit.storage.database import StorageSettings
 from botkit.types import ConversationScope
 
 ENV_PREFIX = "BOTKIT_"
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
     backend: dict[str, Any] = Field(default_factory=dict)
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     # Where the values came from, for error messages and the secrets rule.

@@ -122,8 +122,12 @@ MakeBot = Callable[..., AbstractAsyncContextManager[TestBot]]
 
 
 @pytest.fixture
-def make_bot(monkeypatch: pytest.MonkeyPatch) -> MakeBot:
-    """Build, start and (always) stop a bot: ``async with make_bot(config, plugins=...) as bot``."""
+def make_bot(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> MakeBot:
+    """Build, start and (always) stop a bot: ``async with make_bot(config, plugins=...) as bot``.
+
+    Each bot gets a fresh SQLite database in a temporary folder unless the
+    config names ``[storage]`` itself.
+    """
     for name in list(os.environ):
         if name.startswith("BOTKIT_"):
             monkeypatch.delenv(name)
@@ -132,7 +136,8 @@ def make_bot(monkeypatch: pytest.MonkeyPatch) -> MakeBot:
     async def factory(
         config: dict[str, Any] | None = None, plugins: dict[str, object] | None = None
     ) -> AsyncIterator[TestBot]:
-        settings = settings_from_mapping(_merge(DEFAULT_TEST_CONFIG, config or {}))
+        storage = {"data_dir": str(tmp_path_factory.mktemp("botkit-data"))}
+        settings = settings_from_mapping(_merge({**DEFAULT_TEST_CONFIG, "storage": storage}, config or {}))
         bot = TestBot.load(settings, extra_plugins=plugins)
         bot.chat = MemoryChat(bot)
         await bot.start()

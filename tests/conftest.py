@@ -19,3 +19,9 @@ def write_config(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def private_data_dir(tmp_path_factory, monkeypatch):
+    """Keep every test (and every botkit it starts) out of the real ~/.local/share/botkit."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))

@@ -156,6 +156,11 @@ class LlamaCppBackend(Backend):
     def _tokenize(self, text: str) -> list[int]:
         return self._llama.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=True)
 
+    async def count_text(self, text: str) -> int:
+        encoded = text.encode("utf-8", errors="replace")
+        tokens = await asyncio.to_thread(self._llama.tokenize, encoded, False, False)
+        return len(tokens)
+
     async def count_tokens(self, prompt: Prompt) -> int:
         text = self.render(prompt)
         # Tokenizing reads only the vocabulary, so it may run beside a generation.
@@ -183,9 +188,9 @@ class LlamaCppBackend(Backend):
             )
             try:
                 for part in completion:
-                    text = part["choices"][0]["text"]
-                    if text:  # the closing part carries only the finish reason, no token
-                        yield Chunk(text)
+                    piece = part["choices"][0]["text"]
+                    if piece:  # the closing part carries only the finish reason, no token
+                        yield Chunk(piece)
             finally:
                 completion.close()
 

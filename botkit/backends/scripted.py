@@ -93,8 +93,11 @@ class ScriptedBackend(Backend):
         self.closed = True
 
     async def count_tokens(self, prompt: Prompt) -> int:
+        return await self.count_text(self.render(prompt))
+
+    async def count_text(self, text: str) -> int:
         # About four characters a token, as for English text with a BPE tokenizer.
-        return len(self.render(prompt)) // 4 + 1
+        return len(text) // 4 + 1
 
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event

@@ -1,0 +1,146 @@
+"""The one database connection: an async SQLAlchemy engine for SQLite (default) or PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from botkit.errors import ConfigError, StorageError
+
+DB_FILE = "botkit.db"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "botkit"
+
+
+class StorageSettings(BaseModel):
+    """``[storage]``: where the bot keeps conversations, feedback and state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="folder for the SQLite file and spool")
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+asyncpg://bot@db/botkit; unset for SQLite in data_dir",
+    )
+    password: SecretStr | None = Field(None, description="database password (environment only)")
+    auto_upgrade: bool = Field(True, description="apply pending migrations when the bot starts")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for the database")
+    busy_timeout: float = Field(30.0, gt=0, description="SQLite: seconds a writer waits for the lock")
+    pool_size: int = Field(5, ge=1, description="PostgreSQL connections kept open")
+
+
+def masked(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+class Database:
+    """An async engine and its session factory. ``await connect()`` before use."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self.settings = settings
+        self.url = self._url(settings)
+        self.display_url = masked(self.url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.engine: AsyncEngine = self._engine()
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @staticmethod
+    def _url(settings: StorageSettings) -> URL:
+        if settings.url is None:
+            return URL.create("sqlite+aiosqlite", database=str(settings.data_dir.expanduser() / DB_FILE))
+        try:
+            url = make_url(settings.url)
+        except ArgumentError:
+            raise ConfigError("[storage] url: not a database URL (e.g. postgresql+asyncpg://bot@localhost/botkit)") from None
+        if url.password is not None:
+            raise ConfigError(
+                "[storage] url: the password is a secret and is read only from the environment: "
+                "remove it from the URL and set BOTKIT_STORAGE__PASSWORD"
+            )
+        if settings.password is not None:
+            url = url.set(password=settings.password.get_secret_value())
+        backend, driver = url.get_backend_name(), url.get_driver_name()
+        if (backend, driver) not in {("sqlite", "aiosqlite"), ("postgresql", "asyncpg")}:
+            raise ConfigError(
+                f"[storage] url: {backend}+{driver} is not supported; use sqlite+aiosqlite:///PATH "
+                "or postgresql+asyncpg://USER@HOST/DB"
+            )
+        return url
+
+    def _engine(self) -> AsyncEngine:
+        options: dict[str, Any] = {}
+        if self.is_sqlite:
+            options["connect_args"] = {"timeout": self.settings.busy_timeout}
+        else:
+            options["connect_args"] = {"timeout": self.settings.connect_timeout}
+            options["pool_size"] = self.settings.pool_size
+            options["pool_pre_ping"] = True
+        engine = create_async_engine(self.url, **options)
+        if self.is_sqlite:
+            busy_ms = int(self.settings.busy_timeout * 1000)
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                # WAL lets readers work beside one writer; busy_timeout makes a second
+                # process wait for the lock instead of failing with "database is locked".
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+
+        return engine
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        return Path(self.url.database) if self.is_sqlite and self.url.database else None
+
+    async def connect(self) -> None:
+        """Check that the database answers; a clear ``StorageError`` (password masked) if not."""
+        path = self.sqlite_path
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StorageError(f"cannot create the data folder {path.parent}: {error.strerror}") from None
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                async with self.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError, TimeoutError) as error:
+            raise StorageError(
+                f"cannot reach the database at {self.display_url}: {describe(error)}; "
+                "check [storage] url (and BOTKIT_STORAGE__PASSWORD) and that the server is running"
+            ) from None
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed on success and rolled back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def describe(error: BaseException) -> str:
+    """A one-line reason for a database error, without SQL or parameters (they may hold user text)."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    original = getattr(error, "orig", None) or error
+    reason = str(original).splitlines()[0] if str(original) else type(original).__name__
+    return reason[:300]

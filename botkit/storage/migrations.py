@@ -1,0 +1,132 @@
+"""Alembic, driven from botkit: the core version folder plus one branch per plugin that registers one."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import MetaData
+from sqlalchemy.engine import Connection
+
+from botkit.errors import StorageError
+from botkit.storage.database import Database
+from botkit.storage.models import Base
+
+CORE_BRANCH = "botkit"
+
+
+def migrations_dir() -> Path:
+    """The installed ``botkit.migrations`` folder (``migrations/`` in the repository)."""
+    spec = importlib.util.find_spec("botkit.migrations")
+    assert spec is not None and spec.submodule_search_locations, "botkit.migrations is missing"
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationBranch:
+    """A folder of Alembic revisions and the tables it creates, contributed by a plugin (or the core)."""
+
+    plugin: str
+    versions: Path
+    metadata: MetaData
+
+
+class Migrator:
+    """Upgrade, downgrade and inspect the schema of one database."""
+
+    def __init__(self, db: Database, branches: list[MigrationBranch]) -> None:
+        self.db = db
+        self.branches = [MigrationBranch("core", migrations_dir() / "versions", Base.metadata), *branches]
+
+    def config(self, connection: Connection | None = None, stdout: io.StringIO | None = None) -> Config:
+        config = Config(stdout=stdout or io.StringIO())
+        config.set_main_option("script_location", str(migrations_dir()))
+        config.set_main_option("path_separator", "os")
+        config.set_main_option("version_locations", os.pathsep.join(str(b.versions) for b in self.branches))
+        config.attributes["connection"] = connection
+        config.attributes["target_metadata"] = [b.metadata for b in self.branches]
+        return config
+
+    def script(self) -> ScriptDirectory:
+        return ScriptDirectory.from_config(self.config())
+
+    def heads(self) -> set[str]:
+        """The newest revision of each branch, as this code knows them."""
+        return set(self.script().get_heads())
+
+    async def _run(self, action: Callable[[Connection], Any]) -> Any:
+        try:
+            async with self.db.engine.begin() as connection:
+                return await connection.run_sync(action)
+        except CommandError as error:
+            raise StorageError(f"migration failed: {error}") from None
+
+    async def current(self) -> set[str]:
+        """The revisions the database is at (empty for a new database)."""
+        return await self._run(lambda c: set(MigrationContext.configure(c).get_current_heads()))
+
+    async def is_current(self) -> bool:
+        return await self.current() == self.heads()
+
+    async def upgrade(self, target: str = "heads") -> str:
+        out = io.StringIO()
+        await self._run(lambda c: command.upgrade(self.config(c, out), target))
+        return out.getvalue()
+
+    async def downgrade(self, target: str) -> str:
+        out = io.StringIO()
+        await self._run(lambda c: command.downgrade(self.config(c, out), target))
+        return out.getvalue()
+
+    def history(self) -> str:
+        out = io.StringIO()
+        command.history(self.config(stdout=out), verbose=False)
+        return out.getvalue()
+
+    async def differences(self) -> list[Any]:
+        """What autogenerate would change to make the database match the models (empty: they agree)."""
+        metadata = [b.metadata for b in self.branches]
+
+        def compare(connection: Connection) -> list[Any]:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return compare_metadata(context, metadata)  # type: ignore[arg-type]  # a list is accepted
+
+        return await self._run(compare)
+
+    async def ensure_current(self, auto_upgrade: bool) -> None:
+        """Upgrade, or refuse with the command to run, when the schema is behind this code."""
+        current, heads = await self.current(), self.heads()
+        if current == heads:
+            return
+        unknown = {rev for rev in current if self._known(rev) is False}
+        if unknown:
+            raise StorageError(
+                f"the database at {self.db.display_url} is at revision(s) {', '.join(sorted(unknown))}, "
+                "which this botkit does not know: it was migrated by a newer version (or a plugin "
+                "that is not loaded); upgrade botkit or enable that plugin"
+            )
+        if not auto_upgrade:
+            raise StorageError(
+                f"the database schema at {self.db.display_url} is out of date "
+                f"(at {', '.join(sorted(current)) or 'nothing'}; this code needs {', '.join(sorted(heads))}): "
+                "run `botkit db upgrade`, or set [storage] auto_upgrade = true"
+            )
+        await self.upgrade()
+
+    def _known(self, revision: str) -> bool:
+        try:
+            return self.script().get_revision(revision) is not None
+        except CommandError:
+            return False
+

@@ -1,0 +1,1 @@
+"""Alembic migrations of botkit's core schema (installed as ``botkit.migrations``)."""

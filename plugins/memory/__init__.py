@@ -1,0 +1,190 @@
+"""Conversation memory: every message and reply stored in SQL, history put back into the prompt.
+
+History is the newest turns of the conversation (scope: ``[bot]
+conversation_scope``) that fit ``history_tokens``, counted with the model's
+tokenizer when each message was stored. ``/reset`` starts a fresh conversation
+(history is kept in the database); ``/history`` shows what the bot remembers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+from weakref import WeakKeyDictionary
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from botkit import Command, CommandContext, ConversationScope, Message, Prompt, Reply, Role, Turn, hookimpl
+
+from .spool import Spool
+from .store import MemoryStore, StoredTurn, utcnow
+
+log = logging.getLogger("botkit.plugins.memory")
+
+NAME = "memory"
+
+
+class MemorySettings(BaseModel):
+    """``[plugins.memory]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    history_tokens: int = Field(1500, ge=0, description="most tokens of earlier turns put into the prompt")
+    max_turns: int = Field(40, ge=0, description="most earlier turns read for one message")
+    attribution: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="prefix user turns with the sender's name: 'auto' does so once several people take part",
+    )
+    retry_interval: float = Field(5.0, gt=0, description="seconds between write attempts while the database is down")
+    spool_max_bytes: int = Field(50_000_000, ge=0, description="size bound of the on-disk spool")
+    flush_timeout: float = Field(10.0, ge=0, description="seconds shutdown waits for pending writes")
+
+
+_stores: WeakKeyDictionary[Any, MemoryStore] = WeakKeyDictionary()
+
+
+def memory(bot: Any) -> MemoryStore:
+    """The running bot's store (created at start-up)."""
+    return _stores[bot]
+
+
+def settings_of(bot: Any) -> MemorySettings:
+    settings = bot.plugin_settings(NAME)
+    assert isinstance(settings, MemorySettings)
+    return settings
+
+
+def shared(message: Message, scope: ConversationScope) -> bool:
+    """Whether several people may write in this conversation."""
+    return not message.is_dm and scope is not ConversationScope.USER
+
+
+def fit_budget(turns: list[StoredTurn], budget: int) -> tuple[list[StoredTurn], int]:
+    """The newest turns whose token counts add up to at most ``budget``, and how many were dropped."""
+    kept: list[StoredTurn] = []
+    used = 0
+    for turn in reversed(turns):
+        if used + turn.token_count > budget:
+            break
+        kept.append(turn)
+        used += turn.token_count
+    kept.reverse()
+    return kept, len(turns) - len(kept)
+
+
+@hookimpl
+def botkit_register_settings(register):
+    register(NAME, MemorySettings)
+
+
+@hookimpl
+def botkit_register_commands(register):
+    register(Command("reset", "start a fresh conversation (what was said stays in the log)", reset))
+    register(Command("history", "show what I remember of this conversation", show_history))
+
+
+@hookimpl
+async def botkit_startup(bot):
+    settings = settings_of(bot)
+    spool = Spool(bot.settings.storage.data_dir.expanduser() / "spool" / "memory.jsonl", settings.spool_max_bytes)
+    store = _stores[bot] = MemoryStore(bot.db, spool, settings.retry_interval)
+    store.start()
+
+
+@hookimpl
+async def botkit_shutdown(bot):
+    store = _stores.pop(bot, None)
+    if store is not None:
+        await store.close(settings_of(bot).flush_timeout)
+
+
+@hookimpl(tryfirst=True)
+async def botkit_prepare_context(message: Message, prompt: Prompt, bot):
+    settings = settings_of(bot)
+    key = message.conversation_key(bot.settings.bot.conversation_scope)
+    turns = await memory(bot).history(key, settings.max_turns)
+    turns, dropped = fit_budget(turns, settings.history_tokens)
+    if dropped:
+        log.info("memory: %d older turns of %s left out to fit history_tokens", dropped, key)
+    attribute = wants_attribution(settings, message, bot.settings.bot.conversation_scope, turns)
+    history = [Turn(Role(turn.role), turn.text, speaker=turn.speaker if attribute else None) for turn in turns]
+    current = prompt.turns[-1]
+    if attribute and current.role is Role.USER and current.speaker is None:
+        current = Turn(Role.USER, current.text, speaker=message.author.display_name)
+    prompt.turns[:] = [*history, *prompt.turns[:-1], current]
+
+
+def wants_attribution(
+    settings: MemorySettings, message: Message, scope: ConversationScope, turns: list[StoredTurn]
+) -> bool:
+    """Names go into the prompt when several people take part ('auto'), or as configured."""
+    if settings.attribution != "auto":
+        return settings.attribution == "always"
+    if not shared(message, scope):
+        return False
+    speakers = {turn.speaker for turn in turns if turn.role == "user"} | {message.author.display_name}
+    return len(speakers) > 1
+
+
+@hookimpl
+async def botkit_after_reply(message: Message, reply: Reply, bot):
+    scope = bot.settings.bot.conversation_scope
+    sent_at = message.created_at.isoformat()
+    memory(bot).add(
+        {
+            "id": message.message_id,
+            "kind": "exchange",
+            "scope_key": message.conversation_key(scope),
+            "platform": message.platform,
+            "channel_id": message.channel_id,
+            "thread_id": message.thread_id,
+            "is_dm": message.is_dm,
+            "at": sent_at,
+            "user": {
+                "author_id": message.author.id,
+                "name": message.author.display_name,
+                "speaker": message.author.display_name,
+                "message_id": message.message_id,
+                "text": message.text,
+                "at": sent_at,
+                "tokens": await bot.backend.count_text(message.text),
+            },
+            "reply": {
+                # NUL cannot be stored in PostgreSQL text; it never belongs in a reply anyway.
+                "text": reply.text.replace("\x00", ""),
+                "status": reply.status.value,
+                "backend": reply.backend,
+                "model": reply.model,
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "latency_ms": round(reply.latency_s * 1000),
+                "at": utcnow().isoformat(),
+                "tokens": await bot.backend.count_text(reply.text),
+            },
+        }
+    )
+
+
+async def reset(ctx: CommandContext) -> str:
+    scope = ctx.bot.settings.bot.conversation_scope
+    memory(ctx.bot).add({"kind": "reset", "scope_key": ctx.message.conversation_key(scope), "at": utcnow().isoformat()})
+    return "Started a fresh conversation: I won't use what was said before (it stays in the log)."
+
+
+async def show_history(ctx: CommandContext) -> str:
+    bot = ctx.bot
+    settings = settings_of(bot)
+    scope = bot.settings.bot.conversation_scope
+    turns = await memory(bot).history(ctx.message.conversation_key(scope), settings.max_turns)
+    turns, dropped = fit_budget(turns, settings.history_tokens)
+    if not turns:
+        return "I don't remember anything of this conversation yet."
+    lines = ["What I remember of this conversation (oldest first):"]
+    for turn in turns:
+        who = "me" if turn.role == "assistant" else (turn.speaker or "you")
+        text = turn.text if len(turn.text) <= 300 else turn.text[:297] + "..."
+        lines.append(f"{who}: {text}")
+    if dropped:
+        lines.append(f"({dropped} older messages no longer fit in what I remember.)")
+    return "\n".join(lines)
+
