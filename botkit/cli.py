@@ -187,6 +187,105 @@ def config_check(ctx: Context) -> None:
     click.echo(to_toml(effective))
 
 
+@cli.group()
+def db() -> None:
+    """Manage the database: migrations and backups."""
+
+
+def with_migrator(ctx: Context, action: Any) -> Any:
+    """Run ``action(bot)`` with the database connected (no model is loaded, no schema check)."""
+
+    async def run() -> Any:
+        bot = Bot.load(ctx.settings())
+        await bot.db.connect()
+        try:
+            return await action(bot)
+        finally:
+            await bot.db.close()
+
+    try:
+        return asyncio.run(run())
+    except BotkitError as error:
+        fail(error)
+
+
+@db.command("upgrade")
+@click.argument("revision", default="heads")
+@click.pass_obj
+def db_upgrade(ctx: Context, revision: str) -> None:
+    """Apply migrations up to REVISION (default: the newest of every branch)."""
+
+    async def action(bot: Bot) -> None:
+        before = await bot.migrator.current()
+        await bot.migrator.upgrade(revision)
+        after = await bot.migrator.current()
+        click.echo(f"{bot.db.display_url}: {describe_revisions(before)} -> {describe_revisions(after)}")
+
+    with_migrator(ctx, action)
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.pass_obj
+def db_downgrade(ctx: Context, revision: str) -> None:
+    """Undo migrations down to REVISION ('-1' for one step, 'base' for an empty database)."""
+
+    async def action(bot: Bot) -> None:
+        before = await bot.migrator.current()
+        await bot.migrator.downgrade(revision)
+        after = await bot.migrator.current()
+        click.echo(f"{bot.db.display_url}: {describe_revisions(before)} -> {describe_revisions(after)}")
+
+    with_migrator(ctx, action)
+
+
+@db.command("current")
+@click.pass_obj
+def db_current(ctx: Context) -> None:
+    """Show the database's revision and whether it is up to date."""
+
+    async def action(bot: Bot) -> None:
+        current, heads = await bot.migrator.current(), bot.migrator.heads()
+        state = "up to date" if bot.migrator.up_to_date(current) else f"out of date (newest: {describe_revisions(heads)})"
+        click.echo(f"{bot.db.display_url}: {describe_revisions(current)} ({state})")
+
+    with_migrator(ctx, action)
+
+
+@db.command("history")
+@click.pass_obj
+def db_history(ctx: Context) -> None:
+    """List every known migration, newest first."""
+    try:
+        bot = Bot.load(ctx.settings())
+    except BotkitError as error:
+        fail(error)
+    click.echo(bot.migrator.history().rstrip())
+
+
+@db.command("backup")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="replace PATH if it exists")
+@click.pass_obj
+def db_backup(ctx: Context, path: Path, overwrite: bool) -> None:
+    """Copy the SQLite database to PATH while the bot may be running (online backup).
+
+    For PostgreSQL use pg_dump (see docs/storage.md).
+    """
+    from botkit.storage.backup import backup_sqlite
+
+    try:
+        bot = Bot.load(ctx.settings())
+        copied = backup_sqlite(bot.db, path, overwrite=overwrite)
+    except BotkitError as error:
+        fail(error)
+    click.echo(f"backed up {bot.db.display_url} to {path} ({copied:,} bytes)")
+
+
+def describe_revisions(revisions: set[str]) -> str:
+    return ", ".join(sorted(revisions)) or "empty"
+
+
 def effective_config(bot: Bot) -> dict[str, Any]:
     """Everything the bot would run with, secrets masked."""
     settings = bot.settings
@@ -199,6 +298,7 @@ def effective_config(bot: Bot) -> dict[str, Any]:
     return {
         "bot": masked_dump(settings.bot),
         "logging": masked_dump(settings.logging),
+        "storage": masked_dump(settings.storage),
         "backend": masked_dump(bot.backend_settings),
         "adapters": {name: masked_dump(bot.adapter_settings(name)) for name in sorted(bot.registry.adapters)},
         "plugins": {

@@ -25,3 +25,29 @@ def write_config(tmp_path: Path):
 def private_data_dir(tmp_path_factory, monkeypatch):
     """Keep every test (and every botkit it starts) out of the real ~/.local/share/botkit."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the whole test session (never skipped)."""
+    import tempfile
+
+    from servers import remove_tree, start_postgres
+
+    # Not under pytest's tmp folder: the server runs as the 'postgres' user, who must reach it.
+    root = Path(tempfile.mkdtemp(prefix="botkit-pg-"))
+    server = start_postgres(root)
+    yield server
+    server.stop()
+    remove_tree(root)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_config(request, tmp_path) -> dict:
+    """``{"storage": ...}`` for a fresh, empty database of each kind."""
+    storage = {"data_dir": str(tmp_path / "data")}
+    if request.param == "postgresql":
+        import uuid
+
+        storage["url"] = request.getfixturevalue("postgres").create_database(f"t{uuid.uuid4().hex[:12]}")
+    return {"storage": storage}

@@ -77,7 +77,25 @@ class Migrator:
         return await self._run(lambda c: set(MigrationContext.configure(c).get_current_heads()))
 
     async def is_current(self) -> bool:
-        return await self.current() == self.heads()
+        return self.up_to_date(await self.current())
+
+    def up_to_date(self, current: set[str]) -> bool:
+        """Whether every head is applied: in ``current`` or an ancestor (or dependency) of one.
+
+        Alembic keeps only the newest revision per branch in alembic_version, and a
+        branch that ``depends_on`` another stands for both.
+        """
+        script = self.script()
+        applied: set[str] = set()
+        stack = list(current)
+        while stack:
+            revision = script.get_revision(stack.pop())
+            if revision is None or revision.revision in applied:
+                continue
+            applied.add(revision.revision)
+            for parent in _as_tuple(revision.down_revision) + _as_tuple(revision.dependencies):
+                stack.extend(r.revision for r in script.get_revisions(parent) if r is not None)
+        return self.heads() <= applied
 
     async def upgrade(self, target: str = "heads") -> str:
         out = io.StringIO()
@@ -107,8 +125,6 @@ class Migrator:
     async def ensure_current(self, auto_upgrade: bool) -> None:
         """Upgrade, or refuse with the command to run, when the schema is behind this code."""
         current, heads = await self.current(), self.heads()
-        if current == heads:
-            return
         unknown = {rev for rev in current if self._known(rev) is False}
         if unknown:
             raise StorageError(
@@ -116,6 +132,8 @@ class Migrator:
                 "which this botkit does not know: it was migrated by a newer version (or a plugin "
                 "that is not loaded); upgrade botkit or enable that plugin"
             )
+        if self.up_to_date(current):
+            return
         if not auto_upgrade:
             raise StorageError(
                 f"the database schema at {self.db.display_url} is out of date "
@@ -130,3 +148,9 @@ class Migrator:
         except CommandError:
             return False
 
+
+
+def _as_tuple(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)

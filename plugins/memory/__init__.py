@@ -181,7 +181,12 @@ async def show_history(ctx: CommandContext) -> str:
         return "I don't remember anything of this conversation yet."
     lines = ["What I remember of this conversation (oldest first):"]
     for turn in turns:
-        who = "me" if turn.role == "assistant" else (turn.speaker or "you")
+        if turn.role == "assistant":
+            who = "me"
+        elif turn.speaker in (None, ctx.message.author.display_name):
+            who = "you"
+        else:
+            who = turn.speaker
         text = turn.text if len(turn.text) <= 300 else turn.text[:297] + "..."
         lines.append(f"{who}: {text}")
     if dropped:

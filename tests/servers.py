@@ -1,0 +1,112 @@
+"""Real database servers for the tests: a throwaway PostgreSQL cluster on 127.0.0.1.
+
+Nothing is skipped when a server is missing: the fixture fails and says how to
+install it (scripts/test installs the Debian packages itself).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _as_server_user(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run it as the 'postgres' system user then."""
+    if os.geteuid() != 0:
+        return command
+    return ["runuser", "-u", "postgres", "--", *command]
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster in a temporary folder, listening on 127.0.0.1:port."""
+
+    root: Path
+    port: int
+    user: str = "botkit"
+
+    @staticmethod
+    def binaries() -> Path:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            raise RuntimeError(
+                "PostgreSQL is not installed: `apt-get install postgresql` (scripts/test does this)"
+            )
+        return Path(found[-1]).parent
+
+    def start(self) -> None:
+        bin_dir = self.binaries()
+        data = self.root / "data"
+        data.mkdir(parents=True)
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            for path in (self.root, data):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        subprocess.run(
+            _as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-U", self.user, "-A", "trust", "-E", "UTF8"]),
+            check=True,
+            capture_output=True,
+        )
+        self.resume()
+
+    def stop(self) -> None:
+        subprocess.run(
+            _as_server_user([str(self.binaries() / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"]),
+            check=False,
+            capture_output=True,
+        )
+
+    def resume(self) -> None:
+        """Start the server (again, after ``stop``)."""
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            _as_server_user(
+                [str(self.binaries() / "pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-l", str(self.root / "log"), "-w", "start"]
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            [str(self.binaries() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", database, "-Atc", sql],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return result.stdout
+
+    def create_database(self, name: str) -> str:
+        self.psql(f'CREATE DATABASE "{name}"')
+        return f"postgresql+asyncpg://{self.user}@127.0.0.1:{self.port}/{name}"
+
+
+def start_postgres(root: Path) -> PostgresServer:
+    server = PostgresServer(root, free_port())
+    server.start()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            server.psql("SELECT 1")
+            return server
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
