@@ -105,3 +105,19 @@ def test_two_bot_processes_share_one_sqlite_file(config, tmp_path):
         stored = db.execute("SELECT count(*) FROM messages WHERE role = 'user'").fetchone()[0]
         users = db.execute("SELECT count(*) FROM users").fetchone()[0]
     assert (stored, users) == (2 * lines, 2)
+
+
+def test_chat_remembers_across_restarts(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[backend]\ntype = "scripted"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n', encoding="utf-8")
+    first = botkit("-c", str(config), "chat", stdin="My favourite colour is teal.\n", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = botkit("-c", str(config), "chat", stdin="/history\n/reset\n/history\n", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == [
+        "botkit> What I remember of this conversation (oldest first):",
+        "you: My favourite colour is teal.",
+        "me: Hello from the scripted backend.",
+        "botkit> Started a fresh conversation: I won't use what was said before (it stays in the log).",
+        "botkit> I don't remember anything of this conversation yet.",
+    ]
