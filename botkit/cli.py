@@ -35,7 +35,7 @@ def fail(error: BotkitError) -> None:
 
 
 class Context:
-    def __init__(self, config: Path | None) -> None:
+    def __init__(self, config: Path | None = None) -> None:
         self.config = config
 
     def settings(self) -> Settings:
@@ -44,15 +44,30 @@ class Context:
         return settings
 
 
+CONFIG_HELP = "config file (default: $BOTKIT_CONFIG, else ./config.toml if present, else built-in defaults)"
+
+
+def _set_config(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Context).config = value
+
+
+def config_option(command: Any) -> Any:
+    """``--config`` accepted after the subcommand too: ``botkit chat --config bot.toml``."""
+    return click.option(
+        "--config",
+        "-c",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        expose_value=False,
+        callback=_set_config,
+        help=CONFIG_HELP,
+    )(command)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="botkit")
-@click.option(
-    "--config",
-    "-c",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="config file (default: $BOTKIT_CONFIG, else ./config.toml if present, else built-in defaults)",
-)
+@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), default=None, help=CONFIG_HELP)
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
     """Run your own instruction-tuned LLM chatbot on Slack, Discord and the console."""
@@ -103,6 +118,7 @@ def run_adapters(ctx: Context, only: list[str] | None) -> None:
 
 
 @cli.command()
+@config_option
 @click.pass_obj
 def chat(ctx: Context) -> None:
     """Chat with the bot in this terminal (or through a pipe: one reply per line).
@@ -114,6 +130,7 @@ def chat(ctx: Context) -> None:
 
 
 @cli.command()
+@config_option
 @click.pass_obj
 def run(ctx: Context) -> None:
     """Start every enabled adapter in one process until stopped (Ctrl-C or SIGTERM)."""
@@ -126,6 +143,7 @@ def plugins() -> None:
 
 
 @plugins.command("list")
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.pass_obj
 def plugins_list(ctx: Context, as_json: bool) -> None:
@@ -171,6 +189,7 @@ def config() -> None:
 
 
 @config.command("check")
+@config_option
 @click.pass_obj
 def config_check(ctx: Context) -> None:
     """Validate the config (file, environment, every plugin's settings) and print the result.
@@ -210,6 +229,7 @@ def with_migrator(ctx: Context, action: Any) -> Any:
 
 
 @db.command("upgrade")
+@config_option
 @click.argument("revision", default="heads")
 @click.pass_obj
 def db_upgrade(ctx: Context, revision: str) -> None:
@@ -225,6 +245,7 @@ def db_upgrade(ctx: Context, revision: str) -> None:
 
 
 @db.command("downgrade")
+@config_option
 @click.argument("revision")
 @click.pass_obj
 def db_downgrade(ctx: Context, revision: str) -> None:
@@ -240,6 +261,7 @@ def db_downgrade(ctx: Context, revision: str) -> None:
 
 
 @db.command("current")
+@config_option
 @click.pass_obj
 def db_current(ctx: Context) -> None:
     """Show the database's revision and whether it is up to date."""
@@ -253,6 +275,7 @@ def db_current(ctx: Context) -> None:
 
 
 @db.command("history")
+@config_option
 @click.pass_obj
 def db_history(ctx: Context) -> None:
     """List every known migration, newest first."""
@@ -264,6 +287,7 @@ def db_history(ctx: Context) -> None:
 
 
 @db.command("backup")
+@config_option
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--overwrite", is_flag=True, help="replace PATH if it exists")
 @click.pass_obj

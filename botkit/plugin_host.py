@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import importlib.util
 import logging
 import os
@@ -125,6 +126,8 @@ def selected_names(sources: dict[str, PluginSource], settings: Settings) -> set[
         names &= wanted
     for name, table in tables.items():
         enabled = table.get("enabled", True) if isinstance(table, dict) else True
+        if isinstance(enabled, str) and enabled.lower() in ("true", "false"):  # from the environment
+            enabled = enabled.lower() == "true"
         if not isinstance(enabled, bool):
             raise ConfigError(
                 f"{settings.source_name}: [plugins.{name}] enabled: expected true or false (got {enabled!r})"
@@ -218,7 +221,12 @@ class PluginHost:
         for hook_name, registrar in _REGISTER_HOOKS.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 if impl.plugin is plugin:
-                    impl.function(register=getattr(self.registry, registrar)(name))
+                    result = impl.function(register=getattr(self.registry, registrar)(name))
+                    if inspect.isawaitable(result):
+                        close = getattr(result, "close", None)
+                        if close is not None:
+                            close()  # never run: do not leave a "never awaited" warning behind
+                        raise PluginLoadError(name, f"{hook_name} must be a plain function, not async")
 
     def _configure_plugins(self) -> None:
         tables = self.settings.plugins.tables()

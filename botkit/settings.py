@@ -7,13 +7,15 @@ register (see ``validate_table``) once the plugins are loaded.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from botkit.errors import ConfigError
 from botkit.storage.database import StorageSettings
@@ -148,8 +150,21 @@ def settings_from_mapping(data: dict[str, Any], path: Path | None = None) -> Set
         settings = Settings(**data)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, where, ())) from None
+    except SettingsError as error:
+        # A list or table value in a BOTKIT_* variable that is not valid JSON.
+        raise ConfigError(
+            f"environment: {error}; lists and tables in BOTKIT_* variables are JSON, "
+            'e.g. BOTKIT_BOT__ADMINS=\'["console:admin"]\''
+        ) from None
     settings._source_path = path
     settings._file_data = data
+    if path is not None:
+        # Relative paths in a config file are relative to the file, not to where botkit runs.
+        base = path.parent
+        if settings.plugins.directory is not None and not settings.plugins.directory.expanduser().is_absolute():
+            settings.plugins.directory = base / settings.plugins.directory
+        if "data_dir" in data.get("storage", {}) and not settings.storage.data_dir.expanduser().is_absolute():
+            settings.storage.data_dir = base / settings.storage.data_dir
     return settings
 
 
@@ -162,9 +177,29 @@ def validate_table(
         file_values = file_values.get(key, {}) if isinstance(file_values, dict) else {}
     reject_secrets_in_file(model, file_values, settings.source_name, table)
     try:
-        return model.model_validate(values)
+        return model.model_validate(decode_environment_values(model, values))
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, settings.source_name, table)) from None
+
+
+def decode_environment_values(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """Parse JSON in string values meant for list or table keys (they arrive so from BOTKIT_* variables)."""
+    decoded = dict(values)
+    for name, value in values.items():
+        field = model.model_fields.get(name)
+        if field is None or not isinstance(value, str):
+            continue
+        origin = get_origin(field.annotation) or field.annotation
+        complex_types = (list, dict, set, tuple)
+        if origin in complex_types or (
+            origin in (Union, UnionType)
+            and any((get_origin(arg) or arg) in complex_types for arg in get_args(field.annotation))
+        ):
+            try:
+                decoded[name] = json.loads(value)
+            except json.JSONDecodeError:
+                pass  # validation then says what is expected
+    return decoded
 
 
 def env_name(path: tuple[str | int, ...]) -> str:

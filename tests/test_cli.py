@@ -95,7 +95,7 @@ def test_every_command_has_help(command):
 
 
 def test_piped_chat_answers_each_line_then_exits(scripted_config, tmp_path):
-    result = botkit("--config", str(scripted_config), "chat", stdin="hello\n\nsecond line\n", cwd=tmp_path)
+    result = botkit("chat", "--config", str(scripted_config), stdin="hello\n\nsecond line\n", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["testbot> scripted answer", "testbot> scripted answer"]
     assert result.stderr == ""

@@ -203,3 +203,22 @@ def test_hook_wrappers_are_refused_by_name():
 
     with pytest.raises(PluginLoadError, match="plugin 'wrapping': botkit_gate is a wrapper"):
         host_for(extra={"wrapping": Wrapper()})
+
+
+def test_plugins_can_be_disabled_from_the_environment(monkeypatch):
+    monkeypatch.setenv("BOTKIT_PLUGINS__MEMORY__ENABLED", "false")
+    from botkit.settings import load_settings
+
+    host = PluginHost(load_settings())
+    host.load()
+    assert "memory" not in host.pm_names()
+
+
+def test_async_register_hooks_are_refused():
+    class Async:
+        @hookimpl
+        async def botkit_register_commands(self, register):
+            pass
+
+    with pytest.raises(PluginLoadError, match="plugin 'late': botkit_register_commands must be a plain function"):
+        host_for(extra={"late": Async()})

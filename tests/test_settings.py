@@ -142,3 +142,28 @@ def test_table_for_a_plugin_without_settings_is_an_error():
     data = {"backend": {"type": "scripted"}, "plugins": {"commands": {"colour": "blue"}}}
     with pytest.raises(ConfigError, match=r"\[plugins.commands\]: plugin 'commands' has no settings \(found colour\)"):
         Bot.load(settings_from_mapping(data))
+
+
+def test_list_values_from_the_environment_are_json(monkeypatch):
+    monkeypatch.setenv("BOTKIT_BOT__ADMINS", '["discord:42"]')
+    monkeypatch.setenv("BOTKIT_BACKEND__STOP", '["END", "###"]')
+    bot = Bot.load(settings_from_mapping({"backend": {"type": "scripted"}}))
+    assert bot.settings.bot.admins == ["discord:42"]
+    assert bot.backend_settings.stop == ["END", "###"]
+
+
+def test_a_list_variable_that_is_not_json_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("BOTKIT_BOT__ADMINS", "console:bob")
+    with pytest.raises(ConfigError, match=r"BOTKIT_\* variables are JSON, e.g. BOTKIT_BOT__ADMINS="):
+        load_settings()
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path, write_config):
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "plugins").mkdir()
+    path = folder / "bot.toml"
+    path.write_text('[plugins]\ndirectory = "plugins"\n[storage]\ndata_dir = "state"\n', encoding="utf-8")
+    settings = load_settings(path)
+    assert settings.plugins.directory == folder / "plugins"
+    assert settings.storage.data_dir == folder / "state"
