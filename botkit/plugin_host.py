@@ -30,8 +30,10 @@ ENV_LOAD_PLUGINS = "BOTKIT_LOAD_PLUGINS"
 BUILTIN_PLUGINS: dict[str, str] = {
     "commands": "botkit.plugins.commands",
     "console": "botkit.adapters.console",
+    "disclosure": "botkit.plugins.disclosure",
     "llamacpp": "botkit.backends.llamacpp",
     "memory": "botkit.plugins.memory",
+    "mentions": "botkit.plugins.mentions",
     "scripted": "botkit.backends.scripted",
 }
 

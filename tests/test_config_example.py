@@ -17,7 +17,9 @@ from botkit.backends.llamacpp import LlamaCppSettings
 from botkit.backends.scripted import ScriptedSettings
 from botkit.bot import Bot
 from botkit.plugin_host import PluginHost
+from botkit.plugins.disclosure import DisclosureSettings
 from botkit.plugins.memory import MemorySettings
+from botkit.plugins.mentions import MentionSettings
 from botkit.settings import (
     BotSettings,
     LoggingSettings,
@@ -129,9 +131,11 @@ def test_the_example_loads_and_every_value_is_the_default():
     assert settings.logging == LoggingSettings()
     assert (settings.plugins.on_error, settings.plugins.directory) == ("fail", None)
     assert settings.storage == StorageSettings()
-    assert set(settings.plugins.tables()) == {"memory"}
+    assert set(settings.plugins.tables()) == {"memory", "mentions", "disclosure"}
     bot = Bot.load(settings)
     assert bot.plugin_settings("memory") == MemorySettings()
+    assert bot.plugin_settings("mentions") == MentionSettings()
+    assert bot.plugin_settings("disclosure") == DisclosureSettings()
     assert bot.backend_name == "llamacpp"
     assert bot.backend_settings == LlamaCppSettings()
     assert bot.adapter_settings("console") == ConsoleSettings()
