@@ -28,16 +28,10 @@ def ask(text: str, system: str = SYSTEM) -> Prompt:
     return Prompt(system, [Turn(Role.USER, text)])
 
 
-async def generate(
-    backend: LlamaCppBackend,
-    prompt: Prompt,
-    cancel: threading.Event | None = None,
-    **params: object,
-) -> list[str]:
+async def generate(backend: LlamaCppBackend, prompt: Prompt, **params: object) -> list[str]:
+    """The streamed chunks of one whole generation, with ``params`` over the backend's sampling."""
     sampling = dataclasses.replace(backend.settings.sampling(), **params)
-    return [
-        chunk.text async for chunk in backend.stream(prompt, sampling, cancel or threading.Event())
-    ]
+    return [chunk.text async for chunk in backend.stream(prompt, sampling, threading.Event())]
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +260,9 @@ def with_backend(**backend: object) -> dict:
 async def until_streaming(reply) -> None:
     """Wait until a reply has its first streamed text (the model is generating it)."""
     async with asyncio.timeout(10):
-        while not reply.updates:
+        while not reply.updates and not reply.finished.is_set():
             await asyncio.sleep(0.005)
+    assert reply.updates, f"the reply ended before it streamed: {reply.texts}"
 
 
 @pytest.mark.model

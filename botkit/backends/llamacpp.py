@@ -34,7 +34,9 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 class LlamaCppSettings(BackendSettings):
     type: str = "llamacpp"
     model_path: Path | None = Field(None, description="GGUF model file; unset for the embedded SmolLM2")
-    n_ctx: int = Field(4096, ge=64, description="context window in tokens")
+    n_ctx: int = Field(
+        4096, ge=256, description="context window in tokens (llama.cpp rounds it up to a multiple of 256)"
+    )
     n_threads: int | None = Field(None, ge=1, description="CPU threads; unset for llama.cpp's choice")
     n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per batch")
     chat_template: str | None = Field(None, description="Jinja2 chat template instead of the model's own")
@@ -115,7 +117,10 @@ class LlamaCppBackend(Backend):
                 verbose=False,
             )
         except (ValueError, RuntimeError) as error:
-            raise ModelLoadError(f"llama.cpp could not load {path}: {error}") from None
+            raise ModelLoadError(
+                f"llama.cpp could not load {path} ({error}): the file may be cut off or a model type "
+                "this llama.cpp does not support; fetch it again or set [backend] model_path to another .gguf"
+            ) from None
 
     def _prepare_format(self) -> None:
         llama = self._llama
