@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "llamacpp": "botkit.backends.llamacpp",
     "memory": "botkit.plugins.memory",
     "mentions": "botkit.plugins.mentions",
+    "ratelimit": "botkit.plugins.ratelimit",
     "scripted": "botkit.backends.scripted",
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from types import UnionType
@@ -223,9 +224,17 @@ def describe_validation_error(error: ValidationError, where: str, table: tuple[s
             lines.append(f"{source}: {format_key(loc)}: unknown key (check the spelling)")
             continue
         got = problem.get("input")
-        shown = "" if isinstance(got, dict) or problem["type"] == "missing" else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or problem["type"] == "missing" else f" (got {mask_urls(repr(got))})"
         lines.append(f"{source}: {format_key(loc)}: {problem['msg']}{shown}")
     return "\n".join(lines)
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
+
+
+def mask_urls(text: str) -> str:
+    """Hide the password of any URL in ``text`` (``scheme://user:***@host``)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def reject_secrets_in_file(

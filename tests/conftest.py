@@ -51,3 +51,13 @@ def storage_config(request, tmp_path) -> dict:
 
         storage["url"] = request.getfixturevalue("postgres").create_database(f"t{uuid.uuid4().hex[:12]}")
     return {"storage": storage}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the whole test session (never skipped)."""
+    from servers import start_redis
+
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

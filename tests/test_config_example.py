@@ -20,6 +20,7 @@ from botkit.plugin_host import PluginHost
 from botkit.plugins.disclosure import DisclosureSettings
 from botkit.plugins.memory import MemorySettings
 from botkit.plugins.mentions import MentionSettings
+from botkit.plugins.ratelimit import RateLimitSettings
 from botkit.settings import (
     BotSettings,
     LoggingSettings,
@@ -81,7 +82,8 @@ def undocumented(model: type[BaseModel], table: str) -> list[str]:
     text = EXAMPLE.read_text(encoding="utf-8")
     keys = documented_keys().get(table, set())
     missing = []
-    for name, field in model.model_fields.items():
+    for field_name, field in model.model_fields.items():
+        name = field.alias or field_name
         if field.annotation in (SecretStr, SecretStr | None):
             if env_name((*table.split("."), name)) not in text:
                 missing.append(
@@ -131,11 +133,12 @@ def test_the_example_loads_and_every_value_is_the_default():
     assert settings.logging == LoggingSettings()
     assert (settings.plugins.on_error, settings.plugins.directory) == ("fail", None)
     assert settings.storage == StorageSettings()
-    assert set(settings.plugins.tables()) == {"memory", "mentions", "disclosure"}
+    assert set(settings.plugins.tables()) == {"memory", "mentions", "disclosure", "ratelimit"}
     bot = Bot.load(settings)
     assert bot.plugin_settings("memory") == MemorySettings()
     assert bot.plugin_settings("mentions") == MentionSettings()
     assert bot.plugin_settings("disclosure") == DisclosureSettings()
+    assert bot.plugin_settings("ratelimit") == RateLimitSettings()
     assert bot.backend_name == "llamacpp"
     assert bot.backend_settings == LlamaCppSettings()
     assert bot.adapter_settings("console") == ConsoleSettings()
@@ -165,7 +168,10 @@ def test_commented_out_keys_of_active_tables_are_valid_when_uncommented():
         if header := HEADER.match(line):
             table = None if line.lstrip().startswith("#") else header.group(1)
         elif table is not None and line.startswith("# ") and KEY.match(line):
-            data[table].update(tomllib.loads(line.removeprefix("# ")))
+            target = data
+            for part in table.split("."):
+                target = target[part]
+            target.update(tomllib.loads(line.removeprefix("# ")))
     data["plugins"].pop("directory")  # the example folder does not exist
     bot = Bot.load(settings_from_mapping(data, EXAMPLE))
     assert bot.backend_settings.seed == 42 and bot.backend_settings.n_threads == 4
