@@ -28,6 +28,7 @@ ENV_LOAD_PLUGINS = "BOTKIT_LOAD_PLUGINS"
 
 # Built-in plugins are ordinary plugins: same hooks, same switches.
 BUILTIN_PLUGINS: dict[str, str] = {
+    "access": "botkit.plugins.access",
     "commands": "botkit.plugins.commands",
     "console": "botkit.adapters.console",
     "disclosure": "botkit.plugins.disclosure",

@@ -205,7 +205,7 @@ async def botkit_startup(bot):
         )
 
 
-@hookimpl(tryfirst=True)
+@hookimpl
 async def botkit_gate(message: Message, bot) -> Refuse | None:
     limiter = _limiters.get(bot)
     if limiter is None:

@@ -17,6 +17,7 @@ from botkit.backends.llamacpp import LlamaCppSettings
 from botkit.backends.scripted import ScriptedSettings
 from botkit.bot import Bot
 from botkit.plugin_host import PluginHost
+from botkit.plugins.access import AccessSettings
 from botkit.plugins.disclosure import DisclosureSettings
 from botkit.plugins.memory import MemorySettings
 from botkit.plugins.mentions import MentionSettings
@@ -133,12 +134,13 @@ def test_the_example_loads_and_every_value_is_the_default():
     assert settings.logging == LoggingSettings()
     assert (settings.plugins.on_error, settings.plugins.directory) == ("fail", None)
     assert settings.storage == StorageSettings()
-    assert set(settings.plugins.tables()) == {"memory", "mentions", "disclosure", "ratelimit"}
+    assert set(settings.plugins.tables()) == {"access", "memory", "mentions", "disclosure", "ratelimit"}
     bot = Bot.load(settings)
     assert bot.plugin_settings("memory") == MemorySettings()
     assert bot.plugin_settings("mentions") == MentionSettings()
     assert bot.plugin_settings("disclosure") == DisclosureSettings()
     assert bot.plugin_settings("ratelimit") == RateLimitSettings()
+    assert bot.plugin_settings("access") == AccessSettings()
     assert bot.backend_name == "llamacpp"
     assert bot.backend_settings == LlamaCppSettings()
     assert bot.adapter_settings("console") == ConsoleSettings()
