@@ -197,6 +197,19 @@ def botkit_after_reply(message: Message, reply: Reply, bot: Bot) -> MaybeAwaitab
     """
 
 
+@hookspec
+def botkit_forget_user(platform: str, user_id: str, bot: Bot) -> MaybeAwaitable:
+    """A user asked to be forgotten: make sure nothing about them stays outside the database.
+
+    When: before their rows are deleted from the core tables (``/forgetme``).
+    Arguments: ``platform`` and ``user_id``, the platform's id of the user; ``bot``.
+    Results: every implementation is awaited; one that cannot do its part now
+    (e.g. pending writes cannot reach the database) returns ``False`` and the
+    deletion is put off, the user told to try again. ``None`` or ``True``: done.
+    Where: plugins that keep data about users in memory, files or their own tables.
+    """
+
+
 HOOK_NAMES: tuple[str, ...] = tuple(
     name for name, value in list(globals().items()) if name.startswith("botkit_") and callable(value)
 )

@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "llamacpp": "botkit.backends.llamacpp",
     "memory": "botkit.plugins.memory",
     "mentions": "botkit.plugins.mentions",
+    "privacy": "botkit.plugins.privacy",
     "ratelimit": "botkit.plugins.ratelimit",
     "scripted": "botkit.backends.scripted",
 }

@@ -21,6 +21,7 @@ from botkit.plugins.access import AccessSettings
 from botkit.plugins.disclosure import DisclosureSettings
 from botkit.plugins.memory import MemorySettings
 from botkit.plugins.mentions import MentionSettings
+from botkit.plugins.privacy import PrivacySettings
 from botkit.plugins.ratelimit import RateLimitSettings
 from botkit.settings import (
     BotSettings,
@@ -134,13 +135,14 @@ def test_the_example_loads_and_every_value_is_the_default():
     assert settings.logging == LoggingSettings()
     assert (settings.plugins.on_error, settings.plugins.directory) == ("fail", None)
     assert settings.storage == StorageSettings()
-    assert set(settings.plugins.tables()) == {"access", "memory", "mentions", "disclosure", "ratelimit"}
+    assert set(settings.plugins.tables()) == {"access", "memory", "mentions", "disclosure", "privacy", "ratelimit"}
     bot = Bot.load(settings)
     assert bot.plugin_settings("memory") == MemorySettings()
     assert bot.plugin_settings("mentions") == MentionSettings()
     assert bot.plugin_settings("disclosure") == DisclosureSettings()
     assert bot.plugin_settings("ratelimit") == RateLimitSettings()
     assert bot.plugin_settings("access") == AccessSettings()
+    assert bot.plugin_settings("privacy") == PrivacySettings()
     assert bot.backend_name == "llamacpp"
     assert bot.backend_settings == LlamaCppSettings()
     assert bot.adapter_settings("console") == ConsoleSettings()

@@ -4,7 +4,7 @@ Plugins use ``bot.db`` (a ``Database``) and the models below; they never open
 their own engine.
 """
 
-from botkit.storage.database import Database, StorageSettings
+from botkit.storage.database import Database, StorageSettings, user_id_for
 from botkit.storage.migrations import MigrationBranch, Migrator
 from botkit.storage.models import (
     Base,
@@ -31,5 +31,6 @@ __all__ = [
     "PrivacyRecord",
     "StorageSettings",
     "UserRecord",
+    "user_id_for",
     "utcnow",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -144,3 +144,20 @@ def describe(error: BaseException) -> str:
     original = getattr(error, "orig", None) or error
     reason = str(original).splitlines()[0] if str(original) else type(original).__name__
     return reason[:300]
+
+
+async def user_id_for(session: AsyncSession, platform: str, platform_user_id: str, display_name: str = "") -> int:
+    """The ``users`` row id of a platform user, created if missing; safe against concurrent writers."""
+    from botkit.storage.models import UserRecord
+
+    values = {"platform": platform, "platform_user_id": platform_user_id, "display_name": display_name}
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    await session.execute(insert(UserRecord).values(**values).on_conflict_do_nothing())
+    found = await session.scalar(
+        select(UserRecord.id).where(UserRecord.platform == platform, UserRecord.platform_user_id == platform_user_id)
+    )
+    assert found is not None
+    return found

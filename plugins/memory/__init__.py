@@ -165,6 +165,13 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
     )
 
 
+@hookimpl
+async def botkit_forget_user(platform: str, user_id: str, bot) -> bool:
+    # Everything pending goes to the database first, where the deletion then finds it.
+    store = _stores.get(bot)
+    return store is None or await store.flush(settings_of(bot).flush_timeout)
+
+
 async def reset(ctx: CommandContext) -> str:
     scope = ctx.bot.settings.bot.conversation_scope
     memory(ctx.bot).add({"kind": "reset", "scope_key": ctx.message.conversation_key(scope), "at": utcnow().isoformat()})
