@@ -15,7 +15,7 @@ import click
 from botkit import __version__
 from botkit.bot import Bot
 from botkit.errors import BotkitError, ConfigError
-from botkit.settings import Settings, load_settings, masked_dump
+from botkit.settings import Settings, load_settings, to_toml
 
 log = logging.getLogger("botkit")
 
@@ -183,6 +183,53 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
             click.echo(f"{'':<{width}}  error: {r['error']}")
 
 
+def switch_from_shell(ctx: Context, name: str, enabled: bool | None) -> None:
+    from botkit.switches import write_override
+
+    async def action(bot: Bot) -> None:
+        if name not in bot.host.infos:
+            raise ConfigError(f"there is no plugin {name!r}; available: {', '.join(sorted(bot.host.infos))}")
+        reason = bot.host.switchable(name)
+        if reason is not None and enabled is not None:
+            raise ConfigError(reason)
+        await bot.migrator.ensure_current(bot.settings.storage.auto_upgrade)
+        await write_override(bot.db, name, enabled)
+
+    with_migrator(ctx, action)
+    if enabled is None:
+        click.echo(f"override of {name} cleared: config.toml decides from the next start")
+    else:
+        state = "enabled" if enabled else "disabled"
+        click.echo(f"{name} {state}; a running bot applies it at its next start (in chat, /{'enable' if enabled else 'disable'} acts at once)")
+
+
+@plugins.command("enable")
+@config_option
+@click.argument("name")
+@click.pass_obj
+def plugins_enable(ctx: Context, name: str) -> None:
+    """Switch plugin NAME on, stored in the database: it beats config.toml until cleared."""
+    switch_from_shell(ctx, name, True)
+
+
+@plugins.command("disable")
+@config_option
+@click.argument("name")
+@click.pass_obj
+def plugins_disable(ctx: Context, name: str) -> None:
+    """Switch plugin NAME off, stored in the database: it beats config.toml until cleared."""
+    switch_from_shell(ctx, name, False)
+
+
+@plugins.command("clear")
+@config_option
+@click.argument("name")
+@click.pass_obj
+def plugins_clear(ctx: Context, name: str) -> None:
+    """Forget the stored switch of plugin NAME: config.toml decides again."""
+    switch_from_shell(ctx, name, None)
+
+
 @cli.group()
 def config() -> None:
     """Check the configuration."""
@@ -199,7 +246,7 @@ def config_check(ctx: Context) -> None:
     try:
         settings = ctx.settings()
         bot = Bot.load(settings)
-        effective = effective_config(bot)
+        effective = bot.effective_config()
     except BotkitError as error:
         fail(error)
     click.echo(f"# {settings.source_name}: valid", err=True)
@@ -308,55 +355,6 @@ def db_backup(ctx: Context, path: Path, overwrite: bool) -> None:
 
 def describe_revisions(revisions: set[str]) -> str:
     return ", ".join(sorted(revisions)) or "empty"
-
-
-def effective_config(bot: Bot) -> dict[str, Any]:
-    """Everything the bot would run with, secrets masked."""
-    settings = bot.settings
-    plugin_tables: dict[str, Any] = {}
-    for name, info in sorted(bot.host.infos.items()):
-        table: dict[str, Any] = {"enabled": info.enabled}
-        if name in bot.host.plugin_settings:
-            table.update(masked_dump(bot.host.plugin_settings[name]))
-        plugin_tables[name] = table
-    return {
-        "bot": masked_dump(settings.bot),
-        "logging": masked_dump(settings.logging),
-        "storage": masked_dump(settings.storage),
-        "backend": masked_dump(bot.backend_settings),
-        "adapters": {name: masked_dump(bot.adapter_settings(name)) for name in sorted(bot.registry.adapters)},
-        "plugins": {
-            "on_error": settings.plugins.on_error,
-            "directory": str(settings.plugins.directory) if settings.plugins.directory else None,
-            **plugin_tables,
-        },
-    }
-
-
-def to_toml(data: dict[str, Any], table: tuple[str, ...] = ()) -> str:
-    """A small TOML writer for the effective config: unset values become comments."""
-    lines: list[str] = []
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    if table and (scalars or not tables):
-        lines.append(f"[{'.'.join(table)}]")
-    for key, value in scalars.items():
-        lines.append(f"# {key} is unset" if value is None else f"{key} = {toml_value(value)}")
-    text = "\n".join(lines)
-    for key, value in tables.items():
-        sub = to_toml(value, table + (key,))
-        text = f"{text}\n\n{sub}" if text else sub
-    return text
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)
 
 
 def main() -> None:

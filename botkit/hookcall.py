@@ -93,3 +93,14 @@ async def run_chain(
             accept.__name__,
         )
     return value
+
+
+async def call_plugin(hook: pluggy.HookCaller, plugin_name: str, **kwargs: Any) -> None:
+    """Call one plugin's implementation of ``hook`` (if it has one); errors are logged."""
+    for impl in implementations(hook):
+        if impl.plugin_name != plugin_name:
+            continue
+        try:
+            await resolve(impl.function(**{name: kwargs[name] for name in impl.argnames}))
+        except Exception:
+            log.exception("plugin %r raised in %s", plugin_name, hook.name)

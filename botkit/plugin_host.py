@@ -29,6 +29,7 @@ ENV_LOAD_PLUGINS = "BOTKIT_LOAD_PLUGINS"
 # Built-in plugins are ordinary plugins: same hooks, same switches.
 BUILTIN_PLUGINS: dict[str, str] = {
     "access": "botkit.plugins.access",
+    "admin": "botkit.plugins.admin",
     "commands": "botkit.plugins.commands",
     "console": "botkit.adapters.console",
     "disclosure": "botkit.plugins.disclosure",
@@ -152,6 +153,8 @@ class PluginHost:
         self.registry = Registry()
         self.infos: dict[str, PluginInfo] = {}
         self.plugin_settings: dict[str, Any] = {}
+        self.sources: dict[str, PluginSource] = {}
+        self._suspended: dict[str, tuple[object, dict[tuple[str, str], Any]]] = {}
 
     @property
     def hook(self) -> Any:
@@ -163,27 +166,78 @@ class PluginHost:
         A plugin that fails raises ``PluginLoadError`` when ``[plugins] on_error``
         is "fail", and is left out with a logged error when it is "skip".
         """
-        sources = discover(self.settings.plugins.directory)
+        self.sources = discover(self.settings.plugins.directory)
         for name, plugin in (extra or {}).items():
-            if name in sources:
-                raise ConfigError(f"a plugin named {name!r} is already installed ({sources[name].origin})")
-            sources[name] = PluginSource(name, "given", lambda plugin=plugin: plugin)
-        names = selected_names(sources, self.settings)
+            if name in self.sources:
+                raise ConfigError(f"a plugin named {name!r} is already installed ({self.sources[name].origin})")
+            self.sources[name] = PluginSource(name, "given", lambda plugin=plugin: plugin)
+        names = selected_names(self.sources, self.settings)
         # Built-ins register first, so that a clash names the third-party plugin.
-        for name, source in sorted(sources.items(), key=lambda item: (item[1].origin != "builtin", item[0])):
-            info = PluginInfo(name, source.origin, enabled=name in names, loaded=False)
-            self.infos[name] = info
-            if info.enabled:
-                self._guarded(info, lambda source=source, name=name: self.pm.register(source.load(), name=name))
-        for step in (self._check_hooks, self._collect):
-            for name in self.pm_names():
-                self._guarded(self.infos[name], lambda name=name, step=step: step(name))
+        ordered = sorted(self.sources.items(), key=lambda item: (item[1].origin != "builtin", item[0]))
+        for name, source in ordered:
+            self.infos[name] = PluginInfo(name, source.origin, enabled=name in names, loaded=False)
+        self._activate([name for name, _ in ordered if name in names])
+
+    def _activate(self, names: list[str]) -> None:
+        for name in names:
+            source = self.sources[name]
+            self._guarded(self.infos[name], lambda source=source, name=name: self.pm.register(source.load(), name=name))
+        for step in (self._check_hooks, self._collect, self._configure):
+            for name in names:
+                if self.pm.get_plugin(name) is not None:
+                    self._guarded(self.infos[name], lambda name=name, step=step: step(name))
         self.pm.check_pending()
-        self._configure_plugins()
-        for name in self.pm_names():
-            info = self.infos[name]
-            info.loaded = True
-            info.hooks = sorted(h.name for h in self.pm.get_hookcallers(self.pm.get_plugin(name)) or [])
+        self._reject_stray_tables()
+        for name in names:
+            plugin = self.pm.get_plugin(name)
+            if plugin is not None:
+                info = self.infos[name]
+                info.loaded = info.enabled = True
+                info.hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+
+    # -- switching plugins while the bot runs ---------------------------------
+
+    def switchable(self, name: str) -> str | None:
+        """Why ``name`` cannot be switched without a restart, or ``None`` when it can."""
+        if name not in self.infos:
+            available = ", ".join(sorted(self.infos))
+            return f"there is no plugin {name!r}; available: {available}"
+        kinds = {kind for (kind, _), owner in self.registry.owners.items() if owner == name}
+        for kind in ("backend", "adapter", "migrations"):
+            if kind in kinds:
+                return f"plugin {name!r} provides a {kind}: change config.toml and restart instead"
+        plugin = self.pm.get_plugin(name) or self._suspended.get(name, (None, {}))[0]
+        if getattr(plugin, "BOTKIT_REQUIRED", False):
+            return f"plugin {name!r} is required and cannot be switched off"
+        return None
+
+    def suspend(self, name: str) -> None:
+        """Take a loaded plugin out: its hooks stop being called, its commands disappear."""
+        plugin = self.pm.get_plugin(name)
+        if plugin is None:
+            return
+        self.pm.unregister(plugin)
+        self._suspended[name] = (plugin, self.registry.withdraw(name))
+        self.infos[name].enabled = False
+
+    def resume(self, name: str) -> None:
+        """Put a plugin (back) in: a suspended one as it was, one never loaded from its source.
+
+        Raises ``PluginLoadError`` when it cannot load, whatever ``on_error`` says.
+        """
+        if self.pm.get_plugin(name) is not None:
+            return
+        if name in self._suspended:
+            plugin, entries = self._suspended.pop(name)
+            self.pm.register(plugin, name=name)
+            self.registry.restore(name, entries)
+            self.infos[name].enabled = True
+            return
+        saved, self.settings.plugins.on_error = self.settings.plugins.on_error, "fail"
+        try:
+            self._activate([name])
+        finally:
+            self.settings.plugins.on_error = saved
 
     def pm_names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin()]
@@ -191,6 +245,8 @@ class PluginHost:
     def _guarded(self, info: PluginInfo, step: Any) -> None:
         try:
             step()
+        except ConfigError:
+            raise  # the user's config, not the plugin, is wrong: always stop
         except PluginLoadError as error:
             self._failed(info, error)
         except Exception as error:
@@ -233,11 +289,17 @@ class PluginHost:
                             close()  # never run: do not leave a "never awaited" warning behind
                         raise PluginLoadError(name, f"{hook_name} must be a plain function, not async")
 
-    def _configure_plugins(self) -> None:
+    def _configure(self, name: str) -> None:
+        """Validate the ``[plugins.X]`` tables of the settings models plugin ``name`` registered."""
         tables = self.settings.plugins.tables()
-        for name, model in self.registry.settings_models.items():
-            table = {k: v for k, v in tables.get(name, {}).items() if k != "enabled"}
-            self.plugin_settings[name] = validate_table(model, table, self.settings, ("plugins", name))
+        for settings_name, model in self.registry.settings_models.items():
+            if self.registry.owner("settings", settings_name) != name:
+                continue
+            table = {k: v for k, v in tables.get(settings_name, {}).items() if k != "enabled"}
+            self.plugin_settings[settings_name] = validate_table(model, table, self.settings, ("plugins", settings_name))
+
+    def _reject_stray_tables(self) -> None:
+        tables = self.settings.plugins.tables()
         for name, table in tables.items():
             keys = set(table) - {"enabled"} if isinstance(table, dict) else set()
             if keys and name in self.pm_names() and name not in self.registry.settings_models:

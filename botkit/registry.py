@@ -101,13 +101,25 @@ class Registry:
         """The plugin that registered ``name`` as a ``kind`` ("command", "backend", ...)."""
         return self.owners.get((kind, name))
 
-    def forget(self, plugin: str) -> None:
-        """Drop everything ``plugin`` registered (it failed to load)."""
+    def withdraw(self, plugin: str) -> dict[tuple[str, str], Any]:
+        """Remove and return everything ``plugin`` registered (``restore`` puts it back)."""
         tables = self._tables()
+        entries: dict[tuple[str, str], Any] = {}
         for (kind, name), owner in list(self.owners.items()):
             if owner == plugin:
                 del self.owners[(kind, name)]
-                tables[kind].pop(name, None)
+                entries[(kind, name)] = tables[kind].pop(name, None)
+        return entries
+
+    def restore(self, plugin: str, entries: dict[tuple[str, str], Any]) -> None:
+        tables = self._tables()
+        for (kind, name), value in entries.items():
+            self._claim(kind, name, plugin)
+            tables[kind][name] = value
+
+    def forget(self, plugin: str) -> None:
+        """Drop everything ``plugin`` registered (it failed to load)."""
+        self.withdraw(plugin)
 
     def settings_registrar(self, plugin: str) -> RegisterSettings:
         def register(plugin_name: str, model: type[BaseModel]) -> None:

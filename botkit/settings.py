@@ -260,3 +260,29 @@ def reject_secrets_in_file(
 def masked_dump(model: BaseModel) -> dict[str, Any]:
     """The model as plain data with every secret shown as '**********'."""
     return model.model_dump(mode="json", exclude_none=False)
+
+
+def to_toml(data: dict[str, Any], table: tuple[str, ...] = ()) -> str:
+    """A small TOML writer for the effective config: unset values become comments."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if table and (scalars or not tables):
+        lines.append(f"[{'.'.join(table)}]")
+    for key, value in scalars.items():
+        lines.append(f"# {key} is unset" if value is None else f"{key} = {toml_value(value)}")
+    text = "\n".join(lines)
+    for key, value in tables.items():
+        sub = to_toml(value, table + (key,))
+        text = f"{text}\n\n{sub}" if text else sub
+    return text
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)

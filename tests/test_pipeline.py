@@ -371,7 +371,7 @@ async def test_help_lists_commands_and_hides_admin_ones(make_bot):
         def botkit_register_commands(self, register):
             register(Command("secret", "do admin stuff", secret, admin_only=True))
 
-    async with make_bot(plugins={"admin": Admin()}) as bot:
+    async with make_bot(plugins={"secretive": Admin()}) as bot:
         user_help = await bot.chat.say("/help")
         admin_help = await bot.chat.say("/help", user="admin")
     assert "/help - show the commands you can use" in user_help.sent[0]
@@ -394,7 +394,7 @@ async def test_admin_only_command_refused_and_logged_for_others(make_bot, caplog
         def botkit_register_commands(self, register):
             register(Command("secret", "do admin stuff", secret, admin_only=True))
 
-    async with make_bot(plugins={"admin": Admin()}) as bot:
+    async with make_bot(plugins={"secretive": Admin()}) as bot:
         with caplog.at_level(logging.WARNING):
             refused = await bot.chat.say("/secret now", user="mallory")
         allowed = await bot.chat.say("/secret now", user="admin")

@@ -86,7 +86,7 @@ def test_enabled_must_be_a_boolean():
 def test_unknown_plugin_in_config_lists_the_available_ones():
     with pytest.raises(ConfigError) as error:
         host_for({"plugins": {"moderaton": {"enabled": True}}})
-    assert "unknown plugin 'moderaton'; available: access, commands, console, disclosure, llamacpp, memory, mentions, privacy, ratelimit, scripted" in str(error.value)
+    assert "unknown plugin 'moderaton'; available: access, admin, commands, console, disclosure, llamacpp, memory, mentions, privacy, ratelimit, scripted" in str(error.value)
 
 
 def test_environment_variable_restricts_what_loads(monkeypatch):

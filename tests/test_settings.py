@@ -126,9 +126,9 @@ def test_secret_from_the_environment_is_accepted_and_masked(monkeypatch):
     settings = bot.plugin_settings("secretive")
     assert settings.token.get_secret_value() == "xoxb-123"
     assert settings.greeting == "hello"
-    from botkit.cli import effective_config, to_toml
+    from botkit.settings import to_toml
 
-    shown = to_toml(effective_config(bot))
+    shown = to_toml(bot.effective_config())
     assert "xoxb-123" not in shown and 'token = "**********"' in shown
 
 

@@ -1,0 +1,109 @@
+"""Admin commands, the same on every platform: plugins, enable/disable, reload, config, status.
+
+Every command here is admin-only: anyone else is refused and the attempt is
+logged (the core does both). Switching a plugin is stored in the database and
+survives restarts until ``/clear NAME``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from botkit import Command, CommandContext, hookimpl
+from botkit.errors import ConfigError
+from botkit.settings import to_toml
+from botkit.switches import clear, read_overrides, set_enabled
+
+# This plugin cannot be switched off at run time: admins would lock themselves out.
+BOTKIT_REQUIRED = True
+
+_started: dict[int, float] = {}
+
+
+async def list_plugins(ctx: CommandContext) -> str:
+    host = ctx.bot.host
+    overrides = await read_overrides(ctx.bot.db)
+    lines = ["Plugins:"]
+    for name, info in sorted(host.infos.items()):
+        state = "on" if host.pm.get_plugin(name) is not None else "off"
+        notes = []
+        if info.error:
+            notes.append(f"failed: {info.error}")
+        if name in overrides:
+            notes.append("switched by an admin")
+        if host.switchable(name):
+            notes.append("fixed")
+        suffix = f" ({'; '.join(notes)})" if notes else ""
+        lines.append(f"{name}: {state} - {info.origin}{suffix}")
+    return "\n".join(lines)
+
+
+def plugin_name(ctx: CommandContext) -> str | None:
+    name = ctx.args.strip()
+    return name if name and " " not in name else None
+
+
+async def enable(ctx: CommandContext) -> str:
+    name = plugin_name(ctx)
+    if name is None:
+        return f"Usage: {ctx.bot.settings.bot.command_prefix}enable NAME"
+    return await set_enabled(ctx.bot, name, True)
+
+
+async def disable(ctx: CommandContext) -> str:
+    name = plugin_name(ctx)
+    if name is None:
+        return f"Usage: {ctx.bot.settings.bot.command_prefix}disable NAME"
+    return await set_enabled(ctx.bot, name, False)
+
+
+async def clear_override(ctx: CommandContext) -> str:
+    name = plugin_name(ctx)
+    if name is None:
+        return f"Usage: {ctx.bot.settings.bot.command_prefix}clear NAME"
+    return await clear(ctx.bot, name)
+
+
+async def reload(ctx: CommandContext) -> str:
+    try:
+        notes = await ctx.bot.reload_settings()
+    except ConfigError as error:
+        return f"Config not reloaded, nothing changed:\n{error}"
+    return "\n".join(notes)
+
+
+async def show_config(ctx: CommandContext) -> str:
+    return to_toml(ctx.bot.effective_config())
+
+
+async def status(ctx: CommandContext) -> str:
+    bot = ctx.bot
+    uptime = time.monotonic() - _started.get(id(bot), time.monotonic())
+    loaded = sum(1 for name in bot.host.infos if bot.host.pm.get_plugin(name) is not None)
+    return "\n".join(
+        [
+            f"Backend: {bot.backend_name}, model {bot.backend.model_name}, context {bot.backend.context_window:,} tokens",
+            f"Queue: {bot.queue.running} generating, {bot.queue.waiting} waiting "
+            f"(at most {bot.queue.concurrency} at once, {bot.queue.limit} waiting)",
+            f"Conversations being handled: {len(bot.pipeline.lanes)}",
+            f"Plugins on: {loaded} of {len(bot.host.infos)}",
+            f"Database: {bot.db.display_url}",
+            f"Up for {uptime / 60:.0f} min",
+        ]
+    )
+
+
+@hookimpl
+def botkit_register_commands(register):
+    register(Command("plugins", "list the plugins and whether they are on", list_plugins, admin_only=True))
+    register(Command("enable", "switch a plugin on (stored)", enable, usage="NAME", admin_only=True))
+    register(Command("disable", "switch a plugin off (stored)", disable, usage="NAME", admin_only=True))
+    register(Command("clear", "forget a stored switch; config decides again", clear_override, usage="NAME", admin_only=True))
+    register(Command("reload", "re-read the config file without restarting", reload, admin_only=True))
+    register(Command("config", "show the effective config (secrets masked)", show_config, admin_only=True))
+    register(Command("status", "show the model queue and backend", status, admin_only=True))
+
+
+@hookimpl
+def botkit_startup(bot):
+    _started[id(bot)] = time.monotonic()
