@@ -53,7 +53,9 @@ async def run(storage: str, count: int) -> list[tuple[str, float, float, float, 
         raise SystemExit(f"cannot reach {storage}")
     await limiter.storage.reset()
     rows.append(("under the limit", *await decide(limiter, messages(count, users=5000))))
-    flood = [Message(text="x", author=User(id="flooder"), platform="bench", channel_id="c") for _ in range(count)]
+    flood = [
+        Message(text="x", author=User(id="flooder"), platform="bench", channel_id="c") for _ in range(count)
+    ]
     limited = Limiter(RateLimitSettings(per_user="5/minute", storage=storage))
     rows.append(("one user flooding", *await decide(limited, flood)))
     await limiter.storage.reset()

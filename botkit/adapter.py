@@ -36,5 +36,5 @@ class Adapter(ABC):
     async def run(self) -> None:
         """Receive messages and hand each to ``self.bot.handle`` until closed."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional: most need nothing
         """Stop receiving; ``run`` returns soon after."""

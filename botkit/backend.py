@@ -65,10 +65,10 @@ class Backend(ABC):
     def context_window(self) -> int:
         """Tokens the model can attend to: prompt and reply together."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional: a backend may load nothing
         """Load the model. Called once before the first request."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional: a backend may hold nothing
         """Release the model. No request is in flight when this is called."""
 
     @abstractmethod
@@ -80,7 +80,5 @@ class Backend(ABC):
         """Tokens of plain ``text`` (one turn's content, without template markup)."""
 
     @abstractmethod
-    def stream(
-        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
-    ) -> AsyncIterator[Chunk]:
+    def stream(self, prompt: Prompt, params: SamplingParams, cancel: threading.Event) -> AsyncIterator[Chunk]:
         """Generate a reply chunk by chunk, stopping soon after ``cancel`` is set."""

@@ -60,7 +60,9 @@ class Bot:
         type_name = raw.get("type", BackendSettings.model_fields["type"].default)
         backend_type = self.registry.backends.get(type_name)
         if backend_type is None:
-            available = ", ".join(sorted(self.registry.backends)) or "none (are the backend plugins disabled?)"
+            available = (
+                ", ".join(sorted(self.registry.backends)) or "none (are the backend plugins disabled?)"
+            )
             raise ConfigError(
                 f"{self.settings.source_name}: [backend] type: no backend {type_name!r}; available: {available}"
             )
@@ -98,7 +100,9 @@ class Bot:
             "logging": masked_dump(settings.logging),
             "storage": masked_dump(settings.storage),
             "backend": masked_dump(self.backend_settings),
-            "adapters": {name: masked_dump(self.adapter_settings(name)) for name in sorted(self.registry.adapters)},
+            "adapters": {
+                name: masked_dump(self.adapter_settings(name)) for name in sorted(self.registry.adapters)
+            },
             "plugins": {
                 "on_error": settings.plugins.on_error,
                 "directory": str(settings.plugins.directory) if settings.plugins.directory else None,
@@ -165,12 +169,20 @@ class Bot:
         backend_settings = validate_table(backend_type.settings_model, new.backend, new, ("backend",))
         assert isinstance(backend_settings, BackendSettings)
         plugin_settings = {
-            name: validate_table(model, {k: v for k, v in new.plugins.tables().get(name, {}).items() if k != "enabled"},
-                                 new, ("plugins", name))
+            name: validate_table(
+                model,
+                {k: v for k, v in new.plugins.tables().get(name, {}).items() if k != "enabled"},
+                new,
+                ("plugins", name),
+            )
             for name, model in self.registry.settings_models.items()
         }
-        reload_keys = set(type(backend_settings).model_fields) - set(BackendSettings.model_fields) | {"prompt_format"}
-        changed_model_keys = sorted(k for k in reload_keys if getattr(backend_settings, k) != getattr(self.backend_settings, k))
+        reload_keys = set(type(backend_settings).model_fields) - set(BackendSettings.model_fields) | {
+            "prompt_format"
+        }
+        changed_model_keys = sorted(
+            k for k in reload_keys if getattr(backend_settings, k) != getattr(self.backend_settings, k)
+        )
         if changed_model_keys:
             notes.append(f"[backend] {', '.join(changed_model_keys)} changed: they apply after a restart")
             backend_settings = backend_settings.model_copy(
@@ -183,7 +195,9 @@ class Bot:
             n: t.get("enabled", True) for n, t in self.settings.plugins.tables().items()
         }:
             notes.append("plugin switches in config apply after a restart (/enable and /disable act now)")
-        restart = [name for name, value in plugin_settings.items() if value != self.host.plugin_settings.get(name)]
+        restart = [
+            name for name, value in plugin_settings.items() if value != self.host.plugin_settings.get(name)
+        ]
         self.settings = self.host.settings = new
         self.backend_settings = self.backend.settings = backend_settings
         self.queue.limit = backend_settings.queue_limit
@@ -195,7 +209,10 @@ class Bot:
             self.host.plugin_settings[name] = plugin_settings[name]
             if running:
                 await call_plugin(self.hook.botkit_startup, owner, bot=self)
-        notes.append("reloaded " + (f"{new.source_name}; restarted: {', '.join(restart)}" if restart else new.source_name))
+        notes.append(
+            "reloaded "
+            + (f"{new.source_name}; restarted: {', '.join(restart)}" if restart else new.source_name)
+        )
         return notes
 
     def stop_generations(self, message: Message) -> int:

@@ -67,7 +67,9 @@ def config_option(command: Any) -> Any:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="botkit")
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), default=None, help=CONFIG_HELP)
+@click.option(
+    "--config", "-c", type=click.Path(path_type=Path, dir_okay=False), default=None, help=CONFIG_HELP
+)
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
     """Run your own instruction-tuned LLM chatbot on Slack, Discord and the console."""
@@ -200,7 +202,9 @@ def switch_from_shell(ctx: Context, name: str, enabled: bool | None) -> None:
         click.echo(f"override of {name} cleared: config.toml decides from the next start")
     else:
         state = "enabled" if enabled else "disabled"
-        click.echo(f"{name} {state}; a running bot applies it at its next start (in chat, /{'enable' if enabled else 'disable'} acts at once)")
+        click.echo(
+            f"{name} {state}; a running bot applies it at its next start (in chat, /{'enable' if enabled else 'disable'} acts at once)"
+        )
 
 
 @plugins.command("enable")
@@ -315,7 +319,11 @@ def db_current(ctx: Context) -> None:
 
     async def action(bot: Bot) -> None:
         current, heads = await bot.migrator.current(), bot.migrator.heads()
-        state = "up to date" if bot.migrator.up_to_date(current) else f"out of date (newest: {describe_revisions(heads)})"
+        state = (
+            "up to date"
+            if bot.migrator.up_to_date(current)
+            else f"out of date (newest: {describe_revisions(heads)})"
+        )
         click.echo(f"{bot.db.display_url}: {describe_revisions(current)} ({state})")
 
     with_migrator(ctx, action)

@@ -62,9 +62,7 @@ async def first_result(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
     return None
 
 
-async def run_chain(
-    hook: pluggy.HookCaller, key: str, value: Any, accept: type, **kwargs: Any
-) -> Any:
+async def run_chain(hook: pluggy.HookCaller, key: str, value: Any, accept: type, **kwargs: Any) -> Any:
     """Pass ``value`` (as argument ``key``) through each implementation in turn.
 
     ``None`` keeps the value, an instance of ``accept`` replaces it for the next

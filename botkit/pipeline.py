@@ -76,7 +76,9 @@ class Pipeline:
             if command is not None and command.immediate:
                 await self._process(message, responder)
             else:
-                async with self.lanes.hold(message.conversation_key(self.bot.settings.bot.conversation_scope)):
+                async with self.lanes.hold(
+                    message.conversation_key(self.bot.settings.bot.conversation_scope)
+                ):
                     await self._process(message, responder)
         except Exception:
             log.exception("failed to handle message %s from %s", message.message_id, message.user_key)
@@ -174,11 +176,20 @@ class Pipeline:
         except QueueFull:
             await responder.send("I'm answering a lot of people right now. Please try again in a minute.")
             return
-        reply = Reply("", ReplyStatus.STOPPED, bot.backend_name, backend.model_name, prompt_tokens, dropped_turns=dropped)
+        reply = Reply(
+            "",
+            ReplyStatus.STOPPED,
+            bot.backend_name,
+            backend.model_name,
+            prompt_tokens,
+            dropped_turns=dropped,
+        )
         try:
             if place:
                 ahead = "1 request" if place == 1 else f"{place} requests"
-                await responder.send(f"The model is busy; {ahead} ahead of you. I'll answer as soon as I can.")
+                await responder.send(
+                    f"The model is busy; {ahead} ahead of you. I'll answer as soon as I can."
+                )
             await bot.queue.wait_turn(ticket)
             await self._generate(message, prompt, ticket, responder, reply)
         except GenerationCancelled:
@@ -204,7 +215,9 @@ class Pipeline:
                         reply.first_token_s = time.monotonic() - started
                     raw += chunk.text
                     reply.completion_tokens += chunk.tokens
-                    filtered = await run_chain(filters, "text", raw, str, message=message, final=False, bot=bot)
+                    filtered = await run_chain(
+                        filters, "text", raw, str, message=message, final=False, bot=bot
+                    )
                     if isinstance(filtered, Refuse):
                         ticket.cancel.set()
                         status, refusal = ReplyStatus.BLOCKED, filtered

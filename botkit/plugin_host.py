@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import inspect
 import importlib.util
+import inspect
 import logging
 import os
 import sys
@@ -169,7 +169,9 @@ class PluginHost:
         self.sources = discover(self.settings.plugins.directory)
         for name, plugin in (extra or {}).items():
             if name in self.sources:
-                raise ConfigError(f"a plugin named {name!r} is already installed ({self.sources[name].origin})")
+                raise ConfigError(
+                    f"a plugin named {name!r} is already installed ({self.sources[name].origin})"
+                )
             self.sources[name] = PluginSource(name, "given", lambda plugin=plugin: plugin)
         names = selected_names(self.sources, self.settings)
         # Built-ins register first, so that a clash names the third-party plugin.
@@ -181,7 +183,9 @@ class PluginHost:
     def _activate(self, names: list[str]) -> None:
         for name in names:
             source = self.sources[name]
-            self._guarded(self.infos[name], lambda source=source, name=name: self.pm.register(source.load(), name=name))
+            self._guarded(
+                self.infos[name], lambda source=source, name=name: self.pm.register(source.load(), name=name)
+            )
         for step in (self._check_hooks, self._collect, self._configure):
             for name in names:
                 if self.pm.get_plugin(name) is not None:
@@ -260,13 +264,16 @@ class PluginHost:
             self.pm.unregister(plugin)
         if self.settings.plugins.on_error == "fail":
             raise error
-        log.error("%s; starting without it ([plugins] on_error = \"skip\")", error)
+        log.error('%s; starting without it ([plugins] on_error = "skip")', error)
 
     def _check_hooks(self, name: str) -> None:
         """A misspelled hook or a wrapper fails loudly, naming the plugin."""
         plugin = self.pm.get_plugin(name)
         for caller in self.pm.get_hookcallers(plugin) or []:
-            if any(impl.plugin is plugin and (impl.hookwrapper or impl.wrapper) for impl in caller.get_hookimpls()):
+            if any(
+                impl.plugin is plugin and (impl.hookwrapper or impl.wrapper)
+                for impl in caller.get_hookimpls()
+            ):
                 raise PluginLoadError(
                     name, f"{caller.name} is a wrapper; botkit calls hooks itself and does not run wrappers"
                 )
@@ -274,7 +281,9 @@ class PluginHost:
                 impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls()
             ):
                 known = ", ".join(hookspecs.HOOK_NAMES)
-                raise PluginLoadError(name, f"implements unknown hook {caller.name!r}; botkit's hooks are: {known}")
+                raise PluginLoadError(
+                    name, f"implements unknown hook {caller.name!r}; botkit's hooks are: {known}"
+                )
 
     def _collect(self, name: str) -> None:
         """Call the plugin's ``botkit_register_*`` implementations with registrars bound to it."""
@@ -296,7 +305,9 @@ class PluginHost:
             if self.registry.owner("settings", settings_name) != name:
                 continue
             table = {k: v for k, v in tables.get(settings_name, {}).items() if k != "enabled"}
-            self.plugin_settings[settings_name] = validate_table(model, table, self.settings, ("plugins", settings_name))
+            self.plugin_settings[settings_name] = validate_table(
+                model, table, self.settings, ("plugins", settings_name)
+            )
 
     def _reject_stray_tables(self) -> None:
         tables = self.settings.plugins.tables()

@@ -73,7 +73,10 @@ class Settings(BaseSettings):
     """Everything botkit reads from config.toml and the environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
     )
 
     bot: BotSettings = Field(default_factory=BotSettings)
@@ -155,14 +158,17 @@ def settings_from_mapping(data: dict[str, Any], path: Path | None = None) -> Set
         # A list or table value in a BOTKIT_* variable that is not valid JSON.
         raise ConfigError(
             f"environment: {error}; lists and tables in BOTKIT_* variables are JSON, "
-            'e.g. BOTKIT_BOT__ADMINS=\'["console:admin"]\''
+            "e.g. BOTKIT_BOT__ADMINS='[\"console:admin\"]'"
         ) from None
     settings._source_path = path
     settings._file_data = data
     if path is not None:
         # Relative paths in a config file are relative to the file, not to where botkit runs.
         base = path.parent
-        if settings.plugins.directory is not None and not settings.plugins.directory.expanduser().is_absolute():
+        if (
+            settings.plugins.directory is not None
+            and not settings.plugins.directory.expanduser().is_absolute()
+        ):
             settings.plugins.directory = base / settings.plugins.directory
         if "data_dir" in data.get("storage", {}) and not settings.storage.data_dir.expanduser().is_absolute():
             settings.storage.data_dir = base / settings.storage.data_dir
@@ -224,7 +230,9 @@ def describe_validation_error(error: ValidationError, where: str, table: tuple[s
             lines.append(f"{source}: {format_key(loc)}: unknown key (check the spelling)")
             continue
         got = problem.get("input")
-        shown = "" if isinstance(got, dict) or problem["type"] == "missing" else f" (got {mask_urls(repr(got))})"
+        shown = (
+            "" if isinstance(got, dict) or problem["type"] == "missing" else f" (got {mask_urls(repr(got))})"
+        )
         lines.append(f"{source}: {format_key(loc)}: {problem['msg']}{shown}")
     return "\n".join(lines)
 

@@ -32,7 +32,9 @@ async def read_overrides(db: Database) -> dict[str, bool]:
     try:
         async with db.sessions() as session:
             rows = await session.execute(
-                select(PluginStateRecord.key, PluginStateRecord.value).where(PluginStateRecord.plugin == OWNER)
+                select(PluginStateRecord.key, PluginStateRecord.value).where(
+                    PluginStateRecord.plugin == OWNER
+                )
             )
             return {key.removeprefix(PREFIX): bool(value) for key, value in rows if key.startswith(PREFIX)}
     except SQLAlchemyError:
@@ -43,7 +45,9 @@ async def write_override(db: Database, name: str, enabled: bool | None) -> None:
     """Store (or with ``None`` clear) the override for plugin ``name``."""
     async with db.session() as session:
         await session.execute(
-            delete(PluginStateRecord).where(PluginStateRecord.plugin == OWNER, PluginStateRecord.key == PREFIX + name)
+            delete(PluginStateRecord).where(
+                PluginStateRecord.plugin == OWNER, PluginStateRecord.key == PREFIX + name
+            )
         )
         if enabled is not None:
             session.add(PluginStateRecord(plugin=OWNER, key=PREFIX + name, value=enabled))

@@ -6,10 +6,10 @@ import enum
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
-class ConversationScope(str, enum.Enum):
+class ConversationScope(enum.StrEnum):
     """Which messages share one conversation (and so one history and one ordering lane).
 
     Direct messages are always one conversation per DM, whatever the scope.
@@ -45,7 +45,7 @@ class Message:
     thread_id: str | None = None
     is_dm: bool = False
     message_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def user_key(self) -> str:
@@ -66,7 +66,7 @@ class Message:
         return key
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
@@ -116,7 +116,7 @@ class Chunk:
     tokens: int = 1
 
 
-class ReplyStatus(str, enum.Enum):
+class ReplyStatus(enum.StrEnum):
     COMPLETED = "completed"
     STOPPED = "stopped"  # the user asked /stop, or the bot shut down
     TIMED_OUT = "timed_out"

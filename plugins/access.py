@@ -25,7 +25,9 @@ class AccessSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    admin_roles: list[str] = Field(default_factory=list, description="roles / user groups whose members are admins")
+    admin_roles: list[str] = Field(
+        default_factory=list, description="roles / user groups whose members are admins"
+    )
     allow_users: list[str] = Field(default_factory=list, description="only these users (empty: everyone)")
     deny_users: list[str] = Field(default_factory=list, description="never these users")
     allow_channels: list[str] = Field(default_factory=list, description="only in these channels (empty: all)")
@@ -36,7 +38,13 @@ class AccessSettings(BaseModel):
     refusal: str = Field("", description="what a refused user is told; empty: nothing")
 
     @field_validator(
-        "admin_roles", "allow_users", "deny_users", "allow_channels", "deny_channels", "allow_roles", "deny_roles"
+        "admin_roles",
+        "allow_users",
+        "deny_users",
+        "allow_channels",
+        "deny_channels",
+        "allow_roles",
+        "deny_roles",
     )
     @classmethod
     def _platform_prefixed(cls, entries: list[str]) -> list[str]:
@@ -93,5 +101,7 @@ async def botkit_gate(message: Message, bot) -> Refuse | None:
     reason = refusal_reason(settings, message)
     if reason is None or await bot.is_admin(message.author, message):
         return None
-    log.info("access: refused %s in %s:%s (%s)", message.user_key, message.platform, message.channel_id, reason)
+    log.info(
+        "access: refused %s in %s:%s (%s)", message.user_key, message.platform, message.channel_id, reason
+    )
     return Refuse(settings.refusal or None, reason=f"access: {reason}")

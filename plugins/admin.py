@@ -98,7 +98,15 @@ def botkit_register_commands(register):
     register(Command("plugins", "list the plugins and whether they are on", list_plugins, admin_only=True))
     register(Command("enable", "switch a plugin on (stored)", enable, usage="NAME", admin_only=True))
     register(Command("disable", "switch a plugin off (stored)", disable, usage="NAME", admin_only=True))
-    register(Command("clear", "forget a stored switch; config decides again", clear_override, usage="NAME", admin_only=True))
+    register(
+        Command(
+            "clear",
+            "forget a stored switch; config decides again",
+            clear_override,
+            usage="NAME",
+            admin_only=True,
+        )
+    )
     register(Command("reload", "re-read the config file without restarting", reload, admin_only=True))
     register(Command("config", "show the effective config (secrets masked)", show_config, admin_only=True))
     register(Command("status", "show the model queue and backend", status, admin_only=True))

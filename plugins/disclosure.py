@@ -16,7 +16,8 @@ class DisclosureSettings(BaseModel):
 
     text: str = Field("", description="the label, e.g. '🤖 AI-generated'; empty for none")
     position: Literal["header", "footer"] = Field(
-        "footer", description="'header': shown from the first streamed words; 'footer': added to the final reply"
+        "footer",
+        description="'header': shown from the first streamed words; 'footer': added to the final reply",
     )
 
 

@@ -50,12 +50,16 @@ class PrivacySettings(BaseModel):
 
 async def user_row(session: AsyncSession, message: Message) -> UserRecord | None:
     return await session.scalar(
-        select(UserRecord).where(UserRecord.platform == message.platform, UserRecord.platform_user_id == message.author.id)
+        select(UserRecord).where(
+            UserRecord.platform == message.platform, UserRecord.platform_user_id == message.author.id
+        )
     )
 
 
 async def is_opted_out(session: AsyncSession, user_id: int) -> bool:
-    found = await session.scalar(select(PrivacyRecord.id).where(PrivacyRecord.user_id == user_id, PrivacyRecord.kind == "optout"))
+    found = await session.scalar(
+        select(PrivacyRecord.id).where(PrivacyRecord.user_id == user_id, PrivacyRecord.kind == "optout")
+    )
     return found is not None
 
 
@@ -77,7 +81,9 @@ async def opt_in(ctx: CommandContext) -> str:
         user = await user_row(session, ctx.message)
         if user is None or not await is_opted_out(session, user.id):
             return "You are not opted out."
-        await session.execute(delete(PrivacyRecord).where(PrivacyRecord.user_id == user.id, PrivacyRecord.kind == "optout"))
+        await session.execute(
+            delete(PrivacyRecord).where(PrivacyRecord.user_id == user.id, PrivacyRecord.kind == "optout")
+        )
     return "Done: your messages may be used for training again. /optout to stop it."
 
 
@@ -91,7 +97,9 @@ async def forget_me(ctx: CommandContext) -> str:
     now = utcnow()
     if ctx.args.strip().lower() != "confirm":
         async with bot.db.session() as session:
-            await session.merge(PluginStateRecord(plugin=NAME, key=key, value={"until": (now + CONFIRM_WINDOW).isoformat()}))
+            await session.merge(
+                PluginStateRecord(plugin=NAME, key=key, value={"until": (now + CONFIRM_WINDOW).isoformat()})
+            )
         return (
             "This deletes everything I have stored about you: your messages, the replies to them, "
             "your feedback and settings. It cannot be undone. "
@@ -101,9 +109,13 @@ async def forget_me(ctx: CommandContext) -> str:
         pending = await session.get(PluginStateRecord, (NAME, key))
         if pending is None or datetime.fromisoformat(pending.value["until"]) < now:
             return f"Nothing to confirm: type `{bot.settings.bot.command_prefix}forgetme` first."
-    async for plugin, done in each_result(bot.hook.botkit_forget_user, platform=message.platform, user_id=message.author.id, bot=bot):
+    async for plugin, done in each_result(
+        bot.hook.botkit_forget_user, platform=message.platform, user_id=message.author.id, bot=bot
+    ):
         if done is False:
-            log.warning("forgetme of %s put off: plugin %r could not finish its part", message.user_key, plugin)
+            log.warning(
+                "forgetme of %s put off: plugin %r could not finish its part", message.user_key, plugin
+            )
             return "I couldn't delete your data just now (storage is unavailable). Nothing was deleted; please try again later."
     deleted = await delete_user(bot, message)
     log.info("forgetme: deleted the data of %s (%d messages)", message.user_key, deleted)
@@ -114,7 +126,9 @@ async def delete_user(bot: Any, message: Message) -> int:
     """Delete every row about the message's author; returns how many messages went."""
     async with bot.db.session() as session:
         await session.execute(
-            delete(PluginStateRecord).where(PluginStateRecord.plugin == NAME, PluginStateRecord.key == confirm_key(message))
+            delete(PluginStateRecord).where(
+                PluginStateRecord.plugin == NAME, PluginStateRecord.key == confirm_key(message)
+            )
         )
         user = await user_row(session, message)
         if user is None:
@@ -126,7 +140,11 @@ async def delete_user(bot: Any, message: Message) -> int:
         )
         await session.execute(
             delete(FeedbackRecord).where(
-                or_(FeedbackRecord.user_id == user.id, FeedbackRecord.message_id.in_(own), FeedbackRecord.message_id.in_(replies))
+                or_(
+                    FeedbackRecord.user_id == user.id,
+                    FeedbackRecord.message_id.in_(own),
+                    FeedbackRecord.message_id.in_(replies),
+                )
             )
         )
         await session.execute(delete(ModerationEventRecord).where(ModerationEventRecord.user_id == user.id))
@@ -149,7 +167,12 @@ async def my_data(ctx: CommandContext) -> str | None:
         opted_out = await is_opted_out(session, user.id)
         rows = (
             await session.execute(
-                select(MessageRecord.created_at, MessageRecord.platform, MessageRecord.channel_id, MessageRecord.text)
+                select(
+                    MessageRecord.created_at,
+                    MessageRecord.platform,
+                    MessageRecord.channel_id,
+                    MessageRecord.text,
+                )
                 .where(MessageRecord.user_id == user.id)
                 .order_by(MessageRecord.id.desc())
                 .limit(limit)
@@ -224,7 +247,11 @@ def botkit_register_settings(register):
 def botkit_register_commands(register):
     register(Command("optout", "never use my messages to train a model", opt_out))
     register(Command("optin", "undo /optout", opt_in))
-    register(Command("forgetme", "delete everything stored about me (asks to confirm)", forget_me, usage="[confirm]"))
+    register(
+        Command(
+            "forgetme", "delete everything stored about me (asks to confirm)", forget_me, usage="[confirm]"
+        )
+    )
     register(Command("mydata", "show what is stored about me", my_data))
 
 

@@ -17,13 +17,13 @@ from weakref import WeakKeyDictionary
 
 from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import Storage
-from limits.storage import storage_from_string
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
+from limits.storage import storage_from_string
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from botkit import Message, Refuse, hookimpl
@@ -52,16 +52,24 @@ class RateLimitSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    per_user: str | None = Field(None, description="messages one user may send, e.g. '10/minute'; unset: no limit")
-    per_channel: str | None = Field(None, description="messages one channel (or DM) may send, e.g. '60/minute'")
+    per_user: str | None = Field(
+        None, description="messages one user may send, e.g. '10/minute'; unset: no limit"
+    )
+    per_channel: str | None = Field(
+        None, description="messages one channel (or DM) may send, e.g. '60/minute'"
+    )
     global_: str | None = Field(None, alias="global", description="messages the whole bot accepts")
     tiers: dict[str, str] = Field(
         default_factory=dict, description="role -> per-user limit; a user gets their most generous tier"
     )
-    tokens_per_day: int | None = Field(None, ge=1, description="prompt + reply tokens one user may use per day")
+    tokens_per_day: int | None = Field(
+        None, ge=1, description="prompt + reply tokens one user may use per day"
+    )
     exempt_admins: bool = Field(True, description="admins are never limited")
     strategy: Literal["fixed-window", "moving-window", "sliding-window-counter"] = "sliding-window-counter"
-    storage: str = Field("memory://", description="'memory://' or 'redis://HOST:PORT/DB' (shared by processes)")
+    storage: str = Field(
+        "memory://", description="'memory://' or 'redis://HOST:PORT/DB' (shared by processes)"
+    )
     password: SecretStr | None = Field(None, description="Redis password (environment only)")
 
     @field_validator("per_user", "per_channel", "global_")
@@ -149,7 +157,11 @@ class Limiter:
         return self.per_user
 
     def checks(self, message: Message) -> list[Check]:
-        channel = f"{message.platform}:dm:{message.author.id}" if message.is_dm else f"{message.platform}:{message.channel_id}"
+        channel = (
+            f"{message.platform}:dm:{message.author.id}"
+            if message.is_dm
+            else f"{message.platform}:{message.channel_id}"
+        )
         candidates = [
             ("global", "all", self.global_),
             ("channel", channel, self.per_channel),
@@ -222,7 +234,9 @@ async def botkit_gate(message: Message, bot) -> Refuse | None:
 @hookimpl
 async def botkit_after_reply(message: Message, reply, bot) -> None:
     limiter = _limiters.get(bot)
-    if limiter is not None and not (limiter.settings.exempt_admins and await bot.is_admin(message.author, message)):
+    if limiter is not None and not (
+        limiter.settings.exempt_admins and await bot.is_admin(message.author, message)
+    ):
         await limiter.spend_tokens(message, reply.prompt_tokens + reply.completion_tokens)
 
 

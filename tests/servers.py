@@ -56,7 +56,9 @@ class PostgresServer:
             for path in (self.root, data):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         subprocess.run(
-            _as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-U", self.user, "-A", "trust", "-E", "UTF8"]),
+            _as_server_user(
+                [str(bin_dir / "initdb"), "-D", str(data), "-U", self.user, "-A", "trust", "-E", "UTF8"]
+            ),
             check=True,
             capture_output=True,
         )
@@ -64,7 +66,9 @@ class PostgresServer:
 
     def stop(self) -> None:
         subprocess.run(
-            _as_server_user([str(self.binaries() / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"]),
+            _as_server_user(
+                [str(self.binaries() / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"]
+            ),
             check=False,
             capture_output=True,
         )
@@ -74,7 +78,17 @@ class PostgresServer:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         subprocess.run(
             _as_server_user(
-                [str(self.binaries() / "pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-l", str(self.root / "log"), "-w", "start"]
+                [
+                    str(self.binaries() / "pg_ctl"),
+                    "-D",
+                    str(self.root / "data"),
+                    "-o",
+                    options,
+                    "-l",
+                    str(self.root / "log"),
+                    "-w",
+                    "start",
+                ]
             ),
             check=True,
             capture_output=True,
@@ -82,7 +96,19 @@ class PostgresServer:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = subprocess.run(
-            [str(self.binaries() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", database, "-Atc", sql],
+            [
+                str(self.binaries() / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                database,
+                "-Atc",
+                sql,
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -127,10 +153,23 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed: `apt-get install redis-server` (scripts/test does this)")
+            raise RuntimeError(
+                "redis-server is not installed: `apt-get install redis-server` (scripts/test does this)"
+            )
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.root)],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

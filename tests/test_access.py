@@ -32,8 +32,12 @@ async def test_admins_by_role_and_by_id(make_bot):
 
 
 async def test_deny_lists_refuse_and_a_refusal_text_can_be_set(make_bot):
-    config = access(deny_users=["test:troll"], deny_roles=["test:muted"], deny_channels=["test:offtopic"],
-                    refusal="Sorry, I can't help you here.")
+    config = access(
+        deny_users=["test:troll"],
+        deny_roles=["test:muted"],
+        deny_channels=["test:offtopic"],
+        refusal="Sorry, I can't help you here.",
+    )
     async with make_bot(config) as bot:
         troll = await bot.chat.say("hi", user="troll")
         muted = await bot.chat.say("hi", user="m", roles=("muted",))
@@ -81,6 +85,8 @@ async def test_refused_users_do_not_use_up_rate_limits(make_bot):
 
 
 async def test_entries_must_name_their_platform(make_bot):
-    with pytest.raises(ConfigError, match=r"\[plugins.access\] deny_users: Value error, '1234' must be 'platform:id'"):
+    with pytest.raises(
+        ConfigError, match=r"\[plugins.access\] deny_users: Value error, '1234' must be 'platform:id'"
+    ):
         async with make_bot(access(deny_users=["1234"])):
             pass

@@ -30,7 +30,9 @@ async def test_disable_and_enable_a_plugin_at_run_time_and_across_restarts(make_
         off = await bot.chat.say("/disable memory", user="admin")
         gone = await bot.chat.say("/history", user="admin")
         await bot.chat.say("not remembered")
-    assert off.texts == ["Plugin memory is disabled (stored: it stays disabled after a restart until cleared)."]
+    assert off.texts == [
+        "Plugin memory is disabled (stored: it stays disabled after a restart until cleared)."
+    ]
     assert gone.texts[0].startswith("Unknown command /history")
     async with make_bot(config) as bot:  # restart: the switch holds
         still_off = await bot.chat.say("/history")
@@ -60,9 +62,13 @@ async def test_plugins_the_bot_cannot_run_without_refuse(bot):
     admin = await bot.chat.say("/disable admin", user="admin")
     unknown = await bot.chat.say("/disable nosuch", user="admin")
     usage = await bot.chat.say("/disable", user="admin")
-    assert backend.texts == ["Cannot switch scripted: plugin 'scripted' provides a backend: change config.toml and restart instead."]
+    assert backend.texts == [
+        "Cannot switch scripted: plugin 'scripted' provides a backend: change config.toml and restart instead."
+    ]
     assert admin.texts == ["Cannot switch admin: plugin 'admin' is required and cannot be switched off."]
-    assert unknown.texts[0].startswith("Cannot switch nosuch: there is no plugin 'nosuch'; available: access, admin,")
+    assert unknown.texts[0].startswith(
+        "Cannot switch nosuch: there is no plugin 'nosuch'; available: access, admin,"
+    )
     assert usage.texts == ["Usage: /disable NAME"]
 
 
@@ -85,7 +91,11 @@ async def test_reload_applies_a_changed_config_without_reloading_the_model(make_
     async with make_bot({"storage": {"data_dir": str(data)}}) as bot:
         bot.settings = bot.host.settings = settings  # as if started from the file
         backend = bot.backend
-        write('system_prompt = "Be kind."', "context_window = 999\ntemperature = 0.3", '[plugins.ratelimit]\nper_user = "1/minute"\n')
+        write(
+            'system_prompt = "Be kind."',
+            "context_window = 999\ntemperature = 0.3",
+            '[plugins.ratelimit]\nper_user = "1/minute"\n',
+        )
         reloaded = await bot.chat.say("/reload", user="admin")
         await bot.chat.say("hi", user="ann")
         limited = await bot.chat.say("again", user="ann")
@@ -107,7 +117,10 @@ async def test_config_shows_the_effective_config_masked(make_bot, monkeypatch):
         from botkit.settings import validate_table
 
         bot.host.plugin_settings["ratelimit"] = validate_table(
-            type(bot.plugin_settings("ratelimit")), {"password": "sekrit"}, bot.settings, ("plugins", "ratelimit")
+            type(bot.plugin_settings("ratelimit")),
+            {"password": "sekrit"},
+            bot.settings,
+            ("plugins", "ratelimit"),
         )
         shown = await bot.chat.say("/config", user="admin")
     text = shown.texts[0]
@@ -136,13 +149,20 @@ def test_plugins_can_be_switched_from_the_shell(tmp_path):
     import sys
 
     config = tmp_path / "config.toml"
-    config.write_text(f'[backend]\ntype = "scripted"\n[storage]\ndata_dir = "{tmp_path / "d"}"\n', encoding="utf-8")
+    config.write_text(
+        f'[backend]\ntype = "scripted"\n[storage]\ndata_dir = "{tmp_path / "d"}"\n', encoding="utf-8"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
 
     def botkit(*args, stdin=""):
         return subprocess.run(
             [sys.executable, "-m", "botkit", *args, "--config", str(config)],
-            input=stdin, capture_output=True, text=True, env=env, timeout=60, check=False,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
         )
 
     off = botkit("plugins", "disable", "memory")

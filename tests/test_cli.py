@@ -62,7 +62,9 @@ def scripted_config(tmp_path: Path) -> Path:
     return config
 
 
-def botkit(*args: str, stdin: str = "", cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def botkit(
+    *args: str, stdin: str = "", cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "botkit", *args],
         input=stdin,
@@ -313,7 +315,9 @@ def test_plugins_list_shows_broken_and_disabled_plugins(tmp_path):
     plugins.mkdir()
     (plugins / "broken.py").write_text("raise RuntimeError('half-written plugin')\n", encoding="utf-8")
     config = tmp_path / "config.toml"
-    config.write_text(f'[plugins]\ndirectory = "{plugins}"\n[plugins.commands]\nenabled = false\n', encoding="utf-8")
+    config.write_text(
+        f'[plugins]\ndirectory = "{plugins}"\n[plugins.commands]\nenabled = false\n', encoding="utf-8"
+    )
     result = botkit("plugins", "list", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     import json

@@ -88,17 +88,13 @@ def undocumented(model: type[BaseModel], table: str) -> list[str]:
         name = field.alias or field_name
         if field.annotation in (SecretStr, SecretStr | None):
             if env_name((*table.split("."), name)) not in text:
-                missing.append(
-                    f"[{table}] {name} (secret: name {env_name((*table.split('.'), name))})"
-                )
+                missing.append(f"[{table}] {name} (secret: name {env_name((*table.split('.'), name))})")
         elif name not in keys:
             missing.append(f"[{table}] {name}")
     return missing
 
 
-@pytest.mark.parametrize(
-    "model, table", DOCUMENTED, ids=lambda v: v if isinstance(v, str) else v.__name__
-)
+@pytest.mark.parametrize("model, table", DOCUMENTED, ids=lambda v: v if isinstance(v, str) else v.__name__)
 def test_every_setting_is_documented(model, table):
     missing = undocumented(model, table)
     assert not missing, f"config.example.toml does not document {missing} of {model.__name__}"
@@ -115,17 +111,13 @@ def shipped_settings_models() -> list[tuple[type[BaseModel], str]]:
     host.load()
     registry = host.registry
     models += [(backend.settings_model, "backend") for backend in registry.backends.values()]
-    models += [
-        (adapter.settings_model, f"adapters.{name}") for name, adapter in registry.adapters.items()
-    ]
+    models += [(adapter.settings_model, f"adapters.{name}") for name, adapter in registry.adapters.items()]
     models += [(model, f"plugins.{name}") for name, model in registry.settings_models.items()]
     return models
 
 
 def test_settings_added_later_are_documented_too():
-    missing = [
-        item for model, table in shipped_settings_models() for item in undocumented(model, table)
-    ]
+    missing = [item for model, table in shipped_settings_models() for item in undocumented(model, table)]
     assert not missing, "config.example.toml does not document: " + ", ".join(missing)
 
 
@@ -135,7 +127,14 @@ def test_the_example_loads_and_every_value_is_the_default():
     assert settings.logging == LoggingSettings()
     assert (settings.plugins.on_error, settings.plugins.directory) == ("fail", None)
     assert settings.storage == StorageSettings()
-    assert set(settings.plugins.tables()) == {"access", "memory", "mentions", "disclosure", "privacy", "ratelimit"}
+    assert set(settings.plugins.tables()) == {
+        "access",
+        "memory",
+        "mentions",
+        "disclosure",
+        "privacy",
+        "ratelimit",
+    }
     bot = Bot.load(settings)
     assert bot.plugin_settings("memory") == MemorySettings()
     assert bot.plugin_settings("mentions") == MentionSettings()
@@ -152,9 +151,7 @@ def test_the_example_loads_and_every_value_is_the_default():
 def test_the_commented_out_scripted_backend_is_valid_and_holds_defaults():
     text = EXAMPLE.read_text(encoding="utf-8")
     block = text.split("# [backend]\n", 1)[1].split("\n[", 1)[0]
-    uncommented = "\n".join(
-        line.removeprefix("# ") for line in block.splitlines() if KEY.match(line)
-    )
+    uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines() if KEY.match(line))
     table = tomllib.loads(uncommented)
     assert table["type"] == "scripted"
     data = tomllib.loads(text)

@@ -47,7 +47,9 @@ def test_db_commands_walk_the_schema_up_and_down(config, tmp_path):
 
     upgraded = botkit("-c", str(config), "db", "upgrade", cwd=tmp_path)
     assert upgraded.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: empty -> 0001"
-    assert botkit("-c", str(config), "db", "current", cwd=tmp_path).stdout.strip().endswith("0001 (up to date)")
+    assert (
+        botkit("-c", str(config), "db", "current", cwd=tmp_path).stdout.strip().endswith("0001 (up to date)")
+    )
     assert botkit("-c", str(config), "chat", stdin="hi\n", cwd=tmp_path).returncode == 0
 
     history = botkit("-c", str(config), "db", "history", cwd=tmp_path)
@@ -72,7 +74,9 @@ def test_unreachable_database_at_start_is_a_clear_error(tmp_path):
         f'[backend]\ntype = "scripted"\n[storage]\nurl = "postgresql+asyncpg://bot@127.0.0.1:{free_port()}/botkit"\n',
         encoding="utf-8",
     )
-    result = botkit("-c", str(config), "chat", stdin="hi\n", cwd=tmp_path, env={"BOTKIT_STORAGE__PASSWORD": "pw-123"})
+    result = botkit(
+        "-c", str(config), "chat", stdin="hi\n", cwd=tmp_path, env={"BOTKIT_STORAGE__PASSWORD": "pw-123"}
+    )
     assert result.returncode == 1
     assert "cannot reach the database at postgresql+asyncpg://bot:***@127.0.0.1" in result.stderr
     assert "pw-123" not in result.stderr and "Traceback" not in result.stderr
@@ -94,10 +98,12 @@ def test_two_bot_processes_share_one_sqlite_file(config, tmp_path):
         for _ in range(2)
     ]
     outputs = [
-        process.communicate("".join(f":as user{n}\nmessage {i} from process {n}\n" for i in range(lines)), timeout=120)
+        process.communicate(
+            "".join(f":as user{n}\nmessage {i} from process {n}\n" for i in range(lines)), timeout=120
+        )
         for n, process in enumerate(processes)
     ]
-    for process, (out, err) in zip(processes, outputs):
+    for process, (out, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err
         assert "database is locked" not in err and "Traceback" not in err
         assert out.count("botkit> ") == lines
@@ -109,7 +115,9 @@ def test_two_bot_processes_share_one_sqlite_file(config, tmp_path):
 
 def test_chat_remembers_across_restarts(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text(f'[backend]\ntype = "scripted"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n', encoding="utf-8")
+    config.write_text(
+        f'[backend]\ntype = "scripted"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n', encoding="utf-8"
+    )
     first = botkit("-c", str(config), "chat", stdin="My favourite colour is teal.\n", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     second = botkit("-c", str(config), "chat", stdin="/history\n/reset\n/history\n", cwd=tmp_path)

@@ -28,9 +28,7 @@ def hook_heading(name: str) -> str:
             params.append(param.name)
         else:
             # hookspecs.py uses `from __future__ import annotations`: annotations are source text.
-            text = (
-                annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
-            )
+            text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
             params.append(f"{param.name}: {text}")
     return f"### {name}({', '.join(params)})"
 
@@ -60,9 +58,7 @@ def test_every_hook_has_a_section_headed_by_its_exact_signature(name):
 
 
 def test_no_section_documents_a_hook_that_does_not_exist():
-    documented = re.findall(
-        r"^### (botkit_\w+)\(", PLUGINS_DOC.read_text(encoding="utf-8"), re.MULTILINE
-    )
+    documented = re.findall(r"^### (botkit_\w+)\(", PLUGINS_DOC.read_text(encoding="utf-8"), re.MULTILINE)
     assert sorted(documented) == sorted(hookspecs.HOOK_NAMES)
 
 
@@ -109,9 +105,7 @@ def test_quickstart_is_exactly_scripts_chat_and_scripts_test():
 
 
 def test_ci_runs_the_readme_test_command():
-    lines = [
-        line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
-    ]
+    lines = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
     assert any(re.fullmatch(r"(exec\s+)?scripts/test", line) for line in lines)
 
 

@@ -127,9 +127,7 @@ class LinesAdapter(Adapter):
 
     async def run(self) -> None:
         for text in self.lines:
-            message = Message(
-                text, User("reader"), platform="lines", channel_id=self.settings.channel
-            )
+            message = Message(text, User("reader"), platform="lines", channel_id=self.settings.channel)
             self.seen.append(message)
             await self.bot.handle(message, CollectingResponder(self.answers))
 
@@ -240,9 +238,7 @@ async def test_a_plugin_migration_branch_is_applied_at_start(make_bot, tmp_path)
         async with bot.db.session() as session:
             await session.execute(notes.insert().values(text="remember the milk"))
         async with bot.db.session() as session:
-            assert (await session.execute(sa.select(notes.c.text))).scalars().all() == [
-                "remember the milk"
-            ]
+            assert (await session.execute(sa.select(notes.c.text))).scalars().all() == ["remember the milk"]
 
 
 async def test_a_migrated_database_with_a_dependent_branch_is_current(make_bot, tmp_path):
@@ -251,8 +247,6 @@ async def test_a_migrated_database_with_a_dependent_branch_is_current(make_bot, 
     async with make_bot({"storage": storage}, plugins={"notes": plugin}):
         pass
     # Alembic stores only notes_0001 (it depends on the core branch); the schema is still current.
-    async with make_bot(
-        {"storage": {**storage, "auto_upgrade": False}}, plugins={"notes": plugin}
-    ) as bot:
+    async with make_bot({"storage": {**storage, "auto_upgrade": False}}, plugins={"notes": plugin}) as bot:
         assert await bot.migrator.current() == {"notes_0001"}
         assert await bot.migrator.is_current()

@@ -88,9 +88,7 @@ async def test_a_truncated_gguf_is_a_load_error_not_a_crash(tmp_path):
 
 @pytest.mark.model
 async def test_an_invalid_chat_template_names_the_setting():
-    backend = LlamaCppBackend(
-        LlamaCppSettings(n_ctx=256, chat_template="{% for message in messages %}")
-    )
+    backend = LlamaCppBackend(LlamaCppSettings(n_ctx=256, chat_template="{% for message in messages %}"))
     try:
         with pytest.raises(ModelLoadError) as raised:
             await backend.start()
@@ -160,9 +158,7 @@ async def test_streams_several_chunks_that_answer_the_question(llama):
 async def test_fixed_seed_gives_the_same_answer_twice(llama):
     greedy = [await generate(llama, ask(STORY), max_tokens=24) for _ in range(2)]
     assert greedy[0] == greedy[1] and len(greedy[0]) == 24
-    sampled = [
-        await generate(llama, ask(STORY), max_tokens=24, temperature=1.2, seed=7) for _ in range(2)
-    ]
+    sampled = [await generate(llama, ask(STORY), max_tokens=24, temperature=1.2, seed=7) for _ in range(2)]
     assert sampled[0] == sampled[1]
     other_seed = await generate(llama, ask(STORY), max_tokens=24, temperature=1.2, seed=8)
     assert other_seed != sampled[0]  # so the seed, not greediness, made them equal
@@ -242,9 +238,7 @@ async def test_count_tokens_matches_the_tokenizer_llama_generates_with(llama):
     short, long = ask("Hi"), ask("Hi. " + "Please tell me about the history of Rome. " * 10)
     counts = [await llama.count_tokens(prompt) for prompt in (short, long)]
     # Tokenized exactly as Llama.create_completion tokenizes its prompt.
-    expected = [
-        len(vocab.tokenize(llama.render(p).encode("utf-8"), special=True)) for p in (short, long)
-    ]
+    expected = [len(vocab.tokenize(llama.render(p).encode("utf-8"), special=True)) for p in (short, long)]
     vocab.close()
     assert counts == expected
     assert counts[0] > 5 and counts[1] > counts[0] + 80
@@ -286,9 +280,7 @@ async def test_bot_records_the_tokens_of_prompt_and_reply(make_bot):
 
     async with make_bot(LLAMA_BOT, plugins={"record": Record()}) as bot:
         await bot.chat.say(STORY)
-        prompt_tokens = await bot.backend.count_tokens(
-            ask(STORY, system=bot.settings.bot.system_prompt)
-        )
+        prompt_tokens = await bot.backend.count_tokens(ask(STORY, system=bot.settings.bot.system_prompt))
     [reply] = replies
     assert reply.status is ReplyStatus.COMPLETED
     assert reply.completion_tokens == 48  # the story runs to max_tokens

@@ -36,11 +36,19 @@ async def test_message_and_reply_are_stored_with_their_metadata(make_bot, storag
         users = await rows(bot, UserRecord)
         conversations = await rows(bot, ConversationRecord)
     assert (question.role, question.text, question.author_id, question.platform_message_id) == (
-        "user", "hello there", "ann", message.message_id,
+        "user",
+        "hello there",
+        "ann",
+        message.message_id,
     )
     assert (question.platform, question.channel_id, question.thread_id) == ("test", "general", "t1")
     assert question.created_at == message.created_at and question.token_count > 0
-    assert (answer.role, answer.text, answer.status, answer.reply_to_id) == ("assistant", "Hi Ann", "completed", question.id)
+    assert (answer.role, answer.text, answer.status, answer.reply_to_id) == (
+        "assistant",
+        "Hi Ann",
+        "completed",
+        question.id,
+    )
     assert (answer.backend, answer.model, answer.completion_tokens) == ("scripted", "scripted", 2)
     assert answer.prompt_tokens > 0 and answer.latency_ms is not None
     assert [(u.platform, u.platform_user_id) for u in users] == [("test", "ann")]
@@ -67,7 +75,9 @@ async def test_memory_survives_a_restart(make_bot, storage_config):
     async with make_bot(storage_config) as restarted:
         await restarted.chat.say("What is the code word?")
     assert [t.text for t in restarted.backend.prompts[0].turns] == [
-        "The code word is heron.", "Noted.", "What is the code word?",
+        "The code word is heron.",
+        "Noted.",
+        "What is the code word?",
     ]
 
 
@@ -96,9 +106,15 @@ async def test_reset_starts_fresh_and_keeps_the_log(make_bot, storage_config):
         await flushed(bot)
         conversations = await rows(bot, ConversationRecord)
         texts = [r.text for r in await rows(bot)]
-    assert reset.texts == ["Started a fresh conversation: I won't use what was said before (it stays in the log)."]
+    assert reset.texts == [
+        "Started a fresh conversation: I won't use what was said before (it stays in the log)."
+    ]
     assert [t.text for t in bot.backend.prompts[-1].turns] == ["new topic"]
-    assert len(conversations) == 2 and conversations[0].ended_at is not None and conversations[1].ended_at is None
+    assert (
+        len(conversations) == 2
+        and conversations[0].ended_at is not None
+        and conversations[1].ended_at is None
+    )
     assert "old topic" in texts and "new topic" in texts
 
 
@@ -109,7 +125,9 @@ async def test_history_command_shows_what_is_remembered(make_bot, storage_config
         await bot.chat.say("I like blue.")
         shown = await bot.chat.say("/history")
     assert empty.texts == ["I don't remember anything of this conversation yet."]
-    assert shown.texts == ["What I remember of this conversation (oldest first):\nyou: I like blue.\nme: Blue is nice."]
+    assert shown.texts == [
+        "What I remember of this conversation (oldest first):\nyou: I like blue.\nme: Blue is nice."
+    ]
 
 
 @pytest.mark.parametrize(
@@ -146,7 +164,8 @@ async def test_shared_conversations_keep_who_said_what(make_bot, storage_config)
     alone, together = bot.backend.prompts
     assert alone.turns == [Turn(Role.USER, "I'm hungry")]  # one person: no names needed
     assert [(t.speaker, t.text) for t in together.turns if t.role is Role.USER] == [
-        ("alice", "I'm hungry"), ("bob", "Me too"),
+        ("alice", "I'm hungry"),
+        ("bob", "Me too"),
     ]
     assert "bob: Me too" in bot.backend.requests[1].rendered
 
@@ -232,7 +251,9 @@ async def test_database_outage_loses_nothing(make_bot, storage_config, request, 
         # The conversation carried on through the outage from what was pending (and, where the
         # database could still be read, from what it held before).
         texts = [t.text for t in bot.backend.prompts[3].turns if t.role is Role.USER]
-        assert texts == (["during 0", "during 1", "during 2"] if postgres else ["one", "during 0", "during 1", "during 2"])
+        assert texts == (
+            ["during 0", "during 1", "during 2"] if postgres else ["one", "during 0", "during 1", "during 2"]
+        )
         await flushed(bot)
         texts = [r.text for r in await rows(bot) if r.role == "user"]
         assert texts == ["one", "during 0", "during 1", "during 2"]
@@ -241,7 +262,10 @@ async def test_database_outage_loses_nothing(make_bot, storage_config, request, 
 
 async def test_spool_is_written_after_a_restart(make_bot, tmp_path):
     data = tmp_path / "data"
-    config = {"storage": {"data_dir": str(data), "busy_timeout": 0.2}, "plugins": {"memory": {"flush_timeout": 0.3}}}
+    config = {
+        "storage": {"data_dir": str(data), "busy_timeout": 0.2},
+        "plugins": {"memory": {"flush_timeout": 0.3}},
+    }
     lock = ExitStack()
     async with make_bot(config) as bot:
         await bot.chat.say("hello")

@@ -28,7 +28,9 @@ def test_pings_are_neutralised(model_output, shown):
 
 
 def test_the_author_may_be_mentioned():
-    assert neutralise("thanks <@author> and <@other>", author_id="author") == f"thanks <@author> and @{Z}other"
+    assert (
+        neutralise("thanks <@author> and <@other>", author_id="author") == f"thanks <@author> and @{Z}other"
+    )
     assert neutralise("thanks <@author>", author_id=None) == f"thanks @{Z}author"
 
 

@@ -65,4 +65,3 @@ def test_installed_botkit_chats_on_the_embedded_model(installed, tmp_path):
     assert lines[0].startswith("botkit> ") and len(lines[0]) > len("botkit> ")
     assert "botkit> Commands:" in lines
     assert "Traceback" not in result.stderr
-

@@ -183,7 +183,12 @@ async def test_after_reply_gets_status_tokens_backend_and_model(make_bot):
         await bot.chat.say("count", user="bob")
     message, reply = replies[0]
     assert message.author.id == "bob"
-    assert (reply.text, reply.status, reply.backend, reply.model) == ("a b c", ReplyStatus.COMPLETED, "scripted", "scripted")
+    assert (reply.text, reply.status, reply.backend, reply.model) == (
+        "a b c",
+        ReplyStatus.COMPLETED,
+        "scripted",
+        "scripted",
+    )
     assert reply.completion_tokens == 3 and reply.prompt_tokens > 0
     assert reply.first_token_s is not None and reply.latency_s >= reply.first_token_s
 
@@ -239,7 +244,9 @@ async def test_oldest_history_is_dropped_to_fit_the_context_window(make_bot):
     class History:
         @hookimpl
         def botkit_prepare_context(self, prompt):
-            old = [Turn(Role.USER if i % 2 == 0 else Role.ASSISTANT, f"turn {i} " + "x" * 200) for i in range(20)]
+            old = [
+                Turn(Role.USER if i % 2 == 0 else Role.ASSISTANT, f"turn {i} " + "x" * 200) for i in range(20)
+            ]
             prompt.turns[:-1] = old
 
         @hookimpl

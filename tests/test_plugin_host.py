@@ -74,19 +74,26 @@ def test_disabling_every_backend_names_the_problem():
     settings = settings_from_mapping(
         {"plugins": {"llamacpp": {"enabled": False}, "scripted": {"enabled": False}}}
     )
-    with pytest.raises(ConfigError, match=r"no backend 'llamacpp'; available: none \(are the backend plugins disabled\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"no backend 'llamacpp'; available: none \(are the backend plugins disabled\?\)"
+    ):
         Bot.load(settings)
 
 
 def test_enabled_must_be_a_boolean():
-    with pytest.raises(ConfigError, match=r"\[plugins.commands\] enabled: expected true or false \(got 'no'\)"):
+    with pytest.raises(
+        ConfigError, match=r"\[plugins.commands\] enabled: expected true or false \(got 'no'\)"
+    ):
         host_for({"plugins": {"commands": {"enabled": "no"}}})
 
 
 def test_unknown_plugin_in_config_lists_the_available_ones():
     with pytest.raises(ConfigError) as error:
         host_for({"plugins": {"moderaton": {"enabled": True}}})
-    assert "unknown plugin 'moderaton'; available: access, admin, commands, console, disclosure, llamacpp, memory, mentions, privacy, ratelimit, scripted" in str(error.value)
+    assert (
+        "unknown plugin 'moderaton'; available: access, admin, commands, console, disclosure, llamacpp, memory, mentions, privacy, ratelimit, scripted"
+        in str(error.value)
+    )
 
 
 def test_environment_variable_restricts_what_loads(monkeypatch):
@@ -168,7 +175,10 @@ def test_registration_failure_is_typed_and_leaves_nothing_behind(tmp_path, caplo
     )
     with pytest.raises(PluginLoadError) as error:
         host_for({"plugins": {"directory": str(folder)}})
-    assert "plugin 'clash': DuplicateNameError: command 'help' is registered by both plugin 'commands'" in str(error.value)
+    assert (
+        "plugin 'clash': DuplicateNameError: command 'help' is registered by both plugin 'commands'"
+        in str(error.value)
+    )
     host = host_for({"plugins": {"directory": str(folder), "on_error": "skip"}})
     assert "mycmd" not in host.registry.commands
     assert host.registry.owner("command", "help") == "commands"
@@ -182,10 +192,14 @@ def test_plugins_folder_must_exist(tmp_path):
 def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     site = tmp_path / "site"
     site.mkdir()
-    (site / "botkit_wave.py").write_text(textwrap.dedent(PING_PLUGIN).replace('"ping"', '"wave"'), encoding="utf-8")
+    (site / "botkit_wave.py").write_text(
+        textwrap.dedent(PING_PLUGIN).replace('"ping"', '"wave"'), encoding="utf-8"
+    )
     dist = site / "botkit_wave-1.2.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: botkit-wave\nVersion: 1.2\n", encoding="utf-8")
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: botkit-wave\nVersion: 1.2\n", encoding="utf-8"
+    )
     (dist / "entry_points.txt").write_text("[botkit]\nwave = botkit_wave\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(site))
     host = host_for()
@@ -220,5 +234,7 @@ def test_async_register_hooks_are_refused():
         async def botkit_register_commands(self, register):
             pass
 
-    with pytest.raises(PluginLoadError, match="plugin 'late': botkit_register_commands must be a plain function"):
+    with pytest.raises(
+        PluginLoadError, match="plugin 'late': botkit_register_commands must be a plain function"
+    ):
         host_for(extra={"late": Async()})

@@ -26,7 +26,9 @@ async def test_optout_and_optin(make_bot, storage_config):
         back = await bot.chat.say("/optin", user="ann")
         not_opted = await bot.chat.say("/optin", user="ann")
         remaining = await count(bot, PrivacyRecord)
-    assert first.texts[0].startswith("Done: your messages stay in this conversation's memory but will never be exported")
+    assert first.texts[0].startswith(
+        "Done: your messages stay in this conversation's memory but will never be exported"
+    )
     assert again.texts[0].startswith("You are already opted out")
     assert opted == 1 and answered.final  # opting out does not stop the conversation
     assert back.texts == ["Done: your messages may be used for training again. /optout to stop it."]
@@ -65,7 +67,9 @@ async def test_forgetme_confirmation_expires(make_bot, storage_config):
         await bot.chat.say("/forgetme", user="ann")
         async with bot.db.session() as session:
             await session.execute(
-                update(PluginStateRecord).values(value={"until": (utcnow() - timedelta(seconds=1)).isoformat()})
+                update(PluginStateRecord).values(
+                    value={"until": (utcnow() - timedelta(seconds=1)).isoformat()}
+                )
             )
         late = await bot.chat.say("/forgetme confirm", user="ann")
         await memory(bot).flush(5)
@@ -85,7 +89,10 @@ async def test_forgetme_also_removes_what_was_still_pending(make_bot, tmp_path):
 async def test_forgetme_is_put_off_while_storage_is_down(make_bot, tmp_path):
     import sqlite3
 
-    config = {"storage": {"data_dir": str(tmp_path / "d"), "busy_timeout": 0.2}, "plugins": {"memory": {"flush_timeout": 0.5}}}
+    config = {
+        "storage": {"data_dir": str(tmp_path / "d"), "busy_timeout": 0.2},
+        "plugins": {"memory": {"flush_timeout": 0.5}},
+    }
     async with make_bot(config) as bot:
         await bot.chat.say("/forgetme", user="ann")
         blocker = sqlite3.connect(bot.db.sqlite_path, timeout=0, isolation_level=None)
@@ -117,7 +124,9 @@ async def test_mydata_lists_what_is_stored(make_bot, storage_config):
 
 
 async def test_mydata_is_split_into_platform_sized_messages(make_bot, tmp_path):
-    async with make_bot({"storage": {"data_dir": str(tmp_path / "d")}, "plugins": {"privacy": {"mydata_limit": 3}}}) as bot:
+    async with make_bot(
+        {"storage": {"data_dir": str(tmp_path / "d")}, "plugins": {"privacy": {"mydata_limit": 3}}}
+    ) as bot:
         for i in range(5):
             await bot.chat.say(f"message {i} " + "x" * 1500, user="ann")
         await memory(bot).flush(5)
@@ -141,7 +150,9 @@ async def test_retention_purges_old_messages(make_bot, storage_config):
         await memory(bot).flush(5)
         async with bot.db.session() as session:
             await session.execute(
-                update(MessageRecord).where(MessageRecord.id <= 2).values(created_at=utcnow() - timedelta(days=40))
+                update(MessageRecord)
+                .where(MessageRecord.id <= 2)
+                .values(created_at=utcnow() - timedelta(days=40))
             )
         purged = await purge_expired(bot, 30)
         async with bot.db.sessions() as session:

@@ -26,7 +26,10 @@ def test_alpaca_with_history_puts_system_and_turns_into_input():
             Turn(Role.USER, "What is my name?"),
         ],
     )
-    assert alpaca_fields(prompt) == ("What is my name?", "Be terse.\n\nann: Hi, I'm Ann.\nAssistant: Hello Ann.")
+    assert alpaca_fields(prompt) == (
+        "What is my name?",
+        "Be terse.\n\nann: Hi, I'm Ann.\nAssistant: Hello Ann.",
+    )
     assert render_alpaca(prompt) == (
         "Below is an instruction that describes a task, paired with an input that provides further "
         "context. Write a response that appropriately completes the request.\n\n"
@@ -37,7 +40,9 @@ def test_alpaca_with_history_puts_system_and_turns_into_input():
 
 
 def test_chat_messages_keep_sender_names_and_skip_an_empty_system_prompt():
-    prompt = Prompt(" ", [Turn(Role.USER, "hi", speaker="bob"), Turn(Role.ASSISTANT, "hey"), Turn(Role.USER, "?")])
+    prompt = Prompt(
+        " ", [Turn(Role.USER, "hi", speaker="bob"), Turn(Role.ASSISTANT, "hey"), Turn(Role.USER, "?")]
+    )
     assert chat_messages(prompt) == [
         {"role": "user", "content": "bob: hi"},
         {"role": "assistant", "content": "hey"},

@@ -80,7 +80,9 @@ async def test_daily_token_budget(make_bot):
         bob = await bot.chat.say("hello", user="bob")
     assert spent and answered(replies[0])  # the budget is checked before, spent after
     assert not answered(replies[1])
-    assert re.fullmatch(r"You've used today's budget of 120 tokens\. It renews in [\d.]+ (h|min|s)\.", replies[1].texts[0])
+    assert re.fullmatch(
+        r"You've used today's budget of 120 tokens\. It renews in [\d.]+ (h|min|s)\.", replies[1].texts[0]
+    )
     assert replies[2].texts == []
     assert answered(bob)
 
@@ -88,10 +90,18 @@ async def test_daily_token_budget(make_bot):
 @pytest.mark.parametrize(
     ("key", "value", "shown"),
     [
-        ("per_user", "five a minute", "[plugins.ratelimit] per_user: Value error, must be 'N/period', e.g. '5/minute'"),
+        (
+            "per_user",
+            "five a minute",
+            "[plugins.ratelimit] per_user: Value error, must be 'N/period', e.g. '5/minute'",
+        ),
         ("global", "3/fortnight", "[plugins.ratelimit] global: Value error, must be 'N/period'"),
         ("tiers", {"vip": "lots"}, "[plugins.ratelimit] tiers: Value error, tier 'vip': must be 'N/period'"),
-        ("storage", "mongodb://x", "[plugins.ratelimit] storage: Value error, must be 'memory://' or 'redis://"),
+        (
+            "storage",
+            "mongodb://x",
+            "[plugins.ratelimit] storage: Value error, must be 'memory://' or 'redis://",
+        ),
         ("storage", "redis://:pw@h:6379", "BOTKIT_PLUGINS__RATELIMIT__PASSWORD"),
     ],
 )

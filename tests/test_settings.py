@@ -67,7 +67,7 @@ def test_missing_file_says_how_to_fix(tmp_path):
 
 
 def test_invalid_value_names_the_key_and_what_is_expected(write_config):
-    path = write_config("[bot]\nmax_message_chars = \"lots\"\n")
+    path = write_config('[bot]\nmax_message_chars = "lots"\n')
     with pytest.raises(ConfigError) as error:
         load_settings(path)
     assert "[bot] max_message_chars: Input should be a valid integer" in str(error.value)
@@ -76,12 +76,15 @@ def test_invalid_value_names_the_key_and_what_is_expected(write_config):
 
 def test_invalid_environment_value_names_the_variable(monkeypatch):
     monkeypatch.setenv("BOTKIT_BOT__MAX_MESSAGE_CHARS", "-5")
-    with pytest.raises(ConfigError, match=r"BOTKIT_BOT__MAX_MESSAGE_CHARS: \[bot\] max_message_chars: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"BOTKIT_BOT__MAX_MESSAGE_CHARS: \[bot\] max_message_chars: Input should be greater than or equal to 1",
+    ):
         load_settings()
 
 
 def test_unknown_key_is_reported(write_config):
-    path = write_config("[bot]\nnmae = \"typo\"\n")
+    path = write_config('[bot]\nnmae = "typo"\n')
     with pytest.raises(ConfigError, match=r"\[bot\] nmae: unknown key"):
         load_settings(path)
 
@@ -94,7 +97,9 @@ def test_backend_settings_are_validated_by_the_backend_type(write_config):
 
 def test_unknown_backend_type_lists_the_available_ones(write_config):
     path = write_config('[backend]\ntype = "gpt5"\n')
-    with pytest.raises(ConfigError, match=r"\[backend\] type: no backend 'gpt5'; available: llamacpp, scripted"):
+    with pytest.raises(
+        ConfigError, match=r"\[backend\] type: no backend 'gpt5'; available: llamacpp, scripted"
+    ):
         Bot.load(load_settings(path))
 
 
@@ -140,7 +145,9 @@ def test_plugin_settings_errors_name_the_table(write_config):
 
 def test_table_for_a_plugin_without_settings_is_an_error():
     data = {"backend": {"type": "scripted"}, "plugins": {"commands": {"colour": "blue"}}}
-    with pytest.raises(ConfigError, match=r"\[plugins.commands\]: plugin 'commands' has no settings \(found colour\)"):
+    with pytest.raises(
+        ConfigError, match=r"\[plugins.commands\]: plugin 'commands' has no settings \(found colour\)"
+    ):
         Bot.load(settings_from_mapping(data))
 
 

@@ -35,7 +35,13 @@ async def test_upgrade_creates_the_core_tables_and_models_agree(storage_config):
         assert await migrator.current() == {"0001"} == migrator.heads()
         assert await migrator.is_current()
         assert await tables(db) >= {
-            "users", "conversations", "messages", "feedback", "moderation_events", "plugin_state", "privacy",
+            "users",
+            "conversations",
+            "messages",
+            "feedback",
+            "moderation_events",
+            "plugin_state",
+            "privacy",
         }
         assert await migrator.differences() == []  # autogenerate finds nothing to change
         await migrator.downgrade("base")
@@ -70,11 +76,12 @@ def test_unsupported_or_malformed_urls_are_explained():
 
 async def test_unreachable_database_names_the_url_with_the_password_masked():
     from pydantic import SecretStr
-
     from servers import free_port
 
     settings = StorageSettings(
-        url=f"postgresql+asyncpg://bot@127.0.0.1:{free_port()}/botkit", password=SecretStr("hunter2"), connect_timeout=3
+        url=f"postgresql+asyncpg://bot@127.0.0.1:{free_port()}/botkit",
+        password=SecretStr("hunter2"),
+        connect_timeout=3,
     )
     db = Database(settings)
     with pytest.raises(StorageError) as error:
@@ -134,7 +141,12 @@ def notes_plugin(folder: Path):
     versions.mkdir()
     (versions / "notes0001_notes.py").write_text(textwrap.dedent(PLUGIN_REVISION), encoding="utf-8")
     metadata = MetaData()
-    Table("notes_notes", metadata, Column("id", Integer, primary_key=True), Column("body", String(200), nullable=False))
+    Table(
+        "notes_notes",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("body", String(200), nullable=False),
+    )
 
     class Notes:
         @hookimpl

@@ -146,11 +146,15 @@ class ConsoleAdapter(Adapter):
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read_lines, args=(loop,), name="botkit-console-input", daemon=True).start()
+        threading.Thread(
+            target=self._read_lines, args=(loop,), name="botkit-console-input", daemon=True
+        ).start()
         interrupt_installed = self._install_interrupt(loop)
         if self.interactive:
-            self.stdout.write(f"Chatting with {self.bot.settings.bot.name} ({self.bot.backend.model_name}). "
-                              "Type :help for console commands, /help for bot commands.\n")
+            self.stdout.write(
+                f"Chatting with {self.bot.settings.bot.name} ({self.bot.backend.model_name}). "
+                "Type :help for console commands, /help for bot commands.\n"
+            )
         try:
             while not self._closed.is_set():
                 self._want_line.set()

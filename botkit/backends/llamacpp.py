@@ -134,7 +134,7 @@ class LlamaCppBackend(Backend):
         if not self._template:
             raise ModelLoadError(
                 f"{self.model_path} has no chat template in its metadata: set [backend] "
-                "prompt_format = \"alpaca\" or give [backend] chat_template"
+                'prompt_format = "alpaca" or give [backend] chat_template'
             )
         try:
             render_chat(Prompt("", [Turn(Role.USER, "hi")]), self._template, self._bos, self._eos)
@@ -171,9 +171,7 @@ class LlamaCppBackend(Backend):
         # Tokenizing reads only the vocabulary, so it may run beside a generation.
         return len(await asyncio.to_thread(self._tokenize, text))
 
-    def stream(
-        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
-    ) -> AsyncIterator[Chunk]:
+    def stream(self, prompt: Prompt, params: SamplingParams, cancel: threading.Event) -> AsyncIterator[Chunk]:
         text = self.render(prompt)
         stop = list(params.stop)
         if self.settings.prompt_format == "alpaca":

@@ -29,7 +29,9 @@ CHATML_TEMPLATE = (
 
 class ScriptedSettings(BackendSettings):
     type: str = "scripted"
-    default_reply: str = Field("Hello from the scripted backend.", description="reply when the script is empty")
+    default_reply: str = Field(
+        "Hello from the scripted backend.", description="reply when the script is empty"
+    )
     chunk_delay: float = Field(0.0, ge=0, description="seconds to wait before each chunk")
     context_window: int = Field(4096, ge=16)
 

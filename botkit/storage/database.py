@@ -30,7 +30,9 @@ class StorageSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data_dir: Path = Field(default_factory=default_data_dir, description="folder for the SQLite file and spool")
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="folder for the SQLite file and spool"
+    )
     url: str | None = Field(
         None,
         description="SQLAlchemy URL, e.g. postgresql+asyncpg://bot@db/botkit; unset for SQLite in data_dir",
@@ -64,7 +66,9 @@ class Database:
         try:
             url = make_url(settings.url)
         except ArgumentError:
-            raise ConfigError("[storage] url: not a database URL (e.g. postgresql+asyncpg://bot@localhost/botkit)") from None
+            raise ConfigError(
+                "[storage] url: not a database URL (e.g. postgresql+asyncpg://bot@localhost/botkit)"
+            ) from None
         if url.password is not None:
             raise ConfigError(
                 "[storage] url: the password is a secret and is read only from the environment: "
@@ -146,7 +150,9 @@ def describe(error: BaseException) -> str:
     return reason[:300]
 
 
-async def user_id_for(session: AsyncSession, platform: str, platform_user_id: str, display_name: str = "") -> int:
+async def user_id_for(
+    session: AsyncSession, platform: str, platform_user_id: str, display_name: str = ""
+) -> int:
     """The ``users`` row id of a platform user, created if missing; safe against concurrent writers."""
     from botkit.storage.models import UserRecord
 
@@ -157,7 +163,9 @@ async def user_id_for(session: AsyncSession, platform: str, platform_user_id: st
         from sqlalchemy.dialects.sqlite import insert
     await session.execute(insert(UserRecord).values(**values).on_conflict_do_nothing())
     found = await session.scalar(
-        select(UserRecord.id).where(UserRecord.platform == platform, UserRecord.platform_user_id == platform_user_id)
+        select(UserRecord.id).where(
+            UserRecord.platform == platform, UserRecord.platform_user_id == platform_user_id
+        )
     )
     assert found is not None
     return found

@@ -149,7 +149,6 @@ class Migrator:
             return False
 
 
-
 def _as_tuple(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()

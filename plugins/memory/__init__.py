@@ -35,7 +35,9 @@ class MemorySettings(BaseModel):
         "auto",
         description="prefix user turns with the sender's name: 'auto' does so once several people take part",
     )
-    retry_interval: float = Field(5.0, gt=0, description="seconds between write attempts while the database is down")
+    retry_interval: float = Field(
+        5.0, gt=0, description="seconds between write attempts while the database is down"
+    )
     spool_max_bytes: int = Field(50_000_000, ge=0, description="size bound of the on-disk spool")
     flush_timeout: float = Field(10.0, ge=0, description="seconds shutdown waits for pending writes")
 
@@ -86,7 +88,9 @@ def botkit_register_commands(register):
 @hookimpl
 async def botkit_startup(bot):
     settings = settings_of(bot)
-    spool = Spool(bot.settings.storage.data_dir.expanduser() / "spool" / "memory.jsonl", settings.spool_max_bytes)
+    spool = Spool(
+        bot.settings.storage.data_dir.expanduser() / "spool" / "memory.jsonl", settings.spool_max_bytes
+    )
     store = _stores[bot] = MemoryStore(bot.db, spool, settings.retry_interval)
     store.start()
 
@@ -107,7 +111,9 @@ async def botkit_prepare_context(message: Message, prompt: Prompt, bot):
     if dropped:
         log.info("memory: %d older turns of %s left out to fit history_tokens", dropped, key)
     attribute = wants_attribution(settings, message, bot.settings.bot.conversation_scope, turns)
-    history = [Turn(Role(turn.role), turn.text, speaker=turn.speaker if attribute else None) for turn in turns]
+    history = [
+        Turn(Role(turn.role), turn.text, speaker=turn.speaker if attribute else None) for turn in turns
+    ]
     current = prompt.turns[-1]
     if attribute and current.role is Role.USER and current.speaker is None:
         current = Turn(Role.USER, current.text, speaker=message.author.display_name)
@@ -174,7 +180,9 @@ async def botkit_forget_user(platform: str, user_id: str, bot) -> bool:
 
 async def reset(ctx: CommandContext) -> str:
     scope = ctx.bot.settings.bot.conversation_scope
-    memory(ctx.bot).add({"kind": "reset", "scope_key": ctx.message.conversation_key(scope), "at": utcnow().isoformat()})
+    memory(ctx.bot).add(
+        {"kind": "reset", "scope_key": ctx.message.conversation_key(scope), "at": utcnow().isoformat()}
+    )
     return "Started a fresh conversation: I won't use what was said before (it stays in the log)."
 
 
@@ -199,4 +207,3 @@ async def show_history(ctx: CommandContext) -> str:
     if dropped:
         lines.append(f"({dropped} older messages no longer fit in what I remember.)")
     return "\n".join(lines)
-
