@@ -234,7 +234,8 @@ def database_down(bot, postgres=None):
 
 async def test_database_outage_loses_nothing(make_bot, storage_config, request, caplog):
     storage = {**storage_config["storage"], "busy_timeout": 0.2}
-    config = {"storage": storage, "plugins": {"memory": {"retry_interval": 0.2}}}
+    # No history cache: this test is about reading and writing through an outage.
+    config = {"storage": storage, "plugins": {"memory": {"retry_interval": 0.2, "cache_seconds": 0}}}
     postgres = request.getfixturevalue("postgres") if "url" in storage else None
     async with make_bot(config) as bot:
         bot.backend.say("before the outage")
@@ -292,3 +293,30 @@ async def test_memory_can_be_switched_off(make_bot, storage_config):
         assert await rows(bot) == []
     assert [t.text for t in bot.backend.prompts[1].turns] == ["second"]
     assert reset.texts[0].startswith("Unknown command /reset")
+
+
+async def test_history_cache_follows_resets_and_expires(make_bot, storage_config):
+    config = {**storage_config, "plugins": {"memory": {"cache_seconds": 0.3}}}
+    async with make_bot(config) as bot:
+        await bot.chat.say("first")
+        await bot.chat.say("second")
+        assert await memory(bot).flush(5)
+        # Another process writes to the same conversation behind this one's cache.
+        async with bot.db.session() as session:
+            question = (await rows(bot))[0]
+            session.add(
+                MessageRecord(
+                    conversation_id=question.conversation_id, role="user", text="from elsewhere",
+                    platform="test", channel_id="general", token_count=3,
+                )
+            )
+        await bot.chat.say("third")
+        cached = [t.text for t in bot.backend.prompts[-1].turns if t.role is Role.USER]
+        await asyncio.sleep(0.35)
+        await bot.chat.say("fourth")
+        fresh = [t.text for t in bot.backend.prompts[-1].turns if t.role is Role.USER]
+        await bot.chat.say("/reset")
+        await bot.chat.say("after reset")
+    assert cached == ["first", "second", "third"]
+    assert fresh == ["first", "second", "from elsewhere", "third", "fourth"]
+    assert [t.text for t in bot.backend.prompts[-1].turns] == ["after reset"]

@@ -40,6 +40,11 @@ class MemorySettings(BaseModel):
     )
     spool_max_bytes: int = Field(50_000_000, ge=0, description="size bound of the on-disk spool")
     flush_timeout: float = Field(10.0, ge=0, description="seconds shutdown waits for pending writes")
+    cache_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="keep a conversation's recent turns in memory this long (0: read the database every time)",
+    )
 
 
 _stores: WeakKeyDictionary[Any, MemoryStore] = WeakKeyDictionary()
@@ -91,7 +96,7 @@ async def botkit_startup(bot):
     spool = Spool(
         bot.settings.storage.data_dir.expanduser() / "spool" / "memory.jsonl", settings.spool_max_bytes
     )
-    store = _stores[bot] = MemoryStore(bot.db, spool, settings.retry_interval)
+    store = _stores[bot] = MemoryStore(bot.db, spool, settings.retry_interval, settings.cache_seconds)
     store.start()
 
 
@@ -175,7 +180,10 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
 async def botkit_forget_user(platform: str, user_id: str, bot) -> bool:
     # Everything pending goes to the database first, where the deletion then finds it.
     store = _stores.get(bot)
-    return store is None or await store.flush(settings_of(bot).flush_timeout)
+    if store is None:
+        return True
+    store.forget_cached()
+    return await store.flush(settings_of(bot).flush_timeout)
 
 
 async def reset(ctx: CommandContext) -> str:

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from botkit.storage import ConversationRecord, Database, MessageRecord, UserRecord, utcnow
+from botkit.storage import ConversationRecord, Database, MessageRecord, user_id_for, utcnow
 
 from .spool import Spool
 
 log = logging.getLogger("botkit.plugins.memory")
 
 BATCH = 200
+CACHED_CONVERSATIONS = 10_000
+
+
+@dataclass(slots=True)
+class CachedHistory:
+    turns: deque[StoredTurn]
+    loaded_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +59,18 @@ class MemoryStore:
     """
 
     def __init__(
-        self, db: Database, spool: Spool, retry_interval: float, max_pending: int = 100_000
+        self,
+        db: Database,
+        spool: Spool,
+        retry_interval: float,
+        cache_seconds: float = 0.0,
+        max_pending: int = 100_000,
     ) -> None:
         self.db = db
+        self.cache_seconds = cache_seconds
+        # Recent turns per conversation as this process knows them (database + what it added
+        # since), so that most messages need no database read. See history().
+        self._cache: OrderedDict[str, CachedHistory] = OrderedDict()
         self.spool = spool
         self.retry_interval = retry_interval
         self.max_pending = max_pending
@@ -74,7 +91,9 @@ class MemoryStore:
             self.pending.append(record)
             self._spooled.add(record["id"])
         if self.pending:
-            log.warning("memory: %d records from the spool will be written to the database", len(self.pending))
+            log.warning(
+                "memory: %d records from the spool will be written to the database", len(self.pending)
+            )
             self._idle.clear()
             self._wake.set()
         self._writer = asyncio.create_task(self._write_forever(), name="botkit-memory-writer")
@@ -99,6 +118,12 @@ class MemoryStore:
 
     def add(self, record: dict[str, Any]) -> None:
         record.setdefault("id", uuid.uuid4().hex)
+        cached = self._cache.get(record["scope_key"])
+        if cached is not None:
+            if record["kind"] == "reset":
+                cached.turns.clear()
+            else:
+                cached.turns.extend(turns_of(record))
         if len(self.pending) >= self.max_pending:
             dropped = self.pending.popleft()
             self._spooled.discard(dropped["id"])
@@ -121,7 +146,10 @@ class MemoryStore:
                 await self._write(batch)
             except (SQLAlchemyError, OSError) as error:
                 if not self.outage:
-                    log.error("memory: cannot write to the database (%s); keeping messages in the spool", type(error).__name__)
+                    log.error(
+                        "memory: cannot write to the database (%s); keeping messages in the spool",
+                        type(error).__name__,
+                    )
                 self.outage = True
                 self._spool_pending()
                 await asyncio.sleep(delay)
@@ -158,43 +186,59 @@ class MemoryStore:
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         users: dict[tuple[str, str], int] = {}
         async with self.db.session() as session:
+            conversations = await self._active_conversations(session, batch)
+            rows: list[dict[str, Any]] = []
+            replies: list[tuple[int, int]] = []  # (row of the reply, row of its question)
             for record in batch:
                 if record["kind"] == "reset":
                     await session.execute(
                         update(ConversationRecord)
-                        .where(ConversationRecord.scope_key == record["scope_key"], ConversationRecord.ended_at.is_(None))
+                        .where(
+                            ConversationRecord.scope_key == record["scope_key"],
+                            ConversationRecord.ended_at.is_(None),
+                        )
                         .values(ended_at=_time(record["at"]))
                     )
+                    conversations.pop(record["scope_key"], None)
                     continue
                 user_id = await self._user_id(session, record, users)
-                conversation_id = await self._conversation_id(session, record)
-                await self._insert_exchange(session, record, conversation_id, user_id)
+                conversation_id = conversations.get(record["scope_key"])
+                if conversation_id is None:
+                    conversation_id = conversations[record["scope_key"]] = await self._new_conversation(
+                        session, record
+                    )
+                question, reply = _exchange_rows(record, conversation_id, user_id)
+                rows.append(question)
+                if reply is not None:
+                    replies.append((len(rows), len(rows) - 1))
+                    rows.append(reply)
+            await self._insert_messages(session, rows, replies)
         self._users.update(users)  # only ids that were committed
 
-    async def _user_id(self, session: AsyncSession, record: dict[str, Any], fresh: dict[tuple[str, str], int]) -> int:
+    async def _user_id(
+        self, session: AsyncSession, record: dict[str, Any], fresh: dict[tuple[str, str], int]
+    ) -> int:
         key = (record["platform"], record["user"]["author_id"])
         known = fresh.get(key) or self._users.get(key)
-        if known is not None:
-            return known
-        user = await session.scalar(
-            select(UserRecord).where(UserRecord.platform == key[0], UserRecord.platform_user_id == key[1])
-        )
-        if user is None:
-            user = UserRecord(platform=key[0], platform_user_id=key[1], display_name=record["user"]["name"])
-            session.add(user)
-            await session.flush()
-        fresh[key] = user.id
-        return user.id
+        if known is None:
+            known = fresh[key] = await user_id_for(session, key[0], key[1], record["user"]["name"])
+        return known
 
-    async def _conversation_id(self, session: AsyncSession, record: dict[str, Any]) -> int:
-        conversation_id = await session.scalar(
-            select(ConversationRecord.id)
-            .where(ConversationRecord.scope_key == record["scope_key"], ConversationRecord.ended_at.is_(None))
-            .order_by(ConversationRecord.id.desc())
-            .limit(1)
+    @staticmethod
+    async def _active_conversations(session: AsyncSession, batch: list[dict[str, Any]]) -> dict[str, int]:
+        """The newest open conversation of each scope the batch writes to, in one query."""
+        keys = {record["scope_key"] for record in batch if record["kind"] == "exchange"}
+        if not keys:
+            return {}
+        result = await session.execute(
+            select(ConversationRecord.scope_key, func.max(ConversationRecord.id))
+            .where(ConversationRecord.scope_key.in_(keys), ConversationRecord.ended_at.is_(None))
+            .group_by(ConversationRecord.scope_key)
         )
-        if conversation_id is not None:
-            return conversation_id
+        return {scope_key: conversation_id for scope_key, conversation_id in result}
+
+    @staticmethod
+    async def _new_conversation(session: AsyncSession, record: dict[str, Any]) -> int:
         conversation = ConversationRecord(
             scope_key=record["scope_key"],
             platform=record["platform"],
@@ -207,58 +251,65 @@ class MemoryStore:
         await session.flush()
         return conversation.id
 
-    async def _insert_exchange(
-        self, session: AsyncSession, record: dict[str, Any], conversation_id: int, user_id: int
+    @staticmethod
+    async def _insert_messages(
+        session: AsyncSession, rows: list[dict[str, Any]], replies: list[tuple[int, int]]
     ) -> None:
-        user = record["user"]
-        where = {"platform": record["platform"], "channel_id": record["channel_id"], "thread_id": record["thread_id"]}
-        question = MessageRecord(
-            conversation_id=conversation_id,
-            user_id=user_id,
-            role="user",
-            text=user["text"],
-            speaker=user["speaker"],
-            author_id=user["author_id"],
-            platform_message_id=user["message_id"],
-            created_at=_time(user["at"]),
-            token_count=user["tokens"],
-            adapter=record.get("adapter"),
-            **where,
-        )
-        session.add(question)
-        reply = record.get("reply")
-        if reply is None:
+        """One INSERT for the batch's messages, in order; then each reply points at its question.
+
+        A statement per message made the database round trips, not the rows, the
+        cost of writing (and of every message the pipeline answers meanwhile).
+        """
+        if not rows:
             return
-        await session.flush()
-        session.add(
-            MessageRecord(
-                conversation_id=conversation_id,
-                reply_to_id=question.id,
-                role="assistant",
-                text=reply["text"],
-                created_at=_time(reply["at"]),
-                token_count=reply["tokens"],
-                backend=reply["backend"],
-                model=reply["model"],
-                prompt_tokens=reply["prompt_tokens"],
-                completion_tokens=reply["completion_tokens"],
-                latency_ms=reply["latency_ms"],
-                status=reply["status"],
-                adapter=record.get("adapter"),
-                **where,
+        result = await session.execute(insert(MessageRecord.__table__).returning(MessageRecord.id), rows)
+        ids = sorted(result.scalars().all())
+        if replies:
+            await session.execute(
+                update(MessageRecord),
+                [{"id": ids[reply], "reply_to_id": ids[question]} for reply, question in replies],
             )
-        )
 
     # -- reading ---------------------------------------------------------------
+
+    def forget_cached(self) -> None:
+        """Drop every cached history and user id (rows were deleted behind the caches' back)."""
+        self._cache.clear()
+        self._users.clear()
 
     async def history(self, scope_key: str, max_turns: int) -> list[StoredTurn]:
         """The conversation's turns, oldest first: the database's newest ``max_turns`` plus pending ones.
 
-        Pending records are taken before the database is read; one that the
-        writer committed in between is recognised by its message id and counted once.
+        A conversation read within ``cache_seconds`` is answered from the cache,
+        which every record this process adds keeps current. (Another process
+        writing the same conversation is not seen until the entry expires.)
         """
         if max_turns <= 0:
             return []
+        now = time.monotonic()
+        cached = self._cache.get(scope_key)
+        if (
+            cached is not None
+            and now - cached.loaded_at < self.cache_seconds
+            and cached.turns.maxlen == max_turns
+        ):
+            self._cache.move_to_end(scope_key)
+            return list(cached.turns)
+        turns, complete = await self._read(scope_key, max_turns)
+        if complete and self.cache_seconds > 0:
+            self._cache[scope_key] = CachedHistory(deque(turns, maxlen=max_turns), now)
+            self._cache.move_to_end(scope_key)
+            while len(self._cache) > CACHED_CONVERSATIONS:
+                self._cache.popitem(last=False)
+        return turns
+
+    async def _read(self, scope_key: str, max_turns: int) -> tuple[list[StoredTurn], bool]:
+        """History from the database merged with pending records; ``False`` if the database failed.
+
+        Pending records are taken before the database is read; one that the
+        writer committed in between is recognised by its message id and counted once.
+        """
+        complete = True
         captured: list[dict[str, Any]] = []
         reset_pending = False
         for record in self.pending:
@@ -273,48 +324,110 @@ class MemoryStore:
             try:
                 stored = await self._load(scope_key, max_turns)
             except (SQLAlchemyError, OSError) as error:
-                log.warning("memory: cannot read history (%s); answering with what is pending", type(error).__name__)
+                log.warning(
+                    "memory: cannot read history (%s); answering with what is pending", type(error).__name__
+                )
+                complete = False
         seen = {message_id for message_id, _ in stored if message_id is not None}
         turns = [turn for _, turn in stored]
         for record in captured:
             if record["user"]["message_id"] not in seen:
                 turns.extend(turns_of(record))
-        return turns[-max_turns:]
+        return turns[-max_turns:], complete
 
     async def _load(self, scope_key: str, limit: int) -> list[tuple[str | None, StoredTurn]]:
         """``(platform message id of user turns, turn)`` pairs, oldest first."""
-        active = (
-            select(ConversationRecord.id)
-            .where(ConversationRecord.scope_key == scope_key, ConversationRecord.ended_at.is_(None))
-            .order_by(ConversationRecord.id.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        columns = (
-            MessageRecord.role,
-            MessageRecord.text,
-            MessageRecord.speaker,
-            MessageRecord.token_count,
-            MessageRecord.status,
-            MessageRecord.platform_message_id,
-        )
-        query = (
-            select(*columns)
-            .where(MessageRecord.conversation_id == active, MessageRecord.deleted_at.is_(None))
-            .order_by(MessageRecord.id.desc())
-            .limit(limit)
-        )
         async with self.db.sessions() as session:
-            rows = (await session.execute(query)).all()
+            result = await session.execute(HISTORY_QUERY, {"scope_key": scope_key, "limit": limit})
+            rows = result.all()
         return [
-            (row.platform_message_id if row.role == "user" else None, StoredTurn(row.role, row.text, row.speaker, row.token_count))
-            for row in reversed(rows)
-            if row.role == "user" or row.status == "completed"
+            (message_id if role == "user" else None, StoredTurn(role, text, speaker, token_count))
+            for role, text, speaker, token_count, status, message_id in reversed(rows)
+            if role == "user" or status == "completed"
         ]
+
+
+# Built once: constructing the statement cost more than running it (a read is on every message's path).
+_ACTIVE_CONVERSATION = (
+    select(ConversationRecord.id)
+    .where(ConversationRecord.scope_key == bindparam("scope_key"), ConversationRecord.ended_at.is_(None))
+    .order_by(ConversationRecord.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+HISTORY_QUERY = (
+    select(
+        MessageRecord.role,
+        MessageRecord.text,
+        MessageRecord.speaker,
+        MessageRecord.token_count,
+        MessageRecord.status,
+        MessageRecord.platform_message_id,
+    )
+    .where(MessageRecord.conversation_id == _ACTIVE_CONVERSATION, MessageRecord.deleted_at.is_(None))
+    .order_by(MessageRecord.id.desc())
+    .limit(bindparam("limit"))
+)
 
 
 def _time(value: str | datetime) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def _exchange_rows(
+    record: dict[str, Any], conversation_id: int, user_id: int
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The messages rows of an exchange: the user's message and, if there is one, the reply.
+
+    Both rows name every column, so that the batch's INSERT is one statement.
+    """
+    user = record["user"]
+    common = {
+        "conversation_id": conversation_id,
+        "platform": record["platform"],
+        "channel_id": record["channel_id"],
+        "thread_id": record["thread_id"],
+        "adapter": record.get("adapter"),
+        "reply_to_id": None,
+    }
+    question = {
+        **common,
+        "user_id": user_id,
+        "role": "user",
+        "text": user["text"],
+        "speaker": user["speaker"],
+        "author_id": user["author_id"],
+        "platform_message_id": user["message_id"],
+        "created_at": _time(user["at"]),
+        "token_count": user["tokens"],
+        "backend": None,
+        "model": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "latency_ms": None,
+        "status": None,
+    }
+    reply = record.get("reply")
+    if reply is None:
+        return question, None
+    answer = {
+        **common,
+        "user_id": None,
+        "role": "assistant",
+        "text": reply["text"],
+        "speaker": None,
+        "author_id": None,
+        "platform_message_id": None,
+        "created_at": _time(reply["at"]),
+        "token_count": reply["tokens"],
+        "backend": reply["backend"],
+        "model": reply["model"],
+        "prompt_tokens": reply["prompt_tokens"],
+        "completion_tokens": reply["completion_tokens"],
+        "latency_ms": reply["latency_ms"],
+        "status": reply["status"],
+    }
+    return question, answer
 
 
 __all__ = ["MemoryStore", "StoredTurn", "utcnow"]
