@@ -22,6 +22,7 @@ from .store import MemoryStore, StoredTurn, utcnow
 log = logging.getLogger("botkit.plugins.memory")
 
 NAME = "memory"
+ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT}
 
 
 class MemorySettings(BaseModel):
@@ -117,7 +118,7 @@ async def botkit_prepare_context(message: Message, prompt: Prompt, bot):
         log.info("memory: %d older turns of %s left out to fit history_tokens", dropped, key)
     attribute = wants_attribution(settings, message, bot.settings.bot.conversation_scope, turns)
     history = [
-        Turn(Role(turn.role), turn.text, speaker=turn.speaker if attribute else None) for turn in turns
+        Turn(ROLES[turn.role], turn.text, turn.speaker if attribute else None) for turn in turns
     ]
     current = prompt.turns[-1]
     if attribute and current.role is Role.USER and current.speaker is None:
