@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "llamacpp": "botkit.backends.llamacpp",
     "memory": "botkit.plugins.memory",
     "mentions": "botkit.plugins.mentions",
+    "moderation": "botkit.plugins.moderation",
     "privacy": "botkit.plugins.privacy",
     "ratelimit": "botkit.plugins.ratelimit",
     "scripted": "botkit.backends.scripted",

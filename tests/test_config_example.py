@@ -21,6 +21,7 @@ from botkit.plugins.access import AccessSettings
 from botkit.plugins.disclosure import DisclosureSettings
 from botkit.plugins.memory import MemorySettings
 from botkit.plugins.mentions import MentionSettings
+from botkit.plugins.moderation.settings import ModerationSettings
 from botkit.plugins.privacy import PrivacySettings
 from botkit.plugins.ratelimit import RateLimitSettings
 from botkit.settings import (
@@ -131,6 +132,7 @@ def test_the_example_loads_and_every_value_is_the_default():
         "access",
         "memory",
         "mentions",
+        "moderation",
         "disclosure",
         "privacy",
         "ratelimit",
@@ -142,6 +144,7 @@ def test_the_example_loads_and_every_value_is_the_default():
     assert bot.plugin_settings("ratelimit") == RateLimitSettings()
     assert bot.plugin_settings("access") == AccessSettings()
     assert bot.plugin_settings("privacy") == PrivacySettings()
+    assert bot.plugin_settings("moderation") == ModerationSettings()
     assert bot.backend_name == "llamacpp"
     assert bot.backend_settings == LlamaCppSettings()
     assert bot.adapter_settings("console") == ConsoleSettings()

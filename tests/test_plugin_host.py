@@ -91,7 +91,7 @@ def test_unknown_plugin_in_config_lists_the_available_ones():
     with pytest.raises(ConfigError) as error:
         host_for({"plugins": {"moderaton": {"enabled": True}}})
     assert (
-        "unknown plugin 'moderaton'; available: access, admin, commands, console, disclosure, llamacpp, memory, mentions, privacy, ratelimit, scripted"
+        "unknown plugin 'moderaton'; available: access, admin, commands, console, disclosure, llamacpp, memory, mentions, moderation, privacy, ratelimit, scripted"
         in str(error.value)
     )
 

@@ -1,0 +1,287 @@
+"""Rule-based detectors: e-mail addresses, phone and card numbers, API keys and tokens, prompt injection.
+
+Every pattern is linear on any input: a match can only start at a token
+boundary, repetitions are bounded and possessive where a retry could not
+help, so a 100 KB message of ``eyJeyJ...`` or ``1 1 1 ...`` is scanned in
+milliseconds. A rule with a literal prefix is searched for by that prefix
+(fast in ``re``); the others first ask a cheap ``hint`` (is there an ``@``, are
+there nine digits?) and are skipped when it says no. Checks a regex cannot
+make (the Luhn digit of a card, how many digits a phone number has) run on
+each match.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+CATEGORIES = ("blocklist", "profanity", "email", "phone", "card", "secret", "injection")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something a detector found: ``[start, end)`` of the original text is what a redaction replaces."""
+
+    category: str
+    rule: str
+    start: int
+    end: int
+    excerpt: str  # the original text of the span; never stored as is (see ``masked``)
+    score: float | None = None
+
+    def moved(self, offset: int) -> Finding:
+        return Finding(
+            self.category, self.rule, self.start + offset, self.end + offset, self.excerpt, self.score
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    category: str
+    name: str
+    pattern: str
+    check: Callable[[str], bool] | None = None  # on the matched text (or its ``value`` group)
+    hint: Callable[[str], bool] | None = None  # a cheap test: can the rule match this text at all?
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        return _compiled(self.pattern)
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def has_digits(count: int) -> Callable[[str], bool]:
+    return lambda text: len(text) >= count and sum(map(text.count, "0123456789")) >= count
+
+
+def has(*needles: str) -> Callable[[str], bool]:
+    def hint(text: str) -> bool:
+        for needle in needles:
+            if needle in text:
+                return True
+        return False
+
+    return hint
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if position % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def only_digits(text: str) -> str:
+    return "".join(c for c in text if c.isdigit())
+
+
+def plausible_card(text: str) -> bool:
+    digits = only_digits(text)
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+def plausible_phone(text: str) -> bool:
+    return 9 <= len(only_digits(text)) <= 15
+
+
+def mixed_secret(text: str) -> bool:
+    """A credential value, not a word: it has a letter and a digit or symbol."""
+    return any(c.isalpha() for c in text) and not text.isalpha()
+
+
+# A token starts here: not inside a word, nor after a hyphen. A number starts here: not inside a
+# mention or channel id (<@123>, <#123>, <@&123>), an emoji id (<:x:123>), a URL or a longer number.
+NUMBER_START = r"(?<![\w@#&:/=.+\-])"
+TOKEN_START = r"(?<![\w\-])"
+TOKEN_END = r"(?![\w\-])"
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "secret",
+        "private_key",
+        r"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[\r\n]++(?!-----)[A-Za-z0-9+/=:,\- ]{1,200}+){0,400}+"
+        r"(?:[\r\n]++-----END[A-Z ]{0,40}PRIVATE KEY-----)?",
+        hint=has("-----BEGIN"),
+    ),
+    Rule(
+        "secret",
+        "aws_access_key",
+        r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])",
+        hint=has("AKIA", "ASIA", "ABIA", "ACCA"),
+    ),
+    Rule(
+        "secret",
+        "github_token",
+        TOKEN_START + r"(?:gh[pousr]_[A-Za-z0-9]{36,251}+|github_pat_\w{22,251}+)" + TOKEN_END,
+        hint=has("gh"),
+    ),
+    Rule(
+        "secret",
+        "slack_token",
+        TOKEN_START + r"xox[abeoprs]-[A-Za-z0-9\-]{10,250}+" + TOKEN_END,
+        hint=has("xox"),
+    ),
+    Rule(
+        "secret",
+        "slack_webhook",
+        r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]{20,200}+",
+        hint=has("hooks.slack.com"),
+    ),
+    Rule(
+        "secret",
+        "stripe_key",
+        TOKEN_START + r"[srp]k_(?:live|test)_[A-Za-z0-9]{16,247}+" + TOKEN_END,
+        hint=has("k_live_", "k_test_"),
+    ),
+    Rule(
+        "secret",
+        "openai_key",
+        TOKEN_START + r"sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,250}+" + TOKEN_END,
+        hint=has("sk-"),
+    ),
+    Rule("secret", "google_api_key", TOKEN_START + r"AIza[A-Za-z0-9_\-]{35}" + TOKEN_END, hint=has("AIza")),
+    Rule(
+        "secret",
+        "jwt",
+        TOKEN_START
+        + r"eyJ[A-Za-z0-9_\-]{5,2000}+\.eyJ[A-Za-z0-9_\-]{5,8000}+\.[A-Za-z0-9_\-]{0,2000}+"
+        + TOKEN_END,
+        hint=has("eyJ"),
+    ),
+    Rule(
+        "secret",
+        "bearer_token",
+        TOKEN_START + r"[Bb]earer[ \t]++(?P<value>[A-Za-z0-9._~+/\-]{20,4000}+=*+)",
+        hint=has("earer"),
+    ),
+    Rule(
+        "secret",
+        "credential",
+        r"(?<![\w\-])(?i:api[_\-]?key|secret(?:[_\-]?key)?|access[_\-]?token|auth[_\-]?token|client[_\-]?secret"
+        r"|password|passwd)[\"']?[ \t]{0,3}+[:=][ \t]{0,3}+[\"']?(?P<value>[A-Za-z0-9_\-+/=.~!#$%^&*]{8,200}+)",
+        mixed_secret,
+        has("=", ":"),
+    ),
+    Rule(
+        "email",
+        "email",
+        r"(?<![\w.%+\-])[A-Za-z0-9._%+\-]{1,64}+@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}"
+        r"[A-Za-z]{2,24}+(?![\w\-@])",
+        hint=has("@"),
+    ),
+    Rule(
+        "card", "card", NUMBER_START + r"[2-6](?:[ \-]?\d){12,18}(?![\w@\-])", plausible_card, has_digits(13)
+    ),
+    Rule(
+        "phone",
+        "phone",
+        NUMBER_START + r"(?:\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){1,5}+(?:[ .\-]?\d{2,4}){0,3}"
+        r"|\(\d{3}\)[ ]?\d{3}[\-. ]\d{4}|\d{3}[\-. ]\d{3}[\-. ]\d{4}|0\d{1,4}(?:[ \-]\d{2,8}){1,4})(?![\w@\-])",
+        plausible_phone,
+        has_digits(9),
+    ),
+    # Prompt injection, matched on the folded text (lower case, no accents or invisible characters).
+    Rule(
+        "injection",
+        "ignore_instructions",
+        r"\b(?:ignore|disregard|forget|override|bypass)\b(?:\W++\w++){0,4}?\W++"
+        r"(?:instructions?|prompts?|rules|guidelines|directives|programming)\b",
+        hint=has("ignore", "disregard", "forget", "override", "bypass"),
+    ),
+    Rule(
+        "injection",
+        "reveal_prompt",
+        r"\b(?:reveal|show|print|repeat|output|leak|tell me)\b(?:\W++\w++){0,4}?\W++"
+        r"(?:system|initial|hidden|original|secret)\W++(?:prompt|instructions|message)s?\b",
+        hint=has("prompt", "instructions", "message"),
+    ),
+    Rule(
+        "injection",
+        "jailbreak_persona",
+        r"\b(?:you are now|from now on|act as|pretend|imagine|roleplay|role-play|role play|play the role)\b"
+        r"(?:\W++\w++){0,8}?\W++(?:dan|jailbroken|unfiltered|uncensored|unrestricted|unchained"
+        r"|(?:no|without|free of|free from)\W++(?:any\W++)?"
+        r"(?:rules|restrictions|filters|limits|guidelines|ethics|morals|censorship))\b",
+        hint=has("now", "act", "pretend", "imagine", "role"),
+    ),
+    Rule(
+        "injection",
+        "jailbreak_name",
+        r"\b(?:do anything now|developer mode (?:enabled|on)|dan mode|jailbreak mode)\b",
+        hint=has("now", "mode"),
+    ),
+    Rule(
+        "injection",
+        "template_tokens",
+        r"<\|(?:im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id)\|>"
+        r"|(?m:^[ \t]*#{2,4}[ \t]*(?:instruction|response|system)[ \t]*:)",
+        hint=has("<|", "#"),
+    ),
+)
+
+PEM = next(rule for rule in RULES if rule.name == "private_key")
+
+
+def rules_for(categories: Iterable[str]) -> tuple[Rule, ...]:
+    wanted = set(categories)
+    return tuple(rule for rule in RULES if rule.category in wanted and rule is not PEM)
+
+
+def scan(rules: Sequence[Rule], text: str) -> list[Finding]:
+    """Matches of ``rules`` in ``text``; where two overlap, the earlier (then the first listed) wins."""
+    found: list[tuple[int, int, int, Rule]] = []
+    if not rules:
+        return []
+    for order, rule in enumerate(rules):
+        if rule.hint is not None and not rule.hint(text):
+            continue
+        for match in rule.regex.finditer(text):
+            start, end = match.span("value") if "value" in match.re.groupindex else match.span()
+            if rule.check is None or rule.check(text[start:end]):
+                found.append((start, order, end, rule))
+    found.sort(key=lambda item: (item[0], item[1]))
+    findings: list[Finding] = []
+    for start, _, end, rule in found:
+        if findings and start < findings[-1].end:
+            continue
+        findings.append(Finding(rule.category, rule.name, start, end, text[start:end]))
+    return findings
+
+
+PLACEHOLDERS = {
+    "email": "[email removed]",
+    "phone": "[phone number removed]",
+    "card": "[card number removed]",
+    "secret": "[secret removed]",
+}
+DEFAULT_PLACEHOLDER = "[removed]"
+
+
+def redact(text: str, findings: Sequence[Finding]) -> str:
+    """``text`` with each finding's span replaced by its placeholder; overlapping spans merge."""
+    if not findings:
+        return text
+    spans: list[list] = []
+    for finding in sorted(findings, key=lambda f: (f.start, -f.end)):
+        if spans and finding.start < spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], finding.end)
+        else:
+            spans.append(
+                [finding.start, finding.end, PLACEHOLDERS.get(finding.category, DEFAULT_PLACEHOLDER)]
+            )
+    pieces: list[str] = []
+    cursor = 0
+    for start, end, placeholder in spans:
+        pieces += (text[cursor:start], placeholder)
+        cursor = end
+    pieces.append(text[cursor:])
+    return "".join(pieces)

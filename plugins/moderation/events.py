@@ -1,0 +1,183 @@
+"""Moderation events: every decision stored in ``moderation_events`` by a background writer.
+
+The pipeline only appends to a queue; one task writes what is queued in
+batches, one transaction each. While the database is unreachable events wait
+in memory (at most ``MAX_PENDING``, the oldest dropped first) and the writer
+retries; a database error is logged and never reaches a reply. What is stored
+is masked: the category, action and rule, and a masked excerpt, never the
+e-mail address, number or secret itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import deque
+from typing import Any
+
+from botkit import Message
+from botkit.storage import Database, ModerationEventRecord, user_id_for, utcnow
+
+from .detectors import Finding, only_digits
+from .moderator import Decision
+
+log = logging.getLogger("botkit.plugins.moderation")
+
+BATCH = 200
+MAX_PENDING = 10_000
+EXAMPLES = 3  # masked excerpts kept per event
+RETRY_INTERVAL = 5.0
+
+
+_SECRET_PREFIX = re.compile(
+    r"(?:AKIA|ASIA|gh[pousr]_|github_pat_|xox[a-z]-|sk-|[srp]k_|eyJ|AIza|-----BEGIN)?"
+)
+
+
+def masked(finding: Finding) -> str:
+    """A form of the finding that can be stored: enough to review, never the value itself."""
+    raw = finding.excerpt
+    if finding.category == "card":
+        return "**** " + only_digits(raw)[-4:]
+    if finding.category == "phone":
+        digits = only_digits(raw)
+        return "*" * max(len(digits) - 2, 0) + digits[-2:]
+    if finding.category == "email":
+        local, _, domain = raw.partition("@")
+        return f"{local[:1]}***@***.{domain.rsplit('.', 1)[-1]}"
+    if finding.category == "secret":
+        prefix = _SECRET_PREFIX.match(raw)
+        return f"{prefix.group(0) if prefix else ''}*** ({len(raw)} characters)"
+    clipped = raw[:40]
+    if len(clipped) <= 2:
+        return "*" * len(clipped)
+    return clipped[0] + "*" * (len(clipped) - 2) + clipped[-1] + ("..." if len(raw) > 40 else "")
+
+
+def events_of(message: Message, direction: str, decisions: list[Decision]) -> list[dict[str, Any]]:
+    """One event per (category, action, rule) of a message: how many times, a few masked excerpts."""
+    grouped: dict[tuple[str, str, str], list[Decision]] = {}
+    for decision in decisions:
+        finding = decision.finding
+        grouped.setdefault((finding.category, decision.action, finding.rule), []).append(decision)
+    events = []
+    for (category, action, rule), group in grouped.items():
+        detail: dict[str, Any] = {
+            "count": len(group),
+            "examples": [masked(d.finding) for d in group[:EXAMPLES]],
+            "message_id": message.message_id,
+            "channel_id": message.channel_id,
+        }
+        scores = [d.finding.score for d in group if d.finding.score is not None]
+        if scores:
+            detail["score"] = round(max(scores), 4)
+        events.append(
+            {
+                "platform": message.platform,
+                "user": message.author.id,
+                "name": message.author.display_name,
+                "direction": direction,
+                "category": category,
+                "action": action,
+                "rule": rule[:255],
+                "detail": detail,
+                "at": utcnow(),
+            }
+        )
+    return events
+
+
+class EventLog:
+    """The queue of moderation events and the task that writes it."""
+
+    def __init__(
+        self, db: Database, retry_interval: float = RETRY_INTERVAL, max_pending: int = MAX_PENDING
+    ) -> None:
+        self.db = db
+        self.retry_interval = retry_interval
+        self.max_pending = max_pending
+        self.pending: deque[dict[str, Any]] = deque()
+        self.dropped = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._writer: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_forever(), name="botkit-moderation-events")
+
+    def record(self, message: Message, direction: str, decisions: list[Decision]) -> None:
+        """Queue the events of one check; returns at once."""
+        for event in events_of(message, direction, decisions):
+            if len(self.pending) >= self.max_pending:
+                self.pending.popleft()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.error(
+                        "moderation: %d events waiting for the database; %d dropped",
+                        self.max_pending,
+                        self.dropped,
+                    )
+            self.pending.append(event)
+            self._idle.clear()
+            self._wake.set()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every queued event is written; ``False`` when that took longer than ``timeout``."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self, timeout: float) -> None:
+        if not await self.flush(timeout):
+            log.error("moderation: %d events could not be written before shutdown", len(self.pending))
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    async def _write_forever(self) -> None:
+        while True:
+            if not self.pending:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
+            try:
+                await self._write(batch)
+            except Exception as error:  # noqa: BLE001 - whatever the database does, replies go on
+                if not self._failing:
+                    log.error(
+                        "moderation: cannot store moderation events (%s); retrying", type(error).__name__
+                    )
+                self._failing = True
+                await asyncio.sleep(self.retry_interval)
+                continue
+            for _ in batch:
+                self.pending.popleft()
+            if self._failing:
+                log.warning("moderation: the database is back; moderation events written")
+                self._failing = False
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        async with self.db.session() as session:
+            users: dict[tuple[str, str], int] = {}
+            for event in batch:
+                key = (event["platform"], event["user"])
+                if key not in users:
+                    users[key] = await user_id_for(session, *key, event["name"])
+                session.add(
+                    ModerationEventRecord(
+                        user_id=users[key],
+                        direction=event["direction"],
+                        category=event["category"],
+                        action=event["action"],
+                        rule=event["rule"],
+                        detail=event["detail"],
+                        created_at=event["at"],
+                    )
+                )
