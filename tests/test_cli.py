@@ -25,7 +25,8 @@ from botkit import Command, hookimpl
 async def whoami(ctx):
     m = ctx.message
     admin = await ctx.bot.is_admin(m.author, m)
-    return f"user={m.author.id} channel={m.channel_id} thread={m.thread_id} dm={m.is_dm} admin={admin}"
+    roles = f" roles={','.join(m.author.roles)}" if m.author.roles else ""
+    return f"user={m.author.id} channel={m.channel_id} thread={m.thread_id} dm={m.is_dm} admin={admin}{roles}"
 
 @hookimpl
 def botkit_register_commands(register):
@@ -122,6 +123,9 @@ def test_console_can_act_as_other_users_admins_and_places(scripted_config, tmp_p
         ":dm",
         "/whoami",
         ":who",
+        ":roles mods, vip",
+        "/whoami",
+        ":roles",
         ":bogus",
         ":as",
     ]
@@ -140,6 +144,9 @@ def test_console_can_act_as_other_users_admins_and_places(scripted_config, tmp_p
         "(now admin in a DM)",
         "testbot> user=admin channel=dm-admin thread=None dm=True admin=True",
         "(now admin in a DM)",
+        "(now admin (mods, vip) in a DM)",
+        "testbot> user=admin channel=dm-admin thread=None dm=True admin=True roles=mods,vip",
+        "(now admin in a DM)",
         "(unknown console command ':bogus'; type :help for the list)",
         "(:as needs a name, e.g. ':as alice')",
     ]
@@ -148,7 +155,7 @@ def test_console_can_act_as_other_users_admins_and_places(scripted_config, tmp_p
 def test_console_help_lists_console_commands(scripted_config, tmp_path):
     result = botkit("--config", str(scripted_config), "chat", stdin=":help\n:quit\nnot read\n", cwd=tmp_path)
     assert result.returncode == 0
-    for command in (":as NAME", ":admin", ":channel NAME", ":thread NAME", ":dm", ":who", ":quit"):
+    for command in (":as NAME", ":admin", ":roles A,B", ":channel NAME", ":thread NAME", ":dm", ":who", ":quit"):
         assert command in result.stdout
     assert "scripted answer" not in result.stdout  # :quit left before the last line
 

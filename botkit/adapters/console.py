@@ -30,6 +30,7 @@ CONSOLE_HELP = """\
 Console commands:
   :as NAME        write as user NAME
   :admin          write as the user 'admin' (an admin by default: [bot] admins)
+  :roles A,B      give yourself roles A and B (':roles' alone drops them)
   :channel NAME   write in channel NAME
   :thread NAME    write in thread NAME of this channel (':thread' alone leaves it)
   :dm             write in a direct message to the bot
@@ -51,12 +52,14 @@ class Place:
     channel: str
     thread: str | None = None
     dm: bool = False
+    roles: tuple[str, ...] = ()
 
     def describe(self) -> str:
+        who = self.user + (f" ({', '.join(self.roles)})" if self.roles else "")
         if self.dm:
-            return f"{self.user} in a DM"
+            return f"{who} in a DM"
         where = f"#{self.channel}" + (f" thread {self.thread}" if self.thread else "")
-        return f"{self.user} in {where}"
+        return f"{who} in {where}"
 
 
 class ConsoleResponder(Responder):
@@ -201,7 +204,7 @@ class ConsoleAdapter(Adapter):
         place = self.place
         message = Message(
             text=line,
-            author=User(id=place.user, name=place.user),
+            author=User(id=place.user, name=place.user, roles=place.roles),
             platform=PLATFORM,
             channel_id=f"dm-{place.user}" if place.dm else place.channel,
             thread_id=None if place.dm else place.thread,
@@ -225,6 +228,8 @@ class ConsoleAdapter(Adapter):
             place.user = arg
         elif name == "admin":
             place.user = "admin"
+        elif name == "roles":
+            place.roles = tuple(role.strip() for role in arg.split(",") if role.strip())
         elif name == "channel":
             place.channel, place.thread, place.dm = arg, None, False
         elif name == "thread":
