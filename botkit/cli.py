@@ -89,7 +89,7 @@ async def serve(bot: Bot, adapter_names: list[str]) -> None:
     try:
         loop.add_signal_handler(signal.SIGTERM, close_all)
     except (NotImplementedError, RuntimeError):
-        pass
+        pass  # not the main thread (embedded use): the embedder handles signals
     tasks = [asyncio.ensure_future(adapter.run()) for adapter in adapters]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -116,7 +116,7 @@ def run_adapters(ctx: Context, only: list[str] | None) -> None:
     except BotkitError as error:
         fail(error)
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C before the console adapter took over the signal: a clean exit
 
 
 @cli.command()

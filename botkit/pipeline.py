@@ -193,7 +193,7 @@ class Pipeline:
             await bot.queue.wait_turn(ticket)
             await self._generate(message, prompt, ticket, responder, reply)
         except GenerationCancelled:
-            pass
+            pass  # /stop while waiting: ``reply`` stays empty and marked stopped
         finally:
             bot.queue.release(ticket)
         await call_all(bot.hook.botkit_after_reply, message=message, reply=reply, bot=bot)
