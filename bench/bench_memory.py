@@ -8,10 +8,11 @@ Run from the repository root::
 
 Three measurements, each through the code the memory plugin runs:
 
-1. Context loading: a SQLite database created by the real Alembic migrations is
-   seeded with bulk INSERTs (sqlite3, one transaction per size) up to each size,
-   100 messages per conversation, conversations interleaved in time; then
-   ``MemoryStore.history(scope_key, max_turns)`` is timed for random conversations.
+1. Context loading: one SQLite database per size, created by the real Alembic
+   migrations and seeded with bulk INSERTs (sqlite3, one transaction), 100
+   messages per conversation, conversations interleaved in time; then
+   ``MemoryStore.history(scope_key, max_turns)`` (history cache off) is timed for
+   random conversations, in rounds that alternate between the sizes.
 2. Writes: exchange records shaped as ``botkit_after_reply`` builds them go
    through ``MemoryStore.add`` and ``flush``, on SQLite and on a throwaway
    PostgreSQL (``tests/servers.py``).
@@ -313,41 +314,55 @@ async def time_history(
 
 
 async def context_loading(args: argparse.Namespace, folder: Path) -> list[LoadResult]:
-    settings = StorageSettings(data_dir=folder / "load")
-    db = await migrated(settings)
-    await db.close()
-    assert db.sqlite_path is not None
-    seeder = Seeder(db.sqlite_path, Texts.make())
-    rng = random.Random(7)
-    results = []
+    """One database per size; rounds alternate between them, so a busy moment of the machine
+    falls on every size alike instead of on whichever was being measured."""
+    seeded = []
     for size in args.sizes:
+        settings = StorageSettings(data_dir=folder / f"load-{size}")
+        db = await migrated(settings)
+        await db.close()
+        assert db.sqlite_path is not None
+        seeder = Seeder(db.sqlite_path, Texts.make())
         seed_s = seeder.grow_to(size)
         print(
             f"  seeded {seeder.messages:>9,} messages, {seeder.conversations:,} conversations in {seed_s:5.1f} s",
             flush=True,
         )
-        db = Database(settings)
-        store = new_store(db, folder / "load")
-        try:
+        seeded.append((settings, seeder, seed_s))
+    rng = random.Random(7)
+    stores = []
+    try:
+        for settings, _, _ in seeded:
+            stores.append(new_store(Database(settings), settings.data_dir))
+        for store, (_, seeder, _) in zip(stores, seeded, strict=True):
             await time_history(store, seeder.scopes, rng, args.warmup_reads)
-            rounds = [
-                await time_history(store, seeder.scopes, rng, args.reads) for _ in range(args.load_rounds)
-            ]
-            turns = len(await store.history(seeder.scopes[0], MAX_TURNS))
-        finally:
-            await db.close()
-        results.append(
-            LoadResult(
-                seeder.messages,
-                seed_s,
-                statistics.median(percentile(r, 0.50) for r in rounds) * 1000,
-                statistics.median(percentile(r, 0.99) for r in rounds) * 1000,
-                len(rounds),
-                args.reads,
-                turns,
-            )
+        rounds: list[list[list[float]]] = [[] for _ in seeded]
+        for number in range(args.load_rounds):
+            order = list(range(len(seeded)))
+            shift = number % len(order)
+            for index in order[shift:] + order[:shift]:
+                rounds[index].append(
+                    await time_history(stores[index], seeded[index][1].scopes, rng, args.reads)
+                )
+        turns = [
+            len(await store.history(seeder.scopes[0], MAX_TURNS))
+            for store, (_, seeder, _) in zip(stores, seeded, strict=True)
+        ]
+    finally:
+        for store in stores:
+            await store.db.close()
+    return [
+        LoadResult(
+            seeder.messages,
+            seed_s,
+            statistics.median(percentile(r, 0.50) for r in size_rounds) * 1000,
+            statistics.median(percentile(r, 0.99) for r in size_rounds) * 1000,
+            len(size_rounds),
+            args.reads,
+            size_turns,
         )
-    return results
+        for (_, seeder, seed_s), size_rounds, size_turns in zip(seeded, rounds, turns, strict=True)
+    ]
 
 
 # --- writes ------------------------------------------------------------------------------------
@@ -647,7 +662,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reads", type=int, default=300, help="history reads per round and size (default 300)"
     )
-    parser.add_argument("--load-rounds", type=int, default=3, help="rounds of reads per size (default 3)")
+    parser.add_argument("--load-rounds", type=int, default=7, help="rounds of reads per size (default 7)")
     parser.add_argument(
         "--warmup-reads", type=int, default=50, help="unmeasured reads per size first (default 50)"
     )
