@@ -37,6 +37,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "memory": "botkit.plugins.memory",
     "mentions": "botkit.plugins.mentions",
     "moderation": "botkit.plugins.moderation",
+    "openai": "botkit.backends.openai_http",
     "privacy": "botkit.plugins.privacy",
     "ratelimit": "botkit.plugins.ratelimit",
     "scripted": "botkit.backends.scripted",

@@ -14,6 +14,7 @@ from botkit.adapter import AdapterSettings
 from botkit.adapters.console import ConsoleSettings
 from botkit.backend import BackendSettings
 from botkit.backends.llamacpp import LlamaCppSettings
+from botkit.backends.openai_http import OpenAISettings
 from botkit.backends.scripted import ScriptedSettings
 from botkit.bot import Bot
 from botkit.plugin_host import PluginHost
@@ -44,6 +45,7 @@ KEY = re.compile(r"^\s*#?\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 # Every settings model that ships, and the table that configures it.
 DOCUMENTED: list[tuple[type[BaseModel], str]] = [
+    (OpenAISettings, "backend"),
     (BotSettings, "bot"),
     (LoggingSettings, "logging"),
     (PluginsSettings, "plugins"),

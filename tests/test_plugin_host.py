@@ -35,7 +35,7 @@ def test_builtins_load_and_every_hook_is_known():
     assert host.infos["llamacpp"].hooks == ["botkit_register_backends"]
     assert host.infos["commands"].origin == "builtin"
     assert {"help", "stop"} <= set(host.registry.commands)
-    assert set(host.registry.backends) == {"llamacpp", "scripted"}
+    assert set(host.registry.backends) == {"llamacpp", "openai", "scripted"}
     assert set(host.registry.adapters) == {"console"}
 
 
@@ -72,7 +72,13 @@ async def test_disabled_commands_plugin_means_no_commands(make_bot):
 
 def test_disabling_every_backend_names_the_problem():
     settings = settings_from_mapping(
-        {"plugins": {"llamacpp": {"enabled": False}, "scripted": {"enabled": False}}}
+        {
+            "plugins": {
+                "llamacpp": {"enabled": False},
+                "openai": {"enabled": False},
+                "scripted": {"enabled": False},
+            }
+        }
     )
     with pytest.raises(
         ConfigError, match=r"no backend 'llamacpp'; available: none \(are the backend plugins disabled\?\)"
@@ -91,7 +97,7 @@ def test_unknown_plugin_in_config_lists_the_available_ones():
     with pytest.raises(ConfigError) as error:
         host_for({"plugins": {"moderaton": {"enabled": True}}})
     assert (
-        "unknown plugin 'moderaton'; available: access, admin, commands, console, disclosure, llamacpp, memory, mentions, moderation, privacy, ratelimit, scripted"
+        "unknown plugin 'moderaton'; available: access, admin, commands, console, disclosure, llamacpp, memory, mentions, moderation, openai, privacy, ratelimit, scripted"
         in str(error.value)
     )
 

@@ -98,7 +98,7 @@ def test_backend_settings_are_validated_by_the_backend_type(write_config):
 def test_unknown_backend_type_lists_the_available_ones(write_config):
     path = write_config('[backend]\ntype = "gpt5"\n')
     with pytest.raises(
-        ConfigError, match=r"\[backend\] type: no backend 'gpt5'; available: llamacpp, scripted"
+        ConfigError, match=r"\[backend\] type: no backend 'gpt5'; available: llamacpp, openai, scripted"
     ):
         Bot.load(load_settings(path))
 

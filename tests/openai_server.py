@@ -1,0 +1,163 @@
+"""OpenAI-compatible servers for the tests: llama-cpp-python's real server, and a scripted stub.
+
+The stub answers each POST with the next scripted answer (an HTTP error with
+headers, or a stream of text deltas) and records every request's path, headers
+and body, for the cases a real engine cannot be made to show (429, 5xx, keys).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+from servers import free_port
+
+
+@dataclass
+class LlamaCppServer:
+    """``python -m llama_cpp.server`` serving one GGUF model on 127.0.0.1:port."""
+
+    model: Path
+    log: Path
+    alias: str = "smollm2"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 60) -> None:
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model)]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048"]
+        command += ["--model_alias", self.alias]
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited: {self.log.read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("llama_cpp.server did not answer /v1/models in time")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class Failure:
+    """One scripted HTTP error answer."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    message: str = "scripted failure"
+
+
+DROP = ("<drop the connection>",)
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float
+
+
+class StubServer:
+    """A tiny threaded HTTP server speaking just enough of the OpenAI streaming API."""
+
+    def __init__(self, default_reply: tuple[str, ...] = ("Hello", " from", " the", " stub.")) -> None:
+        self.script: deque[Failure | tuple[str, ...]] = deque()
+        self.default_reply = default_reply
+        self.requests: list[Recorded] = []
+        self.always: Failure | tuple[str, ...] | None = None
+        self.first_token_delay = 0.0  # seconds between the headers and the first event
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.endswith("/models"):
+                    self._json(200, {"object": "list", "data": [{"id": "smollm2", "object": "model"}]})
+                else:
+                    self._json(404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                stub.requests.append(Recorded(self.path, dict(self.headers), body, time.monotonic()))
+                answer = stub.always or (stub.script.popleft() if stub.script else stub.default_reply)
+                if answer is DROP:  # hang up without answering, as a crashing server does
+                    self.close_connection = True
+                    return
+                if isinstance(answer, Failure):
+                    self._json(answer.status, {"error": {"message": answer.message}}, answer.headers)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                chat = self.path.endswith("/chat/completions")
+                time.sleep(stub.first_token_delay)
+                for piece in answer:
+                    choice = (
+                        {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+                    )
+                    self.wfile.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
+
+            def _json(self, status: int, data: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                raw = json.dumps(data).encode()
+                self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> StubServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
