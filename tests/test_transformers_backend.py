@@ -1,0 +1,426 @@
+"""The transformers backend on the CPU: the embedded SmolLM2 GGUF, the same model as a folder, LoRA adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from botkit import Prompt, Reply, ReplyStatus, Role, Turn, hookimpl
+from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
+from botkit.backends.transformers import StopStrings, TransformersBackend, TransformersSettings
+from botkit.errors import AdapterError, ConfigError, ModelLoadError
+from botkit.types import NO_ADAPTER, Chunk
+
+SYSTEM = "You are a helpful assistant."
+FRANCE = "What is the capital of France?"
+# Long enough that SmolLM2 keeps writing until max_tokens.
+STORY = "Write a long story about a dragon."
+GREEDY = {"temperature": 0, "max_tokens": 16}
+
+
+def ask(text: str, system: str = SYSTEM) -> Prompt:
+    return Prompt(system, [Turn(Role.USER, text)])
+
+
+async def generate(backend: TransformersBackend, prompt: Prompt, **params: object) -> list[Chunk]:
+    """The streamed chunks of one whole generation, with ``params`` over the backend's sampling."""
+    sampling = dataclasses.replace(backend.settings.sampling(), **params)
+    return [chunk async for chunk in backend.stream(prompt, sampling, threading.Event())]
+
+
+async def answer(backend: TransformersBackend, prompt: Prompt, **params: object) -> str:
+    return "".join(chunk.text for chunk in await generate(backend, prompt, **params))
+
+
+@pytest.fixture(scope="module")
+def smol() -> Iterator[TransformersBackend]:
+    """The embedded GGUF, dequantized, loaded once for the module (its worker threads serve any loop)."""
+    backend = TransformersBackend(TransformersSettings(**GREEDY))
+    asyncio.run(backend.start())
+    yield backend
+    asyncio.run(backend.close())
+
+
+@pytest.fixture(scope="module")
+def smol_folder(smol, tmp_path_factory) -> Path:
+    """The same model written out as a Hugging Face model folder (safetensors), as a fine-tune leaves one."""
+    from safetensors.torch import save_model
+
+    folder = tmp_path_factory.mktemp("models") / "SmolLM2-135M-Instruct"
+    config = copy.deepcopy(smol.model.config)
+    del config.quantization_config  # the weights were dequantized when the GGUF was read
+    config.save_pretrained(folder)
+    smol.model.generation_config.save_pretrained(folder)
+    save_model(smol.model, str(folder / "model.safetensors"))
+    smol.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_lora(model, folder: Path, seed: int) -> Path:
+    """A real peft LoRA adapter for ``model`` (q_proj, v_proj; r=8), with weights that change its answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    tuned = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, parameter in tuned.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero: an adapter that changes nothing
+                parameter.normal_(std=0.05)
+    tuned.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lora_folder(smol_folder, tmp_path_factory) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(smol_folder, dtype=torch.float32)
+    return make_lora(base, tmp_path_factory.mktemp("adapters") / "tuned", seed=0)
+
+
+@pytest.fixture(scope="module")
+def foreign_lora(tmp_path_factory) -> Path:
+    """An adapter made for another base model: a small random Llama with other layer sizes."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    folder = make_lora(LlamaForCausalLM(config), tmp_path_factory.mktemp("adapters") / "foreign", seed=1)
+    adapter_config = folder / "adapter_config.json"
+    values = json.loads(adapter_config.read_text())
+    values["base_model_name_or_path"] = "tiny-random-llama"
+    adapter_config.write_text(json.dumps(values))
+    return folder
+
+
+def folder_backend(folder: Path, **settings: object) -> TransformersBackend:
+    return TransformersBackend(TransformersSettings(model_path=folder, **{**GREEDY, **settings}))
+
+
+# -- loading -------------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_embedded_gguf_loads_without_model_path(smol):
+    import torch
+
+    assert smol.model_path == embedded_model_path()
+    assert smol.model_name == "SmolLM2-135M-Instruct.Q4_1"  # as the llama.cpp backend names it
+    assert smol.context_window == 8192  # what SmolLM2 was trained on
+    weights = next(smol.model.parameters())
+    # device = "auto", dtype = "auto": float32 on the CPU, half precision on a GPU.
+    if torch.cuda.is_available():
+        assert weights.device.type == "cuda" and weights.dtype in (torch.bfloat16, torch.float16)
+    else:
+        assert weights.device.type == "cpu" and weights.dtype == torch.float32
+
+
+async def test_missing_model_folder_names_the_setting(tmp_path):
+    missing = tmp_path / "nowhere" / "SmolLM2"
+    with pytest.raises(ModelLoadError) as raised:
+        await TransformersBackend(TransformersSettings(model_path=missing)).start()
+    assert "[backend] model_path" in str(raised.value) and str(missing) in str(raised.value)
+
+
+async def test_what_is_not_a_model_is_refused(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    messages = []
+    for path in (empty, text):
+        with pytest.raises(ModelLoadError) as raised:
+            await TransformersBackend(TransformersSettings(model_path=path)).start()
+        messages.append(str(raised.value))
+    assert "not a Hugging Face model folder (no config.json)" in messages[0]
+    assert "neither a model folder nor a GGUF file" in messages[1]
+    assert all("[backend] model_path" in message for message in messages)
+
+
+async def test_a_folder_transformers_cannot_load_is_a_load_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    with pytest.raises(ModelLoadError) as raised:
+        await TransformersBackend(TransformersSettings(model_path=tmp_path)).start()
+    assert "transformers could not load" in str(raised.value) and str(tmp_path) in str(raised.value)
+
+
+async def test_unknown_device_is_a_config_error(make_bot):
+    with pytest.raises(ConfigError) as raised:
+        async with make_bot({"backend": {"type": "transformers", "device": "gpu"}}):
+            pass
+    assert "[backend] device" in str(raised.value) and "'cuda:N'" in str(raised.value)
+
+
+async def test_a_gpu_that_is_not_there_is_a_load_error():
+    with pytest.raises(ModelLoadError) as raised:
+        await TransformersBackend(TransformersSettings(device="cuda:99")).start()
+    assert "[backend] device = 'cuda:99'" in str(raised.value)
+
+
+def test_the_plugin_loads_without_torch_and_says_what_to_install():
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        sys.modules["torch"] = None  # as if torch were not installed
+        from botkit.backends.transformers import TransformersBackend, TransformersSettings
+        from botkit.errors import ModelLoadError
+        from botkit.plugin_host import PluginHost
+        from botkit.settings import settings_from_mapping
+
+        host = PluginHost(settings_from_mapping({}))
+        host.load()
+        assert "transformers" in host.registry.backends
+        try:
+            asyncio.run(TransformersBackend(TransformersSettings()).start())
+        except ModelLoadError as error:
+            print(error)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "torch is not installed" in result.stdout and "pip install 'botkit[gpu]'" in result.stdout
+
+
+# -- prompts and tokens ----------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_prompts_and_token_counts_match_the_llamacpp_backend(smol):
+    llama = LlamaCppBackend(LlamaCppSettings(n_ctx=256))
+    await llama.start()
+    prompts = [
+        ask("Hi"),
+        ask("Hi", system=""),  # SmolLM2's own template adds its default system prompt
+        Prompt(
+            SYSTEM,
+            [Turn(Role.USER, "Hi", speaker="ann"), Turn(Role.ASSISTANT, "Hello!"), Turn(Role.USER, "Bye")],
+        ),
+    ]
+    texts = ["Hello there", "Please tell me about the history of Rome. " * 10, "a <|im_end|> in user text"]
+    try:
+        rendered = [(smol.render(p), llama.render(p)) for p in prompts]
+        counts = [(await smol.count_tokens(p), await llama.count_tokens(p)) for p in prompts]
+        text_counts = [(await smol.count_text(t), await llama.count_text(t)) for t in texts]
+    finally:
+        await llama.close()
+    assert rendered[0][0] == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert all(ours == theirs for ours, theirs in rendered)
+    assert all(ours == theirs for ours, theirs in counts + text_counts), (counts, text_counts)
+    assert counts[0][0] > 5 and text_counts[1][0] > 80
+
+
+@pytest.mark.model
+async def test_alpaca_format_renders_the_stanford_template_and_answers(smol_folder):
+    backend = folder_backend(smol_folder, prompt_format="alpaca", max_tokens=24)
+    await backend.start()
+    try:
+        rendered = backend.render(ask("Name a colour.", system=""))
+        reply = await answer(backend, ask("Name a colour.", system=""))
+    finally:
+        await backend.close()
+    assert rendered == (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nName a colour.\n\n### Response:\n"
+    )
+    assert reply.strip() and "###" not in reply
+
+
+# -- generation ----------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_streams_several_chunks_greedy_output_is_deterministic(smol):
+    first, second = [await generate(smol, ask(FRANCE)) for _ in range(2)]
+    assert len(first) > 3 and first == second
+    assert "".join(chunk.text for chunk in first).startswith("The capital of France is Paris")
+    assert sum(chunk.tokens for chunk in first) == 16  # runs to max_tokens; each token counted once
+
+
+@pytest.mark.model
+async def test_a_seed_repeats_a_sampled_answer(smol):
+    sampled = [await answer(smol, ask(STORY), max_tokens=8, temperature=1.2, seed=7) for _ in range(2)]
+    other_seed = await answer(smol, ask(STORY), max_tokens=8, temperature=1.2, seed=8)
+    assert sampled[0] == sampled[1] and other_seed != sampled[0]
+
+
+@pytest.mark.model
+async def test_stop_strings_end_the_reply_and_are_cut_from_it(smol):
+    # "France is" spans two streamed words: its start is held back until it is complete.
+    assert await answer(smol, ask(FRANCE), stop=("France is",)) == "The capital of "
+    assert await answer(smol, ask(FRANCE), stop=("Paris",)) == "The capital of France is "
+
+
+def test_stop_strings_release_what_turned_out_not_to_be_one():
+    cutter = StopStrings(["###", "END"])
+    assert [cutter.feed(piece) for piece in ("one #", "# two E", "ND")] == ["one ", "## two ", ""]
+    assert cutter.hit
+    unmet = StopStrings(["###"])
+    assert [unmet.feed("a ##"), unmet.flush()] == ["a ", "##"] and not unmet.hit
+
+
+@pytest.mark.model
+async def test_cancel_and_leaving_early_stop_the_model_soon(smol):
+    cancel = threading.Event()
+    params = dataclasses.replace(smol.settings.sampling(), max_tokens=400)
+    chunks = []
+    async for chunk in smol.stream(ask(STORY), params, cancel):
+        chunks.append(chunk.text)
+        if len(chunks) == 3:
+            cancel.set()  # and keep reading, as the pipeline does after /stop
+    assert 3 <= len(chunks) <= 5
+    stream = smol.stream(ask(STORY), params, threading.Event())
+    async for _ in stream:
+        break
+    started = time.monotonic()
+    await stream.aclose()
+    assert time.monotonic() - started < 1.0  # 400 tokens take half a minute
+    assert (await answer(smol, ask(FRANCE))).startswith("The capital of France is Paris")
+
+
+# -- LoRA adapters -------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_a_lora_adapter_changes_the_answer_and_switches_off(smol_folder, lora_folder, foreign_lora):
+    backend = folder_backend(smol_folder)
+    await backend.start()
+    try:
+        base = await answer(backend, ask(FRANCE))
+        note = await backend.switch_adapter(str(lora_folder))
+        tuned = await answer(backend, ask(FRANCE))
+        without = await answer(backend, ask(FRANCE), adapter=NO_ADAPTER)
+        active = backend.active_adapter
+        with pytest.raises(AdapterError) as refused:
+            await backend.switch_adapter(str(foreign_lora))
+        still_tuned = await answer(backend, ask(FRANCE))
+        await backend.switch_adapter(None)
+        switched_off = await answer(backend, ask(FRANCE))
+    finally:
+        await backend.close()
+    assert base.startswith("The capital of France is Paris")
+    assert tuned != base and note == f"backend now answers with adapter {lora_folder}"
+    assert active == str(lora_folder)
+    assert without == base and switched_off == base
+    assert "tiny-random-llama" in str(refused.value) and "SmolLM2-135M-Instruct" in str(refused.value)
+    assert still_tuned == tuned  # the refused adapter left the model as it was
+
+
+@pytest.mark.model
+async def test_configured_adapters_load_at_start_and_apply_per_request(smol_folder, lora_folder):
+    backend = folder_backend(smol_folder, adapters={"tuned": lora_folder}, lora_path=lora_folder)
+    await backend.start()
+    try:
+        active = backend.active_adapter
+        default = await answer(backend, ask(FRANCE))
+        named = await answer(backend, ask(FRANCE), adapter="tuned")
+        base = await answer(backend, ask(FRANCE), adapter=NO_ADAPTER)
+    finally:
+        await backend.close()
+    assert backend.adapters == {"tuned": str(lora_folder)} and active == str(lora_folder)
+    assert default == named != base
+
+
+@pytest.mark.model
+async def test_an_adapter_for_another_base_model_is_refused_at_start(smol_folder, foreign_lora):
+    with pytest.raises(AdapterError) as raised:
+        await folder_backend(smol_folder, adapters={"other": foreign_lora}).start()
+    message = str(raised.value)
+    assert "[backend] adapters.other" in message and str(foreign_lora) in message
+    assert "'tiny-random-llama'" in message and "'SmolLM2-135M-Instruct'" in message
+    assert "takes 576 inputs, the adapter's 64" in message
+
+
+async def test_adapter_folders_are_checked_before_the_model_loads(tmp_path):
+    not_adapter = tmp_path / "not-an-adapter"
+    not_adapter.mkdir()
+    missing = tmp_path / "nowhere"
+    for settings, key, problem in [
+        (TransformersSettings(lora_path=missing), "[backend] lora_path", "does not exist"),
+        (
+            TransformersSettings(adapters={"x": not_adapter}),
+            "[backend] adapters.x",
+            "has no adapter_config.json",
+        ),
+    ]:
+        started = time.monotonic()
+        with pytest.raises(AdapterError) as raised:
+            await TransformersBackend(settings).start()
+        assert key in str(raised.value) and problem in str(raised.value)
+        assert time.monotonic() - started < 1.0  # before the seconds that loading the model takes
+
+
+def test_none_cannot_name_an_adapter():
+    with pytest.raises(ValueError, match="means the base model"):
+        TransformersSettings(adapters={NO_ADAPTER: Path("x")})
+
+
+# -- through the bot -----------------------------------------------------------
+
+
+def bot_config(folder: Path, **backend: object) -> dict:
+    return {"backend": {"type": "transformers", "model_path": str(folder), **GREEDY, **backend}}
+
+
+@pytest.mark.model
+async def test_bot_answers_and_an_override_applies_the_adapter(make_bot, smol_folder, lora_folder):
+    replies: list[Reply] = []
+
+    class Record:
+        @hookimpl
+        def botkit_after_reply(self, reply):
+            replies.append(reply)
+
+    config = {
+        **bot_config(smol_folder, adapters={"tuned": str(lora_folder)}),
+        "overrides": {"test:tuned": {"adapter": "tuned"}},
+    }
+    async with make_bot(config, plugins={"record": Record()}) as bot:
+        base = await bot.chat.say(FRANCE, channel="general")
+        tuned = await bot.chat.say(FRANCE, channel="tuned")
+    assert base.status is tuned.status is ReplyStatus.COMPLETED
+    assert len(base.updates) > 1 and base.updates[-1] == base.final
+    assert "Paris" in base.final and tuned.final != base.final
+    assert [(r.backend, r.model, r.adapter) for r in replies] == [
+        ("transformers", "SmolLM2-135M-Instruct", None),
+        ("transformers", "SmolLM2-135M-Instruct", "tuned"),
+    ]
+    assert replies[0].completion_tokens == 16
+
+
+@pytest.mark.model
+async def test_bot_stop_ends_the_generation(make_bot, smol_folder):
+    async with make_bot(bot_config(smol_folder, max_tokens=400)) as bot:
+        task, story = bot.chat.say_nowait(STORY, user="alice", channel="one")
+        async with asyncio.timeout(10):
+            while not story.updates and not story.finished.is_set():
+                await asyncio.sleep(0.005)
+        stop = await asyncio.wait_for(bot.chat.say("/stop", user="alice", channel="one"), 1)
+        await asyncio.wait_for(task, 2)
+        after = await bot.chat.say(FRANCE, user="alice", channel="one")
+    assert stop.texts == ["Stopped."]
+    assert story.status is ReplyStatus.STOPPED and story.final.endswith("[stopped]")
+    assert len(story.updates) < 20
+    assert after.status is ReplyStatus.COMPLETED and "Paris" in after.final
