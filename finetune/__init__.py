@@ -1,0 +1,1 @@
+"""Curated chat logs to training data, LoRA training, GGUF adapters: the fine-tuning loop."""

@@ -1,0 +1,527 @@
+"""GGUF LoRA adapters: written by botkit.finetune, loaded and switched by the llama.cpp backend on SmolLM2."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from botkit import Prompt, Reply, ReplyStatus, Role, Turn, hookimpl
+from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
+from botkit.backends.llamacpp_adapters import BASE_MODEL_KEY, read_gguf_header
+from botkit.errors import AdapterError
+from botkit.finetune.gguf_adapter import (
+    base_model_identity,
+    convert_peft_adapter,
+    gguf_tensor_name,
+    write_lora_gguf,
+)
+from botkit.types import NO_ADAPTER
+
+QUESTION = Prompt("You are a helpful assistant.", [Turn(Role.USER, "What is the capital of France?")])
+GREEDY = {"n_ctx": 512, "temperature": 0, "seed": 1, "max_tokens": 8}
+SMOL_NAME = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # general.name in the embedded GGUF
+ADAPTERS = ("first", "second", "third")
+
+
+def random_lora(shapes: dict[str, tuple[int, ...]], seed: int, rank: int = 4, std: float = 0.2):
+    """Seeded LoRA pairs for the attention keys and values of every layer in ``shapes`` (GGUF order).
+
+    All such an adapter changes is held in the KV cache, so a prompt evaluated under
+    another adapter and reused shows in the answer; 0.2 moves SmolLM2's greedy answer
+    far from its own while its answers still depend on the prompt.
+    """
+    rng = np.random.default_rng(seed)
+    pairs = {}
+    for name, shape in shapes.items():
+        if name.startswith("blk.") and name.split(".")[2] in ("attn_k", "attn_v"):
+            n_in, n_out = shape
+            a = rng.normal(0, std, (rank, n_in)).astype(np.float32)
+            b = rng.normal(0, std, (n_out, rank)).astype(np.float32)
+            pairs[name] = (a, b)
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def smol_shapes() -> dict[str, tuple[int, ...]]:
+    return read_gguf_header(embedded_model_path()).tensors
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, smol_shapes) -> Path:
+    """Three real adapters for SmolLM2 (30 layers, hidden 576, 9 heads / 3 KV heads), and a half-precision one."""
+    folder = tmp_path_factory.mktemp("adapters")
+    architecture, name = base_model_identity(embedded_model_path())
+    for seed, adapter in enumerate(ADAPTERS, start=1):
+        write_lora_gguf(
+            folder / f"{adapter}.gguf",
+            architecture=architecture,
+            alpha=4,
+            tensors=random_lora(smol_shapes, seed),
+            base_model=name,
+        )
+    for tensor_type in ("f16", "bf16"):
+        write_lora_gguf(
+            folder / f"second.{tensor_type}.gguf",
+            architecture=architecture,
+            alpha=4,
+            tensors=random_lora(smol_shapes, 2),
+            base_model=name,
+            tensor_type=tensor_type,
+        )
+    return folder
+
+
+def started(settings: LlamaCppSettings) -> Iterator[LlamaCppBackend]:
+    """A backend started and closed on loops of its own (its worker thread serves every test's loop)."""
+    backend = LlamaCppBackend(settings)
+    asyncio.run(backend.start())
+    yield backend
+    asyncio.run(backend.close())
+
+
+@pytest.fixture(scope="module")
+def llama(adapter_dir) -> Iterator[LlamaCppBackend]:
+    """SmolLM2 with ``first`` as lora_path and ``second``, ``third`` as named adapters, loaded once."""
+    settings = LlamaCppSettings(
+        **GREEDY,
+        lora_path=adapter_dir / "first.gguf",
+        adapters={"second": adapter_dir / "second.gguf", "third": adapter_dir / "third.gguf"},
+    )
+    yield from started(settings)
+
+
+@pytest.fixture(scope="module")
+def fresh(adapter_dir) -> dict[str, str]:
+    """The answer of each adapter (and of none) as the first generation of a backend of its own."""
+
+    async def first_answer(lora_path: Path | None) -> str:
+        backend = LlamaCppBackend(LlamaCppSettings(**GREEDY, lora_path=lora_path))
+        await backend.start()
+        try:
+            return await answer(backend)
+        finally:
+            await backend.close()
+
+    answers = {NO_ADAPTER: asyncio.run(first_answer(None))}
+    for adapter in ADAPTERS:
+        answers[adapter] = asyncio.run(first_answer(adapter_dir / f"{adapter}.gguf"))
+    assert "Paris" in answers[NO_ADAPTER]
+    assert len(set(answers.values())) == 4, answers  # each adapter changes the answer its own way
+    return answers
+
+
+@pytest.fixture
+async def first_active(llama, adapter_dir) -> LlamaCppBackend:
+    """The module's backend with lora_path active again, whatever the last test switched to.
+
+    It last answered with no adapter, so a test's first answer with one is evaluated from
+    scratch. (llama.cpp rounds a prompt evaluated in one batch slightly differently from one
+    whose last token is evaluated alone, and a random adapter's greedy answer may turn on
+    such a difference: exact comparisons are between prompts evaluated alike.)
+    """
+    await llama.switch_adapter(str(adapter_dir / "first.gguf"))
+    await answer(llama, adapter=NO_ADAPTER)
+    return llama
+
+
+async def answer(backend: LlamaCppBackend, **params: object) -> str:
+    sampling = dataclasses.replace(backend.settings.sampling(), **params)
+    return "".join([chunk.text async for chunk in backend.stream(QUESTION, sampling, threading.Event())])
+
+
+# -- applying and switching ------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_lora_path_is_active_from_the_start_and_changes_the_answer(first_active, adapter_dir, fresh):
+    assert first_active.active_adapter == str(adapter_dir / "first.gguf")
+    assert first_active.adapters == {
+        "second": str(adapter_dir / "second.gguf"),
+        "third": str(adapter_dir / "third.gguf"),
+    }
+    assert await answer(first_active) == fresh["first"] != fresh[NO_ADAPTER]
+
+
+@pytest.mark.model
+async def test_switching_to_no_adapter_gives_exactly_the_base_answer(first_active, fresh):
+    note = await first_active.switch_adapter(None)
+    assert "base model" in note and first_active.active_adapter is None
+    assert await answer(first_active) == fresh[NO_ADAPTER]
+    await first_active.switch_adapter(str(first_active.settings.lora_path))
+    assert await answer(first_active) == fresh["first"]
+    await first_active.switch_adapter(NO_ADAPTER)
+    assert first_active.active_adapter is None
+    assert await answer(first_active) == fresh[NO_ADAPTER]
+
+
+@pytest.mark.model
+async def test_switching_to_a_named_adapter(first_active, fresh):
+    assert await answer(first_active) == fresh["first"]
+    note = await first_active.switch_adapter("second")
+    assert note == "backend now answers with adapter second"
+    assert first_active.active_adapter == "second"
+    assert await answer(first_active) == fresh["second"]
+
+
+@pytest.mark.model
+async def test_each_request_may_name_its_adapter(first_active, fresh):
+    assert await answer(first_active, adapter="third") == fresh["third"]
+    assert await answer(first_active, adapter=NO_ADAPTER) == fresh[NO_ADAPTER]
+    assert await answer(first_active, adapter=None) == fresh["first"]  # None: the active adapter
+    assert first_active.active_adapter == str(first_active.settings.lora_path)  # requests switch nothing
+
+
+@pytest.mark.model
+async def test_a_prompt_evaluated_under_one_adapter_is_not_reused_under_another(first_active, fresh):
+    # llama-cpp-python keeps the last prompt's evaluated tokens and reuses them for a
+    # prompt that starts the same way; across a switch that would mix two adapters.
+    for adapter in ["second", "third", "second", NO_ADAPTER, "third", None]:
+        assert await answer(first_active, adapter=adapter) == fresh[adapter or "first"], adapter
+
+
+@pytest.mark.model
+async def test_an_adapter_file_can_be_switched_to_by_path_at_run_time(first_active, adapter_dir, fresh):
+    for tensor_type in ("f16", "bf16"):  # llama.cpp takes half-precision adapters too
+        path = str(adapter_dir / f"second.{tensor_type}.gguf")
+        assert await first_active.switch_adapter(path) == f"backend now answers with adapter {path}"
+        assert first_active.active_adapter == path
+        assert await answer(first_active) != fresh[NO_ADAPTER]
+    await first_active.switch_adapter(str(adapter_dir / "second.gguf"))  # the file "second" was loaded from
+    assert await answer(first_active) == fresh["second"]
+
+
+@pytest.mark.model
+async def test_lora_scale_applies_from_the_next_generation(first_active, fresh):
+    settings = first_active.settings
+    try:
+        # What /reload does with a new lora_scale: the backend's settings are replaced.
+        first_active.settings = settings.model_copy(update={"lora_scale": 0.0})
+        assert await answer(first_active) == fresh[NO_ADAPTER]
+    finally:
+        first_active.settings = settings
+    assert await answer(first_active) == fresh["first"]
+
+
+@pytest.mark.model
+async def test_the_bot_records_which_adapter_answered_and_an_admin_switches_it(make_bot, adapter_dir):
+    replies: list[Reply] = []
+
+    class Record:
+        @hookimpl
+        def botkit_after_reply(self, reply):
+            replies.append(reply)
+
+    first = str(adapter_dir / "first.gguf")
+    config = {
+        "backend": {
+            "type": "llamacpp",
+            **GREEDY,
+            "lora_path": first,
+            "adapters": {"second": str(adapter_dir / "second.gguf")},
+        },
+        "overrides": {"test:support": {"adapter": "second"}},
+    }
+    async with make_bot(config, plugins={"record": Record()}) as bot:
+        in_support = await bot.chat.say("What is the capital of France?", channel="support")
+        elsewhere = await bot.chat.say("What is the capital of France?", channel="general")
+        switched = await bot.chat.say("/adapter none", user="admin")
+        base = await bot.chat.say("What is the capital of France?", channel="random")
+        assert bot.backend.active_adapter is None
+    assert "base model" in switched.texts[0]
+    assert [reply.adapter for reply in replies] == ["second", first, None]
+    assert all(reply.status is ReplyStatus.COMPLETED for reply in replies)
+    assert len({in_support.final, elsewhere.final, base.final}) == 3
+    assert "Paris" in base.final
+
+
+# -- refusing what does not fit ---------------------------------------------------
+
+
+async def test_a_missing_lora_path_names_the_setting(tmp_path):
+    missing = tmp_path / "adapters" / "support.gguf"
+    backend = LlamaCppBackend(LlamaCppSettings(lora_path=missing))
+    with pytest.raises(AdapterError) as raised:
+        await backend.start()
+    assert "[backend] lora_path" in str(raised.value) and str(missing) in str(raised.value)
+
+
+async def test_a_missing_named_adapter_names_its_key(tmp_path):
+    missing = tmp_path / "support.gguf"
+    with pytest.raises(AdapterError, match=r"\[backend\] adapters\.support: .*support\.gguf does not exist"):
+        await LlamaCppBackend(LlamaCppSettings(adapters={"support": missing})).start()
+
+
+@pytest.mark.model
+async def test_a_file_that_is_not_gguf_is_refused(first_active, tmp_path):
+    text = tmp_path / "adapter.gguf"
+    text.write_text("not an adapter\n")
+    with pytest.raises(AdapterError, match="is not a GGUF LoRA adapter"):
+        await first_active.switch_adapter(str(text))
+    assert first_active.active_adapter == str(first_active.settings.lora_path)  # the switch did not happen
+
+
+@pytest.mark.model
+async def test_a_model_file_is_not_an_adapter(first_active):
+    with pytest.raises(AdapterError) as raised:
+        await first_active.switch_adapter(str(embedded_model_path()))
+    assert "is a GGUF model file, not a LoRA adapter" in str(raised.value)
+
+
+@pytest.mark.model
+async def test_a_cut_off_adapter_is_refused(first_active, adapter_dir, tmp_path):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes((adapter_dir / "second.gguf").read_bytes()[:5000])
+    with pytest.raises(AdapterError, match="cut off"):
+        await first_active.switch_adapter(str(cut))
+
+
+def foreign_adapter(path: Path, smol_shapes, **changes: object) -> Path:
+    values = {
+        "architecture": "llama",
+        "alpha": 4,
+        "tensors": random_lora(smol_shapes, 5),
+        "base_model": SMOL_NAME,
+        **changes,
+    }
+    return write_lora_gguf(path, **values)
+
+
+@pytest.mark.model
+async def test_an_adapter_of_another_architecture_names_both_models(first_active, smol_shapes, tmp_path):
+    path = foreign_adapter(
+        tmp_path / "qwen.gguf", smol_shapes, architecture="qwen2", base_model="Qwen2.5 0.5B"
+    )
+    with pytest.raises(AdapterError) as raised:
+        await first_active.switch_adapter(str(path))
+    message = str(raised.value)
+    assert f"adapter {path}: {path} was made for base model 'Qwen2.5 0.5B' (architecture 'qwen2')" in message
+    assert f"not for the loaded model '{SMOL_NAME}' (SmolLM2-135M-Instruct.Q4_1.gguf)" in message
+
+
+@pytest.mark.model
+async def test_an_adapter_with_other_layer_shapes_names_both_models(first_active, tmp_path):
+    # SmolLM2-360M: hidden size 960 (15 heads of 64, 5 KV heads), 2560 in the MLP, 32 layers.
+    shapes = {}
+    for layer in range(32):
+        shapes[f"blk.{layer}.attn_q.weight"] = (960, 960)
+        shapes[f"blk.{layer}.attn_k.weight"] = (960, 320)
+        shapes[f"blk.{layer}.ffn_down.weight"] = (2560, 960)
+    path = foreign_adapter(tmp_path / "360m.gguf", shapes, base_model="SmolLM2 360M")
+    with pytest.raises(AdapterError) as raised:
+        await first_active.switch_adapter(str(path))
+    message = str(raised.value)
+    assert f"was made for base model 'SmolLM2 360M', not for the loaded model '{SMOL_NAME}'" in message
+    assert (
+        "blk.0.attn_k.weight is [576, 192] in the loaded model; lora_a [960, 4], lora_b [4, 320]" in message
+    )
+
+
+@pytest.mark.model
+async def test_an_adapter_for_another_base_model_of_the_same_shapes_is_refused(
+    first_active, smol_shapes, tmp_path
+):
+    path = foreign_adapter(tmp_path / "other.gguf", smol_shapes, base_model="SmolLM2 135M (other fine-tune)")
+    with pytest.raises(AdapterError) as raised:
+        await first_active.switch_adapter(str(path))
+    assert str(raised.value) == (
+        f"adapter {path}: {path} was made for base model 'SmolLM2 135M (other fine-tune)', not for the "
+        f"loaded model '{SMOL_NAME}' (SmolLM2-135M-Instruct.Q4_1.gguf)"
+    )
+
+
+@pytest.mark.model
+async def test_an_adapter_for_another_model_in_the_config_stops_start_up(adapter_dir, smol_shapes, tmp_path):
+    path = foreign_adapter(tmp_path / "other.gguf", smol_shapes, base_model="Another Model")
+    backend = LlamaCppBackend(
+        LlamaCppSettings(**GREEDY, adapters={"second": adapter_dir / "second.gguf", "x": path})
+    )
+    with pytest.raises(AdapterError) as raised:
+        await backend.start()
+    assert str(raised.value).startswith(
+        f"[backend] adapters.x: {path} was made for base model 'Another Model'"
+    )
+
+
+@pytest.mark.model
+async def test_unknown_adapter_names_are_refused_with_the_known_ones(first_active):
+    with pytest.raises(AdapterError) as raised:
+        await first_active.switch_adapter("support")
+    assert str(raised.value) == (
+        "no adapter 'support': not a name in [backend] adapters (it has: second, third), nor an adapter file"
+    )
+    with pytest.raises(
+        AdapterError, match=r"no adapter 'support' in \[backend\] adapters \(it has: second, third\)"
+    ):
+        await answer(first_active, adapter="support")
+
+
+def test_none_cannot_name_an_adapter():
+    with pytest.raises(ValidationError, match="'none' cannot name an adapter"):
+        LlamaCppSettings(adapters={"none": "x.gguf"})
+
+
+# -- the file format ----------------------------------------------------------------
+
+
+def test_the_header_reader_agrees_with_the_gguf_package():
+    from gguf import GGUFReader
+
+    path = embedded_model_path()
+    ours = read_gguf_header(path)
+    theirs = GGUFReader(path)
+    assert ours.tensors == {tensor.name: tuple(int(n) for n in tensor.shape) for tensor in theirs.tensors}
+    scalars = {key: field.contents() for key, field in theirs.fields.items() if not key.startswith("GGUF.")}
+    scalars = {key: value for key, value in scalars.items() if not isinstance(value, list)}
+    assert ours.metadata.keys() == scalars.keys()
+    for key, value in scalars.items():
+        assert (
+            ours.metadata[key] == pytest.approx(value)
+            if isinstance(value, float)
+            else ours.metadata[key] == value
+        )
+    assert ours.metadata["llama.block_count"] == 30 and ours.metadata["general.name"] == SMOL_NAME
+
+
+def test_the_written_file_is_a_llama_cpp_lora_adapter(tmp_path):
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)  # rank 2, 4 inputs
+    b = np.arange(6, dtype=np.float32).reshape(3, 2)  # 3 outputs
+    path = write_lora_gguf(
+        tmp_path / "tiny.gguf",
+        architecture="llama",
+        alpha=16,
+        tensors={"blk.0.attn_q.weight": (a, b)},
+        base_model="Tiny",
+        tensor_type="f16",
+    )
+    reader = GGUFReader(path)
+    fields = {key: field.contents() for key, field in reader.fields.items()}
+    assert fields["general.type"] == "adapter" and fields["adapter.type"] == "lora"
+    assert fields["adapter.lora.alpha"] == 16.0 and fields["general.architecture"] == "llama"
+    assert fields[BASE_MODEL_KEY] == "Tiny" and fields["general.base_model.0.name"] == "Tiny"
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    assert set(tensors) == {"blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b"}
+    lora_a, lora_b = tensors["blk.0.attn_q.weight.lora_a"], tensors["blk.0.attn_q.weight.lora_b"]
+    assert list(lora_a.shape) == [4, 2] and list(lora_b.shape) == [2, 3]  # GGUF order: n_in first
+    assert lora_a.tensor_type == GGMLQuantizationType.F16
+    assert np.array_equal(np.asarray(lora_a.data).reshape(2, 4), a)
+    assert np.array_equal(np.asarray(lora_b.data).reshape(3, 2), b)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_writer_refuses_what_llama_cpp_could_not_use(tmp_path):
+    a, b = np.ones((2, 4), np.float32), np.ones((3, 2), np.float32)
+    values = {"architecture": "llama", "alpha": 8, "base_model": "Tiny"}
+    with pytest.raises(AdapterError, match=r"A must be \(rank, n_in\) and B \(n_out, rank\)"):
+        write_lora_gguf(tmp_path / "x.gguf", tensors={"blk.0.attn_q.weight": (a, b.T)}, **values)
+    with pytest.raises(AdapterError, match="NaN"):
+        write_lora_gguf(tmp_path / "x.gguf", tensors={"blk.0.attn_q.weight": (a * np.nan, b)}, **values)
+    with pytest.raises(AdapterError, match="not a weight's GGUF name"):
+        write_lora_gguf(tmp_path / "x.gguf", tensors={"model.layers.0.self_attn.q_proj": (a, b)}, **values)
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_peft_names_map_to_llama_cpp_tensors():
+    assert gguf_tensor_name("base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight") == (
+        "blk.3.attn_q.weight",
+        "a",
+    )
+    expected = {
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    for module, tensor in expected.items():
+        assert gguf_tensor_name(f"base_model.model.model.layers.12.{module}.lora_B.weight") == (
+            f"blk.12.{tensor}.weight",
+            "b",
+        )
+    with pytest.raises(AdapterError, match="not the LoRA weight of a llama attention or MLP projection"):
+        gguf_tensor_name("base_model.model.lm_head.lora_A.weight")
+
+
+# -- a peft adapter, converted -------------------------------------------------------
+
+
+def llama_cpp_logits(model: Path, adapter: Path | None, tokens: list[int]) -> np.ndarray:
+    """llama.cpp's next-token logits after ``tokens``, with ``adapter`` applied at scale 1."""
+    from llama_cpp import Llama
+
+    extra = {"lora_path": str(adapter)} if adapter else {}
+    llama = Llama(model_path=str(model), n_ctx=256, logits_all=True, verbose=False, **extra)
+    try:
+        llama.eval(tokens)
+        return np.array(llama.scores[len(tokens) - 1])
+    finally:
+        llama.close()
+
+
+@pytest.mark.model
+@pytest.mark.filterwarnings("ignore:Could not find a config file:UserWarning")  # peft, saving beside a GGUF
+def test_a_converted_peft_adapter_gives_llama_cpp_the_logits_it_gives_transformers(tmp_path):
+    """SmolLM2 in transformers with a peft LoRA, against llama.cpp with the converted GGUF adapter.
+
+    Both read the same Q4_1 weights, so they agree up to llama.cpp's rounding. The
+    adapter uses rsLoRA and a per-module alpha; measured here, a converter that ignored
+    the alpha_pattern scores 0.97 on the change the adapter makes, one without llama.cpp's
+    q/k row permutation 0.90, this one 0.995.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model_path = embedded_model_path()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path.parent, gguf_file=model_path.name, dtype=torch.float32
+    )
+    tokens = [504, 3575, 282, 4649, 314]  # "The capital of France is"
+    with torch.no_grad():
+        base = model(torch.tensor([tokens])).logits[0, -1].numpy()
+    torch.manual_seed(0)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(
+        r=8, lora_alpha=16, target_modules=targets, use_rslora=True, alpha_pattern={"k_proj": 32}
+    )
+    tuned = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, parameter in tuned.named_parameters():
+            if "lora_" in name:
+                parameter.normal_(std=0.03)
+        expected = tuned(torch.tensor([tokens])).logits[0, -1].numpy()
+    tuned.save_pretrained(tmp_path / "peft")
+
+    adapter = convert_peft_adapter(tmp_path / "peft", tmp_path / "tuned.gguf", model_path)
+    got = llama_cpp_logits(model_path, adapter, tokens)
+    got_base = llama_cpp_logits(model_path, None, tokens)
+
+    def correlation(x: np.ndarray, y: np.ndarray) -> float:
+        return float(np.corrcoef(x, y)[0, 1])
+
+    assert correlation(expected, base) < 0.9  # the adapter changes the model's predictions a lot
+    assert correlation(got_base, base) > 0.997
+    assert correlation(got, expected) > 0.997
+    assert correlation(got - got_base, expected - base) > 0.985  # the change itself, as both make it
+
+
+def test_peft_configs_llama_cpp_cannot_hold_are_refused(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": True})
+    )
+    with pytest.raises(
+        AdapterError, match=r"adapter_config.json: llama.cpp adapters cannot hold DoRA \(use_dora\)"
+    ):
+        convert_peft_adapter(tmp_path, tmp_path / "out.gguf", embedded_model_path())
+    with pytest.raises(AdapterError, match="has no adapter_config.json"):
+        convert_peft_adapter(tmp_path / "nowhere", tmp_path / "out.gguf", embedded_model_path())
