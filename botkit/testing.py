@@ -13,12 +13,24 @@ Installed with botkit (entry point ``pytest11``); needs ``pytest-asyncio``
 ``make_bot`` builds the bot from a config mapping (as config.toml would give
 it), with the scripted backend unless the config names another, starts it, and
 always stops it afterwards. The ``bot`` fixture is ``make_bot()`` with defaults.
+
+``bot.chat`` (a ``MemoryChat``) plays a chat platform:
+
+- ``say(text, user=, channel=, thread=, dm=, roles=)`` sends a message and
+  returns the ``RecordingResponder`` once the bot has answered: ``texts``,
+  ``final``, ``status``, ``message`` (the ``Message`` sent) and ``message_ids``
+  (the ids ``finish`` gave the reply, as a platform would);
+- ``react(reply, "👍", user="bob", added=True)`` reacts to a reply (a responder
+  or a message id), as ``bot.react`` would be called by an adapter;
+- ``edit(message, "new text")`` and ``delete(message)`` change a message that
+  was sent (a responder or a ``Message``), as ``bot.message_changed``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from copy import deepcopy
@@ -28,19 +40,26 @@ import pytest
 
 from botkit.bot import Bot
 from botkit.settings import settings_from_mapping
-from botkit.types import Message, ReplyStatus, Responder, User
+from botkit.types import Message, MessageChange, Reaction, ReplyStatus, Responder, User
 
 PLATFORM = "test"
 
 
 class RecordingResponder(Responder):
-    """Keeps everything the bot sent in answer to one message."""
+    """Keeps everything the bot sent in answer to one message.
 
-    def __init__(self) -> None:
+    ``finish`` delivers the reply as ``parts`` platform messages and returns
+    their ids (``message_ids``), so that tests can react to a reply.
+    """
+
+    def __init__(self, message: Message | None = None, parts: int = 1) -> None:
+        self.message = message
+        self.parts = parts
         self.sent: list[str] = []
         self.updates: list[str] = []
         self.final: str | None = None
         self.status: ReplyStatus | None = None
+        self.message_ids: list[str] = []
         self.finished = asyncio.Event()
 
     async def send(self, text: str) -> None:
@@ -49,9 +68,11 @@ class RecordingResponder(Responder):
     async def update(self, text: str) -> None:
         self.updates.append(text)
 
-    async def finish(self, text: str, status: ReplyStatus) -> None:
+    async def finish(self, text: str, status: ReplyStatus) -> list[str]:
         self.final, self.status = text, status
+        self.message_ids = [f"reply-{uuid.uuid4().hex}" for _ in range(self.parts)]
         self.finished.set()
+        return self.message_ids
 
     @property
     def texts(self) -> list[str]:
@@ -85,15 +106,56 @@ class MemoryChat:
 
     async def say(self, text: str, **where: Any) -> RecordingResponder:
         """Send one message and wait until the bot has answered it completely."""
-        responder = RecordingResponder()
-        await self.bot.handle(self.message(text, **where), responder)
+        message = self.message(text, **where)
+        responder = RecordingResponder(message)
+        await self.bot.handle(message, responder)
         return responder
 
     def say_nowait(self, text: str, **where: Any) -> tuple[asyncio.Task[None], RecordingResponder]:
         """Send one message without waiting; await the task for the answer."""
-        responder = RecordingResponder()
-        task = asyncio.ensure_future(self.bot.handle(self.message(text, **where), responder))
+        message = self.message(text, **where)
+        responder = RecordingResponder(message)
+        task = asyncio.ensure_future(self.bot.handle(message, responder))
         return task, responder
+
+    async def react(
+        self,
+        reply: RecordingResponder | str,
+        emoji: str,
+        user: str = "alice",
+        channel: str | None = None,
+        added: bool = True,
+    ) -> None:
+        """React with ``emoji`` to a reply (its first message) or to the message with id ``reply``.
+
+        ``channel`` defaults to where the reply was sent, else "general".
+        """
+        if isinstance(reply, RecordingResponder):
+            if not reply.message_ids:
+                raise ValueError("react: that responder has no finished reply to react to")
+            message_id = reply.message_ids[0]
+            if channel is None and reply.message is not None:
+                channel = reply.message.channel_id
+        else:
+            message_id = reply
+        author = User(id=user, name=user)
+        await self.bot.react(Reaction(PLATFORM, channel or "general", message_id, author, emoji, added))
+
+    async def edit(self, message: RecordingResponder | Message, text: str) -> None:
+        """The author edits a message sent earlier (a responder stands for the message it answered)."""
+        await self.bot.message_changed(self._change(message, text))
+
+    async def delete(self, message: RecordingResponder | Message) -> None:
+        """The author deletes a message sent earlier."""
+        await self.bot.message_changed(self._change(message, None))
+
+    @staticmethod
+    def _change(message: RecordingResponder | Message, text: str | None) -> MessageChange:
+        if isinstance(message, RecordingResponder):
+            if message.message is None:
+                raise ValueError("that responder was not made by MemoryChat.say: pass the Message instead")
+            message = message.message
+        return MessageChange(message.platform, message.channel_id, message.message_id, text, message.author)
 
 
 class TestBot(Bot):

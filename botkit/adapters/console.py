@@ -1,7 +1,8 @@
 """The console adapter: chat with the bot in a terminal or through a pipe, as any user, anywhere.
 
 Lines starting with ':' steer the console itself (act as another user, as an
-admin, in another channel, thread or DM); everything else is a chat message.
+admin, in another channel, thread or DM; react to the last reply, edit or delete
+your last message); everything else is a chat message.
 With a terminal, Ctrl-C stops the reply being written and, at the prompt,
 exits; with piped input each line gets its reply and the command exits at EOF.
 """
@@ -12,6 +13,7 @@ import asyncio
 import signal
 import sys
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
@@ -19,7 +21,7 @@ from pydantic import Field
 
 from botkit import hookimpl
 from botkit.adapter import Adapter, AdapterSettings
-from botkit.types import Message, ReplyStatus, Responder, User
+from botkit.types import Message, MessageChange, Reaction, ReplyStatus, Responder, User
 
 if TYPE_CHECKING:
     from botkit.bot import Bot
@@ -35,6 +37,9 @@ Console commands:
   :thread NAME    write in thread NAME of this channel (':thread' alone leaves it)
   :dm             write in a direct message to the bot
   :who            show who and where you are
+  :react EMOJI    react to the bot's last reply (':react -EMOJI' takes it back)
+  :edit TEXT      replace your last message by TEXT
+  :delete         delete your last message
   :quit           leave (so do Ctrl-D and, at the prompt, Ctrl-C)
 Bot commands start with '/': try /help."""
 
@@ -74,6 +79,7 @@ class ConsoleResponder(Responder):
         self.speaker = speaker
         self.printed = ""
         self.started = False
+        self.reply_id: str | None = None  # the console's id of the finished reply
 
     def _write(self, text: str) -> None:
         self.out.write(text)
@@ -93,13 +99,15 @@ class ConsoleResponder(Responder):
         self._write(stable[len(self.printed) :])
         self.printed = stable
 
-    async def finish(self, text: str, status: ReplyStatus) -> None:
+    async def finish(self, text: str, status: ReplyStatus) -> list[str]:
         if not self.started:
             self._write(f"{self.speaker}> {text}\n")
         elif text.startswith(self.printed):
             self._write(text[len(self.printed) :] + "\n")
         else:
             self._write(f"\n{self.speaker}> (corrected) {text}\n")
+        self.reply_id = uuid.uuid4().hex
+        return [self.reply_id]
 
 
 class ConsoleAdapter(Adapter):
@@ -122,6 +130,8 @@ class ConsoleAdapter(Adapter):
         self._want_line = threading.Event()
         self._closed = asyncio.Event()
         self._last_message: Message | None = None
+        self._last_by_user: dict[str, Message] = {}  # for :edit and :delete
+        self._last_reply: tuple[str, str] | None = None  # (channel id, reply id), for :react
         self._replying = False
 
     def prompt(self) -> str:
@@ -199,7 +209,7 @@ class ConsoleAdapter(Adapter):
 
     async def _handle_line(self, line: str) -> None:
         if line.startswith(":"):
-            self._console_command(line[1:].strip())
+            await self._console_command(line[1:].strip())
             return
         place = self.place
         message = Message(
@@ -210,19 +220,25 @@ class ConsoleAdapter(Adapter):
             thread_id=None if place.dm else place.thread,
             is_dm=place.dm,
         )
-        self._last_message = message
+        self._last_message = self._last_by_user[place.user] = message
         self._replying = True
+        responder = ConsoleResponder(self.stdout, self.bot.settings.bot.name)
         try:
-            await self.bot.handle(message, ConsoleResponder(self.stdout, self.bot.settings.bot.name))
+            await self.bot.handle(message, responder)
         finally:
             self._replying = False
+        if responder.reply_id is not None:
+            self._last_reply = (message.channel_id, responder.reply_id)
 
-    def _console_command(self, command: str) -> None:
+    async def _console_command(self, command: str) -> None:
         name, _, arg = command.partition(" ")
         arg = arg.strip()
         place = self.place
         if name in ("as", "channel") and not arg:
             self._say(f":{name} needs a name, e.g. ':{name} alice'")
+            return
+        if name in ("react", "edit", "delete"):
+            await self._change_command(name, arg)
             return
         if name == "as":
             place.user = arg
@@ -248,6 +264,33 @@ class ConsoleAdapter(Adapter):
             self._say(f"unknown console command ':{name}'; type :help for the list")
             return
         self._say(f"now {place.describe()}")
+
+    async def _change_command(self, name: str, arg: str) -> None:
+        """:react, :edit and :delete: what a platform reports when someone reacts, edits or deletes."""
+        user = User(id=self.place.user, name=self.place.user, roles=self.place.roles)
+        if name == "react":
+            if not arg.lstrip("-"):
+                self._say(":react needs an emoji, e.g. ':react 👍' (':react -👍' takes it back)")
+            elif self._last_reply is None:
+                self._say("no reply to react to yet")
+            else:
+                channel_id, reply_id = self._last_reply
+                emoji, added = arg.removeprefix("-"), not arg.startswith("-")
+                await self.bot.react(Reaction(PLATFORM, channel_id, reply_id, user, emoji, added))
+                self._say(f"{'reacted' if added else 'took back'} {emoji} on the last reply")
+            return
+        message = self._last_by_user.get(user.id)
+        if message is None:
+            self._say(f"you ({user.id}) have no message to {name}")
+        elif name == "edit" and not arg:
+            self._say(":edit needs the new text, e.g. ':edit What is 2 + 2?'")
+        else:
+            text = arg if name == "edit" else None
+            if text is None:
+                del self._last_by_user[user.id]
+            change = MessageChange(PLATFORM, message.channel_id, message.message_id, text, user)
+            await self.bot.message_changed(change)
+            self._say("edited your last message" if text is not None else "deleted your last message")
 
     def _say(self, text: str) -> None:
         self.stdout.write(f"({text})\n" if "\n" not in text else text + "\n")

@@ -4,6 +4,8 @@ History is the newest turns of the conversation (scope: ``[bot]
 conversation_scope``) that fit ``history_tokens``, counted with the model's
 tokenizer when each message was stored. ``/reset`` starts a fresh conversation
 (history is kept in the database); ``/history`` shows what the bot remembers.
+An edited message is stored (and remembered) as edited; a deleted one loses its
+text and leaves history.
 """
 
 from __future__ import annotations
@@ -13,9 +15,22 @@ from typing import Any, Literal
 from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
 
-from botkit import Command, CommandContext, ConversationScope, Message, Prompt, Reply, Role, Turn, hookimpl
+from botkit import (
+    Command,
+    CommandContext,
+    ConversationScope,
+    Message,
+    MessageChange,
+    Prompt,
+    Reply,
+    Role,
+    Turn,
+    hookimpl,
+)
 
+from .changes import change_key, change_record
 from .spool import Spool
 from .store import MemoryStore, StoredTurn, utcnow
 
@@ -172,9 +187,41 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
                 "latency_ms": round(reply.latency_s * 1000),
                 "at": utcnow().isoformat(),
                 "tokens": await bot.backend.count_text(reply.text),
+                "adapter": reply.adapter,
+                "message_ids": list(reply.platform_message_ids),
             },
         }
     )
+
+
+@hookimpl
+async def botkit_message_changed(change: MessageChange, bot):
+    store = _stores.get(bot)
+    if store is None:
+        return
+    text = None if change.text is None else readable(change.text)
+    tokens = 0 if text is None else await bot.backend.count_text(text)
+    record = change_record(
+        change.platform, change.channel_id, change.message_id, text, tokens, utcnow().isoformat()
+    )
+    # Queued like every write, so that it lands after the message's own row even while that
+    # row is still pending or spooled; reads apply it meanwhile.
+    store.add(record)
+    try:
+        scope_key = await store.conversation_of(change_key(record))
+    except (SQLAlchemyError, OSError):
+        scope_key = None  # unknown: every cached history is dropped
+        store.forget_conversation(None)
+    if scope_key is not None:
+        store.forget_conversation(scope_key)
+
+
+def readable(text: str) -> str:
+    """An edit's text without what no database stores faithfully (NUL, broken Unicode).
+
+    The pipeline refuses a message containing them; an edit cannot be refused.
+    """
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 @hookimpl

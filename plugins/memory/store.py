@@ -17,6 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from botkit.storage import ConversationRecord, Database, MessageRecord, user_id_for, utcnow
 
+from .changes import (
+    MessageKey,
+    RememberedChanges,
+    change_statement,
+    exchange_key,
+    latest_changes,
+    patch_exchange,
+    patch_pending,
+)
 from .spool import Spool
 
 log = logging.getLogger("botkit.plugins.memory")
@@ -40,10 +49,13 @@ class StoredTurn:
 
 
 def turns_of(record: dict[str, Any]) -> list[StoredTurn]:
-    """The history turns a pending exchange contributes (a failed or blocked reply is not history)."""
+    """The history turns a pending exchange contributes (not a deleted message, a failed or blocked reply)."""
     if record["kind"] != "exchange":
         return []
-    turns = [StoredTurn("user", record["user"]["text"], record["user"]["speaker"], record["user"]["tokens"])]
+    user = record["user"]
+    turns: list[StoredTurn] = []
+    if not user.get("deleted_at"):
+        turns.append(StoredTurn("user", user["text"], user["speaker"], user["tokens"]))
     reply = record.get("reply")
     if reply is not None and reply["status"] == "completed":
         turns.append(StoredTurn("assistant", reply["text"], None, reply["tokens"]))
@@ -51,7 +63,7 @@ def turns_of(record: dict[str, Any]) -> list[StoredTurn]:
 
 
 class MemoryStore:
-    """The ordered write queue (exchanges and resets) in front of the database.
+    """The ordered write queue (exchanges, resets, edits and deletions) in front of the database.
 
     Records are written in arrival order by one writer task. While the database
     is unreachable they wait here and in the on-disk spool, and reads merge them
@@ -81,6 +93,9 @@ class MemoryStore:
         self._idle.set()
         self._writer: asyncio.Task[None] | None = None
         self._users: dict[tuple[str, str], int] = {}
+        self._remembered = RememberedChanges()
+        # Counts changes added: a history read that overlapped one does not go into the cache.
+        self._changes_added = 0
         self.outage = False
         self.lost = 0
 
@@ -118,12 +133,21 @@ class MemoryStore:
 
     def add(self, record: dict[str, Any]) -> None:
         record.setdefault("id", uuid.uuid4().hex)
-        cached = self._cache.get(record["scope_key"])
-        if cached is not None:
-            if record["kind"] == "reset":
-                cached.turns.clear()
-            else:
-                cached.turns.extend(turns_of(record))
+        if record["kind"] == "change":
+            self._changes_added += 1
+            self._remembered.remember(record)
+            self._patch_pending(record)
+        else:
+            if record["kind"] == "exchange":
+                early = self._remembered.take(exchange_key(record))
+                if early is not None:
+                    patch_exchange(record, early)
+            cached = self._cache.get(record["scope_key"])
+            if cached is not None:
+                if record["kind"] == "reset":
+                    cached.turns.clear()
+                else:
+                    cached.turns.extend(turns_of(record))
         if len(self.pending) >= self.max_pending:
             dropped = self.pending.popleft()
             self._spooled.discard(dropped["id"])
@@ -132,6 +156,18 @@ class MemoryStore:
         self.pending.append(record)
         self._idle.clear()
         self._wake.set()
+
+    def _patch_pending(self, change: dict[str, Any]) -> None:
+        """Apply an edit or deletion to its message's exchange if that is still pending."""
+        patched = patch_pending(self.pending, change)
+        for record in patched:
+            self._cache.pop(record["scope_key"], None)
+        if any(record["id"] in self._spooled for record in patched):
+            # The spool must not keep the text the author changed or deleted.
+            try:
+                self.spool.rewrite([r for r in self.pending if r["id"] in self._spooled])
+            except OSError as error:
+                log.error("memory: cannot rewrite the spool %s: %s", self.spool.path, error.strerror)
 
     async def _write_forever(self) -> None:
         delay = 0.05
@@ -190,6 +226,12 @@ class MemoryStore:
             rows: list[dict[str, Any]] = []
             replies: list[tuple[int, int]] = []  # (row of the reply, row of its question)
             for record in batch:
+                if record["kind"] == "change":
+                    # The message's own row may be in this batch: write what comes before first.
+                    await self._insert_messages(session, rows, replies)
+                    rows, replies = [], []
+                    await session.execute(change_statement(record))
+                    continue
                 if record["kind"] == "reset":
                     await session.execute(
                         update(ConversationRecord)
@@ -277,6 +319,29 @@ class MemoryStore:
         self._cache.clear()
         self._users.clear()
 
+    def forget_conversation(self, scope_key: str | None) -> None:
+        """Drop one conversation's cached history; ``None`` (unknown): drop every one."""
+        if scope_key is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(scope_key, None)
+
+    async def conversation_of(self, key: MessageKey) -> str | None:
+        """The scope key of the conversation holding a stored user message (None if not stored)."""
+        platform, channel_id, message_id = key
+        async with self.db.sessions() as session:
+            return await session.scalar(
+                select(ConversationRecord.scope_key)
+                .join(MessageRecord, MessageRecord.conversation_id == ConversationRecord.id)
+                .where(
+                    MessageRecord.platform == platform,
+                    MessageRecord.platform_message_id == message_id,
+                    MessageRecord.channel_id == channel_id,
+                    MessageRecord.role == "user",
+                )
+                .limit(1)
+            )
+
     async def history(self, scope_key: str, max_turns: int) -> list[StoredTurn]:
         """The conversation's turns, oldest first: the database's newest ``max_turns`` plus pending ones.
 
@@ -287,6 +352,7 @@ class MemoryStore:
         if max_turns <= 0:
             return []
         now = time.monotonic()
+        changes_before = self._changes_added
         cached = self._cache.get(scope_key)
         if (
             cached is not None
@@ -296,7 +362,7 @@ class MemoryStore:
             self._cache.move_to_end(scope_key)
             return list(cached.turns)
         turns, complete = await self._read(scope_key, max_turns)
-        if complete and self.cache_seconds > 0:
+        if complete and self.cache_seconds > 0 and changes_before == self._changes_added:
             self._cache[scope_key] = CachedHistory(deque(turns, maxlen=max_turns), now)
             self._cache.move_to_end(scope_key)
             while len(self._cache) > CACHED_CONVERSATIONS:
@@ -312,14 +378,15 @@ class MemoryStore:
         complete = True
         captured: list[dict[str, Any]] = []
         reset_pending = False
+        changes = latest_changes(list(self.pending))
         for record in self.pending:
-            if record["scope_key"] != scope_key:
+            if record.get("scope_key") != scope_key:
                 continue
             if record["kind"] == "reset":
                 captured, reset_pending = [], True
             else:
                 captured.append(record)
-        stored: list[tuple[str | None, StoredTurn]] = []
+        stored: list[tuple[MessageKey | None, StoredTurn]] = []
         if not reset_pending:
             try:
                 stored = await self._load(scope_key, max_turns)
@@ -328,21 +395,30 @@ class MemoryStore:
                     "memory: cannot read history (%s); answering with what is pending", type(error).__name__
                 )
                 complete = False
-        seen = {message_id for message_id, _ in stored if message_id is not None}
-        turns = [turn for _, turn in stored]
+        seen = {key for key, _ in stored if key is not None}
+        turns: list[StoredTurn] = []
+        for key, turn in stored:
+            change = changes.get(key) if key is not None else None  # edits waiting for the writer
+            if change is None:
+                turns.append(turn)
+            elif change["text"] is not None:
+                turns.append(StoredTurn(turn.role, change["text"], turn.speaker, change["tokens"]))
         for record in captured:
-            if record["user"]["message_id"] not in seen:
+            if exchange_key(record) not in seen:
                 turns.extend(turns_of(record))
         return turns[-max_turns:], complete
 
-    async def _load(self, scope_key: str, limit: int) -> list[tuple[str | None, StoredTurn]]:
-        """``(platform message id of user turns, turn)`` pairs, oldest first."""
+    async def _load(self, scope_key: str, limit: int) -> list[tuple[MessageKey | None, StoredTurn]]:
+        """``(key of user turns' messages, turn)`` pairs, oldest first."""
         async with self.db.sessions() as session:
             result = await session.execute(HISTORY_QUERY, {"scope_key": scope_key, "limit": limit})
             rows = result.all()
         return [
-            (message_id if role == "user" else None, StoredTurn(role, text, speaker, token_count))
-            for role, text, speaker, token_count, status, message_id in reversed(rows)
+            (
+                (platform, channel_id, message_id) if role == "user" else None,
+                StoredTurn(role, text, speaker, token_count),
+            )
+            for role, text, speaker, token_count, status, platform, channel_id, message_id in reversed(rows)
             if role == "user" or status == "completed"
         ]
 
@@ -362,6 +438,8 @@ HISTORY_QUERY = (
         MessageRecord.speaker,
         MessageRecord.token_count,
         MessageRecord.status,
+        MessageRecord.platform,
+        MessageRecord.channel_id,
         MessageRecord.platform_message_id,
     )
     .where(MessageRecord.conversation_id == _ACTIVE_CONVERSATION, MessageRecord.deleted_at.is_(None))
@@ -372,6 +450,10 @@ HISTORY_QUERY = (
 
 def _time(value: str | datetime) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def _maybe_time(value: str | None) -> datetime | None:
+    return None if value is None else _time(value)
 
 
 def _exchange_rows(
@@ -387,7 +469,6 @@ def _exchange_rows(
         "platform": record["platform"],
         "channel_id": record["channel_id"],
         "thread_id": record["thread_id"],
-        "adapter": record.get("adapter"),
         "reply_to_id": None,
     }
     question = {
@@ -402,14 +483,20 @@ def _exchange_rows(
         "token_count": user["tokens"],
         "backend": None,
         "model": None,
+        "adapter": None,
         "prompt_tokens": None,
         "completion_tokens": None,
         "latency_ms": None,
         "status": None,
+        "flags": {},
+        "edited_at": _maybe_time(user.get("edited_at")),
+        "deleted_at": _maybe_time(user.get("deleted_at")),
     }
     reply = record.get("reply")
     if reply is None:
         return question, None
+    # A reply split over several platform messages: the first is the row's id, every one in flags.
+    delivered = reply.get("message_ids") or []
     answer = {
         **common,
         "user_id": None,
@@ -417,15 +504,19 @@ def _exchange_rows(
         "text": reply["text"],
         "speaker": None,
         "author_id": None,
-        "platform_message_id": None,
+        "platform_message_id": delivered[0] if delivered else None,
         "created_at": _time(reply["at"]),
         "token_count": reply["tokens"],
         "backend": reply["backend"],
         "model": reply["model"],
+        "adapter": reply.get("adapter"),
         "prompt_tokens": reply["prompt_tokens"],
         "completion_tokens": reply["completion_tokens"],
         "latency_ms": reply["latency_ms"],
         "status": reply["status"],
+        "flags": {"platform_message_ids": delivered} if len(delivered) > 1 else {},
+        "edited_at": None,
+        "deleted_at": None,
     }
     return question, answer
 
