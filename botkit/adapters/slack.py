@@ -1,0 +1,329 @@
+"""The Slack adapter: slack-bolt (async) in Socket Mode or behind the HTTP Events API; it only translates.
+
+It answers mentions (``app_mention``) and direct messages (``message.im``),
+always in a thread; called into the middle of a thread it reads the thread
+first (``conversations.replies``) and hands the messages the bot has not seen
+to the core as ``Message.thread_context``. Slash commands are acknowledged at
+once and answered afterwards. Reactions go to ``bot.react``; edits and
+deletions in DMs to ``bot.message_changed``. A redelivered event (Slack's
+retries, ``X-Slack-Retry-Num``) is answered once, by its ``event_id``.
+Tokens and the signing secret come only from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from botkit import hookimpl
+from botkit.adapter import Adapter, AdapterSettings
+from botkit.adapters.slack_messages import (
+    PLATFORM,
+    SlackResponder,
+    SlackTranslator,
+    escape_mrkdwn,
+    is_from_a_bot,
+)
+from botkit.errors import PlatformError
+from botkit.settings import env_name
+
+if TYPE_CHECKING:
+    from botkit.bot import Bot
+
+log = logging.getLogger("botkit.adapters.slack")
+
+# Longest wait at shutdown for acknowledged events that have not reached the pipeline yet.
+PREPARE_TIMEOUT = 10.0
+SLASH_NAME = r"^/[a-z0-9_.-]{1,31}$"
+
+
+class SlackSettings(AdapterSettings):
+    """``[adapters.slack]``."""
+
+    enabled: bool = Field(False, description="whether `botkit run` starts the Slack adapter")
+    mode: Literal["socket", "http"] = Field("socket", description="'socket': Socket Mode; 'http': Events API")
+    # Secrets, from the environment only: BOTKIT_ADAPTERS__SLACK__BOT_TOKEN, __APP_TOKEN, __SIGNING_SECRET.
+    bot_token: SecretStr | None = Field(None, description="Bot User OAuth Token (xoxb-...)")
+    app_token: SecretStr | None = Field(None, description="mode 'socket': an app-level token (xapp-...)")
+    signing_secret: SecretStr | None = Field(None, description="mode 'http': the app's Signing Secret")
+    api_url: str = Field("https://slack.com/api/", description="Web API root (a proxy's, a test server's)")
+    host: str = Field("0.0.0.0", description="mode 'http': the address the events endpoint listens on")
+    port: int = Field(3000, ge=0, le=65535, description="mode 'http': its port (0: any free port)")
+    path: str = Field("/slack/events", pattern=r"^/", description="mode 'http': its path (Request URL)")
+    edit_interval: float = Field(1.0, gt=0, description="seconds between edits of a streamed reply")
+    message_limit: int = Field(
+        4000, ge=100, le=40000, description="longest message in characters; longer replies continue in more"
+    )
+    thread_messages: int = Field(
+        50, ge=0, description="most earlier thread messages read when mentioned mid-thread (0: none)"
+    )
+    ask_command: str = Field("/ask", pattern=SLASH_NAME, description="slash command whose text is a question")
+    command: str = Field(
+        "/botkit", pattern=SLASH_NAME, description="slash command that runs a bot command: '/botkit reset'"
+    )
+    rate_limit_retries: int = Field(10, ge=0, description="times one Web API call waits out a 429")
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_root_ends_with_a_slash(cls, value: str) -> str:
+        # slack_sdk appends the method name ("chat.postMessage") to this root.
+        return value if value.endswith("/") else value + "/"
+
+    @model_validator(mode="after")
+    def _credentials_for_the_mode(self) -> SlackSettings:
+        if not self.enabled:
+            return self
+        if not _installed("slack_bolt"):
+            raise PydanticCustomError(
+                "slack", "the Slack adapter needs slack-bolt: pip install 'botkit[slack]'"
+            )
+        needed = [("bot_token", "xoxb-", "the app's Bot User OAuth Token")]
+        if self.mode == "socket":
+            needed.append(("app_token", "xapp-", "an app-level token with the connections:write scope"))
+        else:
+            needed.append(("signing_secret", "", "the app's Signing Secret"))
+        for name, prefix, what in needed:
+            value: SecretStr | None = getattr(self, name)
+            variable = env_name(("adapters", PLATFORM, name))
+            if value is None or not value.get_secret_value().strip():
+                raise PydanticCustomError(
+                    "slack", f"mode '{self.mode}' needs {what}: set the environment variable {variable}"
+                )
+            if not value.get_secret_value().startswith(prefix):
+                raise PydanticCustomError(
+                    "slack", f"{variable} does not hold {what}, which starts with '{prefix}'"
+                )
+        return self
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ImportError:
+        return False
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+class SlackAdapter(Adapter):
+    """Connects one Slack app (one workspace) to the bot."""
+
+    name = PLATFORM
+    settings: SlackSettings
+
+    def __init__(self, bot: Bot, settings: SlackSettings) -> None:
+        super().__init__(bot, settings)
+        self.client: Any = None
+        self.slack: SlackTranslator  # set in run(), once the bot's own user id is known
+        self.http_port: int | None = None  # mode 'http': the port it listens on, once started
+        self.connected = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._preparing: set[asyncio.Future[None]] = set()
+
+    async def run(self) -> None:
+        from slack_bolt.async_app import AsyncApp
+        from slack_sdk.http_retry.builtin_async_handlers import (
+            AsyncConnectionErrorRetryHandler,
+            AsyncRateLimitErrorRetryHandler,
+        )
+        from slack_sdk.web.async_client import AsyncWebClient
+
+        settings = self.settings
+        self.client = AsyncWebClient(
+            token=_secret(settings.bot_token),
+            base_url=settings.api_url,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                AsyncRateLimitErrorRetryHandler(max_retry_count=settings.rate_limit_retries),
+            ],
+        )
+        self.slack = SlackTranslator(self.client, await self._identify())
+        app = AsyncApp(client=self.client, signing_secret=_secret(settings.signing_secret), name="botkit")
+        app.event("app_mention")(self._on_mention)
+        app.event("message")(self._on_message)
+        app.event("reaction_added")(self._on_reaction)
+        app.event("reaction_removed")(self._on_reaction)
+        app.command(re.compile(r"^/"))(self._on_command)
+        if settings.mode == "socket":
+            await self._serve_socket(app)
+        else:
+            await self._serve_http(app)
+        if self._preparing:
+            await asyncio.wait(set(self._preparing), timeout=PREPARE_TIMEOUT)
+
+    async def close(self) -> None:
+        self._closed.set()
+
+    async def _identify(self) -> str:
+        """The bot's own user id (``auth.test``); a refused token stops start-up with what to set."""
+        from slack_sdk.errors import SlackApiError
+
+        try:
+            identity = await self.client.auth_test()
+        except SlackApiError as error:
+            raise PlatformError(
+                f"Slack refused the bot token ({error.response.get('error')}): check "
+                f"{env_name(('adapters', PLATFORM, 'bot_token'))}"
+            ) from None
+        except OSError as error:  # aiohttp's connection errors are OSErrors
+            raise PlatformError(
+                f"cannot reach Slack at [adapters.slack] api_url {self.settings.api_url}: {error}"
+            ) from None
+        return str(identity["user_id"])
+
+    async def _serve_socket(self, app: Any) -> None:
+        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+        from slack_sdk.errors import SlackApiError
+
+        app_token = _secret(self.settings.app_token)
+        try:
+            # Asked here, not only by the handler (which retries forever), so a bad token stops start-up.
+            url = (await self.client.apps_connections_open(app_token=app_token))["url"]
+        except SlackApiError as error:
+            raise PlatformError(
+                f"Slack refused the app token ({error.response.get('error')}): check "
+                f"{env_name(('adapters', PLATFORM, 'app_token'))} (an xapp- token with connections:write)"
+            ) from None
+        handler = AsyncSocketModeHandler(app, app_token=app_token, web_client=self.client)
+        handler.client.wss_uri = url
+        try:
+            await handler.connect_async()
+            log.info("slack: connected in Socket Mode as %s", self.slack.bot_user_id)
+            self.connected.set()
+            await self._closed.wait()
+        finally:
+            await handler.close_async()
+
+    async def _serve_http(self, app: Any) -> None:
+        from aiohttp import web
+        from slack_bolt.app.async_server import AsyncSlackAppServer
+
+        settings = self.settings
+        server = AsyncSlackAppServer(port=settings.port, path=settings.path, app=app, host=settings.host)
+        runner = web.AppRunner(server.web_app, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.host, settings.port)
+            try:
+                await site.start()
+            except OSError as error:
+                raise PlatformError(
+                    f"[adapters.slack] cannot listen on {settings.host}:{settings.port}: {error}"
+                ) from None
+            self.http_port = runner.addresses[0][1]
+            log.info(
+                "slack: Events API endpoint on http://%s:%d%s", settings.host, self.http_port, settings.path
+            )
+            self.connected.set()
+            await self._closed.wait()
+        finally:
+            await runner.cleanup()
+
+    @contextlib.contextmanager
+    def _preparing_message(self) -> Iterator[None]:
+        """Marks an acknowledged event on its way to the pipeline, which shutdown waits for."""
+        future = asyncio.get_running_loop().create_future()
+        self._preparing.add(future)
+        try:
+            yield
+        finally:
+            future.set_result(None)
+            self._preparing.discard(future)
+
+    def _first(self, body: dict[str, Any]) -> bool:
+        event_id = body.get("event_id")
+        return event_id is None or self.bot.first_delivery(PLATFORM, str(event_id))
+
+    def _responder(self, channel: str, thread_ts: str | None, **options: Any) -> SlackResponder:
+        settings = self.settings
+        return SlackResponder(
+            self.client,
+            channel,
+            thread_ts,
+            limit=settings.message_limit,
+            interval=settings.edit_interval,
+            **options,
+        )
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        # A mention in a DM also arrives as message.im, which answers it.
+        in_dm = event.get("channel_type") == "im" or str(event.get("channel", "")).startswith("D")
+        if is_from_a_bot(event) or in_dm or not self._first(body):
+            return
+        await self._answer(event, is_dm=False)
+
+    async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        subtype = event.get("subtype")
+        if subtype in ("message_changed", "message_deleted"):
+            if self._first(body):
+                await self._on_change(event)
+            return
+        if subtype is not None or is_from_a_bot(event) or event.get("channel_type") != "im":
+            return
+        if self._first(body):
+            await self._answer(event, is_dm=True)
+
+    async def _answer(self, event: dict[str, Any], *, is_dm: bool) -> None:
+        with self._preparing_message():
+            message = await self.slack.message(
+                event, is_dm=is_dm, thread_messages=self.settings.thread_messages
+            )
+        await self.bot.handle(message, self._responder(message.channel_id, message.thread_id))
+
+    async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        if (event.get("item") or {}).get("type") == "message" and self._first(body):
+            await self.bot.react(await self.slack.reaction(event))
+
+    async def _on_change(self, event: dict[str, Any]) -> None:
+        change = await self.slack.change(event)
+        if change is not None:
+            await self.bot.message_changed(change)
+
+    # --- slash commands -------------------------------------------------------------------
+
+    async def _on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
+        await ack()  # within Slack's 3 seconds; the answer follows
+        from slack_sdk.errors import SlackApiError
+
+        async def notify(text: str) -> None:
+            await respond(text=escape_mrkdwn(text), response_type="ephemeral")
+
+        with self._preparing_message():
+            channel, question = command["channel_id"], (command.get("text") or "").strip()
+            if command["command"] != self.settings.ask_command:
+                prefix = self.bot.settings.bot.command_prefix
+                message = await self.slack.command(command, umbrella=self.settings.command, prefix=prefix)
+                responder = self._responder(channel, None, notify=notify)
+            elif not question:
+                await notify(f"Ask me something, e.g. {command['command']} what is a haiku?")
+                return
+            else:
+                author = await self.slack.users.get(command["user_id"])
+                responder = self._responder(channel, None)
+                try:
+                    # The question, posted for everyone to see, roots the thread of the answer.
+                    responder.thread_ts = await responder.post(f"{author.display_name} asked: {question}")
+                except SlackApiError as error:
+                    await notify(
+                        f"I can't post here ({error.response.get('error')}); invite me to the channel."
+                    )
+                    return
+                message = await self.slack.command(command, question_ts=responder.thread_ts)
+        await self.bot.handle(message, responder)
+
+
+@hookimpl
+def botkit_register_adapters(register):
+    register(PLATFORM, SlackAdapter, SlackSettings)

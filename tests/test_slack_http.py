@@ -1,0 +1,80 @@
+"""The Slack adapter in HTTP mode: signed Events API requests from the fake Slack to Bolt's own web server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from fake_slack import FakeSlack, start_slack
+
+
+@pytest.fixture
+async def slack(make_bot, monkeypatch):
+    async with FakeSlack() as fake:
+        monkeypatch.setenv("BOTKIT_ADAPTERS__SLACK__BOT_TOKEN", fake.bot_token)
+        monkeypatch.setenv("BOTKIT_ADAPTERS__SLACK__SIGNING_SECRET", fake.signing_secret)
+        fake.add_user("U1", "alice")
+        yield fake
+
+
+HTTP = {"mode": "http", "host": "127.0.0.1", "port": 0}
+
+
+def endpoint(adapter) -> str:
+    return f"http://127.0.0.1:{adapter.http_port}/slack/events"
+
+
+def replies(slack: FakeSlack, channel: str, thread_ts: str) -> list[str]:
+    return [m["text"] for m in slack.thread(channel, thread_ts) if m.get("bot_id") == slack.bot_id]
+
+
+async def test_a_request_with_a_bad_signature_is_rejected(make_bot, slack):
+    async with start_slack(make_bot, slack, **HTTP) as (bot, adapter):
+        forged = slack.mention("C1", "do something bad")
+        status, _ = await slack.post_event(endpoint(adapter), forged, secret="not-the-signing-secret")
+        assert status == 401
+        bot.backend.say("Hello.")
+        genuine = slack.mention("C1", "hello")
+        status, _ = await slack.post_event(endpoint(adapter), genuine)
+        assert status == 200
+        await slack.wait_for(lambda: replies(slack, "C1", genuine["ts"]) == ["Hello."])
+
+    assert [p.current.text for p in bot.backend.prompts] == ["hello"]
+    assert replies(slack, "C1", forged["ts"]) == []
+
+
+async def test_retries_are_answered_once_and_a_retry_of_a_lost_delivery_is_answered(make_bot, slack):
+    config = {"backend": {"type": "scripted", "chunk_delay": 0.05}}
+    async with start_slack(make_bot, slack, config, **HTTP) as (bot, adapter):
+        event = slack.mention("C1", "answer me once")
+        started = time.monotonic()
+        first = await slack.post_event(endpoint(adapter), event, event_id="EvA")
+        assert first[0] == 200 and time.monotonic() - started < 3  # Slack's 3-second acknowledgement
+        retries = [slack.post_event(endpoint(adapter), event, event_id="EvA", retry_num=n) for n in (1, 2, 3)]
+        assert [status for status, _ in await asyncio.gather(*retries)] == [200, 200, 200]
+        lost = slack.mention("C1", "my first delivery never came")
+        assert (await slack.post_event(endpoint(adapter), lost, event_id="EvB", retry_num=1))[0] == 200
+        await slack.wait_for(lambda: len(replies(slack, "C1", lost["ts"])) == 1)
+        await slack.wait_for(
+            lambda: len(replies(slack, "C1", event["ts"])) == 1 and not bot.pipeline._in_flight
+        )
+
+    assert sorted(p.current.text for p in bot.backend.prompts) == [
+        "answer me once",
+        "my first delivery never came",
+    ]
+
+
+async def test_url_verification_and_slash_commands_over_http(make_bot, slack):
+    async with start_slack(make_bot, slack, **HTTP) as (_bot, adapter):
+        challenge = json.dumps({"token": "t", "challenge": "c-123", "type": "url_verification"})
+        status, body = await slack.post_signed(endpoint(adapter), challenge, "application/json")
+        assert (status, json.loads(body)["challenge"]) == (200, "c-123")
+        started = time.monotonic()
+        status, _ = await slack.post_command(endpoint(adapter), "/botkit", "help", user="U1", channel="C1")
+        assert status == 200 and time.monotonic() - started < 3
+        await slack.wait_for(lambda: slack.responses)
+
+    assert "/reset" in slack.responses[0]["text"]
