@@ -1,0 +1,381 @@
+"""``botkit export`` and the ``botkit finetune`` group (``review list|approve|reject|correct``).
+
+The commands add themselves to the main ``botkit`` group (botkit/cli.py imports
+this module). ``botkit finetune`` is a group for the training commands too. Heavy modules (numpy,
+datasketch, rich) are imported when a command runs, not when ``botkit`` starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, get_args
+
+import click
+
+from botkit.cli import Context, cli, config_option, fail
+from botkit.errors import BotkitError
+
+from .examples import FORMATS, FeedbackPolicy, FeedbackSelection, PiiPolicy, PreferencePrompt
+
+LICENSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+\-]{0,63}$")
+
+
+class WhenType(click.ParamType):
+    """A date (``2026-11-01``) or date and time (``2026-11-01T12:30``, with an offset or UTC)."""
+
+    name = "DATE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            when = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC unless an offset is given)"
+            )
+        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _fraction(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise click.BadParameter("must be at least 0 and below 1, e.g. 0.1")
+    return value
+
+
+def _threshold(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not 0.0 < value < 1.0:
+        raise click.BadParameter("must be between 0 and 1 (exclusive), e.g. 0.8")
+    return value
+
+
+def _licence(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not LICENSE.match(value):
+        raise click.BadParameter("use a licence identifier such as apache-2.0, cc-by-4.0 or other")
+    return value
+
+
+def _formats(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--format a --format b`` and ``--format a,b`` both work; each name is checked."""
+    names: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            name = name.strip()
+            if name not in FORMATS:
+                raise click.BadParameter(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
+            if name not in names:
+                names.append(name)
+    return tuple(names) or ("chat",)
+
+
+def _values(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+
+
+def run_with_bot(ctx: Context, action: Any) -> Any:
+    """Run ``action(bot)`` with the database connected and its schema current (no model is loaded)."""
+    from botkit.bot import Bot
+
+    async def run() -> Any:
+        bot = Bot.load(ctx.settings())
+        await bot.db.connect()
+        try:
+            await bot.migrator.ensure_current(bot.settings.storage.auto_upgrade)
+            return await action(bot)
+        finally:
+            await bot.db.close()
+
+    try:
+        return asyncio.run(run())
+    except BotkitError as error:
+        report = getattr(error, "report", None)
+        if report is not None:  # an empty export: say where everything went first
+            click.echo("\n".join(report.lines()))
+        fail(error)
+
+
+def progress_bars() -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+@click.command()
+@config_option
+@click.option(
+    "--out", "-o", type=click.Path(path_type=Path, file_okay=False), help="folder to write the dataset to"
+)
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    callback=_formats,
+    help=f"output format, repeatable or comma-separated: {', '.join(FORMATS)} (default: chat)",
+)
+@click.option("--overwrite", is_flag=True, help="replace --out if it exists")
+@click.option("--dry-run", is_flag=True, help="print the counts per filter; write nothing")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the train/validation split")
+@click.option(
+    "--validation-fraction",
+    type=float,
+    default=0.1,
+    show_default=True,
+    callback=_fraction,
+    help="share of conversations in the validation split",
+)
+@click.option("--since", type=WhenType(), help="only messages from this date/time on (UTC)")
+@click.option("--until", type=WhenType(), help="only messages before this date/time (UTC, exclusive)")
+@click.option("--platform", "platforms", multiple=True, help="only these platforms (repeatable)")
+@click.option("--channel", "channels", multiple=True, help="only these channel ids (repeatable)")
+@click.option("--backend", "backends", multiple=True, help="only replies by these backends (repeatable)")
+@click.option("--model", "models", multiple=True, help="only replies by these models (repeatable)")
+@click.option(
+    "--adapter", "adapters", multiple=True, help="only replies with these LoRA adapters; 'none' for without"
+)
+@click.option(
+    "--select-feedback",
+    type=click.Choice(get_args(FeedbackSelection)),
+    default="any",
+    show_default=True,
+    help="only replies with feedback (rated) or without (unrated)",
+)
+@click.option(
+    "--moderation-clean/--no-moderation-clean",
+    default=True,
+    show_default=True,
+    help="leave out exchanges with any moderation event",
+)
+@click.option(
+    "--corrections/--no-corrections", default=True, show_default=True, help="a correction replaces the answer"
+)
+@click.option(
+    "--pii",
+    type=click.Choice(get_args(PiiPolicy)),
+    default="scrub",
+    show_default=True,
+    help="PII and secrets: replace by placeholders, drop the example, or leave",
+)
+@click.option(
+    "--feedback-policy",
+    type=click.Choice(get_args(FeedbackPolicy)),
+    default="weighted",
+    show_default=True,
+    help="approved: only approved replies; weighted: drop voted-down, repeat voted-up in train",
+)
+@click.option(
+    "--max-weight",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="most copies of one example",
+)
+@click.option(
+    "--min-chars", type=click.IntRange(min=0), default=1, show_default=True, help="shortest answer kept"
+)
+@click.option(
+    "--max-chars",
+    type=click.IntRange(min=1),
+    default=16_000,
+    show_default=True,
+    help="longest example kept (history, message and answer)",
+)
+@click.option(
+    "--language", "languages", multiple=True, help="keep only these languages, e.g. en (repeatable)"
+)
+@click.option(
+    "--exact-dedup/--no-exact-dedup", default=True, show_default=True, help="remove exact duplicates"
+)
+@click.option(
+    "--near-dedup",
+    type=float,
+    default=0.8,
+    show_default=True,
+    callback=_threshold,
+    help="remove near duplicates at this MinHash similarity",
+)
+@click.option("--no-near-dedup", is_flag=True, help="keep near duplicates")
+@click.option(
+    "--history",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="earlier exchanges put before each example",
+)
+@click.option("--system-prompt", default=None, help="system prompt for every example (default: the config's)")
+@click.option(
+    "--preference-prompt",
+    type=click.Choice(get_args(PreferencePrompt)),
+    default="chat",
+    show_default=True,
+    help="preference prompts as chat messages or Alpaca text",
+)
+@click.option(
+    "--base-model", default=None, help="the model to fine-tune, for the card (default: the config's)"
+)
+@click.option(
+    "--license",
+    "licence",
+    default="other",
+    show_default=True,
+    callback=_licence,
+    help="licence of the dataset",
+)
+@click.pass_obj
+def export(ctx: Context, **flags: Any) -> None:
+    """Export curated conversations as training data: select, curate, format, split, write.
+
+    Writes one folder per format (train and validation files) and a dataset
+    card, README.md. See docs/finetune.md.
+    """
+    from .curate import Curation
+    from .export import ExportOptions, SystemPrompts, run_export
+    from .select import Selection
+
+    if flags["since"] and flags["until"] and flags["since"] >= flags["until"]:
+        raise click.BadParameter("must be later than --since", param_hint="'--until'")
+    if not flags["dry_run"] and flags["out"] is None:
+        raise click.UsageError("Missing option '--out' (or pass --dry-run).")
+    selection = Selection(
+        since=flags["since"],
+        until=flags["until"],
+        platforms=_values(flags["platforms"]),
+        channels=_values(flags["channels"]),
+        backends=_values(flags["backends"]),
+        models=_values(flags["models"]),
+        adapters=_values(flags["adapters"]),
+        feedback=flags["select_feedback"],
+    )
+    curation = Curation(
+        moderation_clean=flags["moderation_clean"],
+        corrections=flags["corrections"],
+        pii=flags["pii"],
+        feedback=flags["feedback_policy"],
+        max_weight=flags["max_weight"],
+        min_chars=flags["min_chars"],
+        max_chars=flags["max_chars"],
+        languages=_values(flags["languages"]),
+        exact_duplicates=flags["exact_dedup"],
+        near_duplicates=None if flags["no_near_dedup"] else flags["near_dedup"],
+        history=flags["history"],
+    )
+
+    async def action(bot: Any) -> Any:
+        options = ExportOptions(
+            out=flags["out"],
+            formats=flags["formats"],
+            selection=selection,
+            curation=curation,
+            seed=flags["seed"],
+            validation_fraction=flags["validation_fraction"],
+            overwrite=flags["overwrite"],
+            dry_run=flags["dry_run"],
+            preference_prompt=flags["preference_prompt"],
+            system_prompt=flags["system_prompt"],
+            base_model=flags["base_model"] or bot.default_backend.backend.model_name,
+            license=flags["licence"],
+        )
+        with progress_bars() as progress:
+            return await run_export(
+                bot.db, options, SystemPrompts(bot.settings, flags["system_prompt"]), progress
+            )
+
+    report = run_with_bot(ctx, action)
+    click.echo("\n".join(report.lines()))
+    if report.folder is None:
+        click.echo("dry run: nothing written", err=True)
+    else:
+        click.echo(f"wrote {report.total_written:,} records and README.md to {report.folder}", err=True)
+
+
+@click.group()
+def finetune() -> None:
+    """Fine-tuning: review the training candidates (export with `botkit export`)."""
+
+
+@finetune.group()
+def review() -> None:
+    """The admin review queue: approve, reject or correct candidate pairs before export."""
+
+
+@review.command("list")
+@config_option
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "approved", "rejected", "corrected", "all"]),
+    default="pending",
+    show_default=True,
+    help="which pairs to show",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="most pairs shown")
+@click.pass_obj
+def review_list(ctx: Context, state: str, limit: int) -> None:
+    """List candidate pairs, newest first (texts shown with PII scrubbed)."""
+    from .review import list_candidates
+
+    found = run_with_bot(ctx, lambda bot: list_candidates(bot.db, state, limit))  # type: ignore[arg-type]
+    if not found:
+        click.echo(f"no {state} pairs" if state != "all" else "no pairs")
+        return
+    for pair in found:
+        when = pair.created_at.strftime("%Y-%m-%d %H:%M")
+        click.echo(f"#{pair.reply_id}  {when}  {pair.platform}:{pair.channel_id}  {pair.state}")
+        click.echo(f"  user: {pair.question}")
+        click.echo(f"  bot:  {pair.answer}")
+        if pair.correction:
+            click.echo(f"  correction: {pair.correction}")
+
+
+def _decide(ctx: Context, reply_id: int, decision: str) -> None:
+    from .review import decide
+
+    run_with_bot(ctx, lambda bot: decide(bot.db, reply_id, decision))  # type: ignore[arg-type]
+    click.echo(f"#{reply_id} {decision}")
+
+
+@review.command("approve")
+@config_option
+@click.argument("reply_id", metavar="ID", type=int)
+@click.pass_obj
+def review_approve(ctx: Context, reply_id: int) -> None:
+    """Approve pair ID: it counts as approved feedback in the export."""
+    _decide(ctx, reply_id, "approved")
+
+
+@review.command("reject")
+@config_option
+@click.argument("reply_id", metavar="ID", type=int)
+@click.pass_obj
+def review_reject(ctx: Context, reply_id: int) -> None:
+    """Reject pair ID: the export leaves it out."""
+    _decide(ctx, reply_id, "rejected")
+
+
+@review.command("correct")
+@config_option
+@click.argument("reply_id", metavar="ID", type=int)
+@click.argument("text")
+@click.pass_obj
+def review_correct(ctx: Context, reply_id: int, text: str) -> None:
+    """Store TEXT as the right answer of pair ID; the export uses it instead of the bot's."""
+    from .review import correct
+
+    run_with_bot(ctx, lambda bot: correct(bot.db, reply_id, text))
+    click.echo(f"#{reply_id} corrected")
+
+
+# botkit/cli.py imports this module at its end; the commands join the main group here, which works
+# whichever of the two modules is imported first.
+cli.add_command(export)
+cli.add_command(finetune)

@@ -1,0 +1,159 @@
+"""The admin review queue: candidate pairs to approve, reject or correct, decisions kept as feedback rows.
+
+A decision is a ``feedback`` row on the bot's reply: kind ``review`` with value
+``approved`` or ``rejected`` (the newest decision counts), or kind
+``correction`` with the corrected answer (which also approves the pair). The
+export reads them: rejected pairs are removed, corrections replace answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import aliased
+
+from botkit.errors import ExportError
+from botkit.storage import Database, FeedbackRecord, MessageRecord, PrivacyRecord, utcnow
+
+from .examples import APPROVED, CORRECTION, REJECTED, REVIEW, Feedback
+from .select import feedback_for
+
+State = Literal["pending", "approved", "rejected", "corrected", "all"]
+PAGE = 200
+SHOWN_CHARS = 300
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A pair in the queue: the user's message and the bot's reply (both scrubbed of PII for display)."""
+
+    reply_id: int
+    created_at: datetime
+    platform: str
+    channel_id: str
+    question: str
+    answer: str
+    state: str
+    correction: str | None
+
+
+def state_of(feedback: Feedback) -> str:
+    if feedback.review == REJECTED:
+        return "rejected"
+    if feedback.correction is not None:
+        return "corrected"
+    if feedback.review == APPROVED:
+        return "approved"
+    return "pending"
+
+
+def _candidates_query():  # type: ignore[no-untyped-def]
+    question = aliased(MessageRecord)
+    opted_out = select(PrivacyRecord.user_id).where(PrivacyRecord.kind == "optout")
+    return (
+        select(
+            MessageRecord.id,
+            question.created_at,
+            question.platform,
+            question.channel_id,
+            question.text,
+            MessageRecord.text,
+        )
+        .join(question, question.id == MessageRecord.reply_to_id)
+        .where(
+            MessageRecord.role == "assistant",
+            MessageRecord.status == "completed",
+            MessageRecord.deleted_at.is_(None),
+            question.deleted_at.is_(None),
+            question.user_id.is_not(None),
+            question.user_id.not_in(opted_out),
+        )
+        .order_by(MessageRecord.id.desc())
+    )
+
+
+async def list_candidates(db: Database, state: State = "pending", limit: int = 20) -> list[Candidate]:
+    """The newest exportable pairs in ``state``, at most ``limit``; texts scrubbed and shortened."""
+    from .curate import Scrubber
+
+    scrubber = Scrubber()
+    found: list[Candidate] = []
+    before: int | None = None
+    async with db.sessions() as session:
+        while len(found) < limit:
+            query = _candidates_query().limit(PAGE)
+            if before is not None:
+                query = query.where(MessageRecord.id < before)
+            rows = (await session.execute(query)).all()
+            if not rows:
+                break
+            before = rows[-1][0]
+            feedback = await feedback_for(session, [row[0] for row in rows])
+            for reply_id, created_at, platform, channel_id, question, answer in rows:
+                given = feedback.get(reply_id) or Feedback()
+                current = state_of(given)
+                if state != "all" and current != state:
+                    continue
+                correction = given.correction
+                found.append(
+                    Candidate(
+                        reply_id,
+                        created_at,
+                        platform,
+                        channel_id,
+                        _shown(scrubber.scrub(question)[0]),
+                        _shown(scrubber.scrub(answer)[0]),
+                        current,
+                        _shown(scrubber.scrub(correction)[0]) if correction else None,
+                    )
+                )
+                if len(found) == limit:
+                    break
+    return found
+
+
+def _shown(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+async def _check_reviewable(db: Database, reply_id: int) -> None:
+    async with db.sessions() as session:
+        reply = await session.get(MessageRecord, reply_id)
+        if reply is None or reply.role != "assistant":
+            raise ExportError(
+                f"there is no bot reply with id {reply_id}: `botkit finetune review list` shows the ids"
+            )
+        question = await session.get(MessageRecord, reply.reply_to_id) if reply.reply_to_id else None
+        if question is None or question.user_id is None:
+            raise ExportError(f"reply {reply_id} has no stored user message: it is never exported")
+        if reply.deleted_at is not None or question.deleted_at is not None:
+            raise ExportError(f"reply {reply_id} belongs to a deleted message: it is never exported")
+        opted_out = await session.scalar(
+            select(PrivacyRecord.id).where(
+                PrivacyRecord.user_id == question.user_id, PrivacyRecord.kind == "optout"
+            )
+        )
+        if opted_out is not None:
+            raise ExportError(f"reply {reply_id} answers a user who opted out: it is never exported")
+
+
+async def decide(db: Database, reply_id: int, decision: Literal["approved", "rejected"]) -> None:
+    """Approve or reject the pair of bot reply ``reply_id``."""
+    await _check_reviewable(db, reply_id)
+    async with db.session() as session:
+        session.add(FeedbackRecord(message_id=reply_id, kind=REVIEW, value=decision, created_at=utcnow()))
+
+
+async def correct(db: Database, reply_id: int, text: str) -> None:
+    """Store ``text`` as the right answer to the pair of reply ``reply_id`` (and approve the pair)."""
+    if not text.strip():
+        raise ExportError("the correction is empty: give the answer the bot should have written")
+    await _check_reviewable(db, reply_id)
+    async with db.session() as session:
+        now = utcnow()
+        session.add(FeedbackRecord(message_id=reply_id, kind=CORRECTION, correction=text, created_at=now))
+        session.add(FeedbackRecord(message_id=reply_id, kind=REVIEW, value=APPROVED, created_at=now))
