@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from botkit.errors import AdapterError
 from botkit.types import Chunk, Prompt, SamplingParams
 
 
@@ -51,6 +52,8 @@ class Backend(ABC):
     """
 
     concurrency: int = 1
+    # Its config table, for messages: "backend", or "backends.<name>" for a named one.
+    table: str = "backend"
 
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
@@ -70,6 +73,25 @@ class Backend(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional: a backend may hold nothing
         """Release the model. No request is in flight when this is called."""
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        """LoRA adapters this backend can apply, by name (to a path or id). Empty: none."""
+        return {}
+
+    @property
+    def active_adapter(self) -> str | None:
+        """The adapter applied when a request names none; ``None`` for the base model."""
+        return None
+
+    async def switch_adapter(self, adapter: str | None) -> str:
+        """Make ``adapter`` (a name from ``adapters``, or a path) the active one; ``None`` for none.
+
+        Takes effect from the next generation, without reloading the base model.
+        Returns a one-line note for the admin; raises ``AdapterError`` with a
+        message naming the problem (unknown name, unreadable file, another base model).
+        """
+        raise AdapterError(f"the {type(self).__name__} backend does not take LoRA adapters")
 
     @abstractmethod
     async def count_tokens(self, prompt: Prompt) -> int:

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel
 
 from botkit.adapter import Adapter, AdapterSettings
 from botkit.backend import Backend, BackendSettings
-from botkit.errors import ConfigError
+from botkit.backend_set import (
+    DEFAULT,
+    BackendSlot,
+    build_backends,
+    check_override_adapters,
+    check_override_backends,
+    close_backends,
+    raw_tables,
+    start_backends,
+    validate_backend,
+)
+from botkit.deliveries import SeenDeliveries
+from botkit.errors import AdapterError, ConfigError
 from botkit.generation import GenerationQueue
 from botkit.hookcall import call_all, call_plugin, first_result
+from botkit.overrides import SAMPLING_KEYS, merged
 from botkit.pipeline import Pipeline
 from botkit.plugin_host import PluginHost
 from botkit.registry import Registry
 from botkit.settings import Settings, load_settings, masked_dump, validate_table
 from botkit.storage import Database, Migrator
 from botkit.switches import apply_overrides, read_overrides
-from botkit.types import Message, Responder, User
+from botkit.types import Message, MessageChange, Reaction, Responder, SamplingParams, User
 
 log = logging.getLogger("botkit")
 
@@ -29,11 +43,11 @@ class Bot:
     def __init__(self, settings: Settings, host: PluginHost) -> None:
         self.settings = settings
         self.host = host
-        self.backend_name, self.backend_settings, self.backend = self._make_backend()
-        self.queue = GenerationQueue(self.backend.concurrency, self.backend_settings.queue_limit)
+        self.backends = build_backends(self.registry, settings)
         self.db = Database(settings.storage)
         self.migrator = Migrator(self.db, list(self.registry.migrations.values()))
         self.pipeline = Pipeline(self)
+        self.deliveries = SeenDeliveries()
         self.started = False
 
     @classmethod
@@ -55,20 +69,47 @@ class Bot:
         """The validated ``[plugins.<name>]`` settings of a plugin that registered a model."""
         return self.host.plugin_settings[name]
 
-    def _make_backend(self) -> tuple[str, BackendSettings, Backend]:
-        raw = self.settings.backend
-        type_name = raw.get("type", BackendSettings.model_fields["type"].default)
-        backend_type = self.registry.backends.get(type_name)
-        if backend_type is None:
-            available = (
-                ", ".join(sorted(self.registry.backends)) or "none (are the backend plugins disabled?)"
-            )
-            raise ConfigError(
-                f"{self.settings.source_name}: [backend] type: no backend {type_name!r}; available: {available}"
-            )
-        settings = validate_table(backend_type.settings_model, raw, self.settings, ("backend",))
-        assert isinstance(settings, BackendSettings)
-        return type_name, settings, backend_type.factory(settings)
+    @property
+    def default_backend(self) -> BackendSlot:
+        """The ``[backend]`` table's backend: it answers wherever no override names another."""
+        return self.backends[DEFAULT]
+
+    @property
+    def backend(self) -> Backend:
+        return self.default_backend.backend
+
+    @property
+    def backend_settings(self) -> BackendSettings:
+        return self.default_backend.settings
+
+    @property
+    def backend_name(self) -> str:
+        """The default backend's type (``llamacpp``, ``openai``...)."""
+        return self.default_backend.type_name
+
+    @property
+    def queue(self) -> GenerationQueue:
+        return self.default_backend.queue
+
+    def choose(self, message: Message) -> tuple[BackendSlot, str, SamplingParams]:
+        """The backend, system prompt and sampling that answer ``message`` (see ``botkit.overrides``)."""
+        values = merged(self.settings.overrides, message)
+        slot = self.backends[str(values.get("backend", DEFAULT))]
+        system_prompt = values.get("system_prompt", self.settings.bot.system_prompt)
+        params = slot.settings.sampling()
+        changes = {key: values[key] for key in SAMPLING_KEYS if key in values}
+        if "stop" in changes:
+            changes["stop"] = tuple(changes["stop"])  # type: ignore[arg-type]
+        if "adapter" in values:
+            changes["adapter"] = values["adapter"]
+        return slot, str(system_prompt), replace(params, **changes)  # type: ignore[arg-type]
+
+    async def switch_adapter(self, backend: str, adapter: str | None) -> str:
+        """Make ``adapter`` (a name, a path, or None for none) the active one of ``backend``."""
+        slot = self.backends.get(backend)
+        if slot is None:
+            raise AdapterError(f"no backend {backend!r}; configured: {', '.join(sorted(self.backends))}")
+        return await slot.backend.switch_adapter(adapter)
 
     def adapter_settings(self, name: str) -> AdapterSettings:
         adapter_type = self.registry.adapters.get(name)
@@ -100,6 +141,13 @@ class Bot:
             "logging": masked_dump(settings.logging),
             "storage": masked_dump(settings.storage),
             "backend": masked_dump(self.backend_settings),
+            "backends": {
+                name: masked_dump(slot.settings) for name, slot in self.backends.items() if name != DEFAULT
+            },
+            "overrides": {
+                place: override.model_dump(mode="json", exclude_none=True)
+                for place, override in self.settings.overrides.items()
+            },
             "adapters": {
                 name: masked_dump(self.adapter_settings(name)) for name in sorted(self.registry.adapters)
             },
@@ -116,28 +164,48 @@ class Bot:
         try:
             await self.migrator.ensure_current(self.settings.storage.auto_upgrade)
             apply_overrides(self, await read_overrides(self.db))
-            await self.backend.start()
+            await start_backends(self.backends)
         except BaseException:
+            await self.db.close()
+            raise
+        try:
+            check_override_adapters(self.settings, self.backends)
+        except ConfigError:
+            await close_backends(self.backends)
             await self.db.close()
             raise
         await call_all(self.hook.botkit_startup, bot=self)
         self.started = True
-        log.info("bot started: backend %s, model %s", self.backend_name, self.backend.model_name)
+        for slot in self.backends.values():
+            log.info("backend %s started: %s, model %s", slot.name, slot.type_name, slot.backend.model_name)
 
     async def stop(self) -> None:
         """Stop every generation, wait for in-flight messages, run the shutdown hooks."""
         if not self.started:
             return
         self.started = False
-        self.queue.cancel_all()
+        for slot in self.backends.values():
+            slot.queue.cancel_all()
         await self.pipeline.drain()
         await call_all(self.hook.botkit_shutdown, bot=self)
-        await self.backend.close()
+        await close_backends(self.backends)
         await self.db.close()
 
     async def handle(self, message: Message, responder: Responder) -> None:
         """Answer one incoming message; adapters call this."""
         await self.pipeline.handle(message, responder)
+
+    async def react(self, reaction: Reaction) -> None:
+        """Hand a reaction the adapter saw to the plugins (``botkit_reaction``)."""
+        await call_all(self.hook.botkit_reaction, reaction=reaction, bot=self)
+
+    async def message_changed(self, change: MessageChange) -> None:
+        """Hand an edit or deletion the adapter saw to the plugins (``botkit_message_changed``)."""
+        await call_all(self.hook.botkit_message_changed, change=change, bot=self)
+
+    def first_delivery(self, platform: str, delivery_id: str) -> bool:
+        """True the first time an adapter sees this delivery; False for a platform's redelivery."""
+        return self.deliveries.first(f"{platform}:{delivery_id}")
 
     async def is_admin(self, user: User, message: Message | None = None) -> bool:
         """Whether ``user`` is an admin: the ``botkit_is_admin`` hook, else ``[bot] admins``."""
@@ -161,13 +229,8 @@ class Bot:
         reloaded, and plugin switches, wait for a restart.
         """
         new = load_settings(self.settings.source_path)
-        type_name = new.backend.get("type", self.backend_name)
         notes: list[str] = []
-        backend_type = self.registry.backends.get(type_name)
-        if backend_type is None or type_name != self.backend_name:
-            raise ConfigError(f"[backend] type: switching to {type_name!r} needs a restart")
-        backend_settings = validate_table(backend_type.settings_model, new.backend, new, ("backend",))
-        assert isinstance(backend_settings, BackendSettings)
+        backend_settings, adapter_changes = self._reload_backends(new, notes)
         plugin_settings = {
             name: validate_table(
                 model,
@@ -177,17 +240,6 @@ class Bot:
             )
             for name, model in self.registry.settings_models.items()
         }
-        reload_keys = set(type(backend_settings).model_fields) - set(BackendSettings.model_fields) | {
-            "prompt_format"
-        }
-        changed_model_keys = sorted(
-            k for k in reload_keys if getattr(backend_settings, k) != getattr(self.backend_settings, k)
-        )
-        if changed_model_keys:
-            notes.append(f"[backend] {', '.join(changed_model_keys)} changed: they apply after a restart")
-            backend_settings = backend_settings.model_copy(
-                update={k: getattr(self.backend_settings, k) for k in changed_model_keys}
-            )
         if new.storage != self.settings.storage:
             notes.append("[storage] changed: it applies after a restart")
             new.storage = self.settings.storage
@@ -199,8 +251,12 @@ class Bot:
             name for name, value in plugin_settings.items() if value != self.host.plugin_settings.get(name)
         ]
         self.settings = self.host.settings = new
-        self.backend_settings = self.backend.settings = backend_settings
-        self.queue.limit = backend_settings.queue_limit
+        for name, settings in backend_settings.items():
+            slot = self.backends[name]
+            slot.settings = slot.backend.settings = settings
+            slot.queue.limit = settings.queue_limit
+        for name in adapter_changes:
+            notes.append(await self._reload_adapter(name))
         for name in restart:
             owner = self.registry.owner("settings", name) or name
             running = self.host.pm.get_plugin(owner) is not None
@@ -215,6 +271,45 @@ class Bot:
         )
         return notes
 
+    def _reload_backends(
+        self, new: Settings, notes: list[str]
+    ) -> tuple[dict[str, BackendSettings], list[str]]:
+        """Validate the new backend tables: the settings to apply, and which backends change adapter."""
+        tables = raw_tables(new)
+        if set(tables) != set(self.backends):
+            notes.append("backends added to or removed from the config apply after a restart")
+        check_override_backends(new, self.backends)
+        check_override_adapters(new, self.backends)
+        applied: dict[str, BackendSettings] = {}
+        adapter_changes: list[str] = []
+        for name, slot in self.backends.items():
+            if name not in tables:
+                continue
+            type_name, settings = validate_backend(self.registry, new, name, tables[name])
+            if type_name != slot.type_name:
+                raise ConfigError(f"[{slot.table}] type: switching to {type_name!r} needs a restart")
+            fields = type(settings).model_fields
+            # A LoRA adapter is switched in place; every other engine key needs the model reloaded.
+            adapter_keys = {"lora_path", "lora_scale"} & set(fields)
+            reload_keys = (set(fields) - set(BackendSettings.model_fields) - adapter_keys) | {"prompt_format"}
+            changed = sorted(k for k in reload_keys if getattr(settings, k) != getattr(slot.settings, k))
+            if changed:
+                notes.append(f"[{slot.table}] {', '.join(changed)} changed: they apply after a restart")
+                settings = settings.model_copy(update={k: getattr(slot.settings, k) for k in changed})
+            if any(getattr(settings, k) != getattr(slot.settings, k) for k in adapter_keys):
+                adapter_changes.append(name)
+            applied[name] = settings
+        return applied, adapter_changes
+
+    async def _reload_adapter(self, name: str) -> str:
+        slot = self.backends[name]
+        path = getattr(slot.settings, "lora_path", None)
+        try:
+            return await slot.backend.switch_adapter(str(path) if path is not None else None)
+        except AdapterError as error:
+            return f"[{slot.table}] lora_path not applied, the adapter in use stays: {error}"
+
     def stop_generations(self, message: Message) -> int:
         """Stop the generations of ``message``'s author in its conversation. Returns how many."""
-        return self.queue.cancel(self.generation_owner(message))
+        owner = self.generation_owner(message)
+        return sum(slot.queue.cancel(owner) for slot in self.backends.values())

@@ -1,4 +1,4 @@
-"""The ``botkit`` command: chat, run, plugins list, config check."""
+"""The ``botkit`` command: chat, run, plugins, backends, config check, db."""
 
 from __future__ import annotations
 
@@ -91,16 +91,22 @@ async def serve(bot: Bot, adapter_names: list[str]) -> None:
     except (NotImplementedError, RuntimeError):
         pass  # not the main thread (embedded use): the embedder handles signals
     tasks = [asyncio.ensure_future(adapter.run()) for adapter in adapters]
+    failure: BotkitError | None = None
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task.exception() is not None:
-                log.error("adapter stopped with an error", exc_info=task.exception())
+            error = task.exception()
+            if isinstance(error, BotkitError):
+                failure = error  # a refused token, a port in use: told without a traceback
+            elif error is not None:
+                log.error("adapter stopped with an error", exc_info=error)
     finally:
         for adapter in adapters:
             await adapter.close()
         await asyncio.gather(*tasks, return_exceptions=True)
         await bot.stop()
+    if failure is not None:
+        raise failure
 
 
 def run_adapters(ctx: Context, only: list[str] | None) -> None:
@@ -258,6 +264,51 @@ def config_check(ctx: Context) -> None:
 
 
 @cli.group()
+def backends() -> None:
+    """Show the configured model backends."""
+
+
+@backends.command("list")
+@config_option
+@click.option("--no-load", is_flag=True, help="only show the configuration; do not try to load each model")
+@click.pass_obj
+def backends_list(ctx: Context, no_load: bool) -> None:
+    """Print each configured backend: type, model, adapters, context size, and whether it loads.
+
+    Loading means what the bot does at start: the model file is read (or the
+    server asked for its models), then released. Exits 1 when any backend fails.
+    """
+    from botkit.backend_set import probe
+
+    try:
+        bot = Bot.load(ctx.settings())
+    except BotkitError as error:
+        fail(error)
+    failures = 0
+    for slot in bot.backends.values():
+        problem = None if no_load else asyncio.run(probe(slot))
+        backend = slot.backend
+        adapters = ", ".join(sorted(backend.adapters)) or "none"
+        lines = [
+            f"{slot.name} [{slot.table}]",
+            f"  type:     {slot.type_name}",
+            f"  model:    {backend.model_name}",
+            f"  adapters: {adapters}" + (f" (active: {backend.active_adapter})" if backend.active_adapter else ""),
+            f"  context:  {backend.context_window:,} tokens",
+        ]
+        if no_load:
+            lines.append("  loads:    not checked (--no-load)")
+        elif problem is None:
+            lines.append("  loads:    yes")
+        else:
+            failures += 1
+            lines.append(f"  loads:    NO: {problem}")
+        click.echo("\n".join(lines))
+    if failures:
+        sys.exit(1)
+
+
+@cli.group()
 def db() -> None:
     """Manage the database: migrations and backups."""
 
@@ -363,6 +414,10 @@ def db_backup(ctx: Context, path: Path, overwrite: bool) -> None:
 
 def describe_revisions(revisions: set[str]) -> str:
     return ", ".join(sorted(revisions)) or "empty"
+
+
+# `botkit export` and `botkit finetune ...` live in finetune/cli.py, which adds them to `cli`.
+import botkit.finetune.cli  # noqa: E402, F401
 
 
 def main() -> None:

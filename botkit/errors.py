@@ -34,3 +34,15 @@ class QueueFull(BotkitError):
 
 class StorageError(BotkitError):
     """The database cannot be reached, or its schema is not the one this code needs."""
+
+
+class AdapterError(BotkitError):
+    """A LoRA adapter is unknown, unreadable, or built for another base model."""
+
+
+class PlatformError(BotkitError):
+    """A chat platform refused the bot's credentials, or could not be reached or listened for."""
+
+
+class ExportError(BotkitError):
+    """A training-data export cannot run or would write nothing (empty selection, output folder exists)."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 
 from botkit.errors import QueueFull
@@ -19,13 +19,17 @@ class Ticket:
     """One request for the model. ``owner`` identifies who may stop it."""
 
     owner: str
+    # Requests take the model in this order (the pipeline numbers messages as their
+    # handling starts), not in the order they reach the queue: gates, history
+    # loading and token counting take different times for each message.
+    order: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
     _granted: asyncio.Future[None] | None = None
     active: bool = False
 
 
 class GenerationQueue:
-    """Lets at most ``concurrency`` generations run at once; the rest wait in order."""
+    """Lets at most ``concurrency`` generations run at once; the rest wait in ``Ticket.order``."""
 
     def __init__(self, concurrency: int, limit: int) -> None:
         if concurrency < 1:
@@ -33,7 +37,7 @@ class GenerationQueue:
         self.concurrency = concurrency
         self.limit = limit
         self._free = concurrency
-        self._waiting: deque[Ticket] = deque()
+        self._waiting: list[Ticket] = []  # sorted by ``order``
         self._active: set[Ticket] = set()
 
     @property
@@ -53,8 +57,8 @@ class GenerationQueue:
         if len(self._waiting) >= self.limit:
             raise QueueFull(f"{len(self._waiting)} requests are already waiting for the model")
         ticket._granted = asyncio.get_running_loop().create_future()
-        self._waiting.append(ticket)
-        return len(self._waiting)
+        bisect.insort_right(self._waiting, ticket, key=lambda waiting: waiting.order)
+        return self._waiting.index(ticket) + 1
 
     async def wait_turn(self, ticket: Ticket) -> None:
         """Wait until ``ticket`` may generate; raises ``GenerationCancelled`` if stopped first."""
@@ -77,7 +81,7 @@ class GenerationQueue:
         ticket.active = False
         self._active.discard(ticket)
         while self._waiting:
-            successor = self._waiting.popleft()
+            successor = self._waiting.pop(0)
             assert successor._granted is not None
             if not successor._granted.done():
                 self._grant(successor)

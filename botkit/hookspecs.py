@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from botkit.types import Message, Prompt, Reply, User
+from botkit.types import Message, MessageChange, Prompt, Reaction, Reply, User
 
 if TYPE_CHECKING:
     from botkit.bot import Bot
@@ -157,7 +157,8 @@ def botkit_prepare_context(message: Message, prompt: Prompt, bot: Bot) -> MaybeA
     """Shape what the model will see for this message.
 
     When: after gates and commands, before the backend is asked; ``prompt``
-    starts as ``[bot] system_prompt`` and the message as the only turn.
+    starts as ``[bot] system_prompt`` and the message as the last turn, after
+    ``message.thread_context`` (thread messages an adapter read, if any).
     Arguments: ``message``; ``prompt``, a mutable ``botkit.types.Prompt``
     (change ``prompt.system``, insert history before ``prompt.turns[-1]``);
     ``bot``.
@@ -207,6 +208,32 @@ def botkit_forget_user(platform: str, user_id: str, bot: Bot) -> MaybeAwaitable:
     (e.g. pending writes cannot reach the database) returns ``False`` and the
     deletion is put off, the user told to try again. ``None`` or ``True``: done.
     Where: plugins that keep data about users in memory, files or their own tables.
+    """
+
+
+@hookspec
+def botkit_reaction(reaction: Reaction, bot: Bot) -> MaybeAwaitable:
+    """Someone added or removed an emoji reaction on a message.
+
+    When: an adapter calls ``bot.react(reaction)`` for every reaction event its
+    platform delivers, on any message (the bot's replies and others').
+    Arguments: ``reaction``, a ``botkit.types.Reaction``; ``bot``.
+    Results: every implementation is awaited in turn; values ignored.
+    Where: feedback (👍 / 👎 on the bot's replies), metrics.
+    """
+
+
+@hookspec
+def botkit_message_changed(change: MessageChange, bot: Bot) -> MaybeAwaitable:
+    """A user edited or deleted a message the bot received earlier.
+
+    When: an adapter calls ``bot.message_changed(change)`` for each edit or
+    deletion its platform reports. The edit is not answered again.
+    Arguments: ``change``, a ``botkit.types.MessageChange`` (``text`` is
+    ``None`` for a deletion); ``bot``.
+    Results: every implementation is awaited in turn; values ignored.
+    Where: plugins that keep copies of messages (memory updates or deletes its
+    stored copy, so that history and exports follow the author's wishes).
     """
 
 

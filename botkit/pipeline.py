@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,9 +14,21 @@ from botkit.commands import Command, CommandContext, parse_command
 from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, Ticket
 from botkit.hookcall import call_all, run_chain
-from botkit.types import Message, Prompt, Refuse, Reply, ReplyStatus, Responder, Role, Turn
+from botkit.types import (
+    NO_ADAPTER,
+    Message,
+    Prompt,
+    Refuse,
+    Reply,
+    ReplyStatus,
+    Responder,
+    Role,
+    SamplingParams,
+    Turn,
+)
 
 if TYPE_CHECKING:
+    from botkit.backend_set import BackendSlot
     from botkit.bot import Bot
 
 log = logging.getLogger("botkit.pipeline")
@@ -64,6 +77,8 @@ class Pipeline:
         self.bot = bot
         self.lanes = ConversationLanes()
         self._in_flight: set[asyncio.Future[None]] = set()
+        # Numbers messages as their handling starts: the order they take the model in.
+        self._arrivals = itertools.count()
 
     async def handle(self, message: Message, responder: Responder) -> None:
         """Answer ``message`` through ``responder``. Never raises for a bad message or plugin."""
@@ -96,6 +111,7 @@ class Pipeline:
         return self.bot.registry.commands.get(parsed[0]) if parsed else None
 
     async def _process(self, message: Message, responder: Responder) -> None:
+        arrival = next(self._arrivals)
         limit = self.bot.settings.bot.max_message_chars
         if len(message.text) > limit:
             await responder.send(
@@ -124,7 +140,7 @@ class Pipeline:
         if parsed is not None:
             await self._run_command(message, responder, *parsed)
             return
-        await self._answer(message, responder)
+        await self._answer(message, responder, arrival)
 
     async def _run_command(self, message: Message, responder: Responder, name: str, args: str) -> None:
         prefix = self.bot.settings.bot.command_prefix
@@ -145,11 +161,11 @@ class Pipeline:
         if answer:
             await responder.send(answer)
 
-    async def _answer(self, message: Message, responder: Responder) -> None:
+    async def _answer(self, message: Message, responder: Responder, arrival: int) -> None:
         bot = self.bot
-        backend = bot.backend
-        params = bot.backend_settings.sampling()
-        prompt = Prompt(system=bot.settings.bot.system_prompt, turns=[Turn(Role.USER, message.text)])
+        slot, system_prompt, params = bot.choose(message)
+        backend = slot.backend
+        prompt = Prompt(system=system_prompt, turns=[*message.thread_context, Turn(Role.USER, message.text)])
         await call_all(bot.hook.botkit_prepare_context, message=message, prompt=prompt, bot=bot)
         if not prompt.turns:
             log.error("prepare_context hooks left no turns for message %s; not answered", message.message_id)
@@ -170,19 +186,22 @@ class Pipeline:
             )
             return
 
-        ticket = Ticket(owner=bot.generation_owner(message))
+        ticket = Ticket(owner=bot.generation_owner(message), order=arrival)
+        queue = slot.queue
         try:
-            place = bot.queue.enqueue(ticket)
+            place = queue.enqueue(ticket)
         except QueueFull:
             await responder.send("I'm answering a lot of people right now. Please try again in a minute.")
             return
+        adapter = params.adapter if params.adapter is not None else backend.active_adapter
         reply = Reply(
             "",
             ReplyStatus.STOPPED,
-            bot.backend_name,
+            slot.type_name,
             backend.model_name,
             prompt_tokens,
             dropped_turns=dropped,
+            adapter=None if adapter == NO_ADAPTER else adapter,
         )
         try:
             if place:
@@ -190,16 +209,23 @@ class Pipeline:
                 await responder.send(
                     f"The model is busy; {ahead} ahead of you. I'll answer as soon as I can."
                 )
-            await bot.queue.wait_turn(ticket)
-            await self._generate(message, prompt, ticket, responder, reply)
+            await queue.wait_turn(ticket)
+            await self._generate(message, prompt, params, slot, ticket, responder, reply)
         except GenerationCancelled:
             pass  # /stop while waiting: ``reply`` stays empty and marked stopped
         finally:
-            bot.queue.release(ticket)
+            queue.release(ticket)
         await call_all(bot.hook.botkit_after_reply, message=message, reply=reply, bot=bot)
 
     async def _generate(
-        self, message: Message, prompt: Prompt, ticket: Ticket, responder: Responder, reply: Reply
+        self,
+        message: Message,
+        prompt: Prompt,
+        params: SamplingParams,
+        slot: BackendSlot,
+        ticket: Ticket,
+        responder: Responder,
+        reply: Reply,
     ) -> None:
         """Stream the backend's answer through the output filters to the responder; fill ``reply``."""
         bot = self.bot
@@ -209,8 +235,8 @@ class Pipeline:
         status = ReplyStatus.COMPLETED
         refusal: Refuse | None = None
         try:
-            async with asyncio.timeout(bot.backend_settings.timeout):
-                async for chunk in bot.backend.stream(prompt, bot.backend_settings.sampling(), ticket.cancel):
+            async with asyncio.timeout(slot.settings.timeout):
+                async for chunk in slot.backend.stream(prompt, params, ticket.cancel):
                     if reply.first_token_s is None:
                         reply.first_token_s = time.monotonic() - started
                     raw += chunk.text
@@ -231,7 +257,9 @@ class Pipeline:
             ticket.cancel.set()
             status = ReplyStatus.TIMED_OUT
         except Exception:
-            log.exception("backend %r failed on message %s", bot.backend_name, message.message_id)
+            log.exception(
+                "backend %r (%s) failed on message %s", slot.name, slot.type_name, message.message_id
+            )
             status = ReplyStatus.FAILED
 
         if refusal is None:
@@ -243,18 +271,18 @@ class Pipeline:
         if refusal is not None:
             log.info("reply to %s blocked: %s", message.message_id, refusal.reason)
             text = refusal.notice or ""
-        text = self._with_status_note(text, status)
+        text = self._with_status_note(text, status, slot.settings.timeout)
         reply.text, reply.status = text, status
         reply.latency_s = time.monotonic() - started
-        await responder.finish(text, status)
+        delivered = await responder.finish(text, status)
+        reply.platform_message_ids = tuple(delivered or ())
 
-    def _with_status_note(self, text: str, status: ReplyStatus) -> str:
+    def _with_status_note(self, text: str, status: ReplyStatus, seconds: float) -> str:
         if status is ReplyStatus.COMPLETED:
             return text if text.strip() else EMPTY_REPLY
         if status is ReplyStatus.STOPPED:
             return f"{text} [stopped]".lstrip()
         if status is ReplyStatus.TIMED_OUT:
-            seconds = self.bot.backend_settings.timeout
             return f"{text} [stopped: the answer took longer than {seconds:g} s]".lstrip()
         if status is ReplyStatus.FAILED:
             return f"{text}\n\n{FAILED_REPLY}" if text.strip() else FAILED_REPLY

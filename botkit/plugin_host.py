@@ -32,7 +32,9 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "admin": "botkit.plugins.admin",
     "commands": "botkit.plugins.commands",
     "console": "botkit.adapters.console",
+    "discord": "botkit.adapters.discord",
     "disclosure": "botkit.plugins.disclosure",
+    "feedback": "botkit.plugins.feedback",
     "llamacpp": "botkit.backends.llamacpp",
     "memory": "botkit.plugins.memory",
     "mentions": "botkit.plugins.mentions",
@@ -41,6 +43,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "privacy": "botkit.plugins.privacy",
     "ratelimit": "botkit.plugins.ratelimit",
     "scripted": "botkit.backends.scripted",
+    "slack": "botkit.adapters.slack",
+    "transformers": "botkit.backends.transformers",
 }
 
 _REGISTER_HOOKS = {

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from botkit.errors import ConfigError
+from botkit.overrides import PlaceOverride, check_place
 from botkit.storage.database import StorageSettings
 from botkit.types import ConversationScope
 
@@ -81,6 +82,8 @@ class Settings(BaseSettings):
 
     bot: BotSettings = Field(default_factory=BotSettings)
     backend: dict[str, Any] = Field(default_factory=dict)
+    backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    overrides: dict[str, PlaceOverride] = Field(default_factory=dict)
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -162,6 +165,10 @@ def settings_from_mapping(data: dict[str, Any], path: Path | None = None) -> Set
         ) from None
     settings._source_path = path
     settings._file_data = data
+    for place in settings.overrides:
+        problem = check_place(place)
+        if problem:
+            raise ConfigError(f'{where}: [overrides."{place}"]: {problem}')
     if path is not None:
         # Relative paths in a config file are relative to the file, not to where botkit runs.
         base = path.parent
@@ -215,7 +222,7 @@ def env_name(path: tuple[str | int, ...]) -> str:
 
 def format_key(path: tuple[str | int, ...]) -> str:
     """``("plugins", "ratelimit", "per_user")`` -> ``[plugins.ratelimit] per_user``."""
-    names = [str(p) for p in path]
+    names = [str(p) if re.fullmatch(r"[A-Za-z0-9_-]+", str(p)) else json.dumps(str(p)) for p in path]
     if len(names) == 1:
         return names[0]
     return f"[{'.'.join(names[:-1])}] {names[-1]}"

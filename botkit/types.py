@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -46,6 +47,10 @@ class Message:
     is_dm: bool = False
     message_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Earlier messages of the platform thread that the bot was not shown, oldest first: an
+    # adapter reads them when the bot is called into the middle of a thread (Slack). They go
+    # into the prompt after the stored history and before this message.
+    thread_context: tuple[Turn, ...] = ()
 
     @property
     def user_key(self) -> str:
@@ -106,6 +111,12 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # The LoRA adapter for this generation: a name the backend knows, NO_ADAPTER for
+    # the base model, or None for the backend's active adapter (see Backend.switch_adapter).
+    adapter: str | None = None
+
+
+NO_ADAPTER = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +148,10 @@ class Reply:
     latency_s: float = 0.0
     first_token_s: float | None = None
     dropped_turns: int = 0
+    adapter: str | None = None  # the LoRA adapter that generated it, if any
+    # The platform's ids of the message(s) that carry the reply, first one first
+    # (what ``Responder.finish`` returned): reactions and edits refer to these.
+    platform_message_ids: tuple[str, ...] = ()
 
 
 class Responder(ABC):
@@ -145,7 +160,10 @@ class Responder(ABC):
     ``send`` delivers a complete message (a command's answer, a notice);
     ``update`` and ``finish`` deliver a streamed reply: ``update`` is called with
     the whole reply so far each time it grows, ``finish`` once with the final text.
-    An adapter throttles updates as its platform needs.
+    An adapter throttles updates as its platform needs. ``finish`` returns the
+    platform's ids of the messages that carry the reply (first part first), so
+    that reactions to them can be traced back to the reply; ``None`` where the
+    platform has no ids (the console).
     """
 
     @abstractmethod
@@ -155,7 +173,7 @@ class Responder(ABC):
     async def update(self, text: str) -> None: ...
 
     @abstractmethod
-    async def finish(self, text: str, status: ReplyStatus) -> None: ...
+    async def finish(self, text: str, status: ReplyStatus) -> Sequence[str] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,3 +186,38 @@ class Refuse:
 
     notice: str | None = None
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """An emoji reaction added to (or removed from) a message, as an adapter saw it.
+
+    ``message_id`` is the platform's id of the message reacted to (for a reply
+    of the bot, one of ``Reply.platform_message_ids``). ``emoji`` is the Unicode
+    emoji, or the platform's name for a custom one (Slack's ``+1``).
+    """
+
+    platform: str
+    channel_id: str
+    message_id: str
+    user: User
+    emoji: str
+    added: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MessageChange:
+    """A user edited or deleted a message the platform delivered earlier.
+
+    ``text`` is the new text, or ``None`` when the message was deleted.
+    """
+
+    platform: str
+    channel_id: str
+    message_id: str
+    text: str | None
+    user: User | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.text is None

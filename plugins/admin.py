@@ -1,4 +1,4 @@
-"""Admin commands, the same on every platform: plugins, enable/disable, reload, config, status.
+"""Admin commands, the same on every platform: plugins, reload, config, status, LoRA adapters.
 
 Every command here is admin-only: anyone else is refused and the attempt is
 logged (the core does both). Switching a plugin is stored in the database and
@@ -7,12 +7,17 @@ survives restarts until ``/clear NAME``.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from botkit import Command, CommandContext, hookimpl
-from botkit.errors import ConfigError
+from botkit.backend_set import DEFAULT as DEFAULT_BACKEND
+from botkit.errors import AdapterError, ConfigError
 from botkit.settings import to_toml
 from botkit.switches import clear, read_overrides, set_enabled
+from botkit.types import NO_ADAPTER
+
+log = logging.getLogger("botkit.plugins.admin")
 
 # This plugin cannot be switched off at run time: admins would lock themselves out.
 BOTKIT_REQUIRED = True
@@ -80,17 +85,51 @@ async def status(ctx: CommandContext) -> str:
     bot = ctx.bot
     uptime = time.monotonic() - _started.get(id(bot), time.monotonic())
     loaded = sum(1 for name in bot.host.infos if bot.host.pm.get_plugin(name) is not None)
+    lines = []
+    for slot in bot.backends.values():
+        backend, queue = slot.backend, slot.queue
+        adapter = f", adapter {backend.active_adapter}" if backend.active_adapter else ""
+        lines += [
+            f"Backend {slot.name}: {slot.type_name}, model {backend.model_name}{adapter}, "
+            f"context {backend.context_window:,} tokens",
+            f"  queue: {queue.running} generating, {queue.waiting} waiting "
+            f"(at most {queue.concurrency} at once, {queue.limit} waiting)",
+        ]
     return "\n".join(
         [
-            f"Backend: {bot.backend_name}, model {bot.backend.model_name}, context {bot.backend.context_window:,} tokens",
-            f"Queue: {bot.queue.running} generating, {bot.queue.waiting} waiting "
-            f"(at most {bot.queue.concurrency} at once, {bot.queue.limit} waiting)",
+            *lines,
             f"Conversations being handled: {len(bot.pipeline.lanes)}",
             f"Plugins on: {loaded} of {len(bot.host.infos)}",
             f"Database: {bot.db.display_url}",
             f"Up for {uptime / 60:.0f} min",
         ]
     )
+
+
+async def adapter(ctx: CommandContext) -> str:
+    """``/adapter``: list; ``/adapter NAME|PATH|none``; ``/adapter BACKEND NAME|PATH|none``."""
+    bot = ctx.bot
+    words = ctx.args.split()
+    if not words:
+        lines = ["LoRA adapters (active one marked *):"]
+        for slot in bot.backends.values():
+            backend = slot.backend
+            names = [f"*{n}" if n == backend.active_adapter else n for n in sorted(backend.adapters)]
+            if backend.active_adapter and backend.active_adapter not in backend.adapters:
+                names.append(f"*{backend.active_adapter}")
+            lines.append(f"{slot.name}: {', '.join(names) if names else 'none loaded'}")
+        prefix = bot.settings.bot.command_prefix
+        lines.append(f"Switch with {prefix}adapter [BACKEND] NAME|PATH|none (until restart).")
+        return "\n".join(lines)
+    if len(words) > 2:
+        return f"Usage: {bot.settings.bot.command_prefix}adapter [BACKEND] NAME|PATH|none"
+    backend_name, spec = (words[0], words[1]) if len(words) == 2 else (DEFAULT_BACKEND, words[0])
+    try:
+        note = await bot.switch_adapter(backend_name, None if spec == NO_ADAPTER else spec)
+    except AdapterError as error:
+        return f"Adapter not switched: {error}"
+    log.warning("admin %s switched backend %s to adapter %s", ctx.message.user_key, backend_name, spec)
+    return note
 
 
 @hookimpl
@@ -109,7 +148,16 @@ def botkit_register_commands(register):
     )
     register(Command("reload", "re-read the config file without restarting", reload, admin_only=True))
     register(Command("config", "show the effective config (secrets masked)", show_config, admin_only=True))
-    register(Command("status", "show the model queue and backend", status, admin_only=True))
+    register(Command("status", "show the backends and their queues", status, admin_only=True))
+    register(
+        Command(
+            "adapter",
+            "list LoRA adapters, or switch one without restarting",
+            adapter,
+            usage="[BACKEND] NAME|PATH|none",
+            admin_only=True,
+        )
+    )
 
 
 @hookimpl

@@ -39,7 +39,8 @@ class LlamaCppServer:
     def start(self, timeout: float = 60) -> None:
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model)]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048"]
-        command += ["--model_alias", self.alias]
+        # Queue concurrent requests instead of cutting the running one short (its default).
+        command += ["--model_alias", self.alias, "--interrupt_requests", "false"]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -76,6 +77,9 @@ class Failure:
 
 
 DROP = ("<drop the connection>",)
+# As the last piece of a scripted reply: end the stream there, with no finish reason and
+# no [DONE], as llama.cpp's server does to a request another one interrupts.
+CUT = "<end the stream early>"
 
 
 @dataclass
@@ -127,6 +131,9 @@ class StubServer:
                 chat = self.path.endswith("/chat/completions")
                 time.sleep(stub.first_token_delay)
                 for piece in answer:
+                    if piece == CUT:
+                        self.close_connection = True
+                        return
                     choice = (
                         {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
                     )

@@ -17,9 +17,11 @@ from botkit.backends.llamacpp import LlamaCppSettings
 from botkit.backends.openai_http import OpenAISettings
 from botkit.backends.scripted import ScriptedSettings
 from botkit.bot import Bot
+from botkit.overrides import PlaceOverride
 from botkit.plugin_host import PluginHost
 from botkit.plugins.access import AccessSettings
 from botkit.plugins.disclosure import DisclosureSettings
+from botkit.plugins.feedback import FeedbackSettings
 from botkit.plugins.memory import MemorySettings
 from botkit.plugins.mentions import MentionSettings
 from botkit.plugins.moderation.settings import ModerationSettings
@@ -39,7 +41,7 @@ from botkit.storage import StorageSettings
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 
 # A table header, active or commented out: "[backend]", "# [backend]".
-HEADER = re.compile(r"^\s*#?\s*\[([A-Za-z0-9_.]+)\]\s*$")
+HEADER = re.compile(r'^\s*#?\s*\[([A-Za-z0-9_.":/-]+)\]\s*$')
 # A key, active or commented out: "name = ...", "# seed = 42". Prose comments never start so.
 KEY = re.compile(r"^\s*#?\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
@@ -56,6 +58,7 @@ DOCUMENTED: list[tuple[type[BaseModel], str]] = [
     (ScriptedSettings, "backend"),
     (AdapterSettings, "adapters.console"),
     (ConsoleSettings, "adapters.console"),
+    (PlaceOverride, 'overrides."discord:123456789012345678"'),
 ]
 
 
@@ -136,6 +139,7 @@ def test_the_example_loads_and_every_value_is_the_default():
         "mentions",
         "moderation",
         "disclosure",
+        "feedback",
         "privacy",
         "ratelimit",
     }
@@ -146,6 +150,7 @@ def test_the_example_loads_and_every_value_is_the_default():
     assert bot.plugin_settings("ratelimit") == RateLimitSettings()
     assert bot.plugin_settings("access") == AccessSettings()
     assert bot.plugin_settings("privacy") == PrivacySettings()
+    assert bot.plugin_settings("feedback") == FeedbackSettings()
     assert bot.plugin_settings("moderation") == ModerationSettings()
     assert bot.backend_name == "llamacpp"
     assert bot.backend_settings == LlamaCppSettings()

@@ -79,3 +79,49 @@ async def test_a_cancelled_waiting_task_gives_up_its_place():
 def test_concurrency_must_be_positive():
     with pytest.raises(ValueError):
         GenerationQueue(concurrency=0, limit=1)
+
+
+async def test_waiting_requests_take_the_model_in_arrival_order_not_enqueue_order():
+    queue = GenerationQueue(concurrency=1, limit=10)
+    running = Ticket("first", order=0)
+    assert queue.enqueue(running) == 0
+    # The third message was quicker through gates and history loading than the second.
+    third, second = Ticket("third", order=2), Ticket("second", order=1)
+    assert queue.enqueue(third) == 1
+    assert queue.enqueue(second) == 1  # goes ahead of the later arrival
+    order: list[str] = []
+
+    async def run(ticket: Ticket) -> None:
+        await queue.wait_turn(ticket)
+        order.append(ticket.owner)
+        queue.release(ticket)
+
+    waiters = [asyncio.ensure_future(run(third)), asyncio.ensure_future(run(second))]
+    await asyncio.sleep(0)
+    queue.release(running)
+    await asyncio.gather(*waiters)
+    assert order == ["second", "third"]
+
+
+async def test_slow_gates_do_not_let_later_messages_jump_the_queue(make_bot):
+    from botkit import hookimpl
+
+    class SlowerForEarlierMessages:
+        """Delays each message's gate by less the later it arrived, as uneven I/O would."""
+
+        @hookimpl
+        async def botkit_gate(self, message):
+            if message.channel_id.startswith("c"):
+                await asyncio.sleep(0.02 * (5 - int(message.channel_id[1:])))
+
+    config = {"backend": {"type": "scripted", "chunk_delay": 0.05, "default_reply": "one two three four five six"}}
+    async with make_bot(config, plugins={"slow": SlowerForEarlierMessages()}) as bot:
+        busy, _ = bot.chat.say_nowait("hold the model", channel="busy")
+        await asyncio.sleep(0.01)
+        tasks = []
+        for index in range(5):
+            tasks.append(bot.chat.say_nowait(f"message {index}", channel=f"c{index}", user=f"u{index}")[0])
+            await asyncio.sleep(0)
+        await asyncio.gather(busy, *tasks)
+        answered = [prompt.current.text for prompt in bot.backend.prompts]
+        assert answered == ["hold the model"] + [f"message {index}" for index in range(5)]

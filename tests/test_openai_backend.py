@@ -10,8 +10,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from openai_server import DROP, Failure, LlamaCppServer, StubServer
+from openai_server import CUT, DROP, Failure, LlamaCppServer, StubServer
 from servers import free_port
+from test_console_model import chat
 from test_llamacpp import until_streaming
 
 from botkit import Prompt, ReplyStatus, Role, Turn
@@ -99,6 +100,21 @@ async def test_stop_cancels_a_streaming_reply_and_the_next_one_works(make_bot, e
 
 
 @pytest.mark.model
+def test_botkit_chat_answers_through_the_server_by_config_alone(engine, tmp_path):
+    (tmp_path / "config.toml").write_text(
+        f'[backend]\ntype = "openai"\nbase_url = "{engine.base_url}"\nmodel = "smollm2"\n'
+        "temperature = 0\nmax_tokens = 16\n",
+        encoding="utf-8",
+    )
+    requests_before = engine.log.read_text(errors="replace").count("POST /v1/chat/completions")
+    result = chat(tmp_path, f"{FRANCE}\n")
+    assert result.returncode == 0, result.stderr
+    # The answer came from the server, not from an in-process model.
+    assert engine.log.read_text(errors="replace").count("POST /v1/chat/completions") == requests_before + 1
+    replies = [line for line in result.stdout.splitlines() if line.startswith("botkit> ")]
+    assert len(replies) == 1 and replies[0].removeprefix("botkit> ").strip(), result.stdout
+
+
 async def test_the_backend_alone_streams_from_the_real_server(engine):
     backend = OpenAIBackend(OpenAISettings(base_url=engine.base_url, model="smollm2"))
     await backend.start()
@@ -216,6 +232,16 @@ async def test_a_dropped_connection_is_retried(make_bot, stub):
         reply = await bot.chat.say("hi")
     assert reply.status is ReplyStatus.COMPLETED and reply.final == "Hello from the stub."
     assert len(stub.requests) == 2
+
+
+async def test_a_stream_cut_short_is_not_passed_off_as_a_complete_reply(make_bot, stub, caplog):
+    stub.script.append(("Half", " an", CUT))
+    async with make_bot(fast_retries(stub.base_url), plugins=PLUGINS) as bot:
+        reply = await bot.chat.say("hi")
+    assert reply.status is ReplyStatus.FAILED
+    assert reply.final.startswith("Half an") and FAILED_REPLY in reply.final
+    assert "the stream ended before the reply was complete" in caplog.text
+    assert len(stub.requests) == 1  # text had reached the user: a retry would repeat it
 
 
 async def test_a_server_that_keeps_hanging_up_gives_the_apology(make_bot, stub):

@@ -199,7 +199,7 @@ async def test_backend_failure_apologises_and_the_next_message_is_answered(bot, 
         failed = await bot.chat.say("hi")
     assert failed.status is ReplyStatus.FAILED
     assert failed.final.startswith("partial") and "something went wrong" in failed.final
-    assert "backend 'scripted' failed" in caplog.text
+    assert "backend 'default' (scripted) failed" in caplog.text
     again = await bot.chat.say("hi again")
     assert again.status is ReplyStatus.COMPLETED
 

@@ -35,8 +35,8 @@ def test_builtins_load_and_every_hook_is_known():
     assert host.infos["llamacpp"].hooks == ["botkit_register_backends"]
     assert host.infos["commands"].origin == "builtin"
     assert {"help", "stop"} <= set(host.registry.commands)
-    assert set(host.registry.backends) == {"llamacpp", "openai", "scripted"}
-    assert set(host.registry.adapters) == {"console"}
+    assert set(host.registry.backends) == {"llamacpp", "openai", "scripted", "transformers"}
+    assert {"console", "slack"} <= set(host.registry.adapters)
 
 
 def test_hookspecs_are_all_registered():
@@ -77,6 +77,7 @@ def test_disabling_every_backend_names_the_problem():
                 "llamacpp": {"enabled": False},
                 "openai": {"enabled": False},
                 "scripted": {"enabled": False},
+                "transformers": {"enabled": False},
             }
         }
     )
@@ -96,10 +97,8 @@ def test_enabled_must_be_a_boolean():
 def test_unknown_plugin_in_config_lists_the_available_ones():
     with pytest.raises(ConfigError) as error:
         host_for({"plugins": {"moderaton": {"enabled": True}}})
-    assert (
-        "unknown plugin 'moderaton'; available: access, admin, commands, console, disclosure, llamacpp, memory, mentions, moderation, openai, privacy, ratelimit, scripted"
-        in str(error.value)
-    )
+    available = ", ".join(sorted(BUILTIN_PLUGINS))  # access, admin, commands, console, ...
+    assert f"unknown plugin 'moderaton'; available: {available}" in str(error.value)
 
 
 def test_environment_variable_restricts_what_loads(monkeypatch):

@@ -28,7 +28,7 @@ from botkit import hookimpl
 from botkit.backend import Backend, BackendSettings
 from botkit.errors import BotkitError, ModelLoadError
 from botkit.prompts import ALPACA_STOP, chat_messages, render_alpaca, render_chat
-from botkit.settings import mask_urls
+from botkit.settings import env_name, mask_urls
 from botkit.types import Chunk, Prompt, SamplingParams
 
 log = logging.getLogger("botkit.backends.openai_http")
@@ -157,26 +157,26 @@ class OpenAIBackend(Backend):
         settings = self.settings
         timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
         self._client = httpx.AsyncClient(base_url=self.base_url, headers=self._headers(), timeout=timeout)
-        where = f"[backend] base_url: {self._shown_url}/models"
+        where = f"[{self.table}] base_url: {self._shown_url}/models"
         try:
             response = await self._client.get("/models", timeout=settings.connect_timeout)
         except httpx.HTTPError as error:
             await self.close()
             raise ModelLoadError(
                 f"{where} is not reachable ({type(error).__name__}: {mask_urls(str(error)) or 'no answer'}, "
-                f"[backend] connect_timeout {settings.connect_timeout:g} s): "
-                "start the server or fix [backend] base_url"
+                f"[{self.table}] connect_timeout {settings.connect_timeout:g} s): "
+                f"start the server or fix [{self.table}] base_url"
             ) from None
         if response.status_code in (401, 403):
             await self.close()
             raise ModelLoadError(
                 f"{where} refused access (HTTP {response.status_code}): "
-                "set the server's API key in BOTKIT_BACKEND__API_KEY"
+                f"set the server's API key in {env_name((*self.table.split('.'), 'api_key'))}"
             )
         if response.status_code >= 400:
             await self.close()
             raise ModelLoadError(
-                f"{where} answered HTTP {response.status_code}: is [backend] base_url the API root "
+                f"{where} answered HTTP {response.status_code}: is [{self.table}] base_url the API root "
                 "(ending in /v1)?"
             )
         try:
@@ -186,7 +186,11 @@ class OpenAIBackend(Backend):
         if served and settings.model not in served:
             # Many servers answer under any name; those that do not say so on the first request.
             log.warning(
-                "the server at %s lists %s, not [backend] model %r", self._shown_url, served, settings.model
+                "the server at %s lists %s, not [%s] model %r",
+                self._shown_url,
+                served,
+                self.table,
+                settings.model,
             )
 
     async def close(self) -> None:
@@ -279,7 +283,7 @@ class OpenAIBackend(Backend):
             if wait is not None and wait > self.settings.max_retry_after:
                 raise OpenAIServerError(
                     f"{url}: rate limited (HTTP 429) for {wait:.0f} s, longer than "
-                    f"[backend] max_retry_after ({self.settings.max_retry_after:g} s)"
+                    f"[{self.table}] max_retry_after ({self.settings.max_retry_after:g} s)"
                 )
             raise _Retryable(f"{url}: rate limited (HTTP 429)", wait)
         if status >= 500:
@@ -304,10 +308,17 @@ class OpenAIBackend(Backend):
         """The text of each ``data:`` event until ``[DONE]``; stops early when ``cancel`` is set."""
         chat = self.settings.endpoint == "chat"
         lines = response.aiter_lines()
+        finished = False
         while True:
             line = await next_line(lines, cancel)
-            if line is None or cancel.is_set():
+            if cancel.is_set():
                 return  # leaving the ``async with`` closes the response: the server stops
+            if line is None:
+                if finished:
+                    return
+                # No finish reason and no [DONE]: the server cut the reply short (llama.cpp's
+                # server does so when another request interrupts it), so it is not complete.
+                raise OpenAIServerError(f"{url}: the stream ended before the reply was complete")
             if not line.startswith("data:"):
                 continue  # blank separators, comments, event names
             data = line[5:].strip()
@@ -322,6 +333,7 @@ class OpenAIBackend(Backend):
                 message = error.get("message", "") if isinstance(error, dict) else str(error)
                 raise OpenAIServerError(f"{url}: the server failed mid-reply: {message[:300]}")
             for choice in event.get("choices") or []:
+                finished = finished or bool(choice.get("finish_reason"))
                 piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
                 if piece:  # the closing event carries only the finish reason
                     yield Chunk(piece)

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from botkit import hookimpl
 from botkit.backend import Backend, BackendSettings
+from botkit.errors import AdapterError
 from botkit.prompts import render_alpaca, render_chat
 from botkit.types import Chunk, Prompt, SamplingParams
 
@@ -34,6 +35,9 @@ class ScriptedSettings(BackendSettings):
     )
     chunk_delay: float = Field(0.0, ge=0, description="seconds to wait before each chunk")
     context_window: int = Field(4096, ge=16)
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters it pretends to have, name to path (to test switching)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,7 @@ class ScriptedBackend(Backend):
         self.requests: list[Request] = []
         self.started = False
         self.closed = False
+        self._active_adapter: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -70,6 +75,21 @@ class ScriptedBackend(Backend):
     @property
     def context_window(self) -> int:
         return self.settings.context_window
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        return dict(self.settings.adapters)
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active_adapter
+
+    async def switch_adapter(self, adapter: str | None) -> str:
+        if adapter is not None and adapter not in self.adapters:
+            known = ", ".join(sorted(self.settings.adapters)) or "none"
+            raise AdapterError(f"no adapter {adapter!r} in [{self.table}] adapters (it has: {known})")
+        self._active_adapter = adapter
+        return f"backend now answers with adapter {adapter}" if adapter else "backend now answers without adapter"
 
     def add_reply(self, *chunks: str | Exception) -> None:
         """Queue one reply, given as its chunks. An exception among them is raised there."""

@@ -1,0 +1,134 @@
+"""The backends one bot has loaded: ``[backend]`` (named "default") and each ``[backends.<name>]``.
+
+Every backend keeps its own generation queue, so a slow model in one channel
+never makes another channel's backend wait.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from botkit.backend import Backend, BackendSettings
+from botkit.errors import AdapterError, ConfigError, ModelLoadError
+from botkit.generation import GenerationQueue
+from botkit.registry import Registry
+from botkit.settings import Settings, validate_table
+
+DEFAULT = "default"
+
+
+@dataclass(eq=False)
+class BackendSlot:
+    """One configured backend: its name, config table, settings, the backend and its queue."""
+
+    name: str
+    type_name: str
+    settings: BackendSettings
+    backend: Backend
+    queue: GenerationQueue
+
+    @property
+    def table(self) -> str:
+        """Its config table as written in messages: ``backend`` or ``backends.<name>``."""
+        return self.backend.table
+
+
+def table_path(name: str) -> tuple[str, ...]:
+    return ("backend",) if name == DEFAULT else ("backends", name)
+
+
+def raw_tables(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The raw config table of every backend, the default first."""
+    return {DEFAULT: settings.backend, **settings.backends}
+
+
+def validate_backend(
+    registry: Registry, settings: Settings, name: str, raw: dict[str, Any]
+) -> tuple[str, BackendSettings]:
+    """The type name and validated settings of backend ``name`` (raises ``ConfigError``)."""
+    where = "[" + ".".join(table_path(name)) + "]"
+    type_name = raw.get("type", BackendSettings.model_fields["type"].default)
+    backend_type = registry.backends.get(type_name)
+    if backend_type is None:
+        available = ", ".join(sorted(registry.backends)) or "none (are the backend plugins disabled?)"
+        raise ConfigError(
+            f"{settings.source_name}: {where} type: no backend {type_name!r}; available: {available}"
+        )
+    validated = validate_table(backend_type.settings_model, raw, settings, table_path(name))
+    assert isinstance(validated, BackendSettings)
+    return type_name, validated
+
+
+def build_backends(registry: Registry, settings: Settings) -> dict[str, BackendSlot]:
+    """Create (not yet load) every configured backend and check the overrides that name them."""
+    if DEFAULT in settings.backends:
+        raise ConfigError(
+            f"{settings.source_name}: [backends.{DEFAULT}]: the name {DEFAULT!r} is the [backend] table; "
+            "give this backend another name"
+        )
+    slots: dict[str, BackendSlot] = {}
+    for name, raw in raw_tables(settings).items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{settings.source_name}: [backends.{name}] must be a table")
+        type_name, backend_settings = validate_backend(registry, settings, name, raw)
+        backend = registry.backends[type_name].factory(backend_settings)
+        backend.table = ".".join(table_path(name))
+        queue = GenerationQueue(backend.concurrency, backend_settings.queue_limit)
+        slots[name] = BackendSlot(name, type_name, backend_settings, backend, queue)
+    check_override_backends(settings, slots)
+    return slots
+
+
+def check_override_backends(settings: Settings, slots: dict[str, BackendSlot]) -> None:
+    for place, override in settings.overrides.items():
+        if override.backend is not None and override.backend not in slots:
+            known = ", ".join(sorted(slots))
+            raise ConfigError(
+                f'{settings.source_name}: [overrides."{place}"] backend: no backend {override.backend!r}; '
+                f"configured: {known} (add a [backends.{override.backend}] table)"
+            )
+
+
+def check_override_adapters(settings: Settings, slots: dict[str, BackendSlot]) -> None:
+    """Every adapter an override names is one its backend loaded (call after the backends started)."""
+    from botkit.types import NO_ADAPTER
+
+    for place, override in settings.overrides.items():
+        if override.adapter is None or override.adapter == NO_ADAPTER:
+            continue
+        slot = slots[override.backend or DEFAULT]
+        if override.adapter not in slot.backend.adapters:
+            known = ", ".join(sorted(slot.backend.adapters)) or "none"
+            raise ConfigError(
+                f'{settings.source_name}: [overrides."{place}"] adapter: backend {slot.name!r} has no '
+                f"adapter {override.adapter!r}; its adapters: {known} (name them in [{slot.table}] adapters)"
+            )
+
+
+async def start_backends(slots: dict[str, BackendSlot]) -> None:
+    """Load every backend; on a failure, close the ones already loaded and raise."""
+    started: list[BackendSlot] = []
+    try:
+        for slot in slots.values():
+            await slot.backend.start()
+            started.append(slot)
+    except BaseException:
+        for slot in started:
+            await slot.backend.close()
+        raise
+
+
+async def close_backends(slots: dict[str, BackendSlot]) -> None:
+    for slot in slots.values():
+        await slot.backend.close()
+
+
+async def probe(slot: BackendSlot) -> str | None:
+    """Load and release one backend; the reason it cannot load, or None when it loads."""
+    try:
+        await slot.backend.start()
+    except (ModelLoadError, AdapterError) as error:
+        return str(error)
+    await slot.backend.close()
+    return None
