@@ -133,7 +133,7 @@ async def benchmark(args: argparse.Namespace, base_url: str | None) -> tuple[Sid
                 return await raw_openai(client, backend, prompt, params)
         else:
             # The backend's own loaded model and tokenizer: one copy in memory, same weights.
-            model, tokenizer, text = backend._model, backend._tokenizer, backend.render(prompt)
+            model, tokenizer, text = backend.model, backend.tokenizer, backend.render(prompt)
 
             async def raw() -> Run:
                 return await asyncio.to_thread(raw_transformers, model, tokenizer, text, params)
