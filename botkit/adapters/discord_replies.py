@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from abc import abstractmethod
 from typing import Any
 
 from botkit.adapters.edits import EditStream, split_text
@@ -141,14 +142,17 @@ class DiscordResponder(Responder):
         )
         self.posted = 0
 
+    @abstractmethod
     async def post(self, text: str) -> str:
-        raise NotImplementedError
+        """The platform call; a channel message and an interaction answer differ."""
 
+    @abstractmethod
     async def edit(self, message_id: str, text: str) -> None:
-        raise NotImplementedError
+        """The platform call; a channel message and an interaction answer differ."""
 
+    @abstractmethod
     async def delete(self, message_id: str) -> None:
-        raise NotImplementedError
+        """The platform call; a channel message and an interaction answer differ."""
 
     async def send(self, text: str) -> None:
         for part in split_text(text, MESSAGE_LIMIT):
