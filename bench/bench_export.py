@@ -114,11 +114,11 @@ def seed(path: Path, messages: int, seed_value: int = 5) -> float:
                         return
                     user = rng.randint(1, users)
                     repeat = rng.random()
-                    if message_id and repeat < 0.01:  # the same exchange again
-                        pass
-                    elif message_id and repeat < 0.02:  # nearly the same
+                    # 1% repeat the previous exchange exactly (question and answer kept as
+                    # they are), 1% nearly: the duplicates the dedup filters must find.
+                    if message_id and 0.01 <= repeat < 0.02:
                         answer += " " + rng.choice(words) + "."
-                    else:
+                    elif not message_id or repeat >= 0.02:
                         question = " ".join(rng.choices(words, k=rng.randint(6, 20))).capitalize() + "?"
                         answer = " ".join(rng.choices(words, k=rng.randint(15, 60))).capitalize() + "."
                     moment += step
