@@ -33,6 +33,17 @@ class BackendSlot:
         """Its config table as written in messages: ``backend`` or ``backends.<name>``."""
         return self.backend.table
 
+    def summary(self) -> dict[str, Any]:
+        """What is shown of it (``botkit backends list``, ``/status``, the control socket's status)."""
+        backend = self.backend
+        return {
+            "type": self.type_name,
+            "model": backend.model_name,
+            "adapter": backend.active_adapter,
+            "adapters": sorted(backend.adapters),
+            "context_window": backend.context_window,
+        }
+
 
 def table_path(name: str) -> tuple[str, ...]:
     return ("backend",) if name == DEFAULT else ("backends", name)

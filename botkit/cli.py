@@ -14,6 +14,7 @@ import click
 
 from botkit import __version__
 from botkit.bot import Bot
+from botkit.control import ControlServer
 from botkit.errors import BotkitError, ConfigError
 from botkit.settings import Settings, load_settings, to_toml
 
@@ -77,8 +78,16 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 
 
 async def serve(bot: Bot, adapter_names: list[str]) -> None:
-    """Start the bot and the adapters; stop everything when any adapter ends or on SIGTERM."""
-    await bot.start()
+    """Start the bot, its control socket and the adapters; stop everything when any adapter ends or on SIGTERM."""
+    # Only the console: a chat beside a running bot of the same config goes on without the socket.
+    control = ControlServer(bot, exclusive=adapter_names != ["console"])
+    await control.open()  # before the model loads: a second bot on the same config stops here
+    try:
+        await bot.start()
+    except BaseException:
+        await control.close()
+        raise
+    await control.start_serving()
     adapters = [bot.make_adapter(name) for name in adapter_names]
     loop = asyncio.get_running_loop()
 
@@ -104,6 +113,7 @@ async def serve(bot: Bot, adapter_names: list[str]) -> None:
         for adapter in adapters:
             await adapter.close()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await control.close()
         await bot.stop()
     if failure is not None:
         raise failure
@@ -287,14 +297,14 @@ def backends_list(ctx: Context, no_load: bool) -> None:
     failures = 0
     for slot in bot.backends.values():
         problem = None if no_load else asyncio.run(probe(slot))
-        backend = slot.backend
-        adapters = ", ".join(sorted(backend.adapters)) or "none"
+        summary = slot.summary()
+        adapters = ", ".join(summary["adapters"]) or "none"
         lines = [
             f"{slot.name} [{slot.table}]",
-            f"  type:     {slot.type_name}",
-            f"  model:    {backend.model_name}",
-            f"  adapters: {adapters}" + (f" (active: {backend.active_adapter})" if backend.active_adapter else ""),
-            f"  context:  {backend.context_window:,} tokens",
+            f"  type:     {summary['type']}",
+            f"  model:    {summary['model']}",
+            f"  adapters: {adapters}" + (f" (active: {summary['adapter']})" if summary["adapter"] else ""),
+            f"  context:  {summary['context_window']:,} tokens",
         ]
         if no_load:
             lines.append("  loads:    not checked (--no-load)")

@@ -46,3 +46,15 @@ class PlatformError(BotkitError):
 
 class ExportError(BotkitError):
     """A training-data export cannot run or would write nothing (empty selection, output folder exists)."""
+
+
+class ControlError(BotkitError):
+    """A running bot's control socket cannot be claimed, reached, or gave no usable answer."""
+
+
+class NoRunningBot(ControlError):
+    """Nobody listens on the control socket: no bot runs with this config (or its socket is off)."""
+
+    def __init__(self, path: object) -> None:
+        self.path = path
+        super().__init__(f"no running bot found at {path}")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from botkit.errors import ConfigError
+from botkit.finetune.settings import FinetuneSettings
 from botkit.overrides import PlaceOverride, check_place
 from botkit.storage.database import StorageSettings
 from botkit.types import ConversationScope
@@ -26,6 +27,8 @@ from botkit.types import ConversationScope
 ENV_PREFIX = "BOTKIT_"
 ENV_CONFIG = "BOTKIT_CONFIG"
 DEFAULT_CONFIG = Path("config.toml")
+# `[bot] control_socket` values that are not paths (botkit/control.py).
+CONTROL_SOCKET_WORDS = ("auto", "off")
 
 
 class BotSettings(BaseModel):
@@ -47,6 +50,11 @@ class BotSettings(BaseModel):
         description="administrators as 'platform:user_id'",
     )
     command_prefix: str = Field("/", min_length=1, max_length=3)
+    control_socket: str = Field(
+        "auto",
+        min_length=1,
+        description="local socket for `botkit finetune deploy` and other tools: 'auto', 'off' or a path",
+    )
 
 
 class PluginsSettings(BaseModel):
@@ -88,6 +96,7 @@ class Settings(BaseSettings):
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
 
     # Where the values came from, for error messages and the secrets rule.
     _source_path: Path | None = PrivateAttr(None)
@@ -179,6 +188,13 @@ def settings_from_mapping(data: dict[str, Any], path: Path | None = None) -> Set
             settings.plugins.directory = base / settings.plugins.directory
         if "data_dir" in data.get("storage", {}) and not settings.storage.data_dir.expanduser().is_absolute():
             settings.storage.data_dir = base / settings.storage.data_dir
+        control_socket = settings.bot.control_socket
+        if (
+            "control_socket" in data.get("bot", {})
+            and control_socket not in CONTROL_SOCKET_WORDS
+            and not Path(control_socket).expanduser().is_absolute()
+        ):
+            settings.bot.control_socket = str(base / control_socket)
     return settings
 
 

@@ -8,6 +8,7 @@ datasketch, rich) are imported when a command runs, not when ``botkit`` starts.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,7 +98,8 @@ def run_with_bot(ctx: Context, action: Any) -> Any:
         fail(error)
 
 
-def progress_bars() -> Any:
+def progress_bars(*extra: Any) -> Any:
+    """rich progress bars on standard error (off when it is not a terminal); ``extra``: more columns."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -107,6 +109,7 @@ def progress_bars() -> Any:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        *extra,
         console=console,
         disable=not console.is_terminal,
     )
@@ -301,7 +304,7 @@ def export(ctx: Context, **flags: Any) -> None:
 
 @click.group()
 def finetune() -> None:
-    """Fine-tuning: review the training candidates (export with `botkit export`)."""
+    """Fine-tuning: review candidates, train a LoRA adapter on an export, convert, deploy and evaluate it."""
 
 
 @finetune.group()
@@ -375,7 +378,57 @@ def review_correct(ctx: Context, reply_id: int, text: str) -> None:
     click.echo(f"#{reply_id} corrected")
 
 
+def _scale(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter("must be a number, e.g. 1.0 (as trained) or 0.5")
+    return value
+
+
+@finetune.command("deploy")
+@config_option
+@click.argument("adapter", metavar="ADAPTER")
+@click.option(
+    "--backend",
+    default="default",
+    show_default=True,
+    help="the llamacpp backend to deploy to: 'default' ([backend]) or a [backends.<name>] name",
+)
+@click.option("--scale", type=float, callback=_scale, help="also set lora_scale (1.0: as trained)")
+@click.option("--no-reload", is_flag=True, help="only write the config; do not ask the running bot to reload")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="seconds to wait for the running bot (a reload waits for the generation in progress)",
+)
+@click.pass_obj
+def deploy(
+    ctx: Context, adapter: str, backend: str, scale: float | None, no_reload: bool, timeout: float
+) -> None:
+    """Deploy a GGUF LoRA adapter to a llama.cpp backend of the running bot, without a restart.
+
+    ADAPTER is a llama.cpp GGUF LoRA adapter file, or 'none' for the base model. It is
+    checked against the backend's model (an adapter for another base model is refused),
+    written into the config file as lora_path, and the bot running with this config is
+    asked over its control socket to reload. See docs/finetune.md.
+    """
+    from .deploy import Deployment, adapter_argument
+    from .deploy import deploy as run_deploy
+
+    path = adapter_argument(adapter)
+    if path is None and scale is not None:
+        raise click.UsageError("--scale applies to an adapter; with 'none' there is none to scale")
+    deployment = Deployment(backend, path, scale, reload=not no_reload, timeout=timeout)
+    try:
+        run_deploy(ctx.settings(), deployment, click.echo, lambda line: click.echo(line, err=True))
+    except BotkitError as error:
+        fail(error)
+
+
 # botkit/cli.py imports this module at its end; the commands join the main group here, which works
 # whichever of the two modules is imported first.
 cli.add_command(export)
 cli.add_command(finetune)
+
+from . import cli_train  # noqa: E402, F401 - adds train, convert and eval to the finetune group

@@ -87,11 +87,11 @@ async def status(ctx: CommandContext) -> str:
     loaded = sum(1 for name in bot.host.infos if bot.host.pm.get_plugin(name) is not None)
     lines = []
     for slot in bot.backends.values():
-        backend, queue = slot.backend, slot.queue
-        adapter = f", adapter {backend.active_adapter}" if backend.active_adapter else ""
+        summary, queue = slot.summary(), slot.queue
+        adapter = f", adapter {summary['adapter']}" if summary["adapter"] else ""
         lines += [
-            f"Backend {slot.name}: {slot.type_name}, model {backend.model_name}{adapter}, "
-            f"context {backend.context_window:,} tokens",
+            f"Backend {slot.name}: {summary['type']}, model {summary['model']}{adapter}, "
+            f"context {summary['context_window']:,} tokens",
             f"  queue: {queue.running} generating, {queue.waiting} waiting "
             f"(at most {queue.concurrency} at once, {queue.limit} waiting)",
         ]

@@ -1,0 +1,223 @@
+"""``botkit finetune deploy``: put a GGUF LoRA adapter into a llama.cpp backend of the config, checked
+against that backend's base model, and have the running bot switch to it without a restart.
+
+Steps: find the backend's table; check the adapter against the model file (read, not
+loaded); write ``lora_path`` (and ``lora_scale``) into the config, keeping its comments;
+ask the running bot over its control socket (botkit/control.py) to reload; confirm
+with its status that the adapter is active. When the bot refuses, the config file gets
+its previous text back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botkit.backend_set import BackendSlot, raw_tables, table_path, validate_backend
+from botkit.backends.llamacpp import LlamaCppSettings, embedded_model_path
+from botkit.backends.llamacpp_adapters import ModelInfo, check_adapter
+from botkit.bot import Bot
+from botkit.config_edit import ConfigEdit, edit_table
+from botkit.control import control_socket_path, request_sync
+from botkit.errors import ConfigError, ControlError, ModelLoadError, NoRunningBot
+from botkit.settings import Settings, env_name, load_settings, toml_value
+from botkit.types import NO_ADAPTER
+
+Echo = Callable[[str], None]
+
+# What to do instead, for the backends that do not take GGUF adapters.
+OTHER_BACKENDS = {
+    "transformers": (
+        "it takes peft adapter folders, not GGUF files: set its lora_path to the peft folder and "
+        "/reload the bot (an admin command)"
+    ),
+    "openai": (
+        "the model runs on its server: load the adapter there (vLLM: --enable-lora --lora-modules "
+        "NAME=PATH) and name it in the table's model"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What to deploy where: ``adapter`` is an absolute adapter path, or ``None`` for the base model."""
+
+    backend: str
+    adapter: Path | None
+    scale: float | None = None
+    reload: bool = True
+    timeout: float = 300.0
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The config keys to write (``None`` removes ``lora_path``)."""
+        values: dict[str, Any] = {"lora_path": str(self.adapter) if self.adapter else None}
+        if self.scale is not None:
+            values["lora_scale"] = self.scale
+        return values
+
+    @property
+    def expected_adapter(self) -> str | None:
+        """The running backend's active adapter once it took the deployment (its ``lora_path`` as text)."""
+        return str(self.adapter) if self.adapter else None
+
+    def describe(self) -> str:
+        return f"adapter {self.adapter}" if self.adapter else "the base model, without adapter"
+
+
+def adapter_argument(value: str) -> Path | None:
+    """``none`` for the base model, else the adapter file's absolute path (relative to the current folder).
+
+    Symlinks are kept, so that a link such as ``adapters/current.gguf`` can be repointed later.
+    """
+    if value == NO_ADAPTER:
+        return None
+    return Path(os.path.abspath(Path(value).expanduser()))
+
+
+def find_backend(bot: Bot, name: str) -> BackendSlot:
+    """The llama.cpp backend ``name`` of the config; ``ConfigError`` naming the choices otherwise."""
+    settings = bot.settings
+    slot = bot.backends.get(name)
+    if slot is None:
+        raise ConfigError(
+            f"{settings.source_name}: no backend {name!r}; configured: {', '.join(bot.backends)} "
+            "('default' is [backend], the others [backends.<name>])"
+        )
+    if slot.type_name != "llamacpp":
+        instead = OTHER_BACKENDS.get(slot.type_name, "it takes no LoRA adapters")
+        raise ConfigError(
+            f"{settings.source_name}: [{slot.table}] is a {slot.type_name} backend, and deploy puts GGUF "
+            f"adapters into llamacpp backends; {instead}"
+        )
+    return slot
+
+
+def check_against_model(slot: BackendSlot, adapter: Path) -> str:
+    """Check ``adapter`` against the backend's model file, read but not loaded; a line saying it fits.
+
+    Raises ``AdapterError`` (another base model, with both names; a missing or non-GGUF file)
+    or ``ModelLoadError`` (the model file cannot be read).
+    """
+    settings = slot.settings
+    assert isinstance(settings, LlamaCppSettings)
+    model_path = settings.model_path.expanduser() if settings.model_path else embedded_model_path()
+    try:
+        model = ModelInfo.read(model_path)
+    except (OSError, ValueError) as error:
+        where = f"[{slot.table}] model_path" if settings.model_path else "the embedded model"
+        problem = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ModelLoadError(
+            f"{where}: cannot read {model_path} to check the adapter against it: {problem} "
+            "(a relative model_path is taken from the current folder, as the bot takes it)"
+        ) from None
+    check_adapter(adapter, f"[{slot.table}] lora_path", model)
+    return f"{adapter}: a LoRA adapter for {model.describe()}, the model of [{slot.table}]"
+
+
+def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -> None:
+    """Deploy as the command does; ``echo`` prints progress. Raises ``BotkitError`` on failure.
+
+    Nothing is written unless the adapter fits; when the running bot refuses the new
+    config, or keeps another adapter, the file gets its previous text back.
+    """
+    path = settings.source_path
+    if path is None:
+        raise ConfigError(
+            "deploy writes lora_path into the config file, and no config file was given: pass --config "
+            "PATH (or set BOTKIT_CONFIG, or run where ./config.toml is)"
+        )
+    bot = Bot.load(settings)
+    slot = find_backend(bot, deployment.backend)
+    if deployment.adapter is not None:
+        echo(check_against_model(slot, deployment.adapter))
+    socket_path = control_socket_path(settings)  # a bad control_socket fails before anything is written
+    table = table_path(slot.name)
+    for key in deployment.values:
+        variable = env_name((*table, key))
+        if variable in os.environ:
+            warn(
+                f"warning: {variable} is set in this environment; where the bot has it too, it overrides {key} in {path}"
+            )
+
+    edit = edit_table(path, table, deployment.values)
+    try:
+        check_written_config(bot, path, slot.name)
+    except ConfigError:
+        edit.restore()
+        raise
+    echo(describe_edit(edit, slot, deployment))
+
+    takes = "loads the adapter" if deployment.adapter else "answers with the base model"
+    follow = f"it {takes} when it starts, or an admin can /reload"
+    if not deployment.reload:
+        echo(f"not reloading the running bot (--no-reload): {follow}")
+        return
+    if socket_path is None:
+        echo(f'[bot] control_socket is "off", so the running bot cannot be asked: {follow}')
+        return
+    try:
+        answer = request_sync(socket_path, {"command": "reload"}, deployment.timeout)
+    except NoRunningBot:
+        echo(f"no running bot found at {socket_path}; {follow}")
+        return
+    except ControlError as error:
+        # The bot may still take the request (a reload waits for the generation in progress),
+        # so the file keeps the deployed values rather than disagree with the bot later.
+        raise ControlError(
+            f"{error}; {path} names the deployment, which the bot takes at its next reload or start"
+        ) from None
+    if not answer["ok"]:
+        edit.restore()
+        raise ControlError(
+            f"the running bot refused the new config, so {path} has its previous text again:\n{answer.get('error')}"
+        )
+    echo("the running bot reloaded its config:")
+    for note in answer.get("notes", []):
+        echo(f"  {note}")
+    confirm(socket_path, deployment, edit, slot, echo)
+
+
+def check_written_config(bot: Bot, path: Path, backend: str) -> None:
+    """The config as written loads, and its backend table validates (as the bot will check it)."""
+    written = load_settings(path)
+    validate_backend(bot.registry, written, backend, raw_tables(written)[backend])
+
+
+def describe_edit(edit: ConfigEdit, slot: BackendSlot, deployment: Deployment) -> str:
+    keys = ", ".join(
+        f"{key} = {toml_value(value)}" if value is not None else f"no {key}"
+        for key, value in deployment.values.items()
+    )
+    return f"{edit.path}: [{slot.table}] {'now has' if edit.changed else 'already had'} {keys}"
+
+
+def confirm(
+    socket_path: Path, deployment: Deployment, edit: ConfigEdit, slot: BackendSlot, echo: Echo
+) -> None:
+    """Ask the bot which adapter the backend now applies; undo the edit when it is not the deployed one."""
+    status = request_sync(socket_path, {"command": "status"}, deployment.timeout)
+    backend = status.get("backends", {}).get(slot.name) if status["ok"] else None
+    if backend is None:
+        raise ControlError(
+            f"the running bot at {socket_path} has no backend {slot.name!r} (started from another config?)"
+        )
+    active = backend.get("adapter")
+    if active == deployment.expected_adapter:
+        answers = f"adapter {active}" if active else "the base model, without adapter"
+        echo(f"backend {slot.name} of the running bot (pid {status.get('pid')}) now answers with {answers}")
+        return
+    if edit.changed:
+        edit.restore()
+        # The bot read the deployed values; have it read the restored ones, so file and bot agree.
+        request_sync(socket_path, {"command": "reload"}, deployment.timeout)
+        undone = f"{edit.path} has its previous text again"
+    else:
+        undone = f"{edit.path} was unchanged (an admin may have switched with /adapter: /adapter {deployment.adapter or 'none'})"
+    raise ControlError(
+        f"backend {slot.name} of the running bot still answers with {active or 'no adapter'}, not "
+        f"{deployment.describe()} (its notes above say why); {undone}"
+    )

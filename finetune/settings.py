@@ -1,0 +1,63 @@
+"""``[finetune]`` in config.toml: the defaults of ``botkit finetune train``, each overridable by a flag."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class FinetuneSettings(BaseModel):
+    """LoRA and training defaults. alpaca-lora's: rank 8, alpha 16, dropout 0.05, the attention projections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input during training")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="projections that get LoRA weights (llama names; gate_proj, up_proj, down_proj for the MLP)",
+    )
+    learning_rate: float = Field(3e-4, gt=0, lt=1, description="peak learning rate (AdamW)")
+    epochs: int = Field(3, ge=1, description="passes over the training data (unless max_steps ends sooner)")
+    max_steps: int | None = Field(
+        None, ge=1, description="optimizer steps to stop after; unset: epochs decide"
+    )
+    batch_size: int = Field(4, ge=1, description="examples per forward pass")
+    gradient_accumulation: int = Field(1, ge=1, description="forward passes per optimizer step")
+    warmup_ratio: float = Field(
+        0.03, ge=0.0, lt=1.0, description="share of the steps the learning rate rises in"
+    )
+    max_length: int = Field(1024, ge=16, description="longest example in tokens; longer ones are skipped")
+    save_every: int | None = Field(
+        None, ge=1, description="steps between checkpoints; unset: one at the end of each epoch"
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
+    seed: int = Field(0, description="seed of the LoRA initialisation, dropout and the data order")
+    device: str = Field(
+        "auto", description="'auto' (a CUDA GPU when there is one, else the CPU), 'cpu', 'cuda:N'"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="base model precision; 'auto': bfloat16 (or float16) on a GPU, float32 on a CPU"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE.fullmatch(value):
+            raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N: the GPU's index)")
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not MODULE_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a module name such as q_proj")
+        return names

@@ -1,0 +1,258 @@
+"""Reading exported training files back as prompt and answer texts, rendered as the bot renders them.
+
+``botkit finetune train`` and ``eval`` read the files ``botkit export`` wrote
+(or any file in the same formats): ``chat`` (``messages``), ``sharegpt``
+(``conversations``), ``alpaca`` and ``alpaca-jsonl`` (``instruction``, ``input``,
+``output``). Each record becomes the prompt text the bot would send its model
+(``botkit.prompts``, with the backend's prompt format and chat template) and the
+answer the model should write, followed by its end-of-turn token. Records that
+cannot be used are skipped and counted by reason; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from botkit.errors import BotkitError
+from botkit.prompts import ALPACA_WITH_INPUT, ALPACA_WITHOUT_INPUT, render_alpaca, render_chat
+from botkit.types import Prompt, Role, Turn
+
+from .formats import file_name
+
+TrainingFormat = Literal["chat", "sharegpt", "alpaca-jsonl", "alpaca"]
+# Which export folder is read when a format is not asked for: the richest first.
+FORMAT_PREFERENCE: tuple[TrainingFormat, ...] = ("chat", "sharegpt", "alpaca-jsonl", "alpaca")
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+
+
+class TrainingDataError(BotkitError):
+    """Training data that cannot be read: a missing folder or file, no usable record."""
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How the deployed backend renders prompts: its prompt format and the model's chat template."""
+
+    prompt_format: Literal["chat", "alpaca"]
+    chat_template: str | None
+    bos_text: str
+    eos_text: str
+
+    def render(self, prompt: Prompt) -> str:
+        if self.prompt_format == "alpaca":
+            return render_alpaca(prompt)
+        if not self.chat_template:
+            raise TrainingDataError(
+                'the base model has no chat template: train with prompt_format = "alpaca" or give chat_template'
+            )
+        return render_chat(prompt, self.chat_template, self.bos_text, self.eos_text)
+
+
+@dataclass(frozen=True)
+class TrainingText:
+    """One example: what the model reads (no loss) and what it should write (the loss, ending in end-of-turn)."""
+
+    prompt: str
+    answer: str
+    question: str  # the newest user message, for showing the example
+    reference: str  # the answer without the end-of-turn token
+
+
+@dataclass
+class DataFiles:
+    """The files of one format found for training: train and, when the export has one, validation."""
+
+    format: TrainingFormat
+    train: Path
+    validation: Path | None
+
+
+@dataclass
+class ReadReport:
+    """What reading a file kept and skipped (by reason)."""
+
+    path: Path
+    kept: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def lines(self) -> list[str]:
+        lines = [f"{self.path}: {self.kept:,} examples"]
+        lines += [f"  skipped {count:,}: {reason}" for reason, count in sorted(self.skipped.items())]
+        return lines
+
+
+def find_files(data: Path, wanted: TrainingFormat | None = None) -> DataFiles:
+    """The train and validation files under ``data``: an export folder, or one file (its format guessed)."""
+    if data.is_file():
+        kind = wanted or _format_of_file(data)
+        sibling = data.with_name(data.name.replace("train", "validation")) if "train" in data.name else None
+        return DataFiles(kind, data, sibling if sibling is not None and sibling.is_file() else None)
+    if not data.is_dir():
+        raise TrainingDataError(
+            f"{data} does not exist: give the folder `botkit export --out` wrote, or a file"
+        )
+    for kind in (wanted,) if wanted else FORMAT_PREFERENCE:
+        train = data / file_name(kind, "train")
+        if train.is_file():
+            validation = data / file_name(kind, "validation")
+            return DataFiles(kind, train, validation if validation.is_file() else None)
+    looked = ", ".join(file_name(k, "train") for k in ((wanted,) if wanted else FORMAT_PREFERENCE))
+    raise TrainingDataError(
+        f"{data} has no training file ({looked}): export with `botkit export --out {data} --format chat`"
+    )
+
+
+def _format_of_file(path: Path) -> TrainingFormat:
+    """A single file's format, from its first record's keys."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            if path.suffix == ".json":
+                records = json.load(handle)
+                first = records[0] if isinstance(records, list) and records else None
+            else:
+                first = next((json.loads(line) for line in handle if line.strip()), None)
+    except (OSError, ValueError) as error:
+        raise TrainingDataError(f"{path}: cannot read it ({error})") from None
+    if isinstance(first, dict):
+        if "messages" in first:
+            return "chat"
+        if "conversations" in first:
+            return "sharegpt"
+        if {"instruction", "output"} <= set(first):
+            return "alpaca" if path.suffix == ".json" else "alpaca-jsonl"
+    raise TrainingDataError(
+        f"{path}: not a chat (messages), ShareGPT (conversations) or Alpaca (instruction, output) file"
+    )
+
+
+def read_examples(
+    path: Path, kind: TrainingFormat, style: PromptStyle
+) -> tuple[list[TrainingText], ReadReport]:
+    """Every usable record of ``path`` as prompt and answer texts; the rest counted by reason."""
+    report = ReadReport(path)
+    texts: list[TrainingText] = []
+    for record in _records(path, kind, report):
+        try:
+            text = _to_text(record, kind, style)
+        except _Skip as skip:
+            report.skipped[str(skip)] += 1
+            continue
+        texts.append(text)
+        report.kept += 1
+    return texts, report
+
+
+class _Skip(Exception):
+    """A record that is left out; its message is the reason counted."""
+
+
+def _records(path: Path, kind: TrainingFormat, report: ReadReport) -> Iterator[Any]:
+    try:
+        if kind == "alpaca":
+            records = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(records, list):
+                raise TrainingDataError(f"{path}: an Alpaca .json file must hold a JSON array of records")
+            yield from records
+            return
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    report.skipped["a line that is not JSON"] += 1
+    except OSError as error:
+        raise TrainingDataError(f"{path}: cannot read it ({error.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise TrainingDataError(f"{path}: not valid JSON ({error})") from None
+
+
+def _to_text(record: Any, kind: TrainingFormat, style: PromptStyle) -> TrainingText:
+    if not isinstance(record, dict):
+        raise _Skip("a record that is not a JSON object")
+    if kind in ("alpaca", "alpaca-jsonl"):
+        return _alpaca_text(record, style)
+    if kind == "chat":
+        messages = record.get("messages")
+        pairs = (
+            [(m.get("role"), m.get("content")) for m in messages if isinstance(m, dict)]
+            if isinstance(messages, list)
+            else None
+        )
+    else:
+        conversations = record.get("conversations")
+        pairs = (
+            [
+                (SHAREGPT_ROLES.get(m.get("from", "")), m.get("value"))
+                for m in conversations
+                if isinstance(m, dict)
+            ]
+            if isinstance(conversations, list)
+            else None
+        )
+    if not pairs:
+        raise _Skip(f"no {'messages' if kind == 'chat' else 'conversations'} list")
+    return _chat_text(pairs, style)
+
+
+def _chat_text(pairs: list[tuple[Any, Any]], style: PromptStyle) -> TrainingText:
+    if any(not isinstance(content, str) for _, content in pairs):
+        raise _Skip("a message without text content")
+    system = ""
+    if pairs[0][0] == "system":
+        system = pairs[0][1]
+        pairs = pairs[1:]
+    turns: list[Turn] = []
+    for role, content in pairs:
+        if role not in ("user", "assistant"):
+            raise _Skip("a message of an unknown role, or a system message after the first")
+        turns.append(Turn(Role(role), content))
+    if len(turns) < 2 or turns[-1].role is not Role.ASSISTANT or turns[-2].role is not Role.USER:
+        raise _Skip("not ending in a user message and the assistant's answer")
+    answer = turns[-1].text
+    if not answer.strip():
+        raise _Skip("an empty answer")
+    return TrainingText(
+        style.render(Prompt(system, turns[:-1])), answer + style.eos_text, turns[-2].text, answer
+    )
+
+
+def _alpaca_text(record: dict[str, Any], style: PromptStyle) -> TrainingText:
+    instruction, context, output = record.get("instruction"), record.get("input", ""), record.get("output")
+    if not isinstance(instruction, str) or not isinstance(output, str) or not isinstance(context, str):
+        raise _Skip("instruction, input or output missing or not text")
+    if not instruction.strip() or not output.strip():
+        raise _Skip("an empty instruction or output")
+    if style.prompt_format == "alpaca":
+        # The exact template the record was written for (what render_alpaca gives for its prompt).
+        template = ALPACA_WITH_INPUT if context else ALPACA_WITHOUT_INPUT
+        prompt = template.format(instruction=instruction, input=context)
+    else:
+        # A chat model gets one user message: the instruction, then the input after a blank line.
+        user = f"{instruction}\n\n{context}" if context else instruction
+        prompt = style.render(Prompt("", [Turn(Role.USER, user)]))
+    return TrainingText(prompt, output + style.eos_text, instruction, output)
+
+
+__all__ = [
+    "DataFiles",
+    "PromptStyle",
+    "ReadReport",
+    "TrainingDataError",
+    "TrainingFormat",
+    "TrainingText",
+    "find_files",
+    "read_examples",
+]
