@@ -125,7 +125,7 @@ def evaluate(
         raise TrainingError(
             f"{data} has no validation split ({files.train.name} only): evaluate with --split train"
         )
-    loaded = load_base(target, hyper)
+    loaded = load_base(target, hyper, progress=progress)
     style = prompt_style(target, loaded)
     texts, read = read_examples(path, files.format, style)
     encoded = encode(loaded, texts, hyper.max_length, read, bos_prefix(target, loaded))

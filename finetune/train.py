@@ -110,7 +110,7 @@ def train(options: TrainOptions, progress: Any = None) -> TrainReport:
     checkpoint = _prepare_folder(options)
     files = find_files(options.data, options.data_format)
     torch, engine = _import_torch()
-    loaded = load_base(options.target, options.hyper, engine)
+    loaded = load_base(options.target, options.hyper, engine, progress)
     style = prompt_style(options.target, loaded)
     report = TrainReport(options.out, loaded.device)
     train_texts, read = read_examples(files.train, files.format, style)
@@ -228,11 +228,14 @@ def _import_torch() -> tuple[Any, Any]:
     return torch, transformers_engine
 
 
-def load_base(target: AdapterTarget, hyper: FinetuneSettings, engine: Any = None) -> Any:
+def load_base(
+    target: AdapterTarget, hyper: FinetuneSettings, engine: Any = None, progress: Any = None
+) -> Any:
     """The base model and tokenizer on the chosen device (a GGUF is dequantized to the chosen dtype)."""
     if engine is None:
         engine = _import_torch()[1]
     base = target.base
+    task = progress.add_task(f"loading {base.path.name}", total=None, loss="") if progress else None
     try:
         return engine.load(
             base.folder,
@@ -245,6 +248,9 @@ def load_base(target: AdapterTarget, hyper: FinetuneSettings, engine: Any = None
         )
     except ModelLoadError as error:
         raise TrainingError(f"base model {base.describe()}: {error}") from None
+    finally:
+        if progress:
+            progress.remove_task(task)
 
 
 def prompt_style(target: AdapterTarget, loaded: Any) -> PromptStyle:
