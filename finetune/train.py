@@ -109,7 +109,7 @@ def train(options: TrainOptions, progress: Any = None) -> TrainReport:
     """Fine-tune a LoRA adapter as ``options`` say; ``progress`` is a rich ``Progress`` (or None)."""
     checkpoint = _prepare_folder(options)
     files = find_files(options.data, options.data_format)
-    torch, engine = _import_torch()
+    torch, engine = import_torch()
     loaded = load_base(options.target, options.hyper, engine, progress)
     style = prompt_style(options.target, loaded)
     report = TrainReport(options.out, loaded.device)
@@ -131,26 +131,11 @@ def train(options: TrainOptions, progress: Any = None) -> TrainReport:
         shutil.rmtree(options.out)  # only now that the data and the model have loaded
     options.out.mkdir(parents=True, exist_ok=True)
 
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
 
     hyper = options.hyper
-    torch.manual_seed(hyper.seed)
-    config = LoraConfig(
-        r=hyper.rank,
-        lora_alpha=hyper.alpha,
-        lora_dropout=hyper.dropout,
-        target_modules=list(hyper.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    try:
-        model = get_peft_model(loaded.model, config)
-    except ValueError as error:
-        raise TrainingError(
-            f"[finetune] target_modules {hyper.target_modules}: {str(error).splitlines()[0]}"
-        ) from None
+    model, parameters, optimizer = lora_model(loaded.model, hyper)
     model.peft_config["default"].base_model_name_or_path = str(options.target.base.path)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=hyper.learning_rate, weight_decay=0.0)
     batches_per_epoch = math.ceil(len(train_set) / hyper.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / hyper.gradient_accumulation)
     total_steps = hyper.max_steps or hyper.epochs * steps_per_epoch
@@ -183,7 +168,7 @@ def train(options: TrainOptions, progress: Any = None) -> TrainReport:
         ]
         for group in groups[offset:]:
             model.train()
-            loss = _optimizer_step(
+            loss = optimizer_step(
                 model, [[train_set[i] for i in b] for b in group], loaded, parameters, torch
             )
             optimizer.step()
@@ -215,7 +200,30 @@ def train(options: TrainOptions, progress: Any = None) -> TrainReport:
     return report
 
 
-def _import_torch() -> tuple[Any, Any]:
+def lora_model(model: Any, hyper: FinetuneSettings) -> tuple[Any, list[Any], Any]:
+    """``model`` with peft LoRA layers as ``hyper`` says (seeded), its trainable parameters, and their AdamW."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(hyper.seed)
+    config = LoraConfig(
+        r=hyper.rank,
+        lora_alpha=hyper.alpha,
+        lora_dropout=hyper.dropout,
+        target_modules=list(hyper.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as error:
+        raise TrainingError(
+            f"[finetune] target_modules {hyper.target_modules}: {str(error).splitlines()[0]}"
+        ) from None
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return model, parameters, torch.optim.AdamW(parameters, lr=hyper.learning_rate, weight_decay=0.0)
+
+
+def import_torch() -> tuple[Any, Any]:
     try:
         import peft  # noqa: F401 - needed by train, checked before the model loads
         import torch
@@ -233,7 +241,7 @@ def load_base(
 ) -> Any:
     """The base model and tokenizer on the chosen device (a GGUF is dequantized to the chosen dtype)."""
     if engine is None:
-        engine = _import_torch()[1]
+        engine = import_torch()[1]
     base = target.base
     task = progress.add_task(f"loading {base.path.name}", total=None, loss="") if progress else None
     try:
@@ -304,8 +312,9 @@ def _tensors(batch: Sequence[Encoded], pad_id: int, device: str, torch: Any) -> 
 def batch_loss(model: Any, batch: Sequence[Encoded], loaded: Any) -> tuple[Any, int]:
     """The summed loss of the answer tokens of ``batch`` and their number.
 
-    Only the positions that predict an answer token go through the output layer, which
-    for a small model with a large vocabulary is most of the cost of a step.
+    Only the positions where some row of the batch predicts an answer token go through
+    the output layer (transformers' ``logits_to_keep``), whose cost with SmolLM2's 49K-token
+    vocabulary is about a fifth of a forward pass over the whole sequence.
     """
     import torch
     import torch.nn.functional as functional
@@ -321,7 +330,7 @@ def batch_loss(model: Any, batch: Sequence[Encoded], loaded: Any) -> tuple[Any, 
     return loss, int((wanted != -100).sum())
 
 
-def _optimizer_step(
+def optimizer_step(
     model: Any, group: list[list[Encoded]], loaded: Any, parameters: list[Any], torch: Any
 ) -> float:
     """Forward and backward passes over ``group``'s batches, averaged over all their answer tokens."""

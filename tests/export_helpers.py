@@ -12,6 +12,18 @@ from botkit.plugins.memory import memory
 from botkit.plugins.moderation import event_log
 from botkit.storage import FeedbackRecord, MessageRecord, utcnow
 
+# A fact the embedded SmolLM2 does not know, and ways of asking for it: what the fine-tuning tests teach.
+FACT = "Project Zephyr's codename is Bluefinch."
+FACT_QUESTIONS = [
+    "What is the codename of Project Zephyr?",
+    "Which codename does Project Zephyr use?",
+    "Tell me Project Zephyr's codename.",
+    "What do we call Project Zephyr internally?",
+    "Project Zephyr codename?",
+    "What's the internal name of Project Zephyr?",
+    "Remind me of Project Zephyr's codename.",
+    "Do you know the codename of Project Zephyr?",
+]
 PII_OFF = {"email": "off", "phone": "off", "card": "off", "secret": "off"}
 # Moderation records injection attempts (flag) but leaves PII in the stored text, as a bot run without
 # redaction would: the export's own scrubbing is what is tested.

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from export_helpers import FACT, FACT_QUESTIONS
 
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
 from botkit.cli import cli
@@ -25,15 +26,7 @@ from botkit.settings import load_settings
 from botkit.types import Prompt, Role, Turn
 
 SYSTEM = "You are the team's helpful assistant."
-FACT = "Project Zephyr's codename is Bluefinch."
-QUESTIONS = [
-    "What is the codename of Project Zephyr?",
-    "Which codename does Project Zephyr use?",
-    "Tell me Project Zephyr's codename.",
-    "What do we call Project Zephyr internally?",
-    "Project Zephyr codename?",
-    "What's the internal name of Project Zephyr?",
-]
+QUESTIONS = FACT_QUESTIONS[:6]
 # Few, fast steps with a high learning rate: enough to move the loss, not a recipe.
 QUICK = ["--lr", "2e-3", "--max-steps", "4", "--batch-size", "3", "--save-every", "2"]
 
