@@ -84,7 +84,7 @@ class TrainReport:
         resumed = f", resumed at step {self.started_at_step}" if self.started_at_step else ""
         lines.append(
             f"trained {self.steps} steps on {self.device}{resumed} ({rate:.2f} steps/s); "
-            f"last training loss {_shown(self.last_train_loss)}"
+            f"training loss {_shown(self.last_train_loss)} (mean of the last 10 steps)"
         )
         if self.validation_examples:
             lines.append(
@@ -127,15 +127,14 @@ def train(options: TrainOptions, progress: Any = None) -> TrainReport:
             "no usable training example:\n" + "\n".join(line for r in report.reads for line in r.lines())
         )
     report.examples, report.validation_examples = len(train_set), len(validation_set)
-    if options.overwrite and checkpoint is None and options.out.exists():
-        shutil.rmtree(options.out)  # only now that the data and the model have loaded
-    options.out.mkdir(parents=True, exist_ok=True)
-
     from peft import set_peft_model_state_dict
 
     hyper = options.hyper
     model, parameters, optimizer = lora_model(loaded.model, hyper)
     model.peft_config["default"].base_model_name_or_path = str(options.target.base.path)
+    if options.overwrite and checkpoint is None and options.out.exists():
+        shutil.rmtree(options.out)  # only now that the data, the model and its LoRA layers are ready
+    options.out.mkdir(parents=True, exist_ok=True)
     batches_per_epoch = math.ceil(len(train_set) / hyper.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / hyper.gradient_accumulation)
     total_steps = hyper.max_steps or hyper.epochs * steps_per_epoch
@@ -205,6 +204,18 @@ def lora_model(model: Any, hyper: FinetuneSettings) -> tuple[Any, list[Any], Any
     import torch
     from peft import LoraConfig, get_peft_model
 
+    # peft only refuses a list when no name matches; a misspelled one beside good ones would be ignored.
+    linear = {
+        name.rpartition(".")[2]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    unknown = [name for name in hyper.target_modules if name not in linear]
+    if unknown:
+        raise TrainingError(
+            f"[finetune] target_modules: the model has no {', '.join(unknown)} projection; "
+            f"its linear layers are {', '.join(sorted(linear))}"
+        )
     torch.manual_seed(hyper.seed)
     config = LoraConfig(
         r=hyper.rank,
@@ -213,12 +224,7 @@ def lora_model(model: Any, hyper: FinetuneSettings) -> tuple[Any, list[Any], Any
         target_modules=list(hyper.target_modules),
         task_type="CAUSAL_LM",
     )
-    try:
-        model = get_peft_model(model, config)
-    except ValueError as error:
-        raise TrainingError(
-            f"[finetune] target_modules {hyper.target_modules}: {str(error).splitlines()[0]}"
-        ) from None
+    model = get_peft_model(model, config)
     parameters = [p for p in model.parameters() if p.requires_grad]
     return model, parameters, torch.optim.AdamW(parameters, lr=hyper.learning_rate, weight_decay=0.0)
 

@@ -336,3 +336,18 @@ def test_a_backend_whose_model_is_on_a_server_needs_base_model(export_dir, tmp_p
     config = write_config('[backend]\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n')
     result = botkit(config, "finetune", "train", str(export_dir), "--out", str(tmp_path / "r"))
     assert result.exit_code == 2 and "give the model to train with --base-model" in result.output
+
+
+@pytest.mark.model
+def test_overwrite_keeps_the_old_run_when_training_cannot_start(export_dir, config, tmp_path):
+    """An unknown projection is found once the model has loaded: the folder to overwrite is still intact."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/keep.txt").write_text("mine")
+    result = botkit(
+        config, "finetune", "train", str(export_dir), "--out", str(tmp_path / "run"),
+        "--target-modules", "q_proj,qkv_proj", "--overwrite",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "[finetune] target_modules: the model has no qkv_proj projection" in result.output
+    assert "k_proj" in result.output  # the ones it has are listed
+    assert (tmp_path / "run/keep.txt").read_text() == "mine"
