@@ -93,7 +93,14 @@ class TrainReport:
                 f"{self.validation_examples} examples)"
             )
         else:
-            lines.append("no validation data: the export wrote no validation split")
+            lines.append(
+                "no validation loss: "
+                + (
+                    "no usable validation example"
+                    if len(self.reads) > 1
+                    else "the data has no validation split"
+                )
+            )
         return lines
 
 
@@ -447,6 +454,8 @@ def _save_checkpoint(
             "settings": {key: getattr(hyper, key) for key in RESUME_KEYS},
             "data_hash": record["data"]["hash"],
             "rng": torch.get_rng_state(),
+            # Dropout on a GPU draws from its own generators.
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
         partial / STATE_FILE,
     )
@@ -474,6 +483,8 @@ def _restore(
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["step"])
 
 

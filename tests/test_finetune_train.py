@@ -351,3 +351,13 @@ def test_overwrite_keeps_the_old_run_when_training_cannot_start(export_dir, conf
     assert "[finetune] target_modules: the model has no qkv_proj projection" in result.output
     assert "k_proj" in result.output  # the ones it has are listed
     assert (tmp_path / "run/keep.txt").read_text() == "mine"
+
+
+def test_the_report_says_why_there_is_no_validation_loss(tmp_path):
+    from botkit.finetune.train import TrainReport
+    from botkit.finetune.training_data import ReadReport
+
+    alone = TrainReport(tmp_path, "cpu", steps=3, seconds=1.0, examples=2, reads=[ReadReport(tmp_path / "t")])
+    assert "no validation loss: the data has no validation split" in alone.lines()
+    emptied = TrainReport(tmp_path, "cpu", reads=[ReadReport(tmp_path / "t"), ReadReport(tmp_path / "v")])
+    assert "no validation loss: no usable validation example" in emptied.lines()
