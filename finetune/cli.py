@@ -18,6 +18,7 @@ import click
 
 from botkit.cli import Context, cli, config_option, fail
 from botkit.errors import BotkitError
+from botkit.types import NO_ADAPTER
 
 from .examples import FORMATS, FeedbackPolicy, FeedbackSelection, PiiPolicy, PreferencePrompt
 
@@ -408,7 +409,8 @@ def deploy(
 ) -> None:
     """Deploy a GGUF LoRA adapter to a llama.cpp backend of the running bot, without a restart.
 
-    ADAPTER is a llama.cpp GGUF LoRA adapter file, or 'none' for the base model. It is
+    ADAPTER is a llama.cpp GGUF LoRA adapter file, a run folder of `botkit finetune train`
+    that `convert` wrote one into, or 'none' for the base model. It is
     checked against the backend's model (an adapter for another base model is refused),
     written into the config file as lora_path, and the bot running with this config is
     asked over its control socket to reload. See docs/finetune.md.
@@ -416,11 +418,12 @@ def deploy(
     from .deploy import Deployment, adapter_argument
     from .deploy import deploy as run_deploy
 
-    path = adapter_argument(adapter)
-    if path is None and scale is not None:
+    if adapter == NO_ADAPTER and scale is not None:
         raise click.UsageError("--scale applies to an adapter; with 'none' there is none to scale")
-    deployment = Deployment(backend, path, scale, reload=not no_reload, timeout=timeout)
     try:
+        deployment = Deployment(
+            backend, adapter_argument(adapter), scale, reload=not no_reload, timeout=timeout
+        )
         run_deploy(ctx.settings(), deployment, click.echo, lambda line: click.echo(line, err=True))
     except BotkitError as error:
         fail(error)

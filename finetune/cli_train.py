@@ -20,7 +20,6 @@ from .cli import finetune, progress_bars
 from .settings import FinetuneSettings
 from .training_data import TrainingFormat
 
-ADAPTER_FILE = "adapter.gguf"
 # Flags that override a [finetune] key of the same name (dashes for underscores).
 HYPER_FLAGS = tuple(FinetuneSettings.model_fields)
 
@@ -155,7 +154,7 @@ def convert(ctx: Context, run: Path, out: Path | None, base_model: Path | None, 
     """
     from .base_model import BaseModelError, base_model_named, target_from_config
     from .gguf_adapter import convert_peft_adapter
-    from .train import ADAPTER_FOLDER, RUN_FILE, read_run
+    from .train import ADAPTER_FOLDER, CONVERTED_FILE, RUN_FILE, read_run
 
     try:
         if (run / RUN_FILE).is_file():
@@ -174,7 +173,7 @@ def convert(ctx: Context, run: Path, out: Path | None, base_model: Path | None, 
             raise BaseModelError(
                 f"{base.describe()} is not a GGUF file: give the base model's .gguf with --base-model"
             )
-        target = out or run / ADAPTER_FILE
+        target = out or run / CONVERTED_FILE
         if target.exists() and not flags["overwrite"]:
             raise AdapterError(f"{target} exists: pass --overwrite to replace it")
         written = convert_peft_adapter(peft_folder, target, base.path, tensor_type=flags["tensor_type"])

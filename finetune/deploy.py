@@ -22,9 +22,11 @@ from botkit.backends.llamacpp_adapters import ModelInfo, check_adapter
 from botkit.bot import Bot
 from botkit.config_edit import ConfigEdit, edit_table
 from botkit.control import control_socket_path, request_sync
-from botkit.errors import ConfigError, ControlError, ModelLoadError, NoRunningBot
+from botkit.errors import AdapterError, ConfigError, ControlError, ModelLoadError, NoRunningBot
 from botkit.settings import Settings, env_name, load_settings, toml_value
 from botkit.types import NO_ADAPTER
+
+from .train import CONVERTED_FILE, RUN_FILE
 
 Echo = Callable[[str], None]
 
@@ -71,11 +73,19 @@ class Deployment:
 def adapter_argument(value: str) -> Path | None:
     """``none`` for the base model, else the adapter file's absolute path (relative to the current folder).
 
+    A run folder of ``botkit finetune train`` stands for the adapter ``convert`` wrote into it.
     Symlinks are kept, so that a link such as ``adapters/current.gguf`` can be repointed later.
     """
     if value == NO_ADAPTER:
         return None
-    return Path(os.path.abspath(Path(value).expanduser()))
+    path = Path(os.path.abspath(Path(value).expanduser()))
+    if (path / RUN_FILE).is_file():
+        if not (path / CONVERTED_FILE).is_file():
+            raise AdapterError(
+                f"{path} is a training run without {CONVERTED_FILE}: run `botkit finetune convert {value}` first"
+            )
+        return path / CONVERTED_FILE
+    return path
 
 
 def find_backend(bot: Bot, name: str) -> BackendSlot:

@@ -26,6 +26,7 @@ from .training_data import PromptStyle, ReadReport, TrainingFormat, TrainingText
 
 INSTALL_HINT = "pip install 'botkit[finetune]'"
 RUN_FILE = "training.json"
+CONVERTED_FILE = "adapter.gguf"  # what `botkit finetune convert RUN` writes by default
 ADAPTER_FOLDER = "adapter"
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"

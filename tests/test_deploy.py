@@ -135,6 +135,23 @@ def test_a_relative_adapter_path_is_taken_from_the_current_folder(config, adapte
     assert result.stdout.splitlines()[-1] == f"not reloading the running bot (--no-reload): {NO_BOT}"
 
 
+def test_a_training_run_folder_stands_for_its_converted_adapter(config, adapters, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training.json").write_text("{}", encoding="utf-8")
+    before = config.read_bytes()
+    unconverted = deploy(config, str(run), "--no-reload")
+    assert unconverted.exit_code == 1
+    assert f"{run} is a training run without adapter.gguf: run `botkit finetune convert {run}` first" in (
+        unconverted.stderr
+    )
+    assert config.read_bytes() == before
+    (run / "adapter.gguf").write_bytes((adapters / "good.gguf").read_bytes())
+    result = deploy(config, str(run), "--no-reload")
+    assert result.exit_code == 0, result.output
+    assert f'lora_path = "{run / "adapter.gguf"}"' in config.read_text(encoding="utf-8")
+
+
 def test_an_adapter_for_another_base_model_is_refused_naming_both(config, adapters):
     before = config.read_bytes()
     result = deploy(config, str(adapters / "other.gguf"))
