@@ -8,9 +8,33 @@ from importlib.metadata import PackageNotFoundError, version
 import pluggy
 
 from botkit.adapter import Adapter, AdapterSettings
+from botkit.api import (
+    BackendStatus,
+    BotAPI,
+    BotStatus,
+    PluginState,
+    PluginStatus,
+    PluginSwitches,
+    StateKey,
+)
 from botkit.backend import Backend, BackendSettings
 from botkit.commands import Command, CommandContext
+from botkit.errors import (
+    AdapterError,
+    BotkitError,
+    ConfigError,
+    ControlError,
+    DuplicateNameError,
+    ExportError,
+    ModelLoadError,
+    NoRunningBot,
+    PlatformError,
+    PluginLoadError,
+    QueueFull,
+    StorageError,
+)
 from botkit.types import (
+    NO_ADAPTER,
     Chunk,
     ConversationScope,
     Message,
@@ -36,17 +60,35 @@ except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "NO_ADAPTER",
     "Adapter",
+    "AdapterError",
     "AdapterSettings",
     "Backend",
     "BackendSettings",
+    "BackendStatus",
+    "BotAPI",
+    "BotStatus",
+    "BotkitError",
     "Chunk",
     "Command",
     "CommandContext",
+    "ConfigError",
+    "ControlError",
     "ConversationScope",
+    "DuplicateNameError",
+    "ExportError",
     "Message",
     "MessageChange",
+    "ModelLoadError",
+    "NoRunningBot",
+    "PlatformError",
+    "PluginLoadError",
+    "PluginState",
+    "PluginStatus",
+    "PluginSwitches",
     "Prompt",
+    "QueueFull",
     "Reaction",
     "Refuse",
     "Reply",
@@ -54,6 +96,8 @@ __all__ = [
     "Responder",
     "Role",
     "SamplingParams",
+    "StateKey",
+    "StorageError",
     "Turn",
     "User",
     "__version__",

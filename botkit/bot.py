@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel
 
 from botkit.adapter import Adapter, AdapterSettings
+from botkit.api import BackendStatus, BotStatus, PluginState
 from botkit.backend import Backend, BackendSettings
 from botkit.backend_set import (
     DEFAULT,
@@ -24,7 +28,8 @@ from botkit.backend_set import (
 from botkit.deliveries import SeenDeliveries
 from botkit.errors import AdapterError, ConfigError
 from botkit.generation import GenerationQueue
-from botkit.hookcall import call_all, call_plugin, first_result
+from botkit.commands import Command
+from botkit.hookcall import call_all, call_plugin, each_result, first_result
 from botkit.overrides import SAMPLING_KEYS, merged
 from botkit.pipeline import Pipeline
 from botkit.plugin_host import PluginHost
@@ -48,7 +53,9 @@ class Bot:
         self.migrator = Migrator(self.db, list(self.registry.migrations.values()))
         self.pipeline = Pipeline(self)
         self.deliveries = SeenDeliveries()
+        self.state = PluginState()
         self.started = False
+        self._started_at = time.monotonic()
 
     @classmethod
     def load(cls, settings: Settings, extra_plugins: dict[str, object] | None = None) -> Bot:
@@ -68,6 +75,11 @@ class Bot:
     def plugin_settings(self, name: str) -> BaseModel:
         """The validated ``[plugins.<name>]`` settings of a plugin that registered a model."""
         return self.host.plugin_settings[name]
+
+    @property
+    def commands(self) -> Mapping[str, Command]:
+        """The chat commands of the plugins that are on, by name (read-only)."""
+        return MappingProxyType(self.registry.commands)
 
     @property
     def default_backend(self) -> BackendSlot:
@@ -104,12 +116,45 @@ class Bot:
             changes["adapter"] = values["adapter"]
         return slot, str(system_prompt), replace(params, **changes)  # type: ignore[arg-type]
 
-    async def switch_adapter(self, backend: str, adapter: str | None) -> str:
-        """Make ``adapter`` (a name, a path, or None for none) the active one of ``backend``."""
+    async def switch_lora(self, backend: str, lora: str | None) -> str:
+        """Make ``lora`` (a name, a path, or None for none) the active LoRA adapter of ``backend``."""
         slot = self.backends.get(backend)
         if slot is None:
             raise AdapterError(f"no backend {backend!r}; configured: {', '.join(sorted(self.backends))}")
-        return await slot.backend.switch_adapter(adapter)
+        return await slot.backend.switch_adapter(lora)
+
+    async def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by the default backend's tokenizer."""
+        return await self.backend.count_text(text)
+
+    def status(self) -> BotStatus:
+        """What the bot is doing now: its backends and queues, conversations, plugins, database."""
+        backends = []
+        for slot in self.backends.values():
+            backend, queue = slot.backend, slot.queue
+            backends.append(
+                BackendStatus(
+                    name=slot.name,
+                    type=slot.type_name,
+                    model=backend.model_name,
+                    lora=backend.active_adapter,
+                    loras=tuple(sorted(backend.adapters)),
+                    context_window=backend.context_window,
+                    generating=queue.running,
+                    waiting=queue.waiting,
+                    concurrency=queue.concurrency,
+                    queue_limit=queue.limit,
+                )
+            )
+        plugins = self.host.infos
+        return BotStatus(
+            backends=tuple(backends),
+            conversations=len(self.pipeline.lanes),
+            plugins_on=sum(1 for name in plugins if self.host.pm.get_plugin(name) is not None),
+            plugins_total=len(plugins),
+            database=self.db.display_url,
+            uptime_s=time.monotonic() - self._started_at,
+        )
 
     def adapter_settings(self, name: str) -> AdapterSettings:
         adapter_type = self.registry.adapters.get(name)
@@ -176,6 +221,7 @@ class Bot:
             raise
         await call_all(self.hook.botkit_startup, bot=self)
         self.started = True
+        self._started_at = time.monotonic()
         for slot in self.backends.values():
             log.info("backend %s started: %s, model %s", slot.name, slot.type_name, slot.backend.model_name)
 
@@ -194,6 +240,20 @@ class Bot:
     async def handle(self, message: Message, responder: Responder) -> None:
         """Answer one incoming message; adapters call this."""
         await self.pipeline.handle(message, responder)
+
+    async def forget_user(self, platform: str, user_id: str) -> bool:
+        """Ask every plugin to let go of a user (``botkit_forget_user``) before their rows are deleted.
+
+        False when a plugin cannot do its part now (its pending writes cannot
+        reach the database): the deletion must be put off.
+        """
+        async for plugin, done in each_result(
+            self.hook.botkit_forget_user, platform=platform, user_id=user_id, bot=self
+        ):
+            if done is False:
+                log.warning("forgetting %s:%s put off: plugin %r cannot do its part now", platform, user_id, plugin)
+                return False
+        return True
 
     async def react(self, reaction: Reaction) -> None:
         """Hand a reaction the adapter saw to the plugins (``botkit_reaction``)."""

@@ -20,7 +20,6 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from botkit import Command, CommandContext, Message, hookimpl
-from botkit.hookcall import each_result
 from botkit.storage import (
     FeedbackRecord,
     MessageRecord,
@@ -109,14 +108,8 @@ async def forget_me(ctx: CommandContext) -> str:
         pending = await session.get(PluginStateRecord, (NAME, key))
         if pending is None or datetime.fromisoformat(pending.value["until"]) < now:
             return f"Nothing to confirm: type `{bot.settings.bot.command_prefix}forgetme` first."
-    async for plugin, done in each_result(
-        bot.hook.botkit_forget_user, platform=message.platform, user_id=message.author.id, bot=bot
-    ):
-        if done is False:
-            log.warning(
-                "forgetme of %s put off: plugin %r could not finish its part", message.user_key, plugin
-            )
-            return "I couldn't delete your data just now (storage is unavailable). Nothing was deleted; please try again later."
+    if not await bot.forget_user(message.platform, message.author.id):
+        return "I couldn't delete your data just now (storage is unavailable). Nothing was deleted; please try again later."
     deleted = await delete_user(bot, message)
     log.info("forgetme: deleted the data of %s (%d messages)", message.user_key, deleted)
     return "Done: everything I had stored about you is deleted."
