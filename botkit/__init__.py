@@ -33,6 +33,7 @@ from botkit.errors import (
     QueueFull,
     StorageError,
 )
+from botkit.settings import to_toml
 from botkit.types import (
     NO_ADAPTER,
     Chunk,
@@ -102,4 +103,5 @@ __all__ = [
     "User",
     "__version__",
     "hookimpl",
+    "to_toml",
 ]

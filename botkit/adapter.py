@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from botkit.bot import Bot
+    from botkit.api import BotAPI
 
 
 class AdapterSettings(BaseModel):
@@ -28,7 +28,7 @@ class Adapter(ABC):
 
     name: str
 
-    def __init__(self, bot: Bot, settings: AdapterSettings) -> None:
+    def __init__(self, bot: BotAPI, settings: AdapterSettings) -> None:
         self.bot = bot
         self.settings = settings
 

@@ -83,6 +83,7 @@ class PluginStatus:
     origin: str  # "builtin", "entry point (dist x.y)", a file path, or "given"
     on: bool
     error: str | None  # why it failed to load, if it did
+    note: str | None  # why it is off although config selects it (a plugin it needs is off)
     switched: bool  # an admin's stored switch decides, not config.toml
     fixed: str | None  # why it cannot be switched at run time, or None
 
@@ -119,7 +120,7 @@ class BotStatus:
 class PluginSwitches(Protocol):
     """Switching plugins on and off at run time; an admin's switch is stored and survives restarts."""
 
-    def list(self) -> list[PluginStatus]:
+    async def list(self) -> list[PluginStatus]:
         """Every plugin found, by name."""
         ...
 

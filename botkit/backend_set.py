@@ -24,9 +24,13 @@ class BackendSlot:
 
     name: str
     type_name: str
-    settings: BackendSettings
     backend: Backend
     queue: GenerationQueue
+
+    @property
+    def settings(self) -> BackendSettings:
+        """The backend's settings: the backend holds them, a reload replaces them there."""
+        return self.backend.settings
 
     @property
     def table(self) -> str:
@@ -86,7 +90,7 @@ def build_backends(registry: Registry, settings: Settings) -> dict[str, BackendS
         backend = registry.backends[type_name].factory(backend_settings)
         backend.table = ".".join(table_path(name))
         queue = GenerationQueue(backend.concurrency, backend_settings.queue_limit)
-        slots[name] = BackendSlot(name, type_name, backend_settings, backend, queue)
+        slots[name] = BackendSlot(name, type_name, backend, queue)
     check_override_backends(settings, slots)
     return slots
 

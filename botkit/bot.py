@@ -25,18 +25,17 @@ from botkit.backend_set import (
     start_backends,
     validate_backend,
 )
+from botkit.commands import Command
 from botkit.deliveries import SeenDeliveries
 from botkit.errors import AdapterError, ConfigError
 from botkit.generation import GenerationQueue
-from botkit.commands import Command
 from botkit.hookcall import call_all, call_plugin, each_result, first_result
 from botkit.overrides import SAMPLING_KEYS, merged
 from botkit.pipeline import Pipeline
-from botkit.plugin_host import PluginHost
+from botkit.plugin_host import PluginHost, read_stored_switches
 from botkit.registry import Registry
 from botkit.settings import Settings, load_settings, masked_dump, validate_table
 from botkit.storage import Database, Migrator
-from botkit.switches import apply_overrides, read_overrides
 from botkit.types import Message, MessageChange, Reaction, Responder, SamplingParams, User
 
 log = logging.getLogger("botkit")
@@ -46,14 +45,15 @@ class Bot:
     """One bot process. Build it with ``Bot.load``, then ``await start()`` / ``await stop()``."""
 
     def __init__(self, settings: Settings, host: PluginHost) -> None:
-        self.settings = settings
         self.host = host
+        host.settings = settings
         self.backends = build_backends(self.registry, settings)
         self.db = Database(settings.storage)
         self.migrator = Migrator(self.db, list(self.registry.migrations.values()))
         self.pipeline = Pipeline(self)
         self.deliveries = SeenDeliveries()
         self.state = PluginState()
+        host.bind(self.db, self)
         self.started = False
         self._started_at = time.monotonic()
 
@@ -63,6 +63,11 @@ class Bot:
         host = PluginHost(settings)
         host.load(extra_plugins)
         return cls(settings, host)
+
+    @property
+    def settings(self) -> Settings:
+        """The current settings; one holder (the plugin host's), replaced as a whole by a reload."""
+        return self.host.settings
 
     @property
     def hook(self) -> Any:
@@ -75,6 +80,11 @@ class Bot:
     def plugin_settings(self, name: str) -> BaseModel:
         """The validated ``[plugins.<name>]`` settings of a plugin that registered a model."""
         return self.host.plugin_settings[name]
+
+    @property
+    def plugins(self) -> PluginHost:
+        """The loaded plugins, and switching them at run time (``botkit.api.PluginSwitches``)."""
+        return self.host
 
     @property
     def commands(self) -> Mapping[str, Command]:
@@ -150,7 +160,7 @@ class Bot:
         return BotStatus(
             backends=tuple(backends),
             conversations=len(self.pipeline.lanes),
-            plugins_on=sum(1 for name in plugins if self.host.pm.get_plugin(name) is not None),
+            plugins_on=sum(1 for name in plugins if self.host.is_on(name)),
             plugins_total=len(plugins),
             database=self.db.display_url,
             uptime_s=time.monotonic() - self._started_at,
@@ -208,7 +218,7 @@ class Bot:
         await self.db.connect()
         try:
             await self.migrator.ensure_current(self.settings.storage.auto_upgrade)
-            apply_overrides(self, await read_overrides(self.db))
+            self.host.apply_stored_switches(await read_stored_switches(self.db))
             await start_backends(self.backends)
         except BaseException:
             await self.db.close()
@@ -312,10 +322,10 @@ class Bot:
         restart = [
             name for name, value in plugin_settings.items() if value != self.host.plugin_settings.get(name)
         ]
-        self.settings = self.host.settings = new
+        self.host.settings = new
         for name, settings in backend_settings.items():
             slot = self.backends[name]
-            slot.settings = slot.backend.settings = settings
+            slot.backend.settings = settings
             slot.queue.limit = settings.queue_limit
         for name in adapter_changes:
             notes.append(await self._reload_adapter(name))

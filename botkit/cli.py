@@ -202,7 +202,7 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
 
 
 def switch_from_shell(ctx: Context, name: str, enabled: bool | None) -> None:
-    from botkit.switches import write_override
+    from botkit.plugin_host import store_switch
 
     async def action(bot: Bot) -> None:
         if name not in bot.host.infos:
@@ -211,11 +211,11 @@ def switch_from_shell(ctx: Context, name: str, enabled: bool | None) -> None:
         if reason is not None and enabled is not None:
             raise ConfigError(reason)
         await bot.migrator.ensure_current(bot.settings.storage.auto_upgrade)
-        await write_override(bot.db, name, enabled)
+        await store_switch(bot.db, name, enabled)
 
     with_migrator(ctx, action)
     if enabled is None:
-        click.echo(f"override of {name} cleared: config.toml decides from the next start")
+        click.echo(f"stored switch of {name} cleared: config.toml decides from the next start")
     else:
         state = "enabled" if enabled else "disabled"
         click.echo(

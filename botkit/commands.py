@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from botkit.types import Message, Responder
 
 if TYPE_CHECKING:
-    from botkit.bot import Bot
+    from botkit.api import BotAPI
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
@@ -21,7 +21,7 @@ class CommandContext:
 
     message: Message
     args: str
-    bot: Bot
+    bot: BotAPI
     responder: Responder
 
 

@@ -19,12 +19,13 @@ import pluggy
 from botkit.types import Message, MessageChange, Prompt, Reaction, Reply, User
 
 if TYPE_CHECKING:
-    from botkit.bot import Bot
+    from botkit.api import BotAPI
     from botkit.registry import (
         RegisterAdapter,
         RegisterBackend,
         RegisterCommand,
         RegisterMigrations,
+        RegisterPlugin,
         RegisterSettings,
     )
 
@@ -105,10 +106,28 @@ def botkit_register_migrations(register: RegisterMigrations) -> None:
 
 
 @hookspec
-def botkit_startup(bot: Bot) -> MaybeAwaitable:
+def botkit_register_plugin(register: RegisterPlugin) -> None:
+    """Declare what the plugin is to the host: required, and which plugins it needs.
+
+    When: once at start-up, when the plugin is loaded.
+    Arguments: ``register(required=False, needs=())``. ``required=True``: the
+    plugin can never be switched off at run time (``/disable`` and ``botkit
+    plugins disable`` refuse; the admin plugin is, so admins cannot lock
+    themselves out). ``needs``: names of plugins it cannot work without. A
+    plugin whose needed plugin is off is not started (a warning says why,
+    ``botkit plugins list`` and ``/plugins`` show it); switching the needed
+    plugin off while it runs is refused, naming it.
+    Results: called once per plugin; calling ``register`` twice raises.
+    Where: any plugin; plugins that declare nothing are neither required nor
+    need anything. Synchronous.
+    """
+
+
+@hookspec
+def botkit_startup(bot: BotAPI) -> MaybeAwaitable:
     """The bot has loaded its plugins, settings and backend and is about to accept messages.
 
-    Arguments: ``bot``, the running ``botkit.bot.Bot``.
+    Arguments: ``bot``, the running bot (``botkit.BotAPI``).
     Results: every implementation is awaited in turn; return values are ignored.
     An implementation that raises is logged and skipped.
     Where: plugins that open connections or start background tasks.
@@ -116,7 +135,7 @@ def botkit_startup(bot: Bot) -> MaybeAwaitable:
 
 
 @hookspec
-def botkit_shutdown(bot: Bot) -> MaybeAwaitable:
+def botkit_shutdown(bot: BotAPI) -> MaybeAwaitable:
     """The bot is stopping: in-flight replies have finished or been stopped.
 
     Arguments: ``bot``. Results: every implementation is awaited; values ignored.
@@ -125,7 +144,7 @@ def botkit_shutdown(bot: Bot) -> MaybeAwaitable:
 
 
 @hookspec
-def botkit_is_admin(user: User, message: Message | None, bot: Bot) -> MaybeAwaitable:
+def botkit_is_admin(user: User, message: Message | None, bot: BotAPI) -> MaybeAwaitable:
     """Decide whether ``user`` is an administrator.
 
     When: whenever anything asks ``bot.is_admin(user, message)``: admin-only
@@ -139,7 +158,7 @@ def botkit_is_admin(user: User, message: Message | None, bot: Bot) -> MaybeAwait
 
 
 @hookspec
-def botkit_gate(message: Message, bot: Bot) -> MaybeAwaitable:
+def botkit_gate(message: Message, bot: BotAPI) -> MaybeAwaitable:
     """Let a message through, rewrite it, or stop it, before anything answers it.
 
     When: for every non-empty incoming message, commands included, before
@@ -153,7 +172,7 @@ def botkit_gate(message: Message, bot: Bot) -> MaybeAwaitable:
 
 
 @hookspec
-def botkit_prepare_context(message: Message, prompt: Prompt, bot: Bot) -> MaybeAwaitable:
+def botkit_prepare_context(message: Message, prompt: Prompt, bot: BotAPI) -> MaybeAwaitable:
     """Shape what the model will see for this message.
 
     When: after gates and commands, before the backend is asked; ``prompt``
@@ -170,7 +189,7 @@ def botkit_prepare_context(message: Message, prompt: Prompt, bot: Bot) -> MaybeA
 
 
 @hookspec
-def botkit_filter_reply(message: Message, text: str, final: bool, bot: Bot) -> MaybeAwaitable:
+def botkit_filter_reply(message: Message, text: str, final: bool, bot: BotAPI) -> MaybeAwaitable:
     """Check or rewrite the reply before the user sees it.
 
     When: while the reply streams, before each update is delivered
@@ -187,7 +206,7 @@ def botkit_filter_reply(message: Message, text: str, final: bool, bot: Bot) -> M
 
 
 @hookspec
-def botkit_after_reply(message: Message, reply: Reply, bot: Bot) -> MaybeAwaitable:
+def botkit_after_reply(message: Message, reply: Reply, bot: BotAPI) -> MaybeAwaitable:
     """A generated reply has been delivered (or stopped, timed out, blocked or failed).
 
     Arguments: ``message``, the message answered (after gate rewrites);
@@ -199,7 +218,7 @@ def botkit_after_reply(message: Message, reply: Reply, bot: Bot) -> MaybeAwaitab
 
 
 @hookspec
-def botkit_forget_user(platform: str, user_id: str, bot: Bot) -> MaybeAwaitable:
+def botkit_forget_user(platform: str, user_id: str, bot: BotAPI) -> MaybeAwaitable:
     """A user asked to be forgotten: make sure nothing about them stays outside the database.
 
     When: before their rows are deleted from the core tables (``/forgetme``).
@@ -212,7 +231,7 @@ def botkit_forget_user(platform: str, user_id: str, bot: Bot) -> MaybeAwaitable:
 
 
 @hookspec
-def botkit_reaction(reaction: Reaction, bot: Bot) -> MaybeAwaitable:
+def botkit_reaction(reaction: Reaction, bot: BotAPI) -> MaybeAwaitable:
     """Someone added or removed an emoji reaction on a message.
 
     When: an adapter calls ``bot.react(reaction)`` for every reaction event its
@@ -224,7 +243,7 @@ def botkit_reaction(reaction: Reaction, bot: Bot) -> MaybeAwaitable:
 
 
 @hookspec
-def botkit_message_changed(change: MessageChange, bot: Bot) -> MaybeAwaitable:
+def botkit_message_changed(change: MessageChange, bot: BotAPI) -> MaybeAwaitable:
     """A user edited or deleted a message the bot received earlier.
 
     When: an adapter calls ``bot.message_changed(change)`` for each edit or

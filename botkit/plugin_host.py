@@ -1,4 +1,11 @@
-"""Finding, selecting, loading and registering plugins: built-ins, entry points and a folder."""
+"""Finding, selecting, loading and registering plugins (built-ins, entry points, a folder); switching them.
+
+A plugin switched by an admin at run time (``/enable``, ``/disable``, ``botkit
+plugins enable|disable``) is stored in ``plugin_state`` (plugin ``botkit``, key
+``enabled:NAME``) and beats ``[plugins.NAME] enabled`` in config until it is
+cleared: ``apply_stored_switches`` applies the stored ones at start, before any
+plugin has started.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +19,22 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from botkit import hookspecs
+from botkit.api import PluginStatus
 from botkit.errors import ConfigError, PluginLoadError
+from botkit.hookcall import call_plugin
 from botkit.registry import Registry
 from botkit.settings import Settings, validate_table
+from botkit.storage import Database, PluginStateRecord
+
+if TYPE_CHECKING:
+    from botkit.api import BotAPI
 
 log = logging.getLogger("botkit.plugins")
 
@@ -53,7 +68,42 @@ _REGISTER_HOOKS = {
     "botkit_register_adapters": "adapter_registrar",
     "botkit_register_commands": "command_registrar",
     "botkit_register_migrations": "migrations_registrar",
+    "botkit_register_plugin": "plugin_registrar",
 }
+
+# Where stored switches live in ``plugin_state``.
+SWITCH_OWNER = "botkit"
+SWITCH_PREFIX = "enabled:"
+
+
+async def read_stored_switches(db: Database) -> dict[str, bool]:
+    """Plugin name -> enabled, as stored by an admin; empty when the table does not exist yet."""
+    try:
+        async with db.sessions() as session:
+            rows = await session.execute(
+                select(PluginStateRecord.key, PluginStateRecord.value).where(
+                    PluginStateRecord.plugin == SWITCH_OWNER
+                )
+            )
+            return {
+                key.removeprefix(SWITCH_PREFIX): bool(value)
+                for key, value in rows
+                if key.startswith(SWITCH_PREFIX)
+            }
+    except SQLAlchemyError:
+        return {}
+
+
+async def store_switch(db: Database, name: str, enabled: bool | None) -> None:
+    """Store (or with ``None`` clear) the switch of plugin ``name``."""
+    async with db.session() as session:
+        await session.execute(
+            delete(PluginStateRecord).where(
+                PluginStateRecord.plugin == SWITCH_OWNER, PluginStateRecord.key == SWITCH_PREFIX + name
+            )
+        )
+        if enabled is not None:
+            session.add(PluginStateRecord(plugin=SWITCH_OWNER, key=SWITCH_PREFIX + name, value=enabled))
 
 
 @dataclass
@@ -73,6 +123,7 @@ class PluginInfo:
     loaded: bool
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    note: str | None = None  # why it is off although selected (a plugin it needs is off)
 
 
 def discover(directory: Path | None) -> dict[str, PluginSource]:
@@ -161,6 +212,12 @@ class PluginHost:
         self.plugin_settings: dict[str, Any] = {}
         self.sources: dict[str, PluginSource] = {}
         self._suspended: dict[str, tuple[object, dict[tuple[str, str], Any]]] = {}
+        self._db: Database | None = None
+        self._bot: BotAPI | None = None
+
+    def bind(self, db: Database, bot: BotAPI) -> None:
+        """Give the host the database its switches are stored in and the bot its hooks receive."""
+        self._db, self._bot = db, bot
 
     @property
     def hook(self) -> Any:
@@ -203,7 +260,33 @@ class PluginHost:
             if plugin is not None:
                 info = self.infos[name]
                 info.loaded = info.enabled = True
+                info.note = None
                 info.hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        self._suspend_unmet()
+
+    def _suspend_unmet(self) -> None:
+        """Take out every loaded plugin that needs a plugin which is off (until none is left)."""
+        changed = True
+        while changed:
+            changed = False
+            for name in sorted(self.pm_names()):
+                missing = self.missing_needs(name)
+                if missing:
+                    self.suspend(name)
+                    note = f"needs plugin {missing[0]!r}, which is off"
+                    self.infos[name].note = note
+                    log.warning("plugin %r is off: it %s", name, note)
+                    changed = True
+
+    def missing_needs(self, name: str) -> list[str]:
+        """The plugins ``name`` declared it needs that are not on now."""
+        return [need for need in self.registry.traits_of(name).needs if self.pm.get_plugin(need) is None]
+
+    def needed_by(self, name: str) -> list[str]:
+        """The plugins that are on and need ``name``."""
+        return sorted(
+            other for other in self.pm_names() if name in self.registry.traits_of(other).needs
+        )
 
     # -- switching plugins while the bot runs ---------------------------------
 
@@ -216,8 +299,7 @@ class PluginHost:
         for kind in ("backend", "adapter", "migrations"):
             if kind in kinds:
                 return f"plugin {name!r} provides a {kind}: change config.toml and restart instead"
-        plugin = self.pm.get_plugin(name) or self._suspended.get(name, (None, {}))[0]
-        if getattr(plugin, "BOTKIT_REQUIRED", False):
+        if self.registry.traits_of(name).required:
             return f"plugin {name!r} is required and cannot be switched off"
         return None
 
@@ -248,6 +330,142 @@ class PluginHost:
             self._activate([name])
         finally:
             self.settings.plugins.on_error = saved
+
+    # -- the public switch API (botkit.api.PluginSwitches) -------------------
+
+    def is_on(self, name: str) -> bool:
+        return self.pm.get_plugin(name) is not None
+
+    async def list(self) -> list[PluginStatus]:
+        stored = await read_stored_switches(self._bound()[0])
+        return [
+            PluginStatus(
+                name=name,
+                origin=info.origin,
+                on=self.is_on(name),
+                error=info.error,
+                note=info.note,
+                switched=name in stored,
+                fixed=self.switchable(name),
+            )
+            for name, info in sorted(self.infos.items())
+        ]
+
+    async def enable(self, name: str) -> str:
+        return await self._switch(name, True)
+
+    async def disable(self, name: str) -> str:
+        return await self._switch(name, False)
+
+    async def clear(self, name: str) -> str:
+        if name not in self.infos:
+            return f"There is no plugin {name!r}."
+        await store_switch(self._bound()[0], name, None)
+        return f"Stored switch of {name} cleared: config.toml decides from the next start."
+
+    async def _switch(self, name: str, enabled: bool) -> str:
+        db, bot = self._bound()
+        reason = self.switchable(name)
+        if reason is not None:
+            return f"Cannot switch {name}: {reason}."
+        also = ""
+        if enabled and not self.is_on(name):
+            error = self._resume_checked(name)
+            if error:
+                return f"Cannot enable {name}: {error}"
+            await call_plugin(self.hook.botkit_startup, name, bot=bot)
+            back = self._resume_waiting()
+            for other in back:
+                await call_plugin(self.hook.botkit_startup, other, bot=bot)
+            if back:
+                also = f" Back on with it: {', '.join(back)}."
+        elif not enabled and self.is_on(name):
+            # Plugins that need this one go off first (their shutdown may still use it), and come
+            # back when it does.
+            dependants = self._dependants(name)
+            for other in dependants:
+                await call_plugin(self.hook.botkit_shutdown, other, bot=bot)
+                self.suspend(other)
+                self.infos[other].note = f"needs plugin {name!r}, which is off"
+            await call_plugin(self.hook.botkit_shutdown, name, bot=bot)
+            self.suspend(name)
+            if dependants:
+                also = f" Off with it, as they need it: {', '.join(sorted(dependants))}."
+        if not enabled:
+            self.infos[name].note = None  # an admin's choice: it does not come back with its needs
+        await store_switch(db, name, enabled)
+        state = "enabled" if enabled else "disabled"
+        return f"Plugin {name} is {state} (stored: it stays {state} after a restart until cleared).{also}"
+
+    def _dependants(self, name: str) -> list[str]:
+        """The plugins that are on and need ``name``, directly or through each other, dependants first."""
+        found: list[str] = []
+        pending = [name]
+        while pending:
+            for other in self.needed_by(pending.pop()):
+                if other not in found:
+                    found.insert(0, other)
+                    pending.append(other)
+        return found
+
+    def _resume_waiting(self) -> list[str]:
+        """Put back the plugins that are off only because a plugin they need was; returns their names."""
+        back: list[str] = []
+        progress = True
+        while progress:
+            progress = False
+            for name, info in sorted(self.infos.items()):
+                if info.note and not self.is_on(name) and name in self._suspended:
+                    if not self.missing_needs(name):
+                        self.resume(name)
+                        info.note = None
+                        back.append(name)
+                        progress = True
+        return back
+
+    def apply_stored_switches(self, stored: dict[str, bool]) -> None:
+        """At start, before any plugin has started: make the loaded plugins match the stored switches."""
+        for name, enabled in sorted(stored.items()):
+            if name not in self.infos:
+                log.warning("plugin %r has a stored switch but is not installed; ignored", name)
+                continue
+            if enabled == self.is_on(name):
+                continue
+            reason = self.switchable(name)
+            if reason is not None:
+                log.warning("stored switch of plugin %r not applied: %s", name, reason)
+                continue
+            if enabled:
+                error = self._resume_checked(name)
+                if error:
+                    log.error("plugin %r stays off despite its stored switch: %s", name, error)
+                    continue
+            else:
+                self.suspend(name)
+            log.info("plugin %r is %s by a stored switch", name, "on" if enabled else "off")
+        self._suspend_unmet()
+        self._resume_waiting()
+
+    def _resume_checked(self, name: str) -> str | None:
+        """Load ``name``; undo it if it turns out to need a restart or a plugin that is off."""
+        try:
+            self.resume(name)
+        except PluginLoadError as error:
+            return error.cause
+        reason = self.switchable(name)
+        missing = self.missing_needs(name)
+        if reason is None and missing:
+            reason = f"it needs plugin {missing[0]!r}, which is off; enable {missing[0]} first"
+        if reason is not None:
+            self.suspend(name)
+            return reason
+        self.infos[name].note = None
+        return None
+
+    def _bound(self) -> tuple[Database, BotAPI]:
+        if self._db is None or self._bot is None:
+            raise RuntimeError("PluginHost.bind(db, bot) must be called before plugins are switched")
+        return self._db, self._bot
 
     def pm_names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin()]

@@ -15,8 +15,8 @@ from botkit.storage.migrations import MigrationBranch
 
 if TYPE_CHECKING:
     from botkit.adapter import Adapter, AdapterSettings
+    from botkit.api import BotAPI
     from botkit.backend import Backend, BackendSettings
-    from botkit.bot import Bot
     from botkit.commands import Command
 
 
@@ -31,9 +31,22 @@ class BackendType:
 @dataclass(frozen=True, slots=True)
 class AdapterType:
     name: str
-    factory: Callable[[Bot, AdapterSettings], Adapter]
+    factory: Callable[[BotAPI, AdapterSettings], Adapter]
     settings_model: type[AdapterSettings]
     plugin: str
+
+
+@dataclass(frozen=True, slots=True)
+class PluginTraits:
+    """What a plugin declares about itself (``botkit_register_plugin``)."""
+
+    plugin: str
+    required: bool = False  # never switched off at run time (admins would lock themselves out)
+    needs: tuple[str, ...] = ()  # plugins it cannot work without
+
+
+class RegisterPlugin(Protocol):
+    def __call__(self, *, required: bool = False, needs: tuple[str, ...] | list[str] = ()) -> None: ...
 
 
 class RegisterSettings(Protocol):
@@ -76,6 +89,8 @@ class Registry:
         self.commands: dict[str, Command] = {}
         self.migrations: dict[str, MigrationBranch] = {}  # by plugin name
         self.owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin that registered it
+        # Declared by each plugin about itself; kept while a plugin is switched off, unlike the rest.
+        self.traits: dict[str, PluginTraits] = {}
 
     def _tables(self) -> dict[str, dict[str, Any]]:
         return {
@@ -120,6 +135,22 @@ class Registry:
     def forget(self, plugin: str) -> None:
         """Drop everything ``plugin`` registered (it failed to load)."""
         self.withdraw(plugin)
+        self.traits.pop(plugin, None)
+
+    def traits_of(self, plugin: str) -> PluginTraits:
+        return self.traits.get(plugin) or PluginTraits(plugin)
+
+    def plugin_registrar(self, plugin: str) -> RegisterPlugin:
+        def register(*, required: bool = False, needs: tuple[str, ...] | list[str] = ()) -> None:
+            if plugin in self.traits:
+                raise ValueError("botkit_register_plugin: register was called twice")
+            if isinstance(needs, str) or not all(isinstance(n, str) and n for n in needs):
+                raise TypeError("botkit_register_plugin: needs must be a list of plugin names")
+            if plugin in needs:
+                raise ValueError("botkit_register_plugin: a plugin cannot need itself")
+            self.traits[plugin] = PluginTraits(plugin, bool(required), tuple(needs))
+
+        return register
 
     def settings_registrar(self, plugin: str) -> RegisterSettings:
         def register(plugin_name: str, model: type[BaseModel]) -> None:

@@ -8,38 +8,28 @@ survives restarts until ``/clear NAME``.
 from __future__ import annotations
 
 import logging
-import time
 
-from botkit import Command, CommandContext, hookimpl
-from botkit.backend_set import DEFAULT as DEFAULT_BACKEND
-from botkit.errors import AdapterError, ConfigError
-from botkit.settings import to_toml
-from botkit.switches import clear, read_overrides, set_enabled
-from botkit.types import NO_ADAPTER
+from botkit import NO_ADAPTER, AdapterError, Command, CommandContext, ConfigError, hookimpl, to_toml
 
 log = logging.getLogger("botkit.plugins.admin")
 
-# This plugin cannot be switched off at run time: admins would lock themselves out.
-BOTKIT_REQUIRED = True
-
-_started: dict[int, float] = {}
+DEFAULT_BACKEND = "default"  # the [backend] table's name among the backends
 
 
 async def list_plugins(ctx: CommandContext) -> str:
-    host = ctx.bot.host
-    overrides = await read_overrides(ctx.bot.db)
     lines = ["Plugins:"]
-    for name, info in sorted(host.infos.items()):
-        state = "on" if host.pm.get_plugin(name) is not None else "off"
+    for plugin in await ctx.bot.plugins.list():
         notes = []
-        if info.error:
-            notes.append(f"failed: {info.error}")
-        if name in overrides:
+        if plugin.error:
+            notes.append(f"failed: {plugin.error}")
+        if plugin.note and not plugin.on:
+            notes.append(plugin.note)
+        if plugin.switched:
             notes.append("switched by an admin")
-        if host.switchable(name):
+        if plugin.fixed:
             notes.append("fixed")
         suffix = f" ({'; '.join(notes)})" if notes else ""
-        lines.append(f"{name}: {state} - {info.origin}{suffix}")
+        lines.append(f"{plugin.name}: {'on' if plugin.on else 'off'} - {plugin.origin}{suffix}")
     return "\n".join(lines)
 
 
@@ -52,21 +42,21 @@ async def enable(ctx: CommandContext) -> str:
     name = plugin_name(ctx)
     if name is None:
         return f"Usage: {ctx.bot.settings.bot.command_prefix}enable NAME"
-    return await set_enabled(ctx.bot, name, True)
+    return await ctx.bot.plugins.enable(name)
 
 
 async def disable(ctx: CommandContext) -> str:
     name = plugin_name(ctx)
     if name is None:
         return f"Usage: {ctx.bot.settings.bot.command_prefix}disable NAME"
-    return await set_enabled(ctx.bot, name, False)
+    return await ctx.bot.plugins.disable(name)
 
 
-async def clear_override(ctx: CommandContext) -> str:
+async def clear_switch(ctx: CommandContext) -> str:
     name = plugin_name(ctx)
     if name is None:
         return f"Usage: {ctx.bot.settings.bot.command_prefix}clear NAME"
-    return await clear(ctx.bot, name)
+    return await ctx.bot.plugins.clear(name)
 
 
 async def reload(ctx: CommandContext) -> str:
@@ -82,26 +72,23 @@ async def show_config(ctx: CommandContext) -> str:
 
 
 async def status(ctx: CommandContext) -> str:
-    bot = ctx.bot
-    uptime = time.monotonic() - _started.get(id(bot), time.monotonic())
-    loaded = sum(1 for name in bot.host.infos if bot.host.pm.get_plugin(name) is not None)
+    status = ctx.bot.status()
     lines = []
-    for slot in bot.backends.values():
-        summary, queue = slot.summary(), slot.queue
-        adapter = f", adapter {summary['adapter']}" if summary["adapter"] else ""
+    for backend in status.backends:
+        lora = f", adapter {backend.lora}" if backend.lora else ""
         lines += [
-            f"Backend {slot.name}: {summary['type']}, model {summary['model']}{adapter}, "
-            f"context {summary['context_window']:,} tokens",
-            f"  queue: {queue.running} generating, {queue.waiting} waiting "
-            f"(at most {queue.concurrency} at once, {queue.limit} waiting)",
+            f"Backend {backend.name}: {backend.type}, model {backend.model}{lora}, "
+            f"context {backend.context_window:,} tokens",
+            f"  queue: {backend.generating} generating, {backend.waiting} waiting "
+            f"(at most {backend.concurrency} at once, {backend.queue_limit} waiting)",
         ]
     return "\n".join(
         [
             *lines,
-            f"Conversations being handled: {len(bot.pipeline.lanes)}",
-            f"Plugins on: {loaded} of {len(bot.host.infos)}",
-            f"Database: {bot.db.display_url}",
-            f"Up for {uptime / 60:.0f} min",
+            f"Conversations being handled: {status.conversations}",
+            f"Plugins on: {status.plugins_on} of {status.plugins_total}",
+            f"Database: {status.database}",
+            f"Up for {status.uptime_s / 60:.0f} min",
         ]
     )
 
@@ -112,12 +99,11 @@ async def adapter(ctx: CommandContext) -> str:
     words = ctx.args.split()
     if not words:
         lines = ["LoRA adapters (active one marked *):"]
-        for slot in bot.backends.values():
-            backend = slot.backend
-            names = [f"*{n}" if n == backend.active_adapter else n for n in sorted(backend.adapters)]
-            if backend.active_adapter and backend.active_adapter not in backend.adapters:
-                names.append(f"*{backend.active_adapter}")
-            lines.append(f"{slot.name}: {', '.join(names) if names else 'none loaded'}")
+        for backend in bot.status().backends:
+            names = [f"*{n}" if n == backend.lora else n for n in backend.loras]
+            if backend.lora and backend.lora not in backend.loras:
+                names.append(f"*{backend.lora}")
+            lines.append(f"{backend.name}: {', '.join(names) if names else 'none loaded'}")
         prefix = bot.settings.bot.command_prefix
         lines.append(f"Switch with {prefix}adapter [BACKEND] NAME|PATH|none (until restart).")
         return "\n".join(lines)
@@ -125,7 +111,7 @@ async def adapter(ctx: CommandContext) -> str:
         return f"Usage: {bot.settings.bot.command_prefix}adapter [BACKEND] NAME|PATH|none"
     backend_name, spec = (words[0], words[1]) if len(words) == 2 else (DEFAULT_BACKEND, words[0])
     try:
-        note = await bot.switch_adapter(backend_name, None if spec == NO_ADAPTER else spec)
+        note = await bot.switch_lora(backend_name, None if spec == NO_ADAPTER else spec)
     except AdapterError as error:
         return f"Adapter not switched: {error}"
     log.warning("admin %s switched backend %s to adapter %s", ctx.message.user_key, backend_name, spec)
@@ -141,7 +127,7 @@ def botkit_register_commands(register):
         Command(
             "clear",
             "forget a stored switch; config decides again",
-            clear_override,
+            clear_switch,
             usage="NAME",
             admin_only=True,
         )
@@ -161,5 +147,6 @@ def botkit_register_commands(register):
 
 
 @hookimpl
-def botkit_startup(bot):
-    _started[id(bot)] = time.monotonic()
+def botkit_register_plugin(register):
+    # Switching this plugin off at run time would lock the admins out.
+    register(required=True)

@@ -5,7 +5,8 @@ positive`` or ``negative`` becomes a ``feedback`` row (kind "reaction", the
 emoji, score +1 or -1, the reacting user); removing the reaction deletes it. The
 same user's same emoji on the same reply is stored once. Reactions to other
 messages, and other emoji, are ignored. The replies are the ``messages`` rows
-the memory plugin writes, found by the platform ids their adapter returned.
+the memory plugin writes, found by the platform ids their adapter returned: the
+plugin declares that it needs ``memory`` and is off while memory is.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from collections import OrderedDict
 from datetime import timedelta
 from functools import partial
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import Text, cast, delete, distinct, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from botkit import Command, CommandContext, Message, Reaction, Reply, hookimpl
+from botkit import BotAPI, Command, CommandContext, Message, Reaction, Reply, StateKey, hookimpl
 from botkit.storage import FeedbackRecord, MessageRecord, UserRecord, user_id_for, utcnow
 
 log = logging.getLogger("botkit.plugins.feedback")
@@ -258,12 +258,18 @@ class FeedbackRecorder:
         return True
 
 
-_recorders: WeakKeyDictionary[Any, FeedbackRecorder] = WeakKeyDictionary()
+RECORDER: StateKey[FeedbackRecorder] = StateKey("feedback.recorder")
 
 
-def recorder(bot: Any) -> FeedbackRecorder:
+def recorder(bot: BotAPI) -> FeedbackRecorder:
     """The running bot's recorder (created at start-up)."""
-    return _recorders[bot]
+    return bot.state.require(RECORDER)
+
+
+@hookimpl
+def botkit_register_plugin(register):
+    # The reply rows that reactions refer to are the ones the memory plugin writes.
+    register(needs=["memory"])
 
 
 @hookimpl
@@ -286,11 +292,7 @@ def botkit_register_commands(register):
 
 @hookimpl
 async def botkit_startup(bot):
-    feedback = _recorders[bot] = FeedbackRecorder(bot.db, bot.plugin_settings(NAME))
-    if not replies_stored(bot):
-        log.warning(
-            "feedback: the memory plugin is off, so replies are not stored and reactions are not kept"
-        )
+    feedback = bot.state.set(RECORDER, FeedbackRecorder(bot.db, bot.plugin_settings(NAME)))
     try:
         await feedback.remember_split_replies()
     except (SQLAlchemyError, OSError) as error:
@@ -303,27 +305,21 @@ async def botkit_startup(bot):
 # Last: the memory plugin's shutdown writes the replies that reactions may still wait for.
 @hookimpl(trylast=True)
 async def botkit_shutdown(bot):
-    feedback = _recorders.pop(bot, None)
+    feedback = bot.state.pop(RECORDER)
     if feedback is not None:
         await feedback.close(SHUTDOWN_WAIT)
 
 
-def replies_stored(bot: Any) -> bool:
-    """Whether the memory plugin runs: it writes the reply rows feedback refers to."""
-    return bot.host.pm.get_plugin("memory") is not None
-
-
 @hookimpl
 def botkit_after_reply(message: Message, reply: Reply, bot):
-    feedback = _recorders.get(bot)
-    # Without memory no row will come: a reaction to the reply is then not waited for.
-    if feedback is not None and reply.platform_message_ids and replies_stored(bot):
+    feedback = bot.state.get(RECORDER)
+    if feedback is not None and reply.platform_message_ids:
         feedback.delivered(message.platform, message.channel_id, reply.platform_message_ids)
 
 
 @hookimpl
 async def botkit_reaction(reaction: Reaction, bot):
-    feedback = _recorders.get(bot)
+    feedback = bot.state.get(RECORDER)
     if feedback is not None:
         await feedback.record(reaction)
 

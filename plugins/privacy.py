@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timedelta
-from typing import Any
-from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from botkit import Command, CommandContext, Message, hookimpl
+from botkit import BotAPI, Command, CommandContext, Message, StateKey, hookimpl
 from botkit.storage import (
     FeedbackRecord,
     MessageRecord,
@@ -115,7 +113,7 @@ async def forget_me(ctx: CommandContext) -> str:
     return "Done: everything I had stored about you is deleted."
 
 
-async def delete_user(bot: Any, message: Message) -> int:
+async def delete_user(bot: BotAPI, message: Message) -> int:
     """Delete every row about the message's author; returns how many messages went."""
     async with bot.db.session() as session:
         await session.execute(
@@ -203,7 +201,7 @@ def chunked(text: str, size: int = CHUNK) -> list[str]:
     return pieces
 
 
-async def purge_expired(bot: Any, days: int) -> int:
+async def purge_expired(bot: BotAPI, days: int) -> int:
     """Delete messages (and their feedback) older than ``days``; returns how many."""
     cutoff = utcnow() - timedelta(days=days)
     async with bot.db.session() as session:
@@ -217,10 +215,10 @@ async def purge_expired(bot: Any, days: int) -> int:
     return count
 
 
-_purgers: WeakKeyDictionary[Any, asyncio.Task[None]] = WeakKeyDictionary()
+PURGER: StateKey[asyncio.Task[None]] = StateKey("privacy.purger")
 
 
-async def purge_daily(bot: Any, days: int) -> None:
+async def purge_daily(bot: BotAPI, days: int) -> None:
     while True:
         try:
             await purge_expired(bot, days)
@@ -252,12 +250,12 @@ def botkit_register_commands(register):
 async def botkit_startup(bot):
     days = bot.plugin_settings(NAME).retention_days
     if days is not None:
-        _purgers[bot] = asyncio.create_task(purge_daily(bot, days), name="botkit-retention")
+        bot.state.set(PURGER, asyncio.create_task(purge_daily(bot, days), name="botkit-retention"))
 
 
 @hookimpl
 async def botkit_shutdown(bot):
-    task = _purgers.pop(bot, None)
+    task = bot.state.pop(PURGER)
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

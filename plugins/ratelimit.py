@@ -13,7 +13,6 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
-from weakref import WeakKeyDictionary
 
 from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import Storage
@@ -26,7 +25,7 @@ from limits.aio.strategies import (
 from limits.storage import storage_from_string
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from botkit import Message, Refuse, hookimpl
+from botkit import Message, Refuse, StateKey, hookimpl
 
 log = logging.getLogger("botkit.plugins.ratelimit")
 
@@ -199,7 +198,7 @@ class Limiter:
         return Refuse(text, reason=f"rate limit: {scope} {key} over {item}")
 
 
-_limiters: WeakKeyDictionary[Any, Limiter] = WeakKeyDictionary()
+LIMITER: StateKey[Limiter] = StateKey("ratelimit.limiter")
 
 
 @hookimpl
@@ -209,7 +208,7 @@ def botkit_register_settings(register):
 
 @hookimpl
 async def botkit_startup(bot):
-    limiter = _limiters[bot] = Limiter(bot.plugin_settings(NAME))
+    limiter = bot.state.set(LIMITER, Limiter(bot.plugin_settings(NAME)))
     if not await limiter.storage.check():
         log.error(
             "[plugins.ratelimit] storage %s cannot be reached; messages pass unlimited until it can",
@@ -219,7 +218,7 @@ async def botkit_startup(bot):
 
 @hookimpl
 async def botkit_gate(message: Message, bot) -> Refuse | None:
-    limiter = _limiters.get(bot)
+    limiter = bot.state.get(LIMITER)
     if limiter is None:
         return None
     if limiter.settings.exempt_admins and await bot.is_admin(message.author, message):
@@ -233,7 +232,7 @@ async def botkit_gate(message: Message, bot) -> Refuse | None:
 
 @hookimpl
 async def botkit_after_reply(message: Message, reply, bot) -> None:
-    limiter = _limiters.get(bot)
+    limiter = bot.state.get(LIMITER)
     if limiter is not None and not (
         limiter.settings.exempt_admins and await bot.is_admin(message.author, message)
     ):
@@ -242,4 +241,4 @@ async def botkit_after_reply(message: Message, reply, bot) -> None:
 
 @hookimpl
 def botkit_shutdown(bot) -> None:
-    _limiters.pop(bot, None)
+    bot.state.pop(LIMITER)

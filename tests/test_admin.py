@@ -31,7 +31,8 @@ async def test_disable_and_enable_a_plugin_at_run_time_and_across_restarts(make_
         gone = await bot.chat.say("/history", user="admin")
         await bot.chat.say("not remembered")
     assert off.texts == [
-        "Plugin memory is disabled (stored: it stays disabled after a restart until cleared)."
+        "Plugin memory is disabled (stored: it stays disabled after a restart until cleared). "
+        "Off with it, as they need it: feedback."
     ]
     assert gone.texts[0].startswith("Unknown command /history")
     async with make_bot(config) as bot:  # restart: the switch holds
@@ -42,9 +43,12 @@ async def test_disable_and_enable_a_plugin_at_run_time_and_across_restarts(make_
         cleared = await bot.chat.say("/clear memory", user="admin")
         listing = await bot.chat.say("/plugins", user="admin")
     assert still_off.texts[0].startswith("Unknown command /history")
-    assert on.texts == ["Plugin memory is enabled (stored: it stays enabled after a restart until cleared)."]
+    assert on.texts == [
+        "Plugin memory is enabled (stored: it stays enabled after a restart until cleared). "
+        "Back on with it: feedback."
+    ]
     assert "you: remember me" in history.texts[0] and "not remembered" not in history.texts[0]
-    assert cleared.texts == ["Override of memory cleared: config.toml decides from the next start."]
+    assert cleared.texts == ["Stored switch of memory cleared: config.toml decides from the next start."]
     assert "memory: on - builtin" in listing.texts[0].splitlines()
 
 
@@ -89,7 +93,7 @@ async def test_reload_applies_a_changed_config_without_reloading_the_model(make_
 
     settings = load_settings(path)
     async with make_bot({"storage": {"data_dir": str(data)}}) as bot:
-        bot.settings = bot.host.settings = settings  # as if started from the file
+        bot.host.settings = settings  # as if started from the file
         backend = bot.backend
         write(
             'system_prompt = "Be kind."',

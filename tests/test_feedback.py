@@ -211,12 +211,12 @@ async def test_bad_settings_name_the_key(make_bot, table, shown):
     assert "[plugins.feedback]" in str(error.value) and shown in str(error.value)
 
 
-async def test_without_memory_no_reply_is_stored_and_the_log_says_so(make_bot, caplog):
-    with caplog.at_level(logging.WARNING, logger="botkit.plugins.feedback"):
+async def test_without_memory_feedback_is_off_and_the_log_says_so(make_bot, caplog):
+    with caplog.at_level(logging.WARNING, logger="botkit.plugins"):
         async with make_bot({"plugins": {"memory": {"enabled": False}}}) as bot:
             reply = await bot.chat.say("hello")
             await bot.chat.react(reply, "👍", user="bob")
-            nothing_waits = await recorder(bot).settle(0)
             stored = await feedback_rows(bot)
-    assert nothing_waits and stored == []
-    assert "the memory plugin is off, so replies are not stored and reactions are not kept" in caplog.text
+            assert not bot.plugins.is_on("feedback")
+    assert stored == []
+    assert "plugin 'feedback' is off: it needs plugin 'memory', which is off" in caplog.text

@@ -24,7 +24,7 @@ from botkit.adapter import Adapter, AdapterSettings
 from botkit.types import Message, MessageChange, Reaction, ReplyStatus, Responder, User
 
 if TYPE_CHECKING:
-    from botkit.bot import Bot
+    from botkit.api import BotAPI
 
 PLATFORM = "console"
 
@@ -116,7 +116,7 @@ class ConsoleAdapter(Adapter):
 
     def __init__(
         self,
-        bot: Bot,
+        bot: BotAPI,
         settings: ConsoleSettings,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
@@ -164,8 +164,9 @@ class ConsoleAdapter(Adapter):
         ).start()
         interrupt_installed = self._install_interrupt(loop)
         if self.interactive:
+            model = self.bot.status().backends[0].model  # the default backend comes first
             self.stdout.write(
-                f"Chatting with {self.bot.settings.bot.name} ({self.bot.backend.model_name}). "
+                f"Chatting with {self.bot.settings.bot.name} ({model}). "
                 "Type :help for console commands, /help for bot commands.\n"
             )
         try:

@@ -38,7 +38,7 @@ from botkit.settings import env_name
 from botkit.types import Message, MessageChange
 
 if TYPE_CHECKING:
-    from botkit.bot import Bot
+    from botkit.api import BotAPI
 
 log = logging.getLogger("botkit.adapters.discord")
 
@@ -114,7 +114,7 @@ class DiscordAdapter(Adapter):
     name = PLATFORM
     settings: DiscordSettings
 
-    def __init__(self, bot: Bot, settings: DiscordSettings) -> None:
+    def __init__(self, bot: BotAPI, settings: DiscordSettings) -> None:
         super().__init__(bot, settings)
         self.client: Any = None
         self.connected = asyncio.Event()

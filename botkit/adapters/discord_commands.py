@@ -1,6 +1,6 @@
 """The bot's commands as Discord slash commands (discord.py app commands), and ``/ask`` for questions.
 
-Each command in ``bot.registry.commands`` becomes a slash command of the same
+Each command in ``bot.commands`` becomes a slash command of the same
 name; one that takes arguments (its ``usage``) gets an optional ``text``
 option. Running it is the same as typing ``/name text`` in a message: the
 adapter hands that text to the core, which runs the command with the same
@@ -65,7 +65,7 @@ def build_command_tree(adapter: DiscordAdapter, client: Any) -> Any:
     tree = app_commands.CommandTree(client)
     guilds = [discord.Object(id=guild_id) for guild_id in adapter.settings.command_guilds] or None
     prefix = adapter.bot.settings.bot.command_prefix
-    registered = adapter.bot.registry.commands
+    registered = adapter.bot.commands
     ask = adapter.settings.ask_command
 
     def add(command: Any) -> None:

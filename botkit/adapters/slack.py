@@ -36,7 +36,7 @@ from botkit.errors import PlatformError
 from botkit.settings import env_name
 
 if TYPE_CHECKING:
-    from botkit.bot import Bot
+    from botkit.api import BotAPI
 
 log = logging.getLogger("botkit.adapters.slack")
 
@@ -121,7 +121,7 @@ class SlackAdapter(Adapter):
     name = PLATFORM
     settings: SlackSettings
 
-    def __init__(self, bot: Bot, settings: SlackSettings) -> None:
+    def __init__(self, bot: BotAPI, settings: SlackSettings) -> None:
         super().__init__(bot, settings)
         self.client: Any = None
         self.slack: SlackTranslator  # set in run(), once the bot's own user id is known

@@ -11,13 +11,13 @@ text and leaves history.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
-from weakref import WeakKeyDictionary
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from botkit import (
+    BotAPI,
     Command,
     CommandContext,
     ConversationScope,
@@ -26,6 +26,7 @@ from botkit import (
     Prompt,
     Reply,
     Role,
+    StateKey,
     Turn,
     hookimpl,
 )
@@ -63,15 +64,15 @@ class MemorySettings(BaseModel):
     )
 
 
-_stores: WeakKeyDictionary[Any, MemoryStore] = WeakKeyDictionary()
+STORE: StateKey[MemoryStore] = StateKey("memory.store")
 
 
-def memory(bot: Any) -> MemoryStore:
+def memory(bot: BotAPI) -> MemoryStore:
     """The running bot's store (created at start-up)."""
-    return _stores[bot]
+    return bot.state.require(STORE)
 
 
-def settings_of(bot: Any) -> MemorySettings:
+def settings_of(bot: BotAPI) -> MemorySettings:
     settings = bot.plugin_settings(NAME)
     assert isinstance(settings, MemorySettings)
     return settings
@@ -112,13 +113,15 @@ async def botkit_startup(bot):
     spool = Spool(
         bot.settings.storage.data_dir.expanduser() / "spool" / "memory.jsonl", settings.spool_max_bytes
     )
-    store = _stores[bot] = MemoryStore(bot.db, spool, settings.retry_interval, settings.cache_seconds)
+    store = bot.state.set(
+        STORE, MemoryStore(bot.db, spool, settings.retry_interval, settings.cache_seconds)
+    )
     store.start()
 
 
 @hookimpl
 async def botkit_shutdown(bot):
-    store = _stores.pop(bot, None)
+    store = bot.state.pop(STORE)
     if store is not None:
         await store.close(settings_of(bot).flush_timeout)
 
@@ -196,7 +199,7 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
 
 @hookimpl
 async def botkit_message_changed(change: MessageChange, bot):
-    store = _stores.get(bot)
+    store = bot.state.get(STORE)
     if store is None:
         return
     text = None if change.text is None else readable(change.text)
@@ -227,7 +230,7 @@ def readable(text: str) -> str:
 @hookimpl
 async def botkit_forget_user(platform: str, user_id: str, bot) -> bool:
     # Everything pending goes to the database first, where the deletion then finds it.
-    store = _stores.get(bot)
+    store = bot.state.get(STORE)
     if store is None:
         return True
     store.forget_cached()

@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, replace
-from typing import Any
-from weakref import WeakKeyDictionary
 
-from botkit import Message, Refuse, hookimpl
+from botkit import BotAPI, Message, Refuse, StateKey, hookimpl
 
 from .classifier import ProfanityModel, load_model
 from .events import EventLog
@@ -48,15 +46,15 @@ class Running:
     events: EventLog
 
 
-_running: WeakKeyDictionary[Any, Running] = WeakKeyDictionary()
+RUNNING: StateKey[Running] = StateKey("moderation.running")
 
 
-def event_log(bot: Any) -> EventLog:
+def event_log(bot: BotAPI) -> EventLog:
     """The running bot's moderation event writer; ``await event_log(bot).flush(5)`` waits for writes."""
-    return _running[bot].events
+    return bot.state.require(RUNNING).events
 
 
-def settings_of(bot: Any) -> ModerationSettings:
+def settings_of(bot: BotAPI) -> ModerationSettings:
     settings = bot.plugin_settings(NAME)
     assert isinstance(settings, ModerationSettings)
     return settings
@@ -85,19 +83,19 @@ async def botkit_startup(bot):
             )
     events = EventLog(bot.db)
     events.start()
-    _running[bot] = Running(Moderator(settings, classifier), events)
+    bot.state.set(RUNNING, Running(Moderator(settings, classifier), events))
 
 
 @hookimpl
 async def botkit_shutdown(bot):
-    running = _running.pop(bot, None)
+    running = bot.state.pop(RUNNING)
     if running is not None:
         await running.events.close(FLUSH_TIMEOUT)
 
 
 @hookimpl
 async def botkit_gate(message: Message, bot) -> Message | Refuse | None:
-    running = _running.get(bot)
+    running = bot.state.get(RUNNING)
     if running is None:
         return None
     if len(message.text) > OFF_LOOP_CHARS:
@@ -114,7 +112,7 @@ async def botkit_gate(message: Message, bot) -> Message | Refuse | None:
 
 @hookimpl
 def botkit_filter_reply(message: Message, text: str, final: bool, bot) -> str | Refuse | None:
-    running = _running.get(bot)
+    running = bot.state.get(RUNNING)
     if running is None:
         return None
     verdict = running.moderator.check(text, "out", final, stream=message.message_id)
@@ -129,5 +127,5 @@ def botkit_filter_reply(message: Message, text: str, final: bool, bot) -> str | 
 @hookimpl
 async def botkit_forget_user(platform: str, user_id: str, bot) -> bool:
     # Queued events go to the database first, where the deletion then finds them.
-    running = _running.get(bot)
+    running = bot.state.get(RUNNING)
     return running is None or await running.events.flush(FLUSH_TIMEOUT)
