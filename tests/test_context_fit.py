@@ -8,6 +8,7 @@ import random
 from collections.abc import Iterator
 
 import pytest
+from context_fit_reference import Counter, linear_fit
 
 from botkit import Prompt, Role, Turn
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
@@ -28,30 +29,6 @@ def long_history(turns: int, seed: int = 12, words: tuple[int, ...] = (1, 3, 12,
         speaker = rng.choice([None, "ana", "bo"]) if role is Role.USER else None
         history.append(Turn(role, f"{index}: {text}", speaker))
     return Prompt("You are a helpful assistant.", [*history, Turn(Role.USER, "And what now?")])
-
-
-async def linear_fit(prompt: Prompt, budget: int, count_tokens: CountTokens) -> ContextFit:
-    """The pipeline's loop before issue 12: drop the oldest turn and recount until it fits."""
-    prompt = Prompt(prompt.system, list(prompt.turns))
-    prompt_tokens = await count_tokens(prompt)
-    dropped = 0
-    while prompt_tokens > budget and len(prompt.turns) > 1:
-        del prompt.turns[0]
-        dropped += 1
-        prompt_tokens = await count_tokens(prompt)
-    return ContextFit(dropped, prompt_tokens)
-
-
-class Counter:
-    """A backend's ``count_tokens``, counting its calls."""
-
-    def __init__(self, count_tokens: CountTokens) -> None:
-        self.count_tokens = count_tokens
-        self.calls = 0
-
-    async def __call__(self, prompt: Prompt) -> int:
-        self.calls += 1
-        return await self.count_tokens(prompt)
 
 
 async def by_turns_kept(prompt: Prompt, count_tokens: CountTokens) -> dict[int, int]:

@@ -282,7 +282,8 @@ async def test_oldest_history_is_dropped_to_fit_the_context_window(make_bot):
 
 @pytest.mark.parametrize("prompt_format", ["chat", "alpaca"])
 async def test_a_long_history_is_cut_where_dropping_one_turn_at_a_time_would_cut_it(make_bot, prompt_format):
-    from test_context_fit import linear_fit, long_history
+    from context_fit_reference import linear_fit
+    from test_context_fit import long_history
 
     conversation = long_history(200)
     after: list[Reply] = []
