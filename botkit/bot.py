@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -30,13 +29,12 @@ from botkit.deliveries import SeenDeliveries
 from botkit.errors import AdapterError, ConfigError
 from botkit.generation import GenerationQueue
 from botkit.hookcall import call_all, call_plugin, each_result, first_result
-from botkit.overrides import SAMPLING_KEYS, merged
 from botkit.pipeline import Pipeline
 from botkit.plugin_host import PluginHost, read_stored_switches
 from botkit.registry import Registry
 from botkit.settings import Settings, load_settings, masked_dump, validate_table
 from botkit.storage import Database, Migrator
-from botkit.types import Message, MessageChange, Reaction, Responder, SamplingParams, User
+from botkit.types import Message, MessageChange, Reaction, Responder, User
 
 log = logging.getLogger("botkit")
 
@@ -50,7 +48,14 @@ class Bot:
         self.backends = build_backends(self.registry, settings)
         self.db = Database(settings.storage)
         self.migrator = Migrator(self.db, list(self.registry.migrations.values()))
-        self.pipeline = Pipeline(self)
+        self.pipeline = Pipeline(
+            settings=lambda: self.settings,
+            hook=self.host.hook,
+            registry=self.registry,
+            backends=self.backends,
+            is_admin=self.is_admin,
+            bot=self,
+        )
         self.deliveries = SeenDeliveries()
         self.state = PluginState()
         host.bind(self.db, self)
@@ -112,19 +117,6 @@ class Bot:
     @property
     def queue(self) -> GenerationQueue:
         return self.default_backend.queue
-
-    def choose(self, message: Message) -> tuple[BackendSlot, str, SamplingParams]:
-        """The backend, system prompt and sampling that answer ``message`` (see ``botkit.overrides``)."""
-        values = merged(self.settings.overrides, message)
-        slot = self.backends[str(values.get("backend", DEFAULT))]
-        system_prompt = values.get("system_prompt", self.settings.bot.system_prompt)
-        params = slot.settings.sampling()
-        changes = {key: values[key] for key in SAMPLING_KEYS if key in values}
-        if "stop" in changes:
-            changes["stop"] = tuple(changes["stop"])  # type: ignore[arg-type]
-        if "adapter" in values:
-            changes["adapter"] = values["adapter"]
-        return slot, str(system_prompt), replace(params, **changes)  # type: ignore[arg-type]
 
     async def switch_lora(self, backend: str, lora: str | None) -> str:
         """Make ``lora`` (a name, a path, or None for none) the active LoRA adapter of ``backend``."""
@@ -240,9 +232,7 @@ class Bot:
         if not self.started:
             return
         self.started = False
-        for slot in self.backends.values():
-            slot.queue.cancel_all()
-        await self.pipeline.drain()
+        await self.pipeline.stop_and_drain()
         await call_all(self.hook.botkit_shutdown, bot=self)
         await close_backends(self.backends)
         await self.db.close()
@@ -284,11 +274,6 @@ class Bot:
             return bool(decided)
         # Config entries are "platform:user_id"; without a message the platform is unknown.
         return message is not None and f"{message.platform}:{user.id}" in self.settings.bot.admins
-
-    def generation_owner(self, message: Message) -> str:
-        """Who may /stop the generation started by ``message``: its author, in its conversation."""
-        scope = self.settings.bot.conversation_scope
-        return f"{message.conversation_key(scope)}|{message.user_key}"
 
     async def reload_settings(self) -> list[str]:
         """Read the config file again and apply it without restarting or reloading the model.
@@ -383,5 +368,4 @@ class Bot:
 
     def stop_generations(self, message: Message) -> int:
         """Stop the generations of ``message``'s author in its conversation. Returns how many."""
-        owner = self.generation_owner(message)
-        return sum(slot.queue.cancel(owner) for slot in self.backends.values())
+        return self.pipeline.stop_generations(message)

@@ -6,14 +6,18 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
+from botkit.backend_set import DEFAULT, BackendSlot
 from botkit.commands import Command, CommandContext, parse_command
+from botkit.context_fit import ContextFit, fit_context
 from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, Ticket
 from botkit.hookcall import call_all, run_chain
+from botkit.overrides import SAMPLING_KEYS, Choice, merged
 from botkit.types import (
     NO_ADAPTER,
     Message,
@@ -25,11 +29,13 @@ from botkit.types import (
     Role,
     SamplingParams,
     Turn,
+    User,
 )
 
 if TYPE_CHECKING:
-    from botkit.backend_set import BackendSlot
-    from botkit.bot import Bot
+    from botkit.api import BotAPI
+    from botkit.registry import Registry
+    from botkit.settings import Settings
 
 log = logging.getLogger("botkit.pipeline")
 
@@ -70,11 +76,84 @@ class ConversationLanes:
         return len(self._lanes)
 
 
-class Pipeline:
-    """Runs each incoming message through the hooks; one instance per bot."""
+@dataclass(frozen=True, slots=True)
+class CommandReading:
+    """A message's text as read on arrival: the command it names, if any, and that command."""
 
-    def __init__(self, bot: Bot) -> None:
-        self.bot = bot
+    text: str
+    prefix: str
+    call: tuple[str, str] | None  # (name, arguments); None: not a command
+    command: Command | None  # registered under that name on arrival; None: none is
+
+    @property
+    def immediate(self) -> bool:
+        return self.command is not None and self.command.immediate
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """One message's request for the model, from its place in the queue to its reply."""
+
+    message: Message
+    slot: BackendSlot
+    prompt: Prompt
+    params: SamplingParams
+    fit: ContextFit
+    ticket: Ticket
+    model: str
+    lora: str | None  # the LoRA adapter it is generated with; None for the base model
+
+    def reply(
+        self,
+        text: str,
+        status: ReplyStatus,
+        *,
+        completion_tokens: int = 0,
+        latency_s: float = 0.0,
+        first_token_s: float | None = None,
+        platform_message_ids: tuple[str, ...] = (),
+    ) -> Reply:
+        return Reply(
+            text,
+            status,
+            self.slot.type_name,
+            self.model,
+            self.fit.prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_s=latency_s,
+            first_token_s=first_token_s,
+            dropped_turns=self.fit.dropped,
+            adapter=self.lora,
+            platform_message_ids=platform_message_ids,
+        )
+
+
+class Pipeline:
+    """Runs each incoming message through the hooks to a backend's queue; one instance per bot.
+
+    It owns the message path: which backend, system prompt and sampling answer
+    a message, who may stop its generation, and the queues' use. It gets what it
+    works with rather than the whole bot: ``settings`` is called for the current
+    settings each time (a reload replaces them), ``hook`` is the plugin manager's
+    hook relay, and ``bot`` is what hooks and command handlers receive as ``bot=``.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Callable[[], Settings],
+        hook: Any,
+        registry: Registry,
+        backends: Mapping[str, BackendSlot],
+        is_admin: Callable[[User, Message | None], Awaitable[bool]],
+        bot: BotAPI,
+    ) -> None:
+        self._settings = settings
+        self._hook = hook
+        self._registry = registry
+        self._backends = backends
+        self._is_admin = is_admin
+        self._bot = bot
         self.lanes = ConversationLanes()
         self._in_flight: set[asyncio.Future[None]] = set()
         # Numbers messages as their handling starts: the order they take the model in.
@@ -87,14 +166,14 @@ class Pipeline:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._in_flight.add(done)
         try:
-            command = self._command_for(message.text)
-            if command is not None and command.immediate:
-                await self._process(message, responder)
+            # Whether a command skips its lane is decided on the text as received;
+            # which command runs, on the text the gates let through.
+            reading = self._read_command(message.text)
+            if reading.immediate:
+                await self._process(message, responder, reading)
             else:
-                async with self.lanes.hold(
-                    message.conversation_key(self.bot.settings.bot.conversation_scope)
-                ):
-                    await self._process(message, responder)
+                async with self.lanes.hold(message.conversation_key(self._settings().bot.conversation_scope)):
+                    await self._process(message, responder, reading)
         except Exception:
             log.exception("failed to handle message %s from %s", message.message_id, message.user_key)
         finally:
@@ -106,13 +185,44 @@ class Pipeline:
         if self._in_flight:
             await asyncio.wait(list(self._in_flight))
 
-    def _command_for(self, text: str) -> Command | None:
-        parsed = parse_command(text.strip(), self.bot.settings.bot.command_prefix)
-        return self.bot.registry.commands.get(parsed[0]) if parsed else None
+    async def stop_and_drain(self) -> None:
+        """Stop every generation, waiting or running, on every backend; then ``drain``."""
+        for slot in self._backends.values():
+            slot.queue.cancel_all()
+        await self.drain()
 
-    async def _process(self, message: Message, responder: Responder) -> None:
+    def choose(self, message: Message) -> Choice:
+        """The backend, system prompt and sampling that answer ``message`` (see ``botkit.overrides``)."""
+        settings = self._settings()
+        values = merged(settings.overrides, message)
+        backend = str(values.get("backend", DEFAULT))
+        changes = {key: values[key] for key in SAMPLING_KEYS if key in values}
+        if "stop" in changes:
+            changes["stop"] = tuple(changes["stop"])  # type: ignore[arg-type]
+        if "adapter" in values:
+            changes["adapter"] = values["adapter"]
+        params = replace(self._backends[backend].settings.sampling(), **changes)  # type: ignore[arg-type]
+        return Choice(backend, str(values.get("system_prompt", settings.bot.system_prompt)), params)
+
+    def generation_owner(self, message: Message) -> str:
+        """Who may stop the generation started by ``message``: its author, in its conversation."""
+        scope = self._settings().bot.conversation_scope
+        return f"{message.conversation_key(scope)}|{message.user_key}"
+
+    def stop_generations(self, message: Message) -> int:
+        """Stop the generations of ``message``'s author in its conversation. Returns how many."""
+        owner = self.generation_owner(message)
+        return sum(slot.queue.cancel(owner) for slot in self._backends.values())
+
+    def _read_command(self, text: str) -> CommandReading:
+        prefix = self._settings().bot.command_prefix
+        call = parse_command(text.strip(), prefix)
+        command = self._registry.commands.get(call[0]) if call is not None else None
+        return CommandReading(text, prefix, call, command)
+
+    async def _process(self, message: Message, responder: Responder, arrived: CommandReading) -> None:
         arrival = next(self._arrivals)
-        limit = self.bot.settings.bot.max_message_chars
+        limit = self._settings().bot.max_message_chars
         if len(message.text) > limit:
             await responder.send(
                 f"Sorry, your message is too long for me ({len(message.text):,} characters; "
@@ -125,8 +235,7 @@ class Pipeline:
                 "Please send it again without them."
             )
             return
-        hook = self.bot.hook
-        gated = await run_chain(hook.botkit_gate, "message", message, Message, bot=self.bot)
+        gated = await run_chain(self._hook.botkit_gate, "message", message, Message, bot=self._bot)
         if isinstance(gated, Refuse):
             log.info("message %s from %s refused: %s", message.message_id, message.user_key, gated.reason)
             if gated.notice:
@@ -135,73 +244,83 @@ class Pipeline:
         message = gated
         if not message.text.strip():
             return
-        prefix = self.bot.settings.bot.command_prefix
-        parsed = parse_command(message.text.strip(), prefix)
-        if parsed is not None:
-            await self._run_command(message, responder, *parsed)
+        prefix = self._settings().bot.command_prefix
+        if message.text == arrived.text and prefix == arrived.prefix:
+            call = arrived.call
+        else:  # a gate rewrote the text, or a reload changed the prefix while the message waited
+            call = parse_command(message.text.strip(), prefix)
+        if call is None:
+            await self._answer(message, responder, arrival)
             return
-        await self._answer(message, responder, arrival)
+        if call is arrived.call and arrived.immediate:
+            command = arrived.command
+        else:
+            # This one may have waited in its lane while its plugin was switched off.
+            command = self._registry.commands.get(call[0])
+        await self._run_command(message, responder, *call, command)
 
-    async def _run_command(self, message: Message, responder: Responder, name: str, args: str) -> None:
-        prefix = self.bot.settings.bot.command_prefix
-        command = self.bot.registry.commands.get(name)
+    async def _run_command(
+        self, message: Message, responder: Responder, name: str, args: str, command: Command | None
+    ) -> None:
+        prefix = self._settings().bot.command_prefix
         if command is None:
             await responder.send(f"Unknown command {prefix}{name}. Type {prefix}help to see the commands.")
             return
-        if command.admin_only and not await self.bot.is_admin(message.author, message):
+        if command.admin_only and not await self._is_admin(message.author, message):
             log.warning("refused admin command %s%s from non-admin %s", prefix, name, message.user_key)
             await responder.send(f"Sorry, {prefix}{name} is for admins only.")
             return
         try:
-            answer = await command.handler(CommandContext(message, args, self.bot, responder))
+            answer = await command.handler(CommandContext(message, args, self._bot, responder))
         except Exception:
-            plugin = self.bot.registry.owner("command", name)
+            plugin = self._registry.owner("command", name)
             log.exception("command %s%s of plugin %r failed", prefix, name, plugin)
             answer = f"Sorry, {prefix}{name} failed; the error has been logged."
         if answer:
             await responder.send(answer)
 
     async def _answer(self, message: Message, responder: Responder, arrival: int) -> None:
-        bot = self.bot
-        slot, system_prompt, params = bot.choose(message)
-        backend = slot.backend
-        prompt = Prompt(system=system_prompt, turns=[*message.thread_context, Turn(Role.USER, message.text)])
-        await call_all(bot.hook.botkit_prepare_context, message=message, prompt=prompt, bot=bot)
+        choice = self.choose(message)
+        slot = self._backends[choice.backend]
+        backend, params = slot.backend, choice.params
+        prompt = Prompt(
+            system=choice.system_prompt, turns=[*message.thread_context, Turn(Role.USER, message.text)]
+        )
+        await call_all(self._hook.botkit_prepare_context, message=message, prompt=prompt, bot=self._bot)
         if not prompt.turns:
             log.error("prepare_context hooks left no turns for message %s; not answered", message.message_id)
             return
         budget = backend.context_window - params.max_tokens
-        prompt_tokens = await backend.count_tokens(prompt)
-        dropped = 0
-        while prompt_tokens > budget and len(prompt.turns) > 1:
-            del prompt.turns[0]
-            dropped += 1
-            prompt_tokens = await backend.count_tokens(prompt)
-        if dropped:
-            log.info("dropped %d oldest turns of %s to fit the context window", dropped, message.message_id)
-        if prompt_tokens > budget:
+        fit = await fit_context(prompt, budget, backend.count_tokens)
+        del prompt.turns[: fit.dropped]
+        if fit.dropped:
+            log.info(
+                "dropped %d oldest turns of %s to fit the context window", fit.dropped, message.message_id
+            )
+        if fit.prompt_tokens > budget:
             await responder.send(
-                f"Sorry, your message is too long for the model ({prompt_tokens:,} tokens; "
+                f"Sorry, your message is too long for the model ({fit.prompt_tokens:,} tokens; "
                 f"it can take {max(budget, 0):,}). Please shorten it."
             )
             return
 
-        ticket = Ticket(owner=bot.generation_owner(message), order=arrival)
+        ticket = Ticket(owner=self.generation_owner(message), order=arrival)
         queue = slot.queue
         try:
             place = queue.enqueue(ticket)
         except QueueFull:
             await responder.send("I'm answering a lot of people right now. Please try again in a minute.")
             return
-        adapter = params.adapter if params.adapter is not None else backend.active_adapter
-        reply = Reply(
-            "",
-            ReplyStatus.STOPPED,
-            slot.type_name,
+        lora = params.adapter if params.adapter is not None else backend.active_adapter
+        request = ModelRequest(
+            message,
+            slot,
+            prompt,
+            params,
+            fit,
+            ticket,
             backend.model_name,
-            prompt_tokens,
-            dropped_turns=dropped,
-            adapter=None if adapter == NO_ADAPTER else adapter,
+            None if lora == NO_ADAPTER else lora,
         )
         try:
             if place:
@@ -210,51 +329,45 @@ class Pipeline:
                     f"The model is busy; {ahead} ahead of you. I'll answer as soon as I can."
                 )
             await queue.wait_turn(ticket)
-            await self._generate(message, prompt, params, slot, ticket, responder, reply)
-        except GenerationCancelled:
-            pass  # /stop while waiting: ``reply`` stays empty and marked stopped
+            reply = await self._generate(request, responder)
+        except GenerationCancelled:  # /stop while waiting: never generated
+            reply = request.reply("", ReplyStatus.STOPPED)
         finally:
             queue.release(ticket)
-        await call_all(bot.hook.botkit_after_reply, message=message, reply=reply, bot=bot)
+        await call_all(self._hook.botkit_after_reply, message=message, reply=reply, bot=self._bot)
 
-    async def _generate(
-        self,
-        message: Message,
-        prompt: Prompt,
-        params: SamplingParams,
-        slot: BackendSlot,
-        ticket: Ticket,
-        responder: Responder,
-        reply: Reply,
-    ) -> None:
-        """Stream the backend's answer through the output filters to the responder; fill ``reply``."""
-        bot = self.bot
-        filters = bot.hook.botkit_filter_reply
+    async def _generate(self, request: ModelRequest, responder: Responder) -> Reply:
+        """Stream the backend's answer through the output filters to the responder; the reply delivered."""
+        message, slot, cancel = request.message, request.slot, request.ticket.cancel
+        filters = self._hook.botkit_filter_reply
+        bot = self._bot
         started = time.monotonic()
+        first_token_s: float | None = None
+        completion_tokens = 0
         raw, shown = "", ""
         status = ReplyStatus.COMPLETED
         refusal: Refuse | None = None
         try:
             async with asyncio.timeout(slot.settings.timeout):
-                async for chunk in slot.backend.stream(prompt, params, ticket.cancel):
-                    if reply.first_token_s is None:
-                        reply.first_token_s = time.monotonic() - started
+                async for chunk in slot.backend.stream(request.prompt, request.params, cancel):
+                    if first_token_s is None:
+                        first_token_s = time.monotonic() - started
                     raw += chunk.text
-                    reply.completion_tokens += chunk.tokens
+                    completion_tokens += chunk.tokens
                     filtered = await run_chain(
                         filters, "text", raw, str, message=message, final=False, bot=bot
                     )
                     if isinstance(filtered, Refuse):
-                        ticket.cancel.set()
+                        cancel.set()
                         status, refusal = ReplyStatus.BLOCKED, filtered
                         break
                     if filtered != shown:
                         shown = filtered
                         await responder.update(shown)
-            if status is ReplyStatus.COMPLETED and ticket.cancel.is_set():
+            if status is ReplyStatus.COMPLETED and cancel.is_set():
                 status = ReplyStatus.STOPPED
         except TimeoutError:
-            ticket.cancel.set()
+            cancel.set()
             status = ReplyStatus.TIMED_OUT
         except Exception:
             log.exception(
@@ -272,10 +385,16 @@ class Pipeline:
             log.info("reply to %s blocked: %s", message.message_id, refusal.reason)
             text = refusal.notice or ""
         text = self._with_status_note(text, status, slot.settings.timeout)
-        reply.text, reply.status = text, status
-        reply.latency_s = time.monotonic() - started
+        latency_s = time.monotonic() - started
         delivered = await responder.finish(text, status)
-        reply.platform_message_ids = tuple(delivered or ())
+        return request.reply(
+            text,
+            status,
+            completion_tokens=completion_tokens,
+            latency_s=latency_s,
+            first_token_s=first_token_s,
+            platform_message_ids=tuple(delivered or ()),
+        )
 
     def _with_status_note(self, text: str, status: ReplyStatus, seconds: float) -> str:
         if status is ReplyStatus.COMPLETED:

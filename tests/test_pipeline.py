@@ -98,6 +98,22 @@ async def test_gates_chain_rewrites(make_bot):
     assert bot.backend.prompts[0].current.text == "HELLO!"
 
 
+async def test_commands_are_read_from_the_gated_text(make_bot):
+    class Rewrite:
+        @hookimpl
+        def botkit_gate(self, message):
+            rewritten = {"show me the commands": "/help", "/help": "what is /help?"}
+            if message.text in rewritten:
+                return _replace(message, rewritten[message.text])
+
+    async with make_bot(plugins={"rewrite": Rewrite()}) as bot:
+        into_command = await bot.chat.say("show me the commands")
+        out_of_command = await bot.chat.say("/help")
+    assert "/help - show the commands you can use" in into_command.sent[0]
+    assert out_of_command.sent == [] and out_of_command.status is ReplyStatus.COMPLETED
+    assert [p.current.text for p in bot.backend.prompts] == ["what is /help?"]
+
+
 def _replace(message: Message, text: str) -> Message:
     from dataclasses import replace
 
@@ -262,6 +278,33 @@ async def test_oldest_history_is_dropped_to_fit_the_context_window(make_bot):
     assert kept[0].text.startswith("turn ") and kept[-2].text.startswith("turn 19")
     assert len(kept) < 21 and after[0].dropped_turns == 21 - len(kept)
     assert await bot.backend.count_tokens(bot.backend.prompts[0]) <= 500
+
+
+@pytest.mark.parametrize("prompt_format", ["chat", "alpaca"])
+async def test_a_long_history_is_cut_where_dropping_one_turn_at_a_time_would_cut_it(make_bot, prompt_format):
+    from context_fit_reference import linear_fit
+    from test_context_fit import long_history
+
+    conversation = long_history(200)
+    after: list[Reply] = []
+
+    class History:
+        @hookimpl
+        def botkit_prepare_context(self, prompt):
+            prompt.turns[:-1] = conversation.history
+
+        @hookimpl
+        def botkit_after_reply(self, reply):
+            after.append(reply)
+
+    config = {"backend": {"context_window": 3000, "max_tokens": 200, "prompt_format": prompt_format}}
+    async with make_bot(config, plugins={"history": History()}) as bot:
+        await bot.chat.say(conversation.current.text)
+        full = Prompt(bot.settings.bot.system_prompt, list(conversation.turns))
+        expected = await linear_fit(full, 2800, bot.backend.count_tokens)
+    assert 0 < expected.dropped < 199
+    assert bot.backend.prompts[0].turns == conversation.turns[expected.dropped :]
+    assert (after[0].dropped_turns, after[0].prompt_tokens) == (expected.dropped, expected.prompt_tokens)
 
 
 async def test_message_larger_than_the_context_window_is_refused(make_bot):
