@@ -7,6 +7,8 @@ import time
 
 import pytest
 from sqlalchemy import func, select
+from test_memory import sqlite_locked
+from test_write_behind import until
 
 from botkit import ReplyStatus, hookimpl
 from botkit.errors import ConfigError
@@ -425,24 +427,18 @@ async def test_events_are_masked_and_linked_to_the_user(make_bot):
     ]
 
 
-async def test_a_database_error_never_breaks_a_reply(make_bot, caplog, monkeypatch):
-    async with make_bot(config()) as bot:
+async def test_a_database_error_never_breaks_a_reply(make_bot, caplog):
+    async with make_bot({**config(), "storage": {"busy_timeout": 0.2}}) as bot:
         log = event_log(bot)
-        log.retry_interval = 0.05
-
-        async def broken(batch):
-            raise OSError("disk on fire")
-
-        monkeypatch.setattr(log, "_write", broken)
         with caplog.at_level(logging.ERROR, logger="botkit.plugins.moderation"):
-            reply = await bot.chat.say("mail bob@example.com")
-            assert not await log.flush(0.2)
-        monkeypatch.undo()
+            with sqlite_locked(bot.db.sqlite_path):
+                reply = await bot.chat.say("mail bob@example.com")
+                await until(lambda: log.writer.outage)  # a write failed: the event waits
         assert await log.flush(5)
         async with bot.db.sessions() as session:
             stored = await session.scalar(select(func.count()).select_from(ModerationEventRecord))
     assert reply.status is ReplyStatus.COMPLETED
-    assert "cannot store moderation events (OSError)" in caplog.text
+    assert "moderation: cannot write to the database (OperationalError)" in caplog.text
     assert stored == 1  # written once the database was back
 
 

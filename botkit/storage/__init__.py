@@ -1,7 +1,8 @@
-"""Storage: the database engine, the core ORM models and their migrations.
+"""Storage: the database engine, the core ORM models, their migrations, and the write-behind writer.
 
 Plugins use ``bot.db`` (a ``Database``) and the models below; they never open
-their own engine.
+their own engine. A plugin that stores something on every message queues it in
+a ``WriteBehind`` instead of making the reply wait for the database.
 """
 
 from botkit.storage.database import Database, StorageSettings, user_id_for
@@ -17,6 +18,7 @@ from botkit.storage.models import (
     UserRecord,
     utcnow,
 )
+from botkit.storage.write_behind import RecordSpool, WriteBehind, WriteCounts
 
 __all__ = [
     "Base",
@@ -29,8 +31,11 @@ __all__ = [
     "ModerationEventRecord",
     "PluginStateRecord",
     "PrivacyRecord",
+    "RecordSpool",
     "StorageSettings",
     "UserRecord",
+    "WriteBehind",
+    "WriteCounts",
     "user_id_for",
     "utcnow",
 ]

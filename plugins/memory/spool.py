@@ -12,11 +12,17 @@ log = logging.getLogger("botkit.plugins.memory")
 
 
 class Spool:
-    """JSON lines on disk, oldest first. Survives a crash; emptied once the database has the records."""
+    """JSON lines on disk, oldest first. Survives a crash; emptied once the database has the records.
+
+    The ``RecordSpool`` of memory's write-behind writer.
+    """
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
+
+    def __str__(self) -> str:
+        return f"{self.path} (at most {self.max_bytes} bytes)"
 
     def size(self) -> int:
         try:

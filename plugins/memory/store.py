@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from botkit.storage import ConversationRecord, Database, MessageRecord, user_id_for, utcnow
+from botkit.storage import ConversationRecord, Database, MessageRecord, WriteBehind, user_id_for, utcnow
 
 from .changes import (
     MessageKey,
@@ -30,7 +30,6 @@ from .spool import Spool
 
 log = logging.getLogger("botkit.plugins.memory")
 
-BATCH = 200
 CACHED_CONVERSATIONS = 10_000
 
 
@@ -65,9 +64,9 @@ def turns_of(record: dict[str, Any]) -> list[StoredTurn]:
 class MemoryStore:
     """The ordered write queue (exchanges, resets, edits and deletions) in front of the database.
 
-    Records are written in arrival order by one writer task. While the database
-    is unreachable they wait here and in the on-disk spool, and reads merge them
-    in, so a conversation goes on and nothing is lost.
+    Records are written in arrival order by a ``WriteBehind`` writer. While the
+    database is unreachable they wait there and in the on-disk spool, and reads
+    merge them in, so a conversation goes on and nothing is lost.
     """
 
     def __init__(
@@ -84,50 +83,47 @@ class MemoryStore:
         # since), so that most messages need no database read. See history().
         self._cache: OrderedDict[str, CachedHistory] = OrderedDict()
         self.spool = spool
-        self.retry_interval = retry_interval
-        self.max_pending = max_pending
-        self.pending: deque[dict[str, Any]] = deque()
-        self._spooled: set[str] = set()  # ids of pending records that are also on disk
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._writer: asyncio.Task[None] | None = None
+        self.writer: WriteBehind[dict[str, Any]] = WriteBehind(
+            self._write,
+            name="memory",
+            what="records",
+            down=(SQLAlchemyError, OSError),
+            retry_interval=retry_interval,
+            log=log,
+            max_pending=max_pending,
+            spool=spool,
+        )
         self._users: dict[tuple[str, str], int] = {}
         self._remembered = RememberedChanges()
         # Counts changes added: a history read that overlapped one does not go into the cache.
         self._changes_added = 0
-        self.outage = False
-        self.lost = 0
+
+    @property
+    def pending(self) -> Sequence[dict[str, Any]]:
+        """The records not in the database yet, oldest first."""
+        return self.writer.pending
+
+    @property
+    def outage(self) -> bool:
+        """Whether the database was down at the last attempt to write."""
+        return self.writer.outage
+
+    @property
+    def lost(self) -> int:
+        """Records dropped since start (the queue was full for too long)."""
+        return self.writer.counts.dropped
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
-        for record in self.spool.read():
-            self.pending.append(record)
-            self._spooled.add(record["id"])
-        if self.pending:
-            log.warning(
-                "memory: %d records from the spool will be written to the database", len(self.pending)
-            )
-            self._idle.clear()
-            self._wake.set()
-        self._writer = asyncio.create_task(self._write_forever(), name="botkit-memory-writer")
+        self.writer.start()
 
     async def flush(self, timeout: float) -> bool:
         """Wait until everything pending is in the database; spool what is not after ``timeout``."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            self._spool_pending()
-            return False
+        return await self.writer.flush(timeout)
 
     async def close(self, timeout: float) -> None:
-        await self.flush(timeout)
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-        self._spool_pending()
+        await self.writer.close(timeout)
 
     # -- writing ---------------------------------------------------------------
 
@@ -148,78 +144,18 @@ class MemoryStore:
                     cached.turns.clear()
                 else:
                     cached.turns.extend(turns_of(record))
-        if len(self.pending) >= self.max_pending:
-            dropped = self.pending.popleft()
-            self._spooled.discard(dropped["id"])
-            self.lost += 1
-            log.error("memory: %d records waiting for the database; the oldest was dropped", self.max_pending)
-        self.pending.append(record)
-        self._idle.clear()
-        self._wake.set()
+        self.writer.add(record)
 
     def _patch_pending(self, change: dict[str, Any]) -> None:
         """Apply an edit or deletion to its message's exchange if that is still pending."""
-        patched = patch_pending(self.pending, change)
+        patched = patch_pending(self.writer.pending, change)
         for record in patched:
             self._cache.pop(record["scope_key"], None)
-        if any(record["id"] in self._spooled for record in patched):
-            # The spool must not keep the text the author changed or deleted.
-            try:
-                self.spool.rewrite([r for r in self.pending if r["id"] in self._spooled])
-            except OSError as error:
-                log.error("memory: cannot rewrite the spool %s: %s", self.spool.path, error.strerror)
-
-    async def _write_forever(self) -> None:
-        delay = 0.05
-        while True:
-            if not self.pending:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
-            try:
-                await self._write(batch)
-            except (SQLAlchemyError, OSError) as error:
-                if not self.outage:
-                    log.error(
-                        "memory: cannot write to the database (%s); keeping messages in the spool",
-                        type(error).__name__,
-                    )
-                self.outage = True
-                self._spool_pending()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_interval)
-                continue
-            for _ in batch:
-                self.pending.popleft()
-            if self._spooled:
-                self._spooled -= {record["id"] for record in batch}
-                self.spool.rewrite([r for r in self.pending if r["id"] in self._spooled])
-            if self.outage:
-                log.warning("memory: the database is back; spooled messages written")
-                self.outage = False
-            delay = 0.05
-
-    def _spool_pending(self) -> None:
-        fresh = [r for r in self.pending if r["id"] not in self._spooled]
-        if not fresh:
-            return
-        try:
-            kept = self.spool.append(fresh)
-        except OSError as error:
-            log.error("memory: cannot write the spool %s: %s", self.spool.path, error.strerror)
-            return
-        self._spooled.update(r["id"] for r in fresh[:kept])
-        if kept < len(fresh):
-            log.error(
-                "memory: the spool %s is full (%d bytes); %d records are kept in memory only",
-                self.spool.path,
-                self.spool.max_bytes,
-                len(fresh) - kept,
-            )
+        # The spool must not keep the text the author changed or deleted.
+        self.writer.pending_changed(patched)
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
+        """Write ``batch`` in one transaction, in order; the writer retries it while the database is down."""
         users: dict[tuple[str, str], int] = {}
         async with self.db.session() as session:
             conversations = await self._active_conversations(session, batch)

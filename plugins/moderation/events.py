@@ -1,33 +1,30 @@
 """Moderation events: every decision stored in ``moderation_events`` by a background writer.
 
-The pipeline only appends to a queue; one task writes what is queued in
-batches, one transaction each. While the database is unreachable events wait
-in memory (at most ``MAX_PENDING``, the oldest dropped first) and the writer
-retries; a database error is logged and never reaches a reply. What is stored
-is masked: the category, action and rule, and a masked excerpt, never the
-e-mail address, number or secret itself.
+The pipeline only appends to a queue; a ``WriteBehind`` writer writes what is
+queued in batches, one transaction each. While the database is unreachable
+events wait in memory (at most ``MAX_PENDING``, the oldest dropped first) and
+the writer retries; a database error is logged and never reaches a reply.
+What is stored is masked: the category, action and rule, and a masked
+excerpt, never the e-mail address, number or secret itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from collections import deque
 from typing import Any
 
 from botkit import Message
-from botkit.storage import Database, ModerationEventRecord, user_id_for, utcnow
+from botkit.storage import Database, ModerationEventRecord, WriteBehind, user_id_for, utcnow
 
 from .detectors import Finding, only_digits
 from .moderator import Decision
 
 log = logging.getLogger("botkit.plugins.moderation")
 
-BATCH = 200
 MAX_PENDING = 10_000
 EXAMPLES = 3  # masked excerpts kept per event
-RETRY_INTERVAL = 5.0
+RETRY_INTERVAL = 5.0  # the longest pause between attempts while the database is down
 
 
 _SECRET_PREFIX = re.compile(
@@ -89,79 +86,37 @@ def events_of(message: Message, direction: str, decisions: list[Decision]) -> li
 
 
 class EventLog:
-    """The queue of moderation events and the task that writes it."""
+    """Moderation events queued in a ``WriteBehind`` writer: a check returns at once."""
 
     def __init__(
         self, db: Database, retry_interval: float = RETRY_INTERVAL, max_pending: int = MAX_PENDING
     ) -> None:
         self.db = db
-        self.retry_interval = retry_interval
-        self.max_pending = max_pending
-        self.pending: deque[dict[str, Any]] = deque()
-        self.dropped = 0
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._writer: asyncio.Task[None] | None = None
-        self._failing = False
+        self.writer: WriteBehind[dict[str, Any]] = WriteBehind(
+            self._write,
+            name="moderation",
+            what="moderation events",
+            # Whatever the database does, replies go on and the events wait.
+            down=(Exception,),
+            retry_interval=retry_interval,
+            log=log,
+            max_pending=max_pending,
+        )
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_forever(), name="botkit-moderation-events")
+        self.writer.start()
 
     def record(self, message: Message, direction: str, decisions: list[Decision]) -> None:
         """Queue the events of one check; returns at once."""
         for event in events_of(message, direction, decisions):
-            if len(self.pending) >= self.max_pending:
-                self.pending.popleft()
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    log.error(
-                        "moderation: %d events waiting for the database; %d dropped",
-                        self.max_pending,
-                        self.dropped,
-                    )
-            self.pending.append(event)
-            self._idle.clear()
-            self._wake.set()
+            self.writer.add(event)
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every queued event is written; ``False`` when that took longer than ``timeout``."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        return await self.writer.flush(timeout)
 
     async def close(self, timeout: float) -> None:
-        if not await self.flush(timeout):
-            log.error("moderation: %d events could not be written before shutdown", len(self.pending))
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-
-    async def _write_forever(self) -> None:
-        while True:
-            if not self.pending:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
-            try:
-                await self._write(batch)
-            except Exception as error:  # noqa: BLE001 - whatever the database does, replies go on
-                if not self._failing:
-                    log.error(
-                        "moderation: cannot store moderation events (%s); retrying", type(error).__name__
-                    )
-                self._failing = True
-                await asyncio.sleep(self.retry_interval)
-                continue
-            for _ in batch:
-                self.pending.popleft()
-            if self._failing:
-                log.warning("moderation: the database is back; moderation events written")
-                self._failing = False
+        await self.writer.close(timeout)
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         async with self.db.session() as session:

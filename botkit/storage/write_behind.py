@@ -1,0 +1,288 @@
+"""The write-behind writer: records queued in order and written to the database in batches by one task.
+
+A plugin that stores something on every message (memory's exchanges,
+moderation's events) must not make the reply wait for the database, and must
+not lose what it stores when the database is away for a while. It queues the
+record here and returns; one background task writes what is queued, oldest
+first, through the plugin's own ``write(batch)``. While ``write`` raises one of
+the exceptions the plugin names as "the database is down", the batch stays at
+the head of the queue and is tried again, backing off up to ``retry_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Generic, Protocol, TypeVar
+
+Record = TypeVar("Record")
+
+FIRST_RETRY = 0.05  # seconds before the first retry; each next one waits twice as long
+DROPS_BETWEEN_LOGS = 1000  # a full queue drops on every record: log the first drop, then every this many
+
+
+class RecordSpool(Protocol[Record]):
+    """Durable room for records that wait while the database is away, so that a restart finds them.
+
+    Holds records oldest first. ``str(spool)`` names it in log messages.
+    """
+
+    def read(self) -> list[Record]:
+        """Every record it holds, oldest first."""
+        ...
+
+    def append(self, records: list[Record]) -> int:
+        """Add ``records`` after what it holds; returns how many fitted (a prefix of ``records``)."""
+        ...
+
+    def rewrite(self, records: list[Record]) -> None:
+        """Hold exactly ``records`` (none: nothing)."""
+        ...
+
+
+@dataclass(slots=True)
+class WriteCounts:
+    """What a writer has done since it was created, for metrics: each only grows."""
+
+    queued: int = 0  # records added (and read back from the spool at start)
+    written: int = 0  # records ``write`` accepted
+    retries: int = 0  # failed attempts that are tried again
+    dropped: int = 0  # records given up: the queue was full, or ``write`` failed with an unexpected error
+
+
+class WriteBehind(Generic[Record]):
+    """An ordered queue of records in front of the database, written in batches by one task.
+
+    ``write(batch)`` stores up to ``batch_size`` of the oldest records, all or
+    nothing (one transaction). When it raises one of ``down``, the same batch
+    is tried again after a pause that doubles from 0.05 s up to
+    ``retry_interval``; meanwhile what waits is also appended to ``spool``, if
+    there is one. Any other exception is a bug in the caller: it is logged with
+    its traceback and the batch is dropped, so that one bad record does not stop
+    every later one. At most ``max_pending`` records wait; beyond that the
+    oldest is dropped.
+
+    ``name`` (the plugin) and ``what`` (the records, plural) make the log
+    messages; they go to ``log``. ``sleep`` is how the task pauses between
+    attempts (a test may pass one that records the pauses).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list[Record]], Awaitable[None]],
+        *,
+        name: str,
+        what: str,
+        down: tuple[type[BaseException], ...],
+        retry_interval: float,
+        log: logging.Logger,
+        batch_size: int = 200,
+        max_pending: int | None = None,
+        spool: RecordSpool[Record] | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.name = name
+        self.what = what
+        self.retry_interval = retry_interval
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self.spool = spool
+        self.counts = WriteCounts()
+        self._write = write
+        self._down = down
+        self._log = log
+        self._sleep = sleep
+        self._pending: deque[Record] = deque()
+        self._on_disk = 0  # the first this many pending records are also in the spool
+        self._in_flight = 0  # the first this many pending records are being written
+        self._outage = False
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writing task; what the spool holds from an earlier run is written first."""
+        if self.spool is not None:
+            spooled = self.spool.read()
+            if spooled:
+                self._log.warning(
+                    "%s: %d %s from the spool %s will be written to the database",
+                    self.name,
+                    len(spooled),
+                    self.what,
+                    self.spool,
+                )
+                self._pending.extendleft(reversed(spooled))
+                self._on_disk = len(spooled)
+                self.counts.queued += len(spooled)
+                self._idle.clear()
+        self._task = asyncio.create_task(self._write_forever(), name=f"botkit-{self.name}-writer")
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every queued record is written; ``False`` when that takes longer than ``timeout``.
+
+        What is still waiting then is appended to the spool, if there is one.
+        """
+        if self._idle.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            self._spool_waiting()
+            return False
+
+    async def close(self, timeout: float) -> None:
+        """Stop the task after writing what is queued, for at most ``timeout`` seconds."""
+        flushed = await self.flush(timeout)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._spool_waiting()
+        if not flushed and self._pending:
+            self._log.error(
+                "%s: %d %s were not written to the database before shutdown; %s",
+                self.name,
+                len(self._pending),
+                self.what,
+                f"they wait in the spool {self.spool} for the next start"
+                if self.spool is not None
+                else "they are lost",
+            )
+
+    # -- queueing ------------------------------------------------------------------
+
+    @property
+    def pending(self) -> Sequence[Record]:
+        """The records not written yet, oldest first (the first may be being written right now).
+
+        Readers merge them into what they read from the database. Do not add or
+        remove any; a record changed in place must be reported to ``pending_changed``.
+        """
+        return self._pending
+
+    @property
+    def outage(self) -> bool:
+        """Whether the last attempt to write failed because the database is down."""
+        return self._outage
+
+    def add(self, record: Record) -> None:
+        """Queue ``record`` after every earlier one; returns at once."""
+        if self.max_pending is not None and len(self._pending) >= self.max_pending:
+            self._pending.popleft()
+            self._on_disk = max(self._on_disk - 1, 0)
+            self._in_flight = max(self._in_flight - 1, 0)
+            self.counts.dropped += 1
+            if self.counts.dropped % DROPS_BETWEEN_LOGS == 1:
+                self._log.error(
+                    "%s: %d %s are waiting for the database; the oldest are dropped (%d so far)",
+                    self.name,
+                    self.max_pending,
+                    self.what,
+                    self.counts.dropped,
+                )
+        self._pending.append(record)
+        self.counts.queued += 1
+        self._idle.clear()
+        self._wake.set()
+
+    def pending_changed(self, records: Iterable[Record]) -> None:
+        """``records`` (pending ones) were changed in place: the spool must keep no old copy of them."""
+        if self.spool is None or not self._on_disk:
+            return
+        on_disk = list(islice(self._pending, self._on_disk))
+        held = {id(record) for record in on_disk}
+        if any(id(record) in held for record in records):
+            self._rewrite_spool(on_disk)
+
+    # -- the task ------------------------------------------------------------------
+
+    async def _write_forever(self) -> None:
+        delay = FIRST_RETRY
+        while True:
+            if not self._pending:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = list(islice(self._pending, self.batch_size))
+            self._in_flight = len(batch)
+            try:
+                await self._write(batch)
+            except self._down as error:
+                self._in_flight = 0
+                self.counts.retries += 1
+                if not self._outage:
+                    self._log.error(
+                        "%s: cannot write to the database (%s); %s wait in %s until it is back",
+                        self.name,
+                        type(error).__name__,
+                        self.what,
+                        f"the spool {self.spool}" if self.spool is not None else "memory",
+                    )
+                self._outage = True
+                self._spool_waiting()
+                await self._sleep(delay)
+                delay = min(delay * 2, self.retry_interval)
+                continue
+            except Exception:
+                self._log.exception(
+                    "%s: %d %s could not be written and were dropped", self.name, self._in_flight, self.what
+                )
+                self.counts.dropped += self._in_flight
+            else:
+                self.counts.written += self._in_flight
+                if self._outage:
+                    self._log.warning(
+                        "%s: the database is back; writing the %s that waited", self.name, self.what
+                    )
+                    self._outage = False
+            self._take_written()
+            delay = FIRST_RETRY
+
+    def _take_written(self) -> None:
+        """Remove the batch just handled (less what a full queue dropped meanwhile) from the head."""
+        done, self._in_flight = self._in_flight, 0
+        for _ in range(done):
+            self._pending.popleft()
+        if self._on_disk:
+            self._on_disk = max(self._on_disk - done, 0)
+            self._rewrite_spool(list(islice(self._pending, self._on_disk)))
+
+    def _spool_waiting(self) -> None:
+        """Append the pending records the spool does not hold yet."""
+        if self.spool is None or self._on_disk == len(self._pending):
+            return
+        fresh = list(islice(self._pending, self._on_disk, None))
+        try:
+            kept = self.spool.append(fresh)
+        except OSError as error:
+            self._log.error("%s: cannot write the spool %s: %s", self.name, self.spool, error)
+            return
+        self._on_disk += kept
+        if kept < len(fresh):
+            self._log.error(
+                "%s: the spool %s is full; %d %s are kept in memory only",
+                self.name,
+                self.spool,
+                len(fresh) - kept,
+                self.what,
+            )
+
+    def _rewrite_spool(self, records: list[Record]) -> None:
+        assert self.spool is not None
+        try:
+            self.spool.rewrite(records)
+        except OSError as error:
+            self._log.error("%s: cannot rewrite the spool %s: %s", self.name, self.spool, error)
+
+
+__all__ = ["RecordSpool", "WriteBehind", "WriteCounts"]
