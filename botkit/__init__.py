@@ -26,6 +26,7 @@ from botkit.errors import (
     ControlError,
     DuplicateNameError,
     ExportError,
+    LoraError,
     ModelLoadError,
     NoRunningBot,
     PlatformError,
@@ -35,6 +36,7 @@ from botkit.errors import (
 )
 from botkit.types import (
     NO_ADAPTER,
+    NO_LORA,
     Chunk,
     ConversationScope,
     Message,
@@ -61,6 +63,7 @@ except PackageNotFoundError:  # a source tree that is not installed
 
 __all__ = [
     "NO_ADAPTER",
+    "NO_LORA",
     "Adapter",
     "AdapterError",
     "AdapterSettings",
@@ -78,6 +81,7 @@ __all__ = [
     "ConversationScope",
     "DuplicateNameError",
     "ExportError",
+    "LoraError",
     "Message",
     "MessageChange",
     "ModelLoadError",

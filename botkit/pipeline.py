@@ -15,7 +15,7 @@ from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, Ticket
 from botkit.hookcall import call_all, run_chain
 from botkit.types import (
-    NO_ADAPTER,
+    NO_LORA,
     Message,
     Prompt,
     Refuse,
@@ -193,7 +193,7 @@ class Pipeline:
         except QueueFull:
             await responder.send("I'm answering a lot of people right now. Please try again in a minute.")
             return
-        adapter = params.adapter if params.adapter is not None else backend.active_adapter
+        lora = params.lora if params.lora is not None else backend.active_lora
         reply = Reply(
             "",
             ReplyStatus.STOPPED,
@@ -201,7 +201,7 @@ class Pipeline:
             backend.model_name,
             prompt_tokens,
             dropped_turns=dropped,
-            adapter=None if adapter == NO_ADAPTER else adapter,
+            lora=None if lora == NO_LORA else lora,
         )
         try:
             if place:

@@ -12,10 +12,10 @@ import time
 
 from botkit import Command, CommandContext, hookimpl
 from botkit.backend_set import DEFAULT as DEFAULT_BACKEND
-from botkit.errors import AdapterError, ConfigError
+from botkit.errors import ConfigError, LoraError
 from botkit.settings import to_toml
 from botkit.switches import clear, read_overrides, set_enabled
-from botkit.types import NO_ADAPTER
+from botkit.types import NO_LORA
 
 log = logging.getLogger("botkit.plugins.admin")
 
@@ -106,29 +106,29 @@ async def status(ctx: CommandContext) -> str:
     )
 
 
-async def adapter(ctx: CommandContext) -> str:
-    """``/adapter``: list; ``/adapter NAME|PATH|none``; ``/adapter BACKEND NAME|PATH|none``."""
+async def lora(ctx: CommandContext) -> str:
+    """``/lora``: list; ``/lora NAME|PATH|none``; ``/lora BACKEND NAME|PATH|none``."""
     bot = ctx.bot
     words = ctx.args.split()
     if not words:
         lines = ["LoRA adapters (active one marked *):"]
         for slot in bot.backends.values():
             backend = slot.backend
-            names = [f"*{n}" if n == backend.active_adapter else n for n in sorted(backend.adapters)]
-            if backend.active_adapter and backend.active_adapter not in backend.adapters:
-                names.append(f"*{backend.active_adapter}")
+            names = [f"*{n}" if n == backend.active_lora else n for n in sorted(backend.loras)]
+            if backend.active_lora and backend.active_lora not in backend.loras:
+                names.append(f"*{backend.active_lora}")
             lines.append(f"{slot.name}: {', '.join(names) if names else 'none loaded'}")
         prefix = bot.settings.bot.command_prefix
-        lines.append(f"Switch with {prefix}adapter [BACKEND] NAME|PATH|none (until restart).")
+        lines.append(f"Switch with {prefix}lora [BACKEND] NAME|PATH|none (until restart).")
         return "\n".join(lines)
     if len(words) > 2:
-        return f"Usage: {bot.settings.bot.command_prefix}adapter [BACKEND] NAME|PATH|none"
+        return f"Usage: {bot.settings.bot.command_prefix}lora [BACKEND] NAME|PATH|none"
     backend_name, spec = (words[0], words[1]) if len(words) == 2 else (DEFAULT_BACKEND, words[0])
     try:
-        note = await bot.switch_adapter(backend_name, None if spec == NO_ADAPTER else spec)
-    except AdapterError as error:
-        return f"Adapter not switched: {error}"
-    log.warning("admin %s switched backend %s to adapter %s", ctx.message.user_key, backend_name, spec)
+        note = await bot.switch_lora(backend_name, None if spec == NO_LORA else spec)
+    except LoraError as error:
+        return f"LoRA adapter not switched: {error}"
+    log.warning("admin %s switched backend %s to LoRA adapter %s", ctx.message.user_key, backend_name, spec)
     return note
 
 
@@ -151,9 +151,18 @@ def botkit_register_commands(register):
     register(Command("status", "show the backends and their queues", status, admin_only=True))
     register(
         Command(
-            "adapter",
+            "lora",
             "list LoRA adapters, or switch one without restarting",
-            adapter,
+            lora,
+            usage="[BACKEND] NAME|PATH|none",
+            admin_only=True,
+        )
+    )
+    register(
+        Command(
+            "adapter",
+            "old name of /lora, kept until the next release",
+            lora,
             usage="[BACKEND] NAME|PATH|none",
             admin_only=True,
         )
