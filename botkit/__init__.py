@@ -61,6 +61,7 @@ try:
 except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0+unknown"
 
+# NO_ADAPTER and AdapterError are the old names of NO_LORA and LoraError, until the next release.
 __all__ = [
     "NO_ADAPTER",
     "NO_LORA",

@@ -27,6 +27,7 @@ class LoraSettings(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    # Read by BackendSettings (a RenamedKeys): "adapters" is loras' old name, until the next release.
     renamed_keys: ClassVar[dict[str, str]] = {"adapters": "loras"}
 
     lora_path: Path | None = Field(
