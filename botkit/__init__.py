@@ -26,6 +26,7 @@ from botkit.errors import (
     ControlError,
     DuplicateNameError,
     ExportError,
+    LoraError,
     ModelLoadError,
     NoRunningBot,
     PlatformError,
@@ -36,6 +37,7 @@ from botkit.errors import (
 from botkit.settings import to_toml
 from botkit.types import (
     NO_ADAPTER,
+    NO_LORA,
     Chunk,
     ConversationScope,
     Message,
@@ -60,8 +62,10 @@ try:
 except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0+unknown"
 
+# NO_ADAPTER and AdapterError are the old names of NO_LORA and LoraError, until the next release.
 __all__ = [
     "NO_ADAPTER",
+    "NO_LORA",
     "Adapter",
     "AdapterError",
     "AdapterSettings",
@@ -79,6 +83,7 @@ __all__ = [
     "ConversationScope",
     "DuplicateNameError",
     "ExportError",
+    "LoraError",
     "Message",
     "MessageChange",
     "ModelLoadError",

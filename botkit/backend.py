@@ -7,41 +7,40 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from botkit.errors import AdapterError
+from botkit.errors import LoraError
+from botkit.renamed_keys import RenamedKeys
+from botkit.sampling import SAMPLING_KEYS, SamplingSettings, with_values
 from botkit.types import Chunk, Prompt, SamplingParams
 
 
-class BackendSettings(BaseModel):
-    """``[backend]`` in config.toml. A backend type extends this with its own keys."""
-
-    model_config = ConfigDict(extra="forbid")
+class BackendKind(RenamedKeys):
+    """The keys that say what a backend is: its type and prompt format (a base of ``BackendSettings``)."""
 
     type: str = Field("llamacpp", description="which registered backend type answers")
     prompt_format: Literal["chat", "alpaca"] = Field(
         "chat", description="'chat': the model's own chat template; 'alpaca': the Stanford Alpaca template"
     )
-    max_tokens: int = Field(512, ge=1, description="most tokens one reply may have")
-    temperature: float = Field(0.7, ge=0.0, le=5.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
-    repeat_penalty: float = Field(1.1, ge=0.0)
-    seed: int | None = Field(None, description="fixed sampling seed; unset for a random one")
-    stop: list[str] = Field(default_factory=list, description="extra stop strings")
+
+
+# BackendKind comes after SamplingSettings among the bases so that its keys come first
+# where the table is shown (/config), as pydantic orders fields from the last base on.
+class BackendSettings(SamplingSettings, BackendKind):
+    """``[backend]`` in config.toml. A backend type extends this with its own keys.
+
+    The sampling keys (``max_tokens``, ``temperature``...) come from ``SamplingSettings``;
+    a backend type that renames a key lists it in ``renamed_keys``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
     timeout: float = Field(120.0, gt=0, description="seconds after which a generation is ended")
     queue_limit: int = Field(100, ge=0, description="most requests waiting for the model at once")
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            repeat_penalty=self.repeat_penalty,
-            seed=self.seed,
-            stop=tuple(self.stop),
-        )
+        """The sampling parameters this table sets, for a request no override changes."""
+        return with_values(SamplingParams(), {key: getattr(self, key) for key in SAMPLING_KEYS})
 
 
 class Backend(ABC):
@@ -75,23 +74,23 @@ class Backend(ABC):
         """Release the model. No request is in flight when this is called."""
 
     @property
-    def adapters(self) -> dict[str, str]:
+    def loras(self) -> dict[str, str]:
         """LoRA adapters this backend can apply, by name (to a path or id). Empty: none."""
         return {}
 
     @property
-    def active_adapter(self) -> str | None:
-        """The adapter applied when a request names none; ``None`` for the base model."""
+    def active_lora(self) -> str | None:
+        """The LoRA adapter applied when a request names none; ``None`` for the base model."""
         return None
 
-    async def switch_adapter(self, adapter: str | None) -> str:
-        """Make ``adapter`` (a name from ``adapters``, or a path) the active one; ``None`` for none.
+    async def switch_lora(self, lora: str | None) -> str:
+        """Make ``lora`` (a name from ``loras``, or a path) the active LoRA adapter; ``None`` for none.
 
         Takes effect from the next generation, without reloading the base model.
-        Returns a one-line note for the admin; raises ``AdapterError`` with a
-        message naming the problem (unknown name, unreadable file, another base model).
+        Returns a one-line note for the admin; raises ``LoraError`` with a message
+        naming the problem (unknown name, unreadable file, another base model).
         """
-        raise AdapterError(f"the {type(self).__name__} backend does not take LoRA adapters")
+        raise LoraError(f"the {type(self).__name__} backend does not take LoRA adapters")
 
     @abstractmethod
     async def count_tokens(self, prompt: Prompt) -> int:

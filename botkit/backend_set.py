@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from botkit.backend import Backend, BackendSettings
-from botkit.errors import AdapterError, ConfigError, ModelLoadError
+from botkit.errors import ConfigError, LoraError, ModelLoadError
 from botkit.generation import GenerationQueue
 from botkit.registry import Registry
+from botkit.renamed_keys import warn_old_keys
 from botkit.settings import Settings, validate_table
+from botkit.types import NO_LORA
 
 DEFAULT = "default"
 
@@ -40,11 +42,13 @@ class BackendSlot:
     def summary(self) -> dict[str, Any]:
         """What is shown of it (``botkit backends list``, ``/status``, the control socket's status)."""
         backend = self.backend
+        # "adapter" and "adapters" (the LoRA adapters) keep their names: they are the control
+        # socket's answer, which `botkit finetune deploy` of another version may be reading.
         return {
             "type": self.type_name,
             "model": backend.model_name,
-            "adapter": backend.active_adapter,
-            "adapters": sorted(backend.adapters),
+            "adapter": backend.active_lora,
+            "adapters": sorted(backend.loras),
             "context_window": backend.context_window,
         }
 
@@ -72,6 +76,7 @@ def validate_backend(
         )
     validated = validate_table(backend_type.settings_model, raw, settings, table_path(name))
     assert isinstance(validated, BackendSettings)
+    warn_old_keys(validated, f"{settings.source_name}: {where}")
     return type_name, validated
 
 
@@ -105,19 +110,18 @@ def check_override_backends(settings: Settings, slots: dict[str, BackendSlot]) -
             )
 
 
-def check_override_adapters(settings: Settings, slots: dict[str, BackendSlot]) -> None:
-    """Every adapter an override names is one its backend loaded (call after the backends started)."""
-    from botkit.types import NO_ADAPTER
-
+def check_override_loras(settings: Settings, slots: dict[str, BackendSlot]) -> None:
+    """Every LoRA adapter an override names is one its backend loaded (call after the backends started)."""
     for place, override in settings.overrides.items():
-        if override.adapter is None or override.adapter == NO_ADAPTER:
+        warn_old_keys(override, f'{settings.source_name}: [overrides."{place}"]')
+        if override.lora is None or override.lora == NO_LORA:
             continue
         slot = slots[override.backend or DEFAULT]
-        if override.adapter not in slot.backend.adapters:
-            known = ", ".join(sorted(slot.backend.adapters)) or "none"
+        if override.lora not in slot.backend.loras:
+            known = ", ".join(sorted(slot.backend.loras)) or "none"
             raise ConfigError(
-                f'{settings.source_name}: [overrides."{place}"] adapter: backend {slot.name!r} has no '
-                f"adapter {override.adapter!r}; its adapters: {known} (name them in [{slot.table}] adapters)"
+                f'{settings.source_name}: [overrides."{place}"] lora: backend {slot.name!r} has no '
+                f"LoRA adapter {override.lora!r}; its LoRA adapters: {known} (name them in [{slot.table}] loras)"
             )
 
 
@@ -143,7 +147,7 @@ async def probe(slot: BackendSlot) -> str | None:
     """Load and release one backend; the reason it cannot load, or None when it loads."""
     try:
         await slot.backend.start()
-    except (ModelLoadError, AdapterError) as error:
+    except (ModelLoadError, LoraError) as error:
         return str(error)
     await slot.backend.close()
     return None

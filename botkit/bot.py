@@ -17,8 +17,8 @@ from botkit.backend_set import (
     DEFAULT,
     BackendSlot,
     build_backends,
-    check_override_adapters,
     check_override_backends,
+    check_override_loras,
     close_backends,
     raw_tables,
     start_backends,
@@ -26,7 +26,7 @@ from botkit.backend_set import (
 )
 from botkit.commands import Command
 from botkit.deliveries import SeenDeliveries
-from botkit.errors import AdapterError, ConfigError
+from botkit.errors import ConfigError, LoraError
 from botkit.generation import GenerationQueue
 from botkit.hookcall import call_all, call_plugin, each_result, first_result
 from botkit.pipeline import Pipeline
@@ -122,8 +122,8 @@ class Bot:
         """Make ``lora`` (a name, a path, or None for none) the active LoRA adapter of ``backend``."""
         slot = self.backends.get(backend)
         if slot is None:
-            raise AdapterError(f"no backend {backend!r}; configured: {', '.join(sorted(self.backends))}")
-        return await slot.backend.switch_adapter(lora)
+            raise LoraError(f"no backend {backend!r}; configured: {', '.join(sorted(self.backends))}")
+        return await slot.backend.switch_lora(lora)
 
     async def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` by the default backend's tokenizer."""
@@ -139,8 +139,8 @@ class Bot:
                     name=slot.name,
                     type=slot.type_name,
                     model=backend.model_name,
-                    lora=backend.active_adapter,
-                    loras=tuple(sorted(backend.adapters)),
+                    lora=backend.active_lora,
+                    loras=tuple(sorted(backend.loras)),
                     context_window=backend.context_window,
                     generating=queue.running,
                     waiting=queue.waiting,
@@ -216,7 +216,7 @@ class Bot:
             await self.db.close()
             raise
         try:
-            check_override_adapters(self.settings, self.backends)
+            check_override_loras(self.settings, self.backends)
         except ConfigError:
             await close_backends(self.backends)
             await self.db.close()
@@ -285,7 +285,7 @@ class Bot:
         """
         new = load_settings(self.settings.source_path)
         notes: list[str] = []
-        backend_settings, adapter_changes = self._reload_backends(new, notes)
+        backend_settings, lora_changes = self._reload_backends(new, notes)
         plugin_settings = {
             name: validate_table(
                 model,
@@ -312,8 +312,8 @@ class Bot:
             slot = self.backends[name]
             slot.backend.settings = settings
             slot.queue.limit = settings.queue_limit
-        for name in adapter_changes:
-            notes.append(await self._reload_adapter(name))
+        for name in lora_changes:
+            notes.append(await self._reload_lora(name))
         for name in restart:
             owner = self.registry.owner("settings", name) or name
             running = self.host.pm.get_plugin(owner) is not None
@@ -331,14 +331,14 @@ class Bot:
     def _reload_backends(
         self, new: Settings, notes: list[str]
     ) -> tuple[dict[str, BackendSettings], list[str]]:
-        """Validate the new backend tables: the settings to apply, and which backends change adapter."""
+        """Validate the new backend tables: the settings to apply, and which backends change LoRA adapter."""
         tables = raw_tables(new)
         if set(tables) != set(self.backends):
             notes.append("backends added to or removed from the config apply after a restart")
         check_override_backends(new, self.backends)
-        check_override_adapters(new, self.backends)
+        check_override_loras(new, self.backends)
         applied: dict[str, BackendSettings] = {}
-        adapter_changes: list[str] = []
+        lora_changes: list[str] = []
         for name, slot in self.backends.items():
             if name not in tables:
                 continue
@@ -347,24 +347,24 @@ class Bot:
                 raise ConfigError(f"[{slot.table}] type: switching to {type_name!r} needs a restart")
             fields = type(settings).model_fields
             # A LoRA adapter is switched in place; every other engine key needs the model reloaded.
-            adapter_keys = {"lora_path", "lora_scale"} & set(fields)
-            reload_keys = (set(fields) - set(BackendSettings.model_fields) - adapter_keys) | {"prompt_format"}
+            lora_keys = {"lora_path", "lora_scale"} & set(fields)
+            reload_keys = (set(fields) - set(BackendSettings.model_fields) - lora_keys) | {"prompt_format"}
             changed = sorted(k for k in reload_keys if getattr(settings, k) != getattr(slot.settings, k))
             if changed:
                 notes.append(f"[{slot.table}] {', '.join(changed)} changed: they apply after a restart")
                 settings = settings.model_copy(update={k: getattr(slot.settings, k) for k in changed})
-            if any(getattr(settings, k) != getattr(slot.settings, k) for k in adapter_keys):
-                adapter_changes.append(name)
+            if any(getattr(settings, k) != getattr(slot.settings, k) for k in lora_keys):
+                lora_changes.append(name)
             applied[name] = settings
-        return applied, adapter_changes
+        return applied, lora_changes
 
-    async def _reload_adapter(self, name: str) -> str:
+    async def _reload_lora(self, name: str) -> str:
         slot = self.backends[name]
         path = getattr(slot.settings, "lora_path", None)
         try:
-            return await slot.backend.switch_adapter(str(path) if path is not None else None)
-        except AdapterError as error:
-            return f"[{slot.table}] lora_path not applied, the adapter in use stays: {error}"
+            return await slot.backend.switch_lora(str(path) if path is not None else None)
+        except LoraError as error:
+            return f"[{slot.table}] lora_path not applied, the LoRA adapter in use stays: {error}"
 
     def stop_generations(self, message: Message) -> int:
         """Stop the generations of ``message``'s author in its conversation. Returns how many."""

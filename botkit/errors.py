@@ -36,8 +36,12 @@ class StorageError(BotkitError):
     """The database cannot be reached, or its schema is not the one this code needs."""
 
 
-class AdapterError(BotkitError):
+class LoraError(BotkitError):
     """A LoRA adapter is unknown, unreadable, or built for another base model."""
+
+
+# The old name, from when "adapter" meant a LoRA adapter too; removed in the next release.
+AdapterError = LoraError
 
 
 class PlatformError(BotkitError):

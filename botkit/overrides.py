@@ -1,4 +1,4 @@
-"""Per-place settings: the system prompt, backend, adapter and sampling for one channel, thread or DM.
+"""Per-place settings: the system prompt, backend, LoRA adapter and sampling for one channel, thread or DM.
 
 ``[overrides."<place>"]`` tables in config.toml, where a place is
 ``platform:channel`` (the channel and its threads), ``platform:channel/thread``
@@ -13,37 +13,34 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from botkit.types import Message, SamplingParams
+from botkit.renamed_keys import RenamedKeys
+from botkit.sampling import PlaceSampling
+from botkit.types import NO_LORA, Message, SamplingParams
 
 PLACE = re.compile(r"^(?P<platform>[A-Za-z0-9_-]+):(?P<channel>[^/\s]+)(?:/(?P<thread>[^/\s]+))?$")
 DM = "dm"
 
 
-class PlaceOverride(BaseModel):
-    """One ``[overrides."<place>"]`` table. Unset keys fall back to the parent place, then globally."""
+class PlaceOverride(PlaceSampling, RenamedKeys):
+    """One ``[overrides."<place>"]`` table. Unset keys fall back to the parent place, then globally.
+
+    Besides its own keys it takes the sampling keys (``PlaceSampling``).
+    """
 
     model_config = ConfigDict(extra="forbid")
+    renamed_keys: ClassVar[dict[str, str]] = {"adapter": "lora"}
 
     system_prompt: str | None = Field(None, description="system prompt here instead of [bot] system_prompt")
     backend: str | None = Field(
         None, description="'default' ([backend]) or the name of a [backends.<name>] table"
     )
-    adapter: str | None = Field(
-        None, description="LoRA adapter by name (from the backend's adapters), or 'none' for the base model"
+    lora: str | None = Field(
+        None, description=f"LoRA adapter by name (from the backend's loras), or {NO_LORA!r} for the base model"
     )
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=5.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0)
-    repeat_penalty: float | None = Field(None, ge=0.0)
-    seed: int | None = None
-    stop: list[str] | None = None
-
-
-SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed", "stop")
 
 
 def check_place(place: str) -> str | None:

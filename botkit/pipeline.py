@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botkit.backend_set import DEFAULT, BackendSlot
@@ -17,9 +17,10 @@ from botkit.context_fit import ContextFit, fit_context
 from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, Ticket
 from botkit.hookcall import call_all, run_chain
-from botkit.overrides import SAMPLING_KEYS, Choice, merged
+from botkit.overrides import Choice, merged
+from botkit.sampling import with_values
 from botkit.types import (
-    NO_ADAPTER,
+    NO_LORA,
     Message,
     Prompt,
     Refuse,
@@ -123,7 +124,7 @@ class ModelRequest:
             latency_s=latency_s,
             first_token_s=first_token_s,
             dropped_turns=self.fit.dropped,
-            adapter=self.lora,
+            lora=self.lora,
             platform_message_ids=platform_message_ids,
         )
 
@@ -196,12 +197,7 @@ class Pipeline:
         settings = self._settings()
         values = merged(settings.overrides, message)
         backend = str(values.get("backend", DEFAULT))
-        changes = {key: values[key] for key in SAMPLING_KEYS if key in values}
-        if "stop" in changes:
-            changes["stop"] = tuple(changes["stop"])  # type: ignore[arg-type]
-        if "adapter" in values:
-            changes["adapter"] = values["adapter"]
-        params = replace(self._backends[backend].settings.sampling(), **changes)  # type: ignore[arg-type]
+        params = with_values(self._backends[backend].settings.sampling(), values)
         return Choice(backend, str(values.get("system_prompt", settings.bot.system_prompt)), params)
 
     def generation_owner(self, message: Message) -> str:
@@ -311,7 +307,7 @@ class Pipeline:
         except QueueFull:
             await responder.send("I'm answering a lot of people right now. Please try again in a minute.")
             return
-        lora = params.adapter if params.adapter is not None else backend.active_adapter
+        lora = params.lora if params.lora is not None else backend.active_lora
         request = ModelRequest(
             message,
             slot,
@@ -320,7 +316,7 @@ class Pipeline:
             fit,
             ticket,
             backend.model_name,
-            None if lora == NO_ADAPTER else lora,
+            None if lora == NO_LORA else lora,
         )
         try:
             if place:

@@ -8,6 +8,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import Field
 
 
 class ConversationScope(enum.StrEnum):
@@ -104,19 +107,28 @@ class Prompt:
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    max_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    repeat_penalty: float = 1.1
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    # The LoRA adapter for this generation: a name the backend knows, NO_ADAPTER for
-    # the base model, or None for the backend's active adapter (see Backend.switch_adapter).
-    adapter: str | None = None
+    """How the model samples one reply.
+
+    The one declaration of the sampling keys: every field but ``lora`` is also a key
+    of ``[backend]`` (its default) and of ``[overrides."<place>"]``, with the bounds
+    and description given here (``botkit.sampling`` derives those settings from it).
+    """
+
+    max_tokens: Annotated[int, Field(ge=1, description="most tokens one reply may have")] = 512
+    temperature: Annotated[float, Field(ge=0.0, le=5.0, description="sampling temperature; 0 is greedy")] = 0.7
+    top_p: Annotated[float, Field(gt=0.0, le=1.0, description="nucleus sampling's probability mass")] = 0.95
+    top_k: Annotated[int, Field(ge=0, description="sample among the K likeliest tokens; 0: no limit")] = 40
+    repeat_penalty: Annotated[float, Field(ge=0.0, description="penalty for repeating tokens; 1.0: none")] = 1.1
+    seed: Annotated[int | None, Field(description="fixed sampling seed; unset for a random one")] = None
+    stop: Annotated[tuple[str, ...], Field(description="extra stop strings")] = ()
+    # The LoRA adapter for this generation: a name the backend knows, NO_LORA for the
+    # base model, or None for the backend's active one (see Backend.switch_lora).
+    lora: str | None = None
 
 
-NO_ADAPTER = "none"
+NO_LORA = "none"
+# The old name, from when "adapter" meant a LoRA adapter too; removed in the next release.
+NO_ADAPTER = NO_LORA
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +160,7 @@ class Reply:
     latency_s: float = 0.0
     first_token_s: float | None = None
     dropped_turns: int = 0
-    adapter: str | None = None  # the LoRA adapter that generated it, if any
+    lora: str | None = None  # the LoRA adapter that generated it, if any
     # The platform's ids of the message(s) that carry the reply, first one first
     # (what ``Responder.finish`` returned): reactions and edits refer to these.
     platform_message_ids: tuple[str, ...] = ()

@@ -56,7 +56,7 @@ def base_model(path: Path) -> BaseModel:
     """The model at ``path``: a ``.gguf`` file or a Hugging Face model folder (config.json)."""
     path = path.expanduser().resolve()
     if path.is_file():
-        from botkit.backends.llamacpp_adapters import gguf_model_name, read_gguf_header
+        from botkit.backends.llamacpp_lora import gguf_model_name, read_gguf_header
 
         try:
             header = read_gguf_header(path)

@@ -18,7 +18,7 @@ from typing import Any
 
 from botkit.backend_set import BackendSlot, raw_tables, table_path, validate_backend
 from botkit.backends.llamacpp import LlamaCppSettings, embedded_model_path
-from botkit.backends.llamacpp_adapters import ModelInfo, check_adapter
+from botkit.backends.llamacpp_lora import ModelInfo, check_adapter
 from botkit.bot import Bot
 from botkit.config_edit import ConfigEdit, edit_table
 from botkit.control import control_socket_path, request_sync

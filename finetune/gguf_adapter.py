@@ -1,7 +1,7 @@
 """llama.cpp GGUF LoRA adapter files: written from LoRA A/B matrices, or converted from a peft adapter folder.
 
 The format is the one llama.cpp's ``convert_lora_to_gguf.py`` writes and
-``llama_adapter_lora_init`` loads (see ``botkit/backends/llamacpp_adapters.py``, which
+``llama_adapter_lora_init`` loads (see ``botkit/backends/llamacpp_lora.py``, which
 checks such files against the loaded model). Besides llama.cpp's keys, every file
 records the base model's name (its GGUF ``general.name``) so that botkit refuses the
 adapter on another model. Needs the ``gguf`` package (``pip install 'botkit[finetune]'``).
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from botkit.backends.llamacpp_adapters import (
+from botkit.backends.llamacpp_lora import (
     BASE_MODEL_KEY,
     GGUFHeader,
     gguf_model_name,

@@ -282,7 +282,7 @@ def prompt_style(target: AdapterTarget, loaded: Any) -> PromptStyle:
 def bos_prefix(target: AdapterTarget, loaded: Any) -> list[int]:
     """The BOS token the bot's tokenizer puts before a prompt (as llama.cpp decides for a GGUF), or none."""
     if target.base.gguf_file:
-        from botkit.backends.llamacpp_adapters import read_gguf_header
+        from botkit.backends.llamacpp_lora import read_gguf_header
 
         metadata = read_gguf_header(target.base.path).metadata
         adds = metadata.get("tokenizer.ggml.add_bos_token", True) in (True, "true")

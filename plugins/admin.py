@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from botkit import NO_ADAPTER, AdapterError, Command, CommandContext, ConfigError, hookimpl, to_toml
+from botkit import NO_LORA, Command, CommandContext, ConfigError, LoraError, hookimpl, to_toml
 
 log = logging.getLogger("botkit.plugins.admin")
 
@@ -75,7 +75,7 @@ async def status(ctx: CommandContext) -> str:
     status = ctx.bot.status()
     lines = []
     for backend in status.backends:
-        lora = f", adapter {backend.lora}" if backend.lora else ""
+        lora = f", LoRA adapter {backend.lora}" if backend.lora else ""
         lines += [
             f"Backend {backend.name}: {backend.type}, model {backend.model}{lora}, "
             f"context {backend.context_window:,} tokens",
@@ -93,8 +93,8 @@ async def status(ctx: CommandContext) -> str:
     )
 
 
-async def adapter(ctx: CommandContext) -> str:
-    """``/adapter``: list; ``/adapter NAME|PATH|none``; ``/adapter BACKEND NAME|PATH|none``."""
+async def lora(ctx: CommandContext) -> str:
+    """``/lora``: list; ``/lora NAME|PATH|none``; ``/lora BACKEND NAME|PATH|none``."""
     bot = ctx.bot
     words = ctx.args.split()
     if not words:
@@ -105,16 +105,16 @@ async def adapter(ctx: CommandContext) -> str:
                 names.append(f"*{backend.lora}")
             lines.append(f"{backend.name}: {', '.join(names) if names else 'none loaded'}")
         prefix = bot.settings.bot.command_prefix
-        lines.append(f"Switch with {prefix}adapter [BACKEND] NAME|PATH|none (until restart).")
+        lines.append(f"Switch with {prefix}lora [BACKEND] NAME|PATH|none (until restart).")
         return "\n".join(lines)
     if len(words) > 2:
-        return f"Usage: {bot.settings.bot.command_prefix}adapter [BACKEND] NAME|PATH|none"
+        return f"Usage: {bot.settings.bot.command_prefix}lora [BACKEND] NAME|PATH|none"
     backend_name, spec = (words[0], words[1]) if len(words) == 2 else (DEFAULT_BACKEND, words[0])
     try:
-        note = await bot.switch_lora(backend_name, None if spec == NO_ADAPTER else spec)
-    except AdapterError as error:
-        return f"Adapter not switched: {error}"
-    log.warning("admin %s switched backend %s to adapter %s", ctx.message.user_key, backend_name, spec)
+        note = await bot.switch_lora(backend_name, None if spec == NO_LORA else spec)
+    except LoraError as error:
+        return f"LoRA adapter not switched: {error}"
+    log.warning("admin %s switched backend %s to LoRA adapter %s", ctx.message.user_key, backend_name, spec)
     return note
 
 
@@ -137,9 +137,18 @@ def botkit_register_commands(register):
     register(Command("status", "show the backends and their queues", status, admin_only=True))
     register(
         Command(
-            "adapter",
+            "lora",
             "list LoRA adapters, or switch one without restarting",
-            adapter,
+            lora,
+            usage="[BACKEND] NAME|PATH|none",
+            admin_only=True,
+        )
+    )
+    register(
+        Command(
+            "adapter",
+            "old name of /lora, kept until the next release",
+            lora,
             usage="[BACKEND] NAME|PATH|none",
             admin_only=True,
         )

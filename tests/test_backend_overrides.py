@@ -11,20 +11,20 @@ from botkit.bot import Bot
 from botkit.cli import cli
 from botkit.errors import ConfigError
 from botkit.settings import settings_from_mapping
-from botkit.types import NO_ADAPTER, ReplyStatus
+from botkit.types import NO_LORA, ReplyStatus
 
 TWO_BACKENDS = {
     "bot": {"system_prompt": "global prompt"},
     "backend": {"type": "scripted", "default_reply": "from default", "temperature": 0.7},
     "backends": {
-        "other": {"type": "scripted", "default_reply": "from other", "adapters": {"support": "s.gguf"}}
+        "other": {"type": "scripted", "default_reply": "from other", "loras": {"support": "s.gguf"}}
     },
     "overrides": {
         "test:support": {"system_prompt": "support prompt", "backend": "other", "temperature": 0.1},
         "test:support/t1": {"temperature": 0.5, "max_tokens": 3, "stop": ["END"]},
         "test:dm": {"system_prompt": "dm prompt"},
-        "test:tuned": {"backend": "other", "adapter": "support"},
-        "test:base": {"backend": "other", "adapter": "none"},
+        "test:tuned": {"backend": "other", "lora": "support"},
+        "test:base": {"backend": "other", "lora": "none"},
     },
 }
 
@@ -75,7 +75,7 @@ async def test_dms_take_the_platform_dm_override(make_bot):
         assert bot.backend.requests[0].prompt.system == "dm prompt"
 
 
-async def test_an_override_adapter_reaches_the_backend_and_the_stored_reply(make_bot):
+async def test_an_override_lora_reaches_the_backend_and_the_stored_reply(make_bot):
     seen = []
 
     class Spy:
@@ -83,15 +83,15 @@ async def test_an_override_adapter_reaches_the_backend_and_the_stored_reply(make
 
         @hookimpl
         def botkit_after_reply(self, message, reply, bot):
-            seen.append((message.channel_id, reply.backend, reply.adapter))
+            seen.append((message.channel_id, reply.backend, reply.lora))
 
     async with make_bot(TWO_BACKENDS, plugins={"spy": Spy()}) as bot:
-        await other(bot).switch_adapter("support")
+        await other(bot).switch_lora("support")
         await bot.chat.say("hi", channel="tuned")
         await bot.chat.say("hi", channel="base")
         await bot.chat.say("hi", channel="support")
-        assert [r.params.adapter for r in other(bot).requests] == ["support", NO_ADAPTER, None]
-        # The adapter that answered is recorded: named, none, and the active one.
+        assert [r.params.lora for r in other(bot).requests] == ["support", NO_LORA, None]
+        # The LoRA adapter that answered is recorded: named, none, and the active one.
         assert seen == [("tuned", "scripted", "support"), ("base", "scripted", None), ("support", "scripted", "support")]
 
 
@@ -147,20 +147,29 @@ async def test_reload_applies_changed_overrides_at_once(make_bot, tmp_path):
         assert bot.backend.requests[-1].prompt.system == "after"
 
 
-async def test_admin_switches_and_lists_adapters(make_bot):
+async def test_admin_switches_and_lists_loras(make_bot):
     async with make_bot(TWO_BACKENDS) as bot:
-        listing = await bot.chat.say("/adapter", user="admin")
+        listing = await bot.chat.say("/lora", user="admin")
         assert "other: support" in listing.texts[0] and "default: none loaded" in listing.texts[0]
+        switched = await bot.chat.say("/lora other support", user="admin")
+        assert "LoRA adapter support" in switched.texts[0]
+        assert other(bot).active_lora == "support"
+        assert "*support" in (await bot.chat.say("/lora", user="admin")).texts[0]
+        refused = await bot.chat.say("/lora other nope", user="admin")
+        assert refused.texts[0].startswith("LoRA adapter not switched") and "'nope'" in refused.texts[0]
+        await bot.chat.say("/lora other none", user="admin")
+        assert other(bot).active_lora is None
+        not_admin = await bot.chat.say("/lora other support", user="mallory")
+        assert "admins only" in not_admin.texts[0] and other(bot).active_lora is None
+
+
+async def test_adapter_is_still_the_lora_command_under_its_old_name(make_bot):
+    async with make_bot(TWO_BACKENDS) as bot:
         switched = await bot.chat.say("/adapter other support", user="admin")
-        assert "adapter support" in switched.texts[0]
-        assert other(bot).active_adapter == "support"
+        assert "LoRA adapter support" in switched.texts[0] and other(bot).active_lora == "support"
         assert "*support" in (await bot.chat.say("/adapter", user="admin")).texts[0]
-        refused = await bot.chat.say("/adapter other nope", user="admin")
-        assert refused.texts[0].startswith("Adapter not switched") and "'nope'" in refused.texts[0]
-        await bot.chat.say("/adapter other none", user="admin")
-        assert other(bot).active_adapter is None
-        not_admin = await bot.chat.say("/adapter other support", user="mallory")
-        assert "admins only" in not_admin.texts[0] and other(bot).active_adapter is None
+        help_text = (await bot.chat.say("/help", user="admin")).texts[0]
+        assert "old name of /lora" in help_text
 
 
 async def test_status_lists_every_backend(make_bot):
@@ -190,12 +199,53 @@ def test_bad_backend_and_override_config_names_the_key(config, expected):
     assert expected in str(error.value)
 
 
-async def test_an_unknown_adapter_in_an_override_stops_start_up(make_bot):
-    config = {**TWO_BACKENDS, "overrides": {"test:x": {"adapter": "support"}}}
+async def test_an_unknown_lora_in_an_override_stops_start_up(make_bot):
+    config = {**TWO_BACKENDS, "overrides": {"test:x": {"lora": "support"}}}
     with pytest.raises(ConfigError) as error:
         async with make_bot(config):
             pass
-    assert "[overrides.\"test:x\"] adapter: backend 'default' has no adapter 'support'" in str(error.value)
+    assert (
+        "[overrides.\"test:x\"] lora: backend 'default' has no LoRA adapter 'support'; its LoRA adapters: "
+        "none (name them in [backend] loras)"
+    ) in str(error.value)
+
+
+OLD_LORA_KEYS = {
+    **TWO_BACKENDS,
+    "backends": {"other": {"type": "scripted", "adapters": {"support": "s.gguf"}}},
+    "overrides": {"test:tuned": {"backend": "other", "adapter": "support"}},
+}
+
+
+async def test_the_old_lora_key_names_still_work_with_a_warning_naming_the_new_ones(make_bot, caplog):
+    async with make_bot(OLD_LORA_KEYS) as bot:
+        assert other(bot).loras == {"support": "s.gguf"}
+        await bot.chat.say("hi", channel="tuned")
+        assert other(bot).requests[0].params.lora == "support"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "config: [backends.other] adapters is deprecated: rename it to loras" in " ".join(warnings)
+    assert 'config: [overrides."test:tuned"] adapter is deprecated: rename it to lora' in " ".join(warnings)
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (
+            {"backends": {"other": {"type": "scripted", "loras": {"a": "a.gguf"}, "adapters": {"b": "b.gguf"}}}},
+            "config: [backends.other] adapters: the old name of loras, which this table sets too: keep only loras",
+        ),
+        (
+            {"overrides": {"test:x": {"lora": "a", "adapter": "b"}}},
+            'config: [overrides."test:x"] adapter: the old name of lora, which this table sets too: '
+            "keep only lora (got 'b')",
+        ),
+    ],
+    ids=["backend", "override"],
+)
+def test_a_table_with_both_the_old_and_the_new_lora_key_is_refused(config, expected):
+    with pytest.raises(ConfigError) as error:
+        Bot.load(settings_from_mapping({"backend": {"type": "scripted"}, **config}))
+    assert str(error.value) == expected
 
 
 def test_backends_list_shows_each_backend_and_whether_it_loads(write_config):

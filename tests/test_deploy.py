@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from botkit.backends.llamacpp import embedded_model_path
-from botkit.backends.llamacpp_adapters import read_gguf_header
+from botkit.backends.llamacpp_lora import read_gguf_header
 from botkit.bot import Bot
 from botkit.cli import cli
 from botkit.config_edit import edit_table

@@ -253,7 +253,7 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_did(run, export_dir, con
 def test_convert_writes_a_llama_cpp_adapter_for_the_base_model(run, config, tmp_path):
     result = botkit(config, "finetune", "convert", str(run["out"]), "--out", str(tmp_path / "zephyr.gguf"))
     assert result.exit_code == 0, result.output
-    from botkit.backends.llamacpp_adapters import ModelInfo, check_adapter
+    from botkit.backends.llamacpp_lora import ModelInfo, check_adapter
 
     check_adapter(tmp_path / "zephyr.gguf", "test", ModelInfo.read(embedded_model_path()))  # raises if unfit
     again = botkit(config, "finetune", "convert", str(run["out"]), "--out", str(tmp_path / "zephyr.gguf"))

@@ -15,15 +15,15 @@ from pydantic import ValidationError
 
 from botkit import Prompt, Reply, ReplyStatus, Role, Turn, hookimpl
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
-from botkit.backends.llamacpp_adapters import BASE_MODEL_KEY, read_gguf_header
-from botkit.errors import AdapterError
+from botkit.backends.llamacpp_lora import BASE_MODEL_KEY, read_gguf_header
+from botkit.errors import LoraError
 from botkit.finetune.gguf_adapter import (
     base_model_identity,
     convert_peft_adapter,
     gguf_tensor_name,
     write_lora_gguf,
 )
-from botkit.types import NO_ADAPTER
+from botkit.types import NO_LORA
 
 QUESTION = Prompt("You are a helpful assistant.", [Turn(Role.USER, "What is the capital of France?")])
 GREEDY = {"n_ctx": 512, "temperature": 0, "seed": 1, "max_tokens": 8}
@@ -93,7 +93,7 @@ def llama(adapter_dir) -> Iterator[LlamaCppBackend]:
     settings = LlamaCppSettings(
         **GREEDY,
         lora_path=adapter_dir / "first.gguf",
-        adapters={"second": adapter_dir / "second.gguf", "third": adapter_dir / "third.gguf"},
+        loras={"second": adapter_dir / "second.gguf", "third": adapter_dir / "third.gguf"},
     )
     yield from started(settings)
 
@@ -110,10 +110,10 @@ def fresh(adapter_dir) -> dict[str, str]:
         finally:
             await backend.close()
 
-    answers = {NO_ADAPTER: asyncio.run(first_answer(None))}
+    answers = {NO_LORA: asyncio.run(first_answer(None))}
     for adapter in ADAPTERS:
         answers[adapter] = asyncio.run(first_answer(adapter_dir / f"{adapter}.gguf"))
-    assert "Paris" in answers[NO_ADAPTER]
+    assert "Paris" in answers[NO_LORA]
     assert len(set(answers.values())) == 4, answers  # each adapter changes the answer its own way
     return answers
 
@@ -127,8 +127,8 @@ async def first_active(llama, adapter_dir) -> LlamaCppBackend:
     whose last token is evaluated alone, and a random adapter's greedy answer may turn on
     such a difference: exact comparisons are between prompts evaluated alike.)
     """
-    await llama.switch_adapter(str(adapter_dir / "first.gguf"))
-    await answer(llama, adapter=NO_ADAPTER)
+    await llama.switch_lora(str(adapter_dir / "first.gguf"))
+    await answer(llama, lora=NO_LORA)
     return llama
 
 
@@ -142,59 +142,59 @@ async def answer(backend: LlamaCppBackend, **params: object) -> str:
 
 @pytest.mark.model
 async def test_lora_path_is_active_from_the_start_and_changes_the_answer(first_active, adapter_dir, fresh):
-    assert first_active.active_adapter == str(adapter_dir / "first.gguf")
-    assert first_active.adapters == {
+    assert first_active.active_lora == str(adapter_dir / "first.gguf")
+    assert first_active.loras == {
         "second": str(adapter_dir / "second.gguf"),
         "third": str(adapter_dir / "third.gguf"),
     }
-    assert await answer(first_active) == fresh["first"] != fresh[NO_ADAPTER]
+    assert await answer(first_active) == fresh["first"] != fresh[NO_LORA]
 
 
 @pytest.mark.model
 async def test_switching_to_no_adapter_gives_exactly_the_base_answer(first_active, fresh):
-    note = await first_active.switch_adapter(None)
-    assert "base model" in note and first_active.active_adapter is None
-    assert await answer(first_active) == fresh[NO_ADAPTER]
-    await first_active.switch_adapter(str(first_active.settings.lora_path))
+    note = await first_active.switch_lora(None)
+    assert "base model" in note and first_active.active_lora is None
+    assert await answer(first_active) == fresh[NO_LORA]
+    await first_active.switch_lora(str(first_active.settings.lora_path))
     assert await answer(first_active) == fresh["first"]
-    await first_active.switch_adapter(NO_ADAPTER)
-    assert first_active.active_adapter is None
-    assert await answer(first_active) == fresh[NO_ADAPTER]
+    await first_active.switch_lora(NO_LORA)
+    assert first_active.active_lora is None
+    assert await answer(first_active) == fresh[NO_LORA]
 
 
 @pytest.mark.model
 async def test_switching_to_a_named_adapter(first_active, fresh):
     assert await answer(first_active) == fresh["first"]
-    note = await first_active.switch_adapter("second")
-    assert note == "backend now answers with adapter second"
-    assert first_active.active_adapter == "second"
+    note = await first_active.switch_lora("second")
+    assert note == "backend now answers with LoRA adapter second"
+    assert first_active.active_lora == "second"
     assert await answer(first_active) == fresh["second"]
 
 
 @pytest.mark.model
 async def test_each_request_may_name_its_adapter(first_active, fresh):
-    assert await answer(first_active, adapter="third") == fresh["third"]
-    assert await answer(first_active, adapter=NO_ADAPTER) == fresh[NO_ADAPTER]
-    assert await answer(first_active, adapter=None) == fresh["first"]  # None: the active adapter
-    assert first_active.active_adapter == str(first_active.settings.lora_path)  # requests switch nothing
+    assert await answer(first_active, lora="third") == fresh["third"]
+    assert await answer(first_active, lora=NO_LORA) == fresh[NO_LORA]
+    assert await answer(first_active, lora=None) == fresh["first"]  # None: the active adapter
+    assert first_active.active_lora == str(first_active.settings.lora_path)  # requests switch nothing
 
 
 @pytest.mark.model
 async def test_a_prompt_evaluated_under_one_adapter_is_not_reused_under_another(first_active, fresh):
     # llama-cpp-python keeps the last prompt's evaluated tokens and reuses them for a
     # prompt that starts the same way; across a switch that would mix two adapters.
-    for adapter in ["second", "third", "second", NO_ADAPTER, "third", None]:
-        assert await answer(first_active, adapter=adapter) == fresh[adapter or "first"], adapter
+    for lora in ["second", "third", "second", NO_LORA, "third", None]:
+        assert await answer(first_active, lora=lora) == fresh[lora or "first"], lora
 
 
 @pytest.mark.model
 async def test_an_adapter_file_can_be_switched_to_by_path_at_run_time(first_active, adapter_dir, fresh):
     for tensor_type in ("f16", "bf16"):  # llama.cpp takes half-precision adapters too
         path = str(adapter_dir / f"second.{tensor_type}.gguf")
-        assert await first_active.switch_adapter(path) == f"backend now answers with adapter {path}"
-        assert first_active.active_adapter == path
-        assert await answer(first_active) != fresh[NO_ADAPTER]
-    await first_active.switch_adapter(str(adapter_dir / "second.gguf"))  # the file "second" was loaded from
+        assert await first_active.switch_lora(path) == f"backend now answers with LoRA adapter {path}"
+        assert first_active.active_lora == path
+        assert await answer(first_active) != fresh[NO_LORA]
+    await first_active.switch_lora(str(adapter_dir / "second.gguf"))  # the file "second" was loaded from
     assert await answer(first_active) == fresh["second"]
 
 
@@ -204,7 +204,7 @@ async def test_lora_scale_applies_from_the_next_generation(first_active, fresh):
     try:
         # What /reload does with a new lora_scale: the backend's settings are replaced.
         first_active.settings = settings.model_copy(update={"lora_scale": 0.0})
-        assert await answer(first_active) == fresh[NO_ADAPTER]
+        assert await answer(first_active) == fresh[NO_LORA]
     finally:
         first_active.settings = settings
     assert await answer(first_active) == fresh["first"]
@@ -225,18 +225,18 @@ async def test_the_bot_records_which_adapter_answered_and_an_admin_switches_it(m
             "type": "llamacpp",
             **GREEDY,
             "lora_path": first,
-            "adapters": {"second": str(adapter_dir / "second.gguf")},
+            "loras": {"second": str(adapter_dir / "second.gguf")},
         },
-        "overrides": {"test:support": {"adapter": "second"}},
+        "overrides": {"test:support": {"lora": "second"}},
     }
     async with make_bot(config, plugins={"record": Record()}) as bot:
         in_support = await bot.chat.say("What is the capital of France?", channel="support")
         elsewhere = await bot.chat.say("What is the capital of France?", channel="general")
-        switched = await bot.chat.say("/adapter none", user="admin")
+        switched = await bot.chat.say("/lora none", user="admin")
         base = await bot.chat.say("What is the capital of France?", channel="random")
-        assert bot.backend.active_adapter is None
+        assert bot.backend.active_lora is None
     assert "base model" in switched.texts[0]
-    assert [reply.adapter for reply in replies] == ["second", first, None]
+    assert [reply.lora for reply in replies] == ["second", first, None]
     assert all(reply.status is ReplyStatus.COMPLETED for reply in replies)
     assert len({in_support.final, elsewhere.final, base.final}) == 3
     assert "Paris" in base.final
@@ -248,30 +248,30 @@ async def test_the_bot_records_which_adapter_answered_and_an_admin_switches_it(m
 async def test_a_missing_lora_path_names_the_setting(tmp_path):
     missing = tmp_path / "adapters" / "support.gguf"
     backend = LlamaCppBackend(LlamaCppSettings(lora_path=missing))
-    with pytest.raises(AdapterError) as raised:
+    with pytest.raises(LoraError) as raised:
         await backend.start()
     assert "[backend] lora_path" in str(raised.value) and str(missing) in str(raised.value)
 
 
 async def test_a_missing_named_adapter_names_its_key(tmp_path):
     missing = tmp_path / "support.gguf"
-    with pytest.raises(AdapterError, match=r"\[backend\] adapters\.support: .*support\.gguf does not exist"):
-        await LlamaCppBackend(LlamaCppSettings(adapters={"support": missing})).start()
+    with pytest.raises(LoraError, match=r"\[backend\] loras\.support: .*support\.gguf does not exist"):
+        await LlamaCppBackend(LlamaCppSettings(loras={"support": missing})).start()
 
 
 @pytest.mark.model
 async def test_a_file_that_is_not_gguf_is_refused(first_active, tmp_path):
     text = tmp_path / "adapter.gguf"
     text.write_text("not an adapter\n")
-    with pytest.raises(AdapterError, match="is not a GGUF LoRA adapter"):
-        await first_active.switch_adapter(str(text))
-    assert first_active.active_adapter == str(first_active.settings.lora_path)  # the switch did not happen
+    with pytest.raises(LoraError, match="is not a GGUF LoRA adapter"):
+        await first_active.switch_lora(str(text))
+    assert first_active.active_lora == str(first_active.settings.lora_path)  # the switch did not happen
 
 
 @pytest.mark.model
 async def test_a_model_file_is_not_an_adapter(first_active):
-    with pytest.raises(AdapterError) as raised:
-        await first_active.switch_adapter(str(embedded_model_path()))
+    with pytest.raises(LoraError) as raised:
+        await first_active.switch_lora(str(embedded_model_path()))
     assert "is a GGUF model file, not a LoRA adapter" in str(raised.value)
 
 
@@ -279,8 +279,8 @@ async def test_a_model_file_is_not_an_adapter(first_active):
 async def test_a_cut_off_adapter_is_refused(first_active, adapter_dir, tmp_path):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes((adapter_dir / "second.gguf").read_bytes()[:5000])
-    with pytest.raises(AdapterError, match="cut off"):
-        await first_active.switch_adapter(str(cut))
+    with pytest.raises(LoraError, match="cut off"):
+        await first_active.switch_lora(str(cut))
 
 
 def foreign_adapter(path: Path, smol_shapes, **changes: object) -> Path:
@@ -299,10 +299,10 @@ async def test_an_adapter_of_another_architecture_names_both_models(first_active
     path = foreign_adapter(
         tmp_path / "qwen.gguf", smol_shapes, architecture="qwen2", base_model="Qwen2.5 0.5B"
     )
-    with pytest.raises(AdapterError) as raised:
-        await first_active.switch_adapter(str(path))
+    with pytest.raises(LoraError) as raised:
+        await first_active.switch_lora(str(path))
     message = str(raised.value)
-    assert f"adapter {path}: {path} was made for base model 'Qwen2.5 0.5B' (architecture 'qwen2')" in message
+    assert f"LoRA adapter {path}: {path} was made for base model 'Qwen2.5 0.5B' (architecture 'qwen2')" in message
     assert f"not for the loaded model '{SMOL_NAME}' (SmolLM2-135M-Instruct.Q4_1.gguf)" in message
 
 
@@ -315,8 +315,8 @@ async def test_an_adapter_with_other_layer_shapes_names_both_models(first_active
         shapes[f"blk.{layer}.attn_k.weight"] = (960, 320)
         shapes[f"blk.{layer}.ffn_down.weight"] = (2560, 960)
     path = foreign_adapter(tmp_path / "360m.gguf", shapes, base_model="SmolLM2 360M")
-    with pytest.raises(AdapterError) as raised:
-        await first_active.switch_adapter(str(path))
+    with pytest.raises(LoraError) as raised:
+        await first_active.switch_lora(str(path))
     message = str(raised.value)
     assert f"was made for base model 'SmolLM2 360M', not for the loaded model '{SMOL_NAME}'" in message
     assert (
@@ -329,10 +329,10 @@ async def test_an_adapter_for_another_base_model_of_the_same_shapes_is_refused(
     first_active, smol_shapes, tmp_path
 ):
     path = foreign_adapter(tmp_path / "other.gguf", smol_shapes, base_model="SmolLM2 135M (other fine-tune)")
-    with pytest.raises(AdapterError) as raised:
-        await first_active.switch_adapter(str(path))
+    with pytest.raises(LoraError) as raised:
+        await first_active.switch_lora(str(path))
     assert str(raised.value) == (
-        f"adapter {path}: {path} was made for base model 'SmolLM2 135M (other fine-tune)', not for the "
+        f"LoRA adapter {path}: {path} was made for base model 'SmolLM2 135M (other fine-tune)', not for the "
         f"loaded model '{SMOL_NAME}' (SmolLM2-135M-Instruct.Q4_1.gguf)"
     )
 
@@ -341,31 +341,38 @@ async def test_an_adapter_for_another_base_model_of_the_same_shapes_is_refused(
 async def test_an_adapter_for_another_model_in_the_config_stops_start_up(adapter_dir, smol_shapes, tmp_path):
     path = foreign_adapter(tmp_path / "other.gguf", smol_shapes, base_model="Another Model")
     backend = LlamaCppBackend(
-        LlamaCppSettings(**GREEDY, adapters={"second": adapter_dir / "second.gguf", "x": path})
+        LlamaCppSettings(**GREEDY, loras={"second": adapter_dir / "second.gguf", "x": path})
     )
-    with pytest.raises(AdapterError) as raised:
+    with pytest.raises(LoraError) as raised:
         await backend.start()
     assert str(raised.value).startswith(
-        f"[backend] adapters.x: {path} was made for base model 'Another Model'"
+        f"[backend] loras.x: {path} was made for base model 'Another Model'"
     )
 
 
 @pytest.mark.model
 async def test_unknown_adapter_names_are_refused_with_the_known_ones(first_active):
-    with pytest.raises(AdapterError) as raised:
-        await first_active.switch_adapter("support")
+    with pytest.raises(LoraError) as raised:
+        await first_active.switch_lora("support")
     assert str(raised.value) == (
-        "no adapter 'support': not a name in [backend] adapters (it has: second, third), nor an adapter file"
+        "no LoRA adapter 'support': not a name in [backend] loras (it has: second, third), "
+        "nor a LoRA adapter file"
     )
     with pytest.raises(
-        AdapterError, match=r"no adapter 'support' in \[backend\] adapters \(it has: second, third\)"
+        LoraError, match=r"no LoRA adapter 'support' in \[backend\] loras \(it has: second, third\)"
     ):
-        await answer(first_active, adapter="support")
+        await answer(first_active, lora="support")
 
 
-def test_none_cannot_name_an_adapter():
-    with pytest.raises(ValidationError, match="'none' cannot name an adapter"):
-        LlamaCppSettings(adapters={"none": "x.gguf"})
+def test_none_cannot_name_a_lora():
+    with pytest.raises(ValidationError, match="'none' cannot name a LoRA adapter"):
+        LlamaCppSettings(loras={"none": "x.gguf"})
+
+
+def test_adapters_is_read_as_loras_until_the_next_release():
+    assert LlamaCppSettings(adapters={"support": "s.gguf"}).loras == {"support": Path("s.gguf")}
+    with pytest.raises(ValidationError, match="the old name of loras, which this table sets too"):
+        LlamaCppSettings(adapters={"support": "s.gguf"}, loras={"terse": "t.gguf"})
 
 
 # -- the file format ----------------------------------------------------------------
@@ -421,11 +428,11 @@ def test_the_written_file_is_a_llama_cpp_lora_adapter(tmp_path):
 def test_the_writer_refuses_what_llama_cpp_could_not_use(tmp_path):
     a, b = np.ones((2, 4), np.float32), np.ones((3, 2), np.float32)
     values = {"architecture": "llama", "alpha": 8, "base_model": "Tiny"}
-    with pytest.raises(AdapterError, match=r"A must be \(rank, n_in\) and B \(n_out, rank\)"):
+    with pytest.raises(LoraError, match=r"A must be \(rank, n_in\) and B \(n_out, rank\)"):
         write_lora_gguf(tmp_path / "x.gguf", tensors={"blk.0.attn_q.weight": (a, b.T)}, **values)
-    with pytest.raises(AdapterError, match="NaN"):
+    with pytest.raises(LoraError, match="NaN"):
         write_lora_gguf(tmp_path / "x.gguf", tensors={"blk.0.attn_q.weight": (a * np.nan, b)}, **values)
-    with pytest.raises(AdapterError, match="not a weight's GGUF name"):
+    with pytest.raises(LoraError, match="not a weight's GGUF name"):
         write_lora_gguf(tmp_path / "x.gguf", tensors={"model.layers.0.self_attn.q_proj": (a, b)}, **values)
     assert not (tmp_path / "x.gguf").exists()
 
@@ -448,7 +455,7 @@ def test_peft_names_map_to_llama_cpp_tensors():
             f"blk.12.{tensor}.weight",
             "b",
         )
-    with pytest.raises(AdapterError, match="not the LoRA weight of a llama attention or MLP projection"):
+    with pytest.raises(LoraError, match="not the LoRA weight of a llama attention or MLP projection"):
         gguf_tensor_name("base_model.model.lm_head.lora_A.weight")
 
 
@@ -520,8 +527,8 @@ def test_peft_configs_llama_cpp_cannot_hold_are_refused(tmp_path):
         json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": True})
     )
     with pytest.raises(
-        AdapterError, match=r"adapter_config.json: llama.cpp adapters cannot hold DoRA \(use_dora\)"
+        LoraError, match=r"adapter_config.json: llama.cpp adapters cannot hold DoRA \(use_dora\)"
     ):
         convert_peft_adapter(tmp_path, tmp_path / "out.gguf", embedded_model_path())
-    with pytest.raises(AdapterError, match="has no adapter_config.json"):
+    with pytest.raises(LoraError, match="has no adapter_config.json"):
         convert_peft_adapter(tmp_path / "nowhere", tmp_path / "out.gguf", embedded_model_path())

@@ -19,8 +19,8 @@ import pytest
 from botkit import Prompt, Reply, ReplyStatus, Role, Turn, hookimpl
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
 from botkit.backends.transformers import StopStrings, TransformersBackend, TransformersSettings
-from botkit.errors import AdapterError, ConfigError, ModelLoadError
-from botkit.types import NO_ADAPTER, Chunk
+from botkit.errors import ConfigError, LoraError, ModelLoadError
+from botkit.types import NO_LORA, Chunk
 
 SYSTEM = "You are a helpful assistant."
 FRANCE = "What is the capital of France?"
@@ -309,19 +309,19 @@ async def test_a_lora_adapter_changes_the_answer_and_switches_off(smol_folder, l
     await backend.start()
     try:
         base = await answer(backend, ask(FRANCE))
-        note = await backend.switch_adapter(str(lora_folder))
+        note = await backend.switch_lora(str(lora_folder))
         tuned = await answer(backend, ask(FRANCE))
-        without = await answer(backend, ask(FRANCE), adapter=NO_ADAPTER)
-        active = backend.active_adapter
-        with pytest.raises(AdapterError) as refused:
-            await backend.switch_adapter(str(foreign_lora))
+        without = await answer(backend, ask(FRANCE), lora=NO_LORA)
+        active = backend.active_lora
+        with pytest.raises(LoraError) as refused:
+            await backend.switch_lora(str(foreign_lora))
         still_tuned = await answer(backend, ask(FRANCE))
-        await backend.switch_adapter(None)
+        await backend.switch_lora(None)
         switched_off = await answer(backend, ask(FRANCE))
     finally:
         await backend.close()
     assert base.startswith("The capital of France is Paris")
-    assert tuned != base and note == f"backend now answers with adapter {lora_folder}"
+    assert tuned != base and note == f"backend now answers with LoRA adapter {lora_folder}"
     assert active == str(lora_folder)
     assert without == base and switched_off == base
     assert "tiny-random-llama" in str(refused.value) and "SmolLM2-135M-Instruct" in str(refused.value)
@@ -330,25 +330,25 @@ async def test_a_lora_adapter_changes_the_answer_and_switches_off(smol_folder, l
 
 @pytest.mark.model
 async def test_configured_adapters_load_at_start_and_apply_per_request(smol_folder, lora_folder):
-    backend = folder_backend(smol_folder, adapters={"tuned": lora_folder}, lora_path=lora_folder)
+    backend = folder_backend(smol_folder, loras={"tuned": lora_folder}, lora_path=lora_folder)
     await backend.start()
     try:
-        active = backend.active_adapter
+        active = backend.active_lora
         default = await answer(backend, ask(FRANCE))
-        named = await answer(backend, ask(FRANCE), adapter="tuned")
-        base = await answer(backend, ask(FRANCE), adapter=NO_ADAPTER)
+        named = await answer(backend, ask(FRANCE), lora="tuned")
+        base = await answer(backend, ask(FRANCE), lora=NO_LORA)
     finally:
         await backend.close()
-    assert backend.adapters == {"tuned": str(lora_folder)} and active == str(lora_folder)
+    assert backend.loras == {"tuned": str(lora_folder)} and active == str(lora_folder)
     assert default == named != base
 
 
 @pytest.mark.model
 async def test_an_adapter_for_another_base_model_is_refused_at_start(smol_folder, foreign_lora):
-    with pytest.raises(AdapterError) as raised:
-        await folder_backend(smol_folder, adapters={"other": foreign_lora}).start()
+    with pytest.raises(LoraError) as raised:
+        await folder_backend(smol_folder, loras={"other": foreign_lora}).start()
     message = str(raised.value)
-    assert "[backend] adapters.other" in message and str(foreign_lora) in message
+    assert "[backend] loras.other" in message and str(foreign_lora) in message
     assert "'tiny-random-llama'" in message and "'SmolLM2-135M-Instruct'" in message
     assert "takes 576 inputs, the adapter's 64" in message
 
@@ -360,21 +360,21 @@ async def test_adapter_folders_are_checked_before_the_model_loads(tmp_path):
     for settings, key, problem in [
         (TransformersSettings(lora_path=missing), "[backend] lora_path", "does not exist"),
         (
-            TransformersSettings(adapters={"x": not_adapter}),
-            "[backend] adapters.x",
+            TransformersSettings(loras={"x": not_adapter}),
+            "[backend] loras.x",
             "has no adapter_config.json",
         ),
     ]:
         started = time.monotonic()
-        with pytest.raises(AdapterError) as raised:
+        with pytest.raises(LoraError) as raised:
             await TransformersBackend(settings).start()
         assert key in str(raised.value) and problem in str(raised.value)
         assert time.monotonic() - started < 1.0  # before the seconds that loading the model takes
 
 
-def test_none_cannot_name_an_adapter():
+def test_none_cannot_name_a_lora():
     with pytest.raises(ValueError, match="means the base model"):
-        TransformersSettings(adapters={NO_ADAPTER: Path("x")})
+        TransformersSettings(loras={NO_LORA: Path("x")})
 
 
 # -- through the bot -----------------------------------------------------------
@@ -394,8 +394,8 @@ async def test_bot_answers_and_an_override_applies_the_adapter(make_bot, smol_fo
             replies.append(reply)
 
     config = {
-        **bot_config(smol_folder, adapters={"tuned": str(lora_folder)}),
-        "overrides": {"test:tuned": {"adapter": "tuned"}},
+        **bot_config(smol_folder, loras={"tuned": str(lora_folder)}),
+        "overrides": {"test:tuned": {"lora": "tuned"}},
     }
     async with make_bot(config, plugins={"record": Record()}) as bot:
         base = await bot.chat.say(FRANCE, channel="general")
@@ -403,7 +403,7 @@ async def test_bot_answers_and_an_override_applies_the_adapter(make_bot, smol_fo
     assert base.status is tuned.status is ReplyStatus.COMPLETED
     assert len(base.updates) > 1 and base.updates[-1] == base.final
     assert "Paris" in base.final and tuned.final != base.final
-    assert [(r.backend, r.model, r.adapter) for r in replies] == [
+    assert [(r.backend, r.model, r.lora) for r in replies] == [
         ("transformers", "SmolLM2-135M-Instruct", None),
         ("transformers", "SmolLM2-135M-Instruct", "tuned"),
     ]

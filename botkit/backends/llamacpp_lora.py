@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from botkit.errors import AdapterError
+from botkit.errors import LoraError
 
 log = logging.getLogger("botkit.backends.llamacpp")
 
@@ -207,37 +207,37 @@ def adapter_base_model(metadata: dict[str, Any]) -> str | None:
 
 
 def read_adapter(path: Path, where: str) -> GGUFHeader:
-    """The header of the GGUF LoRA adapter at ``path``; ``AdapterError`` when it is none.
+    """The header of the GGUF LoRA adapter at ``path``; ``LoraError`` when it is none.
 
     ``where`` names the setting (``[backend] lora_path``) or command that gave the path.
     """
     if not path.is_file():
         problem = "is not a file" if path.exists() else "does not exist"
-        raise AdapterError(f"{where}: {path} {problem}; give the path of a GGUF LoRA adapter file (.gguf)")
+        raise LoraError(f"{where}: {path} {problem}; give the path of a GGUF LoRA adapter file (.gguf)")
     try:
         header = read_gguf_header(path)
     except ValueError as error:
-        raise AdapterError(
+        raise LoraError(
             f"{where}: {path} is not a GGUF LoRA adapter ({error}); llama.cpp takes .gguf adapters: "
             "convert a peft adapter with botkit.finetune.gguf_adapter.convert_peft_adapter"
         ) from None
     except OSError as error:
-        raise AdapterError(f"{where}: cannot read {path}: {error.strerror}") from None
+        raise LoraError(f"{where}: cannot read {path}: {error.strerror}") from None
     kind = header.metadata.get("general.type")
     if kind != "adapter":
-        raise AdapterError(
+        raise LoraError(
             f"{where}: {path} is a GGUF {kind or 'model'} file, not a LoRA adapter "
             "(its general.type is not 'adapter'); a model goes in model_path"
         )
     if header.metadata.get("adapter.type") != "lora":
-        raise AdapterError(
+        raise LoraError(
             f"{where}: {path} is a {header.metadata.get('adapter.type')!r} adapter; only LoRA adapters apply"
         )
     return header
 
 
 def check_adapter(path: Path, where: str, model: ModelInfo) -> None:
-    """Raise ``AdapterError`` unless ``path`` is a GGUF LoRA adapter made for ``model``.
+    """Raise ``LoraError`` unless ``path`` is a GGUF LoRA adapter made for ``model``.
 
     Refused, with both models named: another architecture, tensors that do not fit the
     model's, or (for adapters botkit wrote) another base model's name.
@@ -248,16 +248,16 @@ def check_adapter(path: Path, where: str, model: ModelInfo) -> None:
     made_for = f"{where}: {path} was made for base model {base or 'unnamed'!r}"
     architecture = metadata.get("general.architecture")
     if architecture != model.architecture:
-        raise AdapterError(
+        raise LoraError(
             f"{made_for} (architecture {architecture!r}), not for the loaded model {model.describe()} "
             f"(architecture {model.architecture!r})"
         )
     problems = tensor_mismatches(header.tensors, model.tensors)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise AdapterError(f"{made_for}, not for the loaded model {model.describe()}: {problems[0]}{more}")
+        raise LoraError(f"{made_for}, not for the loaded model {model.describe()}: {problems[0]}{more}")
     if BASE_MODEL_KEY in metadata and metadata[BASE_MODEL_KEY] != model.name:
-        raise AdapterError(f"{made_for}, not for the loaded model {model.describe()}")
+        raise LoraError(f"{made_for}, not for the loaded model {model.describe()}")
     if base is not None and base != model.name:
         log.warning(
             "%s: %s names base model %r, the loaded model is %s; its tensors fit, so it is applied",
@@ -269,36 +269,34 @@ def check_adapter(path: Path, where: str, model: ModelInfo) -> None:
 
 
 @dataclass
-class LoadedAdapters:
-    """The LoRA adapters loaded into one llama.cpp model, and which one its context applies.
+class LlamaLoras:
+    """The LoRA adapters loaded into one llama.cpp model, by file, and which one its context applies.
 
     Every method touches llama.cpp: call them on the backend's worker thread, between generations.
+    Which adapters a backend knows by which name is its ``LoraSet``'s business.
     """
 
     model: ModelInfo | None = None
-    # Each file is loaded once, by its resolved path; several keys (a name, a path) may lead to it.
     handles: dict[Path, Any] = field(default_factory=dict)
-    paths: dict[str, Path] = field(default_factory=dict)
     applied: tuple[Path | None, float] = (None, 0.0)
 
-    def load(self, llama: Any, key: str, path: Path, where: str) -> None:
-        """Check the adapter at ``path`` against the model, load it (once per file) and know it as ``key``."""
+    def load(self, llama: Any, path: Path, where: str) -> Path:
+        """Check the adapter at ``path`` against the model and load it; its resolved path, the key to apply it."""
         import llama_cpp
 
         if self.model is None:
             self.model = ModelInfo.read(Path(llama.model_path))
         check_adapter(path, where, self.model)
         resolved = path.resolve()
-        if resolved not in self.handles:
-            handle = llama_cpp.llama_adapter_lora_init(llama.model, str(resolved).encode("utf-8"))
-            if not handle:
-                raise AdapterError(
-                    f"{where}: llama.cpp could not load {path} (its log above says why); "
-                    "the file may be cut off or damaged: write it again"
-                )
-            self.handles[resolved] = handle
-            log.info("%s: loaded LoRA adapter %s", where, path)
-        self.paths[key] = resolved
+        handle = llama_cpp.llama_adapter_lora_init(llama.model, str(resolved).encode("utf-8"))
+        if not handle:
+            raise LoraError(
+                f"{where}: llama.cpp could not load {path} (its log above says why); "
+                "the file may be cut off or damaged: write it again"
+            )
+        self.handles[resolved] = handle
+        log.info("%s: loaded LoRA adapter %s", where, path)
+        return resolved
 
     def apply(self, llama: Any, path: Path | None, scale: float) -> None:
         """Make the context apply the adapter loaded from ``path`` at ``scale`` (``None``: no adapter)."""
@@ -314,7 +312,7 @@ class LoadedAdapters:
             scales = (ctypes.c_float * 1)(scale)
             failed = llama_cpp.llama_set_adapters_lora(llama.ctx, handles, 1, scales)
         if failed:
-            raise AdapterError(f"llama.cpp could not apply the LoRA adapter {path} (error {failed})")
+            raise LoraError(f"llama.cpp could not apply the LoRA adapter {path} (error {failed})")
         self.applied = wanted
         # llama-cpp-python reuses the evaluated tokens of the previous prompt when the
         # next one starts the same way; their KV cache was computed with the other
@@ -330,4 +328,3 @@ class LoadedAdapters:
         for handle in self.handles.values():
             llama_cpp.llama_adapter_lora_free(handle)
         self.handles.clear()
-        self.paths.clear()
