@@ -68,3 +68,21 @@ def test_the_extras_table_is_pyprojects():
     documented = {names_in(row[0])[0] for row in rows}
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     assert documented == set(pyproject["project"]["optional-dependencies"])
+
+
+def test_the_module_table_names_every_module_and_only_modules_that_exist():
+    rows = table_after(ARCHITECTURE, "## Modules")
+    named = {name for row in rows for name in names_in(row[0])}
+    missing_files = sorted(name for name in named if not (REPO / name).exists())
+    assert missing_files == [], "docs/architecture.md names modules that do not exist"
+    folders = tuple(name for name in named if name.endswith("/"))
+    unnamed = []
+    for folder in ("botkit", "plugins", "finetune"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            relative = path.relative_to(REPO).as_posix()
+            if path.name == "__init__.py" and relative != "botkit/__init__.py":
+                continue  # a package's __init__ is described with its package
+            if path.name == "__main__.py" or relative in named or relative.startswith(folders):
+                continue
+            unnamed.append(relative)
+    assert unnamed == [], "docs/architecture.md's module table does not name these modules"
