@@ -25,10 +25,10 @@ from botkit.backend_set import (
     start_backends,
     validate_backend,
 )
+from botkit.commands import Command
 from botkit.deliveries import SeenDeliveries
 from botkit.errors import AdapterError, ConfigError
 from botkit.generation import GenerationQueue
-from botkit.commands import Command
 from botkit.hookcall import call_all, call_plugin, each_result, first_result
 from botkit.overrides import SAMPLING_KEYS, merged
 from botkit.pipeline import Pipeline
@@ -289,6 +289,7 @@ class Bot:
         reloaded, and plugin switches, wait for a restart.
         """
         new = load_settings(self.settings.source_path)
+        self.host.check_tables(new)  # [finetune] and other plugins' top-level tables
         notes: list[str] = []
         backend_settings, adapter_changes = self._reload_backends(new, notes)
         plugin_settings = {

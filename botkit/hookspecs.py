@@ -19,6 +19,8 @@ import pluggy
 from botkit.types import Message, MessageChange, Prompt, Reaction, Reply, User
 
 if TYPE_CHECKING:
+    import click
+
     from botkit.bot import Bot
     from botkit.registry import (
         RegisterAdapter,
@@ -101,6 +103,26 @@ def botkit_register_migrations(register: RegisterMigrations) -> None:
     applies every branch.
     Results: all implementations are called; a plugin registers one branch.
     Where: plugins that keep their own tables. Synchronous.
+    """
+
+
+@hookspec
+def botkit_register_cli(cli: click.Group) -> None:
+    """Add commands to the ``botkit`` command line.
+
+    When: once each time ``botkit`` starts, before the command line is parsed; there is no
+    bot. Only this hook runs, so a plugin imports its heavy libraries inside its commands,
+    never at import time. The plugins asked are those that are on, as the bot chooses them:
+    ``BOTKIT_LOAD_PLUGINS`` and ``[plugins.<name>] enabled = false`` in the config named
+    before the command (or by ``$BOTKIT_CONFIG``, or ./config.toml) leave a plugin out.
+    Arguments: ``cli``, the ``botkit`` ``click.Group``: ``cli.add_command(command)`` or
+    ``@cli.command()``. A command reads the config through ``botkit.ops`` (``Context``,
+    ``config_option``, ``fail``, ``run_with_database``).
+    Results: all implementations are called, built-ins first; a command name that is
+    already taken raises ``DuplicateNameError``, and a plugin whose implementation raises
+    adds none of its commands (a warning names it on standard error).
+    Where: plugins with command-line tools (the finetune plugin adds ``export`` and
+    ``finetune``). Synchronous.
     """
 
 

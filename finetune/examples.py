@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from botkit.types import Prompt, Role, Turn
+from botkit import Prompt, Role, Turn
 
 # Reactions read as a vote on the bot's reply: the Unicode emoji and the names platforms use for them
 # (Slack sends names such as "+1"). Anything else is neither.

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from botkit import NO_ADAPTER
 from botkit.storage import (
     ConversationRecord,
     FeedbackRecord,
@@ -23,7 +24,6 @@ from botkit.storage import (
     ModerationEventRecord,
     PrivacyRecord,
 )
-from botkit.types import NO_ADAPTER
 
 from .examples import Feedback, FeedbackSelection, StoredMessage
 

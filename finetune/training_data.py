@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from botkit.errors import BotkitError
+from botkit import BotkitError, Prompt, Role, Turn
 from botkit.prompts import ALPACA_WITH_INPUT, ALPACA_WITHOUT_INPUT, render_alpaca, render_chat
-from botkit.types import Prompt, Role, Turn
 
 from .formats import file_name
 
