@@ -417,6 +417,7 @@ def config_before_command(args: Sequence[str]) -> Path | None:
 
 
 def main() -> None:
+    """The ``botkit`` console script."""
     args = sys.argv[1:]
     create_cli(config_before_command(args)).main(args)
 

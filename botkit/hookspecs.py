@@ -43,7 +43,9 @@ def botkit_register_settings(register: RegisterSettings) -> None:
     Arguments: ``register(plugin_name, model)`` where ``model`` is a pydantic
     ``BaseModel`` class; the ``[plugins.<plugin_name>]`` table of config.toml
     (less its ``enabled`` key) is validated against it, and the instance is
-    available as ``bot.plugin_settings(plugin_name)``.
+    available as ``bot.plugin_settings(plugin_name)``. ``register(plugin_name, model,
+    top_level=True)`` claims the top-level ``[plugin_name]`` table instead (``[finetune]``;
+    only the plugin's own name), read by tools with ``botkit.ops.config_table``.
     Results: all implementations are called; ``register`` raises
     ``DuplicateNameError`` when a name is registered twice.
     Where: any plugin that has settings. Synchronous.

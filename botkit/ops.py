@@ -75,7 +75,6 @@ __all__ = [
     "check_backend_table",
     "config_option",
     "config_table",
-    "configure_logging",
     "control_socket_path",
     "edit_table",
     "embedded_model_path",
@@ -104,7 +103,7 @@ M = TypeVar("M", bound=BaseModel)
 CONFIG_HELP = "config file (default: $BOTKIT_CONFIG, else ./config.toml if present, else built-in defaults)"
 
 
-def configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.logging.level,
         stream=sys.stderr,
@@ -127,7 +126,7 @@ class Context:
     def settings(self) -> Settings:
         """The settings of that config (or of $BOTKIT_CONFIG, ./config.toml, the defaults); logging set up."""
         settings = load_settings(self.config)
-        configure_logging(settings)
+        _configure_logging(settings)
         return settings
 
 

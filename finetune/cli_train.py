@@ -16,9 +16,9 @@ from pydantic import ValidationError
 from botkit import BotkitError
 from botkit.ops import Context, LoraError, config_option, config_table, fail
 
+from .examples import TrainingFormat
 from .progress import progress_bars
 from .settings import FinetuneSettings
-from .training_data import TrainingFormat
 
 # Flags that override a [finetune] key of the same name (dashes for underscores).
 HYPER_FLAGS = tuple(FinetuneSettings.model_fields)

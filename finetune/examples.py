@@ -23,6 +23,8 @@ FeedbackSelection = Literal["any", "rated", "unrated"]
 FeedbackPolicy = Literal["off", "approved", "weighted"]
 PiiPolicy = Literal["scrub", "drop", "off"]
 PreferencePrompt = Literal["chat", "alpaca"]
+# The exported formats training reads (not "preference": pairs, no single answer).
+TrainingFormat = Literal["chat", "sharegpt", "alpaca-jsonl", "alpaca"]
 
 REVIEW = "review"  # feedback kind of an admin's decision in the review queue
 APPROVED = "approved"

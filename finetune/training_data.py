@@ -21,9 +21,9 @@ from typing import Any, Literal
 from botkit import BotkitError, Prompt, Role, Turn
 from botkit.prompts import ALPACA_WITH_INPUT, ALPACA_WITHOUT_INPUT, render_alpaca, render_chat
 
+from .examples import TrainingFormat
 from .formats import file_name
 
-TrainingFormat = Literal["chat", "sharegpt", "alpaca-jsonl", "alpaca"]
 # Which export folder is read when a format is not asked for: the richest first.
 FORMAT_PREFERENCE: tuple[TrainingFormat, ...] = ("chat", "sharegpt", "alpaca-jsonl", "alpaca")
 SHAREGPT_ROLES = {
