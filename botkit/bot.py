@@ -284,6 +284,7 @@ class Bot:
         reloaded, and plugin switches, wait for a restart.
         """
         new = load_settings(self.settings.source_path)
+        self.host.check_tables(new)  # [finetune] and other plugins' top-level tables
         notes: list[str] = []
         backend_settings, lora_changes = self._reload_backends(new, notes)
         plugin_settings = {

@@ -1,4 +1,9 @@
-"""The ``botkit`` command: chat, run, plugins, backends, config check, db."""
+"""The ``botkit`` command: chat, run, plugins, backends, config check, db, and what plugins add.
+
+``create_cli()`` builds the click group; the plugins that are on then add their commands
+through ``botkit_register_cli`` (``botkit export`` and ``botkit finetune`` come from the
+finetune plugin so). The helpers commands share live in ``botkit.ops``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,67 +20,13 @@ import click
 
 from botkit import __version__
 from botkit.bot import Bot
+from botkit.cli_plugins import CommandGroup, add_plugin_commands
 from botkit.control import ControlServer
 from botkit.errors import BotkitError, ConfigError
-from botkit.settings import Settings, load_settings, to_toml
+from botkit.ops import CONFIG_HELP, Context, config_option, fail, run_with_database
+from botkit.settings import to_toml
 
 log = logging.getLogger("botkit")
-
-
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.logging.level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-def fail(error: BotkitError) -> None:
-    """Print a user-facing error and exit: 2 for configuration problems, 1 otherwise."""
-    click.echo(f"botkit: error: {error}", err=True)
-    sys.exit(2 if isinstance(error, ConfigError) else 1)
-
-
-class Context:
-    def __init__(self, config: Path | None = None) -> None:
-        self.config = config
-
-    def settings(self) -> Settings:
-        settings = load_settings(self.config)
-        configure_logging(settings)
-        return settings
-
-
-CONFIG_HELP = "config file (default: $BOTKIT_CONFIG, else ./config.toml if present, else built-in defaults)"
-
-
-def _set_config(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
-    if value is not None:
-        ctx.ensure_object(Context).config = value
-
-
-def config_option(command: Any) -> Any:
-    """``--config`` accepted after the subcommand too: ``botkit chat --config bot.toml``."""
-    return click.option(
-        "--config",
-        "-c",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=None,
-        expose_value=False,
-        callback=_set_config,
-        help=CONFIG_HELP,
-    )(command)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="botkit")
-@click.option(
-    "--config", "-c", type=click.Path(path_type=Path, dir_okay=False), default=None, help=CONFIG_HELP
-)
-@click.pass_context
-def cli(ctx: click.Context, config: Path | None) -> None:
-    """Run your own instruction-tuned LLM chatbot on Slack, Discord and the console."""
-    ctx.obj = Context(config)
 
 
 async def serve(bot: Bot, adapter_names: list[str]) -> None:
@@ -135,7 +87,7 @@ def run_adapters(ctx: Context, only: list[str] | None) -> None:
         pass  # Ctrl-C before the console adapter took over the signal: a clean exit
 
 
-@cli.command()
+@click.command()
 @config_option
 @click.pass_obj
 def chat(ctx: Context) -> None:
@@ -147,7 +99,7 @@ def chat(ctx: Context) -> None:
     run_adapters(ctx, ["console"])
 
 
-@cli.command()
+@click.command()
 @config_option
 @click.pass_obj
 def run(ctx: Context) -> None:
@@ -155,7 +107,7 @@ def run(ctx: Context) -> None:
     run_adapters(ctx, None)
 
 
-@cli.group()
+@click.group()
 def plugins() -> None:
     """Inspect the installed plugins."""
 
@@ -250,12 +202,12 @@ def plugins_clear(ctx: Context, name: str) -> None:
     switch_from_shell(ctx, name, None)
 
 
-@cli.group()
-def config() -> None:
+@click.group("config")
+def config_group() -> None:
     """Check the configuration."""
 
 
-@config.command("check")
+@config_group.command("check")
 @config_option
 @click.pass_obj
 def config_check(ctx: Context) -> None:
@@ -273,7 +225,7 @@ def config_check(ctx: Context) -> None:
     click.echo(to_toml(effective))
 
 
-@cli.group()
+@click.group()
 def backends() -> None:
     """Show the configured model backends."""
 
@@ -303,7 +255,7 @@ def backends_list(ctx: Context, no_load: bool) -> None:
             f"{slot.name} [{slot.table}]",
             f"  type:     {summary['type']}",
             f"  model:    {summary['model']}",
-            f"  adapters: {adapters}" + (f" (active: {summary['adapter']})" if summary["adapter"] else ""),
+            f"  loras:    {adapters}" + (f" (active: {summary['adapter']})" if summary["adapter"] else ""),
             f"  context:  {summary['context_window']:,} tokens",
         ]
         if no_load:
@@ -318,24 +270,15 @@ def backends_list(ctx: Context, no_load: bool) -> None:
         sys.exit(1)
 
 
-@cli.group()
+@click.group()
 def db() -> None:
     """Manage the database: migrations and backups."""
 
 
 def with_migrator(ctx: Context, action: Any) -> Any:
     """Run ``action(bot)`` with the database connected (no model is loaded, no schema check)."""
-
-    async def run() -> Any:
-        bot = Bot.load(ctx.settings())
-        await bot.db.connect()
-        try:
-            return await action(bot)
-        finally:
-            await bot.db.close()
-
     try:
-        return asyncio.run(run())
+        return run_with_database(ctx, action, check_schema=False)
     except BotkitError as error:
         fail(error)
 
@@ -426,12 +369,57 @@ def describe_revisions(revisions: set[str]) -> str:
     return ", ".join(sorted(revisions)) or "empty"
 
 
-# `botkit export` and `botkit finetune ...` live in finetune/cli.py, which adds them to `cli`.
-import botkit.finetune.cli  # noqa: E402, F401
+CORE_COMMANDS: tuple[click.Command, ...] = (chat, run, plugins, config_group, backends, db)
+
+
+def root_group() -> click.Group:
+    """The ``botkit`` group with its own options and no commands."""
+
+    @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, prog_name="botkit")
+    @click.option(
+        "--config", "-c", type=click.Path(path_type=Path, dir_okay=False), default=None, help=CONFIG_HELP
+    )
+    @click.pass_context
+    def cli(ctx: click.Context, config: Path | None) -> None:
+        """Run your own instruction-tuned LLM chatbot on Slack, Discord and the console."""
+        ctx.obj = Context(config)
+
+    return cli
+
+
+def create_cli(config: Path | None = None) -> click.Group:
+    """The ``botkit`` group: botkit's own commands, then those the plugins that are on add.
+
+    ``config`` names the config file whose ``[plugins]`` table (``directory``, ``enabled =
+    false``) says which plugins are asked (default: $BOTKIT_CONFIG, else ./config.toml if
+    present); ``BOTKIT_LOAD_PLUGINS`` applies too. See ``botkit.cli_plugins``.
+    """
+    cli = root_group()
+    for command in CORE_COMMANDS:
+        cli.add_command(command)
+    add_plugin_commands(cli, config)
+    return cli
+
+
+def config_before_command(args: Sequence[str]) -> Path | None:
+    """The ``--config`` given before the command (``botkit --config bot.toml export``), if any.
+
+    The plugins' commands must exist before click parses the command line, so the group's
+    own options are parsed once ahead, leniently: anything else is left to the real parse.
+    """
+    try:
+        ctx = root_group().make_context("botkit", list(args), resilient_parsing=True)
+    except click.ClickException:
+        return None  # the real parse says what is wrong
+    config = ctx.params.get("config")
+    return config if isinstance(config, Path) else None
 
 
 def main() -> None:
-    cli()
+    """The ``botkit`` console script."""
+    args = sys.argv[1:]
+    create_cli(config_before_command(args)).main(args)
 
 
 if __name__ == "__main__":

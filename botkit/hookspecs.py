@@ -19,6 +19,8 @@ import pluggy
 from botkit.types import Message, MessageChange, Prompt, Reaction, Reply, User
 
 if TYPE_CHECKING:
+    import click
+
     from botkit.api import BotAPI
     from botkit.registry import (
         RegisterAdapter,
@@ -42,7 +44,9 @@ def botkit_register_settings(register: RegisterSettings) -> None:
     Arguments: ``register(plugin_name, model)`` where ``model`` is a pydantic
     ``BaseModel`` class; the ``[plugins.<plugin_name>]`` table of config.toml
     (less its ``enabled`` key) is validated against it, and the instance is
-    available as ``bot.plugin_settings(plugin_name)``.
+    available as ``bot.plugin_settings(plugin_name)``. ``register(plugin_name, model,
+    top_level=True)`` claims the top-level ``[plugin_name]`` table instead (``[finetune]``;
+    only the plugin's own name), read by tools with ``botkit.ops.config_table``.
     Results: all implementations are called; ``register`` raises
     ``DuplicateNameError`` when a name is registered twice.
     Where: any plugin that has settings. Synchronous.
@@ -115,11 +119,32 @@ def botkit_register_plugin(register: RegisterPlugin) -> None:
     plugins disable`` refuse; the admin plugin is, so admins cannot lock
     themselves out). ``needs``: names of plugins it cannot work without. A
     plugin whose needed plugin is off is not started (a warning says why,
-    ``botkit plugins list`` and ``/plugins`` show it); switching the needed
-    plugin off while it runs is refused, naming it.
+    ``botkit plugins list`` and ``/plugins`` show it). Switching the needed
+    plugin off at run time switches it off first, and switching the needed
+    plugin on brings it back, unless an admin switched it off.
     Results: called once per plugin; calling ``register`` twice raises.
     Where: any plugin; plugins that declare nothing are neither required nor
     need anything. Synchronous.
+    """
+
+
+@hookspec
+def botkit_register_cli(cli: click.Group) -> None:
+    """Add commands to the ``botkit`` command line.
+
+    When: once each time ``botkit`` starts, before the command line is parsed; there is no
+    bot. Only this hook runs, so a plugin imports its heavy libraries inside its commands,
+    never at import time. The plugins asked are those that are on, as the bot chooses them:
+    ``BOTKIT_LOAD_PLUGINS`` and ``[plugins.<name>] enabled = false`` in the config named
+    before the command (or by ``$BOTKIT_CONFIG``, or ./config.toml) leave a plugin out.
+    Arguments: ``cli``, the ``botkit`` ``click.Group``: ``cli.add_command(command)`` or
+    ``@cli.command()``. A command reads the config through ``botkit.ops`` (``Context``,
+    ``config_option``, ``fail``, ``run_with_database``).
+    Results: all implementations are called, built-ins first; a command name that is
+    already taken raises ``DuplicateNameError``, and a plugin whose implementation raises
+    adds none of its commands (a warning names it on standard error).
+    Where: plugins with command-line tools (the finetune plugin adds ``export`` and
+    ``finetune``). Synchronous.
     """
 
 

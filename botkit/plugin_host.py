@@ -30,7 +30,7 @@ from botkit.api import PluginStatus
 from botkit.errors import ConfigError, PluginLoadError
 from botkit.hookcall import call_plugin
 from botkit.registry import Registry
-from botkit.settings import Settings, validate_table
+from botkit.settings import Settings, plugin_table, reject_unknown_tables, validate_table
 from botkit.storage import Database, PluginStateRecord
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "discord": "botkit.adapters.discord",
     "disclosure": "botkit.plugins.disclosure",
     "feedback": "botkit.plugins.feedback",
+    "finetune": "botkit.finetune.plugin",
     "llamacpp": "botkit.backends.llamacpp",
     "memory": "botkit.plugins.memory",
     "mentions": "botkit.plugins.mentions",
@@ -533,7 +534,25 @@ class PluginHost:
                 model, table, self.settings, ("plugins", settings_name)
             )
 
+    def check_tables(self, settings: Settings) -> None:
+        """Check the top-level tables of ``settings`` that are not botkit's own, e.g. ``[finetune]``.
+
+        Each must be named after an installed plugin; a loaded plugin's must be one it claimed
+        (``register(name, model, top_level=True)``) and validate against that model. Raises
+        ``ConfigError``. Tools read a claimed table with ``botkit.ops.config_table``.
+        """
+        reject_unknown_tables(settings, self.sources)
+        for name in settings.top_level_extras():
+            if name in self.pm_names() and name not in self.registry.top_level_models:
+                raise ConfigError(
+                    f"{settings.source_name}: [{name}]: plugin {name!r} has no top-level table; "
+                    f"its settings, if any, go in [plugins.{name}]"
+                )
+        for name, model in self.registry.top_level_models.items():
+            validate_table(model, plugin_table(settings, name), settings, (name,))
+
     def _reject_stray_tables(self) -> None:
+        self.check_tables(self.settings)
         tables = self.settings.plugins.tables()
         for name, table in tables.items():
             keys = set(table) - {"enabled"} if isinstance(table, dict) else set()

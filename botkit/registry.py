@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import MetaData
 
 from botkit.errors import DuplicateNameError
+from botkit.settings import Settings
 from botkit.storage.migrations import MigrationBranch
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class RegisterPlugin(Protocol):
 
 
 class RegisterSettings(Protocol):
-    def __call__(self, plugin_name: str, model: type[BaseModel]) -> None: ...
+    def __call__(self, plugin_name: str, model: type[BaseModel], *, top_level: bool = False) -> None: ...
 
 
 class RegisterBackend(Protocol):
@@ -84,6 +85,7 @@ class Registry:
 
     def __init__(self) -> None:
         self.settings_models: dict[str, type[BaseModel]] = {}
+        self.top_level_models: dict[str, type[BaseModel]] = {}  # a plugin's own top-level table: [finetune]
         self.backends: dict[str, BackendType] = {}
         self.adapters: dict[str, AdapterType] = {}
         self.commands: dict[str, Command] = {}
@@ -95,6 +97,7 @@ class Registry:
     def _tables(self) -> dict[str, dict[str, Any]]:
         return {
             "settings": self.settings_models,
+            "top-level table": self.top_level_models,
             "backend": self.backends,
             "adapter": self.adapters,
             "command": self.commands,
@@ -153,11 +156,22 @@ class Registry:
         return register
 
     def settings_registrar(self, plugin: str) -> RegisterSettings:
-        def register(plugin_name: str, model: type[BaseModel]) -> None:
+        def register(plugin_name: str, model: type[BaseModel], *, top_level: bool = False) -> None:
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 raise TypeError(f"plugin {plugin!r}: settings model must be a pydantic BaseModel class")
-            self._claim("settings", plugin_name, plugin)
-            self.settings_models[plugin_name] = model
+            if not top_level:
+                self._claim("settings", plugin_name, plugin)
+                self.settings_models[plugin_name] = model
+                return
+            if plugin_name in Settings.model_fields:
+                raise ValueError(f"[{plugin_name}] is botkit's own table; rename the plugin to claim one")
+            if plugin_name != plugin:
+                # The name tells whose table it is before any plugin loads (settings.reject_unknown_tables).
+                raise ValueError(
+                    f"a plugin claims only the top-level table of its own name: [{plugin}], not [{plugin_name}]"
+                )
+            self._claim("top-level table", plugin_name, plugin)
+            self.top_level_models[plugin_name] = model
 
         return register
 

@@ -2,7 +2,8 @@
 
 Core keys are typed here. The ``[backend]``, ``[adapters.<name>]`` and
 ``[plugins.<name>]`` tables are validated against the models their plugins
-register (see ``validate_table``) once the plugins are loaded.
+register (see ``validate_table``) once the plugins are loaded; so is a top-level
+table named after a plugin, such as ``[finetune]`` (see ``plugin_table``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -19,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from botkit.errors import ConfigError
-from botkit.finetune.settings import FinetuneSettings
 from botkit.overrides import PlaceOverride, check_place
 from botkit.storage.database import StorageSettings
 from botkit.types import ConversationScope
@@ -84,7 +85,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
-        extra="forbid",
+        # Top-level tables of plugins ([finetune]) pass here and are checked once the plugins are known
+        # (``reject_unknown_tables``, ``plugin_table``).
+        extra="allow",
         nested_model_default_partial_update=True,
     )
 
@@ -96,7 +99,6 @@ class Settings(BaseSettings):
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
-    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
 
     # Where the values came from, for error messages and the secrets rule.
     _source_path: Path | None = PrivateAttr(None)
@@ -126,6 +128,10 @@ class Settings(BaseSettings):
     @property
     def source_name(self) -> str:
         return str(self._source_path) if self._source_path else "config"
+
+    def top_level_extras(self) -> dict[str, Any]:
+        """Top-level tables (and keys) of the file that are not botkit's own, by name, as read."""
+        return dict(self.model_extra or {})
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -196,6 +202,50 @@ def settings_from_mapping(data: dict[str, Any], path: Path | None = None) -> Set
         ):
             settings.bot.control_socket = str(base / control_socket)
     return settings
+
+
+def reject_unknown_tables(settings: Settings, plugins: Iterable[str]) -> None:
+    """A top-level table that neither botkit nor one of ``plugins`` (the installed plugins' names) owns is an error.
+
+    A plugin may claim the top-level table of its own name (``[finetune]``); whether it does is
+    checked once it is loaded. Tables of plugins that are installed but not loaded are not checked.
+    """
+    known = set(plugins)
+    unknown = sorted(set(settings.top_level_extras()) - known)
+    if unknown:
+        own = ", ".join(Settings.model_fields)
+        raise ConfigError(
+            "\n".join(
+                f"{settings.source_name}: {format_key((name,))}: unknown key (check the spelling); "
+                f"the top-level tables are botkit's ({own}) and those named after an installed plugin"
+                for name in unknown
+            )
+        )
+
+
+def plugin_table(settings: Settings, name: str) -> dict[str, Any]:
+    """The raw top-level table ``[name]`` of a plugin: the file's values with ``BOTKIT_<NAME>__*`` on top.
+
+    pydantic-settings reads the environment only for botkit's own tables, so a plugin's are
+    gathered here, by the same rule: ``BOTKIT_FINETUNE__RANK=16`` sets ``[finetune] rank``.
+    """
+    table = settings.top_level_extras().get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{settings.source_name}: {name}: expected a table, [{name}] (got {table!r})")
+    values: dict[str, Any] = dict(table)
+    prefix = env_name((name,)) + "__"
+    for variable, value in os.environ.items():
+        if not variable.upper().startswith(prefix):
+            continue
+        *parents, key = variable[len(prefix) :].lower().split("__")
+        target = values
+        for parent in parents:
+            nested = target.get(parent)
+            nested = dict(nested) if isinstance(nested, dict) else {}
+            target[parent] = nested
+            target = nested
+        target[key] = value
+    return values
 
 
 def validate_table(

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from botkit.backend_set import raw_tables, table_path
-from botkit.errors import BotkitError, ConfigError
-from botkit.settings import Settings
+from botkit import BotkitError, ConfigError
+from botkit.ops import (
+    Settings,
+    embedded_model_path,
+    gguf_model_name,
+    raw_tables,
+    read_gguf_header,
+    table_path,
+)
 
 
 class BaseModelError(BotkitError):
@@ -56,8 +62,6 @@ def base_model(path: Path) -> BaseModel:
     """The model at ``path``: a ``.gguf`` file or a Hugging Face model folder (config.json)."""
     path = path.expanduser().resolve()
     if path.is_file():
-        from botkit.backends.llamacpp_lora import gguf_model_name, read_gguf_header
-
         try:
             header = read_gguf_header(path)
         except (OSError, ValueError) as error:
@@ -104,8 +108,6 @@ def target_from_config(settings: Settings, backend: str, override: Path | None) 
 
 
 def _model_path(table: dict[str, Any]) -> Path:
-    from botkit.backends.llamacpp import embedded_model_path
-
     value = table.get("model_path")
     if value is None:
         return embedded_model_path()

@@ -1,13 +1,12 @@
-"""``botkit export`` and the ``botkit finetune`` group (``review list|approve|reject|correct``).
+"""``botkit export`` and the ``botkit finetune`` group (``review list|approve|reject|correct``, ``deploy``).
 
-The commands add themselves to the main ``botkit`` group (botkit/cli.py imports
-this module). ``botkit finetune`` is a group for the training commands too. Heavy modules (numpy,
-datasketch, rich) are imported when a command runs, not when ``botkit`` starts.
+The finetune plugin (``finetune/plugin.py``) adds both to the ``botkit`` group; the
+training commands (``finetune/cli_train.py``) join the ``finetune`` group here. Heavy
+modules (numpy, datasketch, rich) are imported when a command runs, not when ``botkit`` starts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from datetime import UTC, datetime
@@ -16,11 +15,12 @@ from typing import Any, get_args
 
 import click
 
-from botkit.cli import Context, cli, config_option, fail
-from botkit.errors import BotkitError
-from botkit.types import NO_ADAPTER
+from botkit import NO_LORA, BotkitError
+from botkit.ops import Context, config_option, fail, run_with_database
 
+from .cli_train import convert, evaluate, train
 from .examples import FORMATS, FeedbackPolicy, FeedbackSelection, PiiPolicy, PreferencePrompt
+from .progress import progress_bars
 
 LICENSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+\-]{0,63}$")
 
@@ -79,41 +79,13 @@ def _values(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def run_with_bot(ctx: Context, action: Any) -> Any:
     """Run ``action(bot)`` with the database connected and its schema current (no model is loaded)."""
-    from botkit.bot import Bot
-
-    async def run() -> Any:
-        bot = Bot.load(ctx.settings())
-        await bot.db.connect()
-        try:
-            await bot.migrator.ensure_current(bot.settings.storage.auto_upgrade)
-            return await action(bot)
-        finally:
-            await bot.db.close()
-
     try:
-        return asyncio.run(run())
+        return run_with_database(ctx, action)
     except BotkitError as error:
         report = getattr(error, "report", None)
         if report is not None:  # an empty export: say where everything went first
             click.echo("\n".join(report.lines()))
         fail(error)
-
-
-def progress_bars(*extra: Any) -> Any:
-    """rich progress bars on standard error (off when it is not a terminal); ``extra``: more columns."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        *extra,
-        console=console,
-        disable=not console.is_terminal,
-    )
 
 
 @click.command()
@@ -418,7 +390,7 @@ def deploy(
     from .deploy import Deployment, adapter_argument
     from .deploy import deploy as run_deploy
 
-    if adapter == NO_ADAPTER and scale is not None:
+    if adapter == NO_LORA and scale is not None:
         raise click.UsageError("--scale applies to an adapter; with 'none' there is none to scale")
     try:
         deployment = Deployment(
@@ -429,9 +401,6 @@ def deploy(
         fail(error)
 
 
-# botkit/cli.py imports this module at its end; the commands join the main group here, which works
-# whichever of the two modules is imported first.
-cli.add_command(export)
-cli.add_command(finetune)
-
-from . import cli_train  # noqa: E402, F401 - adds train, convert and eval to the finetune group
+finetune.add_command(train)
+finetune.add_command(convert)
+finetune.add_command(evaluate)

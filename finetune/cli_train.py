@@ -1,6 +1,6 @@
 """``botkit finetune train|convert|eval``: a LoRA fine-tune on exported data, its GGUF adapter, how it does.
 
-The commands join the ``finetune`` group of ``finetune/cli.py``. torch,
+``finetune/cli.py`` adds the commands to its ``finetune`` group. torch,
 transformers and peft are imported when a command runs.
 """
 
@@ -13,12 +13,12 @@ from typing import Any, get_args
 import click
 from pydantic import ValidationError
 
-from botkit.cli import Context, config_option, fail
-from botkit.errors import AdapterError, BotkitError
+from botkit import BotkitError
+from botkit.ops import Context, LoraError, config_option, config_table, fail
 
-from .cli import finetune, progress_bars
+from .examples import TrainingFormat
+from .progress import progress_bars
 from .settings import FinetuneSettings
-from .training_data import TrainingFormat
 
 # Flags that override a [finetune] key of the same name (dashes for underscores).
 HYPER_FLAGS = tuple(FinetuneSettings.model_fields)
@@ -50,7 +50,7 @@ def _format_option(command: Any) -> Any:
     )(command)
 
 
-@finetune.command()
+@click.command()
 @config_option
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option(
@@ -104,7 +104,7 @@ def train(ctx: Context, data: Path, out: Path, **flags: Any) -> None:
         raise click.UsageError("--overwrite and --resume exclude each other")
     try:
         settings = ctx.settings()
-        hyper = _hyper(settings.finetune, flags)
+        hyper = _hyper(config_table(settings, "finetune", FinetuneSettings), flags)
         target = target_from_config(settings, flags["backend"], flags["base_model"])
         options = TrainOptions(
             data=data,
@@ -126,7 +126,7 @@ def train(ctx: Context, data: Path, out: Path, **flags: Any) -> None:
     click.echo(f"adapter: {report.adapter}; next: botkit finetune convert {out}", err=True)
 
 
-@finetune.command()
+@click.command()
 @config_option
 @click.argument("run", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
@@ -175,7 +175,7 @@ def convert(ctx: Context, run: Path, out: Path | None, base_model: Path | None, 
             )
         target = out or run / CONVERTED_FILE
         if target.exists() and not flags["overwrite"]:
-            raise AdapterError(f"{target} exists: pass --overwrite to replace it")
+            raise LoraError(f"{target} exists: pass --overwrite to replace it")
         written = convert_peft_adapter(peft_folder, target, base.path, tensor_type=flags["tensor_type"])
     except BotkitError as error:
         fail(error)
@@ -183,7 +183,7 @@ def convert(ctx: Context, run: Path, out: Path | None, base_model: Path | None, 
     click.echo(f"deploy it with: botkit finetune deploy {written}", err=True)
 
 
-@finetune.command("eval")
+@click.command("eval")
 @config_option
 @click.argument("run", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
@@ -205,7 +205,10 @@ def evaluate(ctx: Context, run: Path, data: Path | None, **flags: Any) -> None:
     try:
         settings = ctx.settings()
         record = read_run(run)
-        hyper = _hyper(settings.finetune, {**record.get("settings", {}), "device": flags["device"]})
+        hyper = _hyper(
+            config_table(settings, "finetune", FinetuneSettings),
+            {**record.get("settings", {}), "device": flags["device"]},
+        )
         source = data or Path(record.get("data", {}).get("source", ""))
         with progress_bars() as progress:
             report = run_eval(

@@ -14,7 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from botkit.types import Role, Turn
+from botkit import Role, Turn
+from botkit.ops import pii_scrubber
 
 from .dedup import CompactHashMap, NearDuplicateIndex, fingerprint
 from .examples import REJECTED, Example, Feedback, FeedbackPolicy, PiiPolicy, StoredMessage
@@ -83,24 +84,6 @@ class Counts:
         self.steps[step].changed += 1
 
 
-class Scrubber:
-    """PII and secrets found by the moderation plugin's own detectors, replaced by its placeholders."""
-
-    def __init__(self) -> None:
-        from botkit.plugins.moderation import Actions, ModerationSettings, Moderator
-
-        redact_pii = Actions(
-            blocklist="off", profanity="off", injection="off", email="redact", phone="redact", card="redact",
-            secret="redact",
-        )  # fmt: skip
-        self._moderator = Moderator(ModerationSettings(input_actions=redact_pii), classifier=None)
-
-    def scrub(self, text: str) -> tuple[str, bool]:
-        """``(scrubbed text, whether anything was found)``."""
-        verdict = self._moderator.check(text, "in")
-        return verdict.text, bool(verdict.decisions)
-
-
 class LanguageFilter:
     """``py3langid`` (its model ships in the wheel) on the message and the answer together."""
 
@@ -158,7 +141,7 @@ class Curator:
         steps["language"].enabled = bool(curation.languages)
         steps["exact duplicates"].enabled = curation.exact_duplicates
         steps["near duplicates"].enabled = curation.near_duplicates is not None
-        self._scrubber = Scrubber() if curation.pii != "off" else None
+        self._scrub = pii_scrubber() if curation.pii != "off" else None
         self._language = LanguageFilter(curation.languages) if curation.languages else None
         self._exact = CompactHashMap() if curation.exact_duplicates else None
         self._near = (
@@ -263,14 +246,14 @@ class Curator:
             if count:
                 self.counts.changed("correction")
         instruction = question.text
-        if self._scrubber is not None:
+        if self._scrub is not None:
             found = False
             texts = []
             for text in (instruction, output, rejected):
                 if text is None:
                     texts.append(None)
                     continue
-                clean, hit = self._scrubber.scrub(text)
+                clean, hit = self._scrub(text)
                 texts.append(clean)
                 found = found or hit
             if found:

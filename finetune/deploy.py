@@ -16,15 +16,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botkit.backend_set import BackendSlot, raw_tables, table_path, validate_backend
-from botkit.backends.llamacpp import LlamaCppSettings, embedded_model_path
-from botkit.backends.llamacpp_lora import ModelInfo, check_adapter
-from botkit.bot import Bot
-from botkit.config_edit import ConfigEdit, edit_table
-from botkit.control import control_socket_path, request_sync
-from botkit.errors import AdapterError, ConfigError, ControlError, ModelLoadError, NoRunningBot
-from botkit.settings import Settings, env_name, load_settings, toml_value
-from botkit.types import NO_ADAPTER
+from botkit import NO_LORA, ConfigError, ControlError, ModelLoadError, NoRunningBot
+from botkit.ops import (
+    BackendSlot,
+    Bot,
+    ConfigEdit,
+    LlamaCppSettings,
+    LoraError,
+    ModelInfo,
+    Settings,
+    check_adapter,
+    check_backend_table,
+    control_socket_path,
+    edit_table,
+    embedded_model_path,
+    env_name,
+    load_bot,
+    load_settings,
+    request_sync,
+    table_path,
+    toml_value,
+)
 
 from .train import CONVERTED_FILE, RUN_FILE
 
@@ -76,12 +88,12 @@ def adapter_argument(value: str) -> Path | None:
     A run folder of ``botkit finetune train`` stands for the adapter ``convert`` wrote into it.
     Symlinks are kept, so that a link such as ``adapters/current.gguf`` can be repointed later.
     """
-    if value == NO_ADAPTER:
+    if value == NO_LORA:
         return None
     path = Path(os.path.abspath(Path(value).expanduser()))
     if (path / RUN_FILE).is_file():
         if not (path / CONVERTED_FILE).is_file():
-            raise AdapterError(
+            raise LoraError(
                 f"{path} is a training run without {CONVERTED_FILE}: run `botkit finetune convert {value}` first"
             )
         return path / CONVERTED_FILE
@@ -109,7 +121,7 @@ def find_backend(bot: Bot, name: str) -> BackendSlot:
 def check_against_model(slot: BackendSlot, adapter: Path) -> str:
     """Check ``adapter`` against the backend's model file, read but not loaded; a line saying it fits.
 
-    Raises ``AdapterError`` (another base model, with both names; a missing or non-GGUF file)
+    Raises ``LoraError`` (another base model, with both names; a missing or non-GGUF file)
     or ``ModelLoadError`` (the model file cannot be read).
     """
     settings = slot.settings
@@ -140,7 +152,7 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
             "deploy writes lora_path into the config file, and no config file was given: pass --config "
             "PATH (or set BOTKIT_CONFIG, or run where ./config.toml is)"
         )
-    bot = Bot.load(settings)
+    bot = load_bot(settings)
     slot = find_backend(bot, deployment.backend)
     if deployment.adapter is not None:
         echo(check_against_model(slot, deployment.adapter))
@@ -193,8 +205,7 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
 
 def check_written_config(bot: Bot, path: Path, backend: str) -> None:
     """The config as written loads, and its backend table validates (as the bot will check it)."""
-    written = load_settings(path)
-    validate_backend(bot.registry, written, backend, raw_tables(written)[backend])
+    check_backend_table(bot, load_settings(path), backend)
 
 
 def describe_edit(edit: ConfigEdit, slot: BackendSlot, deployment: Deployment) -> str:
@@ -226,7 +237,7 @@ def confirm(
         request_sync(socket_path, {"command": "reload"}, deployment.timeout)
         undone = f"{edit.path} has its previous text again"
     else:
-        undone = f"{edit.path} was unchanged (an admin may have switched with /adapter: /adapter {deployment.adapter or 'none'})"
+        undone = f"{edit.path} was unchanged (an admin may have switched with /lora: /lora {deployment.adapter or 'none'})"
     raise ControlError(
         f"backend {slot.name} of the running bot still answers with {active or 'no adapter'}, not "
         f"{deployment.describe()} (its notes above say why); {undone}"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from botkit.types import Prompt, Role, Turn
+from botkit import Prompt, Role, Turn
 
 # Reactions read as a vote on the bot's reply: the Unicode emoji and the names platforms use for them
 # (Slack sends names such as "+1"). Anything else is neither.
@@ -23,6 +23,8 @@ FeedbackSelection = Literal["any", "rated", "unrated"]
 FeedbackPolicy = Literal["off", "approved", "weighted"]
 PiiPolicy = Literal["scrub", "drop", "off"]
 PreferencePrompt = Literal["chat", "alpaca"]
+# The exported formats training reads (not "preference": pairs, no single answer).
+TrainingFormat = Literal["chat", "sharegpt", "alpaca-jsonl", "alpaca"]
 
 REVIEW = "review"  # feedback kind of an admin's decision in the review queue
 APPROVED = "approved"

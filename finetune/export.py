@@ -19,10 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from botkit.errors import ExportError
-from botkit.overrides import merged
+from botkit import ExportError, Message, User
+from botkit.ops import system_prompt_for
 from botkit.storage import Database
-from botkit.types import Message, User
 
 from .curate import Counts, Curation, Curator
 from .examples import Example, Feedback, StoredMessage
@@ -171,8 +170,7 @@ class SystemPrompts:
                 thread_id=message.thread_id,
                 is_dm=message.is_dm,
             )
-            values = merged(self.settings.overrides, place)
-            found = self._cache[key] = str(values.get("system_prompt", self.settings.bot.system_prompt))
+            found = self._cache[key] = system_prompt_for(self.settings, place)
         return found
 
 

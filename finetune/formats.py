@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botkit import Prompt
 from botkit.prompts import alpaca_fields, chat_messages, render_alpaca
-from botkit.types import Prompt
 
 from .dedup import fingerprint
 from .examples import APPROVED, FORMATS, REJECTED, Example, PreferencePrompt

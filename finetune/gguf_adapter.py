@@ -1,8 +1,8 @@
 """llama.cpp GGUF LoRA adapter files: written from LoRA A/B matrices, or converted from a peft adapter folder.
 
 The format is the one llama.cpp's ``convert_lora_to_gguf.py`` writes and
-``llama_adapter_lora_init`` loads (see ``botkit/backends/llamacpp_lora.py``, which
-checks such files against the loaded model). Besides llama.cpp's keys, every file
+``llama_adapter_lora_init`` loads (see ``botkit.ops.check_adapter``, which
+checks such files against a model). Besides llama.cpp's keys, every file
 records the base model's name (its GGUF ``general.name``) so that botkit refuses the
 adapter on another model. Needs the ``gguf`` package (``pip install 'botkit[finetune]'``).
 """
@@ -20,14 +20,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from botkit.backends.llamacpp_lora import (
+from botkit.ops import (
     BASE_MODEL_KEY,
     GGUFHeader,
+    LoraError,
     gguf_model_name,
     read_gguf_header,
     tensor_mismatches,
 )
-from botkit.errors import AdapterError
 
 # A peft LoRA weight of a llama-architecture model (``LlamaForCausalLM`` under peft).
 PEFT_LORA_WEIGHT = re.compile(
@@ -57,11 +57,11 @@ def gguf_tensor_name(peft_name: str) -> tuple[str, Literal["a", "b"]]:
 
     ``base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight`` ->
     ``("blk.3.attn_q.weight", "a")``. Only the attention and MLP projections of the
-    llama architecture map; anything else raises ``AdapterError``.
+    llama architecture map; anything else raises ``LoraError``.
     """
     match = PEFT_LORA_WEIGHT.match(peft_name)
     if match is None or match["proj"] not in LLAMA_TENSORS:
-        raise AdapterError(
+        raise LoraError(
             f"{peft_name} is not the LoRA weight of a llama attention or MLP projection "
             f"({', '.join(LLAMA_TENSORS)}): llama.cpp adapters can only be made from those"
         )
@@ -91,24 +91,24 @@ def write_lora_gguf(
     try:
         import gguf
     except ImportError:
-        raise AdapterError(
+        raise LoraError(
             "writing GGUF adapters needs the gguf package: pip install 'botkit[finetune]'"
         ) from None
 
     out = Path(path)
     if not tensors:
-        raise AdapterError(f"{out}: no LoRA tensors to write")
+        raise LoraError(f"{out}: no LoRA tensors to write")
     if not math.isfinite(alpha) or alpha <= 0:
-        raise AdapterError(f"{out}: alpha must be a positive number, not {alpha}")
+        raise LoraError(f"{out}: alpha must be a positive number, not {alpha}")
     for tensor_name, (a, b) in tensors.items():
         if not tensor_name.endswith(".weight"):
-            raise AdapterError(f"{out}: {tensor_name} is not a weight's GGUF name (blk.N.attn_q.weight...)")
+            raise LoraError(f"{out}: {tensor_name} is not a weight's GGUF name (blk.N.attn_q.weight...)")
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-            raise AdapterError(
+            raise LoraError(
                 f"{out}: {tensor_name}: A must be (rank, n_in) and B (n_out, rank); got {a.shape} and {b.shape}"
             )
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
-            raise AdapterError(f"{out}: {tensor_name} holds NaN or infinite values")
+            raise LoraError(f"{out}: {tensor_name} holds NaN or infinite values")
     file_type, ggml_type = {
         "f32": (gguf.LlamaFileType.ALL_F32, gguf.GGMLQuantizationType.F32),
         "f16": (gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),
@@ -160,7 +160,7 @@ def convert_peft_adapter(
     ``adapter_model.safetensors``. The base model must be of the llama architecture (as
     SmolLM2 is). Its query and key rows are stored permuted in GGUF (llama.cpp's rotary
     layout), so the B matrices of ``q_proj`` and ``k_proj`` are permuted the same way.
-    Raises ``AdapterError`` naming the file and the problem.
+    Raises ``LoraError`` naming the file and the problem.
     """
     folder, base_path = Path(peft_folder), Path(base_gguf)
     config = _read_peft_config(folder)
@@ -168,11 +168,11 @@ def convert_peft_adapter(
     base = _read_base(base_path)
     architecture = base.metadata.get("general.architecture")
     if architecture != "llama":
-        raise AdapterError(
+        raise LoraError(
             f"{base_path}: architecture {architecture!r}; converting peft adapters is done for llama models only"
         )
     if "llama.attention.head_count" not in base.metadata:
-        raise AdapterError(
+        raise LoraError(
             f"{base_path}: no llama.attention.head_count in its metadata; is it a whole model?"
         )
     n_head = int(base.metadata["llama.attention.head_count"])
@@ -188,7 +188,7 @@ def convert_peft_adapter(
     pairs: dict[str, LoraPair] = {}
     for tensor_name, half in sorted(halves.items()):
         if set(half) != {"a", "b"}:
-            raise AdapterError(
+            raise LoraError(
                 f"{folder / ADAPTER_WEIGHTS}: {modules[tensor_name]} has only lora_{set(half).pop()}"
             )
         a, b = half["a"], half["b"]
@@ -212,7 +212,7 @@ def convert_peft_adapter(
         shapes[f"{tensor_name}.lora_b"] = (b.shape[1], b.shape[0])
     problems = tensor_mismatches(shapes, base.tensors)
     if problems:
-        raise AdapterError(
+        raise LoraError(
             f"{folder}: the adapter, trained on {config.get('base_model_name_or_path') or 'an unnamed model'!r}, "
             f"does not fit {base_path}: {problems[0]}"
         )
@@ -232,7 +232,7 @@ def _read_base(path: Path) -> GGUFHeader:
         return read_gguf_header(path)
     except (OSError, ValueError) as error:
         reason = error.strerror if isinstance(error, OSError) else error
-        raise AdapterError(f"{path}: cannot read the base model GGUF ({reason})") from None
+        raise LoraError(f"{path}: cannot read the base model GGUF ({reason})") from None
 
 
 def _read_peft_config(folder: Path) -> dict[str, Any]:
@@ -240,9 +240,9 @@ def _read_peft_config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise AdapterError(f"{folder} is not a peft adapter folder: it has no {ADAPTER_CONFIG}") from None
+        raise LoraError(f"{folder} is not a peft adapter folder: it has no {ADAPTER_CONFIG}") from None
     except (OSError, ValueError) as error:
-        raise AdapterError(f"{path}: cannot read it ({error})") from None
+        raise LoraError(f"{path}: cannot read it ({error})") from None
     unsupported = [
         reason
         for reason, present in (
@@ -259,9 +259,9 @@ def _read_peft_config(folder: Path) -> dict[str, Any]:
         if present
     ]
     if unsupported:
-        raise AdapterError(f"{path}: llama.cpp adapters cannot hold {'; '.join(unsupported)}")
+        raise LoraError(f"{path}: llama.cpp adapters cannot hold {'; '.join(unsupported)}")
     if not isinstance(config.get("lora_alpha"), int | float) or config["lora_alpha"] <= 0:
-        raise AdapterError(f"{path}: lora_alpha must be a positive number")
+        raise LoraError(f"{path}: lora_alpha must be a positive number")
     return config
 
 
@@ -289,16 +289,16 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         (size,) = struct.unpack_from("<Q", data, 0)
         header = json.loads(data[8 : 8 + size])
     except FileNotFoundError:
-        raise AdapterError(f"{path.parent} has no {path.name}: save the adapter with peft first") from None
+        raise LoraError(f"{path.parent} has no {path.name}: save the adapter with peft first") from None
     except (OSError, ValueError, struct.error) as error:
-        raise AdapterError(f"{path}: not a readable safetensors file ({error})") from None
+        raise LoraError(f"{path}: not a readable safetensors file ({error})") from None
     header.pop("__metadata__", None)
     body = memoryview(data)[8 + size :]
     tensors = {}
     for tensor_name, info in header.items():
         kind = _SAFETENSORS_TYPES.get(info["dtype"])
         if kind is None:
-            raise AdapterError(f"{path}: {tensor_name} is {info['dtype']}, not a float tensor")
+            raise LoraError(f"{path}: {tensor_name} is {info['dtype']}, not a float tensor")
         start, end = info["data_offsets"]
         raw = np.frombuffer(body[start:end], dtype=kind)
         if info["dtype"] == "BF16":  # bfloat16 is the upper half of a float32

@@ -15,7 +15,8 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
-from botkit.errors import ExportError
+from botkit import ExportError
+from botkit.ops import pii_scrubber
 from botkit.storage import Database, FeedbackRecord, MessageRecord, PrivacyRecord, utcnow
 
 from .examples import APPROVED, CORRECTION, REJECTED, REVIEW, Feedback
@@ -77,9 +78,7 @@ def _candidates_query():  # type: ignore[no-untyped-def]
 
 async def list_candidates(db: Database, state: State = "pending", limit: int = 20) -> list[Candidate]:
     """The newest exportable pairs in ``state``, at most ``limit``; texts scrubbed and shortened."""
-    from .curate import Scrubber
-
-    scrubber = Scrubber()
+    scrub = pii_scrubber()
     found: list[Candidate] = []
     before: int | None = None
     async with db.sessions() as session:
@@ -104,10 +103,10 @@ async def list_candidates(db: Database, state: State = "pending", limit: int = 2
                         created_at,
                         platform,
                         channel_id,
-                        _shown(scrubber.scrub(question)[0]),
-                        _shown(scrubber.scrub(answer)[0]),
+                        _shown(scrub(question)[0]),
+                        _shown(scrub(answer)[0]),
                         current,
-                        _shown(scrubber.scrub(correction)[0]) if correction else None,
+                        _shown(scrub(correction)[0]) if correction else None,
                     )
                 )
                 if len(found) == limit:

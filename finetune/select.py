@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from botkit import NO_LORA
 from botkit.storage import (
     ConversationRecord,
     FeedbackRecord,
@@ -23,7 +24,6 @@ from botkit.storage import (
     ModerationEventRecord,
     PrivacyRecord,
 )
-from botkit.types import NO_ADAPTER
 
 from .examples import Feedback, FeedbackSelection, StoredMessage
 
@@ -92,7 +92,7 @@ class Selection:
         if self.models and reply.model not in self.models:
             return False
         if self.adapters:
-            adapter = reply.adapter if reply.adapter not in (None, "") else NO_ADAPTER
+            adapter = reply.adapter if reply.adapter not in (None, "") else NO_LORA
             return adapter in self.adapters
         return True
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from botkit.errors import BotkitError, ModelLoadError
+from botkit import BotkitError, ModelLoadError
+from botkit.ops import read_gguf_header, transformers_engine
 
 from .base_model import AdapterTarget
 from .settings import FinetuneSettings
@@ -243,11 +244,11 @@ def import_torch() -> tuple[Any, Any]:
         import torch
         from transformers.utils import logging as transformers_logging
 
-        from botkit.backends import transformers_engine
+        engine = transformers_engine()
     except ImportError as error:
         raise TrainingError(f"training needs {error.name or 'torch'}: run `{INSTALL_HINT}`") from None
     transformers_logging.disable_progress_bar()  # the commands show their own progress
-    return torch, transformers_engine
+    return torch, engine
 
 
 def load_base(
@@ -282,8 +283,6 @@ def prompt_style(target: AdapterTarget, loaded: Any) -> PromptStyle:
 def bos_prefix(target: AdapterTarget, loaded: Any) -> list[int]:
     """The BOS token the bot's tokenizer puts before a prompt (as llama.cpp decides for a GGUF), or none."""
     if target.base.gguf_file:
-        from botkit.backends.llamacpp_lora import read_gguf_header
-
         metadata = read_gguf_header(target.base.path).metadata
         adds = metadata.get("tokenizer.ggml.add_bos_token", True) in (True, "true")
     else:

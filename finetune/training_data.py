@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from botkit.errors import BotkitError
+from botkit import BotkitError, Prompt, Role, Turn
 from botkit.prompts import ALPACA_WITH_INPUT, ALPACA_WITHOUT_INPUT, render_alpaca, render_chat
-from botkit.types import Prompt, Role, Turn
 
+from .examples import TrainingFormat
 from .formats import file_name
 
-TrainingFormat = Literal["chat", "sharegpt", "alpaca-jsonl", "alpaca"]
 # Which export folder is read when a format is not asked for: the richest first.
 FORMAT_PREFERENCE: tuple[TrainingFormat, ...] = ("chat", "sharegpt", "alpaca-jsonl", "alpaca")
 SHAREGPT_ROLES = {

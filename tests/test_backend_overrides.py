@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from botkit.bot import Bot
-from botkit.cli import cli
+from botkit.cli import create_cli
 from botkit.errors import ConfigError
 from botkit.settings import settings_from_mapping
 from botkit.types import NO_LORA, ReplyStatus
@@ -253,18 +253,18 @@ def test_backends_list_shows_each_backend_and_whether_it_loads(write_config):
         '[backend]\ntype = "scripted"\n'
         '[backends.remote]\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nconnect_timeout = 0.5\n'
     )
-    result = CliRunner().invoke(cli, ["backends", "list", "--config", str(path)])
+    result = CliRunner().invoke(create_cli(), ["backends", "list", "--config", str(path)])
     assert result.exit_code == 1, result.output
     assert "default [backend]\n  type:     scripted\n  model:    scripted" in result.output
     assert "context:  4,096 tokens\n  loads:    yes" in result.output
     assert "remote [backends.remote]" in result.output
     assert "loads:    NO: [backends.remote] base_url: http://127.0.0.1:9/v1/models is not reachable" in result.output
-    unchecked = CliRunner().invoke(cli, ["backends", "list", "--no-load", "--config", str(path)])
+    unchecked = CliRunner().invoke(create_cli(), ["backends", "list", "--no-load", "--config", str(path)])
     assert unchecked.exit_code == 0 and unchecked.output.count("not checked") == 2
 
 
 def test_a_named_backends_secret_comes_from_its_own_environment_variable(write_config, monkeypatch):
     path = write_config('[backends.remote]\ntype = "openai"\napi_key = "sk-in-file"\n')
-    result = CliRunner().invoke(cli, ["backends", "list", "--no-load", "--config", str(path)])
+    result = CliRunner().invoke(create_cli(), ["backends", "list", "--no-load", "--config", str(path)])
     assert result.exit_code == 2
     assert "BOTKIT_BACKENDS__REMOTE__API_KEY" in result.output and "sk-in-file" not in result.output

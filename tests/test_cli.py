@@ -88,9 +88,9 @@ def test_version():
 def test_every_command_has_help(command):
     from click.testing import CliRunner
 
-    from botkit.cli import cli
+    from botkit.cli import create_cli
 
-    result = CliRunner().invoke(cli, [*command, "--help"])
+    result = CliRunner().invoke(create_cli(), [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage: " in result.output
     description = result.output.split("\n\n")[1].strip()

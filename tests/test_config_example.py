@@ -17,6 +17,8 @@ from botkit.backends.llamacpp import LlamaCppSettings
 from botkit.backends.openai_http import OpenAISettings
 from botkit.backends.scripted import ScriptedSettings
 from botkit.bot import Bot
+from botkit.finetune.settings import FinetuneSettings
+from botkit.ops import config_table
 from botkit.overrides import PlaceOverride
 from botkit.plugin_host import PluginHost
 from botkit.plugins.access import AccessSettings
@@ -119,7 +121,12 @@ def shipped_settings_models() -> list[tuple[type[BaseModel], str]]:
     models += [(backend.settings_model, "backend") for backend in registry.backends.values()]
     models += [(adapter.settings_model, f"adapters.{name}") for name, adapter in registry.adapters.items()]
     models += [(model, f"plugins.{name}") for name, model in registry.settings_models.items()]
+    models += [(model, name) for name, model in registry.top_level_models.items()]
     return models
+
+
+def test_plugins_top_level_tables_are_among_the_shipped_models():
+    assert (FinetuneSettings, "finetune") in shipped_settings_models()
 
 
 def test_settings_added_later_are_documented_too():
@@ -156,6 +163,7 @@ def test_the_example_loads_and_every_value_is_the_default():
     assert bot.backend_settings == LlamaCppSettings()
     assert bot.adapter_settings("console") == ConsoleSettings()
     assert bot.enabled_adapters() == ["console"]
+    assert config_table(settings, "finetune", FinetuneSettings) == FinetuneSettings()
 
 
 def test_the_commented_out_scripted_backend_is_valid_and_holds_defaults():

@@ -21,7 +21,7 @@ from click.testing import CliRunner, Result
 from botkit.backends.llamacpp import embedded_model_path
 from botkit.backends.llamacpp_lora import read_gguf_header
 from botkit.bot import Bot
-from botkit.cli import cli
+from botkit.cli import create_cli
 from botkit.config_edit import edit_table
 from botkit.control import ControlServer, request_sync
 from botkit.finetune.gguf_adapter import base_model_identity, write_lora_gguf
@@ -101,7 +101,7 @@ def config(tmp_path: Path) -> Path:
 
 def deploy(config: Path | None, *args: str) -> Result:
     options = ["--config", str(config)] if config else []
-    return CliRunner().invoke(cli, [*options, "finetune", "deploy", *args])
+    return CliRunner().invoke(create_cli(), [*options, "finetune", "deploy", *args])
 
 
 def with_lora(text: str, *lines: str) -> str:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from export_helpers import SEED_CONFIG, give_feedback, load_with_datasets, read_records, settle, talk
 from sqlalchemy import select
 
-from botkit.cli import cli
+from botkit.cli import create_cli
 from botkit.storage import FeedbackRecord, MessageRecord, utcnow
 
 
@@ -48,7 +48,7 @@ def seed(make_bot, project, conversation) -> None:
 
 
 def botkit(project, *args: str):
-    result = CliRunner().invoke(cli, ["--config", str(project["config"]), *args])
+    result = CliRunner().invoke(create_cli(), ["--config", str(project["config"]), *args])
     return result
 
 

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from export_helpers import FACT, FACT_QUESTIONS, SEED_CONFIG, settle, talk
 
-from botkit.cli import cli
+from botkit.cli import create_cli
 
 pytestmark = pytest.mark.model
 
@@ -52,7 +52,7 @@ def project(tmp_path: Path, write_config) -> dict:
 
 
 def botkit(project: dict, *args: str) -> str:
-    result = CliRunner().invoke(cli, ["--config", str(project["config"]), *args])
+    result = CliRunner().invoke(create_cli(), ["--config", str(project["config"]), *args])
     assert result.exit_code == 0, result.output
     return result.output
 

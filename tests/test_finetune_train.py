@@ -16,12 +16,14 @@ import pytest
 from click.testing import CliRunner
 from export_helpers import FACT, FACT_QUESTIONS
 
+from botkit import ConfigError
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
-from botkit.cli import cli
+from botkit.cli import create_cli
 from botkit.finetune.base_model import target_from_config
 from botkit.finetune.gguf_adapter import read_safetensors
 from botkit.finetune.settings import FinetuneSettings
 from botkit.finetune.training_data import PromptStyle, TrainingDataError, find_files, read_examples
+from botkit.ops import config_table
 from botkit.settings import load_settings
 from botkit.types import Prompt, Role, Turn
 
@@ -65,7 +67,7 @@ def config(tmp_path_factory) -> Path:
 
 
 def botkit(config: Path, *args: str):
-    return CliRunner().invoke(cli, ["--config", str(config), *args])
+    return CliRunner().invoke(create_cli(), ["--config", str(config), *args])
 
 
 @pytest.fixture(scope="module")
@@ -330,6 +332,25 @@ def test_a_bad_finetune_table_in_the_config_is_refused(export_dir, tmp_path, wri
     config = write_config(textwrap.dedent("[finetune]\nrank = -1\n"))
     result = botkit(config, "finetune", "train", str(export_dir), "--out", str(tmp_path / "r"))
     assert result.exit_code == 2 and "finetune" in result.output and "rank" in result.output
+
+
+def test_a_misspelled_finetune_table_is_refused_not_ignored(export_dir, tmp_path, write_config):
+    config = write_config(textwrap.dedent("[finetun]\nrank = 4\n"))
+    result = botkit(config, "finetune", "train", str(export_dir), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2
+    assert f"{config}: finetun: unknown key (check the spelling)" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_environment_variables_override_the_finetune_table(write_config, monkeypatch):
+    config = write_config(textwrap.dedent("[finetune]\nrank = 4\nalpha = 8\n"))
+    monkeypatch.setenv("BOTKIT_FINETUNE__RANK", "16")
+    monkeypatch.setenv("BOTKIT_FINETUNE__TARGET_MODULES", '["q_proj", "v_proj"]')
+    hyper = config_table(load_settings(config), "finetune", FinetuneSettings)
+    assert (hyper.rank, hyper.alpha, hyper.target_modules) == (16, 8.0, ["q_proj", "v_proj"])
+    monkeypatch.setenv("BOTKIT_FINETUNE__RANK", "0")
+    with pytest.raises(ConfigError, match=r"BOTKIT_FINETUNE__RANK: \[finetune\] rank: Input should be greater"):
+        config_table(load_settings(config), "finetune", FinetuneSettings)
 
 
 def test_a_backend_whose_model_is_on_a_server_needs_base_model(export_dir, tmp_path, write_config):

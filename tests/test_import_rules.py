@@ -21,8 +21,8 @@ ARCHITECTURE = REPO / "docs" / "architecture.md"
 FOLDERS = {"botkit": "botkit", "plugins": "botkit.plugins", "finetune": "botkit.finetune"}
 
 # The public modules: what plugins and finetune may import of botkit.
-PLUGIN_API = {"botkit", "botkit.storage"}
-FINETUNE_API = {"botkit", "botkit.storage", "botkit.prompts", "botkit.ops"}
+PLUGIN_API = {"botkit", "botkit.storage", "botkit.detectors"}
+FINETUNE_API = {"botkit", "botkit.storage", "botkit.prompts", "botkit.detectors", "botkit.ops"}
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from test_memory import sqlite_locked
 from test_write_behind import until
 
 from botkit import ReplyStatus, hookimpl
+from botkit.detectors import luhn_valid
 from botkit.errors import ConfigError
 from botkit.plugins.moderation import ModerationSettings, Moderator, event_log
 from botkit.plugins.moderation.classifier import load_model
-from botkit.plugins.moderation.detectors import luhn_valid
 from botkit.plugins.moderation.moderator import segment_ends
 from botkit.storage import ModerationEventRecord, UserRecord
 

@@ -15,9 +15,9 @@ import re
 from typing import Any
 
 from botkit import Message
+from botkit.detectors import Finding, only_digits
 from botkit.storage import Database, ModerationEventRecord, WriteBehind, user_id_for, utcnow
 
-from .detectors import Finding, only_digits
 from .moderator import Decision
 
 log = logging.getLogger("botkit.plugins.moderation")

@@ -26,8 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from botkit.detectors import PEM, Finding, Rule, redact, rules_for, scan
+
 from .classifier import ProfanityModel
-from .detectors import PEM, Finding, Rule, redact, rules_for, scan
 from .normalise import Blocklist, fold, leet_view
 from .settings import Actions, ModerationSettings
 

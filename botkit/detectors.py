@@ -8,6 +8,11 @@ milliseconds. A rule with a literal prefix is searched for by that prefix
 there nine digits?) and are skipped when it says no. Checks a regex cannot
 make (the Luhn digit of a card, how many digits a phone number has) run on
 each match.
+
+A core module, public (``botkit.detectors``): the moderation plugin checks
+chat with these rules, and ``botkit export`` scrubs training data with the same
+ones (``pii_scrubber``), so what the bot redacts and what an export scrubs are
+found by one set of rules.
 """
 
 from __future__ import annotations
@@ -285,3 +290,25 @@ def redact(text: str, findings: Sequence[Finding]) -> str:
         cursor = end
     pieces.append(text[cursor:])
     return "".join(pieces)
+
+
+PII_CATEGORIES = ("email", "phone", "card", "secret")
+
+
+def pii_scrubber() -> Callable[[str], tuple[str, bool]]:
+    """``scrub(text) -> (text, found)``: e-mail addresses, phone and card numbers, keys and tokens replaced.
+
+    The placeholders are the moderation plugin's. The whole text is scanned at
+    once (moderation scans a reply sentence by sentence as it streams), so a
+    number that a very long unpunctuated text would split across two of
+    moderation's segments is still found here.
+    """
+    rules = rules_for(PII_CATEGORIES)
+
+    def scrub(text: str) -> tuple[str, bool]:
+        findings = scan(rules, text)
+        if PEM.hint is not None and PEM.hint(text):
+            findings += scan([PEM], text)
+        return redact(text, findings), bool(findings)
+
+    return scrub

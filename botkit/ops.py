@@ -1,0 +1,221 @@
+"""The operations API: what tools built on botkit use to reach a bot's config, database and running process.
+
+``botkit export``, ``botkit finetune ...`` and the commands a third-party plugin adds
+(``botkit_register_cli``) import from here, from ``botkit`` and from ``botkit.storage``, never from
+botkit's internal modules, which may change. Most names are botkit's own, re-exported; the rest
+are thin wrappers.
+
+- commands: ``Context`` (``ctx.settings()``), ``config_option``, ``fail``, ``run_with_database``;
+- settings: ``load_settings``, ``config_table`` (a plugin's top-level table such as ``[finetune]``),
+  ``env_name``, ``toml_value``, ``system_prompt_for``;
+- backends: ``load_bot``, ``raw_tables``, ``table_path``, ``check_backend_table``,
+  ``embedded_model_path``, ``transformers_engine``;
+- config.toml: ``edit_table`` (``ConfigEdit``), which keeps the user's comments;
+- the running bot: ``control_socket_path``, ``request_sync`` (``{"command": "reload"}``, ``"status"``);
+- GGUF LoRA files: ``read_gguf_header``, ``gguf_model_name``, ``ModelInfo``, ``check_adapter``,
+  ``tensor_mismatches``, ``BASE_MODEL_KEY``, ``LoraError``;
+- text: ``pii_scrubber``, the moderation plugin's detectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn, TypeVar
+
+import click
+from pydantic import BaseModel
+
+from botkit.backend_set import BackendSlot, raw_tables, table_path, validate_backend
+from botkit.backends.llamacpp import LlamaCppSettings, embedded_model_path
+from botkit.backends.llamacpp_lora import (
+    BASE_MODEL_KEY,
+    GGUFHeader,
+    ModelInfo,
+    check_adapter,
+    gguf_model_name,
+    read_gguf_header,
+    tensor_mismatches,
+)
+from botkit.bot import Bot
+from botkit.config_edit import ConfigEdit, edit_table
+from botkit.control import control_socket_path, request_sync
+from botkit.detectors import pii_scrubber  # export scrubs with the rules moderation checks with
+from botkit.errors import BotkitError, ConfigError, LoraError
+from botkit.overrides import merged
+from botkit.plugin_host import discover
+from botkit.settings import (
+    Settings,
+    env_name,
+    load_settings,
+    plugin_table,
+    reject_unknown_tables,
+    toml_value,
+    validate_table,
+)
+from botkit.types import Message
+
+__all__ = [
+    "BASE_MODEL_KEY",
+    "CONFIG_HELP",
+    "BackendSlot",
+    "Bot",
+    "ConfigEdit",
+    "Context",
+    "GGUFHeader",
+    "LlamaCppSettings",
+    "LoraError",
+    "ModelInfo",
+    "Settings",
+    "check_adapter",
+    "check_backend_table",
+    "config_option",
+    "config_table",
+    "control_socket_path",
+    "edit_table",
+    "embedded_model_path",
+    "env_name",
+    "fail",
+    "gguf_model_name",
+    "load_bot",
+    "load_settings",
+    "pii_scrubber",
+    "raw_tables",
+    "read_gguf_header",
+    "request_sync",
+    "run_with_database",
+    "system_prompt_for",
+    "table_path",
+    "tensor_mismatches",
+    "toml_value",
+    "transformers_engine",
+]
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+# -- commands -----------------------------------------------------------------
+
+CONFIG_HELP = "config file (default: $BOTKIT_CONFIG, else ./config.toml if present, else built-in defaults)"
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.logging.level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def fail(error: BotkitError) -> NoReturn:
+    """Print a user-facing error and exit: 2 for configuration problems, 1 otherwise."""
+    click.echo(f"botkit: error: {error}", err=True)
+    sys.exit(2 if isinstance(error, ConfigError) else 1)
+
+
+class Context:
+    """The ``botkit`` group's object (``@click.pass_obj``): the config file the user named, if any."""
+
+    def __init__(self, config: Path | None = None) -> None:
+        self.config = config
+
+    def settings(self) -> Settings:
+        """The settings of that config (or of $BOTKIT_CONFIG, ./config.toml, the defaults); logging set up."""
+        settings = load_settings(self.config)
+        _configure_logging(settings)
+        return settings
+
+
+def _set_config(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Context).config = value
+
+
+def config_option(command: Any) -> Any:
+    """``--config`` accepted after the subcommand too: ``botkit chat --config bot.toml``."""
+    return click.option(
+        "--config",
+        "-c",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        expose_value=False,
+        callback=_set_config,
+        help=CONFIG_HELP,
+    )(command)
+
+
+def run_with_database(
+    ctx: Context, action: Callable[[Bot], Awaitable[T]], *, check_schema: bool = True
+) -> T:
+    """Run ``action(bot)`` with the config's bot loaded (plugins, no model) and its database connected.
+
+    ``check_schema``: first bring the schema up to date as start-up does (``[storage]
+    auto_upgrade`` decides between upgrading and refusing); the ``db`` commands pass False.
+    A ``BotkitError`` propagates, for the command to report (``fail``).
+    """
+
+    async def run() -> T:
+        bot = Bot.load(ctx.settings())
+        await bot.db.connect()
+        try:
+            if check_schema:
+                await bot.migrator.ensure_current(bot.settings.storage.auto_upgrade)
+            return await action(bot)
+        finally:
+            await bot.db.close()
+
+    return asyncio.run(run())
+
+
+# -- settings -----------------------------------------------------------------
+
+
+def config_table(settings: Settings, name: str, model: type[M]) -> M:
+    """The top-level table ``[name]`` that plugin ``name`` claims, validated against ``model``.
+
+    The file's values with ``BOTKIT_<NAME>__*`` on top, as the bot checks them at start; for
+    tools that need the table without loading the plugins (``botkit finetune train`` reads
+    ``[finetune]``). A top-level table that names no installed plugin is refused here too.
+    Raises ``ConfigError``.
+    """
+    reject_unknown_tables(settings, discover(settings.plugins.directory))
+    validated = validate_table(model, plugin_table(settings, name), settings, (name,))
+    assert isinstance(validated, model)
+    return validated
+
+
+def system_prompt_for(settings: Settings, place: Message) -> str:
+    """The system prompt of ``place``'s conversations: ``[bot] system_prompt`` or its place overrides'."""
+    values = merged(settings.overrides, place)
+    return str(values.get("system_prompt", settings.bot.system_prompt))
+
+
+# -- backends -----------------------------------------------------------------
+
+
+def load_bot(settings: Settings) -> Bot:
+    """The bot ``settings`` describe: plugins loaded, every table checked; no database, no model yet."""
+    return Bot.load(settings)
+
+
+def check_backend_table(bot: Bot, settings: Settings, name: str) -> None:
+    """Backend ``name`` of ``settings`` (e.g. a config just written) validates against ``bot``'s backend types.
+
+    Raises ``ConfigError`` naming the key, as the bot would at its next start or reload.
+    """
+    validate_backend(bot.registry, settings, name, raw_tables(settings)[name])
+
+
+def transformers_engine() -> ModuleType:
+    """The transformers backend's loading code (``load``), for training on the model the bot runs.
+
+    Raises ``ImportError`` (naming the package) without ``pip install 'botkit[gpu]'``.
+    """
+    from botkit.backends import transformers_engine as engine
+
+    return engine
+
