@@ -136,6 +136,7 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
             "loaded": info.loaded,
             "hooks": info.hooks,
             "error": info.error,
+            "note": info.note,
         }
         for info in sorted(host.infos.values(), key=lambda i: i.name)
     ]
@@ -151,6 +152,8 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
         click.echo(f"{r['name']:<{width}}  {state:<7}  {r['source']:<{source_width}}  {hooks}")
         if r["error"]:
             click.echo(f"{'':<{width}}  error: {r['error']}")
+        elif r["note"]:
+            click.echo(f"{'':<{width}}  off: {r['note']}")
 
 
 def switch_from_shell(ctx: Context, name: str, enabled: bool | None) -> None:

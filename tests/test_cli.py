@@ -332,3 +332,14 @@ def test_plugins_list_shows_broken_and_disabled_plugins(tmp_path):
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["commands"]["enabled"] is False and rows["commands"]["hooks"] == []
     assert rows["broken"]["error"] == "RuntimeError: half-written plugin"
+
+
+def test_plugins_list_says_why_a_plugin_that_needs_another_is_off(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[plugins.memory]\nenabled = false\n", encoding="utf-8")
+    result = botkit("plugins", "list", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    feedback = next(i for i, line in enumerate(lines) if line.startswith("feedback "))
+    assert re.match(r"feedback\s+no\s+builtin", lines[feedback])
+    assert lines[feedback + 1].strip() == "off: needs plugin 'memory', which is off"
