@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import percentile, pin_to_cpu  # noqa: E402
 
 from botkit.bot import Bot  # noqa: E402
-from botkit.plugin_host import BUILTIN_PLUGINS  # noqa: E402
+from botkit.plugin_discovery import BUILTIN_PLUGINS  # noqa: E402
 from botkit.plugins import moderation  # noqa: E402
 from botkit.plugins.moderation.classifier import load_model  # noqa: E402
 from botkit.settings import settings_from_mapping  # noqa: E402

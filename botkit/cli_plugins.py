@@ -21,7 +21,7 @@ import pluggy
 
 from botkit import hookspecs
 from botkit.errors import ConfigError, DuplicateNameError, PluginLoadError
-from botkit.plugin_host import BUILTIN_PLUGINS, PluginSource, discover, selected_names
+from botkit.plugin_discovery import BUILTIN_PLUGINS, PluginSource, discover, selected_names
 from botkit.settings import load_settings
 
 

@@ -47,7 +47,7 @@ from botkit.control import control_socket_path, request_sync
 from botkit.detectors import pii_scrubber  # export scrubs with the rules moderation checks with
 from botkit.errors import BotkitError, ConfigError, LoraError
 from botkit.overrides import merged
-from botkit.plugin_host import discover
+from botkit.plugin_discovery import discover
 from botkit.settings import (
     Settings,
     env_name,

@@ -1,4 +1,4 @@
-"""Finding, selecting, loading and registering plugins (built-ins, entry points, a folder); switching them.
+"""Loading and registering the plugins that discovery found (``botkit.plugin_discovery``); switching them.
 
 A plugin switched by an admin at run time (``/enable``, ``/disable``, ``botkit
 plugins enable|disable``) is stored in ``plugin_state`` (plugin ``botkit``, key
@@ -9,16 +9,9 @@ plugin has started.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-import importlib.util
 import inspect
 import logging
-import os
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -29,6 +22,7 @@ from botkit import hookspecs
 from botkit.api import PluginStatus
 from botkit.errors import ConfigError, PluginLoadError
 from botkit.hookcall import call_plugin
+from botkit.plugin_discovery import PluginSource, discover, selected_names
 from botkit.registry import Registry
 from botkit.settings import Settings, plugin_table, reject_unknown_tables, validate_table
 from botkit.storage import Database, PluginStateRecord
@@ -37,31 +31,6 @@ if TYPE_CHECKING:
     from botkit.api import BotAPI
 
 log = logging.getLogger("botkit.plugins")
-
-ENTRY_POINT_GROUP = "botkit"
-ENV_LOAD_PLUGINS = "BOTKIT_LOAD_PLUGINS"
-
-# Built-in plugins are ordinary plugins: same hooks, same switches.
-BUILTIN_PLUGINS: dict[str, str] = {
-    "access": "botkit.plugins.access",
-    "admin": "botkit.plugins.admin",
-    "commands": "botkit.plugins.commands",
-    "console": "botkit.adapters.console",
-    "discord": "botkit.adapters.discord",
-    "disclosure": "botkit.plugins.disclosure",
-    "feedback": "botkit.plugins.feedback",
-    "finetune": "botkit.finetune.plugin",
-    "llamacpp": "botkit.backends.llamacpp",
-    "memory": "botkit.plugins.memory",
-    "mentions": "botkit.plugins.mentions",
-    "moderation": "botkit.plugins.moderation",
-    "openai": "botkit.backends.openai_http",
-    "privacy": "botkit.plugins.privacy",
-    "ratelimit": "botkit.plugins.ratelimit",
-    "scripted": "botkit.backends.scripted",
-    "slack": "botkit.adapters.slack",
-    "transformers": "botkit.backends.transformers",
-}
 
 _REGISTER_HOOKS = {
     "botkit_register_settings": "settings_registrar",
@@ -108,15 +77,6 @@ async def store_switch(db: Database, name: str, enabled: bool | None) -> None:
 
 
 @dataclass
-class PluginSource:
-    """Where a plugin comes from, before it is imported."""
-
-    name: str
-    origin: str  # "builtin", "entry point (dist x.y)", or a file path
-    load: Any  # () -> object
-
-
-@dataclass
 class PluginInfo:
     name: str
     origin: str
@@ -125,80 +85,6 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
     note: str | None = None  # why it is off although selected (a plugin it needs is off)
-
-
-def discover(directory: Path | None) -> dict[str, PluginSource]:
-    """Every plugin that could be loaded, by name. Duplicate names are an error."""
-    sources: dict[str, PluginSource] = {}
-
-    def add(source: PluginSource) -> None:
-        if source.name in sources:
-            raise ConfigError(
-                f"two plugins are named {source.name!r}: {sources[source.name].origin} and "
-                f"{source.origin}; rename or uninstall one"
-            )
-        sources[source.name] = source
-
-    for name, module in BUILTIN_PLUGINS.items():
-        add(PluginSource(name, "builtin", lambda module=module: importlib.import_module(module)))
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = entry_point.dist
-        origin = f"entry point ({dist.name} {dist.version})" if dist else "entry point"
-        add(PluginSource(entry_point.name, origin, entry_point.load))
-    if directory is not None:
-        if not directory.is_dir():
-            raise ConfigError(f"[plugins] directory: {directory} is not a folder")
-        for path in sorted(directory.glob("*.py")):
-            if not path.stem.startswith("_"):
-                add(PluginSource(path.stem, str(path), lambda path=path: _import_file(path)))
-    return sources
-
-
-def _import_file(path: Path) -> ModuleType:
-    module_name = f"botkit_plugin_dir.{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
-
-
-def selected_names(sources: dict[str, PluginSource], settings: Settings) -> set[str]:
-    """Names to load: all known, less ``enabled = false`` tables, within BOTKIT_LOAD_PLUGINS."""
-    available = ", ".join(sorted(sources))
-    tables = settings.plugins.tables()
-    for name in tables:
-        if name not in sources:
-            raise ConfigError(
-                f"{settings.source_name}: [plugins.{name}]: unknown plugin {name!r}; available: {available}"
-            )
-    names = set(sources)
-    restrict = os.environ.get(ENV_LOAD_PLUGINS)
-    if restrict is not None:
-        wanted = {n.strip() for n in restrict.split(",") if n.strip()}
-        unknown = wanted - set(sources)
-        if unknown:
-            raise ConfigError(
-                f"{ENV_LOAD_PLUGINS}: unknown plugin(s) {', '.join(sorted(unknown))}; available: {available}"
-            )
-        names &= wanted
-    for name, table in tables.items():
-        enabled = table.get("enabled", True) if isinstance(table, dict) else True
-        if isinstance(enabled, str) and enabled.lower() in ("true", "false"):  # from the environment
-            enabled = enabled.lower() == "true"
-        if not isinstance(enabled, bool):
-            raise ConfigError(
-                f"{settings.source_name}: [plugins.{name}] enabled: expected true or false (got {enabled!r})"
-            )
-        if not enabled:
-            names.discard(name)
-    return names
 
 
 class PluginHost:

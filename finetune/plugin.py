@@ -1,6 +1,6 @@
 """The finetune plugin: adds ``botkit export`` and ``botkit finetune ...`` and claims the ``[finetune]`` table.
 
-Built in (``botkit.plugin_host.BUILTIN_PLUGINS``) and switched off like any plugin
+Built in (``botkit.plugin_discovery.BUILTIN_PLUGINS``) and switched off like any plugin
 (``[plugins.finetune] enabled = false``). The commands are imported only when the CLI
 asks for them, so a bot loading its plugins never imports them.
 """

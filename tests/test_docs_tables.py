@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 from botkit import api, errors
-from botkit.plugin_host import BUILTIN_PLUGINS
+from botkit.plugin_discovery import BUILTIN_PLUGINS
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGINS_DOC = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")

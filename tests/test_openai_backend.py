@@ -21,7 +21,7 @@ from botkit.backends.llamacpp import embedded_model_path
 from botkit.backends.openai_http import OpenAIBackend, OpenAISettings, retry_after_seconds
 from botkit.errors import ConfigError, ModelLoadError
 from botkit.pipeline import FAILED_REPLY
-from botkit.plugin_host import BUILTIN_PLUGINS
+from botkit.plugin_discovery import BUILTIN_PLUGINS
 from botkit.prompts import chat_messages
 from botkit.settings import settings_from_mapping, validate_table
 

@@ -11,7 +11,8 @@ import pytest
 from botkit import hookimpl, hookspecs
 from botkit.bot import Bot
 from botkit.errors import ConfigError, PluginLoadError
-from botkit.plugin_host import BUILTIN_PLUGINS, PluginHost
+from botkit.plugin_discovery import BUILTIN_PLUGINS
+from botkit.plugin_host import PluginHost
 from botkit.settings import settings_from_mapping
 
 
