@@ -99,6 +99,7 @@ class WriteBehind(Generic[Record]):
         self._pending: deque[Record] = deque()
         self._on_disk = 0  # the first this many pending records are also in the spool
         self._in_flight = 0  # the first this many pending records are being written
+        self._writes_started = 0
         self._outage = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -170,6 +171,16 @@ class WriteBehind(Generic[Record]):
         return self._pending
 
     @property
+    def writes_started(self) -> int:
+        """How many write attempts have started; with ``writing``, tells a reader whether a write overlapped it."""
+        return self._writes_started
+
+    @property
+    def writing(self) -> bool:
+        """Whether a batch is being written now."""
+        return self._in_flight > 0
+
+    @property
     def outage(self) -> bool:
         """Whether the last attempt to write failed because the database is down."""
         return self._outage
@@ -215,6 +226,7 @@ class WriteBehind(Generic[Record]):
                 continue
             batch = list(islice(self._pending, self.batch_size))
             self._in_flight = len(batch)
+            self._writes_started += 1
             try:
                 await self._write(batch)
             except self._down as error:

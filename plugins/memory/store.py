@@ -31,6 +31,8 @@ from .spool import Spool
 log = logging.getLogger("botkit.plugins.memory")
 
 CACHED_CONVERSATIONS = 10_000
+# Reads of a conversation with a pending deleted message that a write overlapped (then the best effort).
+CONSISTENT_READ_TRIES = 3
 
 
 @dataclass(slots=True)
@@ -45,6 +47,11 @@ class StoredTurn:
     text: str
     speaker: str | None
     token_count: int
+
+
+def deleted_user(record: dict[str, Any]) -> bool:
+    """Whether ``record`` is an exchange whose user message was deleted while it waited."""
+    return record["kind"] == "exchange" and bool(record["user"].get("deleted_at"))
 
 
 def turns_of(record: dict[str, Any]) -> list[StoredTurn]:
@@ -311,26 +318,25 @@ class MemoryStore:
         Pending records are taken before the database is read; one that the
         writer committed in between is recognised by its message id and counted once.
         """
-        complete = True
-        captured: list[dict[str, Any]] = []
-        reset_pending = False
-        changes = latest_changes(list(self.pending))
-        for record in self.pending:
-            if record.get("scope_key") != scope_key:
-                continue
-            if record["kind"] == "reset":
-                captured, reset_pending = [], True
-            else:
-                captured.append(record)
-        stored: list[tuple[MessageKey | None, StoredTurn]] = []
-        if not reset_pending:
-            try:
-                stored = await self._load(scope_key, max_turns)
-            except (SQLAlchemyError, OSError) as error:
-                log.warning(
-                    "memory: cannot read history (%s); answering with what is pending", type(error).__name__
-                )
-                complete = False
+        for _ in range(CONSISTENT_READ_TRIES):
+            writes_before, writing = self.writer.writes_started, self.writer.writing
+            changes = latest_changes(list(self.pending))
+            captured, reset_pending = self._captured(scope_key)
+            stored: list[tuple[MessageKey | None, StoredTurn]] = []
+            complete = True
+            if not reset_pending:
+                try:
+                    stored = await self._load(scope_key, max_turns)
+                except (SQLAlchemyError, OSError) as error:
+                    log.warning(
+                        "memory: cannot read history (%s); answering with what is pending", type(error).__name__
+                    )
+                    complete = False
+            # An exchange whose message was deleted is read without its user row, so its id cannot
+            # tell whether the writer committed it meanwhile: read again unless no write overlapped.
+            overlapped = writing or self.writer.writes_started != writes_before
+            if not (overlapped and any(deleted_user(record) for record in captured)):
+                break
         seen = {key for key, _ in stored if key is not None}
         turns: list[StoredTurn] = []
         for key, turn in stored:
@@ -343,6 +349,19 @@ class MemoryStore:
             if exchange_key(record) not in seen:
                 turns.extend(turns_of(record))
         return turns[-max_turns:], complete
+
+    def _captured(self, scope_key: str) -> tuple[list[dict[str, Any]], bool]:
+        """This conversation's pending records since its last pending reset, and whether there is one."""
+        captured: list[dict[str, Any]] = []
+        reset_pending = False
+        for record in self.pending:
+            if record.get("scope_key") != scope_key:
+                continue
+            if record["kind"] == "reset":
+                captured, reset_pending = [], True
+            else:
+                captured.append(record)
+        return captured, reset_pending
 
     async def _load(self, scope_key: str, limit: int) -> list[tuple[MessageKey | None, StoredTurn]]:
         """``(key of user turns' messages, turn)`` pairs, oldest first."""
