@@ -9,7 +9,7 @@ async def show_help(ctx: CommandContext) -> str:
     prefix = ctx.bot.settings.bot.command_prefix
     is_admin = await ctx.bot.is_admin(ctx.message.author, ctx.message)
     lines = ["Commands:"]
-    for command in sorted(ctx.bot.registry.commands.values(), key=lambda c: c.name):
+    for command in sorted(ctx.bot.commands.values(), key=lambda c: c.name):
         if command.admin_only and not is_admin:
             continue
         usage = f" {command.usage}" if command.usage else ""

@@ -104,6 +104,8 @@ class WriteBehind(Generic[Record]):
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._not_writing = asyncio.Event()
+        self._not_writing.set()
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -178,7 +180,15 @@ class WriteBehind(Generic[Record]):
     @property
     def writing(self) -> bool:
         """Whether a batch is being written now."""
-        return self._in_flight > 0
+        return not self._not_writing.is_set()
+
+    async def write_finished(self, timeout: float) -> bool:
+        """Wait until the write under way now, if any, has ended (written or failed); False after ``timeout``."""
+        try:
+            await asyncio.wait_for(self._not_writing.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def outage(self) -> bool:
@@ -227,9 +237,11 @@ class WriteBehind(Generic[Record]):
             batch = list(islice(self._pending, self.batch_size))
             self._in_flight = len(batch)
             self._writes_started += 1
+            self._not_writing.clear()
             try:
                 await self._write(batch)
             except self._down as error:
+                self._not_writing.set()
                 self._in_flight = 0
                 self.counts.retries += 1
                 if not self._outage:
@@ -245,12 +257,17 @@ class WriteBehind(Generic[Record]):
                 await self._sleep(delay)
                 delay = min(delay * 2, self.retry_interval)
                 continue
+            except asyncio.CancelledError:
+                self._not_writing.set()  # closed mid-write: nobody waits for it any longer
+                raise
             except Exception:
+                self._not_writing.set()
                 self._log.exception(
                     "%s: %d %s could not be written and were dropped", self.name, self._in_flight, self.what
                 )
                 self.counts.dropped += self._in_flight
             else:
+                self._not_writing.set()
                 self.counts.written += self._in_flight
                 if self._outage:
                     self._log.warning(

@@ -177,7 +177,7 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
                 "message_id": message.message_id,
                 "text": message.text,
                 "at": sent_at,
-                "tokens": await bot.backend.count_text(message.text),
+                "tokens": await bot.count_tokens(message.text),
             },
             "reply": {
                 # NUL cannot be stored in PostgreSQL text; it never belongs in a reply anyway.
@@ -189,7 +189,7 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
                 "completion_tokens": reply.completion_tokens,
                 "latency_ms": round(reply.latency_s * 1000),
                 "at": utcnow().isoformat(),
-                "tokens": await bot.backend.count_text(reply.text),
+                "tokens": await bot.count_tokens(reply.text),
                 "adapter": reply.lora,  # the messages.adapter column
                 "message_ids": list(reply.platform_message_ids),
             },
@@ -203,7 +203,7 @@ async def botkit_message_changed(change: MessageChange, bot):
     if store is None:
         return
     text = None if change.text is None else readable(change.text)
-    tokens = 0 if text is None else await bot.backend.count_text(text)
+    tokens = 0 if text is None else await bot.count_tokens(text)
     record = change_record(
         change.platform, change.channel_id, change.message_id, text, tokens, utcnow().isoformat()
     )

@@ -33,6 +33,7 @@ log = logging.getLogger("botkit.plugins.memory")
 CACHED_CONVERSATIONS = 10_000
 # Reads of a conversation with a pending deleted message that a write overlapped (then the best effort).
 CONSISTENT_READ_TRIES = 3
+WRITE_WAIT = 5.0  # seconds such a read waits for the write under way before reading again
 
 
 @dataclass(slots=True)
@@ -337,6 +338,7 @@ class MemoryStore:
             overlapped = writing or self.writer.writes_started != writes_before
             if not (overlapped and any(deleted_user(record) for record in captured)):
                 break
+            await self.writer.write_finished(WRITE_WAIT)
         seen = {key for key, _ in stored if key is not None}
         turns: list[StoredTurn] = []
         for key, turn in stored:
