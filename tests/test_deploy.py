@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socketserver
 import subprocess
 import sys
@@ -62,13 +61,6 @@ type = "transformers"
 [backends.canned]
 type = "scripted"
 """
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("BOTKIT_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="module")
@@ -364,14 +356,12 @@ def test_a_bot_that_does_not_answer_in_time_leaves_the_deployment_in_the_file(co
 
 @pytest.mark.model
 def test_the_running_bot_answers_with_the_deployed_adapter_without_a_restart(config, adapters, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
     bot = subprocess.Popen(
         [sys.executable, "-m", "botkit", "--config", str(config), "chat"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
         cwd=tmp_path,
     )
     assert bot.stdin is not None and bot.stdout is not None
@@ -388,7 +378,7 @@ def test_the_running_bot_answers_with_the_deployed_adapter_without_a_restart(con
 
     def botkit_deploy(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "botkit", "finetune", "deploy", "--config", str(config), *args]
-        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=60)
 
     socket_path = config.parent / "ctl.sock"
     adapter = adapters / "good.gguf"

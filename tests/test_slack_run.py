@@ -38,9 +38,8 @@ def write_config(tmp_path: Path, slack: FakeSlack, backend: str = 'type = "scrip
 
 
 def environment(**secrets: str) -> dict[str, str]:
-    """The test runner's environment without its BOTKIT_* variables, plus ``secrets``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("BOTKIT_")}
-    return {**env, **{f"BOTKIT_ADAPTERS__SLACK__{name.upper()}": value for name, value in secrets.items()}}
+    """The test's environment (conftest keeps BOTKIT_* out of it), plus ``secrets``."""
+    return {**os.environ, **{f"BOTKIT_ADAPTERS__SLACK__{name.upper()}": value for name, value in secrets.items()}}
 
 
 async def botkit_run(config: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
