@@ -21,6 +21,18 @@ async def flushed(bot) -> None:
     assert await memory(bot).flush(WAIT_TIMEOUT), "memory writes did not reach the database"
 
 
+async def all_spooled(bot) -> list[dict]:
+    """Wait until the writer, failing to reach the database, has put every pending record in the spool."""
+    store = memory(bot)
+
+    def spool_holds_what_is_pending() -> list[dict] | None:
+        records = store.spool.read()
+        pending = {record["id"] for record in store.pending}
+        return records if pending and {record["id"] for record in records} == pending else None
+
+    return await eventually(spool_holds_what_is_pending, what="every pending record in the spool")
+
+
 async def rows(bot, model=MessageRecord):
     async with bot.db.sessions() as session:
         return list((await session.scalars(select(model).order_by(model.id))).all())
@@ -247,8 +259,7 @@ async def test_database_outage_loses_nothing(make_bot, storage_config, request, 
         with caplog.at_level(logging.ERROR, logger="botkit.plugins.memory"):
             with database_down(bot, postgres):
                 replies = [await bot.chat.say(f"during {i}") for i in range(3)]
-                await eventually(lambda: len(memory(bot).spool.read()) == 3, what="the three exchanges spooled")
-                spooled = memory(bot).spool.read()
+                spooled = await all_spooled(bot)
         assert all(r.status is ReplyStatus.COMPLETED for r in replies)  # users still get answers
         assert [r["user"]["text"] for r in spooled] == ["during 0", "during 1", "during 2"]
         assert "cannot write to the database" in caplog.text
@@ -276,8 +287,8 @@ async def test_spool_is_written_after_a_restart(make_bot, tmp_path):
         await flushed(bot)
         lock.enter_context(sqlite_locked(bot.db.sqlite_path))
         await bot.chat.say("said while the database was locked")
+        await all_spooled(bot)
         spool = memory(bot).spool.path
-        await eventually(spool.exists, what="the writer, finding the database locked, spools the exchange")
     # The bot has stopped with the exchange only in the spool.
     lock.close()
     assert spool.exists()
