@@ -30,6 +30,7 @@ from botkit.control import (
 )
 from botkit.errors import ConfigError, ControlError, NoRunningBot
 from botkit.settings import load_settings, settings_from_mapping
+from botkit.testing import eventually
 
 
 @pytest.fixture
@@ -144,12 +145,13 @@ async def test_bad_requests_get_an_error_and_the_server_keeps_answering(config):
         assert (await request(control.path, {"command": "status"}))["ok"] is True  # a new connection
 
 
-async def test_a_client_that_goes_away_mid_request_does_not_stop_the_server(config):
+async def test_a_client_that_goes_away_mid_request_does_not_stop_the_server(config, caplog):
+    caplog.set_level(logging.INFO, logger="botkit.control")
     async with running(config) as (_, control):
         _, writer = await asyncio.open_unix_connection(str(control.path))
         writer.write(b'{"command": "status"}\n')
         writer.close()
-        await asyncio.sleep(0.05)
+        await eventually(lambda: "control socket: status requested" in caplog.text, what="the request is read")
         assert (await request(control.path, {"command": "status"}))["ok"] is True
 
 
