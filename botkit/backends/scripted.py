@@ -182,6 +182,17 @@ class ScriptedBackend(Backend):
         self.add_reply(gate, *(chunks or split_words(self.settings.default_reply)))
         return gate
 
+    def say_in_parts(self, *parts: str) -> list[Gate]:
+        """Queue one reply of ``parts`` (each streamed word by word) that waits at a gate after each
+        part but the last; returns those gates in order. A test sees each part delivered, then opens
+        the next gate: a reply streamed in steps, however fast or slow the machine."""
+        gates = [Gate() for _ in parts[1:]]
+        pieces: list[Piece] = list(split_words(parts[0])) if parts else []
+        for gate, part in zip(gates, parts[1:], strict=True):
+            pieces += [gate, *split_words(part)]
+        self.add_reply(*pieces)
+        return gates
+
     async def wait_for_generation(self, count: int = 1, timeout: float = WAIT_TIMEOUT) -> Request:
         """Wait until ``count`` generations in all have begun; return the request of the ``count``-th."""
         await self._until(lambda: len(self.requests) >= count, timeout, f"generation {count} to start")
