@@ -188,9 +188,11 @@ class FakeSlack:
         """Make the next call of ``method`` answer ``status`` (429: rate limited, with Retry-After)."""
         self._failures.setdefault(method, []).append((status, retry_after))
 
-    async def wait_for(self, condition: Callable[[], object], timeout: float = WAIT_TIMEOUT) -> None:
+    async def wait_for(
+        self, condition: Callable[[], object], timeout: float = WAIT_TIMEOUT, what: str = "the condition"
+    ) -> None:
         """Wait until ``condition()`` is true, polling; fail the test after ``timeout`` seconds."""
-        await eventually(condition, timeout, what="fake Slack: the condition")
+        await eventually(condition, timeout, what=f"fake Slack: {what}")
 
     # --- events as Slack builds them -------------------------------------------------------
 
