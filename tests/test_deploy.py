@@ -8,7 +8,6 @@ import socketserver
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -297,6 +296,7 @@ class FakeBot(socketserver.ThreadingUnixStreamServer):
 
     def __init__(self, path: Path, answers: dict[str, dict]) -> None:
         self.answers, self.commands = answers, []
+        self.stopping = threading.Event()
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(handler) -> None:
@@ -304,12 +304,16 @@ class FakeBot(socketserver.ThreadingUnixStreamServer):
                     command = json.loads(line)["command"]
                     self.commands.append(command)
                     if command not in self.answers:
-                        time.sleep(2)  # busy: never answers in time
+                        self.stopping.wait(60)  # busy: answers nothing while the test runs
                         return
                     handler.wfile.write(json.dumps(self.answers[command]).encode() + b"\n")
 
         super().__init__(str(path), Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        super().shutdown()
 
 
 def test_a_bot_that_keeps_its_adapter_gets_the_file_restored(config, adapters):
