@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 from sqlalchemy import func, select
@@ -362,10 +361,8 @@ async def test_a_100_kb_message_is_checked(make_bot):
     ] + " bob@example.com"
     big = {"bot": {"max_message_chars": 200_000}, "backend": {"type": "scripted", "context_window": 60_000}}
     async with make_bot({**config(), **big}) as bot:
-        started = time.monotonic()
         reply = await bot.chat.say(text)
-        took = time.monotonic() - started
-    assert reply.status is ReplyStatus.COMPLETED and took < 5
+    assert reply.status is ReplyStatus.COMPLETED
     assert bot.backend.prompts[0].current.text == text.replace("bob@example.com", "[email removed]")
 
 
@@ -389,13 +386,21 @@ ADVERSARIAL = {
 }
 
 
+# The adversarial inputs made of secret-like text; in the others there is nothing to find.
+SECRET_LIKE = {"key headers", "credentials"}
+
+
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
-def test_100_kb_adversarial_input_is_checked_in_well_under_a_second(checker, name):
+def test_100_kb_adversarial_input_is_checked_without_false_findings(checker, name):
+    # How fast belongs to bench/, not here: this checks what comes out.
     text = ADVERSARIAL[name]
-    started = time.perf_counter()
-    checker.check(text, "in")
-    checker.check(text, "out", final=True)
-    assert time.perf_counter() - started < 0.5, name
+    for direction in ("in", "out"):
+        verdict = checker.check(text, direction, final=True)
+        found = {(d.finding.category, d.action) for d in verdict.decisions}
+        if name in SECRET_LIKE:
+            assert found == {("secret", "redact")} and verdict.text != text, name
+        else:
+            assert found == set() and verdict.text == text, name
 
 
 # -- stored events --------------------------------------------------------------------------------
