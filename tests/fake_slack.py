@@ -256,7 +256,7 @@ class FakeSlack:
     async def _send_envelope(self, kind: str, payload: dict[str, Any], retry_attempt: int) -> Envelope:
         envelope = Envelope(uuid.uuid4().hex, kind, payload, retry_attempt)
         self.envelopes.append(envelope)
-        await asyncio.wait_for(self._socket_ready.wait(), 10)
+        await asyncio.wait_for(self._socket_ready.wait(), WAIT_TIMEOUT)
         assert self._socket is not None
         await self._socket.send_str(envelope.frame())
         return envelope

@@ -297,5 +297,5 @@ def test_botkit_chat_listens_a_second_chat_goes_on_without_the_socket_and_cleanu
         assert request_sync(sock, {"command": "status"})["pid"] == first.pid
     finally:
         first.stdin.close()
-        assert first.wait(timeout=30) == 0, first.stderr.read() if first.stderr else ""
+        assert first.wait(timeout=60) == 0, first.stderr.read() if first.stderr else ""
     assert not sock.exists()

@@ -401,6 +401,6 @@ def test_the_running_bot_answers_with_the_deployed_adapter_without_a_restart(con
         assert ask("What is the capital of France?") == base
     finally:
         bot.stdin.close()
-        assert bot.wait(timeout=30) == 0, bot.stderr.read() if bot.stderr else ""
+        assert bot.wait(timeout=60) == 0, bot.stderr.read() if bot.stderr else ""
     assert not socket_path.exists()
     assert config.read_text(encoding="utf-8") == CONFIG

@@ -74,7 +74,7 @@ async def test_botkit_run_connects_to_discord_and_answers(tmp_path):
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
-            stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+            stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, stderr.decode()
     output = stdout.decode() + stderr.decode()
     assert "Traceback" not in output

@@ -84,7 +84,7 @@ class Chat:
                 return line.removeprefix("botkit> ").strip()
 
     def close(self) -> str:
-        out, err = self.process.communicate(":quit\n", timeout=30)
+        out, err = self.process.communicate(":quit\n", timeout=60)
         assert self.process.returncode == 0, err
         return err
 

@@ -14,6 +14,7 @@ from botkit.plugins.moderation.classifier import load_model
 from botkit.plugins.moderation.detectors import luhn_valid
 from botkit.plugins.moderation.moderator import segment_ends
 from botkit.storage import ModerationEventRecord, UserRecord
+from botkit.testing import WAIT_TIMEOUT
 
 NOTICE_IN = ModerationSettings().input_notice
 NOTICE_OUT = ModerationSettings().output_notice
@@ -56,7 +57,7 @@ def only(category: str, action: str, direction: str) -> dict:
 
 
 async def events(bot) -> list[ModerationEventRecord]:
-    assert await event_log(bot).flush(5)
+    assert await event_log(bot).flush(WAIT_TIMEOUT)
     async with bot.db.sessions() as session:
         return list(await session.scalars(select(ModerationEventRecord).order_by(ModerationEventRecord.id)))
 
@@ -443,7 +444,7 @@ async def test_a_database_error_never_breaks_a_reply(make_bot, caplog, monkeypat
             reply = await bot.chat.say("mail bob@example.com")
             assert not await log.flush(0.2)
         monkeypatch.undo()
-        assert await log.flush(5)
+        assert await log.flush(WAIT_TIMEOUT)
         async with bot.db.sessions() as session:
             stored = await session.scalar(select(func.count()).select_from(ModerationEventRecord))
     assert reply.status is ReplyStatus.COMPLETED

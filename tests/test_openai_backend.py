@@ -90,12 +90,13 @@ async def test_stop_cancels_a_streaming_reply_and_the_next_one_works(make_bot, e
     async with make_bot(openai_bot(engine.base_url, max_tokens=400), plugins=PLUGINS) as bot:
         task, story = bot.chat.say_nowait(STORY, user="alice", channel="one")
         await until_streaming(story)
-        stop = await asyncio.wait_for(bot.chat.say("/stop", user="alice", channel="one"), 2)
-        await asyncio.wait_for(task, 5)
+        stop = await asyncio.wait_for(bot.chat.say("/stop", user="alice", channel="one"), WAIT_TIMEOUT)
+        await asyncio.wait_for(task, WAIT_TIMEOUT)
         after = await bot.chat.say(FRANCE, user="alice", channel="one")
     assert stop.texts == ["Stopped."]
     assert story.status is ReplyStatus.STOPPED and story.final.endswith("[stopped]")
-    assert len(story.updates) < 100
+    # Well short of the 400 tokens asked for; tokens made while /stop was on its way still show.
+    assert len(story.updates) < 200
     assert after.status is ReplyStatus.COMPLETED and after.final.strip()
 
 

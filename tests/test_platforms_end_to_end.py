@@ -138,20 +138,20 @@ async def test_botkit_run_serves_discord_and_slack_in_one_process(tmp_path):
         process = await botkit_run(write_config(tmp_path, fake_discord, fake_slack), env)
         try:
             await asyncio.wait_for(fake_discord.ready.wait(), 60)
-            await fake_slack.wait_connected(timeout=30)
+            await fake_slack.wait_connected(timeout=60)
             await fake_discord.say("hello", mention_bot=True)
             event = fake_slack.mention("C1", "hello")
             await fake_slack.send_event(event)
             await fake_discord.wait_for(
-                lambda: texts(fake_discord) == ["hi there"], timeout=30, what="Discord"
+                lambda: texts(fake_discord) == ["hi there"], timeout=60, what="Discord"
             )
             await fake_slack.wait_for(
-                lambda: replies(fake_slack, "C1", event["ts"]) == ["hi there"], timeout=30
+                lambda: replies(fake_slack, "C1", event["ts"]) == ["hi there"], timeout=60
             )
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
-            stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+            stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, stderr.decode()
     output = stdout.decode() + stderr.decode()
     assert "Traceback" not in output
