@@ -41,12 +41,15 @@ and awaits the backend's events::
         assert reply.status is ReplyStatus.STOPPED
 
 ``backend.add_reply("partial ", gate, "rest")`` holds a reply after its first
-chunk; ``await backend.wait_for_generation(n)`` and ``await
-backend.wait_for_chunks(n)`` wait for the ``n``-th generation to begin and for
-``n`` chunks to be sent. For an effect that completes in the background (a
-write-behind store, a task an adapter started), poll with a deadline: ``await
-eventually(lambda: condition)``. Every wait fails with ``TimeoutError`` after
-``WAIT_TIMEOUT`` seconds rather than hanging.
+chunk, and ``first, second = backend.say_in_parts("One ", "two ", "three")``
+after each part, so that a test sees each part delivered (a streaming edit, a
+filter on a partial reply) before it opens the next. ``await
+backend.wait_for_generation(n)`` and ``await backend.wait_for_chunks(n)`` wait
+for the ``n``-th generation to begin and for ``n`` chunks to be sent. For an
+effect that completes in the background (a write-behind store, a task an
+adapter started), poll with a deadline: ``await eventually(lambda: condition)``.
+Every wait fails with ``TimeoutError`` after ``WAIT_TIMEOUT`` seconds rather
+than hanging.
 """
 
 from __future__ import annotations

@@ -39,6 +39,20 @@ async def test_a_gate_after_the_first_chunk_shows_the_partial_reply(make_bot):
     assert reply.final == "partial rest"
 
 
+async def test_a_reply_in_parts_waits_after_each_part_but_the_last(make_bot):
+    async with make_bot() as bot:
+        first, second = bot.backend.say_in_parts("One ", "two ", "three")
+        task, reply = bot.chat.say_nowait("count")
+        await first.reached()
+        assert reply.updates[-1] == "One "
+        first.open()
+        await second.reached()
+        assert reply.updates[-1] == "One two "
+        second.open()
+        await task
+    assert reply.final == "One two three"
+
+
 async def test_generations_and_chunks_are_counted_across_replies(make_bot):
     async with make_bot() as bot:
         bot.backend.say("one two")

@@ -14,9 +14,11 @@ the backend reports instead:
 - a ``Gate`` among a reply's chunks holds the stream there until the test
   opens it: ``gate = backend.hold("answer")`` queues a reply that waits before
   its first chunk, ``backend.add_reply("partial ", gate, "rest")`` one that waits
-  after its first. ``await gate.reached()`` returns once the stream waits at
-  the gate; ``gate.open()`` lets it go on. A held stream still ends when the
-  request is cancelled (``/stop``, shutdown) or times out.
+  after its first, and ``backend.say_in_parts("Hello ", "there")`` one that waits
+  after each part but the last (it returns those gates). ``await gate.reached()``
+  returns once the stream waits at the gate; ``gate.open()`` lets it go on. A
+  held stream still ends when the request is cancelled (``/stop``, shutdown)
+  or times out.
 
 Each wait raises ``TimeoutError``, saying what never happened, after
 ``timeout`` seconds (default ``WAIT_TIMEOUT``), so a broken test fails instead
