@@ -188,10 +188,13 @@ class ScriptedBackend(Backend):
         """Queue one reply of ``parts`` (each streamed word by word) that waits at a gate after each
         part but the last; returns those gates in order. A test sees each part delivered, then opens
         the next gate: a reply streamed in steps, however fast or slow the machine."""
+        def words(part: str) -> list[Piece]:
+            return [word for word in split_words(part) if word]  # "a " gives no empty last chunk
+
         gates = [Gate() for _ in parts[1:]]
-        pieces: list[Piece] = list(split_words(parts[0])) if parts else []
+        pieces = words(parts[0]) if parts else []
         for gate, part in zip(gates, parts[1:], strict=True):
-            pieces += [gate, *split_words(part)]
+            pieces += [gate, *words(part)]
         self.add_reply(*pieces)
         return gates
 
