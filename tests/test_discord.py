@@ -129,7 +129,9 @@ async def test_dm_and_channel_messages_become_botkit_messages(make_bot, discord)
         await discord.say(f"ask <@{discord.alice['id']}> about it", author=discord.bob, mention_bot=True)
         await discord.wait_for(lambda: len(recorder.replies) == 2)
 
-    private, public = (message for message, _ in recorder.replies)
+    # Two conversations: either may be answered first.
+    by_place = {message.is_dm: message for message, _ in recorder.replies}
+    private, public = by_place[True], by_place[False]
     assert (private.platform, private.is_dm, private.channel_id) == ("discord", True, dm)
     assert private.author.id == discord.bob["id"] and private.author.name == "Bob"
     assert (public.is_dm, public.channel_id, public.thread_id) == (False, discord.general, None)
