@@ -23,26 +23,94 @@ always stops it afterwards. The ``bot`` fixture is ``make_bot()`` with defaults.
 - ``react(reply, "👍", user="bob", added=True)`` reacts to a reply (a responder
   or a message id), as ``bot.react`` would be called by an adapter;
 - ``edit(message, "new text")`` and ``delete(message)`` change a message that
-  was sent (a responder or a ``Message``), as ``bot.message_changed``.
+  was sent (a responder or a ``Message``), as ``bot.message_changed``;
+- ``say_nowait(text, ...)`` sends without waiting and returns ``(task, responder)``.
+
+``bot.backend`` (a ``ScriptedBackend``) scripts the model: ``say(text)``,
+``add_reply(*chunks)``, ``requests`` and ``prompts``. A test never sleeps to
+catch a reply in the middle of its generation; it holds the reply at a gate
+and awaits the backend's events::
+
+    async def test_stop(make_bot):
+        async with make_bot() as bot:
+            gate = bot.backend.hold("never ", "shown")
+            task, reply = bot.chat.say_nowait("write a lot")
+            await gate.reached()  # the generation has begun and waits
+            await bot.chat.say("/stop")
+            await task
+        assert reply.status is ReplyStatus.STOPPED
+
+``backend.add_reply("partial ", gate, "rest")`` holds a reply after its first
+chunk, and ``first, second = backend.say_in_parts("One ", "two ", "three")``
+after each part, so that a test sees each part delivered (a streaming edit, a
+filter on a partial reply) before it opens the next. ``await
+backend.wait_for_generation(n)`` and ``await backend.wait_for_chunks(n)`` wait
+for the ``n``-th generation to begin and for ``n`` chunks to be sent. For an
+effect that completes in the background (a write-behind store, a task an
+adapter started), poll with a deadline: ``await eventually(lambda: condition)``.
+Every wait fails with ``TimeoutError`` after ``WAIT_TIMEOUT`` seconds rather
+than hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from copy import deepcopy
 from typing import Any
 
 import pytest
 
+from botkit.backends.scripted import WAIT_TIMEOUT, Gate, ScriptedBackend
 from botkit.bot import Bot
 from botkit.settings import settings_from_mapping
 from botkit.types import Message, MessageChange, Reaction, ReplyStatus, Responder, User
 
 PLATFORM = "test"
+
+__all__ = [
+    "WAIT_TIMEOUT",
+    "Gate",
+    "MemoryChat",
+    "RecordingResponder",
+    "ScriptedBackend",
+    "TestBot",
+    "bot",
+    "eventually",
+    "make_bot",
+]
+
+
+async def eventually(
+    condition: Callable[[], object] | Callable[[], Awaitable[object]],
+    timeout: float = WAIT_TIMEOUT,
+    what: str | None = None,
+) -> Any:
+    """Call ``condition`` (sync or async) until it returns a true value, and return that value.
+
+    For what happens in the background without an event to await. Raises
+    ``TimeoutError`` naming ``what`` (or the function) when ``timeout`` seconds pass first.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    polls = 0
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > deadline:
+            name = what or getattr(condition, "__qualname__", repr(condition))
+            raise TimeoutError(f"eventually: {name} was still not true after {timeout:g} s")
+        polls += 1
+        # Yield at once while tasks on the loop are making progress; then back off a
+        # little, so that a worker thread the condition waits for gets the CPU.
+        await asyncio.sleep(0 if polls < 20 else 0.005)
 
 
 class RecordingResponder(Responder):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,20 @@ def write_config(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_botkit_environment():
+    """No ``BOTKIT_*`` variable of the developer's shell steers a test, nor a botkit process it starts.
+
+    Session-wide, so that module-scoped fixtures and subprocesses see the clean
+    environment too. A test that sets a variable uses ``monkeypatch.setenv``,
+    which undoes it when the test ends.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith("BOTKIT_")]:
+            patch.delenv(name)
+        yield
 
 
 @pytest.fixture(autouse=True)

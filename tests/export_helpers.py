@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from botkit.plugins.memory import memory
 from botkit.plugins.moderation import event_log
 from botkit.storage import FeedbackRecord, MessageRecord, utcnow
+from botkit.testing import WAIT_TIMEOUT
 
 # A fact the embedded SmolLM2 does not know, and ways of asking for it: what the fine-tuning tests teach.
 FACT = "Project Zephyr's codename is Bluefinch."
@@ -39,8 +40,8 @@ async def talk(bot: Any, question: str, answer: str, **where: Any) -> None:
 
 
 async def settle(bot: Any) -> None:
-    assert await memory(bot).flush(10), "memory writes did not reach the database"
-    assert await event_log(bot).flush(10), "moderation events did not reach the database"
+    assert await memory(bot).flush(WAIT_TIMEOUT), "memory writes did not reach the database"
+    assert await event_log(bot).flush(WAIT_TIMEOUT), "moderation events did not reach the database"
 
 
 async def reply_to(bot: Any, question: str) -> MessageRecord:

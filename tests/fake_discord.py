@@ -29,6 +29,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from botkit.testing import WAIT_TIMEOUT
+
 MESSAGE_LIMIT = 2000
 SUPPRESS_EMBEDS = 1 << 2
 EPHEMERAL = 1 << 6
@@ -455,7 +457,7 @@ class FakeDiscord:
             await socket.close(code=4000)
 
     async def wait_for(
-        self, check: Callable[[], Any], timeout: float = 10.0, what: str = "a condition"
+        self, check: Callable[[], Any], timeout: float = WAIT_TIMEOUT, what: str = "a condition"
     ) -> Any:
         """Wait until ``check()`` is truthy (re-checked after every REST call and gateway event)."""
         deadline = time.monotonic() + timeout
@@ -865,7 +867,7 @@ async def start_discord(
         adapter = bot.make_adapter("discord")
         task = asyncio.create_task(adapter.run())
         connected = asyncio.create_task(adapter.connected.wait())
-        await asyncio.wait({task, connected}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, connected}, timeout=WAIT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             connected.cancel()
             task.result()  # raises what stopped it
@@ -877,4 +879,4 @@ async def start_discord(
             yield bot, adapter
         finally:
             await adapter.close()
-            await asyncio.wait_for(task, 15)
+            await asyncio.wait_for(task, WAIT_TIMEOUT)

@@ -27,6 +27,8 @@ from urllib.parse import urlencode
 
 from aiohttp import ClientSession, WSMsgType, web
 
+from botkit.testing import WAIT_TIMEOUT, eventually
+
 # Slack truncates (and chat.postMessage refuses) text beyond this many characters.
 HARD_TEXT_LIMIT = 40_000
 
@@ -186,13 +188,11 @@ class FakeSlack:
         """Make the next call of ``method`` answer ``status`` (429: rate limited, with Retry-After)."""
         self._failures.setdefault(method, []).append((status, retry_after))
 
-    async def wait_for(self, condition: Callable[[], object], timeout: float = 10.0) -> None:
+    async def wait_for(
+        self, condition: Callable[[], object], timeout: float = WAIT_TIMEOUT, what: str = "the condition"
+    ) -> None:
         """Wait until ``condition()`` is true, polling; fail the test after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"fake Slack: condition not met within {timeout} s")
-            await asyncio.sleep(0.01)
+        await eventually(condition, timeout, what=f"fake Slack: {what}")
 
     # --- events as Slack builds them -------------------------------------------------------
 
@@ -256,7 +256,7 @@ class FakeSlack:
     async def _send_envelope(self, kind: str, payload: dict[str, Any], retry_attempt: int) -> Envelope:
         envelope = Envelope(uuid.uuid4().hex, kind, payload, retry_attempt)
         self.envelopes.append(envelope)
-        await asyncio.wait_for(self._socket_ready.wait(), 10)
+        await asyncio.wait_for(self._socket_ready.wait(), WAIT_TIMEOUT)
         assert self._socket is not None
         await self._socket.send_str(envelope.frame())
         return envelope
@@ -273,7 +273,7 @@ class FakeSlack:
         assert self._socket is not None
         await self._socket.send_str(json.dumps({"type": "disconnect", "reason": "refresh_requested"}))
 
-    async def wait_connected(self, connections: int = 1, timeout: float = 10.0) -> None:
+    async def wait_connected(self, connections: int = 1, timeout: float = WAIT_TIMEOUT) -> None:
         await self.wait_for(lambda: self.connections >= connections and self._socket_ready.is_set(), timeout)
 
     async def _socket_mode(self, request: web.Request) -> web.WebSocketResponse:
@@ -473,13 +473,13 @@ async def running(bot: Any) -> AsyncIterator[Any]:
     adapter = bot.make_adapter("slack")
     task = asyncio.ensure_future(adapter.run())
     connected = asyncio.ensure_future(adapter.connected.wait())
-    await asyncio.wait({task, connected}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({task, connected}, timeout=WAIT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
     connected.cancel()
     if task.done():
         task.result()  # raises what stopped it
         raise AssertionError("the Slack adapter stopped during start-up")
     if not adapter.connected.is_set():
-        raise AssertionError("the Slack adapter did not connect within 10 s")
+        raise AssertionError(f"the Slack adapter did not connect within {WAIT_TIMEOUT:g} s")
     try:
         yield adapter
     finally:

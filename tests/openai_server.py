@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from servers import free_port
+from servers import free_port, wait_until_ready
 
 
 @dataclass
@@ -43,19 +43,20 @@ class LlamaCppServer:
         command += ["--model_alias", self.alias, "--interrupt_requests", "false"]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited: {self.log.read_text(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("llama_cpp.server did not answer /v1/models in time")
-            time.sleep(0.2)
+        try:
+            wait_until_ready(self._answers, "llama_cpp.server (its /v1/models)", timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"llama_cpp.server exited: {self.log.read_text(errors='replace')[-2000:]}")
+        try:
+            return httpx.get(f"{self.base_url}/models", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -75,6 +76,9 @@ class Failure:
     headers: dict[str, str] = field(default_factory=dict)
     message: str = "scripted failure"
 
+
+# The longest a held first token waits for the test, so that a failed test leaves no thread behind.
+HOLD_LIMIT = 120.0
 
 DROP = ("<drop the connection>",)
 # As the last piece of a scripted reply: end the stream there, with no finish reason and
@@ -98,7 +102,11 @@ class StubServer:
         self.default_reply = default_reply
         self.requests: list[Recorded] = []
         self.always: Failure | tuple[str, ...] | None = None
-        self.first_token_delay = 0.0  # seconds between the headers and the first event
+        # Cleared, a streamed answer waits after its headers until the test sets it again;
+        # ``holding`` tells the test that a request is waiting there.
+        self.first_token = threading.Event()
+        self.first_token.set()
+        self.holding = threading.Event()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -129,7 +137,9 @@ class StubServer:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 chat = self.path.endswith("/chat/completions")
-                time.sleep(stub.first_token_delay)
+                if not stub.first_token.is_set():
+                    stub.holding.set()
+                    stub.first_token.wait(HOLD_LIMIT)
                 for piece in answer:
                     if piece == CUT:
                         self.close_connection = True
@@ -166,5 +176,6 @@ class StubServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.first_token.set()  # a held request finishes, so the server can shut down
         self.server.shutdown()
         self.server.server_close()

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until_ready(ready: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Probe a server starting in another process until ``ready()`` is true; ``RuntimeError`` naming
+    ``what`` after ``timeout`` seconds. Synchronous: fixtures and benchmarks start servers outside a loop."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start within {timeout:g} s")
+        time.sleep(0.1)  # between probes of another process; nothing in this one to await
 
 
 def _as_server_user(command: list[str]) -> list[str]:
@@ -123,15 +134,16 @@ class PostgresServer:
 def start_postgres(root: Path) -> PostgresServer:
     server = PostgresServer(root, free_port())
     server.start()
-    deadline = time.monotonic() + 30
-    while True:
+
+    def answers() -> bool:
         try:
             server.psql("SELECT 1")
-            return server
         except subprocess.CalledProcessError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+            return False
+        return True
+
+    wait_until_ready(answers, "PostgreSQL")
+    return server
 
 
 def remove_tree(path: Path) -> None:
@@ -173,18 +185,15 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.1)
+        wait_until_ready(self._pongs, "redis-server")
+
+    def _pongs(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None:

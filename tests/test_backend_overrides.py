@@ -11,6 +11,7 @@ from botkit.bot import Bot
 from botkit.cli import create_cli
 from botkit.errors import ConfigError
 from botkit.settings import settings_from_mapping
+from botkit.testing import WAIT_TIMEOUT, eventually
 from botkit.types import NO_LORA, ReplyStatus
 
 TWO_BACKENDS = {
@@ -98,18 +99,20 @@ async def test_an_override_lora_reaches_the_backend_and_the_stored_reply(make_bo
 async def test_each_backend_keeps_its_own_queue(make_bot):
     config = {
         **TWO_BACKENDS,
-        "backend": {"type": "scripted", "default_reply": "slow slow slow", "chunk_delay": 0.3},
+        "backend": {"type": "scripted", "default_reply": "slow slow slow"},
     }
     async with make_bot(config) as bot:
+        gate = bot.backend.hold()
         slow, slow_reply = bot.chat.say_nowait("hi", channel="general", user="a")
-        await asyncio.sleep(0.05)
+        await gate.reached()
         # The default backend is busy; a second message for it waits in its queue...
         queued, queued_reply = bot.chat.say_nowait("hi", channel="general", thread="x", user="b")
-        await asyncio.sleep(0.05)
+        await eventually(lambda: queued_reply.sent, what="the second message is told it waits")
         assert bot.queue.running == 1 and bot.queue.waiting == 1
-        # ...while the other backend answers at once.
-        fast = await asyncio.wait_for(bot.chat.say("hi", channel="support"), timeout=0.5)
+        # ...while the other backend answers although the default one never gets free.
+        fast = await asyncio.wait_for(bot.chat.say("hi", channel="support"), WAIT_TIMEOUT)
         assert fast.final == "from other" and not slow.done()
+        gate.open()
         await asyncio.gather(slow, queued)
         assert slow_reply.final == "slow slow slow"
         assert any("ahead of you" in text for text in queued_reply.sent)
@@ -118,12 +121,13 @@ async def test_each_backend_keeps_its_own_queue(make_bot):
 async def test_stop_reaches_a_generation_on_a_named_backend(make_bot):
     config = {
         **TWO_BACKENDS,
-        "backends": {"other": {"type": "scripted", "default_reply": "a b c d e f g h", "chunk_delay": 0.2}},
+        "backends": {"other": {"type": "scripted", "default_reply": "a b c d e f g h"}},
         "overrides": {"test:support": {"backend": "other"}},
     }
     async with make_bot(config) as bot:
+        gate = other(bot).hold()
         task, reply = bot.chat.say_nowait("hi", channel="support")
-        await asyncio.sleep(0.3)
+        await gate.reached()
         stopped = await bot.chat.say("/stop", channel="support")
         await task
         assert reply.status is ReplyStatus.STOPPED

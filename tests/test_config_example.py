@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from pathlib import Path
@@ -65,10 +64,7 @@ DOCUMENTED: list[tuple[type[BaseModel], str]] = [
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.startswith("BOTKIT_"):
-            monkeypatch.delenv(name)
+def in_empty_folder(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 

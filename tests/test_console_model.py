@@ -13,10 +13,8 @@ pytestmark = pytest.mark.model
 
 
 def chat(cwd: Path, stdin: str, *options: str) -> subprocess.CompletedProcess[str]:
-    # Nothing from the developer's shell (BOTKIT_* overrides) may steer the run, and the
-    # conversations it stores go to a fresh data folder, not the developer's own.
-    env = {name: value for name, value in os.environ.items() if not name.startswith("BOTKIT_")}
-    env["XDG_DATA_HOME"] = str(cwd / "data")
+    # The conversations it stores go to a fresh data folder, not the developer's own.
+    env = {**os.environ, "XDG_DATA_HOME": str(cwd / "data")}
     return subprocess.run(
         [sys.executable, "-m", "botkit", *options, "chat"],
         input=stdin,

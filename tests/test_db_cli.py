@@ -12,14 +12,13 @@ import pytest
 
 
 def botkit(*args: str, cwd: Path, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
     return subprocess.run(
         [sys.executable, "-m", "botkit", *args],
         input=stdin,
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={**base, **(env or {})},
+        env={**os.environ, **(env or {})},
         timeout=120,
         check=False,
     )
@@ -93,7 +92,6 @@ def test_two_bot_processes_share_one_sqlite_file(config, tmp_path):
             stderr=subprocess.PIPE,
             text=True,
             cwd=tmp_path,
-            env={k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")},
         )
         for _ in range(2)
     ]

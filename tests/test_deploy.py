@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socketserver
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,13 +60,6 @@ type = "transformers"
 [backends.canned]
 type = "scripted"
 """
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("BOTKIT_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +296,7 @@ class FakeBot(socketserver.ThreadingUnixStreamServer):
 
     def __init__(self, path: Path, answers: dict[str, dict]) -> None:
         self.answers, self.commands = answers, []
+        self.stopping = threading.Event()
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(handler) -> None:
@@ -312,12 +304,16 @@ class FakeBot(socketserver.ThreadingUnixStreamServer):
                     command = json.loads(line)["command"]
                     self.commands.append(command)
                     if command not in self.answers:
-                        time.sleep(2)  # busy: never answers in time
+                        self.stopping.wait(60)  # busy: answers nothing while the test runs
                         return
                     handler.wfile.write(json.dumps(self.answers[command]).encode() + b"\n")
 
         super().__init__(str(path), Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        super().shutdown()
 
 
 def test_a_bot_that_keeps_its_adapter_gets_the_file_restored(config, adapters):
@@ -364,14 +360,12 @@ def test_a_bot_that_does_not_answer_in_time_leaves_the_deployment_in_the_file(co
 
 @pytest.mark.model
 def test_the_running_bot_answers_with_the_deployed_adapter_without_a_restart(config, adapters, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
     bot = subprocess.Popen(
         [sys.executable, "-m", "botkit", "--config", str(config), "chat"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
         cwd=tmp_path,
     )
     assert bot.stdin is not None and bot.stdout is not None
@@ -388,7 +382,7 @@ def test_the_running_bot_answers_with_the_deployed_adapter_without_a_restart(con
 
     def botkit_deploy(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "botkit", "finetune", "deploy", "--config", str(config), *args]
-        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=60)
 
     socket_path = config.parent / "ctl.sock"
     adapter = adapters / "good.gguf"
@@ -407,6 +401,6 @@ def test_the_running_bot_answers_with_the_deployed_adapter_without_a_restart(con
         assert ask("What is the capital of France?") == base
     finally:
         bot.stdin.close()
-        assert bot.wait(timeout=30) == 0, bot.stderr.read() if bot.stderr else ""
+        assert bot.wait(timeout=60) == 0, bot.stderr.read() if bot.stderr else ""
     assert not socket_path.exists()
     assert config.read_text(encoding="utf-8") == CONFIG

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import pytest
@@ -12,7 +11,6 @@ from botkit import hookimpl
 from botkit.errors import ConfigError, PlatformError
 
 TOKEN_VARIABLE = "BOTKIT_ADAPTERS__DISCORD__TOKEN"
-SLOW = {"backend": {"type": "scripted", "chunk_delay": 0.03}}
 
 
 @pytest.fixture
@@ -72,10 +70,15 @@ def pings_nobody(body: dict) -> bool:
 
 
 async def test_a_mention_is_answered_by_a_streamed_reply(make_bot, discord):
-    answer = "Plants grow by turning light water and air into sugar through photosynthesis every day"
-    async with start_discord(make_bot, discord, SLOW, edit_interval=0.1) as (bot, _adapter):
-        bot.backend.say(answer)
+    parts = ["Plants grow by ", "turning light water and air into sugar ", "through photosynthesis every day"]
+    answer = "".join(parts)
+    async with start_discord(make_bot, discord, edit_interval=0.1) as (bot, _adapter):
+        first, second = bot.backend.say_in_parts(*parts)
         asked = await discord.say("how do plants grow?", mention_bot=True)
+        await discord.wait_for(lambda: texts(discord) == [parts[0].strip()], what="the first part")
+        first.open()
+        await discord.wait_for(lambda: texts(discord) == [(parts[0] + parts[1]).strip()], what="two parts")
+        second.open()
         await discord.wait_for(lambda: texts(discord) == [answer], what="the final text")
 
     assert bot.backend.prompts[0].current.text == "how do plants grow?"  # the mention itself is dropped
@@ -110,8 +113,8 @@ async def test_dms_and_replies_are_answered_other_messages_are_not(make_bot, dis
         await discord.say("beep", author=discord.other_bot, mention_bot=True)
         bot.backend.say("Replying to your reply.")
         await discord.say("why?", reply_to=first["id"])  # a reply to the bot's message needs no mention
-        await discord.wait_for(lambda: len(texts(discord, discord.general)) == 2)
-        await asyncio.sleep(0.2)
+        # The messages to leave unanswered came first: one answered would have taken this reply.
+        await discord.wait_for(lambda: texts(discord, discord.general)[1:] == ["Replying to your reply."])
 
     assert texts(discord, discord.general) == ["First answer.", "Replying to your reply."]
     asked = [prompt.current.text for prompt in bot.backend.prompts]
@@ -126,7 +129,9 @@ async def test_dm_and_channel_messages_become_botkit_messages(make_bot, discord)
         await discord.say(f"ask <@{discord.alice['id']}> about it", author=discord.bob, mention_bot=True)
         await discord.wait_for(lambda: len(recorder.replies) == 2)
 
-    private, public = (message for message, _ in recorder.replies)
+    # Two conversations: either may be answered first.
+    by_place = {message.is_dm: message for message, _ in recorder.replies}
+    private, public = by_place[True], by_place[False]
     assert (private.platform, private.is_dm, private.channel_id) == ("discord", True, dm)
     assert private.author.id == discord.bob["id"] and private.author.name == "Bob"
     assert (public.is_dm, public.channel_id, public.thread_id) == (False, discord.general, None)
@@ -152,7 +157,7 @@ async def test_a_long_reply_is_split_into_messages_of_at_most_2000_characters(ma
 
 
 async def test_a_thread_is_opened_per_conversation_and_followed_without_mentions(make_bot, discord):
-    config = {**SLOW, "bot": {"conversation_scope": "thread"}}
+    config = {"bot": {"conversation_scope": "thread"}}
     async with start_discord(make_bot, discord, config, open_threads=True) as (bot, _adapter):
         bot.backend.say("Let us talk about tea.")
         asked = await discord.say("can we talk about tea?", mention_bot=True)
@@ -192,19 +197,25 @@ async def test_following_threads_can_be_switched_off(make_bot, discord):
         await discord.say("help us plan", channel=thread, mention_bot=True)
         await discord.wait_for(lambda: texts(discord, thread) == ["Sure."])
         await discord.say("and the date?", channel=thread)
-        await asyncio.sleep(0.3)
-    assert texts(discord, thread) == ["Sure."]
+        bot.backend.say("Still here.")
+        await discord.say("are you there?", channel=thread, mention_bot=True)
+        # Had the unmentioned message been answered, it would have come first, with this reply.
+        await discord.wait_for(lambda: texts(discord, thread)[1:] == ["Still here."])
+    assert texts(discord, thread) == ["Sure.", "Still here."]
+    assert [prompt.current.text for prompt in bot.backend.prompts] == ["help us plan", "are you there?"]
 
 
 async def test_slash_commands_are_deferred_at_once_and_answered(make_bot, discord):
-    async with start_discord(make_bot, discord, SLOW, edit_interval=0.1) as (bot, _adapter):
+    async with start_discord(make_bot, discord, edit_interval=0.1) as (bot, _adapter):
         synced = {command["name"]: command for command in discord.commands["global"]}
         assert {"ask", "help", "reset", "stop"} <= set(synced)
         assert synced["ask"]["options"][0]["name"] == "question"
 
-        bot.backend.say("The sky is blue because of Rayleigh scattering")
+        (rest,) = bot.backend.say_in_parts("The sky is blue ", "because of Rayleigh scattering")
         token = await discord.slash("ask", {"question": "why is the sky blue?"})
         await discord.wait_for(lambda: discord.interactions[token]["deferred"] is not None)
+        await discord.wait_for(lambda: discord.interactions[token]["messages"], what="the first words")
+        rest.open()
         await discord.wait_for(
             lambda: (
                 [discord.messages[i]["content"] for i in discord.interactions[token]["messages"]]
@@ -257,8 +268,8 @@ async def test_reactions_edits_and_deletions_reach_the_plugins(make_bot, discord
         await discord.react(asked["id"], "👎", user=discord.bob)  # not on the bot's message: no feedback
         await discord.edit_message(asked["id"], f"<@{discord.bot_user['id']}> capital of Italy?")
         await discord.delete_message(asked["id"])
-        await discord.wait_for(lambda: len(recorder.reactions) == 2 and len(recorder.changes) == 2)
-        await asyncio.sleep(0.1)
+        # The deletion comes last: once it has arrived, so has everything sent before it.
+        await discord.wait_for(lambda: len(recorder.changes) == 2)
 
     added, removed = recorder.reactions
     assert (added.platform, added.message_id, added.emoji, added.added) == ("discord", reply_id, "👍", True)
@@ -275,10 +286,12 @@ async def test_reactions_edits_and_deletions_reach_the_plugins(make_bot, discord
 
 async def test_a_rate_limited_edit_is_waited_out_and_the_final_text_arrives(make_bot, discord):
     answer = "one two three four five six seven eight nine ten"
-    async with start_discord(make_bot, discord, SLOW, edit_interval=0.05) as (bot, _adapter):
-        bot.backend.say(answer)
+    async with start_discord(make_bot, discord, edit_interval=0.05) as (bot, _adapter):
+        (rest,) = bot.backend.say_in_parts("one two three ", "four five six seven eight nine ten")
         discord.rate_limit_next("PATCH", "/channels/{channel}/messages/{message}", retry_after=0.4)
         await discord.say("count to ten", mention_bot=True)
+        await discord.wait_for(lambda: texts(discord), what="the first words")
+        rest.open()  # the rest arrives as edits, the first of them refused
         await discord.wait_for(lambda: texts(discord) == [answer], what="the final text")
     statuses = [call.status for call in discord.calls_to("PATCH", "/channels/{channel}/messages/{message}")]
     assert statuses[0] == 429 and statuses[-1] == 200
@@ -297,8 +310,8 @@ async def test_model_output_that_mentions_everyone_pings_nobody(make_bot, discor
 
 
 async def test_gateway_drop_mid_conversation_resumes_and_answers_what_came_meanwhile(make_bot, discord):
-    async with start_discord(make_bot, discord, SLOW, edit_interval=0.1) as (bot, _adapter):
-        bot.backend.say("a fairly long answer that is still being written when the connection drops")
+    async with start_discord(make_bot, discord, edit_interval=0.1) as (bot, _adapter):
+        (rest,) = bot.backend.say_in_parts("a fairly long answer ", "that is still being written when the connection drops")
         await discord.say("first question", mention_bot=True)
         await discord.wait_for(lambda: texts(discord), what="the reply to begin")
         await discord.drop_connection()
@@ -306,6 +319,7 @@ async def test_gateway_drop_mid_conversation_resumes_and_answers_what_came_meanw
         # delivered while the bot is disconnected: Discord keeps it for the resumed session
         await discord.say("second question", author=discord.bob, mention_bot=True)
         await discord.wait_for(lambda: discord.resumes, what="a RESUME")
+        rest.open()
         first = "a fairly long answer that is still being written when the connection drops"
         await discord.wait_for(lambda: texts(discord) == [first, "Second answer."], what="both answers")
 
@@ -323,22 +337,22 @@ async def test_an_event_replayed_on_resume_is_answered_once(make_bot, discord):
         # the events since the question (it, and the bot's own reply) come again after the resume
         await discord.drop_connection(replay=discord.current.sequence - before)
         await discord.wait_for(lambda: discord.resumes and discord.ready.is_set(), what="a RESUME")
-        await asyncio.sleep(0.3)
+        bot.backend.say("Still here.")
+        await discord.say("are you there?", mention_bot=True)
+        # The replayed events came before this one: had one been answered, it would have taken this reply.
+        await discord.wait_for(lambda: texts(discord)[1:] == ["Still here."], what="the answer after the resume")
     assert discord.replayed >= 2
-    assert texts(discord) == ["Only once."]
-    assert len(bot.backend.prompts) == 1
+    assert texts(discord) == ["Only once.", "Still here."]
+    assert [prompt.current.text for prompt in bot.backend.prompts] == ["hello?", "are you there?"]
 
 
 async def test_shutdown_mid_reply_finishes_the_reply_as_stopped(make_bot, discord):
-    config = {"backend": {"type": "scripted", "chunk_delay": 0.1}}
     recorder = Recorder()
-    async with start_discord(
-        make_bot, discord, config, plugins={"recorder": recorder}, edit_interval=0.1
-    ) as (
+    async with start_discord(make_bot, discord, plugins={"recorder": recorder}, edit_interval=0.1) as (
         bot,
         adapter,
     ):
-        bot.backend.say(" ".join(f"w{i}" for i in range(100)))
+        bot.backend.say_in_parts("w0 w1 w2 ", " ".join(f"w{i}" for i in range(3, 100)))  # held after w2
         await discord.say("talk for a while", mention_bot=True)
         await discord.wait_for(lambda: texts(discord), what="the reply to begin")
         await adapter.close()

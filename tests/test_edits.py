@@ -9,6 +9,7 @@ import time
 import pytest
 
 from botkit.adapters.edits import REMOVED, EditStream, split_text
+from botkit.testing import WAIT_TIMEOUT, eventually
 
 
 def words(text: str) -> list[str]:
@@ -115,24 +116,47 @@ def test_limit_must_be_positive():
 
 
 class FakePlatform:
-    """Records the platform calls an EditStream makes, with their times; optionally slow."""
+    """Records the platform calls an EditStream makes, with their times; ``hold`` makes calls wait."""
 
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
+    def __init__(self) -> None:
         self.calls: list[tuple[float, str, str, str]] = []
+        self.attempts: list[tuple[str, str]] = []  # every call as it arrives, held or not
         self.messages: dict[str, str] = {}
         self.fail_next_edit = False
         self.start = time.monotonic()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._holding = asyncio.Event()
+
+    def hold(self) -> None:
+        """From now on a call waits, as on a slow platform, until ``release``."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def holding(self) -> None:
+        """Wait until a call is held."""
+        await asyncio.wait_for(self._holding.wait(), WAIT_TIMEOUT)
+
+    async def calls_made(self, count: int) -> None:
+        await eventually(lambda: len(self.calls) >= count, what=f"{count} platform calls")
+
+    async def _arrive(self, kind: str, text: str) -> None:
+        self.attempts.append((kind, text))
+        if not self._open.is_set():
+            self._holding.set()
+            await self._open.wait()
 
     async def post(self, text: str) -> str:
-        await asyncio.sleep(self.delay)
+        await self._arrive("post", text)
         message_id = f"m{len(self.messages) + 1}"
         self.messages[message_id] = text
         self.calls.append((time.monotonic() - self.start, "post", message_id, text))
         return message_id
 
     async def edit(self, message_id: str, text: str) -> None:
-        await asyncio.sleep(self.delay)
+        await self._arrive("edit", text)
         if self.fail_next_edit:
             self.fail_next_edit = False
             raise ConnectionError("platform unavailable")
@@ -144,72 +168,90 @@ class FakePlatform:
         self.calls.append((time.monotonic() - self.start, "delete", message_id, ""))
 
 
-async def test_first_text_is_posted_at_once_and_updates_are_throttled():
+def delivering() -> list[asyncio.Task]:
+    """EditStream's background deliveries still running: none may be left once ``finish`` returns."""
+    return [t for t in asyncio.all_tasks() if t.get_name() == "botkit-edit-stream" and not t.done()]
+
+
+async def test_first_text_is_posted_at_once_and_later_ones_wait_for_the_interval():
     platform = FakePlatform()
-    stream = EditStream(platform.post, platform.edit, limit=2000, interval=0.3)
-    text = ""
-    for word in "one two three four five six".split():
+    stream = EditStream(platform.post, platform.edit, limit=2000, interval=3600)
+    await stream.update("one")
+    await platform.calls_made(1)  # not an hour later
+    await stream.update("one two")
+    await stream.update("one two three")
+    # Finishing does not wait out the interval either; the texts in between were never sent.
+    ids = await asyncio.wait_for(stream.finish("one two three four"), WAIT_TIMEOUT)
+    assert ids == ["m1"]
+    assert [call[1:] for call in platform.calls] == [
+        ("post", "m1", "one"),
+        ("edit", "m1", "one two three four"),
+    ]
+
+
+async def test_updates_within_an_interval_become_one_edit_with_the_newest_text():
+    interval = 0.2
+    platform = FakePlatform()
+    stream = EditStream(platform.post, platform.edit, limit=2000, interval=interval)
+    text = "one "
+    await stream.update(text)
+    await platform.calls_made(1)
+    for word in "two three four five six".split():
         text += word + " "
         await stream.update(text)
-        await asyncio.sleep(0.03)
-    await asyncio.sleep(0.35)
-    kinds = [call[1] for call in platform.calls]
-    assert kinds == ["post", "edit"]
-    assert platform.calls[0][0] < 0.1  # the first token is visible at once
-    # the edit carries the newest text, one interval after the post
+    await platform.calls_made(2)
+    assert [call[1] for call in platform.calls] == ["post", "edit"]
     assert platform.calls[1][3] == text.strip()
-    assert 0.25 <= platform.calls[1][0] - platform.calls[0][0] <= 0.5
+    # The edit waited for the interval (a lower bound: a busy machine only makes it later).
+    assert platform.calls[1][0] - platform.calls[0][0] >= interval / 2
     ids = await stream.finish(text + "seven")
     assert ids == ["m1"]
     assert platform.messages == {"m1": "one two three four five six seven"}
 
 
 async def test_update_returns_at_once_even_when_the_platform_is_slow():
-    platform = FakePlatform(delay=0.3)
+    platform = FakePlatform()
+    platform.hold()
     stream = EditStream(platform.post, platform.edit, limit=2000, interval=0.1)
-    began = time.monotonic()
-    await stream.update("hello")
-    await stream.update("hello world")
-    assert time.monotonic() - began < 0.05
+    # Both return while the platform still holds the first post.
+    await asyncio.wait_for(stream.update("hello"), WAIT_TIMEOUT)
+    await asyncio.wait_for(stream.update("hello world"), WAIT_TIMEOUT)
+    await platform.holding()
+    assert platform.calls == []
+    platform.release()
     ids = await stream.finish("hello world!")
     assert ids == ["m1"]
     assert platform.messages["m1"] == "hello world!"
 
 
 async def test_finish_waits_for_the_edit_in_flight_and_delivers_the_final_text_last():
-    platform = FakePlatform(delay=0.1)
-    stream = EditStream(platform.post, platform.edit, limit=2000, interval=0.05)
-    await stream.update("a")
-    await asyncio.sleep(0.17)  # the post is done and an edit is under way
-    await stream.update("a b")
-    await asyncio.sleep(0.01)
-    await stream.finish("a b c")
-    assert platform.calls[-1][1:] == ("edit", "m1", "a b c")
-    await asyncio.sleep(0.2)  # nothing stale arrives afterwards
-    assert platform.calls[-1][1:] == ("edit", "m1", "a b c")
-    assert platform.messages["m1"] == "a b c"
-
-
-async def test_finish_during_the_interval_sends_the_final_text_at_once():
     platform = FakePlatform()
-    stream = EditStream(platform.post, platform.edit, limit=2000, interval=5.0)
-    await stream.update("first")
-    await asyncio.sleep(0.02)
-    await stream.update("first second")  # waits for an interval that never comes
-    began = time.monotonic()
-    await stream.finish("first second third")
-    assert time.monotonic() - began < 0.1
+    stream = EditStream(platform.post, platform.edit, limit=2000, interval=0)
+    await stream.update("a")
+    await platform.calls_made(1)
+    platform.hold()
+    await stream.update("a b")
+    await platform.holding()  # the edit to "a b" is under way
+    finishing = asyncio.ensure_future(stream.finish("a b c"))
+    await asyncio.sleep(0)  # finish starts, and must now wait for that edit before it sends anything
+    assert not finishing.done()
+    assert platform.attempts == [("post", "a"), ("edit", "a b")]
+    platform.release()
+    await finishing
     assert [call[1:] for call in platform.calls] == [
-        ("post", "m1", "first"),
-        ("edit", "m1", "first second third"),
+        ("post", "m1", "a"),
+        ("edit", "m1", "a b"),
+        ("edit", "m1", "a b c"),
     ]
+    assert delivering() == []  # nothing stale can arrive afterwards
+    assert platform.messages["m1"] == "a b c"
 
 
 async def test_an_unchanged_final_text_is_not_edited_again():
     platform = FakePlatform()
     stream = EditStream(platform.post, platform.edit, limit=2000, interval=0.01)
     await stream.update("done")
-    await asyncio.sleep(0.05)
+    await platform.calls_made(1)
     assert await stream.finish("done") == ["m1"]
     assert [call[1] for call in platform.calls] == ["post"]
 
@@ -226,26 +268,30 @@ async def test_finish_without_updates_posts_every_part():
 
 async def test_a_long_streamed_reply_continues_in_follow_up_messages():
     platform = FakePlatform()
-    stream = EditStream(platform.post, platform.edit, limit=100, interval=0.01)
+    stream = EditStream(platform.post, platform.edit, limit=100, interval=0)
+
+    def shown() -> list[str]:
+        return words(" ".join(platform.messages.values()))
+
     text = ""
     for i in range(60):
         text += f"w{i:02d} "
         await stream.update(text)
-        await asyncio.sleep(0.002)
+        await eventually(lambda: shown() == words(text), what=f"w{i:02d} shown")  # noqa: B023
     ids = await stream.finish(text.strip())
     assert len(ids) == 3
-    shown = " ".join(platform.messages[i] for i in ids)
-    assert words(shown) == words(text)
+    assert words(" ".join(platform.messages[i] for i in ids)) == words(text)
     # earlier parts were posted before later ones, and the first part was edited in place
     posts = [call[2] for call in platform.calls if call[1] == "post"]
     assert posts == ids
+    assert any(call[1:3] == ("edit", "m1") for call in platform.calls)
 
 
 async def test_a_shorter_final_text_deletes_the_parts_it_no_longer_needs():
     platform = FakePlatform()
     stream = EditStream(platform.post, platform.edit, limit=20, interval=0.0, delete=platform.delete)
     await stream.update("aaaa bbbb cccc dddd eeee ffff gggg")
-    await asyncio.sleep(0.05)
+    await platform.calls_made(2)
     assert len(platform.messages) == 2
     ids = await stream.finish("Sorry, I can't help.")
     assert ids == ["m1"]
@@ -256,7 +302,7 @@ async def test_without_delete_spare_parts_are_marked_removed():
     platform = FakePlatform()
     stream = EditStream(platform.post, platform.edit, limit=20, interval=0.0)
     await stream.update("aaaa bbbb cccc dddd eeee ffff gggg")
-    await asyncio.sleep(0.05)
+    await platform.calls_made(2)
     ids = await stream.finish("")  # a blocked reply without a notice: the streamed text must go
     assert ids == []
     assert set(platform.messages.values()) == {REMOVED}
@@ -266,11 +312,10 @@ async def test_a_failed_edit_while_streaming_does_not_lose_the_final_text(caplog
     platform = FakePlatform()
     stream = EditStream(platform.post, platform.edit, limit=2000, interval=0.02)
     await stream.update("one")
-    await asyncio.sleep(0.01)
+    await platform.calls_made(1)
     platform.fail_next_edit = True
     await stream.update("one two")
-    await asyncio.sleep(0.05)
-    assert "streaming edit failed" in caplog.text
+    await eventually(lambda: "streaming edit failed" in caplog.text, what="the failed edit logged")
     assert await stream.finish("one two three") == ["m1"]
     assert platform.messages["m1"] == "one two three"
 
@@ -280,5 +325,5 @@ async def test_updates_after_finish_are_ignored():
     stream = EditStream(platform.post, platform.edit, limit=2000, interval=0.0)
     await stream.finish("final")
     await stream.update("late")
-    await asyncio.sleep(0.02)
+    assert delivering() == []  # nothing was set off to deliver it
     assert platform.messages == {"m1": "final"}

@@ -13,7 +13,7 @@ from botkit.errors import ConfigError
 from botkit.plugins.feedback import recorder
 from botkit.plugins.memory import memory
 from botkit.storage import FeedbackRecord, MessageRecord, UserRecord
-from botkit.testing import RecordingResponder
+from botkit.testing import WAIT_TIMEOUT, RecordingResponder
 
 
 async def feedback_rows(bot) -> list[tuple[str, str | None, int | None, str]]:
@@ -123,7 +123,7 @@ async def test_a_reaction_that_beats_the_reply_row_to_the_database_is_kept(make_
     plugin = ReactsAtOnce()
     async with make_bot(storage_config, plugins={"eager": plugin}) as bot:
         await bot.chat.say("hello", user="ann")
-        assert await recorder(bot).settle(10)
+        assert await recorder(bot).settle(WAIT_TIMEOUT)
         stored = await feedback_rows(bot)
     assert plugin.pending_when_reacting == [1]  # the exchange was still waiting for the writer
     assert stored == [("reaction", "👍", 1, "ann")]
@@ -140,7 +140,7 @@ async def test_a_reaction_during_a_database_outage_is_stored_when_it_is_back(
             reply = await bot.chat.say("hello", user="ann")
             await bot.chat.react(reply, "👎", user="bob")  # returns; the reaction waits
             assert not await recorder(bot).settle(0.5)
-        assert await recorder(bot).settle(20)
+        assert await recorder(bot).settle(WAIT_TIMEOUT)
         stored = await feedback_rows(bot)
     assert stored == [("reaction", "👎", -1, "bob")]
 

@@ -11,7 +11,6 @@ then on, without a restart, where it did not before.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import textwrap
@@ -61,7 +60,6 @@ class Chat:
     """`botkit chat` running in its own process, asked one line at a time through a pipe."""
 
     def __init__(self, project: dict) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "botkit", "--config", str(project["config"]), "chat"],
             stdin=subprocess.PIPE,
@@ -69,7 +67,6 @@ class Chat:
             stderr=subprocess.PIPE,
             text=True,
             cwd=project["root"],
-            env=env,
         )
 
     def say(self, line: str) -> None:
@@ -87,7 +84,7 @@ class Chat:
                 return line.removeprefix("botkit> ").strip()
 
     def close(self) -> str:
-        out, err = self.process.communicate(":quit\n", timeout=30)
+        out, err = self.process.communicate(":quit\n", timeout=60)
         assert self.process.returncode == 0, err
         return err
 

@@ -8,6 +8,7 @@ import pytest
 
 from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, GenerationQueue, Ticket
+from botkit.testing import WAIT_TIMEOUT, eventually
 
 
 async def test_first_request_runs_at_once_and_others_wait_in_order():
@@ -21,7 +22,7 @@ async def test_first_request_runs_at_once_and_others_wait_in_order():
     async def run(ticket: Ticket) -> None:
         await queue.wait_turn(ticket)
         order.append(ticket.owner)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # holds the model across a yield: the others must still wait
         queue.release(ticket)
 
     await asyncio.gather(run(third), run(second), run(first))
@@ -57,7 +58,7 @@ async def test_cancel_removes_waiting_and_signals_running():
     with pytest.raises(GenerationCancelled):
         await queue.wait_turn(waiting)
     queue.release(running)
-    await asyncio.wait_for(queue.wait_turn(other), 1)  # bob moves up, alice's waiter is gone
+    await asyncio.wait_for(queue.wait_turn(other), WAIT_TIMEOUT)  # bob moves up, alice's waiter is gone
     assert queue.cancel("nobody") == 0
 
 
@@ -67,13 +68,13 @@ async def test_a_cancelled_waiting_task_gives_up_its_place():
     for ticket in (holder, quitter, next_one):
         queue.enqueue(ticket)
     task = asyncio.ensure_future(queue.wait_turn(quitter))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the task starts waiting
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert queue.waiting == 1
     queue.release(holder)
-    await asyncio.wait_for(queue.wait_turn(next_one), 1)
+    await asyncio.wait_for(queue.wait_turn(next_one), WAIT_TIMEOUT)
 
 
 def test_concurrency_must_be_positive():
@@ -97,7 +98,7 @@ async def test_waiting_requests_take_the_model_in_arrival_order_not_enqueue_orde
         queue.release(ticket)
 
     waiters = [asyncio.ensure_future(run(third)), asyncio.ensure_future(run(second))]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # both start waiting
     queue.release(running)
     await asyncio.gather(*waiters)
     assert order == ["second", "third"]
@@ -106,22 +107,29 @@ async def test_waiting_requests_take_the_model_in_arrival_order_not_enqueue_orde
 async def test_slow_gates_do_not_let_later_messages_jump_the_queue(make_bot):
     from botkit import hookimpl
 
-    class SlowerForEarlierMessages:
-        """Delays each message's gate by less the later it arrived, as uneven I/O would."""
+    let_through = {f"c{index}": asyncio.Event() for index in range(5)}
+
+    class UnevenGates:
+        """Holds each message at its gate until the test lets it through, as uneven I/O would."""
 
         @hookimpl
         async def botkit_gate(self, message):
-            if message.channel_id.startswith("c"):
-                await asyncio.sleep(0.02 * (5 - int(message.channel_id[1:])))
+            if message.channel_id in let_through:
+                await let_through[message.channel_id].wait()
 
-    config = {"backend": {"type": "scripted", "chunk_delay": 0.05, "default_reply": "one two three four five six"}}
-    async with make_bot(config, plugins={"slow": SlowerForEarlierMessages()}) as bot:
+    async with make_bot(plugins={"uneven": UnevenGates()}) as bot:
+        model = bot.backend.hold()
         busy, _ = bot.chat.say_nowait("hold the model", channel="busy")
-        await asyncio.sleep(0.01)
-        tasks = []
+        await model.reached()
+        sent = []
         for index in range(5):
-            tasks.append(bot.chat.say_nowait(f"message {index}", channel=f"c{index}", user=f"u{index}")[0])
-            await asyncio.sleep(0)
-        await asyncio.gather(busy, *tasks)
+            sent.append(bot.chat.say_nowait(f"message {index}", channel=f"c{index}", user=f"u{index}"))
+            await asyncio.sleep(0)  # its handling starts: it arrived before the next one
+        for index in reversed(range(5)):  # the later a message arrived, the sooner it is through its gate
+            let_through[f"c{index}"].set()
+            responder = sent[index][1]
+            await eventually(lambda responder=responder: responder.sent, what=f"message {index} waits its turn")
+        model.open()
+        await asyncio.gather(busy, *(task for task, _ in sent))
         answered = [prompt.current.text for prompt in bot.backend.prompts]
         assert answered == ["hold the model"] + [f"message {index}" for index in range(5)]

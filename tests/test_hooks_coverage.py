@@ -19,15 +19,6 @@ from botkit import (
 from botkit.errors import ConfigError, PluginLoadError
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("BOTKIT_"):
-            monkeypatch.delenv(name)
-
-
 class EchoSettings(BackendSettings):
     type: str = "echo"
     prefix: str = "you said: "

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from botkit import Prompt, Reply, ReplyStatus, Role, Turn, hookimpl
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
 from botkit.errors import ModelLoadError
+from botkit.testing import WAIT_TIMEOUT, eventually
 
 N_CTX = 512
 SYSTEM = "You are a helpful assistant."
@@ -26,6 +25,12 @@ LLAMA_BOT = {"backend": {"type": "llamacpp", "temperature": 0, "seed": 1, "max_t
 
 def ask(text: str, system: str = SYSTEM) -> Prompt:
     return Prompt(system, [Turn(Role.USER, text)])
+
+
+def generated_since(backend: LlamaCppBackend, prompt_tokens: int) -> int:
+    """About how many tokens the model generated after a prompt of ``prompt_tokens``: what its
+    context holds beyond the prompt. Counts the model's own work, however far the stream was read."""
+    return backend._llama.n_tokens - prompt_tokens
 
 
 async def generate(backend: LlamaCppBackend, prompt: Prompt, **params: object) -> list[str]:
@@ -188,7 +193,9 @@ async def test_cancel_stops_generation_early_and_the_model_works_after(llama):
         chunks.append(chunk.text)
         if len(chunks) == 3:
             cancel.set()  # and keep reading, as the pipeline does after /stop
-    assert 3 <= len(chunks) <= 10
+    # Far fewer than the 400 it would write: the worker stops after the token during which
+    # cancel was set, give or take the few it ran ahead of this loop on a busy machine.
+    assert 3 <= len(chunks) < 100
     assert "".join(await generate(llama, ask(FRANCE))) == "The capital of France is Paris."
 
 
@@ -201,33 +208,32 @@ async def test_leaving_the_stream_early_waits_for_the_worker(llama):
     )
     async for _ in stream:
         break
-    started = time.monotonic()
     await stream.aclose()
-    # 400 tokens take seconds; the worker stops after its current token instead.
-    assert time.monotonic() - started < 1.0
+    # The worker stopped after its current token instead of writing all 400.
+    assert generated_since(llama, await llama.count_tokens(ask(STORY))) < 100
     assert "".join(await generate(llama, ask(FRANCE))) == "The capital of France is Paris."
 
 
 @pytest.mark.model
-async def test_event_loop_keeps_ticking_during_generation(llama):
-    ticks: list[float] = []
+async def test_the_model_generates_off_the_event_loop(llama, monkeypatch):
+    # Every token is computed on the backend's worker thread, so the event loop stays free
+    # for other channels while the model writes.
+    computed_on: set[int] = set()
+    create_completion = llama._llama.create_completion
 
-    async def ticker() -> None:
-        while True:
-            ticks.append(time.monotonic())
-            await asyncio.sleep(0.01)
+    def recording(*args, **kwargs):
+        parts = create_completion(*args, **kwargs)
+        try:
+            for part in parts:
+                computed_on.add(threading.get_ident())
+                yield part
+        finally:
+            parts.close()
 
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0.02)
-    started = time.monotonic()
+    monkeypatch.setattr(llama._llama, "create_completion", recording)
     chunks = await generate(llama, ask(STORY), max_tokens=64)
-    elapsed = time.monotonic() - started
-    task.cancel()
-    during = [t for t in ticks if t >= started]
-    gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(chunks) == 64
-    assert max(gaps) < 0.1, f"the event loop stalled for {max(gaps) * 1000:.0f} ms"
-    assert len(during) >= 0.5 * elapsed / 0.01
+    assert computed_on and threading.get_ident() not in computed_on
 
 
 @pytest.mark.model
@@ -253,9 +259,7 @@ def with_backend(**backend: object) -> dict:
 
 async def until_streaming(reply) -> None:
     """Wait until a reply has its first streamed text (the model is generating it)."""
-    async with asyncio.timeout(10):
-        while not reply.updates and not reply.finished.is_set():
-            await asyncio.sleep(0.005)
+    await eventually(lambda: reply.updates or reply.finished.is_set(), what="the reply to stream")
     assert reply.updates, f"the reply ended before it streamed: {reply.texts}"
 
 
@@ -291,12 +295,12 @@ async def test_bot_records_the_tokens_of_prompt_and_reply(make_bot):
 @pytest.mark.model
 async def test_bot_timeout_ends_a_long_generation(make_bot):
     async with make_bot(with_backend(timeout=0.05, max_tokens=2000)) as bot:
-        started = time.monotonic()
         reply = await bot.chat.say(STORY)
-        elapsed = time.monotonic() - started
+        prompt_tokens = await bot.backend.count_tokens(ask(STORY, system=bot.settings.bot.system_prompt))
+        generated = generated_since(bot.backend, prompt_tokens)
     assert reply.status is ReplyStatus.TIMED_OUT
     assert reply.final.endswith("[stopped: the answer took longer than 0.05 s]")
-    assert elapsed < 2  # 2000 tokens would take half a minute
+    assert generated < 200  # the model was stopped, not left to write its 2000 tokens
 
 
 @pytest.mark.model
@@ -304,12 +308,13 @@ async def test_bot_stop_ends_the_users_generation(make_bot):
     async with make_bot(with_backend(max_tokens=400)) as bot:
         task, story = bot.chat.say_nowait(STORY, user="alice", channel="one")
         await until_streaming(story)
-        stop = await asyncio.wait_for(bot.chat.say("/stop", user="alice", channel="one"), 1)
-        await asyncio.wait_for(task, 2)
+        stop = await asyncio.wait_for(bot.chat.say("/stop", user="alice", channel="one"), WAIT_TIMEOUT)
+        await asyncio.wait_for(task, WAIT_TIMEOUT)
         after = await bot.chat.say(FRANCE, user="alice", channel="one")
     assert stop.texts == ["Stopped."]
     assert story.status is ReplyStatus.STOPPED and story.final.endswith("[stopped]")
-    assert len(story.updates) < 50
+    # Well short of the 400 tokens asked for; tokens made while /stop was on its way still show.
+    assert len(story.updates) < 200
     assert after.status is ReplyStatus.COMPLETED and "Paris" in after.final
 
 
@@ -322,7 +327,7 @@ async def test_bot_queues_a_second_user_and_answers_in_arrival_order(make_bot):
         await until_streaming(alice)
         bob_task, bob = bot.chat.say_nowait(FRANCE, user="bob", channel="two")
         bob_task.add_done_callback(lambda _: finished.append("bob"))
-        await asyncio.wait_for(asyncio.gather(alice_task, bob_task), 20)
+        await asyncio.wait_for(asyncio.gather(alice_task, bob_task), 4 * WAIT_TIMEOUT)
     assert alice.sent == []
     assert len(bob.sent) == 1 and "1 request ahead of you" in bob.sent[0]
     assert finished == ["alice", "bob"]

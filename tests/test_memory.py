@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from contextlib import ExitStack, contextmanager
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select
 
 from botkit import ReplyStatus, Role, Turn
 from botkit.plugins.memory import memory
+from botkit.plugins.memory import store as memory_store
 from botkit.storage import ConversationRecord, MessageRecord, UserRecord
+from botkit.testing import WAIT_TIMEOUT, Gate, eventually
 
 
 async def flushed(bot) -> None:
-    assert await memory(bot).flush(10), "memory writes did not reach the database"
+    assert await memory(bot).flush(WAIT_TIMEOUT), "memory writes did not reach the database"
+
+
+async def all_spooled(bot) -> list[dict]:
+    """Wait until the writer, failing to reach the database, has put every pending record in the spool."""
+    store = memory(bot)
+
+    def spool_holds_what_is_pending() -> list[dict] | None:
+        records = store.spool.read()
+        pending = {record["id"] for record in store.pending}
+        return records if pending and {record["id"] for record in records} == pending else None
+
+    return await eventually(spool_holds_what_is_pending, what="every pending record in the spool")
 
 
 async def rows(bot, model=MessageRecord):
@@ -82,12 +96,13 @@ async def test_memory_survives_a_restart(make_bot, storage_config):
 
 
 async def test_stopped_and_failed_replies_are_stored_and_marked(make_bot, storage_config):
-    async with make_bot({**storage_config, "backend": {"chunk_delay": 0.02}}) as bot:
+    async with make_bot(storage_config) as bot:
         bot.backend.add_reply("partial ", RuntimeError("engine died"))
         await bot.chat.say("first")
-        bot.backend.add_reply(*["word "] * 100)
+        gate = Gate()
+        bot.backend.add_reply("word ", gate, *["word "] * 100)
         task, _ = bot.chat.say_nowait("second")
-        await asyncio.sleep(0.1)
+        await gate.reached()
         await bot.chat.say("/stop")
         await task
         await flushed(bot)
@@ -244,8 +259,7 @@ async def test_database_outage_loses_nothing(make_bot, storage_config, request, 
         with caplog.at_level(logging.ERROR, logger="botkit.plugins.memory"):
             with database_down(bot, postgres):
                 replies = [await bot.chat.say(f"during {i}") for i in range(3)]
-                await asyncio.sleep(0.5)
-                spooled = memory(bot).spool.read()
+                spooled = await all_spooled(bot)
         assert all(r.status is ReplyStatus.COMPLETED for r in replies)  # users still get answers
         assert [r["user"]["text"] for r in spooled] == ["during 0", "during 1", "during 2"]
         assert "cannot write to the database" in caplog.text
@@ -273,7 +287,7 @@ async def test_spool_is_written_after_a_restart(make_bot, tmp_path):
         await flushed(bot)
         lock.enter_context(sqlite_locked(bot.db.sqlite_path))
         await bot.chat.say("said while the database was locked")
-        await asyncio.sleep(0.3)
+        await all_spooled(bot)
         spool = memory(bot).spool.path
     # The bot has stopped with the exchange only in the spool.
     lock.close()
@@ -295,12 +309,15 @@ async def test_memory_can_be_switched_off(make_bot, storage_config):
     assert reset.texts[0].startswith("Unknown command /reset")
 
 
-async def test_history_cache_follows_resets_and_expires(make_bot, storage_config):
-    config = {**storage_config, "plugins": {"memory": {"cache_seconds": 0.3}}}
+async def test_history_cache_follows_resets_and_expires(make_bot, storage_config, monkeypatch):
+    # The cache's own clock, moved on by the test: expiry is checked without waiting for it.
+    now = [0.0]
+    monkeypatch.setattr(memory_store, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    config = {**storage_config, "plugins": {"memory": {"cache_seconds": 60}}}
     async with make_bot(config) as bot:
         await bot.chat.say("first")
         await bot.chat.say("second")
-        assert await memory(bot).flush(5)
+        assert await memory(bot).flush(WAIT_TIMEOUT)
         # Another process writes to the same conversation behind this one's cache.
         async with bot.db.session() as session:
             question = (await rows(bot))[0]
@@ -312,7 +329,7 @@ async def test_history_cache_follows_resets_and_expires(make_bot, storage_config
             )
         await bot.chat.say("third")
         cached = [t.text for t in bot.backend.prompts[-1].turns if t.role is Role.USER]
-        await asyncio.sleep(0.35)
+        now[0] += 61
         await bot.chat.say("fourth")
         fresh = [t.text for t in bot.backend.prompts[-1].turns if t.role is Role.USER]
         await bot.chat.say("/reset")

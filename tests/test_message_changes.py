@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from contextlib import ExitStack
+from types import SimpleNamespace
 
 from sqlalchemy import select
-from test_memory import database_down, flushed, rows, sqlite_locked
+from test_memory import all_spooled, database_down, flushed, rows, sqlite_locked
 
-from botkit import MessageChange, Role, hookimpl
+from botkit import MessageChange, Role, deliveries, hookimpl
 from botkit.adapters.console import ConsoleAdapter
 from botkit.deliveries import SeenDeliveries
 from botkit.plugins.feedback import recorder
 from botkit.plugins.memory import memory
 from botkit.storage import FeedbackRecord, MessageRecord
+from botkit.testing import WAIT_TIMEOUT
 
 
 def user_texts(prompt) -> list[str]:
@@ -87,11 +88,12 @@ async def test_changes_to_messages_the_bot_never_stored_change_nothing(make_bot,
 
 
 async def test_an_edit_while_the_bot_is_answering_is_kept(make_bot, storage_config):
-    async with make_bot({**storage_config, "backend": {"chunk_delay": 0.05}}) as bot:
-        bot.backend.add_reply(*["word "] * 10)
+    async with make_bot(storage_config) as bot:
+        gate = bot.backend.hold(*["word "] * 10)
         task, first = bot.chat.say_nowait("tell me about cats", user="ann")
-        await asyncio.sleep(0.1)  # generating now; the exchange is stored only after it
+        await gate.reached()  # generating now; the exchange is stored only after it
         await bot.chat.edit(first, "tell me about dogs")
+        gate.open()
         await task
         await bot.chat.say("more", user="ann")
         await flushed(bot)
@@ -113,7 +115,7 @@ async def test_changes_during_a_database_outage_land_after_it(make_bot, storage_
             await bot.chat.edit(before, "edited during the outage")
             await bot.chat.edit(during, "my card is none of your business")
             await bot.chat.delete(gone)
-            await asyncio.sleep(0.5)
+            await all_spooled(bot)
             spool = memory(bot).spool.path.read_text(encoding="utf-8")
             await bot.chat.say("still there?", user="ann")
         await flushed(bot)
@@ -146,7 +148,7 @@ async def test_a_spooled_edit_is_written_after_a_restart(make_bot, tmp_path):
         second = await bot.chat.say("said while the database was locked", user="ann")
         await bot.chat.edit(first, "hello, edited")
         await bot.chat.delete(second)
-        await asyncio.sleep(0.3)
+        await all_spooled(bot)
     lock.close()  # the bot stopped with the exchange and both changes only in the spool
     async with make_bot(config) as restarted:
         await flushed(restarted)
@@ -163,9 +165,8 @@ async def test_an_edit_spooled_behind_its_unedited_message_applies_after_it(make
     async with make_bot(config) as bot:
         lock.enter_context(sqlite_locked(bot.db.sqlite_path))
         sent = await bot.chat.say("teh typo", user="ann")
-        await asyncio.sleep(0.3)
+        unedited = await all_spooled(bot)
         spool = memory(bot).spool
-        unedited = spool.read()
         await bot.chat.edit(sent, "the typo, fixed")
     lock.close()
     # As a crash between spooling the edit and rewriting its message would leave it: the message
@@ -178,10 +179,14 @@ async def test_an_edit_spooled_behind_its_unedited_message_applies_after_it(make
     assert stored == [("the typo, fixed", True)]
 
 
-def test_seen_deliveries_answer_the_first_and_forget_after_the_ttl():
-    seen = SeenDeliveries(ttl=0.2, limit=100)
+def test_seen_deliveries_answer_the_first_and_forget_after_the_ttl(monkeypatch):
+    now = [0.0]  # the clock it reads, moved on by the test
+    monkeypatch.setattr(deliveries, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    seen = SeenDeliveries(ttl=60, limit=100)
     assert [seen.first("a"), seen.first("a"), seen.first("b"), seen.first("a")] == [True, False, True, False]
-    time.sleep(0.25)
+    now[0] += 59
+    assert seen.first("a") is False
+    now[0] += 2
     assert seen.first("a") is True  # expired: a redelivery this late is answered again
     assert seen.first("a") is False
 
@@ -233,7 +238,7 @@ async def test_console_reacts_edits_and_deletes(make_bot, tmp_path):
             ],
         )
         await flushed(bot)
-        assert await recorder(bot).settle(5)
+        assert await recorder(bot).settle(WAIT_TIMEOUT)
         stored = [(r.text, r.edited_at is not None, r.deleted_at is not None) for r in await rows(bot)]
         async with bot.db.sessions() as session:
             feedback = list((await session.execute(select(FeedbackRecord.value, FeedbackRecord.score))).all())

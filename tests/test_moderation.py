@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 from sqlalchemy import func, select
 from test_memory import sqlite_locked
-from test_write_behind import until
 
 from botkit import ReplyStatus, hookimpl
 from botkit.detectors import luhn_valid
@@ -17,6 +15,7 @@ from botkit.plugins.moderation import ModerationSettings, Moderator, event_log
 from botkit.plugins.moderation.classifier import load_model
 from botkit.plugins.moderation.moderator import segment_ends
 from botkit.storage import ModerationEventRecord, UserRecord
+from botkit.testing import WAIT_TIMEOUT, eventually
 
 NOTICE_IN = ModerationSettings().input_notice
 NOTICE_OUT = ModerationSettings().output_notice
@@ -59,7 +58,7 @@ def only(category: str, action: str, direction: str) -> dict:
 
 
 async def events(bot) -> list[ModerationEventRecord]:
-    assert await event_log(bot).flush(5)
+    assert await event_log(bot).flush(WAIT_TIMEOUT)
     async with bot.db.sessions() as session:
         return list(await session.scalars(select(ModerationEventRecord).order_by(ModerationEventRecord.id)))
 
@@ -364,10 +363,8 @@ async def test_a_100_kb_message_is_checked(make_bot):
     ] + " bob@example.com"
     big = {"bot": {"max_message_chars": 200_000}, "backend": {"type": "scripted", "context_window": 60_000}}
     async with make_bot({**config(), **big}) as bot:
-        started = time.monotonic()
         reply = await bot.chat.say(text)
-        took = time.monotonic() - started
-    assert reply.status is ReplyStatus.COMPLETED and took < 5
+    assert reply.status is ReplyStatus.COMPLETED
     assert bot.backend.prompts[0].current.text == text.replace("bob@example.com", "[email removed]")
 
 
@@ -391,13 +388,21 @@ ADVERSARIAL = {
 }
 
 
+# The adversarial inputs made of secret-like text; in the others there is nothing to find.
+SECRET_LIKE = {"key headers", "credentials"}
+
+
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
-def test_100_kb_adversarial_input_is_checked_in_well_under_a_second(checker, name):
+def test_100_kb_adversarial_input_is_checked_without_false_findings(checker, name):
+    # How fast belongs to bench/, not here: this checks what comes out.
     text = ADVERSARIAL[name]
-    started = time.perf_counter()
-    checker.check(text, "in")
-    checker.check(text, "out", final=True)
-    assert time.perf_counter() - started < 0.5, name
+    for direction in ("in", "out"):
+        verdict = checker.check(text, direction, final=True)
+        found = {(d.finding.category, d.action) for d in verdict.decisions}
+        if name in SECRET_LIKE:
+            assert found == {("secret", "redact")} and verdict.text != text, name
+        else:
+            assert found == set() and verdict.text == text, name
 
 
 # -- stored events --------------------------------------------------------------------------------
@@ -433,8 +438,8 @@ async def test_a_database_error_never_breaks_a_reply(make_bot, caplog):
         with caplog.at_level(logging.ERROR, logger="botkit.plugins.moderation"):
             with sqlite_locked(bot.db.sqlite_path):
                 reply = await bot.chat.say("mail bob@example.com")
-                await until(lambda: log.writer.outage)  # a write failed: the event waits
-        assert await log.flush(5)
+                await eventually(lambda: log.writer.outage)  # a write failed: the event waits
+        assert await log.flush(WAIT_TIMEOUT)
         async with bot.db.sessions() as session:
             stored = await session.scalar(select(func.count()).select_from(ModerationEventRecord))
     assert reply.status is ReplyStatus.COMPLETED

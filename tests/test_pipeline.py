@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from botkit import Message, Prompt, Refuse, Reply, ReplyStatus, Role, Turn, hookimpl
+from botkit.testing import WAIT_TIMEOUT, Gate, eventually
 
 
 async def test_reply_is_streamed_and_recorded(bot):
@@ -221,12 +222,12 @@ async def test_backend_failure_apologises_and_the_next_message_is_answered(bot, 
 
 
 async def test_timeout_ends_a_runaway_generation(make_bot):
-    async with make_bot({"backend": {"timeout": 0.2, "chunk_delay": 0.05}}) as bot:
-        bot.backend.add_reply(*["tok "] * 100)
+    async with make_bot({"backend": {"timeout": 1}}) as bot:
+        bot.backend.add_reply("tok ", "tok ", Gate(), *["tok "] * 100)  # a gate nobody opens
         reply = await bot.chat.say("go on forever")
     assert reply.status is ReplyStatus.TIMED_OUT
-    assert "[stopped: the answer took longer than 0.2 s]" in reply.final
-    assert 1 <= reply.final.count("tok") < 100
+    assert "[stopped: the answer took longer than 1 s]" in reply.final
+    assert reply.final.count("tok") == 2
 
 
 async def test_empty_model_answer_is_said_so(bot):
@@ -315,14 +316,18 @@ async def test_message_larger_than_the_context_window_is_refused(make_bot):
 
 
 async def test_messages_of_one_conversation_are_answered_in_order(make_bot):
-    async with make_bot({"backend": {"chunk_delay": 0.01}}) as bot:
+    async with make_bot() as bot:
         order: list[str] = []
         tasks = []
+        first = bot.backend.hold("answer 0")
         for i in range(5):
-            bot.backend.add_reply(f"answer {i}")
+            if i:
+                bot.backend.add_reply(f"answer {i}")
             task, responder = bot.chat.say_nowait(f"question {i}")
             task.add_done_callback(lambda _, i=i: order.append(f"answer {i}"))
             tasks.append((task, responder))
+        await first.reached()  # the later questions arrive while the first is being answered
+        first.open()
         await asyncio.gather(*(t for t, _ in tasks))
     assert [p.current.text for p in bot.backend.prompts] == [f"question {i}" for i in range(5)]
     assert [r.final for _, r in tasks] == [f"answer {i}" for i in range(5)]
@@ -340,7 +345,7 @@ async def test_other_conversations_do_not_wait_for_a_slow_gate(make_bot):
 
     async with make_bot(plugins={"slow": SlowInGeneral()}) as bot:
         slow_task, slow = bot.chat.say_nowait("in general")
-        fast = await asyncio.wait_for(bot.chat.say("in random", channel="random"), 2)
+        fast = await asyncio.wait_for(bot.chat.say("in random", channel="random"), WAIT_TIMEOUT)
         assert fast.status is ReplyStatus.COMPLETED and not slow_task.done()
         release.set()
         await slow_task
@@ -348,12 +353,14 @@ async def test_other_conversations_do_not_wait_for_a_slow_gate(make_bot):
 
 
 async def test_waiting_user_is_told_their_place(make_bot):
-    async with make_bot({"backend": {"chunk_delay": 0.02}}) as bot:
-        bot.backend.add_reply(*["a "] * 10)
+    async with make_bot() as bot:
+        gate = bot.backend.hold(*["a "] * 10)
         first_task, first = bot.chat.say_nowait("first", user="alice", channel="one")
-        await asyncio.sleep(0.05)
+        await gate.reached()
         second_task, second = bot.chat.say_nowait("second", user="bob", channel="two")
         third_task, third = bot.chat.say_nowait("third", user="carol", channel="three")
+        await eventually(lambda: second.sent and third.sent, what="both waiting users are told")
+        gate.open()
         await asyncio.gather(first_task, second_task, third_task)
     assert first.sent == []
     assert second.sent == ["The model is busy; 1 request ahead of you. I'll answer as soon as I can."]
@@ -363,26 +370,28 @@ async def test_waiting_user_is_told_their_place(make_bot):
 
 
 async def test_full_queue_says_busy(make_bot):
-    async with make_bot({"backend": {"chunk_delay": 0.02, "queue_limit": 0}}) as bot:
-        bot.backend.add_reply(*["a "] * 5)
+    async with make_bot({"backend": {"queue_limit": 0}}) as bot:
+        gate = bot.backend.hold(*["a "] * 5)
         first_task, first = bot.chat.say_nowait("first", channel="one")
-        await asyncio.sleep(0.03)
+        await gate.reached()
         busy = await bot.chat.say("second", channel="two")
+        gate.open()
         await first_task
     assert busy.texts == ["I'm answering a lot of people right now. Please try again in a minute."]
     assert first.status is ReplyStatus.COMPLETED
 
 
 async def test_stop_cancels_the_users_running_generation(make_bot):
-    async with make_bot({"backend": {"chunk_delay": 0.02}}) as bot:
-        bot.backend.add_reply(*["word "] * 200)
+    async with make_bot() as bot:
+        gate = Gate()
+        bot.backend.add_reply("word ", "word ", gate, *["word "] * 200)
         task, running = bot.chat.say_nowait("write a lot")
-        await asyncio.sleep(0.1)
-        stop = await asyncio.wait_for(bot.chat.say("/stop"), 1)
-        await asyncio.wait_for(task, 2)
+        await gate.reached()
+        stop = await bot.chat.say("/stop")
+        await asyncio.wait_for(task, WAIT_TIMEOUT)  # ends although nobody opens the gate
     assert stop.texts == ["Stopped."]
     assert running.status is ReplyStatus.STOPPED
-    assert running.final.endswith("[stopped]") and running.final.count("word") < 200
+    assert running.final.endswith("[stopped]") and running.final.count("word") == 2
 
 
 async def test_stop_cancels_a_waiting_request_and_spares_other_users(make_bot):
@@ -393,14 +402,15 @@ async def test_stop_cancels_a_waiting_request_and_spares_other_users(make_bot):
         def botkit_after_reply(self, reply):
             after.append(reply)
 
-    async with make_bot({"backend": {"chunk_delay": 0.02}}, plugins={"after": After()}) as bot:
-        bot.backend.add_reply(*["a "] * 10)
+    async with make_bot(plugins={"after": After()}) as bot:
+        gate = bot.backend.hold(*["a "] * 10)
         alice_task, alice = bot.chat.say_nowait("long", user="alice", channel="one")
-        await asyncio.sleep(0.03)
+        await gate.reached()
         bob_task, bob = bot.chat.say_nowait("queued", user="bob", channel="two")
-        await asyncio.sleep(0.01)
+        await eventually(lambda: bob.sent, what="bob is told he waits")
         nothing = await bot.chat.say("/stop", user="carol", channel="one")
         stopped = await bot.chat.say("/stop", user="bob", channel="two")
+        gate.open()
         await asyncio.gather(alice_task, bob_task)
     assert nothing.texts == ["There is no reply of yours to stop."]
     assert stopped.texts == ["Stopped."]
@@ -520,10 +530,11 @@ async def test_startup_and_shutdown_hooks(make_bot):
 
 
 async def test_shutdown_stops_in_flight_replies(make_bot):
-    async with make_bot({"backend": {"chunk_delay": 0.02}}) as bot:
-        bot.backend.add_reply(*["x "] * 500)
+    async with make_bot() as bot:
+        gate = Gate()
+        bot.backend.add_reply("x ", gate, *["x "] * 500)
         task, reply = bot.chat.say_nowait("long")
-        await asyncio.sleep(0.05)
+        await gate.reached()
     assert task.done()
     assert reply.status is ReplyStatus.STOPPED
 

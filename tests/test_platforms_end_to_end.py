@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import textwrap
-import time
 from pathlib import Path
 
 from fake_discord import FakeDiscord, start_discord
@@ -24,11 +23,20 @@ from test_slack import (
 )
 from test_slack_run import environment as slack_environment
 
+from botkit.backends.scripted import split_words
 from botkit.plugins.feedback import recorder
 from botkit.storage import FeedbackRecord, MessageRecord
+from botkit.testing import WAIT_TIMEOUT, Gate, eventually
 
-STREAMED = {"backend": {"type": "scripted", "chunk_delay": 0.03}}
 ANSWER = "Paris is the capital of France and has been for a very long time"
+
+
+def streamed_answer(backend) -> Gate:
+    """Script ANSWER held after its first words: they are shown, then the rest edits them in."""
+    gate = Gate()
+    words = split_words(ANSWER)
+    backend.add_reply(*words[:3], gate, *words[3:])
+    return gate
 
 
 async def feedback_on(bot, platform_message_id: str) -> tuple[list[tuple[int, int | None]], int | None]:
@@ -46,24 +54,25 @@ async def feedback_on(bot, platform_message_id: str) -> tuple[list[tuple[int, in
     return rows, reply_row
 
 
-async def wait_for_feedback(bot, platform_message_id: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        await recorder(bot).settle(1)
+async def wait_for_feedback(bot, platform_message_id: str):
+    async def stored():
+        await recorder(bot).settle(WAIT_TIMEOUT)
         rows, reply_row = await feedback_on(bot, platform_message_id)
-        if rows or time.monotonic() > deadline:
-            return rows, reply_row
-        await asyncio.sleep(0.05)
+        return (rows, reply_row) if rows else None
+
+    return await eventually(stored, what="a feedback row")
 
 
 def storage(tmp_path: Path) -> dict:
-    return {**STREAMED, "storage": {"data_dir": str(tmp_path / "data")}}
+    return {"storage": {"data_dir": str(tmp_path / "data")}}
 
 
 async def test_a_thumbs_up_on_discord_is_stored_as_feedback_on_the_reply(make_bot, discord, tmp_path):  # noqa: F811
     async with start_discord(make_bot, discord, storage(tmp_path), edit_interval=0.05) as (bot, _adapter):
-        bot.backend.say(ANSWER)
+        gate = streamed_answer(bot.backend)
         await discord.say("capital of France?", mention_bot=True)
+        await discord.wait_for(lambda: discord.bot_messages(), what="the first words")
+        gate.open()
         await discord.wait_for(lambda: texts(discord) == [ANSWER], what="the final text")
         reply_id = discord.bot_messages()[0]["id"]
         await discord.react(reply_id, "👍")
@@ -75,9 +84,11 @@ async def test_a_thumbs_up_on_discord_is_stored_as_feedback_on_the_reply(make_bo
 
 async def test_a_plus_one_on_slack_is_stored_as_feedback_on_the_reply(make_bot, slack, tmp_path):  # noqa: F811
     async with start_slack(make_bot, slack, storage(tmp_path), edit_interval=0.05) as (bot, _adapter):
-        bot.backend.say(ANSWER)
+        gate = streamed_answer(bot.backend)
         event = slack.mention("C1", "capital of France?")
         await slack.send_event(event)
+        await slack.wait_for(lambda: replies(slack, "C1", event["ts"]))
+        gate.open()
         await slack.wait_for(lambda: replies(slack, "C1", event["ts"]) == [ANSWER])
         reply_ts = slack.thread("C1", event["ts"])[-1]["ts"]
         item = {"type": "message", "channel": "C1", "ts": reply_ts}
@@ -127,20 +138,20 @@ async def test_botkit_run_serves_discord_and_slack_in_one_process(tmp_path):
         process = await botkit_run(write_config(tmp_path, fake_discord, fake_slack), env)
         try:
             await asyncio.wait_for(fake_discord.ready.wait(), 60)
-            await fake_slack.wait_connected(timeout=30)
+            await fake_slack.wait_connected(timeout=60)
             await fake_discord.say("hello", mention_bot=True)
             event = fake_slack.mention("C1", "hello")
             await fake_slack.send_event(event)
             await fake_discord.wait_for(
-                lambda: texts(fake_discord) == ["hi there"], timeout=30, what="Discord"
+                lambda: texts(fake_discord) == ["hi there"], timeout=60, what="Discord"
             )
             await fake_slack.wait_for(
-                lambda: replies(fake_slack, "C1", event["ts"]) == ["hi there"], timeout=30
+                lambda: replies(fake_slack, "C1", event["ts"]) == ["hi there"], timeout=60
             )
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
-            stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+            stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, stderr.decode()
     output = stdout.decode() + stderr.decode()
     assert "Traceback" not in output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import textwrap
 
 import pytest
@@ -14,13 +13,6 @@ from botkit.errors import ConfigError, PluginLoadError
 from botkit.plugin_discovery import BUILTIN_PLUGINS
 from botkit.plugin_host import PluginHost
 from botkit.settings import settings_from_mapping
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("BOTKIT_"):
-            monkeypatch.delenv(name)
 
 
 def host_for(config: dict | None = None, extra: dict | None = None) -> PluginHost:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from sqlalchemy import func, select, update
@@ -10,6 +9,7 @@ from sqlalchemy import func, select, update
 from botkit.plugins.memory import memory
 from botkit.plugins.privacy import chunked, purge_expired
 from botkit.storage import MessageRecord, PluginStateRecord, PrivacyRecord, UserRecord, utcnow
+from botkit.testing import WAIT_TIMEOUT, eventually
 
 
 async def count(bot, model, *where) -> int:
@@ -43,7 +43,7 @@ async def test_forgetme_asks_then_deletes_everything_about_the_user(make_bot, st
         await bot.chat.say("/optout", user="ann")
         early = await bot.chat.say("/forgetme confirm", user="ann")
         ask = await bot.chat.say("/forgetme", user="ann")
-        await memory(bot).flush(5)
+        await memory(bot).flush(WAIT_TIMEOUT)
         assert await count(bot, MessageRecord) == 6  # nothing deleted before confirming
         done = await bot.chat.say("/forgetme confirm", user="ann")
         ann_rows = await count(bot, UserRecord, UserRecord.platform_user_id == "ann")
@@ -72,7 +72,7 @@ async def test_forgetme_confirmation_expires(make_bot, storage_config):
                 )
             )
         late = await bot.chat.say("/forgetme confirm", user="ann")
-        await memory(bot).flush(5)
+        await memory(bot).flush(WAIT_TIMEOUT)
         kept = await count(bot, MessageRecord)
     assert late.texts == ["Nothing to confirm: type `/forgetme` first."] and kept == 2
 
@@ -82,7 +82,7 @@ async def test_forgetme_also_removes_what_was_still_pending(make_bot, tmp_path):
         await bot.chat.say("written soon", user="ann")
         await bot.chat.say("/forgetme", user="ann")
         await bot.chat.say("/forgetme confirm", user="ann")
-        await memory(bot).flush(5)
+        await memory(bot).flush(WAIT_TIMEOUT)
         assert await count(bot, MessageRecord) == 0
 
 
@@ -99,7 +99,7 @@ async def test_forgetme_is_put_off_while_storage_is_down(make_bot, tmp_path):
         blocker.execute("BEGIN EXCLUSIVE")
         try:
             await bot.chat.say("said during the outage", user="ann")
-            await asyncio.sleep(0.3)
+            await eventually(lambda: memory(bot).outage, what="memory finds the database locked")
             refused = await bot.chat.say("/forgetme confirm", user="ann")
         finally:
             blocker.execute("ROLLBACK")
@@ -114,7 +114,7 @@ async def test_mydata_lists_what_is_stored(make_bot, storage_config):
         nothing = await bot.chat.say("/mydata", user="zoe")
         await bot.chat.say("first words", user="zoe", channel="lobby")
         await bot.chat.say("/optout", user="zoe")
-        await memory(bot).flush(5)
+        await memory(bot).flush(WAIT_TIMEOUT)
         shown = await bot.chat.say("/mydata", user="zoe")
     assert nothing.texts == ["I have nothing stored about you."]
     text = "\n".join(shown.texts)
@@ -129,7 +129,7 @@ async def test_mydata_is_split_into_platform_sized_messages(make_bot, tmp_path):
     ) as bot:
         for i in range(5):
             await bot.chat.say(f"message {i} " + "x" * 1500, user="ann")
-        await memory(bot).flush(5)
+        await memory(bot).flush(WAIT_TIMEOUT)
         shown = await bot.chat.say("/mydata", user="ann")
     assert len(shown.texts) >= 3 and all(len(t) <= 1900 for t in shown.texts)
     joined = "\n".join(shown.texts)
@@ -147,7 +147,7 @@ async def test_retention_purges_old_messages(make_bot, storage_config):
     async with make_bot(storage_config) as bot:
         await bot.chat.say("ancient", user="ann")
         await bot.chat.say("recent", user="ann")
-        await memory(bot).flush(5)
+        await memory(bot).flush(WAIT_TIMEOUT)
         async with bot.db.session() as session:
             await session.execute(
                 update(MessageRecord)
@@ -164,15 +164,15 @@ async def test_retention_runs_at_start(make_bot, tmp_path):
     data = {"data_dir": str(tmp_path / "d")}
     async with make_bot({"storage": data}) as bot:
         await bot.chat.say("old news", user="ann")
-        await memory(bot).flush(5)
+        await memory(bot).flush(WAIT_TIMEOUT)
         async with bot.db.session() as session:
             await session.execute(update(MessageRecord).values(created_at=utcnow() - timedelta(days=10)))
     async with make_bot({"storage": data, "plugins": {"privacy": {"retention_days": 7}}}) as bot:
-        for _ in range(50):
-            if await count(bot, MessageRecord) == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert await count(bot, MessageRecord) == 0
+
+        async def purged() -> bool:
+            return await count(bot, MessageRecord) == 0
+
+        await eventually(purged, what="the purge at start")
 
 
 async def test_plugins_take_part_in_forgetting_and_can_put_it_off(make_bot, tmp_path):
@@ -193,7 +193,7 @@ async def test_plugins_take_part_in_forgetting_and_can_put_it_off(make_bot, tmp_
         await bot.chat.say("hello", user="ann")
         await bot.chat.say("/forgetme", user="ann")
         put_off = await bot.chat.say("/forgetme confirm", user="ann")
-        await memory(bot).flush(5)
+        await memory(bot).flush(WAIT_TIMEOUT)
         kept = await count(bot, MessageRecord)
         cache.ready = True
         done = await bot.chat.say("/forgetme confirm", user="ann")

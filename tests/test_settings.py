@@ -12,12 +12,7 @@ from botkit.settings import load_settings, settings_from_mapping
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("BOTKIT_"):
-            monkeypatch.delenv(name)
+def in_empty_folder(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 

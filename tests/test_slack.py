@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from fake_slack import FakeSlack, slack_config, start_slack
@@ -11,6 +10,7 @@ from fake_slack import FakeSlack, slack_config, start_slack
 from botkit import hookimpl
 from botkit.adapters.slack_messages import escape_mrkdwn, incoming_text
 from botkit.errors import ConfigError, PlatformError
+from botkit.testing import WAIT_TIMEOUT
 from botkit.types import Role
 
 
@@ -32,13 +32,17 @@ def replies(slack: FakeSlack, channel: str, thread_ts: str) -> list[str]:
 
 
 async def test_a_mention_is_answered_in_its_thread_by_a_streamed_reply(make_bot, slack):
-    answer = "Plants grow by turning light water and air into sugar through photosynthesis every day"
-    config = {"backend": {"type": "scripted", "chunk_delay": 0.03}}
-    async with start_slack(make_bot, slack, config, edit_interval=0.1) as (bot, _adapter):
-        bot.backend.say(answer)
+    parts = ["Plants grow by ", "turning light water and air into sugar ", "through photosynthesis every day"]
+    answer = "".join(parts)
+    async with start_slack(make_bot, slack, edit_interval=0.1) as (bot, _adapter):
+        first, second = bot.backend.say_in_parts(*parts)
         event = slack.mention("C1", "how do plants grow?")
         envelope = await slack.send_event(event)
-        await asyncio.wait_for(envelope.acked.wait(), 3)
+        await asyncio.wait_for(envelope.acked.wait(), WAIT_TIMEOUT)
+        await slack.wait_for(lambda: replies(slack, "C1", event["ts"]) == [parts[0].strip()])
+        first.open()
+        await slack.wait_for(lambda: replies(slack, "C1", event["ts"]) == [(parts[0] + parts[1]).strip()])
+        second.open()
         await slack.wait_for(lambda: replies(slack, "C1", event["ts"]) == [answer])
 
     assert bot.backend.prompts[0].current.text == "how do plants grow?"  # the mention itself is dropped
@@ -159,7 +163,6 @@ async def test_own_and_other_bots_messages_are_ignored(make_bot, slack):
         event = slack.direct_message("D1", "and me?", user="U2")
         await slack.send_event(event)
         await slack.wait_for(lambda: len(slack.bot_messages("D1")) == 1)
-        await asyncio.sleep(0.2)
 
     assert [p.current.text for p in bot.backend.prompts] == ["and me?"]
     assert slack.bot_messages("C1") == []
@@ -189,7 +192,8 @@ async def test_a_redelivered_event_is_answered_once_and_a_lone_retry_is_answered
         await slack.send_event(lone, event_id="Ev2", retry_attempt=2)
         await slack.wait_for(lambda: len(replies(slack, "C1", lone["ts"])) == 1)
         await slack.wait_for(lambda: len(replies(slack, "C1", event["ts"])) == 1)
-        await asyncio.sleep(0.2)
+        # The redelivery came before the lone retry: had it been answered too, its generation
+        # would have run before the lone retry's, and the prompts below would show it.
 
     assert len(replies(slack, "C1", event["ts"])) == 1
     assert sorted(p.current.text for p in bot.backend.prompts) == [
@@ -200,29 +204,30 @@ async def test_a_redelivered_event_is_answered_once_and_a_lone_retry_is_answered
 
 async def test_a_rate_limited_edit_is_waited_out_and_the_final_text_arrives(make_bot, slack):
     answer = "one two three four five six seven eight"
-    config = {"backend": {"type": "scripted", "chunk_delay": 0.05}}
-    async with start_slack(make_bot, slack, config, edit_interval=0.1) as (bot, _adapter):
-        bot.backend.say(answer)
+    async with start_slack(make_bot, slack, edit_interval=0.1) as (bot, _adapter):
+        (rest,) = bot.backend.say_in_parts("one two three ", "four five six seven eight")
         slack.fail_next("chat.update", 429, retry_after=1)
         event = slack.mention("C1", "count")
-        started = time.monotonic()
         await slack.send_event(event)
-        await slack.wait_for(lambda: replies(slack, "C1", event["ts"]) == [answer], timeout=15)
+        await slack.wait_for(lambda: replies(slack, "C1", event["ts"]), what="the first words")
+        rest.open()  # the rest arrives as edits, the first of them refused
+        await slack.wait_for(lambda: replies(slack, "C1", event["ts"]) == [answer])
 
     updates = slack.calls_to("chat.update")
     assert updates[0].status == 429
     assert updates[-1].status == 200 and updates[-1].args["text"] == answer
-    assert time.monotonic() - started >= 1.0  # Retry-After was honoured, not ignored
+    # Retry-After was honoured, not ignored: the next edit came no sooner than it said.
+    assert updates[1].at - updates[0].at >= 1.0
 
 
 async def test_socket_drops_and_refreshes_lose_no_message(make_bot, slack):
-    config = {"backend": {"type": "scripted", "chunk_delay": 0.02}}
-    async with start_slack(make_bot, slack, config) as (bot, _adapter):
-        bot.backend.say("first answer is fairly long so that it streams for a while")
+    async with start_slack(make_bot, slack) as (bot, _adapter):
+        (rest,) = bot.backend.say_in_parts("first answer is fairly long ", "so that it streams for a while")
         first = slack.mention("C1", "first")
         await slack.send_event(first)
         await slack.wait_for(lambda: slack.calls_to("chat.postMessage"))
         await slack.drop_socket()  # mid-reply: the reply still finishes over the Web API
+        rest.open()
         # Sent while the connection is down: Slack delivers it once the client is back.
         bot.backend.say("second answer")
         second = slack.mention("C1", "second", thread_ts=first["ts"])
@@ -245,15 +250,12 @@ async def test_socket_drops_and_refreshes_lose_no_message(make_bot, slack):
 
 
 async def test_slash_commands_are_acknowledged_at_once_and_answered_after(make_bot, slack):
-    async with start_slack(make_bot, slack, {"backend": {"type": "scripted", "chunk_delay": 0.2}}) as (
-        bot,
-        _,
-    ):
-        bot.backend.say("A haiku has three lines.")
-        started = time.monotonic()
+    async with start_slack(make_bot, slack) as (bot, _):
+        answer = bot.backend.hold("A haiku has three lines.")
         envelope = await slack.send_command("/ask", "what is a haiku?", user="U1", channel="C1")
-        await asyncio.wait_for(envelope.acked.wait(), 3)
-        assert envelope.acked_at - started < 1.0
+        # Acknowledged although the answer cannot be written until the test lets it.
+        await asyncio.wait_for(envelope.acked.wait(), WAIT_TIMEOUT)
+        answer.open()
         await slack.wait_for(
             lambda: any(m["text"] == "A haiku has three lines." for m in slack.history("C1"))
         )
@@ -337,12 +339,11 @@ async def test_reactions_and_edits_reach_the_plugins(make_bot, slack):
 
 
 async def test_shutdown_mid_reply_marks_the_reply_stopped(make_bot, slack):
-    config = {"backend": {"type": "scripted", "chunk_delay": 0.1}}
-    async with start_slack(make_bot, slack, config, edit_interval=0.1) as (bot, _):
-        bot.backend.say(" ".join(f"w{i}" for i in range(200)))
+    async with start_slack(make_bot, slack, edit_interval=0.1) as (bot, _):
+        bot.backend.say_in_parts("w0 w1 w2 ", " ".join(f"w{i}" for i in range(3, 200)))  # held after w2
         event = slack.mention("C1", "talk for a long time")
         await slack.send_event(event)
-        await slack.wait_for(lambda: slack.calls_to("chat.update"))
+        await slack.wait_for(lambda: replies(slack, "C1", event["ts"]), what="the reply to begin")
     # Leaving the block closed the adapter and stopped the bot, as `botkit run` does.
 
     final = replies(slack, "C1", event["ts"])[-1]

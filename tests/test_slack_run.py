@@ -38,9 +38,8 @@ def write_config(tmp_path: Path, slack: FakeSlack, backend: str = 'type = "scrip
 
 
 def environment(**secrets: str) -> dict[str, str]:
-    """The test runner's environment without its BOTKIT_* variables, plus ``secrets``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("BOTKIT_")}
-    return {**env, **{f"BOTKIT_ADAPTERS__SLACK__{name.upper()}": value for name, value in secrets.items()}}
+    """The test's environment (conftest keeps BOTKIT_* out of it), plus ``secrets``."""
+    return {**os.environ, **{f"BOTKIT_ADAPTERS__SLACK__{name.upper()}": value for name, value in secrets.items()}}
 
 
 async def botkit_run(config: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -64,7 +63,7 @@ async def test_botkit_run_connects_to_slack_and_answers(tmp_path):
             write_config(tmp_path, slack, 'type = "scripted"\ndefault_reply = "hi there"'), env
         )
         try:
-            await slack.wait_connected(timeout=30)
+            await slack.wait_connected(timeout=60)
             event = slack.mention("C1", "hello")
             await slack.send_event(event)
             await slack.wait_for(
@@ -73,7 +72,7 @@ async def test_botkit_run_connects_to_slack_and_answers(tmp_path):
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
-            stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+            stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, stderr.decode()
     output = stdout.decode() + stderr.decode()
     assert "Traceback" not in output
@@ -86,9 +85,9 @@ async def test_botkit_run_with_a_refused_or_missing_token_says_which_variable_to
         refused = await botkit_run(
             config, environment(bot_token="xoxb-revoked-value", app_token=slack.app_token)
         )
-        _, refused_err = await asyncio.wait_for(refused.communicate(), 30)
+        _, refused_err = await asyncio.wait_for(refused.communicate(), 60)
         missing = await botkit_run(config, environment(bot_token=slack.bot_token))
-        _, missing_err = await asyncio.wait_for(missing.communicate(), 30)
+        _, missing_err = await asyncio.wait_for(missing.communicate(), 60)
 
     assert refused.returncode == 1
     assert refused_err.decode().strip() == (

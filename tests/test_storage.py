@@ -14,6 +14,7 @@ from botkit.errors import ConfigError, StorageError
 from botkit.plugins.memory import memory
 from botkit.storage import Database, Migrator, StorageSettings
 from botkit.storage.backup import backup_sqlite
+from botkit.testing import WAIT_TIMEOUT
 
 
 def database(config: dict) -> Database:
@@ -172,7 +173,7 @@ async def test_plugins_contribute_their_own_migration_branch(make_bot, storage_c
 async def test_backup_copies_a_live_sqlite_database(make_bot, tmp_path):
     async with make_bot({"storage": {"data_dir": str(tmp_path / "data")}}) as bot:
         await bot.chat.say("remember this")
-        assert await memory(bot).flush(5)
+        assert await memory(bot).flush(WAIT_TIMEOUT)
         size = backup_sqlite(bot.db, tmp_path / "copy.db")
         with pytest.raises(StorageError, match="exists; pass --overwrite"):
             backup_sqlite(bot.db, tmp_path / "copy.db")

@@ -6,13 +6,14 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from botkit.storage import WriteBehind
+from botkit.testing import eventually
 
 LOGGER = "test.write_behind"
 
@@ -78,15 +79,6 @@ class ListSpool:
         return "test-spool"
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "the writer did not get there in time"
-        await asyncio.sleep(0.001)
-
-
 @pytest.fixture
 def db() -> FakeDatabase:
     return FakeDatabase()
@@ -141,7 +133,7 @@ async def test_records_added_during_a_write_go_into_the_next_batch(make_writer, 
     db.open.clear()
     async with started(make_writer()) as writer:
         writer.add("first")
-        await until(lambda: db.attempts == 1)
+        await eventually(lambda: db.attempts == 1)
         writer.add("second")
         writer.add("third")
         assert list(writer.pending) == ["first", "second", "third"]  # readers see what waits
@@ -227,7 +219,7 @@ async def test_dropping_a_record_that_is_being_written_keeps_every_newer_one(mak
     db.open.clear()
     async with started(make_writer(max_pending=2)) as writer:
         writer.add("in flight")
-        await until(lambda: db.attempts == 1)
+        await eventually(lambda: db.attempts == 1)
         writer.add("second")
         writer.add("third")  # the queue is full: "in flight" is dropped from it
         db.open.set()
@@ -276,7 +268,7 @@ async def test_what_waits_during_an_outage_is_spooled_and_the_spool_empties_once
     async with started(make_writer(spool=spool)) as writer:
         writer.add({"n": 1})
         writer.add({"n": 2})
-        await until(lambda: pauses.seconds != [])
+        await eventually(lambda: pauses.seconds != [])
         assert spool.records == [{"n": 1}, {"n": 2}]
         writer.add({"n": 3})  # spooled at the next failed attempt (or when flush gives up)
         assert spool.records == [{"n": 1}, {"n": 2}]
@@ -308,7 +300,7 @@ async def test_a_spooled_record_changed_in_place_is_rewritten_in_the_spool(make_
     async with started(make_writer(spool=spool)) as writer:
         secret = {"text": "my card is 4111"}
         writer.add(secret)
-        await until(lambda: pauses.seconds != [])
+        await eventually(lambda: pauses.seconds != [])
         secret["text"] = "edited"
         writer.pending_changed([secret])
         assert spool.records == [{"text": "edited"}]
@@ -326,7 +318,7 @@ async def test_a_full_spool_keeps_the_rest_in_memory(make_writer, db, pauses, ca
         async with started(make_writer(spool=spool)) as writer:
             for number in range(3):
                 writer.add(number)
-            await until(lambda: pauses.seconds != [])
+            await eventually(lambda: pauses.seconds != [])
             assert spool.records == [0, 1]
             db.down_for = 0
             pauses.going.set()
