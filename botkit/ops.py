@@ -14,7 +14,7 @@ are thin wrappers.
 - the running bot: ``control_socket_path``, ``request_sync`` (``{"command": "reload"}``, ``"status"``);
 - GGUF LoRA files: ``read_gguf_header``, ``gguf_model_name``, ``ModelInfo``, ``check_adapter``,
   ``tensor_mismatches``, ``BASE_MODEL_KEY``, ``LoraError``;
-- text: ``pii_scrubber``, the moderation plugin's detectors.
+- text: ``pii_scrubber`` (from ``botkit.detectors``, the rules moderation checks chat with).
 """
 
 from __future__ import annotations
