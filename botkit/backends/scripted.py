@@ -120,7 +120,7 @@ class Gate:
                 async with asyncio.timeout(_CANCEL_POLL):
                     await self._opened.wait()
             except TimeoutError:
-                pass
+                continue  # still closed: look at the cancel flag (set from another thread) again
         return True
 
 
