@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import ConfigDict, Field
@@ -43,6 +44,20 @@ class BackendSettings(SamplingSettings, BackendKind):
         return with_values(SamplingParams(), {key: getattr(self, key) for key in SAMPLING_KEYS})
 
 
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """What a batching engine is doing now (``Backend.load``), for ``/status`` and ``botkit backends list``."""
+
+    slots: int  # sequences that can generate at once
+    slots_in_use: int
+    kv_cache_mb: float  # memory held by saved conversation caches (``[backend] kv_cache_mb``)
+    kv_cache_limit_mb: float
+    kv_saved: int  # conversations whose cache is saved in that memory
+    evictions: int  # caches dropped for lack of room since start, to be evaluated again
+    reused_tokens: int  # prompt tokens not evaluated again because a cache held them, since start
+    evaluated_tokens: int  # prompt tokens evaluated, since start
+
+
 class Backend(ABC):
     """A loaded model that turns a ``Prompt`` into a stream of ``Chunk``s.
 
@@ -72,6 +87,10 @@ class Backend(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional: a backend may hold nothing
         """Release the model. No request is in flight when this is called."""
+
+    def load(self) -> EngineLoad | None:
+        """What its engine is doing now; ``None`` for a backend that does not report it."""
+        return None
 
     @property
     def loras(self) -> dict[str, str]:
