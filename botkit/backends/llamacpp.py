@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from botkit import hookimpl
 from botkit.backend import Backend, BackendSettings, EngineLoad
@@ -73,6 +73,15 @@ class LlamaCppSettings(LoraSettings, BackendSettings):
     lora_scale: float = Field(
         1.0, allow_inf_nan=False, description="how strongly LoRA adapters apply: 1.0 as trained, 0 not at all"
     )
+
+    @model_validator(mode="after")
+    def _room_for_prompts(self) -> LlamaCppSettings:
+        if self.engine == "batched" and self.n_batch <= self.parallel:
+            raise ValueError(
+                f"n_batch ({self.n_batch}) must be larger than parallel ({self.parallel}): each step takes "
+                "one token of every sequence generating, and needs room for prompts too"
+            )
+        return self
 
 
 def embedded_model_path() -> Path:

@@ -37,6 +37,7 @@ from botkit.types import Chunk
 
 log = logging.getLogger("botkit.backends.llamacpp")
 
+PROMPT_PIECE = 256  # most prompt tokens a sequence evaluates in one step (less when n_batch is small)
 MAX_CONTEXTS = 2  # the base model and one adapter side by side (a canary), each with `parallel` sequences
 PENALTY_WINDOW = 64  # tokens the repeat penalty looks back over, as llama.cpp's tools do
 MIN_P = 0.05  # tokens less likely than this share of the likeliest are never sampled (llama.cpp's default)
@@ -165,6 +166,10 @@ class Engine:
         self._waiting: deque[Job] = deque()
         self._wake = threading.Condition()
         self._closing = False
+        # Prompts are evaluated in pieces of this size, cut at the same places whatever else runs:
+        # llama.cpp rounds a prompt evaluated in other pieces slightly differently, and a greedy
+        # reply must not depend on the company it was generated in.
+        self.piece = max(1, min(PROMPT_PIECE, config.n_batch - config.parallel))
         base = self._lane_for(None)  # made now: a context that cannot be made fails the start
         assert base is not None
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(base.ctx)
@@ -361,11 +366,12 @@ class Engine:
             if not job.prefilling:
                 planned.append((job, [job.next_token]))
                 room -= 1
-        for job in jobs:  # then chunks of the prompts being evaluated, oldest first
-            if job.prefilling and room > 0:
-                chunk = job.tokens[job.evaluated : job.evaluated + room]
-                planned.append((job, chunk))
-                room -= len(chunk)
+        for job in jobs:  # then the next piece of each prompt being evaluated, oldest first
+            if job.prefilling:
+                piece = job.tokens[job.evaluated : job.evaluated + self.piece]
+                if len(piece) <= room:
+                    planned.append((job, piece))
+                    room -= len(piece)
         for job, tokens in planned:
             self._add(lane, job, tokens)
         if llama_cpp.llama_decode(lane.ctx, batch) != 0:

@@ -48,35 +48,31 @@ def route_native_logs() -> None:
         llama_cpp.llama_log_set(_routed, ctypes.c_void_p(0))
 
 
-def physical_cores() -> int:
+def physical_cores(cpuinfo: str | None = None, allowed: int | None = None) -> int:
     """CPU cores this process may run on, counting each physical core once.
 
     Hyperthread siblings share one core's arithmetic units, so generation gains
-    nothing from a second thread on them; the count comes from ``/proc/cpuinfo`` where
-    there is one, and is capped by the CPUs the process is allowed to use.
+    nothing from a second thread on them. The count comes from ``/proc/cpuinfo``
+    (``cpuinfo``: its text) where there is one, capped by the CPUs the process may
+    use (``allowed``: their number).
     """
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        allowed = os.cpu_count() or 1
+    if allowed is None:
+        try:
+            allowed = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            allowed = os.cpu_count() or 1
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as file:
+                cpuinfo = file.read()
+        except OSError:
+            cpuinfo = ""
     cores: set[tuple[str, str]] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            physical = core = ""
-            for line in info:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    physical = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                elif not key and core:
-                    cores.add((physical, core))
-                    physical = core = ""
-            if core:
-                cores.add((physical, core))
-    except OSError:
-        pass
+    for block in cpuinfo.split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        if "core id" in fields:
+            cores.add((fields.get("physical id", ""), fields["core id"]))
     return max(1, min(allowed, len(cores) or allowed))
 
 

@@ -1,0 +1,264 @@
+"""The batching engine of the llama.cpp backend, on the real embedded SmolLM2 model.
+
+What a user of a busy bot relies on: a reply does not depend on who else is being
+answered, one conversation's trouble stays its own, a long prompt does not freeze
+the others, and a conversation's next turn is not evaluated from scratch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from botkit import Prompt, Role, Turn
+from botkit.backends import llamacpp_engine
+from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+from botkit.backends.llamacpp_engine import EngineError
+from botkit.testing import WAIT_TIMEOUT, eventually
+
+SYSTEM = "You are a helpful assistant."
+GREEDY = {"temperature": 0, "seed": 1}
+TOPICS = [
+    "the moon", "tea", "rivers", "chess", "bread", "owls", "glass", "rain", "maps", "salt",
+    "bridges", "bees", "clocks", "paper", "snow", "copper", "violins", "deserts", "kites", "ink",
+]  # fmt: skip
+STORY = "Write a long story about a dragon."
+
+
+def ask(text: str) -> Prompt:
+    return Prompt(SYSTEM, [Turn(Role.USER, text)])
+
+
+def params(backend: LlamaCppBackend, **changes: object):
+    return dataclasses.replace(backend.settings.sampling(), **changes)
+
+
+async def reply(backend: LlamaCppBackend, prompt: Prompt, **changes: object) -> str:
+    stream = backend.stream(prompt, params(backend, **changes), threading.Event())
+    return "".join([chunk.text async for chunk in stream])
+
+
+def started(**settings: object) -> Iterator[LlamaCppBackend]:
+    backend = LlamaCppBackend(LlamaCppSettings(**{**GREEDY, **settings}))
+    asyncio.run(backend.start())
+    yield backend
+    asyncio.run(backend.close())
+
+
+@pytest.fixture(scope="module")
+def twenty() -> Iterator[LlamaCppBackend]:
+    """Twenty sequences of 1,024 tokens, and no room to save caches (every reply starts alike)."""
+    yield from started(parallel=20, n_ctx=1024, max_tokens=24, kv_cache_mb=0)
+
+
+@pytest.fixture(scope="module")
+def one() -> Iterator[LlamaCppBackend]:
+    """One sequence, with room to save the caches of the conversations it sets aside."""
+    yield from started(parallel=1, n_ctx=1024, max_tokens=24)
+
+
+async def until_idle(backend: LlamaCppBackend) -> None:
+    await eventually(lambda: backend.load().slots_in_use == 0, what="the engine to finish its sequences")
+
+
+# -- batching --------------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_greedy_replies_are_the_same_alone_and_in_a_batch_of_twenty(twenty):
+    prompts = [ask(f"Tell me one fact about {topic}.") for topic in TOPICS]
+    alone = [await reply(twenty, prompt) for prompt in prompts]
+    together = await asyncio.gather(*(reply(twenty, prompt) for prompt in prompts))
+    assert len(set(alone)) > 10  # twenty different questions, mostly different answers
+    assert list(together) == alone
+
+
+@pytest.mark.model
+async def test_all_twenty_sequences_generate_at_once(twenty):
+    streams = [twenty.stream(ask(STORY), params(twenty, max_tokens=400), threading.Event()) for _ in TOPICS]
+    firsts = await asyncio.gather(*(anext(stream) for stream in streams))
+    # Every stream has its first text while all of them are still generating.
+    assert all(chunk.text for chunk in firsts)
+    assert twenty.load().slots_in_use == 20
+    for stream in streams:
+        await stream.aclose()
+    await until_idle(twenty)
+
+
+@pytest.mark.model
+async def test_stopping_one_sequence_leaves_the_others_as_they_would_be_alone(twenty):
+    alone = await reply(twenty, ask("Tell me one fact about owls."))
+    stopped = threading.Event()
+    long = twenty.stream(ask(STORY), params(twenty, max_tokens=400), stopped)
+    await anext(long)
+    other = asyncio.ensure_future(reply(twenty, ask("Tell me one fact about owls.")))
+    stopped.set()
+    rest = [chunk async for chunk in long]
+    assert len(rest) < 100  # ended soon after /stop, not at its 400 tokens
+    assert await asyncio.wait_for(other, WAIT_TIMEOUT) == alone
+
+
+@pytest.mark.model
+async def test_a_long_prompt_is_evaluated_in_pieces_between_the_steps_of_a_running_reply(twenty):
+    piece = twenty._engine.piece
+    long_prompt = ask("Summarise this. " + "The quick brown fox jumps over the lazy dog. " * 80)
+    assert await twenty.count_tokens(long_prompt) > 3 * piece
+    running = twenty.stream(ask(STORY), params(twenty, max_tokens=300), threading.Event())
+    await anext(running)
+    received: list[str] = []
+    long_started = asyncio.Event()
+
+    async def read_running() -> None:
+        async for chunk in running:
+            received.append(chunk.text)
+            if long_started.is_set():
+                return
+
+    async def read_long() -> str:
+        chunks = twenty.stream(long_prompt, params(twenty, max_tokens=4), threading.Event())
+        first = await anext(chunks)
+        seen = len(received)
+        long_started.set()
+        rest = [chunk.text async for chunk in chunks]
+        return seen, first.text + "".join(rest)
+
+    reader = asyncio.ensure_future(read_running())
+    seen, _ = await asyncio.wait_for(read_long(), 4 * WAIT_TIMEOUT)
+    await asyncio.wait_for(reader, WAIT_TIMEOUT)
+    await running.aclose()
+    # The running reply got a token in each step that evaluated a piece of the long prompt.
+    assert seen >= 3
+    await until_idle(twenty)
+
+
+# -- faults stay with their sequence -----------------------------------------------
+
+
+@pytest.mark.model
+async def test_a_sampling_failure_ends_that_reply_and_no_other(twenty, monkeypatch):
+    alone = await reply(twenty, ask("Tell me one fact about rain."))
+    doomed: set[int] = set()
+    make_sampler = llamacpp_engine.Engine._sampler
+    sample = llamacpp_engine.llama_cpp.llama_sampler_sample
+
+    def marking(engine, job):
+        chain = make_sampler(engine, job)
+        if job.sampling.max_tokens == 23:  # the request this test dooms
+            doomed.add(chain)
+        return chain
+
+    def failing(chain, ctx, index):
+        if chain in doomed:
+            raise RuntimeError("bad sampler value")
+        return sample(chain, ctx, index)
+
+    monkeypatch.setattr(llamacpp_engine.Engine, "_sampler", marking)
+    monkeypatch.setattr(llamacpp_engine.llama_cpp, "llama_sampler_sample", failing)
+    healthy = asyncio.ensure_future(reply(twenty, ask("Tell me one fact about rain.")))
+    with pytest.raises(EngineError, match="sampling failed"):
+        await reply(twenty, ask("Tell me one fact about salt."), max_tokens=23)
+    assert await asyncio.wait_for(healthy, WAIT_TIMEOUT) == alone
+    monkeypatch.undo()
+    assert await reply(twenty, ask("Tell me one fact about rain.")) == alone  # and the engine works after
+
+
+@pytest.mark.model
+async def test_a_decode_failure_ends_that_reply_and_the_others_go_on(twenty, monkeypatch):
+    alone = await reply(twenty, ask("Tell me one fact about maps."))
+    decode = llamacpp_engine.llama_cpp.llama_decode
+    doomed: set[int] = set()
+
+    def failing(ctx, batch):
+        sequences = {batch.seq_id[index][0] for index in range(batch.n_tokens)}
+        if sequences & doomed:
+            return -1
+        return decode(ctx, batch)
+
+    healthy = asyncio.ensure_future(reply(twenty, ask("Tell me one fact about maps.")))
+    long = twenty.stream(ask(STORY), params(twenty, max_tokens=400), threading.Event())
+    await anext(long)
+    (slot,) = [slot for lane in twenty._engine._lanes.values() for slot in lane.slots if slot.job is not None
+               and slot.job.sampling.max_tokens == 400]  # fmt: skip
+    doomed.add(slot.seq)
+    monkeypatch.setattr(llamacpp_engine.llama_cpp, "llama_decode", failing)
+    with pytest.raises(EngineError, match="llama_decode returned -1"):
+        async for _ in long:
+            pass
+    assert await asyncio.wait_for(healthy, WAIT_TIMEOUT) == alone
+    monkeypatch.undo()
+    assert await reply(twenty, ask("Tell me one fact about maps.")) == alone
+
+
+# -- a conversation keeps its cache ------------------------------------------------
+
+
+def conversation(*turns: str) -> Prompt:
+    roles = [Role.USER, Role.ASSISTANT] * len(turns)
+    return Prompt(SYSTEM, [Turn(role, text) for role, text in zip(roles, turns, strict=False)])
+
+
+@pytest.mark.model
+async def test_the_next_turn_evaluates_only_what_follows_the_cached_tokens(one):
+    first = conversation("Name a fruit.")
+    answer = await reply(one, first)
+    before = one.load()
+    second = conversation("Name a fruit.", answer, "And a vegetable?")
+    await reply(one, second)
+    after = one.load()
+    whole = await one.count_tokens(second)
+    evaluated = after.evaluated_tokens - before.evaluated_tokens
+    reused = after.reused_tokens - before.reused_tokens
+    assert reused + evaluated == whole
+    assert evaluated < 20 < await one.count_tokens(first) <= reused
+
+
+@pytest.mark.model
+async def test_a_conversation_set_aside_and_restored_answers_as_if_never_moved(one):
+    alice = conversation("Name a colour.")
+    alice_answer = await reply(one, alice)
+    alice_next = conversation("Name a colour.", alice_answer, "Why do people like it?")
+    # The reference: Alice's next turn straight after her first, from the cache in the sequence.
+    expected = await reply(one, alice_next)
+
+    await reply(one, alice)  # Alice's first turn again: the sequence holds it
+    saved_before = one.load()
+    bob = await reply(one, conversation("Name a planet."))  # takes the only sequence: Alice's cache is saved
+    assert bob and one.load().kv_saved == saved_before.kv_saved + 1
+    restored = one.load()
+    assert await reply(one, alice_next) == expected  # her cache copied back, not evaluated again
+    after = one.load()
+    assert after.reused_tokens - restored.reused_tokens >= await one.count_tokens(alice) - 2
+    assert after.evictions == restored.evictions
+
+
+@pytest.mark.model
+async def test_a_cache_too_big_for_kv_cache_mb_is_evaluated_again_and_counted_as_evicted():
+    for backend in started(parallel=1, n_ctx=1024, max_tokens=8, kv_cache_mb=0.01):
+        alice = conversation("Name a colour.")
+        await reply(backend, alice)
+        await reply(backend, conversation("Name a planet."))
+        load = backend.load()
+        assert load.kv_saved == 0 and load.evictions == 1 and load.kv_cache_limit_mb == pytest.approx(0.01)
+
+
+# -- settings ------------------------------------------------------------------------
+
+
+def test_threads_default_to_one_per_physical_core():
+    from botkit.backends.llamacpp_model import physical_cores
+
+    hyperthreaded = "".join(
+        f"processor\t: {cpu}\nphysical id\t: 0\ncore id\t\t: {cpu // 2}\n\n" for cpu in range(8)
+    )
+    assert physical_cores(hyperthreaded, allowed=8) == 4
+    assert physical_cores(hyperthreaded, allowed=2) == 2  # a container limited to 2 CPUs
+    assert physical_cores("", allowed=3) == 3  # no cpuinfo to read: every allowed CPU
+
+
+def test_n_batch_must_leave_room_for_prompts():
+    with pytest.raises(ValueError, match=r"n_batch \(8\) must be larger than parallel \(8\)"):
+        LlamaCppSettings(parallel=8, n_batch=8)
