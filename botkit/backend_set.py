@@ -137,6 +137,7 @@ def build_backends(registry: Registry, settings: Settings) -> dict[str, BackendS
         type_name, backend_settings = validate_backend(registry, settings, name, raw)
         backend = registry.backends[type_name].factory(backend_settings)
         backend.table = ".".join(table_path(name))
+        # Read from the instance: a backend may set it from its settings (llama.cpp's `parallel`).
         queue = GenerationQueue(backend.concurrency, backend_settings.queue_limit)
         slots[name] = BackendSlot(name, type_name, backend, queue)
     check_override_backends(settings, slots)
