@@ -402,25 +402,24 @@ class Pipeline:
         updates = StreamedUpdates(responder)
         try:
             streamed = await self._stream(request, updates, started)
+            status, refusal = streamed.status, streamed.refusal
+            if refusal is None:
+                final = await run_chain(
+                    filters, "text", streamed.raw, str, message=message, final=True, bot=bot
+                )
+                if isinstance(final, Refuse):
+                    status, refusal = ReplyStatus.BLOCKED, final
+                else:
+                    text = final
+            if refusal is not None:
+                log.info("reply to %s blocked: %s", message.message_id, refusal.reason)
+                text = refusal.notice or ""
+            text = self._with_status_note(text, status, slot.settings.timeout)
+            latency_s = time.monotonic() - started
+            await updates.settle()
         except BaseException:
-            updates.abandon()
+            updates.abandon()  # cancelled (shutdown): an update stuck on the platform is not waited for
             raise
-        finally:
-            slot.queue.release(request.ticket)
-
-        status, refusal = streamed.status, streamed.refusal
-        if refusal is None:
-            final = await run_chain(filters, "text", streamed.raw, str, message=message, final=True, bot=bot)
-            if isinstance(final, Refuse):
-                status, refusal = ReplyStatus.BLOCKED, final
-            else:
-                text = final
-        if refusal is not None:
-            log.info("reply to %s blocked: %s", message.message_id, refusal.reason)
-            text = refusal.notice or ""
-        text = self._with_status_note(text, status, slot.settings.timeout)
-        latency_s = time.monotonic() - started
-        await updates.settle()
         delivered = await responder.finish(text, status)
         return request.reply(
             text,
@@ -435,7 +434,8 @@ class Pipeline:
         """Run the backend's stream to its end, showing the filtered text as it grows.
 
         Returns once the stream is closed, so the backend holds nothing of this
-        request any more (a worker thread, a batch slot).
+        request any more (a worker thread, a batch slot), and its model slot has
+        gone to the next request in line.
         """
         message, slot, cancel = request.message, request.slot, request.ticket.cancel
         filters, bot = self._hook.botkit_filter_reply, self._bot
@@ -473,6 +473,7 @@ class Pipeline:
         finally:
             if stream is not None:
                 await self._close_stream(stream, slot)
+            slot.queue.release(request.ticket)
         return streamed
 
     async def _close_stream(self, stream: AsyncIterator[Chunk], slot: BackendSlot) -> None:
