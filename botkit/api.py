@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_check
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from botkit.backend import EngineLoad
     from botkit.commands import Command
     from botkit.settings import Settings
     from botkit.storage import Database
@@ -102,6 +103,31 @@ class BackendStatus:
     waiting: int
     concurrency: int
     queue_limit: int
+    engine: EngineLoad | None = None  # what its engine is doing, for a backend that reports it
+
+    def describe(self) -> str:
+        """One line for an admin: the model, what generates and waits, and the engine's load if known."""
+        parts = [f"{self.name}: {self.type} {self.model}"]
+        if self.lora:
+            parts.append(f"LoRA adapter {self.lora}")
+        engine = self.engine
+        if engine is None:
+            parts.append(f"{self.generating}/{self.concurrency} generating")
+        else:
+            parts.append(f"slots {engine.slots_in_use}/{engine.slots} in use")
+        parts.append(f"{self.waiting} waiting (at most {self.queue_limit})")
+        if engine is not None:
+            parts.append(
+                f"KV cache {engine.kv_cache_mb:.1f}/{engine.kv_cache_limit_mb:g} MB "
+                f"({engine.kv_saved} saved, {engine.evictions} evicted)"
+            )
+            prompt_tokens = engine.reused_tokens + engine.evaluated_tokens
+            if prompt_tokens:
+                parts.append(f"prompt tokens reused {engine.reused_tokens / prompt_tokens:.0%}")
+            else:
+                parts.append("no prompt evaluated yet")
+        parts.append(f"context {self.context_window:,} tokens")
+        return " · ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,12 @@ never makes another channel's backend wait.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from botkit.backend import Backend, BackendSettings
+from botkit.api import BackendStatus
+from botkit.backend import Backend, BackendSettings, EngineLoad
 from botkit.errors import ConfigError, LoraError, ModelLoadError
 from botkit.generation import GenerationQueue
 from botkit.registry import Registry
@@ -39,18 +41,59 @@ class BackendSlot:
         """Its config table as written in messages: ``backend`` or ``backends.<name>``."""
         return self.backend.table
 
+    def status(self) -> BackendStatus:
+        """What it is doing now: its model, its queue and, where the backend reports it, its engine's load."""
+        backend, queue = self.backend, self.queue
+        return BackendStatus(
+            name=self.name,
+            type=self.type_name,
+            model=backend.model_name,
+            lora=backend.active_lora,
+            loras=tuple(sorted(backend.loras)),
+            context_window=backend.context_window,
+            generating=queue.running,
+            waiting=queue.waiting,
+            concurrency=queue.concurrency,
+            queue_limit=queue.limit,
+            engine=backend.load(),
+        )
+
     def summary(self) -> dict[str, Any]:
-        """What is shown of it (``botkit backends list``, ``/status``, the control socket's status)."""
-        backend = self.backend
+        """``status()`` as JSON values (``botkit backends list``, the control socket's status)."""
+        status = self.status()
         # "adapter" and "adapters" (the LoRA adapters) keep their names: they are the control
         # socket's answer, which `botkit finetune deploy` of another version may be reading.
+        # Keys are only ever added to it.
         return {
-            "type": self.type_name,
-            "model": backend.model_name,
-            "adapter": backend.active_lora,
-            "adapters": sorted(backend.loras),
-            "context_window": backend.context_window,
+            "type": status.type,
+            "model": status.model,
+            "adapter": status.lora,
+            "adapters": list(status.loras),
+            "context_window": status.context_window,
+            "generating": status.generating,
+            "waiting": status.waiting,
+            "concurrency": status.concurrency,
+            "queue_limit": status.queue_limit,
+            "engine": asdict(status.engine) if status.engine is not None else None,
         }
+
+
+def status_from_summary(name: str, summary: Mapping[str, Any]) -> BackendStatus:
+    """The ``BackendStatus`` a running bot's ``summary()`` describes (read from its control socket)."""
+    engine = summary.get("engine")
+    return BackendStatus(
+        name=name,
+        type=summary["type"],
+        model=summary["model"],
+        lora=summary["adapter"],
+        loras=tuple(summary["adapters"]),
+        context_window=summary["context_window"],
+        generating=summary["generating"],
+        waiting=summary["waiting"],
+        concurrency=summary["concurrency"],
+        queue_limit=summary["queue_limit"],
+        engine=EngineLoad(**engine) if engine is not None else None,
+    )
 
 
 def table_path(name: str) -> tuple[str, ...]:
@@ -94,6 +137,7 @@ def build_backends(registry: Registry, settings: Settings) -> dict[str, BackendS
         type_name, backend_settings = validate_backend(registry, settings, name, raw)
         backend = registry.backends[type_name].factory(backend_settings)
         backend.table = ".".join(table_path(name))
+        # Read from the instance: a backend may set it from its settings (llama.cpp's `parallel`).
         queue = GenerationQueue(backend.concurrency, backend_settings.queue_limit)
         slots[name] = BackendSlot(name, type_name, backend, queue)
     check_override_backends(settings, slots)

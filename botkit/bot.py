@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from botkit.adapter import Adapter, AdapterSettings
-from botkit.api import BackendStatus, BotStatus, PluginState
+from botkit.api import BotStatus, PluginState
 from botkit.backend import Backend, BackendSettings
 from botkit.backend_set import (
     DEFAULT,
@@ -131,26 +131,9 @@ class Bot:
 
     def status(self) -> BotStatus:
         """What the bot is doing now: its backends and queues, conversations, plugins, database."""
-        backends = []
-        for slot in self.backends.values():
-            backend, queue = slot.backend, slot.queue
-            backends.append(
-                BackendStatus(
-                    name=slot.name,
-                    type=slot.type_name,
-                    model=backend.model_name,
-                    lora=backend.active_lora,
-                    loras=tuple(sorted(backend.loras)),
-                    context_window=backend.context_window,
-                    generating=queue.running,
-                    waiting=queue.waiting,
-                    concurrency=queue.concurrency,
-                    queue_limit=queue.limit,
-                )
-            )
         plugins = self.host.infos
         return BotStatus(
-            backends=tuple(backends),
+            backends=tuple(slot.status() for slot in self.backends.values()),
             conversations=len(self.pipeline.lanes),
             plugins_on=sum(1 for name in plugins if self.host.is_on(name)),
             plugins_total=len(plugins),

@@ -22,9 +22,9 @@ from botkit import __version__
 from botkit.bot import Bot
 from botkit.cli_plugins import CommandGroup, add_plugin_commands
 from botkit.control import ControlServer
-from botkit.errors import BotkitError, ConfigError
+from botkit.errors import BotkitError, ConfigError, NoRunningBot
 from botkit.ops import CONFIG_HELP, Context, config_option, fail, run_with_database
-from botkit.settings import to_toml
+from botkit.settings import Settings, to_toml
 
 log = logging.getLogger("botkit")
 
@@ -238,7 +238,8 @@ def backends() -> None:
 @click.option("--no-load", is_flag=True, help="only show the configuration; do not try to load each model")
 @click.pass_obj
 def backends_list(ctx: Context, no_load: bool) -> None:
-    """Print each configured backend: type, model, adapters, context size, and whether it loads.
+    """Print each configured backend: type, model, adapters, context size, and whether it loads;
+    then what the bot running with this config is doing (its queues and engines), if one is.
 
     Loading means what the bot does at start: the model file is read (or the
     server asked for its models), then released. Exits 1 when any backend fails.
@@ -269,8 +270,37 @@ def backends_list(ctx: Context, no_load: bool) -> None:
             failures += 1
             lines.append(f"  loads:    NO: {problem}")
         click.echo("\n".join(lines))
+    click.echo("\n".join(running_bot_lines(bot.settings)))
     if failures:
         sys.exit(1)
+
+
+def running_bot_lines(settings: Settings) -> list[str]:
+    """What the bot running with ``settings`` says of its backends (one line each), or why nothing."""
+    from botkit.backend_set import status_from_summary
+    from botkit.control import CLAIM_TIMEOUT, control_socket_path, request_sync
+
+    try:
+        path = control_socket_path(settings)
+        if path is None:
+            return ["running bot: not asked ([bot] control_socket is off)"]
+        answer = request_sync(path, {"command": "status"}, timeout=CLAIM_TIMEOUT)
+    except NoRunningBot:
+        return ["running bot: none with this config"]
+    except BotkitError as error:
+        return [f"running bot: not asked: {error}"]
+    if not answer.get("ok"):
+        return [f"running bot: its status failed: {answer.get('error')}"]
+    lines = [f"running bot (pid {answer.get('pid')}):"]
+    try:
+        lines += [
+            f"  {status_from_summary(name, summary).describe()}"
+            for name, summary in answer["backends"].items()
+        ]
+    except (KeyError, TypeError) as error:
+        # A bot of an older botkit reports less; say what it gave rather than fail.
+        return [f"running bot (pid {answer.get('pid')}): its status lacks {error} (an older botkit?)"]
+    return lines
 
 
 @click.group()

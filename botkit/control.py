@@ -7,7 +7,8 @@ without restarting it. One JSON object per line each way:
 - ``{"command": "reload"}``: ``bot.reload_settings()``; answers ``{"ok": true, "notes":
   [...]}``, or ``{"ok": false, "error": "..."}`` when the config is invalid (nothing applied);
 - ``{"command": "status"}``: ``{"ok": true, "pid": ..., "config": ..., "backends": {name:
-  {"type", "model", "adapter", "adapters", "context_window"}}}``.
+  {"type", "model", "adapter", "adapters", "context_window", "generating", "waiting",
+  "concurrency", "queue_limit", "engine"}}}`` (``BackendSlot.summary()``; keys are only added).
 
 Who may ask is who may open the socket file: it is made 0600, in a folder only the
 bot's user enters, so the same user (or root) only.

@@ -21,6 +21,7 @@ from botkit.overrides import Choice, merged
 from botkit.sampling import with_values
 from botkit.types import (
     NO_LORA,
+    Chunk,
     Message,
     Prompt,
     Refuse,
@@ -127,6 +128,62 @@ class ModelRequest:
             lora=self.lora,
             platform_message_ids=platform_message_ids,
         )
+
+
+@dataclass(slots=True)
+class Streamed:
+    """What the backend's stream gave one request: its raw text and how the stream ended."""
+
+    raw: str = ""
+    status: ReplyStatus = ReplyStatus.COMPLETED
+    refusal: Refuse | None = None  # the output filter's, when one stopped the stream
+    completion_tokens: int = 0
+    first_token_s: float | None = None
+
+
+class StreamedUpdates:
+    """Hands a growing reply to ``responder.update`` without ever making the model wait for it.
+
+    An update may wait on a platform (a rate limit, a slow edit); the model's
+    stream must not, or the model slot is held for as long as the platform
+    takes. ``offer`` keeps only the newest text and a task delivers it, one
+    ``update`` at a time; texts offered meanwhile are merged into the next one.
+    A responder whose ``update`` returns at once still gets every text.
+    """
+
+    def __init__(self, responder: Responder) -> None:
+        self._responder = responder
+        self._newest: str | None = None
+        self._delivery: asyncio.Task[None] | None = None
+
+    async def offer(self, text: str) -> None:
+        """Take the whole reply so far; it reaches the responder as soon as its last update is done."""
+        self._newest = text
+        if self._delivery is None or self._delivery.done():
+            self._delivery = asyncio.create_task(self._deliver(), name="botkit-reply-updates")
+        # One turn of the event loop: an update that does not wait is made before the next chunk.
+        await asyncio.sleep(0)
+
+    async def settle(self) -> None:
+        """Wait for the update in progress, if any; texts not yet delivered are dropped
+        (``finish`` delivers the final text, and must come after every update)."""
+        self._newest = None
+        if self._delivery is not None:
+            await asyncio.wait({self._delivery})
+
+    def abandon(self) -> None:
+        """Stop delivering: the message is no longer being answered (shutdown)."""
+        self._newest = None
+        if self._delivery is not None:
+            self._delivery.cancel()
+
+    async def _deliver(self) -> None:
+        while self._newest is not None:
+            text, self._newest = self._newest, None
+            try:
+                await self._responder.update(text)
+            except Exception:
+                log.exception("a streamed update of the reply failed; the final text is still delivered")
 
 
 class Pipeline:
@@ -329,68 +386,106 @@ class Pipeline:
         except GenerationCancelled:  # /stop while waiting: never generated
             reply = request.reply("", ReplyStatus.STOPPED)
         finally:
-            queue.release(ticket)
+            queue.release(ticket)  # _generate released it when its stream ended; this covers the rest
         await call_all(self._hook.botkit_after_reply, message=message, reply=reply, bot=self._bot)
 
     async def _generate(self, request: ModelRequest, responder: Responder) -> Reply:
-        """Stream the backend's answer through the output filters to the responder; the reply delivered."""
-        message, slot, cancel = request.message, request.slot, request.ticket.cancel
-        filters = self._hook.botkit_filter_reply
-        bot = self._bot
-        started = time.monotonic()
-        first_token_s: float | None = None
-        completion_tokens = 0
-        raw, shown = "", ""
-        status = ReplyStatus.COMPLETED
-        refusal: Refuse | None = None
-        try:
-            async with asyncio.timeout(slot.settings.timeout):
-                async for chunk in slot.backend.stream(request.prompt, request.params, cancel):
-                    if first_token_s is None:
-                        first_token_s = time.monotonic() - started
-                    raw += chunk.text
-                    completion_tokens += chunk.tokens
-                    filtered = await run_chain(
-                        filters, "text", raw, str, message=message, final=False, bot=bot
-                    )
-                    if isinstance(filtered, Refuse):
-                        cancel.set()
-                        status, refusal = ReplyStatus.BLOCKED, filtered
-                        break
-                    if filtered != shown:
-                        shown = filtered
-                        await responder.update(shown)
-            if status is ReplyStatus.COMPLETED and cancel.is_set():
-                status = ReplyStatus.STOPPED
-        except TimeoutError:
-            cancel.set()
-            status = ReplyStatus.TIMED_OUT
-        except Exception:
-            log.exception(
-                "backend %r (%s) failed on message %s", slot.name, slot.type_name, message.message_id
-            )
-            status = ReplyStatus.FAILED
+        """Stream the backend's answer through the output filters to the responder; the reply delivered.
 
-        if refusal is None:
-            final = await run_chain(filters, "text", raw, str, message=message, final=True, bot=bot)
-            if isinstance(final, Refuse):
-                status, refusal = ReplyStatus.BLOCKED, final
-            else:
-                text = final
-        if refusal is not None:
-            log.info("reply to %s blocked: %s", message.message_id, refusal.reason)
-            text = refusal.notice or ""
-        text = self._with_status_note(text, status, slot.settings.timeout)
-        latency_s = time.monotonic() - started
+        The model slot is given back as soon as the backend's stream ends: the final
+        filters and the delivery, which may wait out a platform's rate limit, run
+        outside it, so a slow platform never makes another conversation wait.
+        """
+        message, slot = request.message, request.slot
+        filters, bot = self._hook.botkit_filter_reply, self._bot
+        started = time.monotonic()
+        updates = StreamedUpdates(responder)
+        try:
+            streamed = await self._stream(request, updates, started)
+            status, refusal = streamed.status, streamed.refusal
+            if refusal is None:
+                final = await run_chain(
+                    filters, "text", streamed.raw, str, message=message, final=True, bot=bot
+                )
+                if isinstance(final, Refuse):
+                    status, refusal = ReplyStatus.BLOCKED, final
+                else:
+                    text = final
+            if refusal is not None:
+                log.info("reply to %s blocked: %s", message.message_id, refusal.reason)
+                text = refusal.notice or ""
+            text = self._with_status_note(text, status, slot.settings.timeout)
+            latency_s = time.monotonic() - started
+            await updates.settle()
+        except BaseException:
+            updates.abandon()  # cancelled (shutdown): an update stuck on the platform is not waited for
+            raise
         delivered = await responder.finish(text, status)
         return request.reply(
             text,
             status,
-            completion_tokens=completion_tokens,
+            completion_tokens=streamed.completion_tokens,
             latency_s=latency_s,
-            first_token_s=first_token_s,
+            first_token_s=streamed.first_token_s,
             platform_message_ids=tuple(delivered or ()),
         )
+
+    async def _stream(self, request: ModelRequest, updates: StreamedUpdates, started: float) -> Streamed:
+        """Run the backend's stream to its end, showing the filtered text as it grows.
+
+        Returns once the stream is closed, so the backend holds nothing of this
+        request any more (a worker thread, a batch slot), and its model slot has
+        gone to the next request in line.
+        """
+        message, slot, cancel = request.message, request.slot, request.ticket.cancel
+        filters, bot = self._hook.botkit_filter_reply, self._bot
+        streamed = Streamed()
+        shown = ""
+        stream: AsyncIterator[Chunk] | None = None
+        try:
+            async with asyncio.timeout(slot.settings.timeout):
+                stream = slot.backend.stream(request.prompt, request.params, cancel)
+                async for chunk in stream:
+                    if streamed.first_token_s is None:
+                        streamed.first_token_s = time.monotonic() - started
+                    streamed.raw += chunk.text
+                    streamed.completion_tokens += chunk.tokens
+                    filtered = await run_chain(
+                        filters, "text", streamed.raw, str, message=message, final=False, bot=bot
+                    )
+                    if isinstance(filtered, Refuse):
+                        cancel.set()
+                        streamed.status, streamed.refusal = ReplyStatus.BLOCKED, filtered
+                        break
+                    if filtered != shown:
+                        shown = filtered
+                        await updates.offer(shown)
+            if streamed.status is ReplyStatus.COMPLETED and cancel.is_set():
+                streamed.status = ReplyStatus.STOPPED
+        except TimeoutError:
+            cancel.set()
+            streamed.status = ReplyStatus.TIMED_OUT
+        except Exception:
+            log.exception(
+                "backend %r (%s) failed on message %s", slot.name, slot.type_name, message.message_id
+            )
+            streamed.status = ReplyStatus.FAILED
+        finally:
+            if stream is not None:
+                await self._close_stream(stream, slot)
+            slot.queue.release(request.ticket)
+        return streamed
+
+    async def _close_stream(self, stream: AsyncIterator[Chunk], slot: BackendSlot) -> None:
+        # Leaving ``async for`` early (a refusal) does not close an async generator; closing it
+        # here makes the backend finish with this request before its slot goes to the next one.
+        close = getattr(stream, "aclose", None)
+        if close is None:
+            return
+        try:
+            await close()
+        except Exception:
+            log.exception("backend %r (%s) failed while ending a stream", slot.name, slot.type_name)
 
     def _with_status_note(self, text: str, status: ReplyStatus, seconds: float) -> str:
         if status is ReplyStatus.COMPLETED:

@@ -73,18 +73,10 @@ async def show_config(ctx: CommandContext) -> str:
 
 async def status(ctx: CommandContext) -> str:
     status = ctx.bot.status()
-    lines = []
-    for backend in status.backends:
-        lora = f", LoRA adapter {backend.lora}" if backend.lora else ""
-        lines += [
-            f"Backend {backend.name}: {backend.type}, model {backend.model}{lora}, "
-            f"context {backend.context_window:,} tokens",
-            f"  queue: {backend.generating} generating, {backend.waiting} waiting "
-            f"(at most {backend.concurrency} at once, {backend.queue_limit} waiting)",
-        ]
     return "\n".join(
         [
-            *lines,
+            "Backends:",
+            *(backend.describe() for backend in status.backends),
             f"Conversations being handled: {status.conversations}",
             f"Plugins on: {status.plugins_on} of {status.plugins_total}",
             f"Database: {status.database}",

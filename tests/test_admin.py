@@ -135,8 +135,7 @@ async def test_config_shows_the_effective_config_masked(make_bot, monkeypatch):
 async def test_status_reports_queue_and_backend(bot):
     reply = await bot.chat.say("/status", user="admin")
     text = reply.texts[0]
-    assert "Backend default: scripted, model scripted, context 4,096 tokens" in text
-    assert "queue: 0 generating, 0 waiting (at most 1 at once, 100 waiting)" in text
+    assert "default: scripted scripted · 0/1 generating · 0 waiting (at most 100) · context 4,096 tokens" in text
     assert "Database: sqlite+aiosqlite:///" in text
 
 

@@ -179,7 +179,7 @@ async def test_adapter_is_still_the_lora_command_under_its_old_name(make_bot):
 async def test_status_lists_every_backend(make_bot):
     async with make_bot(TWO_BACKENDS) as bot:
         status = (await bot.chat.say("/status", user="admin")).texts[0]
-        assert "Backend default: scripted" in status and "Backend other: scripted" in status
+        assert "\ndefault: scripted scripted · " in status and "\nother: scripted scripted · " in status
 
 
 @pytest.mark.parametrize(

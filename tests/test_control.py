@@ -100,6 +100,11 @@ async def test_status_shows_each_backend_with_its_model_and_adapters(config):
         "adapter": None,
         "adapters": [],
         "context_window": bot.backend.context_window,
+        "generating": 0,
+        "waiting": 0,
+        "concurrency": 1,
+        "queue_limit": 100,
+        "engine": None,  # the scripted backend reports no engine load
     }
 
 
