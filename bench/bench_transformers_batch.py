@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_transformers_batch.py            # about 2 minutes on two cores
+    .venv/bin/python bench/bench_transformers_batch.py            # about 2 minutes on two cores, quiet
     .venv/bin/python bench/bench_transformers_batch.py --check    # exit 1 when the target is missed
     .venv/bin/python bench/bench_transformers_batch.py --device cuda --sizes 1,8,32,64 --tokens 128
 
@@ -189,7 +189,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--tokens", type=int, default=24, help="max_tokens per reply (default 24)")
     parser.add_argument(
-        "--rounds", type=int, default=1, help="runs of each side per size; the median is kept"
+        "--rounds", type=int, default=3, help="runs of each side per size (default 3); the median is kept"
     )
     parser.add_argument("--device", default="cpu", help="'cpu' (default), 'cuda', 'auto'...")
     parser.add_argument("--model", help="a model folder or .gguf file (default: the embedded SmolLM2)")
