@@ -404,19 +404,22 @@ async def test_cancelling_one_sequence_leaves_the_others_untouched(smol):
     evaluated = smol.load().evaluated_tokens
     params = dataclasses.replace(smol.settings.sampling(), max_tokens=40)
     cancel = threading.Event()
+    seen: list[str] = []
     in_use = []
 
     async def cancelled() -> list[Chunk]:
         chunks = []
         async for chunk in smol.stream(prompts[0], params, cancel):
             chunks.append(chunk)
-            if len(chunks) == 1:
+            if not cancel.is_set() and {"story", "colours"} <= set(seen):  # all three are generating
                 in_use.append(smol.load().slots_in_use)
                 cancel.set()
         return chunks
 
     stopped, *others = await asyncio.gather(
-        cancelled(), *(generate(smol, prompt, max_tokens=40) for prompt in prompts[1:])
+        cancelled(),
+        arrivals(smol, "story", seen, prompts[1], max_tokens=40),
+        arrivals(smol, "colours", seen, prompts[2], max_tokens=40),
     )
     assert others == alone
     assert text_of(alone[0]).startswith(text_of(stopped)) and sum(c.tokens for c in stopped) < 40
@@ -424,6 +427,16 @@ async def test_cancelling_one_sequence_leaves_the_others_untouched(smol):
     load = smol.load()
     assert load.slots_in_use == 0 and load.evaluated_tokens - evaluated == sum(tokens)
     assert load.reused_tokens == 0 and load.kv_saved == 0
+
+
+@pytest.mark.model
+async def test_a_prompt_that_cannot_fit_fails_alone(smol):
+    france = await answer(smol, ask(FRANCE))
+    too_long, fine = await asyncio.gather(
+        answer(smol, ask("word " * 9000)), answer(smol, ask(FRANCE)), return_exceptions=True
+    )
+    assert isinstance(too_long, ValueError) and "context window is 8192" in str(too_long)
+    assert fine == france
 
 
 @pytest.mark.model

@@ -124,6 +124,20 @@ class StopStrings:
         return 0
 
 
+def batch_load(slots: int, *, in_use: int, evaluated: int) -> EngineLoad:
+    """``Backend.load`` of the batch: no cache outlives a reply, so none is saved, evicted or reused."""
+    return EngineLoad(
+        slots=slots,
+        slots_in_use=in_use,
+        kv_cache_mb=0.0,
+        kv_cache_limit_mb=0.0,
+        kv_saved=0,
+        evictions=0,
+        reused_tokens=0,
+        evaluated_tokens=evaluated,
+    )
+
+
 def read_adapter_folder(folder: Path, where: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """The adapter config of a peft LoRA folder and the shapes of its weights (read without torch)."""
     if not folder.exists():
@@ -201,7 +215,7 @@ class TransformersBackend(LoraBackend):
     def load(self) -> EngineLoad:
         if self._engine is not None:
             return self._engine.load()
-        return EngineLoad(self.settings.parallel, 0, 0.0, 0.0, 0, 0, 0, 0)
+        return batch_load(self.settings.parallel, in_use=0, evaluated=0)
 
     # -- loading -------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import torch
 from transformers import DynamicCache, TextStreamer
 
 from botkit.backend import EngineLoad
+from botkit.backends.transformers import batch_load
 from botkit.backends.transformers_cache import CacheKind, FixedRows, GrowingRows, Rows
 from botkit.backends.transformers_engine import LoadedModel, with_adapter
 from botkit.types import Chunk, SamplingParams
@@ -282,17 +283,8 @@ class BatchEngine:
         self._thread.join()
 
     def load(self) -> EngineLoad:
-        """``Backend.load``: slots and prompt tokens evaluated; no cache is kept between replies."""
-        return EngineLoad(
-            slots=self.slots,
-            slots_in_use=self._rows.count,
-            kv_cache_mb=0.0,
-            kv_cache_limit_mb=0.0,
-            kv_saved=0,
-            evictions=0,
-            reused_tokens=0,
-            evaluated_tokens=self._evaluated,
-        )
+        """``Backend.load``: the slots, those in use, and the prompt tokens evaluated since start."""
+        return batch_load(self.slots, in_use=self._rows.count, evaluated=self._evaluated)
 
     # -- the model's thread ------------------------------------------------------
 

@@ -1,8 +1,9 @@
-"""The torch side of the transformers backend: loading, generating and LoRA adapters.
+"""The torch side of the transformers backend: loading the model and its LoRA adapters.
 
 Imported only when a transformers backend starts (``botkit.backends.transformers``
-imports it inside ``start``), so botkit loads without torch. Generation itself is
-``transformers_batch``'s; everything here runs on the engine's model thread.
+imports it inside ``start``), so botkit loads without torch. The model loads on a
+worker thread; adapters attach on the model's own thread, between the batch's steps
+(``transformers_batch``, which generates).
 """
 
 from __future__ import annotations
