@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python bench/bench_transformers_batch.py            # about 2 minutes on two cores, quiet
     .venv/bin/python bench/bench_transformers_batch.py --check    # exit 1 when the target is missed
     .venv/bin/python bench/bench_transformers_batch.py --device cuda --sizes 1,8,32,64 --tokens 128
+    .venv/bin/python bench/bench_transformers_batch.py --device cuda --cache dynamic   # against the static default
 
 For each size N, N conversations ask at once, each its own question. The plain
 side is one ``model.generate`` call on the N rendered prompts, left-padded into
@@ -127,7 +128,12 @@ async def botkit_batch(backend: TransformersBackend, prompts: list[Prompt], max_
 
 async def benchmark(args: argparse.Namespace) -> list[tuple[int, Result, Result]]:
     settings = TransformersSettings(
-        model_path=args.model, device=args.device, temperature=0, repeat_penalty=1.1, parallel=max(args.sizes)
+        model_path=args.model,
+        device=args.device,
+        temperature=0,
+        repeat_penalty=1.1,
+        parallel=max(args.sizes),
+        cache_implementation=args.cache,
     )
     backend = TransformersBackend(settings)
     loading = clock()
@@ -192,6 +198,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=3, help="runs of each side per size (default 3); the median is kept"
     )
     parser.add_argument("--device", default="cpu", help="'cpu' (default), 'cuda', 'auto'...")
+    parser.add_argument(
+        "--cache",
+        choices=["auto", "dynamic", "static"],
+        default="auto",
+        help="the backend's cache_implementation",
+    )
     parser.add_argument("--model", help="a model folder or .gguf file (default: the embedded SmolLM2)")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when the target is missed")
     args = parser.parse_args(argv)
@@ -208,7 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); device {args.device}"
     )
-    print(f"  greedy, repeat_penalty 1.1, max_tokens {args.tokens}, {args.rounds} round(s) a size")
+    print(
+        f"  greedy, repeat_penalty 1.1, max_tokens {args.tokens}, {args.rounds} round(s) a size, "
+        f"cache_implementation {args.cache}"
+    )
     results = asyncio.run(benchmark(args))
     met = report(args, results)
     return 0 if met or not args.check else 1
