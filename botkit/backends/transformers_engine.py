@@ -1,8 +1,9 @@
-"""The torch side of the transformers backend: loading, generating and LoRA adapters.
+"""The torch side of the transformers backend: loading the model and its LoRA adapters.
 
 Imported only when a transformers backend starts (``botkit.backends.transformers``
-imports it inside ``start``), so botkit loads without torch. Everything here runs
-on the backend's model thread, except the streamer, whose text is read on another.
+imports it inside ``start``), so botkit loads without torch. The model loads on a
+worker thread; adapters attach on the model's own thread, between the batch's steps
+(``transformers_batch``, which generates).
 """
 
 from __future__ import annotations
@@ -21,18 +22,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402 - after the environment above
-from transformers import (  # noqa: E402
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    PreTrainedModel,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TextIteratorStreamer,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel  # noqa: E402
 
 from botkit.errors import ModelLoadError  # noqa: E402
-from botkit.types import SamplingParams  # noqa: E402
 
 log = logging.getLogger("botkit.backends.transformers")
 
@@ -185,98 +177,7 @@ def release(loaded: LoadedModel) -> None:
         torch.cuda.empty_cache()
 
 
-# -- generation ----------------------------------------------------------------
-
-
-class TokenCountingStreamer(TextIteratorStreamer):
-    """A ``TextIteratorStreamer`` that hands out ``(text, tokens)``: each piece with the tokens it took.
-
-    Text comes in whole words, as ``TextStreamer`` decides; pieces that decode to
-    nothing (an end-of-text token) pass their count on to the next piece.
-    """
-
-    def __init__(self, loaded: LoadedModel) -> None:
-        super().__init__(
-            loaded.tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        self._lock = loaded.tokenizer_lock
-        self._tokens = 0
-
-    def put(self, value: torch.Tensor) -> None:
-        if not (self.skip_prompt and self.next_tokens_are_prompt):
-            self._tokens += value.shape[-1]
-        with self._lock:
-            super().put(value)
-
-    def end(self) -> None:
-        with self._lock:
-            super().end()
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.text_queue.put((text, self._tokens), timeout=self.timeout)
-            self._tokens = 0
-        if stream_end:
-            self.text_queue.put(self.stop_signal, timeout=self.timeout)
-
-
-class HaltWhenSet(StoppingCriteria):
-    """Ends a generation after the current token once any of ``events`` is set."""
-
-    def __init__(self, *events: threading.Event) -> None:
-        self.events = events
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        halted = any(event.is_set() for event in self.events)
-        return torch.full((input_ids.shape[0],), halted, dtype=torch.bool, device=input_ids.device)
-
-
-def generation_config(loaded: LoadedModel, params: SamplingParams) -> GenerationConfig:
-    """botkit's sampling parameters in transformers' terms; nothing taken from the model's own defaults."""
-    options: dict[str, Any] = {
-        "max_new_tokens": params.max_tokens,
-        # llama.cpp's repeat_penalty; 0 would divide by zero here, and means no penalty.
-        "repetition_penalty": params.repeat_penalty if params.repeat_penalty > 0 else 1.0,
-        "eos_token_id": loaded.eos_token_ids or None,
-        "pad_token_id": loaded.pad_token_id,
-    }
-    if params.temperature > 0:
-        options.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-    else:  # temperature 0 is greedy decoding, as in llama.cpp
-        options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    return GenerationConfig(**options)
-
-
-def generate(
-    loaded: LoadedModel,
-    text: str,
-    params: SamplingParams,
-    peft_id: str | None,
-    streamer: TokenCountingStreamer,
-    *halt: threading.Event,
-) -> None:
-    """Generate a reply to the rendered prompt ``text`` into ``streamer``, with LoRA adapter ``peft_id``."""
-    try:
-        with loaded.tokenizer_lock:
-            inputs = loaded.tokenizer(text, return_tensors="pt")
-        inputs = inputs.to(loaded.device)
-        # An unseeded request gets a fresh random seed: torch's default one is the same
-        # in every process, which would make every bot sample the same replies.
-        if params.seed is None:
-            torch.seed()
-        else:
-            torch.manual_seed(params.seed)
-        model, adapter_scope = with_adapter(loaded, peft_id)
-        with adapter_scope, torch.inference_mode():
-            model.generate(
-                **inputs,
-                generation_config=generation_config(loaded, params),
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([HaltWhenSet(*halt)]),
-            )
-    except BaseException:
-        streamer.end()  # so that the reader is not left waiting for text
-        raise
+# -- LoRA adapters -------------------------------------------------------------
 
 
 def with_adapter(loaded: LoadedModel, peft_id: str | None) -> tuple[Any, AbstractContextManager[Any]]:
@@ -288,8 +189,6 @@ def with_adapter(loaded: LoadedModel, peft_id: str | None) -> tuple[Any, Abstrac
     loaded.peft.set_adapter(peft_id)
     return loaded.peft, nullcontext()
 
-
-# -- LoRA adapters -------------------------------------------------------------
 
 # peft saves a LoRA weight as base_model.model.<module path>.lora_A.weight (or lora_B).
 _PEFT_PREFIX = "base_model.model."
