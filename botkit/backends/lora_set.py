@@ -31,7 +31,8 @@ class LoraSettings(BaseModel):
     renamed_keys: ClassVar[dict[str, str]] = {"adapters": "loras"}
 
     lora_path: Path | None = Field(
-        None, description="LoRA adapter applied from the start (llamacpp: a GGUF file; transformers: a peft folder)"
+        None,
+        description="LoRA adapter applied from the start (llamacpp: a GGUF file; transformers: a peft folder)",
     )
     loras: dict[str, Path] = Field(
         default_factory=dict,
@@ -124,7 +125,9 @@ class LoraSet(Generic[Handle]):
         if key is None or key == NO_LORA:
             return None
         if key not in self._by_key:
-            raise LoraError(f"no LoRA adapter {key!r} in [{self._backend.table}] loras (it has: {self._known()})")
+            raise LoraError(
+                f"no LoRA adapter {key!r} in [{self._backend.table}] loras (it has: {self._known()})"
+            )
         return self._by_key[key]
 
     def forget_loaded(self) -> None:

@@ -66,7 +66,8 @@ class ScriptedSettings(BackendSettings):
     chunk_delay: float = Field(0.0, ge=0, description="seconds to wait before each chunk")
     context_window: int = Field(4096, ge=16)
     loras: dict[str, str] = Field(
-        default_factory=dict, description="LoRA adapters it pretends to have, name to path (to test switching)"
+        default_factory=dict,
+        description="LoRA adapters it pretends to have, name to path (to test switching)",
     )
 
 
@@ -169,7 +170,11 @@ class ScriptedBackend(Backend):
             known = ", ".join(sorted(self.settings.loras)) or "none"
             raise LoraError(f"no LoRA adapter {lora!r} in [{self.table}] loras (it has: {known})")
         self._active_lora = lora
-        return f"backend now answers with LoRA adapter {lora}" if lora else "backend now answers without LoRA adapter"
+        return (
+            f"backend now answers with LoRA adapter {lora}"
+            if lora
+            else "backend now answers without LoRA adapter"
+        )
 
     def add_reply(self, *chunks: Piece) -> None:
         """Queue one reply, given as its chunks. An exception among them is raised there;
@@ -191,6 +196,7 @@ class ScriptedBackend(Backend):
         """Queue one reply of ``parts`` (each streamed word by word) that waits at a gate after each
         part but the last; returns those gates in order. A test sees each part delivered, then opens
         the next gate: a reply streamed in steps, however fast or slow the machine."""
+
         def words(part: str) -> list[Piece]:
             return [word for word in split_words(part) if word]  # "a " gives no empty last chunk
 

@@ -134,9 +134,7 @@ def read_adapter_folder(folder: Path, where: str) -> tuple[dict[str, Any], dict[
     if not isinstance(config, dict) or not isinstance(header, dict):
         raise LoraError(f"{where}: {folder} holds no peft adapter config and weights")
     if config.get("peft_type") != "LORA":
-        raise LoraError(
-            f"{where}: {folder} is a {config.get('peft_type')} adapter; only LoRA adapters apply"
-        )
+        raise LoraError(f"{where}: {folder} is a {config.get('peft_type')} adapter; only LoRA adapters apply")
     shapes = {
         key: entry["shape"] for key, entry in header.items() if isinstance(entry, dict) and "shape" in entry
     }

@@ -1,0 +1,481 @@
+"""botkit's llama.cpp serving engine: continuous batching over llama.cpp's C API.
+
+One thread owns the model's contexts. Each step it builds one batch per context:
+the next token of every sequence that is generating, then a chunk of each prompt
+still being evaluated, up to ``n_batch`` tokens; one ``llama_decode`` runs them all,
+and every sequence samples its next token with its own sampler chain. A request
+joins between two steps and a finished one leaves at once, so a long prompt never
+freezes the replies already streaming, and no reply waits for another to end.
+
+Sequences keep their conversation's KV cache between turns (``llamacpp_kv``). Each
+sequence has its own cache stream (llama.cpp's ``kv_unified = false``), laid out as
+it would be if it ran alone: a greedy reply is the same alone or in a batch.
+
+A LoRA adapter applies to a whole context, so each adapter in use gets a context of
+its own over the one loaded model (the weights are shared); at most
+``MAX_CONTEXTS`` exist at once, and requests take them in arrival order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+
+from botkit.backend import EngineLoad
+from botkit.backends.llamacpp_kv import SavedCache, SavedCaches, common_prefix, continues
+from botkit.backends.llamacpp_model import LlamaModel
+from botkit.backends.reply_text import ReplyText
+from botkit.types import Chunk
+
+log = logging.getLogger("botkit.backends.llamacpp")
+
+MAX_CONTEXTS = 2  # the base model and one adapter side by side (a canary), each with `parallel` sequences
+PENALTY_WINDOW = 64  # tokens the repeat penalty looks back over, as llama.cpp's tools do
+MIN_P = 0.05  # tokens less likely than this share of the likeliest are never sampled (llama.cpp's default)
+
+
+class EngineError(RuntimeError):
+    """llama.cpp failed on one sequence (a decode or sampling error); the others go on."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    n_ctx: int  # tokens per sequence
+    parallel: int
+    n_batch: int
+    n_threads: int
+    n_threads_batch: int
+    kv_cache_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repeat_penalty: float
+    seed: int
+    stops: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation request. ``post`` hands events to the consumer: ``Chunk``, an exception, or None (done)."""
+
+    tokens: list[int]
+    sampling: Sampling
+    lane: Hashable  # the LoRA adapter it runs under: (file, scale), or None for the base model
+    cancel: threading.Event
+    post: Callable[[object], None]
+    abandoned: bool = False  # the consumer went away
+    # The engine's side, while it runs in a sequence:
+    slot: Slot | None = None
+    evaluated: int = 0  # prompt tokens in the sequence's cache
+    next_token: int = -1  # sampled, not yet evaluated
+    generated: int = 0
+    unsent_tokens: int = 0
+    sampler: Any = None
+    text: ReplyText | None = None
+    output: int = -1  # index of its logits in this step's batch
+
+    @property
+    def prefilling(self) -> bool:
+        return self.evaluated < len(self.tokens)
+
+
+@dataclass(eq=False)
+class Slot:
+    """One sequence of a context: the tokens whose KV cache it holds and the job using it."""
+
+    seq: int
+    cached: list[int] = field(default_factory=list)
+    job: Job | None = None
+    last_used: float = 0.0
+
+
+class Lane:
+    """One llama.cpp context with ``parallel`` sequences, applying one LoRA adapter (or none)."""
+
+    def __init__(self, model: LlamaModel, key: Hashable, config: EngineConfig, adapter: Any) -> None:
+        self.key = key
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = config.n_ctx * config.parallel
+        params.n_batch = params.n_ubatch = config.n_batch
+        params.n_seq_max = config.parallel
+        params.n_threads = config.n_threads
+        params.n_threads_batch = config.n_threads_batch
+        params.kv_unified = False  # each sequence its own cache stream: the same layout alone or batched
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise EngineError(
+                f"llama.cpp could not create a context of {config.parallel} x {config.n_ctx} tokens "
+                "(out of memory?): lower [backend] parallel or n_ctx"
+            )
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
+        self.slots = [Slot(seq) for seq in range(config.parallel)]
+        if adapter is not None:
+            path_handle, scale = adapter
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(path_handle)
+            scales = (ctypes.c_float * 1)(scale)
+            if llama_cpp.llama_set_adapters_lora(self.ctx, handles, 1, scales):
+                self.free()
+                raise EngineError("llama.cpp could not apply the LoRA adapter to a new context")
+
+    @property
+    def busy(self) -> list[Slot]:
+        return [slot for slot in self.slots if slot.job is not None]
+
+    def forget(self, slot: Slot, keep: int = 0) -> None:
+        """Drop the slot's cache from position ``keep`` on (all of it for 0)."""
+        if not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)  # a model that cannot cut: all
+            keep = 0
+        del slot.cached[keep:]
+
+    def free(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_batch_free(self.batch)
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+
+
+class Engine:
+    """Runs generation requests in batches on one thread; ``submit`` may be called from any thread."""
+
+    def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+        self.model = model
+        self.config = config
+        self.saved = SavedCaches(config.kv_cache_bytes)
+        self.reused_tokens = 0
+        self.evaluated_tokens = 0
+        self.generated_tokens = 0
+        self._lanes: dict[Hashable, Lane] = {}
+        self._adapters: dict[Hashable, Any] = {}  # lane key -> (llama_adapter_lora handle, scale)
+        self._waiting: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        base = self._lane_for(None)  # made now: a context that cannot be made fails the start
+        assert base is not None
+        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(base.ctx)
+        self._thread = threading.Thread(target=self._run, name="botkit-llamacpp-engine", daemon=True)
+        self._thread.start()
+
+    # -- from other threads ------------------------------------------------------
+
+    def submit(self, job: Job, adapter: Any = None) -> None:
+        """Queue ``job``; ``adapter`` is the loaded LoRA handle and scale its lane applies."""
+        with self._wake:
+            if self._closing:
+                raise EngineError("the model is being unloaded")
+            if job.lane is not None:
+                self._adapters[job.lane] = adapter
+            self._waiting.append(job)
+            self._wake.notify()
+
+    def wake(self) -> None:
+        """Have the engine look at cancellations now (a consumer stopped or left)."""
+        with self._wake:
+            self._wake.notify()
+
+    def load(self) -> EngineLoad:
+        busy = sum(len(lane.busy) for lane in list(self._lanes.values()))
+        return EngineLoad(
+            slots=self.config.parallel,
+            slots_in_use=busy,
+            kv_cache_mb=self.saved.used / 2**20,
+            kv_cache_limit_mb=self.saved.limit / 2**20,
+            kv_saved=len(self.saved),
+            evictions=self.saved.evictions,
+            reused_tokens=self.reused_tokens,
+            evaluated_tokens=self.evaluated_tokens,
+        )
+
+    def close(self) -> None:
+        """Stop every job, free the contexts and wait for the thread (the model stays loaded)."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+
+    # -- the engine thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and not self._waiting and not self._running():
+                    self._wake.wait()
+                closing = self._closing
+            if closing:
+                break
+            try:
+                self._admit()
+                self._step()
+            except Exception as error:  # a bug or a llama.cpp failure outside one sequence
+                log.exception("the llama.cpp engine failed a step; ending the replies in progress")
+                self._recover(error)
+        self._shut_down()
+
+    def _running(self) -> list[Job]:
+        return [slot.job for lane in self._lanes.values() for slot in lane.slots if slot.job is not None]
+
+    def _admit(self) -> None:
+        """Start waiting jobs, in arrival order, while sequences are free."""
+        while True:
+            with self._wake:  # only this thread takes jobs out, so the first stays first
+                if not self._waiting:
+                    return
+                job = self._waiting[0]
+            if job.cancel.is_set() or job.abandoned:
+                with self._wake:
+                    self._waiting.popleft()
+                job.post(None)
+                continue
+            if len(self._running()) >= self.config.parallel:
+                return
+            lane = self._lane_for(job.lane)
+            if lane is None:
+                return  # every context is busy with other adapters: wait for one to empty
+            with self._wake:
+                self._waiting.popleft()
+            self._start(lane, job)
+
+    def _lane_for(self, key: Hashable) -> Lane | None:
+        lane = self._lanes.get(key)
+        if lane is not None:
+            return lane
+        if len(self._lanes) >= MAX_CONTEXTS:
+            idle = [lane for lane in self._lanes.values() if not lane.busy]
+            if not idle:
+                return None
+            self._drop_lane(idle[0])
+        adapter = self._adapters.get(key) if key is not None else None
+        lane = Lane(self.model, key, self.config, adapter)
+        self._lanes[key] = lane
+        return lane
+
+    def _drop_lane(self, lane: Lane) -> None:
+        self.saved.drop_lane(lane.key)
+        self.saved.evictions += sum(1 for slot in lane.slots if slot.cached)
+        lane.free()
+        del self._lanes[lane.key]
+
+    def _start(self, lane: Lane, job: Job) -> None:
+        slot = self._choose_slot(lane, job.tokens)
+        shared = common_prefix(slot.cached, job.tokens)
+        shared = min(shared, len(job.tokens) - 1)  # the last prompt token is evaluated for its logits
+        lane.forget(slot, shared)
+        self.reused_tokens += shared
+        job.slot, job.evaluated = slot, len(slot.cached)
+        job.text = ReplyText(job.sampling.stops)
+        job.sampler = self._sampler(job)
+        slot.job = job
+
+    def _choose_slot(self, lane: Lane, tokens: Sequence[int]) -> Slot:
+        idle = [slot for slot in lane.slots if slot.job is None]
+        best = max(idle, key=lambda slot: common_prefix(slot.cached, tokens))
+        best_shared = common_prefix(best.cached, tokens)
+        saved, saved_shared = self.saved.best(lane.key, tokens)
+        if continues(best.cached, best_shared) and best_shared >= saved_shared:
+            return best
+        victim = min(idle, key=lambda slot: slot.last_used)
+        if saved is not None and saved_shared > best_shared and continues(saved.tokens, saved_shared):
+            self._save(lane, victim)
+            self._restore(lane, victim, saved)
+            return victim
+        if continues(best.cached, best_shared):
+            return best
+        self._save(lane, victim, keep=common_prefix(victim.cached, tokens))
+        return victim
+
+    def _save(self, lane: Lane, slot: Slot, keep: int = 0) -> None:
+        """Copy a slot's cache to host memory before another conversation takes the slot."""
+        if len(slot.cached) - keep < 16:  # little to lose: not worth the memory
+            return
+        size = llama_cpp.llama_state_seq_get_size(lane.ctx, slot.seq)
+        if not self.saved.fits(size):
+            self.saved.evictions += 1
+            return
+        data = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(lane.ctx, data, size, slot.seq)
+        if written:
+            self.saved.add(SavedCache(lane.key, tuple(slot.cached), data, written))
+
+    def _restore(self, lane: Lane, slot: Slot, saved: SavedCache) -> None:
+        self.saved.take(saved)
+        lane.forget(slot)
+        if llama_cpp.llama_state_seq_set_data(lane.ctx, saved.data, saved.size, slot.seq):
+            slot.cached = list(saved.tokens)
+        else:
+            log.warning("llama.cpp could not restore a saved conversation cache; evaluating it again")
+            lane.forget(slot)
+
+    def _sampler(self, job: Job) -> Any:
+        params = job.sampling
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if params.repeat_penalty > 0 and params.repeat_penalty != 1.0:  # llama.cpp takes no penalty of 0
+            penalties = llama_cpp.llama_sampler_init_penalties(
+                self.model.n_vocab, PENALTY_WINDOW, params.repeat_penalty, 0.0, 0.0
+            )
+            # Only the reply's own tokens count as repeats: the prompt's end-of-turn markers
+            # would otherwise be penalized, and the model would not stop where it should.
+            add(chain, penalties)
+        if params.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_min_p(MIN_P, 1))
+            add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+            add(chain, llama_cpp.llama_sampler_init_dist(params.seed))
+        return chain
+
+    def _step(self) -> None:
+        for lane in list(self._lanes.values()):
+            jobs = [slot.job for slot in lane.slots if slot.job is not None]
+            for job in jobs:
+                if job.cancel.is_set() or job.abandoned:
+                    self._finish(job, None)
+            jobs = [job for job in jobs if job.slot is not None]
+            if jobs:
+                self._decode_lane(lane, jobs)
+
+    def _decode_lane(self, lane: Lane, jobs: list[Job]) -> None:
+        batch, room = lane.batch, self.config.n_batch
+        batch.n_tokens = 0
+        planned: list[tuple[Job, list[int]]] = []
+        for job in jobs:  # generating sequences first: one token each
+            if not job.prefilling:
+                planned.append((job, [job.next_token]))
+                room -= 1
+        for job in jobs:  # then chunks of the prompts being evaluated, oldest first
+            if job.prefilling and room > 0:
+                chunk = job.tokens[job.evaluated : job.evaluated + room]
+                planned.append((job, chunk))
+                room -= len(chunk)
+        for job, tokens in planned:
+            self._add(lane, job, tokens)
+        if llama_cpp.llama_decode(lane.ctx, batch) != 0:
+            self._decode_apart(lane, planned)
+            return
+        for job, tokens in planned:
+            self._after_decode(lane, job, tokens)
+
+    def _after_decode(self, lane: Lane, job: Job, tokens: list[int]) -> None:
+        """Record what a sequence evaluated; sample its next token when its logits are out."""
+        assert job.slot is not None
+        job.slot.cached.extend(tokens)
+        if job.prefilling:
+            job.evaluated += len(tokens)
+            self.evaluated_tokens += len(tokens)
+            if job.prefilling:
+                return
+        try:
+            token = llama_cpp.llama_sampler_sample(job.sampler, lane.ctx, job.output)
+            self._take_token(job, token)
+        except Exception as error:
+            log.exception("sampling failed for one sequence; ending its reply")
+            self._finish(job, EngineError(f"sampling failed: {error}"))
+
+    def _add(self, lane: Lane, job: Job, tokens: list[int]) -> None:
+        assert job.slot is not None
+        batch, start = lane.batch, len(job.slot.cached)
+        last = job.evaluated + len(tokens) >= len(job.tokens) if job.prefilling else True
+        for offset, token in enumerate(tokens):
+            index = batch.n_tokens
+            batch.token[index] = token
+            batch.pos[index] = start + offset
+            batch.n_seq_id[index] = 1
+            batch.seq_id[index][0] = job.slot.seq
+            batch.logits[index] = last and offset == len(tokens) - 1
+            batch.n_tokens += 1
+        job.output = lane.batch.n_tokens - 1
+
+    def _decode_apart(self, lane: Lane, planned: list[tuple[Job, list[int]]]) -> None:
+        """The batch failed: undo it and decode each sequence alone; one that fails again ends."""
+        for job, _ in planned:
+            assert job.slot is not None
+            lane.forget(job.slot, len(job.slot.cached))
+        for job, tokens in planned:
+            lane.batch.n_tokens = 0
+            self._add(lane, job, tokens)
+            status = llama_cpp.llama_decode(lane.ctx, lane.batch)
+            if status == 0:
+                self._after_decode(lane, job, tokens)
+                continue
+            log.error("llama.cpp could not evaluate one sequence (llama_decode returned %d)", status)
+            slot = job.slot
+            assert slot is not None
+            self._finish(
+                job, EngineError(f"llama.cpp could not evaluate the text (llama_decode returned {status})")
+            )
+            lane.forget(slot)
+
+    def _take_token(self, job: Job, token: int) -> None:
+        assert job.text is not None
+        job.generated += 1
+        self.generated_tokens += 1
+        if self.model.is_end(token):
+            self._finish(job, None, flush=True)
+            return
+        job.unsent_tokens += 1
+        text = job.text.feed(self.model.piece(token))
+        if text:
+            job.post(Chunk(text, job.unsent_tokens))
+            job.unsent_tokens = 0
+        if job.text.stopped:
+            self._finish(job, None)
+        elif job.generated >= job.sampling.max_tokens or len(job.slot.cached) + 1 >= self.n_ctx_seq:
+            self._finish(job, None, flush=True)
+        else:
+            job.next_token = token
+
+    def _finish(self, job: Job, error: Exception | None, *, flush: bool = False) -> None:
+        if flush and job.text is not None:
+            rest = job.text.finish()
+            if rest or job.unsent_tokens:
+                job.post(Chunk(rest, job.unsent_tokens))
+        job.post(error)
+        if job.sampler is not None:
+            llama_cpp.llama_sampler_free(job.sampler)
+            job.sampler = None
+        slot, job.slot = job.slot, None
+        if slot is not None:
+            slot.job = None
+            slot.last_used = time.monotonic()
+
+    def _recover(self, error: Exception) -> None:
+        """After an unexpected failure: end every reply in progress and start from empty caches."""
+        for lane in list(self._lanes.values()):
+            for slot in lane.slots:
+                if slot.job is not None:
+                    self._finish(slot.job, EngineError(f"the engine failed: {error}"))
+                slot.cached.clear()
+            llama_cpp.llama_memory_clear(lane.memory, True)
+        self.saved.clear()
+
+    def _shut_down(self) -> None:
+        for lane in list(self._lanes.values()):
+            for slot in lane.slots:
+                if slot.job is not None:
+                    self._finish(slot.job, None)
+            lane.free()
+        self._lanes.clear()
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), deque()
+        for job in waiting:
+            job.post(None)
+        self.saved.clear()
