@@ -17,7 +17,7 @@ from botkit.api import (
     PluginSwitches,
     StateKey,
 )
-from botkit.backend import Backend, BackendSettings
+from botkit.backend import Backend, BackendSettings, EngineLoad
 from botkit.commands import Command, CommandContext
 from botkit.errors import (
     AdapterError,
@@ -72,6 +72,7 @@ __all__ = [
     "Backend",
     "BackendSettings",
     "BackendStatus",
+    "EngineLoad",
     "BotAPI",
     "BotStatus",
     "BotkitError",

@@ -167,9 +167,9 @@ def test_training_prompts_are_rendered_and_tokenized_as_the_bot_sends_them(base)
         text = style.render(prompt)
         assert text == backend.render(prompt)
         ids = bos_prefix(target, loaded) + loaded.tokenizer.encode(text, add_special_tokens=False)
-        assert ids == backend._tokenize(text)
+        assert ids == backend.tokenize(text)
         # The answer ends with the token llama.cpp stops at.
-        assert loaded.tokenizer.convert_tokens_to_ids(style.eos_text) == backend._llama.token_eos()
+        assert loaded.tokenizer.convert_tokens_to_ids(style.eos_text) == backend._model.eos
     finally:
         asyncio.run(backend.close())
 

@@ -8,6 +8,7 @@ the others, and a conversation's next turn is not evaluated from scratch.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import threading
 from collections.abc import Iterator
@@ -148,11 +149,11 @@ async def test_a_sampling_failure_ends_that_reply_and_no_other(twenty, monkeypat
     def marking(engine, job):
         chain = make_sampler(engine, job)
         if job.sampling.max_tokens == 23:  # the request this test dooms
-            doomed.add(chain)
+            doomed.add(ctypes.cast(chain, ctypes.c_void_p).value)
         return chain
 
     def failing(chain, ctx, index):
-        if chain in doomed:
+        if ctypes.cast(chain, ctypes.c_void_p).value in doomed:
             raise RuntimeError("bad sampler value")
         return sample(chain, ctx, index)
 
@@ -235,14 +236,18 @@ async def test_a_conversation_set_aside_and_restored_answers_as_if_never_moved(o
     assert after.evictions == restored.evictions
 
 
+@pytest.fixture(scope="module")
+def tiny_cache() -> Iterator[LlamaCppBackend]:
+    """One sequence, and room for only 10 KB of saved caches: less than any conversation needs."""
+    yield from started(parallel=1, n_ctx=1024, max_tokens=8, kv_cache_mb=0.01)
+
+
 @pytest.mark.model
-async def test_a_cache_too_big_for_kv_cache_mb_is_evaluated_again_and_counted_as_evicted():
-    for backend in started(parallel=1, n_ctx=1024, max_tokens=8, kv_cache_mb=0.01):
-        alice = conversation("Name a colour.")
-        await reply(backend, alice)
-        await reply(backend, conversation("Name a planet."))
-        load = backend.load()
-        assert load.kv_saved == 0 and load.evictions == 1 and load.kv_cache_limit_mb == pytest.approx(0.01)
+async def test_a_cache_too_big_for_kv_cache_mb_is_evaluated_again_and_counted_as_evicted(tiny_cache):
+    await reply(tiny_cache, conversation("Name a colour that you would see in the sky at sunset, and say why."))
+    await reply(tiny_cache, conversation("Name a planet."))
+    load = tiny_cache.load()
+    assert load.kv_saved == 0 and load.evictions == 1 and load.kv_cache_limit_mb == pytest.approx(0.01, abs=1e-4)
 
 
 # -- settings ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from botkit.finetune.gguf_adapter import (
     gguf_tensor_name,
     write_lora_gguf,
 )
+from botkit.testing import WAIT_TIMEOUT, eventually
 from botkit.types import NO_LORA
 
 QUESTION = Prompt("You are a helpful assistant.", [Turn(Role.USER, "What is the capital of France?")])
@@ -208,6 +209,54 @@ async def test_lora_scale_applies_from_the_next_generation(first_active, fresh):
     finally:
         first_active.settings = settings
     assert await answer(first_active) == fresh["first"]
+
+
+@pytest.mark.model
+async def test_two_adapters_generate_side_by_side_and_a_third_waits_for_one_to_finish(first_active, fresh):
+    """A LoRA adapter applies to a whole llama.cpp context: the engine gives each one in use a
+    context of its own over the one model, two at once (a canary beside the base model)."""
+    engine = first_active._engine
+    long = {"max_tokens": 400}
+
+    def start(lora: str) -> object:
+        sampling = dataclasses.replace(first_active.settings.sampling(), lora=lora, **long)
+        return first_active.stream(QUESTION, sampling, threading.Event())
+
+    second, base = start("second"), start(NO_LORA)
+    second_text = (await anext(second)).text
+    base_text = (await anext(base)).text
+    # Both are generating at once, each under its own adapter.
+    await eventually(lambda: first_active.load().slots_in_use == 2, what="both replies to generate together")
+    third_chunks: list[str] = []
+
+    async def read_third() -> None:
+        async for chunk in start("third"):
+            third_chunks.append(chunk.text)
+            if len("".join(third_chunks)) >= len(fresh["third"]):
+                return
+
+    third = asyncio.ensure_future(read_third())
+    await eventually(lambda: len(engine._waiting) == 1, what="the third adapter's request to wait")
+    assert third_chunks == [] and first_active.load().slots_in_use == 2
+    second_text += "".join([chunk.text async for chunk in _first(second, len(fresh["second"]))])
+    await second.aclose()  # the "second" context goes idle: "third" takes its place
+    await asyncio.wait_for(third, WAIT_TIMEOUT)
+    base_text += "".join([chunk.text async for chunk in _first(base, len(fresh[NO_LORA]))])
+    await base.aclose()
+    assert second_text.startswith(fresh["second"])
+    assert base_text.startswith(fresh[NO_LORA])
+    assert "".join(third_chunks).startswith(fresh["third"])
+    await eventually(lambda: first_active.load().slots_in_use == 0, what="the engine to finish")
+
+
+async def _first(stream, size: int):
+    """The chunks of ``stream`` until at least ``size`` characters came."""
+    got = 0
+    async for chunk in stream:
+        yield chunk
+        got += len(chunk.text)
+        if got >= size:
+            return
 
 
 @pytest.mark.model

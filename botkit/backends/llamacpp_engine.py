@@ -253,7 +253,11 @@ class Engine:
                 return  # every context is busy with other adapters: wait for one to empty
             with self._wake:
                 self._waiting.popleft()
-            self._start(lane, job)
+            try:
+                self._start(lane, job)
+            except Exception as error:  # the job is out of the queue and not yet in a slot: end it here
+                log.exception("could not start a reply in the llama.cpp engine")
+                self._finish(job, EngineError(f"could not start the reply: {error}"))
 
     def _lane_for(self, key: Hashable) -> Lane | None:
         lane = self._lanes.get(key)
