@@ -63,6 +63,12 @@ class LlamaCppSettings(LoraSettings, BackendSettings):
     n_batch: int = Field(
         512, ge=1, description="most tokens evaluated in one step (prompt chunks and batches)"
     )
+    prefill_chunk: int = Field(
+        64,
+        ge=1,
+        description="prompt tokens a conversation evaluates per step beside the others (batched engine): "
+        "smaller keeps running streams smoother, larger evaluates a long prompt alone faster",
+    )
     kv_cache_mb: float = Field(
         256.0,
         ge=0,
@@ -217,6 +223,7 @@ class LlamaCppBackend(LlamaCppBase):
             n_ctx=self.settings.n_ctx,
             parallel=self.settings.parallel,
             n_batch=self.settings.n_batch,
+            prefill_chunk=self.settings.prefill_chunk,
             n_threads=generation,
             n_threads_batch=batch,
             kv_cache_bytes=int(self.settings.kv_cache_mb * 2**20),

@@ -37,7 +37,6 @@ from botkit.types import Chunk
 
 log = logging.getLogger("botkit.backends.llamacpp")
 
-PROMPT_PIECE = 256  # most prompt tokens a sequence evaluates in one step (less when n_batch is small)
 MAX_CONTEXTS = 2  # the base model and one adapter side by side (a canary), each with `parallel` sequences
 PENALTY_WINDOW = 64  # tokens the repeat penalty looks back over, as llama.cpp's tools do
 MIN_P = 0.05  # tokens less likely than this share of the likeliest are never sampled (llama.cpp's default)
@@ -55,6 +54,7 @@ class EngineConfig:
     n_threads: int
     n_threads_batch: int
     kv_cache_bytes: int
+    prefill_chunk: int = 64  # most prompt tokens a sequence evaluates in one step (less when n_batch is small)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +169,7 @@ class Engine:
         # Prompts are evaluated in pieces of this size, cut at the same places whatever else runs:
         # llama.cpp rounds a prompt evaluated in other pieces slightly differently, and a greedy
         # reply must not depend on the company it was generated in.
-        self.piece = max(1, min(PROMPT_PIECE, config.n_batch - config.parallel))
+        self.piece = max(1, min(config.prefill_chunk, config.n_batch - config.parallel))
         base = self._lane_for(None)  # made now: a context that cannot be made fails the start
         assert base is not None
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(base.ctx)
