@@ -137,6 +137,31 @@ class Database:
         async with self.sessions() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncSession]:
+        """A read-only session on one connection that sees the database as of its first query, throughout.
+
+        Every query in it, however long it runs, reads the same committed
+        state: what other connections commit meanwhile is invisible. Use it
+        when several reads must agree (an export's filters and the rows they
+        filter). It holds one connection for its whole life and is rolled back
+        at the end.
+        """
+        async with self.sessions() as session:
+            if self.is_sqlite:
+                # pysqlite opens a transaction only before a write, so each SELECT would
+                # see the newest commit; an explicit BEGIN makes the first read pin one
+                # WAL snapshot until the rollback (BEGIN DEFERRED: no lock against writers).
+                await session.execute(text("BEGIN"))
+            else:
+                await session.connection(
+                    execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+                )
+            try:
+                yield session
+            finally:
+                await session.rollback()
+
     async def close(self) -> None:
         await self.engine.dispose()
 
