@@ -105,6 +105,9 @@ class Database:
                 cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.execute("PRAGMA synchronous=NORMAL")
+                # Deleted rows are overwritten with zeros, not left in free pages of the
+                # file: /forgetme and retention promise the text is gone.
+                cursor.execute("PRAGMA secure_delete=ON")
                 cursor.close()
 
         return engine
@@ -161,6 +164,21 @@ class Database:
                 yield session
             finally:
                 await session.rollback()
+
+    async def checkpoint(self) -> bool:
+        """SQLite: copy the WAL into the database file and truncate it to nothing. True when it completed.
+
+        After a deletion this leaves no copy of the deleted rows in the WAL
+        file (``secure_delete`` already zeroes them in the pages written). It
+        cannot complete while another connection reads an older snapshot (an
+        export, a backup); SQLite's own checkpoints finish the work later.
+        PostgreSQL: nothing to do here (True); see docs/storage.md.
+        """
+        if not self.is_sqlite:
+            return True
+        async with self.engine.connect() as connection:
+            busy, _, _ = (await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+        return busy == 0
 
     async def close(self) -> None:
         await self.engine.dispose()
