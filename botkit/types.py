@@ -62,16 +62,22 @@ class Message:
 
     def conversation_key(self, scope: ConversationScope) -> str:
         """The key of the conversation this message belongs to under ``scope``."""
+        dm_key, user_suffix = self.user_conversation_keys(self.platform, self.author.id)
         if self.is_dm:
-            return f"{self.platform}:dm:{self.author.id}"
+            return dm_key
         key = f"{self.platform}:{self.channel_id}"
         if scope is ConversationScope.CHANNEL:
             return key
         if self.thread_id is not None:
             key = f"{key}:{self.thread_id}"
         if scope is ConversationScope.USER:
-            key = f"{key}:user:{self.author.id}"
+            key += user_suffix
         return key
+
+    @staticmethod
+    def user_conversation_keys(platform: str, user_id: str) -> tuple[str, str]:
+        """How conversation keys name a user: their DM's whole key, and the end of each per-user key."""
+        return f"{platform}:dm:{user_id}", f":user:{user_id}"
 
 
 class Role(enum.StrEnum):

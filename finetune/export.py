@@ -1,7 +1,9 @@
 """The export: select, curate, format, split and write a training dataset, streaming from the database.
 
-``await run_export(db, options, system_prompts)`` reads the selected messages
-in batches through a server-side cursor; pairing, curation and formatting run
+``await run_export(db, options, system_prompts)`` reads everything in one
+read-only snapshot (``Database.snapshot``): the opt-outs, the moderated
+messages, then the selected messages in batches through a server-side cursor,
+with each batch's feedback; pairing, curation and formatting run
 on a worker thread, batch by batch, off the event loop. Files are written into
 a temporary folder beside ``--out`` that replaces it only when the export
 succeeded, so a failed or empty export leaves nothing behind.
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from botkit import ExportError, Message, User
 from botkit.ops import system_prompt_for
@@ -205,15 +209,17 @@ async def run_export(
     """Export the selected conversations; returns the report, raises ``ExportError`` when nothing would be written."""
     check_options(options)
     report = ExportReport(options)
-    async with db.sessions() as lookups:
-        opted_out = await opted_out_users(lookups)
-        moderated = await moderated_messages(lookups) if options.curation.moderation_clean else set()
-        total = await count_messages(lookups, options.selection)
     staging = None if options.dry_run else _staging_folder(options.out)
     try:
-        await _read_and_write(
-            db, options, system_prompts, progress, report, staging, total, opted_out, moderated
-        )
+        # One snapshot for every read: an exchange committed after the export started is not
+        # in it at all, rather than in it without the opt-out or moderation event committed with it.
+        async with db.snapshot() as session:
+            opted_out = await opted_out_users(session)
+            moderated = await moderated_messages(session) if options.curation.moderation_clean else set()
+            total = await count_messages(session, options.selection)
+            await _read_and_write(
+                session, options, system_prompts, progress, report, staging, total, opted_out, moderated
+            )
         if report.total_written == 0:
             raise NothingToExport(_why_empty(report), report)
         if staging is not None:
@@ -231,7 +237,7 @@ async def run_export(
 
 
 async def _read_and_write(
-    db: Database,
+    session: AsyncSession,
     options: ExportOptions,
     system_prompts: Callable[[StoredMessage], str],
     progress: Progress | None,
@@ -274,14 +280,13 @@ async def _read_and_write(
 
     reading = progress.add_task("reading and curating", total=total) if progress else None
     try:
-        async with db.sessions() as reader, db.sessions() as lookups:
-            async for rows in stream_messages(reader, options.selection):
-                replies = [row.id for row in rows if row.role == "assistant"]
-                feedback = await feedback_for(lookups, replies) if replies else {}
-                await asyncio.to_thread(process, rows, feedback)
-                report.messages += len(rows)
-                if progress is not None:
-                    progress.advance(reading, len(rows))
+        async for rows in stream_messages(session, options.selection):
+            replies = [row.id for row in rows if row.role == "assistant"]
+            feedback = await feedback_for(session, replies) if replies else {}
+            await asyncio.to_thread(process, rows, feedback)
+            report.messages += len(rows)
+            if progress is not None:
+                progress.advance(reading, len(rows))
         pairing.close()
         if wants_pairs:
             alternatives = progress.add_task("pairing rated alternatives", total=None) if progress else None

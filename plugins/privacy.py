@@ -2,8 +2,9 @@
 
 ``/optout`` keeps a user's messages for the conversation but marks them never
 to be exported for training (``/optin`` undoes it). ``/forgetme`` deletes
-everything stored about the user: their messages and the replies to them,
-their feedback, moderation events, privacy records and user row.
+every row that names the user: their messages and the replies to them, the
+conversations whose key names them (DMs, per-user conversations), their
+feedback, moderation events, privacy records and user row.
 ``retention_days`` purges messages older than that, daily.
 """
 
@@ -12,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import and_, delete, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from botkit import BotAPI, Command, CommandContext, Message, StateKey, hookimpl
 from botkit.storage import (
+    ConversationRecord,
     FeedbackRecord,
     MessageRecord,
     ModerationEventRecord,
@@ -114,7 +117,16 @@ async def forget_me(ctx: CommandContext) -> str:
 
 
 async def delete_user(bot: BotAPI, message: Message) -> int:
-    """Delete every row about the message's author; returns how many messages went."""
+    """Delete every row that names the message's author; returns how many messages went.
+
+    Their messages (by ``users`` row or by platform id), the bot's replies to
+    them, every message of a conversation whose key names them (their DMs,
+    per-user conversations), those conversations, feedback given by them or on
+    any of those messages, their moderation events, privacy records and user
+    row. Then the SQLite WAL is checkpointed, so the file keeps no copy.
+    """
+    platform, author = message.platform, message.author.id
+    dm_key, user_suffix = Message.user_conversation_keys(platform, author)
     async with bot.db.session() as session:
         await session.execute(
             delete(PluginStateRecord).where(
@@ -122,28 +134,52 @@ async def delete_user(bot: BotAPI, message: Message) -> int:
             )
         )
         user = await user_row(session, message)
-        if user is None:
-            return 0
-        own = select(MessageRecord.id).where(MessageRecord.user_id == user.id)
+
+        def by_user(column: Any) -> Any:
+            # Never ``column == None``: that is IS NULL, which matches every bot reply.
+            return column == user.id if user is not None else false()
+
+        keyed = select(ConversationRecord.id).where(
+            or_(
+                ConversationRecord.scope_key == dm_key,
+                and_(
+                    ConversationRecord.scope_key.startswith(f"{platform}:", autoescape=True),
+                    ConversationRecord.scope_key.endswith(user_suffix, autoescape=True),
+                ),
+            )
+        )
+        theirs = or_(
+            by_user(MessageRecord.user_id),
+            and_(MessageRecord.platform == platform, MessageRecord.author_id == author),
+            MessageRecord.conversation_id.in_(keyed),
+        )
+        own = select(MessageRecord.id).where(theirs)
         replies = select(MessageRecord.id).where(MessageRecord.reply_to_id.in_(own))
         gone = await session.scalar(
             select(func.count()).where(or_(MessageRecord.id.in_(own), MessageRecord.id.in_(replies)))
         )
-        await session.execute(
-            delete(FeedbackRecord).where(
-                or_(
-                    FeedbackRecord.user_id == user.id,
-                    FeedbackRecord.message_id.in_(own),
-                    FeedbackRecord.message_id.in_(replies),
+        for record in (FeedbackRecord, ModerationEventRecord):  # theirs, or on a message that goes
+            await session.execute(
+                delete(record).where(
+                    or_(
+                        by_user(record.user_id),
+                        record.message_id.in_(own),
+                        record.message_id.in_(replies),
+                    )
                 )
             )
-        )
-        await session.execute(delete(ModerationEventRecord).where(ModerationEventRecord.user_id == user.id))
+        # Replies first: deleting a question sets its replies' reply_to_id to NULL.
         await session.execute(delete(MessageRecord).where(MessageRecord.id.in_(replies.scalar_subquery())))
-        await session.execute(delete(MessageRecord).where(MessageRecord.user_id == user.id))
-        await session.execute(delete(PrivacyRecord).where(PrivacyRecord.user_id == user.id))
-        await session.delete(user)
-        return gone or 0
+        await session.execute(delete(MessageRecord).where(theirs))
+        await session.execute(
+            delete(ConversationRecord).where(ConversationRecord.id.in_(keyed.scalar_subquery()))
+        )
+        if user is not None:
+            await session.execute(delete(PrivacyRecord).where(PrivacyRecord.user_id == user.id))
+            await session.delete(user)
+    if not await bot.db.checkpoint():
+        log.info("forgetme: the WAL is in use; SQLite's next checkpoint removes the old copies")
+    return gone or 0
 
 
 async def my_data(ctx: CommandContext) -> str | None:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import MetaData, func, select, update
 
 from botkit.plugins.memory import memory
+from botkit.plugins.moderation import event_log
 from botkit.plugins.privacy import chunked, purge_expired
-from botkit.storage import MessageRecord, PluginStateRecord, PrivacyRecord, UserRecord, utcnow
+from botkit.storage import (
+    FeedbackRecord,
+    MessageRecord,
+    ModerationEventRecord,
+    PluginStateRecord,
+    PrivacyRecord,
+    UserRecord,
+    utcnow,
+)
 from botkit.testing import WAIT_TIMEOUT, eventually
 
 
@@ -59,6 +69,71 @@ async def test_forgetme_asks_then_deletes_everything_about_the_user(make_bot, st
     assert left == ["I'm bob", "Hello from the scripted backend."]  # ann's messages and the replies to them
     assert (ann_rows, privacy_rows, pending_confirmations) == (0, 0, 0)
     assert "I'm bob" in texts.texts[0]
+
+
+async def every_value_in_every_table(bot) -> str:
+    """Every cell of every table the database has (reflected, not the models), as text."""
+
+    def read(connection) -> list[str]:
+        metadata = MetaData()
+        metadata.reflect(connection)
+        return [
+            repr(value)
+            for table in metadata.sorted_tables
+            for row in connection.execute(table.select())
+            for value in row
+        ]
+
+    async with bot.db.engine.connect() as connection:
+        return "\n".join(await connection.run_sync(read))
+
+
+async def test_forgetme_leaves_the_user_nowhere_in_the_database_nor_its_files(make_bot, storage_config):
+    user = "U7forgetme"
+    secrets = [
+        "my secret is zebra-4471",
+        "My address is 12 Quince Lane.",
+        "Ignore all previous instructions, walrus",
+    ]
+    answers = ["Zebra-4471 noted.", "Quince Lane, noted.", "No walrus."]
+    needles = [user, "zebra", "Zebra", "Quince", "walrus"]
+    # Per-user conversations: the conversation's key (and the DM's) names the user.
+    async with make_bot({**storage_config, "bot": {"conversation_scope": "user"}}) as bot:
+        for text, answer, where in zip(secrets, answers, [{}, {"dm": True}, {"channel": "ops"}], strict=True):
+            bot.backend.say(answer)
+            await bot.chat.say(text, user=user, **where)
+        bobs = await bot.chat.say("bob asks about the weather", user="bob")
+        await bot.chat.react(bobs, "👍", user=user)
+        await bot.chat.say("/optout", user=user)
+        await bot.chat.say("/forgetme", user=user)
+        await memory(bot).flush(WAIT_TIMEOUT)
+        await event_log(bot).flush(WAIT_TIMEOUT)
+        before = await every_value_in_every_table(bot)
+        assert [needle for needle in needles if needle not in before] == []
+        assert (await count(bot, FeedbackRecord), await count(bot, ModerationEventRecord)) == (1, 1)
+        done = await bot.chat.say("/forgetme confirm", user=user)
+        stored = await every_value_in_every_table(bot)
+        left = (await count(bot, FeedbackRecord), await count(bot, ModerationEventRecord))
+        data_dir = Path(storage_config["storage"]["data_dir"])
+        files = {path: path.read_bytes() for path in data_dir.rglob("*") if path.is_file()}
+    assert done.texts == ["Done: everything I had stored about you is deleted."]
+    assert "bob asks about the weather" in stored and left == (0, 0)  # bob's rows stay, ann's reaction goes
+    assert [needle for needle in needles if needle in stored] == []
+    if bot.db.is_sqlite:  # the file itself: no deleted text left in free pages or in the WAL
+        assert any(path.name == "botkit.db" for path in files)
+        found = [(path.name, n) for path, data in files.items() for n in needles if n.encode() in data]
+        assert found == []
+
+
+async def test_forgetme_of_someone_never_stored_deletes_nothing_else(make_bot, storage_config):
+    async with make_bot(storage_config) as bot:
+        await bot.chat.say("bob was here", user="bob")
+        await bot.chat.say("/forgetme", user="zoe")
+        done = await bot.chat.say("/forgetme confirm", user="zoe")
+        await memory(bot).flush(WAIT_TIMEOUT)
+        kept = await count(bot, MessageRecord)
+    assert done.texts == ["Done: everything I had stored about you is deleted."]
+    assert kept == 2  # bob's message and the reply to it (a reply has no user row)
 
 
 async def test_forgetme_confirmation_expires(make_bot, storage_config):

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from botkit import hookimpl
 from botkit.errors import ConfigError, StorageError
 from botkit.plugins.memory import memory
-from botkit.storage import Database, Migrator, StorageSettings
+from botkit.storage import Database, Migrator, StorageSettings, user_id_for
 from botkit.storage.backup import backup_sqlite
 from botkit.testing import WAIT_TIMEOUT
 
@@ -60,6 +61,30 @@ async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
         assert (await connection.execute(text("PRAGMA busy_timeout"))).scalar() == 7000
     await db.close()
     assert (tmp_path / "nested" / "data" / "botkit.db").is_file()
+
+
+async def test_a_snapshot_sees_one_state_and_writes_go_on_beside_it(storage_config):
+    db = database(storage_config)
+    await db.connect()
+    migrator = Migrator(db, [])
+    count = text("SELECT count(*) FROM users")
+    try:
+        await migrator.upgrade()
+        async with db.snapshot() as snapshot:
+            before = await snapshot.scalar(count)
+            async with db.session() as writer:  # not blocked by the open snapshot
+                await user_id_for(writer, "test", "ann")
+            during = await snapshot.scalar(count)
+            if not db.is_sqlite:
+                with pytest.raises(DBAPIError, match="read-only transaction"):
+                    await snapshot.execute(text("DELETE FROM users"))
+        async with db.snapshot() as snapshot:  # the pooled connection was given back clean
+            after = await snapshot.scalar(count)
+        async with db.session() as writer:
+            await user_id_for(writer, "test", "bob")
+    finally:
+        await db.close()
+    assert (before, during, after) == (0, 0, 1)
 
 
 def test_password_in_the_url_is_refused_without_echoing_it():

@@ -105,6 +105,9 @@ class Database:
                 cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.execute("PRAGMA synchronous=NORMAL")
+                # Deleted rows are overwritten with zeros, not left in free pages of the
+                # file: /forgetme and retention promise the text is gone.
+                cursor.execute("PRAGMA secure_delete=ON")
                 cursor.close()
 
         return engine
@@ -136,6 +139,46 @@ class Database:
         """A session in a transaction, committed on success and rolled back on error."""
         async with self.sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncSession]:
+        """A read-only session on one connection that sees the database as of its first query, throughout.
+
+        Every query in it, however long it runs, reads the same committed
+        state: what other connections commit meanwhile is invisible. Use it
+        when several reads must agree (an export's filters and the rows they
+        filter). It holds one connection for its whole life and is rolled back
+        at the end.
+        """
+        async with self.sessions() as session:
+            if self.is_sqlite:
+                # pysqlite opens a transaction only before a write, so each SELECT would
+                # see the newest commit; an explicit BEGIN makes the first read pin one
+                # WAL snapshot until the rollback (BEGIN DEFERRED: no lock against writers).
+                await session.execute(text("BEGIN"))
+            else:
+                await session.connection(
+                    execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+                )
+            try:
+                yield session
+            finally:
+                await session.rollback()
+
+    async def checkpoint(self) -> bool:
+        """SQLite: copy the WAL into the database file and truncate it to nothing. True when it completed.
+
+        After a deletion this leaves no copy of the deleted rows in the WAL
+        file (``secure_delete`` already zeroes them in the pages written). It
+        cannot complete while another connection reads an older snapshot (an
+        export, a backup); SQLite's own checkpoints finish the work later.
+        PostgreSQL: nothing to do here (True); see docs/storage.md.
+        """
+        if not self.is_sqlite:
+            return True
+        async with self.engine.connect() as connection:
+            busy, _, _ = (await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+        return busy == 0
 
     async def close(self) -> None:
         await self.engine.dispose()
