@@ -13,7 +13,8 @@ from test_moderation import GITHUB, NOTICE_IN, config, events
 import botkit.plugins.moderation as moderation
 from botkit import ReplyStatus
 from botkit.errors import ConfigError
-from botkit.plugins.moderation import ModerationSettings, running_moderator
+from botkit.plugins.moderation import ModerationSettings, Moderator, running_moderator
+from botkit.plugins.moderation.normalise import Blocklist
 from botkit.storage import MessageRecord
 from botkit.testing import WAIT_TIMEOUT, eventually
 
@@ -170,6 +171,23 @@ async def test_a_hung_classifier_does_not_stall_another_channel(make_bot, use_cl
         classifier.release.set()
     assert helped.texts and "/help" in helped.texts[0]
     assert answered.status is slow.status is ReplyStatus.COMPLETED
+
+
+def test_a_failing_detector_leaves_only_its_own_category_unchecked(monkeypatch):
+    def broken(self, text):
+        raise RuntimeError(f"cannot read {text}")
+
+    monkeypatch.setattr(Blocklist, "find", broken)
+    checker = Moderator(ModerationSettings(blocklist=["frack"]), classifier=None)
+    verdict = checker.check(f"frack, {PRIVATE}", "in")
+    assert verdict.text == f"frack, {REDACTED}"
+    assert {(d.finding.category, d.action) for d in verdict.decisions} == {
+        ("email", "redact"),
+        ("secret", "redact"),
+    }
+    assert list(verdict.unchecked) == ["blocklist"]
+    assert verdict.unchecked["blocklist"].startswith("RuntimeError at test_moderation_failsafe.py:")
+    assert "frack" not in verdict.unchecked["blocklist"]
 
 
 @pytest.mark.parametrize(

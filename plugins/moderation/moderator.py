@@ -391,8 +391,9 @@ class Moderator:
         policy = self.policies[direction]
         if policy.scoring is None:
             return Classified()
-        if stream is not None and stream in self._gave_up:
-            return Classified(unchecked={"profanity": self._gave_up[stream]})
+        why = self._gave_up.get(stream) if stream is not None else None  # one read: the loop may forget it
+        if why is not None:
+            return Classified(unchecked={"profanity": why})
         open_end = policy.scoring if final or policy.scoring_hides else None
         findings, unchecked = self._findings(
             self._scored, policy.scoring, open_end, text, stream, final, False
