@@ -86,3 +86,12 @@ def test_the_module_table_names_every_module_and_only_modules_that_exist():
                 continue
             unnamed.append(relative)
     assert unnamed == [], "docs/architecture.md's module table does not name these modules"
+
+
+def test_the_moderation_settings_table_is_the_settings_model():
+    from botkit.plugins.moderation import ModerationSettings
+
+    doc = (REPO / "docs" / "moderation.md").read_text(encoding="utf-8")
+    rows = table_after(doc, "## Settings")
+    documented = {names_in(row[0])[0] for row in rows}
+    assert documented == set(ModerationSettings.model_fields)

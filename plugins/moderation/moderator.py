@@ -8,6 +8,12 @@ one, at the end, is, and only for the categories whose action changes what
 is shown (block, redact). Private-key blocks, which span lines, are searched
 in the whole text (only when it contains ``-----BEGIN``).
 
+The classifier (profanity) is run apart, by ``classify``: it is the slow part,
+the one an async caller runs off the event loop with a timeout, and its
+result goes into ``check(..., classified=)``. A detector or the classifier that
+raises leaves only its own category unchecked, for that text: the verdict's
+``unchecked`` says which and why, and every other category is still applied.
+
 While streaming (``final=False``), a finding that may still grow is left for
 later: one that reaches the end of the text or the trailing word being
 written, and the classifier's verdict on the open sentence. Until it is
@@ -21,9 +27,12 @@ in the making). Everything else streams as it comes.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
-from collections.abc import Iterator
+import threading
+import traceback
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Literal
 
 from botkit.detectors import PEM, Finding, Rule, redact, rules_for, scan
@@ -61,10 +70,37 @@ class Verdict:
 
     text: str
     decisions: list[Decision] = field(default_factory=list)
+    unchecked: dict[str, str] = field(default_factory=dict)  # category -> why it could not be checked
 
     @property
     def blocked(self) -> bool:
         return any(d.action == "block" for d in self.decisions)
+
+
+@dataclass(slots=True)
+class Classified:
+    """The classifier's findings in a text, or why it could not give them (``unchecked``)."""
+
+    findings: list[Finding] = field(default_factory=list)
+    unchecked: dict[str, str] = field(default_factory=dict)
+
+
+def failure(error: BaseException) -> str:
+    """What went wrong, for the log: the error's type and where, never its message (it may quote the text)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return type(error).__name__
+    last = frames[-1]
+    return f"{type(error).__name__} at {PurePath(last.filename).name}:{last.lineno} in {last.name}"
+
+
+def guarded(category: str, unchecked: dict[str, str], detect: Callable[[], list[Finding]]) -> list[Finding]:
+    """``detect()``'s findings; if it raises, none, and ``category`` is noted as unchecked."""
+    try:
+        return detect()
+    except Exception as error:  # noqa: BLE001 - one failing detector must not take the others with it
+        unchecked.setdefault(category, failure(error))
+        return []
 
 
 def sentence_ends(text: str, start: int = 0) -> Iterator[int]:
@@ -128,44 +164,84 @@ class Detectors:
     classifier: ProfanityModel | None
     threshold: float
 
-    def scan(self, segment: str, open_ended: bool = False) -> list[Finding]:
-        """Findings of one segment, offsets relative to it.
+    def scan(self, segment: str, open_ended: bool = False) -> tuple[list[Finding], dict[str, str]]:
+        """Findings of one segment, offsets relative to it, and the categories that could not be checked.
 
         ``open_ended``: the segment is the open end of a streaming reply, whose
         last sentence may go on; its profanity finding then reaches to the end.
         """
-        findings = scan(self.rules, segment)
-        if not (self.blocklist or self.patterns or self.injection or self.classifier):
-            return findings
-        folded = fold(segment)
+        unchecked: dict[str, str] = {}
+        findings = self._rules(segment, unchecked)
+        folding = [
+            category
+            for category, on in [
+                ("blocklist", bool(self.blocklist or self.patterns)),
+                ("injection", bool(self.injection)),
+                ("profanity", self.classifier is not None),
+            ]
+            if on
+        ]
+        if not folding:
+            return findings, unchecked
+        try:
+            folded = fold(segment)
+        except Exception as error:  # noqa: BLE001 - the rules above need no folding and still count
+            unchecked.update(dict.fromkeys(folding, failure(error)))
+            return findings, unchecked
 
-        def found(category: str, rule: str, start: int, end: int, score: float | None = None) -> None:
+        def found(category: str, rule: str, start: int, end: int, score: float | None = None) -> Finding:
             start, end = folded.span(start, end)
-            findings.append(Finding(category, rule, start, end, segment[start:end], score))
+            return Finding(category, rule, start, end, segment[start:end], score)
 
-        if self.blocklist:
-            for word in self.blocklist.find(folded.text):
-                found("blocklist", f"word:{word.entry}", word.start, word.end)
-        if self.patterns:
-            views = {folded.text, leet_view(folded.text)}
-            for pattern in self.patterns:
-                spans = {m.span() for view in views for m in pattern.finditer(view) if m.end() > m.start()}
-                for start, end in sorted(spans):
-                    found("blocklist", f"pattern:{pattern.pattern}"[:255], start, end)
-        for finding in scan(self.injection, folded.text):
-            found("injection", finding.rule, finding.start, finding.end)
-        if self.classifier is not None:
+        def blocklist() -> list[Finding]:
+            hits = []
+            if self.blocklist:
+                for word in self.blocklist.find(folded.text):
+                    hits.append(found("blocklist", f"word:{word.entry}", word.start, word.end))
+            if self.patterns:
+                views = {folded.text, leet_view(folded.text)}
+                for pattern in self.patterns:
+                    spans = {
+                        m.span() for view in views for m in pattern.finditer(view) if m.end() > m.start()
+                    }
+                    for start, end in sorted(spans):
+                        hits.append(found("blocklist", f"pattern:{pattern.pattern}"[:255], start, end))
+            return hits
+
+        def injection() -> list[Finding]:
+            return [found("injection", f.rule, f.start, f.end) for f in scan(self.injection, folded.text)]
+
+        def profanity(classifier: ProfanityModel) -> list[Finding]:
+            hits = []
             pieces = list(units(folded.text))
             for number, (start, end) in enumerate(pieces, 1):
-                score = self.classifier.score(folded.text[start:end])
+                score = classifier.score(folded.text[start:end])
                 if score >= self.threshold:
-                    found("profanity", "classifier", start, end, score)
+                    hit = found("profanity", "classifier", start, end, score)
                     if open_ended and number == len(pieces):  # the last sentence may go on
-                        last = findings.pop()
-                        findings.append(
-                            Finding(last.category, last.rule, last.start, len(segment), last.excerpt, score)
-                        )
-        return findings
+                        hit = Finding(hit.category, hit.rule, hit.start, len(segment), hit.excerpt, score)
+                    hits.append(hit)
+            return hits
+
+        if self.blocklist or self.patterns:
+            findings += guarded("blocklist", unchecked, blocklist)
+        if self.injection:
+            findings += guarded("injection", unchecked, injection)
+        if self.classifier is not None:
+            classifier = self.classifier
+            findings += guarded("profanity", unchecked, lambda: profanity(classifier))
+        return findings, unchecked
+
+    def _rules(self, segment: str, unchecked: dict[str, str]) -> list[Finding]:
+        """The regular-expression rules (e-mail, phone, card, secret), all at once so that overlaps resolve."""
+        try:
+            return scan(self.rules, segment)
+        except Exception:  # noqa: BLE001 - find the failing category; the others still count
+            findings: list[Finding] = []
+            for category in dict.fromkeys(rule.category for rule in self.rules):
+                rules = [rule for rule in self.rules if rule.category == category]
+                findings += guarded(category, unchecked, lambda rules=rules: scan(rules, segment))
+            return sorted(findings, key=lambda f: f.start)
 
 
 class Policy:
@@ -189,9 +265,14 @@ class Policy:
                 threshold=settings.profanity_threshold,
             )
 
-        self.every = detectors(set(self.actions))
+        # The classifier is kept apart (``scoring``): it is what may be slow or fail.
+        quick = set(self.actions) - {"profanity"}
+        self.every = detectors(quick)
         # While a reply streams, its open end is scanned only for what changes what is shown.
-        self.hiding = detectors({c for c, action in self.actions.items() if action in HIDES})
+        self.hiding = detectors({c for c in quick if self.actions[c] in HIDES})
+        scores = classifier is not None and "profanity" in self.actions
+        self.scoring = detectors({"profanity"}) if scores else None
+        self.scoring_hides = self.actions.get("profanity") in HIDES
         self.pem = "secret" in self.actions
         self.holds_partial_words = any(self.actions.get(c) in HIDES for c in PII)
 
@@ -203,6 +284,40 @@ class _Stream:
     text: str
     closed_end: int
     closed: list[Finding]
+    unchecked: dict[str, str]
+
+
+class _Streams:
+    """The ``_Stream`` of the latest replies; used from the event loop and from the classifier's threads."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[str, _Stream] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, stream: str | None, text: str) -> _Stream:
+        """The cache of ``stream`` if ``text`` extends what it holds (it is taken out), or an empty one."""
+        with self._lock:
+            previous = self._kept.pop(stream, None) if stream is not None else None
+        if previous is not None and text.startswith(previous.text):
+            return _Stream(
+                previous.text, previous.closed_end, list(previous.closed), dict(previous.unchecked)
+            )
+        return _Stream(text, 0, [], {})
+
+    def closed_end(self, stream: str | None, text: str) -> int:
+        with self._lock:
+            previous = self._kept.get(stream) if stream is not None else None
+        return previous.closed_end if previous is not None and text.startswith(previous.text) else 0
+
+    def keep(self, stream: str, entry: _Stream) -> None:
+        with self._lock:
+            self._kept[stream] = entry
+            while len(self._kept) > STREAMS_KEPT:
+                self._kept.popitem(last=False)
+
+    def forget(self, stream: str) -> None:
+        with self._lock:
+            self._kept.pop(stream, None)
 
 
 class Moderator:
@@ -214,54 +329,120 @@ class Moderator:
             "in": Policy(settings.input_actions, settings, classifier),
             "out": Policy(settings.output_actions, settings, classifier),
         }
-        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._checked = _Streams()
+        self._scored = _Streams()
+        self._gave_up: OrderedDict[str, str] = OrderedDict()  # stream -> why its classifier check stopped
+        # Messages, per direction and category, that a failed or timed-out check let through
+        # unchecked or had refused (counted by the plugin, which decides what happens).
+        self.failures: Counter[tuple[Direction, str]] = Counter()
 
     def check(
-        self, text: str, direction: Direction, final: bool = True, stream: str | None = None
+        self,
+        text: str,
+        direction: Direction,
+        final: bool = True,
+        stream: str | None = None,
+        classified: Classified | None = None,
     ) -> Verdict:
-        """Decide on ``text``. ``final=False``: a reply so far (``stream`` names it, to reuse earlier work)."""
+        """Decide on ``text``. ``final=False``: a reply so far (``stream`` names it, to reuse earlier work).
+
+        ``classified``: what ``classify`` gave for the same arguments; without it
+        the classifier runs here, on the caller's thread.
+        """
         policy = self.policies[direction]
         if not policy.actions:
             return Verdict(text)
+        if classified is None:
+            classified = self.classify(text, direction, final, stream)
+        open_end = policy.every if final else policy.hiding
+        findings, unchecked = self._findings(
+            self._checked, policy.every, open_end, text, stream, final, policy.pem
+        )
+        findings += classified.findings
+        unchecked.update(classified.unchecked)
         if final:
-            findings = self._findings(policy, text, stream, policy.every, final=True)
             decisions = [Decision(f, policy.actions[f.category]) for f in findings]
-            return Verdict(redact(text, [d.finding for d in decisions if d.action == "redact"]), decisions)
-        findings = self._findings(policy, text, stream, policy.hiding, final=False)
+            redacted = [d.finding for d in decisions if d.action == "redact"]
+            return Verdict(redact(text, redacted), decisions, unchecked)
         # A finding is settled once text follows it and it does not reach into the word being written.
         tail = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"), text.rfind("\r")) + 1
         settled_before = min(tail + 1, len(text))
         decisions = [Decision(f, policy.actions[f.category]) for f in findings if f.end < settled_before]
         if any(d.action == "block" for d in decisions):  # the reply stops here: record all it holds
-            every = self._findings(policy, text, None, policy.every, final=False)
+            every, _ = self._findings(
+                self._checked, policy.every, policy.every, text, None, False, policy.pem
+            )
+            every += classified.findings
             decisions = [Decision(f, policy.actions[f.category]) for f in every if f.end < settled_before]
         hiding = [f for f in findings if policy.actions[f.category] in HIDES]
         pending = [f for f in hiding if f.end >= settled_before]
         shown = self._shown_end(policy, text, tail, pending, hiding)
         redacted = [d.finding for d in decisions if d.action == "redact" and d.finding.end <= shown]
-        return Verdict(redact(text[:shown], redacted), decisions)
+        return Verdict(redact(text[:shown], redacted), decisions, unchecked)
 
+    def classify(
+        self, text: str, direction: Direction, final: bool = True, stream: str | None = None
+    ) -> Classified:
+        """The classifier's findings (profanity) for ``check``: the slow part, and one that may fail.
+
+        Safe to call from a worker thread. A stream whose classifier check was
+        given up (``give_up``) is not classified again.
+        """
+        policy = self.policies[direction]
+        if policy.scoring is None:
+            return Classified()
+        why = self._gave_up.get(stream) if stream is not None else None  # one read: the loop may forget it
+        if why is not None:
+            return Classified(unchecked={"profanity": why})
+        open_end = policy.scoring if final or policy.scoring_hides else None
+        findings, unchecked = self._findings(
+            self._scored, policy.scoring, open_end, text, stream, final, False
+        )
+        return Classified(findings, unchecked)
+
+    def classifier_due(
+        self, text: str, direction: Direction, final: bool = True, stream: str | None = None
+    ) -> bool:
+        """Whether ``classify`` would run the classifier; if not, it is quick enough for the event loop."""
+        policy = self.policies[direction]
+        if policy.scoring is None or stream is not None and stream in self._gave_up:
+            return False
+        start = self._scored.closed_end(stream, text)
+        return bool(segment_ends(text, start)) or (final or policy.scoring_hides) and start < len(text)
+
+    def give_up(self, stream: str, why: str) -> None:
+        """Classify ``stream`` no more (its check timed out): its later checks say profanity is unchecked."""
+        self._gave_up[stream] = why
+        while len(self._gave_up) > STREAMS_KEPT:
+            self._gave_up.popitem(last=False)
+
+    @staticmethod
     def _findings(
-        self, policy: Policy, text: str, stream: str | None, open_end: Detectors, final: bool
-    ) -> list[Finding]:
+        streams: _Streams,
+        every: Detectors,
+        open_end: Detectors | None,
+        text: str,
+        stream: str | None,
+        final: bool,
+        pem: bool,
+    ) -> tuple[list[Finding], dict[str, str]]:
         """Everything found in closed segments (from the stream's cache when it has them) and the open end."""
-        previous = self._streams.pop(stream, None) if stream is not None else None
-        if previous is not None and text.startswith(previous.text):
-            start, findings = previous.closed_end, list(previous.closed)
-        else:
-            start, findings = 0, []
+        cache = streams.take(stream, text)
+        start, findings, unchecked = cache.closed_end, cache.closed, cache.unchecked
         for end in segment_ends(text, start):
-            findings += [f.moved(start) for f in policy.every.scan(text[start:end])]
+            found, failed = every.scan(text[start:end])
+            findings += [f.moved(start) for f in found]
+            unchecked.update(failed)
             start = end
         if stream is not None:
-            self._streams[stream] = _Stream(text, start, list(findings))
-            while len(self._streams) > STREAMS_KEPT:
-                self._streams.popitem(last=False)
-        if start < len(text):
-            findings += [f.moved(start) for f in open_end.scan(text[start:], open_ended=not final)]
-        if policy.pem and PEM.hint is not None and PEM.hint(text):
-            findings += scan([PEM], text)
-        return findings
+            streams.keep(stream, _Stream(text, start, list(findings), dict(unchecked)))
+        if open_end is not None and start < len(text):
+            found, failed = open_end.scan(text[start:], open_ended=not final)
+            findings += [f.moved(start) for f in found]
+            unchecked = unchecked | failed
+        if pem and PEM.hint is not None and PEM.hint(text):
+            findings += guarded("secret", unchecked, lambda: scan([PEM], text))
+        return findings, unchecked
 
     @staticmethod
     def _shown_end(
@@ -292,4 +473,6 @@ class Moderator:
         return end
 
     def forget_stream(self, stream: str) -> None:
-        self._streams.pop(stream, None)
+        self._checked.forget(stream)
+        self._scored.forget(stream)
+        self._gave_up.pop(stream, None)

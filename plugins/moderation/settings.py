@@ -1,4 +1,4 @@
-"""``[plugins.moderation]``: the blocklist, the classifier threshold, an action per category and direction."""
+"""``[plugins.moderation]``: the blocklist, the classifier threshold, an action per category and direction, failures."""
 
 from __future__ import annotations
 
@@ -61,6 +61,18 @@ class ModerationSettings(BaseModel):
     output_notice: str = Field(
         "Sorry, I stopped that answer: it contained something this bot doesn't allow.",
         description="what replaces a blocked reply; empty: nothing",
+    )
+    on_error: Literal["open", "closed"] = Field(
+        "open",
+        description="when a category cannot be checked (its detector fails or times out): "
+        "open lets the message on without that category, closed refuses it",
+    )
+    timeout: float = Field(
+        1.0, gt=0, description="seconds the classifier may take on one message before profanity is skipped"
+    )
+    unchecked_notice: str = Field(
+        "Sorry, I can't pass that on right now: moderation could not check it. Please try again later.",
+        description='what the user is told when on_error = "closed" refuses a message or stops a reply',
     )
 
     @field_validator("blocklist")
