@@ -332,9 +332,18 @@ def db_upgrade(ctx: Context, revision: str) -> None:
     with_migrator(ctx, action)
 
 
-@db.command("downgrade")
+def relative_revision(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Let '-1' through as a revision (the command ignores unknown options for it); a typo such as
+    '--yse' is still an unknown option."""
+    if value.startswith("-") and not value[1:].isdigit():
+        raise click.NoSuchOption(value, ctx=ctx)
+    return value
+
+
+# ignore_unknown_options: click would read '-1' as an option and refuse it.
+@db.command("downgrade", context_settings={"ignore_unknown_options": True})
 @config_option
-@click.argument("revision")
+@click.argument("revision", callback=relative_revision)
 @click.pass_obj
 def db_downgrade(ctx: Context, revision: str) -> None:
     """Undo migrations down to REVISION ('-1' for one step, 'base' for an empty database)."""

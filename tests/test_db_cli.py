@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
+
+from botkit.cli import create_cli
 
 
 def botkit(*args: str, cwd: Path, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
@@ -22,6 +25,11 @@ def botkit(*args: str, cwd: Path, stdin: str = "", env: dict | None = None) -> s
         timeout=120,
         check=False,
     )
+
+
+def invoke(config: Path, *args: str, stdin: str | None = None) -> Result:
+    """``botkit -c CONFIG ARGS...`` in this process (quicker than a subprocess)."""
+    return CliRunner().invoke(create_cli(), ["-c", str(config), *args], input=stdin)
 
 
 @pytest.fixture
@@ -63,6 +71,16 @@ def test_db_commands_walk_the_schema_up_and_down(config, tmp_path):
 
     down = botkit("-c", str(config), "db", "downgrade", "base", cwd=tmp_path)
     assert down.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: 0001 -> empty"
+
+
+def test_downgrade_takes_a_relative_revision_and_still_refuses_a_mistyped_option(config):
+    assert invoke(config, "db", "upgrade").exit_code == 0
+    down = invoke(config, "db", "downgrade", "-1")
+    assert down.exit_code == 0, down.output
+    assert down.stdout.strip().endswith(": 0001 -> empty")
+    typo = invoke(config, "db", "downgrade", "--yse", "base")
+    assert typo.exit_code == 2 and "No such option '--yse'" in typo.stderr
+    assert invoke(config, "db", "downgrade", "-h").stdout.count("'-1' for one step") == 1
 
 
 def test_unreachable_database_at_start_is_a_clear_error(tmp_path):
