@@ -1,0 +1,120 @@
+"""The ``botkit db`` commands: upgrade, downgrade, current, history and backup of the bot's database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from botkit.bot import Bot
+from botkit.errors import BotkitError
+from botkit.ops import Context, config_option, fail, run_with_database
+
+
+@click.group()
+def db() -> None:
+    """Manage the database: migrations and backups."""
+
+
+def with_migrator(ctx: Context, action: Any) -> Any:
+    """Run ``action(bot)`` with the database connected (no model is loaded, no schema check)."""
+    try:
+        return run_with_database(ctx, action, check_schema=False)
+    except BotkitError as error:
+        fail(error)
+
+
+@db.command("upgrade")
+@config_option
+@click.argument("revision", default="heads")
+@click.pass_obj
+def db_upgrade(ctx: Context, revision: str) -> None:
+    """Apply migrations up to REVISION (default: the newest of every branch)."""
+
+    async def action(bot: Bot) -> None:
+        before = await bot.migrator.current()
+        await bot.migrator.upgrade(revision)
+        after = await bot.migrator.current()
+        click.echo(f"{bot.db.display_url}: {describe_revisions(before)} -> {describe_revisions(after)}")
+
+    with_migrator(ctx, action)
+
+
+def relative_revision(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Let '-1' through as a revision (the command ignores unknown options for it); a typo such as
+    '--yse' is still an unknown option."""
+    if value.startswith("-") and not value[1:].isdigit():
+        raise click.NoSuchOption(value, ctx=ctx)
+    return value
+
+
+# ignore_unknown_options: click would read '-1' as an option and refuse it.
+@db.command("downgrade", context_settings={"ignore_unknown_options": True})
+@config_option
+@click.argument("revision", callback=relative_revision)
+@click.pass_obj
+def db_downgrade(ctx: Context, revision: str) -> None:
+    """Undo migrations down to REVISION ('-1' for one step, 'base' for an empty database)."""
+
+    async def action(bot: Bot) -> None:
+        before = await bot.migrator.current()
+        await bot.migrator.downgrade(revision)
+        after = await bot.migrator.current()
+        click.echo(f"{bot.db.display_url}: {describe_revisions(before)} -> {describe_revisions(after)}")
+
+    with_migrator(ctx, action)
+
+
+@db.command("current")
+@config_option
+@click.pass_obj
+def db_current(ctx: Context) -> None:
+    """Show the database's revision and whether it is up to date."""
+
+    async def action(bot: Bot) -> None:
+        current, heads = await bot.migrator.current(), bot.migrator.heads()
+        state = (
+            "up to date"
+            if bot.migrator.up_to_date(current)
+            else f"out of date (newest: {describe_revisions(heads)})"
+        )
+        click.echo(f"{bot.db.display_url}: {describe_revisions(current)} ({state})")
+
+    with_migrator(ctx, action)
+
+
+@db.command("history")
+@config_option
+@click.pass_obj
+def db_history(ctx: Context) -> None:
+    """List every known migration, newest first."""
+    try:
+        bot = Bot.load(ctx.settings())
+    except BotkitError as error:
+        fail(error)
+    click.echo(bot.migrator.history().rstrip())
+
+
+@db.command("backup")
+@config_option
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="replace PATH if it exists")
+@click.pass_obj
+def db_backup(ctx: Context, path: Path, overwrite: bool) -> None:
+    """Copy the SQLite database to PATH while the bot may be running (online backup).
+
+    For PostgreSQL use pg_dump (see docs/storage.md).
+    """
+    from botkit.storage.backup import backup_sqlite
+
+    try:
+        bot = Bot.load(ctx.settings())
+        copied = backup_sqlite(bot.db, path, overwrite=overwrite)
+    except BotkitError as error:
+        fail(error)
+    click.echo(f"backed up {bot.db.display_url} to {path} ({copied:,} bytes)")
+
+
+def describe_revisions(revisions: set[str]) -> str:
+    return ", ".join(sorted(revisions)) or "empty"
