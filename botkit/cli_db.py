@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from botkit.bot import Bot
-from botkit.errors import BotkitError
+from botkit.db_guard import bots_using
+from botkit.errors import BotkitError, DatabaseInUse
 from botkit.ops import Context, config_option, fail, run_with_database
 
 
@@ -25,14 +26,39 @@ def with_migrator(ctx: Context, action: Any) -> Any:
         fail(error)
 
 
+force_option = click.option(
+    "--force", is_flag=True, help="change the schema even though a running bot uses the database"
+)
+
+
+async def refuse_while_bots_run(bot: Bot, force: bool, change: str) -> None:
+    """Raise ``DatabaseInUse`` when a running bot uses the database (``botkit.db_guard``), unless ``force``."""
+    found = await bots_using(bot.db, bot.settings)
+    if not found:
+        return
+    if force:
+        click.echo(f"botkit: warning: {'; '.join(found)}; going on (--force)", err=True)
+        return
+    raise DatabaseInUse(
+        f"not {change} {bot.db.display_url}: a running bot uses it: {'; '.join(found)}. A bot whose "
+        "schema changes under it fails or writes wrong rows: stop it (every replica) first, or pass "
+        "--force to go on anyway"
+    )
+
+
 @db.command("upgrade")
 @config_option
 @click.argument("revision", default="heads")
+@force_option
 @click.pass_obj
-def db_upgrade(ctx: Context, revision: str) -> None:
-    """Apply migrations up to REVISION (default: the newest of every branch)."""
+def db_upgrade(ctx: Context, revision: str, force: bool) -> None:
+    """Apply migrations up to REVISION (default: the newest of every branch).
+
+    Refused while a running bot uses the database (--force goes on).
+    """
 
     async def action(bot: Bot) -> None:
+        await refuse_while_bots_run(bot, force, "upgrading")
         before = await bot.migrator.current()
         await bot.migrator.upgrade(revision)
         after = await bot.migrator.current()
@@ -53,11 +79,16 @@ def relative_revision(ctx: click.Context, param: click.Parameter, value: str) ->
 @db.command("downgrade", context_settings={"ignore_unknown_options": True})
 @config_option
 @click.argument("revision", callback=relative_revision)
+@force_option
 @click.pass_obj
-def db_downgrade(ctx: Context, revision: str) -> None:
-    """Undo migrations down to REVISION ('-1' for one step, 'base' for an empty database)."""
+def db_downgrade(ctx: Context, revision: str, force: bool) -> None:
+    """Undo migrations down to REVISION ('-1' for one step, 'base' for an empty database).
+
+    Refused while a running bot uses the database (--force goes on).
+    """
 
     async def action(bot: Bot) -> None:
+        await refuse_while_bots_run(bot, force, "downgrading")
         before = await bot.migrator.current()
         await bot.migrator.downgrade(revision)
         after = await bot.migrator.current()
