@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ from botkit.bot import Bot
 from botkit.db_guard import bots_using
 from botkit.errors import BotkitError, DatabaseInUse
 from botkit.ops import Context, config_option, fail, run_with_database
+from botkit.storage import Database
+from botkit.storage.backup import backup_sqlite, pg_dump_command, timestamped_path
 
 
 @click.group()
@@ -80,21 +83,60 @@ def relative_revision(ctx: click.Context, param: click.Parameter, value: str) ->
 @config_option
 @click.argument("revision", callback=relative_revision)
 @force_option
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @click.pass_obj
-def db_downgrade(ctx: Context, revision: str, force: bool) -> None:
+def db_downgrade(ctx: Context, revision: str, force: bool, yes: bool) -> None:
     """Undo migrations down to REVISION ('-1' for one step, 'base' for an empty database).
 
+    A downgrade drops tables or columns with their data: it asks first (--yes does not),
+    and backs up a SQLite database next to its file (PostgreSQL: run pg_dump first).
     Refused while a running bot uses the database (--force goes on).
     """
 
-    async def action(bot: Bot) -> None:
+    async def action(bot: Bot) -> bool:
         await refuse_while_bots_run(bot, force, "downgrading")
         before = await bot.migrator.current()
+        if not before:
+            click.echo(f"{bot.db.display_url}: empty: nothing to downgrade")
+            return True
+        backup = timestamped_path(bot.db, "before-downgrade") if bot.db.is_sqlite else None
+        if not confirm_downgrade(bot.db, before, revision, backup, yes):
+            return False
+        if backup is not None:
+            size = backup_sqlite(bot.db, backup)
+            click.echo(f"backed up {bot.db.display_url} to {backup} ({size:,} bytes)")
         await bot.migrator.downgrade(revision)
         after = await bot.migrator.current()
         click.echo(f"{bot.db.display_url}: {describe_revisions(before)} -> {describe_revisions(after)}")
+        return True
 
-    with_migrator(ctx, action)
+    if not with_migrator(ctx, action):
+        click.echo("botkit: downgrade cancelled: nothing changed (--yes does not ask)", err=True)
+        sys.exit(1)
+
+
+def confirm_downgrade(db: Database, before: set[str], revision: str, backup: Path | None, yes: bool) -> bool:
+    """Say what the downgrade loses and what is kept; ask unless ``yes``. False: not confirmed."""
+    if revision == "base" or revision.endswith("@base"):
+        loses = "drops every table of " + ("its branch" if "@" in revision else "botkit and its plugins")
+    else:
+        loses = "undoes migrations, which may drop tables and columns"
+    if backup is not None:
+        kept = f"a backup is made first: {backup}"
+    else:
+        kept = f"no backup is made of a PostgreSQL database: make one first, e.g. {pg_dump_command(db)}"
+    click.echo(
+        f"Downgrading {db.display_url} from {describe_revisions(before)} to {revision} {loses}, "
+        f"with the data in them; {kept}",
+        err=True,
+    )
+    if yes:
+        return True
+    try:
+        return click.confirm("Downgrade?", default=False, err=True)
+    except click.Abort:  # no answer: end of input, Ctrl-C
+        click.echo(err=True)
+        return False
 
 
 @db.command("current")
@@ -137,8 +179,6 @@ def db_backup(ctx: Context, path: Path, overwrite: bool) -> None:
 
     For PostgreSQL use pg_dump (see docs/storage.md).
     """
-    from botkit.storage.backup import backup_sqlite
-
     try:
         bot = Bot.load(ctx.settings())
         copied = backup_sqlite(bot.db, path, overwrite=overwrite)
