@@ -34,6 +34,7 @@ from botkit.plugin_host import PluginHost, read_stored_switches
 from botkit.registry import Registry
 from botkit.settings import Settings, load_settings, masked_dump, validate_table
 from botkit.storage import Database, Migrator
+from botkit.storage.database import BOT_APPLICATION_NAME
 from botkit.types import Message, MessageChange, Reaction, Responder, User
 
 log = logging.getLogger("botkit")
@@ -190,7 +191,7 @@ class Bot:
 
     async def start(self) -> None:
         """Open the database (upgrading or checking its schema), load the model, run start-up hooks."""
-        await self.db.connect()
+        await self.db.connect(application_name=BOT_APPLICATION_NAME)  # `botkit db upgrade` sees it
         try:
             await self.migrator.ensure_current(self.settings.storage.auto_upgrade)
             self.host.apply_stored_switches(await read_stored_switches(self.db))

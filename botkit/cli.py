@@ -1,4 +1,4 @@
-"""The ``botkit`` command: chat, run, plugins, backends, config check, db, and what plugins add.
+"""The ``botkit`` command: chat, run, plugins, backends, config check, db (``botkit.cli_db``), and what plugins add.
 
 ``create_cli()`` builds the click group; the plugins that are on then add their commands
 through ``botkit_register_cli`` (``botkit export`` and ``botkit finetune`` come from the
@@ -14,16 +14,16 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
 from botkit import __version__
 from botkit.bot import Bot
+from botkit.cli_db import db, with_migrator
 from botkit.cli_plugins import CommandGroup, add_plugin_commands
 from botkit.control import ControlServer
 from botkit.errors import BotkitError, ConfigError, NoRunningBot
-from botkit.ops import CONFIG_HELP, Context, config_option, fail, run_with_database
+from botkit.ops import CONFIG_HELP, Context, config_option, fail
 from botkit.settings import Settings, to_toml
 
 log = logging.getLogger("botkit")
@@ -301,105 +301,6 @@ def running_bot_lines(settings: Settings) -> list[str]:
         # A bot of an older botkit reports less; say what it gave rather than fail.
         return [f"running bot (pid {answer.get('pid')}): its status lacks {error} (an older botkit?)"]
     return lines
-
-
-@click.group()
-def db() -> None:
-    """Manage the database: migrations and backups."""
-
-
-def with_migrator(ctx: Context, action: Any) -> Any:
-    """Run ``action(bot)`` with the database connected (no model is loaded, no schema check)."""
-    try:
-        return run_with_database(ctx, action, check_schema=False)
-    except BotkitError as error:
-        fail(error)
-
-
-@db.command("upgrade")
-@config_option
-@click.argument("revision", default="heads")
-@click.pass_obj
-def db_upgrade(ctx: Context, revision: str) -> None:
-    """Apply migrations up to REVISION (default: the newest of every branch)."""
-
-    async def action(bot: Bot) -> None:
-        before = await bot.migrator.current()
-        await bot.migrator.upgrade(revision)
-        after = await bot.migrator.current()
-        click.echo(f"{bot.db.display_url}: {describe_revisions(before)} -> {describe_revisions(after)}")
-
-    with_migrator(ctx, action)
-
-
-@db.command("downgrade")
-@config_option
-@click.argument("revision")
-@click.pass_obj
-def db_downgrade(ctx: Context, revision: str) -> None:
-    """Undo migrations down to REVISION ('-1' for one step, 'base' for an empty database)."""
-
-    async def action(bot: Bot) -> None:
-        before = await bot.migrator.current()
-        await bot.migrator.downgrade(revision)
-        after = await bot.migrator.current()
-        click.echo(f"{bot.db.display_url}: {describe_revisions(before)} -> {describe_revisions(after)}")
-
-    with_migrator(ctx, action)
-
-
-@db.command("current")
-@config_option
-@click.pass_obj
-def db_current(ctx: Context) -> None:
-    """Show the database's revision and whether it is up to date."""
-
-    async def action(bot: Bot) -> None:
-        current, heads = await bot.migrator.current(), bot.migrator.heads()
-        state = (
-            "up to date"
-            if bot.migrator.up_to_date(current)
-            else f"out of date (newest: {describe_revisions(heads)})"
-        )
-        click.echo(f"{bot.db.display_url}: {describe_revisions(current)} ({state})")
-
-    with_migrator(ctx, action)
-
-
-@db.command("history")
-@config_option
-@click.pass_obj
-def db_history(ctx: Context) -> None:
-    """List every known migration, newest first."""
-    try:
-        bot = Bot.load(ctx.settings())
-    except BotkitError as error:
-        fail(error)
-    click.echo(bot.migrator.history().rstrip())
-
-
-@db.command("backup")
-@config_option
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--overwrite", is_flag=True, help="replace PATH if it exists")
-@click.pass_obj
-def db_backup(ctx: Context, path: Path, overwrite: bool) -> None:
-    """Copy the SQLite database to PATH while the bot may be running (online backup).
-
-    For PostgreSQL use pg_dump (see docs/storage.md).
-    """
-    from botkit.storage.backup import backup_sqlite
-
-    try:
-        bot = Bot.load(ctx.settings())
-        copied = backup_sqlite(bot.db, path, overwrite=overwrite)
-    except BotkitError as error:
-        fail(error)
-    click.echo(f"backed up {bot.db.display_url} to {path} ({copied:,} bytes)")
-
-
-def describe_revisions(revisions: set[str]) -> str:
-    return ", ".join(sorted(revisions)) or "empty"
 
 
 CORE_COMMANDS: tuple[click.Command, ...] = (chat, run, plugins, config_group, backends, db)

@@ -8,7 +8,8 @@ without restarting it. One JSON object per line each way:
   [...]}``, or ``{"ok": false, "error": "..."}`` when the config is invalid (nothing applied);
 - ``{"command": "status"}``: ``{"ok": true, "pid": ..., "config": ..., "backends": {name:
   {"type", "model", "adapter", "adapters", "context_window", "generating", "waiting",
-  "concurrency", "queue_limit", "engine"}}}`` (``BackendSlot.summary()``; keys are only added).
+  "concurrency", "queue_limit", "engine"}}, "database": {"url", "key"}}`` (``BackendSlot.summary()``;
+  ``Database.key``, by which ``botkit db upgrade`` knows a bot on its database; keys are only added).
 
 Who may ask is who may open the socket file: it is made 0600, in a folder only the
 bot's user enters, so the same user (or root) only.
@@ -251,6 +252,7 @@ class ControlServer:
             "pid": os.getpid(),
             "config": self.bot.settings.source_name,
             "backends": {slot.name: slot.summary() for slot in self.bot.backends.values()},
+            "database": {"url": self.bot.db.display_url, "key": self.bot.db.key},
         }
 
 

@@ -36,6 +36,10 @@ class StorageError(BotkitError):
     """The database cannot be reached, or its schema is not the one this code needs."""
 
 
+class DatabaseInUse(StorageError):
+    """A schema change was asked for while a running bot uses the database."""
+
+
 class LoraError(BotkitError):
     """A LoRA adapter is unknown, unreadable, or built for another base model."""
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
+
+from botkit.cli import create_cli
 
 
 def botkit(*args: str, cwd: Path, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
@@ -22,6 +26,11 @@ def botkit(*args: str, cwd: Path, stdin: str = "", env: dict | None = None) -> s
         timeout=120,
         check=False,
     )
+
+
+def invoke(config: Path, *args: str, stdin: str | None = None) -> Result:
+    """``botkit -c CONFIG ARGS...`` in this process (quicker than a subprocess)."""
+    return CliRunner().invoke(create_cli(), ["-c", str(config), *args], input=stdin)
 
 
 @pytest.fixture
@@ -61,8 +70,116 @@ def test_db_commands_walk_the_schema_up_and_down(config, tmp_path):
     again = botkit("-c", str(config), "db", "backup", str(tmp_path / "copy.db"), cwd=tmp_path)
     assert again.returncode == 1 and "pass --overwrite" in again.stderr
 
-    down = botkit("-c", str(config), "db", "downgrade", "base", cwd=tmp_path)
-    assert down.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: 0001 -> empty"
+    down = botkit("-c", str(config), "db", "downgrade", "base", "--yes", cwd=tmp_path)
+    assert down.stdout.splitlines()[-1] == f"sqlite+aiosqlite:///{db_file}: 0001 -> empty"
+
+
+def test_downgrade_takes_a_relative_revision_and_still_refuses_a_mistyped_option(config):
+    assert invoke(config, "db", "upgrade").exit_code == 0
+    down = invoke(config, "db", "downgrade", "-1", stdin="y\n")
+    assert down.exit_code == 0, down.output
+    assert "from 0001 to -1 undoes migrations, which may drop tables and columns" in down.stderr
+    assert down.stdout.splitlines()[-1].endswith(": 0001 -> empty")
+    typo = invoke(config, "db", "downgrade", "--yse", "base")
+    assert typo.exit_code == 2 and "No such option '--yse'" in typo.stderr
+    assert invoke(config, "db", "downgrade", "-h").stdout.count("'-1' for one step") == 1
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+CORE_TABLES = {
+    "users",
+    "conversations",
+    "messages",
+    "feedback",
+    "moderation_events",
+    "plugin_state",
+    "privacy",
+}
+
+
+@pytest.mark.parametrize("answer", ["n\n", "", "\n"], ids=["no", "end-of-input", "default"])
+def test_downgrade_to_base_asks_first_and_anything_but_yes_drops_nothing(config, tmp_path, answer):
+    db_file = tmp_path / "data" / "botkit.db"
+    assert invoke(config, "db", "upgrade").exit_code == 0
+    refused = invoke(config, "db", "downgrade", "base", stdin=answer)
+    assert refused.exit_code == 1
+    assert (
+        f"Downgrading sqlite+aiosqlite:///{db_file} from 0001 to base drops every table of botkit and its "
+        "plugins, with the data in them; a backup is made first: " in refused.stderr
+    )
+    assert "Downgrade? [y/N]" in refused.stderr
+    assert "downgrade cancelled: nothing changed (--yes does not ask)" in refused.stderr
+    assert CORE_TABLES <= tables(db_file)
+    assert sorted(path.name for path in db_file.parent.glob("*.db")) == ["botkit.db"]  # no backup either
+
+
+def test_downgrade_to_base_with_yes_backs_up_the_file_then_drops_every_table(config, tmp_path):
+    db_file = tmp_path / "data" / "botkit.db"
+    assert invoke(config, "db", "upgrade").exit_code == 0
+    with sqlite3.connect(db_file) as db:
+        db.execute(
+            "INSERT INTO users (platform, platform_user_id, display_name, created_at, last_seen_at) "
+            "VALUES ('console', 'u1', 'Ada', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+        )
+    down = invoke(config, "db", "downgrade", "base", "--yes")
+    assert down.exit_code == 0, down.output
+    assert "Downgrade?" not in down.output
+    announced, result = down.stdout.splitlines()
+    backup = Path(announced.split(" to ", 1)[1].rsplit(" (", 1)[0])
+    assert announced.startswith(f"backed up sqlite+aiosqlite:///{db_file} to ")
+    assert backup.parent == db_file.parent
+    assert re.fullmatch(r"botkit-before-downgrade-\d{8}T\d{6}Z\.db", backup.name)
+    assert f"a backup is made first: {backup}" in down.stderr
+    assert result == f"sqlite+aiosqlite:///{db_file}: 0001 -> empty"
+    with sqlite3.connect(backup) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert copy.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert copy.execute("SELECT display_name FROM users").fetchall() == [("Ada",)]
+    assert CORE_TABLES <= tables(backup)
+    assert not CORE_TABLES & tables(db_file)
+
+    again = invoke(config, "db", "downgrade", "base")
+    assert again.exit_code == 0 and again.stdout.strip().endswith(": empty: nothing to downgrade")
+
+
+def test_backups_made_in_the_same_second_get_names_of_their_own(tmp_path):
+    from datetime import UTC, datetime
+
+    from botkit.storage import Database, StorageSettings
+    from botkit.storage.backup import timestamped_path
+
+    db = Database(StorageSettings(data_dir=tmp_path))
+    now = datetime(2026, 11, 28, 9, 30, tzinfo=UTC)
+    first = timestamped_path(db, "before-downgrade", now)
+    assert first == tmp_path / "botkit-before-downgrade-20261128T093000Z.db"
+    first.touch()
+    assert (
+        timestamped_path(db, "before-downgrade", now).name == "botkit-before-downgrade-20261128T093000Z-2.db"
+    )
+
+
+def test_downgrade_of_postgresql_says_no_backup_is_made_and_still_asks(tmp_path, postgres):
+    url = postgres.create_database("downgrade")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[backend]\ntype = "scripted"\n[storage]\nurl = "{url}"\n', encoding="utf-8")
+    assert invoke(config, "db", "upgrade").exit_code == 0
+    kept = invoke(config, "db", "downgrade", "base", stdin="n\n")
+    assert kept.exit_code == 1
+    assert (
+        "no backup is made of a PostgreSQL database: make one first, e.g. pg_dump --format=custom "
+        f"--file=downgrade.dump --host=127.0.0.1 --port={postgres.port} --username=botkit downgrade"
+    ) in kept.stderr
+    listed = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+    assert CORE_TABLES <= set(postgres.psql(listed, "downgrade").split())
+    dropped = invoke(config, "db", "downgrade", "base", "--yes")
+    assert dropped.exit_code == 0, dropped.output
+    assert "no backup is made of a PostgreSQL database" in dropped.stderr
+    assert dropped.stdout.strip().endswith(": 0001 -> empty")
+    assert not CORE_TABLES & set(postgres.psql(listed, "downgrade").split())
 
 
 def test_unreachable_database_at_start_is_a_clear_error(tmp_path):

@@ -18,6 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from botkit.errors import ConfigError, StorageError
 
 DB_FILE = "botkit.db"
+# What PostgreSQL lists (pg_stat_activity.application_name) for the connections of a running bot,
+# and for those of every other botkit process (the db commands, export...): `botkit db upgrade`
+# and `downgrade` look for the first.
+BOT_APPLICATION_NAME = "botkit-bot"
+TOOL_APPLICATION_NAME = "botkit"
 
 
 def default_data_dir() -> Path:
@@ -56,6 +61,7 @@ class Database:
         self.url = self._url(settings)
         self.display_url = masked(self.url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.application_name = TOOL_APPLICATION_NAME
         self.engine: AsyncEngine = self._engine()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
@@ -93,6 +99,16 @@ class Database:
             options["pool_size"] = self.settings.pool_size
             options["pool_pre_ping"] = True
         engine = create_async_engine(self.url, **options)
+        if not self.is_sqlite:
+
+            @event.listens_for(engine.sync_engine, "do_connect")
+            def _name_connection(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+                # Read at each new connection: connect() may rename the pool's connections to come.
+                params["server_settings"] = {
+                    **(params.get("server_settings") or {}),
+                    "application_name": self.application_name,
+                }
+
         if self.is_sqlite:
             busy_ms = int(self.settings.busy_timeout * 1000)
 
@@ -116,8 +132,24 @@ class Database:
     def sqlite_path(self) -> Path | None:
         return Path(self.url.database) if self.is_sqlite and self.url.database else None
 
-    async def connect(self) -> None:
-        """Check that the database answers; a clear ``StorageError`` (password masked) if not."""
+    @property
+    def key(self) -> str | None:
+        """What names this database in every process: the SQLite file's real path, or PostgreSQL's
+        host, port and database; ``None`` for an in-memory SQLite database, which nothing shares."""
+        if self.is_sqlite:
+            path = self.sqlite_path
+            return None if path is None or str(path) == ":memory:" else f"sqlite:{os.path.realpath(path)}"
+        host = (self.url.host or "localhost").lower()
+        return f"postgresql://{host}:{self.url.port or 5432}/{self.url.database or ''}"
+
+    async def connect(self, application_name: str | None = None) -> None:
+        """Check that the database answers; a clear ``StorageError`` (password masked) if not.
+
+        ``application_name``: how PostgreSQL names the connections opened from now on
+        (``BOT_APPLICATION_NAME`` for a running bot; default ``TOOL_APPLICATION_NAME``).
+        """
+        if application_name is not None:
+            self.application_name = application_name
         path = self.sqlite_path
         if path is not None:
             try:
