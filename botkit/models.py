@@ -31,7 +31,6 @@ from botkit.errors import BotkitError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 RECORD_SUFFIX = ".json"
-CHUNK = 1 << 20
 TIMEOUT = 30.0  # seconds without a byte before a request counts as failed
 SHA256 = re.compile(r"[0-9a-f]{64}")
 QUANTIZATION = re.compile(r"(?:^|[-_.])((?:I?Q\d(?:_[A-Z0-9]+)*)|BF16|F16|F32)(?=[-_.]|$)", re.IGNORECASE)
@@ -427,7 +426,7 @@ def download(remote: HubFile, part: Path, progress: Progress | None) -> None:
                 mode = "ab" if have and response.status_code == 206 else "wb"
                 got = have if mode == "ab" else 0
                 with part.open(mode) as file:
-                    for chunk in response.iter_bytes(CHUNK):
+                    for chunk in response.iter_bytes():  # as they arrive: a lost connection keeps all it brought
                         file.write(chunk)
                         got += len(chunk)
                         if progress is not None:
