@@ -26,9 +26,7 @@ from botkit.models import (
 from botkit.ops import Context, config_option, env_name, fail
 from botkit.settings import DEFAULT_CONFIG, Settings
 
-NEW_CONFIG_HEADER = (
-    "# Written by `botkit models pull --use`; config.example.toml lists every setting.\n"
-)
+NEW_CONFIG_HEADER = "# Written by `botkit models pull --use`; config.example.toml lists every setting.\n"
 
 
 @click.group()
@@ -39,7 +37,9 @@ def models() -> None:
 @models.command("pull")
 @config_option
 @click.argument("name")
-@click.option("--use", is_flag=True, help="also write [backend] model_path into the config file (comments kept)")
+@click.option(
+    "--use", is_flag=True, help="also write [backend] model_path into the config file (comments kept)"
+)
 @click.pass_obj
 def models_pull(ctx: Context, name: str, use: bool) -> None:
     """Download model NAME into the data directory, verified against the Hub's sha256.
@@ -52,7 +52,9 @@ def models_pull(ctx: Context, name: str, use: bool) -> None:
         settings = ctx.settings()
         target = resolve_name(name)
         data_dir = settings.storage.data_dir
-        click.echo(f"pulling {target.repo}/{target.file}" + (f" ({target.entry.about})" if target.entry else ""))
+        click.echo(
+            f"pulling {target.repo}/{target.file}" + (f" ({target.entry.about})" if target.entry else "")
+        )
         with progress_bar() as progress:
             record, downloaded = pull(target, data_dir, lambda line: click.echo(line, err=True), progress)
     except BotkitError as error:
@@ -124,13 +126,19 @@ def use_model(settings: Settings, record: PulledModel) -> None:
         fail(error)
     click.echo(f"{path}: {record.config_line()}")
     if "prompt_format" in values:
-        click.echo(f'{path}: [backend] prompt_format = "chat" (was "alpaca": the model uses its own chat template)')
+        click.echo(
+            f'{path}: [backend] prompt_format = "chat" (was "alpaca": the model uses its own chat template)'
+        )
     if backend.get("chat_template"):
-        click.echo(f"note: [backend] chat_template in {path} replaces the model's own template; remove it to use the model's")
+        click.echo(
+            f"note: [backend] chat_template in {path} replaces the model's own template; remove it to use the model's"
+        )
     for key in values:
         variable = env_name(("backend", key))
         if variable in os.environ:
-            click.echo(f"warning: {variable} is set in this environment and overrides {key} from {path}", err=True)
+            click.echo(
+                f"warning: {variable} is set in this environment and overrides {key} from {path}", err=True
+            )
     click.echo("the bot loads it at its next start (a running bot keeps its model until restarted)")
 
 
@@ -157,7 +165,9 @@ def models_list(ctx: Context) -> None:
     click.echo(f"  smollm2-135m  {embedded}{mark}")
     click.echo(f"    {size}, Q4_1, licence apache-2.0; config: leave [backend] model_path unset")
     pulled = pulled_models(settings.storage.data_dir)
-    click.echo(f"pulled (in {settings.storage.data_dir.expanduser() / 'models'}):" + ("" if pulled else " none"))
+    click.echo(
+        f"pulled (in {settings.storage.data_dir.expanduser() / 'models'}):" + ("" if pulled else " none")
+    )
     for path, record in pulled:
         mark = "  (in use)" if in_use == path.resolve() else ""
         title = (record.name or f"{record.repo}/{record.file}") if record else path.name
@@ -166,7 +176,9 @@ def models_list(ctx: Context) -> None:
         if record is None:
             click.echo(f"    {size}, no record (not pulled by botkit); config: {config_line(path)}")
             continue
-        click.echo(f"    {size}, {record.quantization}, licence {record.licence}, commit {record.revision[:12]}")
+        click.echo(
+            f"    {size}, {record.quantization}, licence {record.licence}, commit {record.revision[:12]}"
+        )
         click.echo(f"    config: {record.config_line()}")
     have = {(record.repo, record.file) for _, record in pulled if record}
     available = [entry for entry in CATALOGUE if (entry.repo, entry.file) not in have]

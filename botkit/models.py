@@ -301,7 +301,7 @@ def pull(
 def unknown_template_note() -> str:
     return (
         'chat template: the GGUF\'s own with prompt_format = "chat" (the default); if botkit says at start '
-        "that it has none, give [backend] chat_template; use prompt_format = \"alpaca\" only for a model "
+        'that it has none, give [backend] chat_template; use prompt_format = "alpaca" only for a model '
         "tuned on Alpaca's template"
     )
 
@@ -426,13 +426,16 @@ def download(remote: HubFile, part: Path, progress: Progress | None) -> None:
                 mode = "ab" if have and response.status_code == 206 else "wb"
                 got = have if mode == "ab" else 0
                 with part.open(mode) as file:
-                    for chunk in response.iter_bytes():  # as they arrive: a lost connection keeps all it brought
+                    # Chunks as they arrive (no chunk size): a lost connection keeps all it brought.
+                    for chunk in response.iter_bytes():
                         file.write(chunk)
                         got += len(chunk)
                         if progress is not None:
                             progress(got, remote.size)
         except HfHubHTTPError as error:
-            raise ModelPullError(f"the download was refused: {first_line(error)}; run the command again") from None
+            raise ModelPullError(
+                f"the download was refused: {first_line(error)}; run the command again"
+            ) from None
         except httpx.TransportError as error:
             now = part.stat().st_size if part.exists() else 0
             if now > have:
@@ -456,7 +459,9 @@ def exclusive(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ModelPullError(f"another `botkit models pull` is downloading {path.name}; wait for it") from None
+            raise ModelPullError(
+                f"another `botkit models pull` is downloading {path.name}; wait for it"
+            ) from None
         try:
             yield
         finally:

@@ -229,7 +229,10 @@ def test_list_shows_the_embedded_model_the_pulled_ones_and_what_can_be_pulled(hu
 def test_a_missing_file_names_the_repositorys_gguf_files(hub, config):
     result = botkit(config, "models", "pull", f"{QWEN_REPO}/qwen2.5-0.5b-instruct-q2_k.gguf")
     assert result.exit_code == 1
-    assert f"{QWEN_REPO} has no file 'qwen2.5-0.5b-instruct-q2_k.gguf'; its GGUF files: {QWEN_FILE}" in result.output
+    assert (
+        f"{QWEN_REPO} has no file 'qwen2.5-0.5b-instruct-q2_k.gguf'; its GGUF files: {QWEN_FILE}"
+        in result.output
+    )
     assert not (config.parent / "data").exists()
 
 
