@@ -55,7 +55,7 @@ def models_pull(ctx: Context, name: str, use: bool) -> None:
         click.echo(
             f"pulling {target.repo}/{target.file}" + (f" ({target.entry.about})" if target.entry else "")
         )
-        with progress_bar() as progress:
+        with ProgressBar() as progress:
             record, downloaded = pull(target, data_dir, lambda line: click.echo(line, err=True), progress)
     except BotkitError as error:
         fail(error)
@@ -71,7 +71,7 @@ def models_pull(ctx: Context, name: str, use: bool) -> None:
         click.echo(f"  {record.config_line()}")
 
 
-class progress_bar:
+class ProgressBar:
     """A progress bar on standard error at a terminal; nothing when output goes to a file or pipe."""
 
     def __enter__(self):
