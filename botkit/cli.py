@@ -20,6 +20,7 @@ import click
 from botkit import __version__
 from botkit.bot import Bot
 from botkit.cli_db import db, with_migrator
+from botkit.cli_models import models
 from botkit.cli_plugins import CommandGroup, add_plugin_commands
 from botkit.control import ControlServer
 from botkit.errors import BotkitError, ConfigError, NoRunningBot
@@ -303,7 +304,7 @@ def running_bot_lines(settings: Settings) -> list[str]:
     return lines
 
 
-CORE_COMMANDS: tuple[click.Command, ...] = (chat, run, plugins, config_group, backends, db)
+CORE_COMMANDS: tuple[click.Command, ...] = (chat, run, plugins, config_group, backends, db, models)
 
 
 def root_group() -> click.Group:
