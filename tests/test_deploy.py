@@ -170,6 +170,24 @@ def test_what_is_not_an_adapter_is_refused(config, adapters, name, problem):
     assert config.read_bytes() == before
 
 
+def test_a_file_that_is_not_gguf_gets_the_convert_command_not_a_python_function(config, adapters):
+    result = deploy(config, str(adapters / "notes.gguf"))
+    assert result.exit_code == 1
+    assert "botkit finetune convert RUN" in result.stderr
+    assert "convert_peft_adapter" not in result.stderr
+
+
+def test_the_peft_folder_of_a_run_gets_the_convert_command_for_that_run(config, tmp_path):
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "training.json").write_text("{}", encoding="utf-8")
+    (run / "adapter/adapter_model.safetensors").write_bytes(b"\0" * 16)
+    for given in (run / "adapter", run / "adapter/adapter_model.safetensors"):
+        result = deploy(config, str(given))
+        assert result.exit_code == 1
+        assert f"`botkit finetune convert {run}`" in result.stderr, result.stderr
+
+
 def test_none_removes_lora_path_and_leaves_the_rest(config, adapters):
     config.write_text(with_lora(CONFIG, 'lora_path = "/old/adapter.gguf"  # last week\'s'), encoding="utf-8")
     result = deploy(config, "none")
