@@ -115,11 +115,13 @@ def train(ctx: Context, data: Path, out: Path, **flags: Any) -> None:
             overwrite=flags["overwrite"],
             resume=flags["resume"],
         )
-        click.echo(f"training a LoRA adapter for {target.base.describe()} on {data}", err=True)
         from rich.progress import TextColumn, TimeRemainingColumn
 
+        def announce() -> None:  # once the data and the run folder are checked
+            click.echo(f"training a LoRA adapter for {target.base.describe()} on {data}", err=True)
+
         with progress_bars(TimeRemainingColumn(), TextColumn("{task.fields[loss]}")) as progress:
-            report = run_training(options, progress)
+            report = run_training(options, progress, on_start=announce)
     except BotkitError as error:
         fail(error)
     click.echo("\n".join(report.lines()))

@@ -306,6 +306,13 @@ def test_an_existing_run_folder_is_refused_without_overwrite(export_dir, config,
     assert (tmp_path / "run/keep.txt").read_text() == "mine"
 
 
+def test_missing_data_is_refused_before_any_training_is_announced(config, tmp_path):
+    result = botkit(config, "finetune", "train", str(tmp_path / "nosuch"), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1
+    assert "nosuch does not exist" in result.output
+    assert "training a LoRA adapter" not in result.output
+
+
 def test_resume_without_a_checkpoint_is_refused(export_dir, config, tmp_path):
     result = botkit(config, "finetune", "train", str(export_dir), "--out", str(tmp_path / "new"), "--resume")
     assert result.exit_code == 1 and "has no checkpoint to resume from" in result.output
