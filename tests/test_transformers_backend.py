@@ -489,6 +489,36 @@ async def test_a_lora_adapter_changes_the_answer_and_switches_off(smol_folder, l
     assert still_tuned == tuned  # the refused adapter left the model as it was
 
 
+def trained_on(lora: Path, base: str, folder: Path) -> Path:
+    """A copy of ``lora`` whose adapter_config.json names ``base`` as its base model."""
+    import shutil
+
+    shutil.copytree(lora, folder)
+    config = folder / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": base}))
+    return folder
+
+
+@pytest.mark.model
+async def test_an_adapter_trained_on_the_embedded_gguf_loads_into_it_without_a_warning(
+    smol, lora_folder, tmp_path, caplog
+):
+    # `botkit finetune train` records the .gguf file; transformers knows the model by its folder.
+    same = trained_on(lora_folder, str(embedded_model_path().resolve()), tmp_path / "same")
+    other = trained_on(lora_folder, "/models/Other-135M.Q8_0.gguf", tmp_path / "other")
+    caplog.set_level("WARNING", logger="botkit.backends.transformers")
+    try:
+        await smol.switch_lora(str(same))
+        quiet = [r.getMessage() for r in caplog.records]
+        await smol.switch_lora(str(other))
+    finally:
+        await smol.switch_lora(None)
+    assert quiet == []
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "was trained on '/models/Other-135M.Q8_0.gguf'" in warning
+    assert f"the loaded model is '{embedded_model_path()}'" in warning
+
+
 @pytest.mark.model
 async def test_configured_adapters_load_at_start_and_apply_per_request(smol_folder, lora_folder):
     backend = folder_backend(smol_folder, loras={"tuned": lora_folder}, lora_path=lora_folder)
