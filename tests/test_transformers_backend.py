@@ -158,6 +158,27 @@ def test_embedded_gguf_loads_without_model_path(smol):
         assert weights.device.type == "cpu" and weights.dtype == torch.float32
 
 
+@pytest.mark.model
+def test_loading_a_gguf_draws_no_progress_bars_when_stderr_is_not_a_terminal(capfd):
+    from transformers import modeling_gguf_pytorch_utils
+    from transformers.utils import logging as transformers_logging
+
+    from botkit.backends import transformers_engine
+
+    bars, reader = transformers_logging.is_progress_bar_enabled(), modeling_gguf_pytorch_utils.tqdm
+    path = embedded_model_path()
+    loaded = transformers_engine.load(
+        path.parent, path.name, device="cpu", dtype="float32", table="backend", context_window=None,
+        chat_template=None,
+    )  # fmt: skip
+    transformers_engine.release(loaded)
+    err = capfd.readouterr().err
+    assert "de-quantizing" not in err and "%|" not in err, err[-500:]
+    # the switches are as they were once the load is over
+    assert transformers_logging.is_progress_bar_enabled() == bars
+    assert modeling_gguf_pytorch_utils.tqdm is reader
+
+
 async def test_missing_model_folder_names_the_setting(tmp_path):
     missing = tmp_path / "nowhere" / "SmolLM2"
     with pytest.raises(ModelLoadError) as raised:
