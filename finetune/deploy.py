@@ -38,6 +38,7 @@ from botkit.ops import (
     toml_value,
 )
 
+from .scores import recorded_warnings
 from .train import ADAPTER_FOLDER, CONVERTED_FILE, RUN_FILE
 
 Echo = Callable[[str], None]
@@ -187,6 +188,10 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
     if deployment.adapter is not None:
         check_gguf_file(deployment.adapter)
         echo(check_against_model(slot, deployment.adapter))
+        run = deployment.adapter.parent
+        if (run / RUN_FILE).is_file():  # convert wrote it into a training run: what did that measure?
+            for line in recorded_warnings(run):
+                warn(f"{line} (recorded in {run})")
     socket_path = control_socket_path(settings)  # a bad control_socket fails before anything is written
     table = table_path(slot.name)
     for key in deployment.values:

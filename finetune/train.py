@@ -22,6 +22,7 @@ from botkit import BotkitError, ModelLoadError
 from botkit.ops import read_gguf_header, transformers_engine
 
 from .base_model import AdapterTarget
+from .scores import ADVICE, warnings_for
 from .settings import FinetuneSettings
 from .training_data import PromptStyle, ReadReport, TrainingFormat, TrainingText, find_files, read_examples
 
@@ -94,6 +95,8 @@ class TrainReport:
                 f"(perplexity {_perplexity(self.validation_before)} -> {_perplexity(self.validation_after)}; "
                 f"{self.validation_examples} examples)"
             )
+            worse = warnings_for(self.validation_before, self.validation_after)
+            lines += [*worse, f"  {ADVICE}"] if worse else []
         else:
             lines.append(
                 "no validation loss: "
