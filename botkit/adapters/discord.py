@@ -202,7 +202,7 @@ class DiscordAdapter(Adapter):
         try:
             await self._login(client)
             return await CommandSync(self, build_command_tree(self, client)).sync()
-        except (discord.HTTPException, discord.RateLimited, OSError) as error:
+        except (discord.DiscordException, OSError) as error:  # refused, rate limited, unreachable
             raise PlatformError(
                 f"Discord at {self.settings.api_url} did not take the slash commands: {type(error).__name__}: {error}"
             ) from None
