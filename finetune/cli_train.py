@@ -115,11 +115,13 @@ def train(ctx: Context, data: Path, out: Path, **flags: Any) -> None:
             overwrite=flags["overwrite"],
             resume=flags["resume"],
         )
-        click.echo(f"training a LoRA adapter for {target.base.describe()} on {data}", err=True)
         from rich.progress import TextColumn, TimeRemainingColumn
 
+        def announce() -> None:  # once the data and the run folder are checked
+            click.echo(f"training a LoRA adapter for {target.base.describe()} on {data}", err=True)
+
         with progress_bars(TimeRemainingColumn(), TextColumn("{task.fields[loss]}")) as progress:
-            report = run_training(options, progress)
+            report = run_training(options, progress, on_start=announce)
     except BotkitError as error:
         fail(error)
     click.echo("\n".join(report.lines()))
@@ -200,6 +202,7 @@ def evaluate(ctx: Context, run: Path, data: Path | None, **flags: Any) -> None:
     """Compare RUN's adapter with its base model: loss and perplexity, and answers to the first examples."""
     from .base_model import target_from_run
     from .evaluate import evaluate as run_eval
+    from .scores import EVAL_FILE
     from .train import read_run
 
     try:
@@ -224,7 +227,10 @@ def evaluate(ctx: Context, run: Path, data: Path | None, **flags: Any) -> None:
             )
     except BotkitError as error:
         fail(error)
+    results = report.as_dict()
+    # deploy reads it back: it warns before deploying an adapter that scored worse than its base
+    (run / EVAL_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     if flags["as_json"]:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(json.dumps(results, indent=2))
     else:
         click.echo("\n".join(report.lines()))

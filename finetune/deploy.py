@@ -38,7 +38,8 @@ from botkit.ops import (
     toml_value,
 )
 
-from .train import CONVERTED_FILE, RUN_FILE
+from .scores import recorded_warnings
+from .train import ADAPTER_FOLDER, CONVERTED_FILE, RUN_FILE
 
 Echo = Callable[[str], None]
 
@@ -100,6 +101,36 @@ def adapter_argument(value: str) -> Path | None:
     return path
 
 
+def check_gguf_file(adapter: Path) -> None:
+    """Refuse what is not a GGUF file, saying how ``botkit finetune convert`` makes one (``LoraError``).
+
+    The deeper checks (a LoRA adapter, and for this model) are ``check_adapter``'s.
+    """
+    if adapter.is_dir() or not adapter.is_file():
+        problem = "is a folder" if adapter.is_dir() else "does not exist"
+    else:
+        try:
+            with adapter.open("rb") as file:
+                if file.read(4) == b"GGUF":
+                    return
+        except OSError:
+            return  # check_adapter says why it cannot be read
+        problem = "is not a GGUF LoRA adapter (not a GGUF file)"
+    if problem == "does not exist":
+        return  # check_adapter names the path and what to give
+    run = next((folder for folder in (adapter, *adapter.parents[:2]) if (folder / RUN_FILE).is_file()), None)
+    if run is not None:
+        how = f"make one from the training run with `botkit finetune convert {run}`"
+    elif adapter.is_dir():
+        how = f"make one from this peft adapter folder with `botkit finetune convert {adapter}`"
+    else:
+        how = (
+            "make one with `botkit finetune convert RUN` (RUN: the folder `botkit finetune train --out` "
+            f"wrote, or a peft adapter folder such as RUN/{ADAPTER_FOLDER})"
+        )
+    raise LoraError(f"{adapter} {problem}; deploy takes a GGUF LoRA adapter file: {how}")
+
+
 def find_backend(bot: Bot, name: str) -> BackendSlot:
     """The llama.cpp backend ``name`` of the config; ``ConfigError`` naming the choices otherwise."""
     settings = bot.settings
@@ -155,7 +186,12 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
     bot = load_bot(settings)
     slot = find_backend(bot, deployment.backend)
     if deployment.adapter is not None:
+        check_gguf_file(deployment.adapter)
         echo(check_against_model(slot, deployment.adapter))
+        run = deployment.adapter.parent
+        if (run / RUN_FILE).is_file():  # convert wrote it into a training run: what did that measure?
+            for line in recorded_warnings(run):
+                warn(f"{line} (recorded in {run})")
     socket_path = control_socket_path(settings)  # a bad control_socket fails before anything is written
     table = table_path(slot.name)
     for key in deployment.values:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .base_model import AdapterTarget
+from .scores import ADVICE, warnings_for
 from .settings import FinetuneSettings
 from .train import (
     ADAPTER_FOLDER,
@@ -49,6 +50,7 @@ class Sample:
 @dataclass
 class EvalReport:
     data: Path
+    split: str = "validation"
     examples: int = 0
     base_loss: float = 0.0
     adapter_loss: float = 0.0
@@ -69,20 +71,35 @@ class EvalReport:
                 f"  base     : {sample.base}  (F1 {sample.base_f1:.2f})",
                 f"  adapter  : {sample.adapter}  (F1 {sample.adapter_f1:.2f})",
             ]
-        if self.samples:
-            base = sum(s.base_f1 for s in self.samples) / len(self.samples)
-            adapter = sum(s.adapter_f1 for s in self.samples) / len(self.samples)
+        base_f1, adapter_f1 = self.mean_f1
+        if base_f1 is not None and adapter_f1 is not None:
             lines.append(
-                f"\nmean token F1 over {len(self.samples)} answers: base {base:.2f}, adapter {adapter:.2f}"
+                f"\nmean token F1 over {len(self.samples)} answers: base {base_f1:.2f}, adapter {adapter_f1:.2f}"
             )
-        return lines
+        worse = warnings_for(self.base_loss, self.adapter_loss, base_f1, adapter_f1, split=self.split)
+        return [*lines, *worse, f"  {ADVICE}"] if worse else lines
+
+    @property
+    def mean_f1(self) -> tuple[float | None, float | None]:
+        """The mean token F1 of the base model's and the adapter's sample answers (None without samples)."""
+        if not self.samples:
+            return None, None
+        count = len(self.samples)
+        return (
+            sum(s.base_f1 for s in self.samples) / count,
+            sum(s.adapter_f1 for s in self.samples) / count,
+        )
 
     def as_dict(self) -> dict[str, Any]:
+        base_f1, adapter_f1 = self.mean_f1
         return {
             "data": str(self.data),
+            "split": self.split,
             "examples": self.examples,
             "base_loss": self.base_loss,
             "adapter_loss": self.adapter_loss,
+            "base_f1": base_f1,
+            "adapter_f1": adapter_f1,
             "samples": [
                 {**sample.__dict__, "base_f1": sample.base_f1, "adapter_f1": sample.adapter_f1}
                 for sample in self.samples
@@ -132,7 +149,7 @@ def evaluate(
     if not encoded:
         raise TrainingError("no usable example to evaluate:\n" + "\n".join(read.lines()))
     model = PeftModel.from_pretrained(loaded.model, str(adapter))
-    report = EvalReport(path, examples=len(encoded), read=read)
+    report = EvalReport(path, split, examples=len(encoded), read=read)
     with model.disable_adapter():
         report.base_loss = mean_loss(model, encoded, loaded, hyper.batch_size, progress)
     report.adapter_loss = mean_loss(model, encoded, loaded, hyper.batch_size, progress)

@@ -129,14 +129,31 @@ class ExportReport:
             if step.changed:
                 text += f"  (changed {step.changed:,})"
             lines.append(text)
-        lines.append(f"examples kept: {self.counts.kept:,}")
+        # Every kept example goes into each example format: once in validation, ``weight`` times in
+        # train. So validation records are unique examples, and train's are the rest of the kept ones.
+        examples = next((s for name, s in self.written.items() if name != "preference"), None)
+        kept = f"examples kept: {self.counts.kept:,} unique"
+        if examples is not None:
+            validation = examples["validation"]
+            kept += f" (train {self.counts.kept - validation:,}, validation {validation:,})"
+        lines.append(kept)
         if "preference" in self.options.formats:
             lines.append(
                 f"preference pairs: {self.pairs_from_corrections:,} from corrections, "
                 f"{self.pairs_from_feedback:,} from rated alternatives"
             )
         for name, splits in self.written.items():
-            lines.append(f"{name}: train {splits['train']:,}, validation {splits['validation']:,} records")
+            train, validation = splits["train"], splits["validation"]
+            unit = "pairs" if name == "preference" else "records"
+            repeats = train - (self.counts.kept - validation)
+            if name != "preference" and repeats > 0:
+                copies = "1 extra copy" if repeats == 1 else f"{repeats:,} extra copies"
+                lines.append(
+                    f"{name}: train {train:,} {unit} ({train - repeats:,} examples + {copies} of voted-up "
+                    f"ones, --feedback-policy weighted), validation {validation:,} {unit}"
+                )
+            else:
+                lines.append(f"{name}: train {train:,}, validation {validation:,} {unit}")
         return lines
 
 

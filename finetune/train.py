@@ -13,7 +13,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from botkit import BotkitError, ModelLoadError
 from botkit.ops import read_gguf_header, transformers_engine
 
 from .base_model import AdapterTarget
+from .scores import ADVICE, warnings_for
 from .settings import FinetuneSettings
 from .training_data import PromptStyle, ReadReport, TrainingFormat, TrainingText, find_files, read_examples
 
@@ -94,6 +95,8 @@ class TrainReport:
                 f"(perplexity {_perplexity(self.validation_before)} -> {_perplexity(self.validation_after)}; "
                 f"{self.validation_examples} examples)"
             )
+            worse = warnings_for(self.validation_before, self.validation_after)
+            lines += [*worse, f"  {ADVICE}"] if worse else []
         else:
             lines.append(
                 "no validation loss: "
@@ -114,10 +117,17 @@ def _perplexity(loss: float | None) -> str:
     return "n/a" if loss is None else f"{math.exp(min(loss, 50.0)):.2f}"
 
 
-def train(options: TrainOptions, progress: Any = None) -> TrainReport:
-    """Fine-tune a LoRA adapter as ``options`` say; ``progress`` is a rich ``Progress`` (or None)."""
+def train(
+    options: TrainOptions, progress: Any = None, on_start: Callable[[], None] | None = None
+) -> TrainReport:
+    """Fine-tune a LoRA adapter as ``options`` say; ``progress`` is a rich ``Progress`` (or None).
+
+    ``on_start`` is called once the run folder and the data are checked, before the model loads.
+    """
     checkpoint = _prepare_folder(options)
     files = find_files(options.data, options.data_format)
+    if on_start is not None:
+        on_start()
     torch, engine = import_torch()
     loaded = load_base(options.target, options.hyper, engine, progress)
     style = prompt_style(options.target, loaded)

@@ -121,6 +121,7 @@ class FakeDiscord:
         self.gateway_urls: list[str] = []
         self.ready = asyncio.Event()  # a session is live (READY or RESUMED sent)
         self._rate_limits: list[tuple[str, str, float]] = []
+        self._failures: list[tuple[str, str, int]] = []
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -442,6 +443,10 @@ class FakeDiscord:
         """Answer the next ``method`` request of ``route`` (e.g. ``PATCH``, ``/channels/{channel}/messages/{message}``) with 429."""
         self._rate_limits.append((method, route, retry_after))
 
+    def fail_next(self, method: str, route: str, status: int, *, times: int = 1) -> None:
+        """Answer the next ``times`` ``method`` requests of ``route`` with ``status`` (e.g. 500)."""
+        self._failures.extend([(method, route, status)] * times)
+
     async def drop_connection(self, *, replay: int = 0) -> None:
         """Cut the gateway connection as a network failure would; on RESUME, the last ``replay`` events
         the client already had are sent again (a redelivery), before the ones it missed."""
@@ -628,6 +633,11 @@ class FakeDiscord:
                             "X-RateLimit-Scope": "user",
                         },
                     )
+            for index, (method, failing, status) in enumerate(self._failures):
+                if method == request.method and failing == route:
+                    del self._failures[index]
+                    call.status = status
+                    return json_response({"message": f"{status}: failing on purpose", "code": 0}, status)
             status, answer = await self._answer(request.method, route, ids, body)
             call.status = status
             if answer is None:

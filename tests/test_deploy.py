@@ -170,6 +170,54 @@ def test_what_is_not_an_adapter_is_refused(config, adapters, name, problem):
     assert config.read_bytes() == before
 
 
+def test_a_file_that_is_not_gguf_gets_the_convert_command_not_a_python_function(config, adapters):
+    result = deploy(config, str(adapters / "notes.gguf"))
+    assert result.exit_code == 1
+    assert "botkit finetune convert RUN" in result.stderr
+    assert "convert_peft_adapter" not in result.stderr
+
+
+def test_the_peft_folder_of_a_run_gets_the_convert_command_for_that_run(config, tmp_path):
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "training.json").write_text("{}", encoding="utf-8")
+    (run / "adapter/adapter_model.safetensors").write_bytes(b"\0" * 16)
+    for given in (run / "adapter", run / "adapter/adapter_model.safetensors"):
+        result = deploy(config, str(given))
+        assert result.exit_code == 1
+        assert f"`botkit finetune convert {run}`" in result.stderr, result.stderr
+
+
+def test_a_run_that_scored_worse_than_its_base_is_deployed_with_a_warning(config, adapters, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(adapters / "good.gguf", run / "adapter.gguf")
+    record = {"validation_before": 0.6442, "validation_after": 0.6452}
+    (run / "training.json").write_text(json.dumps(record), encoding="utf-8")
+    (run / "evaluation.json").write_text(
+        json.dumps(
+            {
+                "split": "validation",
+                "base_loss": 0.6,
+                "adapter_loss": 0.6,
+                "base_f1": 0.76,
+                "adapter_f1": 0.69,
+            }
+        ),
+        encoding="utf-8",
+    )
+    result = deploy(config, str(run), "--no-reload")
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: the adapter is worse than the base model: validation loss 0.6442 (base) -> 0.6452 (adapter)"
+        in result.stderr
+    )
+    assert "mean token F1 0.76 (base) -> 0.69 (adapter)" in result.stderr
+    assert f'lora_path = "{run / "adapter.gguf"}"' in config.read_text()
+
+
 def test_none_removes_lora_path_and_leaves_the_rest(config, adapters):
     config.write_text(with_lora(CONFIG, 'lora_path = "/old/adapter.gguf"  # last week\'s'), encoding="utf-8")
     result = deploy(config, "none")

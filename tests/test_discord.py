@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import pytest
@@ -9,6 +10,7 @@ from fake_discord import EPHEMERAL, SUPPRESS_EMBEDS, FakeDiscord, start_discord
 
 from botkit import hookimpl
 from botkit.errors import ConfigError, PlatformError
+from botkit.testing import eventually
 
 TOKEN_VARIABLE = "BOTKIT_ADAPTERS__DISCORD__TOKEN"
 
@@ -393,3 +395,77 @@ async def test_the_plugin_loads_without_discord_py_and_says_how_to_install_it(ma
     async with make_bot({"adapters": {"discord": discord.adapter_config()}}) as bot:
         with pytest.raises(ConfigError, match=r"pip install 'botkit\[discord\]'"):
             bot.adapter_settings("discord")
+
+
+# -- registering the slash commands --------------------------------------------------------
+
+COMMANDS = "/applications/{application}/commands"
+
+
+def command_syncs(discord: FakeDiscord) -> list:
+    return discord.calls_to("PUT", COMMANDS)
+
+
+async def test_a_rate_limited_sync_is_a_warning_and_the_bot_answers(make_bot, discord, caplog, tmp_path):
+    caplog.set_level("INFO", logger="botkit.adapters.discord")
+    for _ in range(5):  # discord.py tries five times, then gives up
+        discord.rate_limit_next("PUT", COMMANDS, retry_after=0.01)
+    storage = {"storage": {"data_dir": str(tmp_path)}, "backend": {"default_reply": "hi there"}}
+    async with start_discord(make_bot, discord, storage) as (_bot, _adapter):
+        await eventually(lambda: "could not register the slash commands" in caplog.text, what="the warning")
+        await discord.say("hello", mention_bot=True)
+        await discord.wait_for(lambda: texts(discord) == ["hi there"], what="the answer")
+    assert "global" not in discord.commands
+    assert not (tmp_path / "discord-commands.json").exists()  # the next start tries again
+
+
+async def test_a_server_error_during_the_sync_does_not_hold_up_the_bot(make_bot, discord, tmp_path):
+    discord.fail_next("PUT", COMMANDS, 500, times=5)  # discord.py retries 500s for ~25 s, then gives up
+    storage = {"storage": {"data_dir": str(tmp_path)}, "backend": {"default_reply": "hi there"}}
+    async with start_discord(make_bot, discord, storage) as (_bot, _adapter):
+        await discord.say("hello", mention_bot=True)
+        await discord.wait_for(lambda: texts(discord) == ["hi there"], what="the answer")
+        assert [call.status for call in command_syncs(discord)] == [500]
+    assert not (tmp_path / "discord-commands.json").exists()
+
+
+async def test_unchanged_commands_are_synced_once_and_discord_sync_forces_it(
+    make_bot, discord, caplog, tmp_path, write_config
+):
+    storage = {"storage": {"data_dir": str(tmp_path / "data")}}
+    caplog.set_level("INFO", logger="botkit.adapters.discord")
+    async with start_discord(make_bot, discord, storage) as (_bot, _adapter):
+        await discord.wait_for(lambda: "global" in discord.commands, what="the first sync")
+    assert len(command_syncs(discord)) == 1
+    caplog.clear()
+    async with start_discord(make_bot, discord, storage) as (_bot, _adapter):
+        await eventually(lambda: "slash commands unchanged" in caplog.text, what="the skipped sync")
+    assert len(command_syncs(discord)) == 1
+
+    import textwrap
+
+    from click.testing import CliRunner
+
+    from botkit.cli import create_cli
+
+    config = write_config(
+        textwrap.dedent(
+            f"""
+            [backend]
+            type = "scripted"
+            [storage]
+            data_dir = "{tmp_path / "data"}"
+            [adapters.discord]
+            enabled = true
+            api_url = "{discord.api_url}"
+            gateway_url = "{discord.gateway_url}"
+            """
+        )
+    )
+    # in a thread: the command runs its own event loop, and the fake Discord serves on this one
+    result = await asyncio.to_thread(
+        CliRunner().invoke, create_cli(), ["--config", str(config), "discord", "sync"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "slash commands registered globally" in result.output
+    assert len(command_syncs(discord)) == 2

@@ -220,6 +220,19 @@ def test_dry_run_prints_the_counts_and_writes_nothing(make_bot, project, tmp_pat
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_unique_examples_and_weighted_records_are_counted_apart(make_bot, project):
+    seed(make_bot, project, team_chat)
+    result = botkit(project, "export", "--dry-run", "--format", "chat,alpaca")
+    assert result.exit_code == 0, result.output
+    # four examples kept; the voted-up answer is written twice into train
+    assert "examples kept: 4 unique (train 3, validation 1)" in result.output
+    for name in ("chat", "alpaca"):
+        assert (
+            f"{name}: train 4 records (3 examples + 1 extra copy of voted-up ones, --feedback-policy "
+            "weighted), validation 1 records"
+        ) in result.output
+
+
 def test_an_existing_folder_is_refused_without_overwrite_and_replaced_with_it(make_bot, project, tmp_path):
     seed(make_bot, project, team_chat)
     out = tmp_path / "dataset"

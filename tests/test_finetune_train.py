@@ -306,6 +306,13 @@ def test_an_existing_run_folder_is_refused_without_overwrite(export_dir, config,
     assert (tmp_path / "run/keep.txt").read_text() == "mine"
 
 
+def test_missing_data_is_refused_before_any_training_is_announced(config, tmp_path):
+    result = botkit(config, "finetune", "train", str(tmp_path / "nosuch"), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1
+    assert "nosuch does not exist" in result.output
+    assert "training a LoRA adapter" not in result.output
+
+
 def test_resume_without_a_checkpoint_is_refused(export_dir, config, tmp_path):
     result = botkit(config, "finetune", "train", str(export_dir), "--out", str(tmp_path / "new"), "--resume")
     assert result.exit_code == 1 and "has no checkpoint to resume from" in result.output
@@ -382,3 +389,32 @@ def test_the_report_says_why_there_is_no_validation_loss(tmp_path):
     assert "no validation loss: the data has no validation split" in alone.lines()
     emptied = TrainReport(tmp_path, "cpu", reads=[ReadReport(tmp_path / "t"), ReadReport(tmp_path / "v")])
     assert "no validation loss: no usable validation example" in emptied.lines()
+
+
+def test_train_says_when_the_adapter_made_the_validation_loss_worse(tmp_path):
+    from botkit.finetune.train import TrainReport
+
+    worse = TrainReport(
+        tmp_path, "cpu", validation_examples=2, validation_before=0.6442, validation_after=0.6452
+    )
+    better = TrainReport(
+        tmp_path, "cpu", validation_examples=2, validation_before=0.6452, validation_after=0.6442
+    )
+    assert (
+        "warning: the adapter is worse than the base model: validation loss 0.6442 (base) -> 0.6452 (adapter)"
+        in worse.lines()
+    )
+    assert not [line for line in better.lines() if "worse" in line]
+
+
+def test_eval_says_when_the_adapter_answers_worse_than_its_base(tmp_path):
+    from botkit.finetune.evaluate import EvalReport, Sample
+
+    sample = Sample("Codename?", "Zephyr is the codename", base="Zephyr is the codename", adapter="Zephyr")
+    report = EvalReport(tmp_path, base_loss=0.5, adapter_loss=0.4, samples=[sample])
+    lines = report.lines()
+    assert (
+        "warning: the adapter is worse than the base model: mean token F1 1 (base) -> 0.4 (adapter)" in lines
+    )
+    assert not [line for line in lines if "validation loss" in line and "worse" in line]
+    assert report.as_dict()["base_f1"] == 1.0

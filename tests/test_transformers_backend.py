@@ -158,6 +158,27 @@ def test_embedded_gguf_loads_without_model_path(smol):
         assert weights.device.type == "cpu" and weights.dtype == torch.float32
 
 
+@pytest.mark.model
+def test_loading_a_gguf_draws_no_progress_bars_when_stderr_is_not_a_terminal(capfd):
+    from transformers import modeling_gguf_pytorch_utils
+    from transformers.utils import logging as transformers_logging
+
+    from botkit.backends import transformers_engine
+
+    bars, reader = transformers_logging.is_progress_bar_enabled(), modeling_gguf_pytorch_utils.tqdm
+    path = embedded_model_path()
+    loaded = transformers_engine.load(
+        path.parent, path.name, device="cpu", dtype="float32", table="backend", context_window=None,
+        chat_template=None,
+    )  # fmt: skip
+    transformers_engine.release(loaded)
+    err = capfd.readouterr().err
+    assert "de-quantizing" not in err and "%|" not in err, err[-500:]
+    # the switches are as they were once the load is over
+    assert transformers_logging.is_progress_bar_enabled() == bars
+    assert modeling_gguf_pytorch_utils.tqdm is reader
+
+
 async def test_missing_model_folder_names_the_setting(tmp_path):
     missing = tmp_path / "nowhere" / "SmolLM2"
     with pytest.raises(ModelLoadError) as raised:
@@ -487,6 +508,36 @@ async def test_a_lora_adapter_changes_the_answer_and_switches_off(smol_folder, l
     assert without == base and switched_off == base
     assert "tiny-random-llama" in str(refused.value) and "SmolLM2-135M-Instruct" in str(refused.value)
     assert still_tuned == tuned  # the refused adapter left the model as it was
+
+
+def trained_on(lora: Path, base: str, folder: Path) -> Path:
+    """A copy of ``lora`` whose adapter_config.json names ``base`` as its base model."""
+    import shutil
+
+    shutil.copytree(lora, folder)
+    config = folder / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": base}))
+    return folder
+
+
+@pytest.mark.model
+async def test_an_adapter_trained_on_the_embedded_gguf_loads_into_it_without_a_warning(
+    smol, lora_folder, tmp_path, caplog
+):
+    # `botkit finetune train` records the .gguf file; transformers knows the model by its folder.
+    same = trained_on(lora_folder, str(embedded_model_path().resolve()), tmp_path / "same")
+    other = trained_on(lora_folder, "/models/Other-135M.Q8_0.gguf", tmp_path / "other")
+    caplog.set_level("WARNING", logger="botkit.backends.transformers")
+    try:
+        await smol.switch_lora(str(same))
+        quiet = [r.getMessage() for r in caplog.records]
+        await smol.switch_lora(str(other))
+    finally:
+        await smol.switch_lora(None)
+    assert quiet == []
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "was trained on '/models/Other-135M.Q8_0.gguf'" in warning
+    assert f"the loaded model is '{embedded_model_path()}'" in warning
 
 
 @pytest.mark.model

@@ -90,7 +90,9 @@ class DiscordSettings(AdapterSettings):
         default_factory=list,
         description="guild ids to register slash commands in (instantly); empty: globally (up to an hour)",
     )
-    sync_commands: bool = Field(True, description="register the slash commands with Discord at start")
+    sync_commands: bool = Field(
+        True, description="register the slash commands with Discord at start, when changed since the last time"
+    )
     ask_command: str = Field(
         "ask", pattern=r"^[a-z0-9_-]{1,32}$", description="the slash command whose text is a question"
     )
@@ -122,7 +124,7 @@ class DiscordAdapter(Adapter):
         self._inflight: dict[asyncio.Task[Any], Message] = {}
         self._threads: OrderedDict[int, None] = OrderedDict()
 
-    async def run(self) -> None:
+    def _make_client(self) -> Any:
         import discord
         import yarl
 
@@ -141,21 +143,25 @@ class DiscordAdapter(Adapter):
         # The bot never joins voice: discord.py's warnings about missing voice libraries are noise.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         client = self.client = discord.Client(intents=intents, allowed_mentions=self.allowed_mentions)
-        tree = build_command_tree(self, client)
         for event in GATEWAY_EVENTS:
             setattr(client, f"on_{event}", getattr(self, f"on_{event}"))
-        assert self.settings.token is not None  # the settings refuse an enabled adapter without one
+        return client
+
+    async def run(self) -> None:
+        import discord
+
+        from botkit.adapters.discord_sync import CommandSync
+
+        client = self._make_client()
+        tree = build_command_tree(self, client)
+        sync = None
         try:
-            await client.login(self.settings.token.get_secret_value())
+            await self._login(client)
             if self.settings.sync_commands:
-                await self._sync(tree, discord)
+                # In the background: a slow, failed or rate-limited sync never holds up or stops the bot.
+                sync = asyncio.create_task(CommandSync(self, tree).sync_if_changed())
             if not self._closing:
                 await client.connect(reconnect=True)
-        except discord.LoginFailure:
-            raise PlatformError(
-                f"Discord refused the bot token in {TOKEN_VARIABLE}: reset it in the "
-                "Developer Portal (Bot > Reset Token) and set the variable again"
-            ) from None
         except discord.PrivilegedIntentsRequired:
             raise PlatformError(
                 "Discord refused the Message Content intent: turn it on in the Developer Portal "
@@ -169,18 +175,39 @@ class DiscordAdapter(Adapter):
                 f"could not reach Discord at {self.settings.api_url}: {type(error).__name__}: {error}"
             ) from None
         finally:
+            if sync is not None:
+                sync.cancel()
             if not client.is_closed():
                 await client.close()
 
-    async def _sync(self, tree: Any, discord: Any) -> None:
-        guilds = [discord.Object(id=guild_id) for guild_id in self.settings.command_guilds]
-        for guild in guilds or [None]:
-            synced = await tree.sync(guild=guild)
-            log.info(
-                "discord: %d slash commands registered %s",
-                len(synced),
-                f"in guild {guild.id}" if guild else "globally",
-            )
+    async def _login(self, client: Any) -> None:
+        import discord
+
+        assert self.settings.token is not None  # the settings refuse an enabled adapter without one
+        try:
+            await client.login(self.settings.token.get_secret_value())
+        except discord.LoginFailure:
+            raise PlatformError(
+                f"Discord refused the bot token in {TOKEN_VARIABLE}: reset it in the "
+                "Developer Portal (Bot > Reset Token) and set the variable again"
+            ) from None
+
+    async def sync_commands(self) -> list[str]:
+        """Register the slash commands now, changed or not (``botkit discord sync``); what was registered."""
+        import discord
+
+        from botkit.adapters.discord_sync import CommandSync
+
+        client = self._make_client()
+        try:
+            await self._login(client)
+            return await CommandSync(self, build_command_tree(self, client)).sync()
+        except (discord.DiscordException, OSError) as error:  # refused, rate limited, unreachable
+            raise PlatformError(
+                f"Discord at {self.settings.api_url} did not take the slash commands: {type(error).__name__}: {error}"
+            ) from None
+        finally:
+            await client.close()
 
     async def close(self) -> None:
         """Stop taking messages; replies in flight end (stopped) and get their last edit; then disconnect."""
@@ -358,3 +385,10 @@ class DiscordAdapter(Adapter):
 @hookimpl
 def botkit_register_adapters(register):
     register(PLATFORM, DiscordAdapter, DiscordSettings)
+
+
+@hookimpl
+def botkit_register_cli(cli):
+    from botkit.adapters.discord_sync import discord_group  # click commands load when the CLI starts
+
+    cli.add_command(discord_group)

@@ -347,13 +347,13 @@ class TransformersBackend(LoraBackend):
                 f"{where}: {folder} was made for base model {base!r}, not for the loaded model "
                 f"{self.model_name!r} ({loaded.name_or_path}): {problems[0]}{more}"
             )
-        if base != "unnamed" and base != loaded.name_or_path:
+        if base != "unnamed" and not self._is_loaded_model(base, loaded):
             log.warning(
                 "%s: %s was trained on %r, the loaded model is %r; its layer shapes fit, so it is applied",
                 where,
                 folder,
                 base,
-                loaded.name_or_path,
+                str(self.model_path or loaded.name_or_path),
             )
         try:
             engine.attach_adapter(loaded, folder, peft_id)
@@ -365,6 +365,20 @@ class TransformersBackend(LoraBackend):
                 f"{where}: peft could not apply {folder} to {self.model_name!r}: {reason}"
             ) from None
         log.info("%s: loaded LoRA adapter %s", where, folder)
+
+    def _is_loaded_model(self, base: str, loaded: LoadedModel) -> bool:
+        """Whether ``base`` (an adapter's base_model_name_or_path) names the loaded model.
+
+        A GGUF model loads from its folder, so transformers' ``name_or_path`` is the folder
+        (for the embedded model, the package's): the file itself is compared, as a resolved path.
+        """
+        names = {loaded.name_or_path}
+        if self.model_path is not None:
+            names |= {str(self.model_path), str(self.model_path.resolve())}
+        if base in names:
+            return True
+        given = Path(base).expanduser()
+        return given.exists() and self.model_path is not None and given.resolve() == self.model_path.resolve()
 
     # -- prompts and generation --------------------------------------------------
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import threading
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,46 @@ def choose_dtype(setting: str, device: str) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.get_device_capability(index)[0] >= 8 else torch.float16
 
 
+# Loads that want transformers' progress bars off, counted: two backends may load at once.
+_quiet_loads = 0
+_quiet_lock = threading.Lock()
+_saved_bars: tuple[bool, Any] | None = None
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """transformers' tqdm bars off during a load, unless standard error is a terminal that shows them.
+
+    A log file or journal gets no bar ("Converting and de-quantizing GGUF tensors" wrote
+    hundreds of lines); a terminal keeps them unless they were switched off (the finetune
+    commands do, to show their own). The GGUF reader calls tqdm directly, not through
+    transformers' switch, so its ``tqdm`` is swapped for a silent one meanwhile.
+    """
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+    from transformers.utils import logging as transformers_logging
+
+    global _quiet_loads, _saved_bars
+    if sys.stderr.isatty() and transformers_logging.is_progress_bar_enabled():
+        yield
+        return
+    with _quiet_lock:
+        if _quiet_loads == 0:
+            _saved_bars = (transformers_logging.is_progress_bar_enabled(), gguf_reader.tqdm)
+            transformers_logging.disable_progress_bar()
+            original = gguf_reader.tqdm
+            gguf_reader.tqdm = lambda *args, **kwargs: original(*args, **{**kwargs, "disable": True})
+        _quiet_loads += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_loads -= 1
+            if _quiet_loads == 0 and _saved_bars is not None:
+                enabled, gguf_reader.tqdm = _saved_bars
+                if enabled:
+                    transformers_logging.enable_progress_bar()
+
+
 def load(
     folder: Path,
     gguf_file: str | None,
@@ -106,8 +148,9 @@ def load(
     if gguf_file:
         options["gguf_file"] = gguf_file
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **options)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **options)
+        with quiet_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(folder, **options)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **options)
     except ImportError as error:
         raise ModelLoadError(
             f"loading {shown} needs {error.name or 'a missing package'}: run `{INSTALL_HINT}`"
