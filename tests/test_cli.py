@@ -342,3 +342,11 @@ def test_plugins_list_says_why_a_plugin_that_needs_another_is_off(tmp_path):
     feedback = next(i for i, line in enumerate(lines) if line.startswith("feedback "))
     assert re.match(r"feedback\s+no\s+builtin", lines[feedback])
     assert lines[feedback + 1].strip() == "off: needs plugin 'memory', which is off"
+
+
+def test_importing_botkit_main_does_not_run_the_command(monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(sys, "argv", ["botkit", "--version"])
+    monkeypatch.delitem(sys.modules, "botkit.__main__", raising=False)
+    importlib.import_module("botkit.__main__")  # ran main() before: SystemExit from --version
