@@ -101,6 +101,7 @@ class PluginHost:
         self._suspended: dict[str, tuple[object, dict[tuple[str, str], Any]]] = {}
         self._db: Database | None = None
         self._bot: BotAPI | None = None
+        self.running_adapters: set[str] = set()  # the adapters this process started (the bot records them)
 
     def bind(self, db: Database, bot: BotAPI) -> None:
         """Give the host the database its switches are stored in and the bot its hooks receive."""
@@ -234,9 +235,31 @@ class PluginHost:
                 note=info.note,
                 switched=name in stored,
                 fixed=self.switchable(name),
+                adapters=self.adapter_states(name),
             )
             for name, info in sorted(self.infos.items())
         ]
+
+    def adapter_states(self, name: str) -> tuple[str, ...]:
+        """The state of each adapter plugin ``name`` provides: running here, off in config, or not started."""
+        states = []
+        owned = (a for (kind, a), owner in self.registry.owners.items() if kind == "adapter" and owner == name)
+        for adapter in sorted(owned):
+            if adapter in self.running_adapters:
+                states.append(f"{adapter}: running")
+                continue
+            model = self.registry.adapters[adapter].settings_model
+            try:
+                raw = self.settings.adapters.get(adapter, {})
+                enabled = validate_table(model, raw, self.settings, ("adapters", adapter)).enabled
+            except ConfigError as error:
+                states.append(f"{adapter}: off (invalid config: {error})")
+                continue
+            if enabled:
+                states.append(f"{adapter}: not running (enabled, but not started by this command)")
+            else:
+                states.append(f"{adapter}: off ([adapters.{adapter}] enabled = false)")
+        return tuple(states)
 
     async def enable(self, name: str) -> str:
         return await self._switch(name, True)
