@@ -117,8 +117,13 @@ def plugins() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.pass_obj
 def plugins_list(ctx: Context, as_json: bool) -> None:
-    """List every plugin: name, where it comes from, whether it is enabled, and its hooks."""
-    from botkit.plugin_host import PluginHost
+    """List every plugin: name, whether the bot runs it and why, where it comes from, and its hooks.
+
+    "Enabled" is what a bot started now runs with: the config, then the switches stored by
+    ``/enable``, ``/disable`` and ``botkit plugins enable|disable``, less the plugins that
+    fail to load or need a plugin that is off.
+    """
+    from botkit.plugin_host import PluginHost, stored_switches_of
 
     try:
         settings = ctx.settings()
@@ -128,15 +133,23 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
         host.load()
     except BotkitError as error:
         fail(error)
+    try:
+        stored = asyncio.run(stored_switches_of(settings))
+    except BotkitError as error:
+        stored = {}
+        click.echo(f"botkit: warning: stored plugin switches not read; the config alone decides here: {error}", err=True)
+    host.apply_stored_switches(stored)
     rows = [
         {
             "name": info.name,
             "source": info.origin,
-            "enabled": info.enabled,
+            "enabled": host.is_on(info.name),
             "loaded": info.loaded,
             "hooks": info.hooks,
             "error": info.error,
             "note": info.note,
+            "stored_switch": info.stored,
+            "why": host.why(info.name),
         }
         for info in sorted(host.infos.values(), key=lambda i: i.name)
     ]
@@ -150,10 +163,9 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
         state = "error" if r["error"] else ("yes" if r["enabled"] else "no")
         hooks = ", ".join(h.removeprefix("botkit_") for h in r["hooks"]) or "-"
         click.echo(f"{r['name']:<{width}}  {state:<7}  {r['source']:<{source_width}}  {hooks}")
-        if r["error"]:
-            click.echo(f"{'':<{width}}  error: {r['error']}")
-        elif r["note"]:
-            click.echo(f"{'':<{width}}  off: {r['note']}")
+        if r["why"]:
+            told = "error" if r["error"] else ("on" if r["enabled"] else "off")
+            click.echo(f"{'':<{width}}  {told}: {r['why']}")
 
 
 def switch_from_shell(ctx: Context, name: str, enabled: bool | None) -> None:

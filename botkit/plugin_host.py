@@ -22,7 +22,7 @@ from botkit import hookspecs
 from botkit.api import PluginStatus
 from botkit.errors import ConfigError, PluginLoadError
 from botkit.hookcall import call_plugin
-from botkit.plugin_discovery import PluginSource, discover, selected_names
+from botkit.plugin_discovery import PluginSource, deselected_reason, discover, selected_names
 from botkit.registry import Registry
 from botkit.settings import Settings, plugin_table, reject_unknown_tables, validate_table
 from botkit.storage import Database, PluginStateRecord
@@ -64,6 +64,23 @@ async def read_stored_switches(db: Database) -> dict[str, bool]:
         return {}
 
 
+async def stored_switches_of(settings: Settings) -> dict[str, bool]:
+    """The stored switches in the database of ``settings``, for a command that starts no bot.
+
+    Empty when the SQLite file does not exist yet (it is not created just to look). Raises
+    ``StorageError`` when the database cannot be reached.
+    """
+    db = Database(settings.storage)
+    path = db.sqlite_path
+    if path is not None and str(path) != ":memory:" and not path.exists():
+        return {}
+    await db.connect()
+    try:
+        return await read_stored_switches(db)
+    finally:
+        await db.close()
+
+
 async def store_switch(db: Database, name: str, enabled: bool | None) -> None:
     """Store (or with ``None`` clear) the switch of plugin ``name``."""
     async with db.session() as session:
@@ -85,6 +102,9 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
     note: str | None = None  # why it is off although selected (a plugin it needs is off)
+    selected: bool = True  # what the config chose, before any stored switch
+    stored: bool | None = None  # the stored switch applied at start, if there is one
+    stored_refused: str | None = None  # why that stored switch could not be applied
 
 
 class PluginHost:
@@ -128,7 +148,8 @@ class PluginHost:
         # Built-ins register first, so that a clash names the third-party plugin.
         ordered = sorted(self.sources.items(), key=lambda item: (item[1].origin != "builtin", item[0]))
         for name, source in ordered:
-            self.infos[name] = PluginInfo(name, source.origin, enabled=name in names, loaded=False)
+            selected = name in names
+            self.infos[name] = PluginInfo(name, source.origin, enabled=selected, loaded=False, selected=selected)
         self._activate([name for name, _ in ordered if name in names])
 
     def _activate(self, names: list[str]) -> None:
@@ -304,6 +325,7 @@ class PluginHost:
         if not enabled:
             self.infos[name].note = None  # an admin's choice: it does not come back with its needs
         await store_switch(db, name, enabled)
+        self.infos[name].stored, self.infos[name].stored_refused = enabled, None
         state = "enabled" if enabled else "disabled"
         return f"Plugin {name} is {state} (stored: it stays {state} after a restart until cleared).{also}"
 
@@ -339,15 +361,19 @@ class PluginHost:
             if name not in self.infos:
                 log.warning("plugin %r has a stored switch but is not installed; ignored", name)
                 continue
+            info = self.infos[name]
+            info.stored = enabled
             if enabled == self.is_on(name):
                 continue
             reason = self.switchable(name)
             if reason is not None:
+                info.stored_refused = reason
                 log.warning("stored switch of plugin %r not applied: %s", name, reason)
                 continue
             if enabled:
                 error = self._resume_checked(name)
                 if error:
+                    info.stored_refused = error
                     log.error("plugin %r stays off despite its stored switch: %s", name, error)
                     continue
             else:
@@ -355,6 +381,28 @@ class PluginHost:
             log.info("plugin %r is %s by a stored switch", name, "on" if enabled else "off")
         self._suspend_unmet()
         self._resume_waiting()
+
+    def why(self, name: str) -> str | None:
+        """Why plugin ``name`` is on or off, or ``None`` when nothing but the default decides (on).
+
+        In order: a load error, a needed plugin that is off, a stored switch (and how the
+        config would have it), the config (``[plugins.NAME] enabled = false``, ``BOTKIT_LOAD_PLUGINS``).
+        """
+        info = self.infos[name]
+        on = self.is_on(name)
+        config = None if info.selected else deselected_reason(name)
+        if info.error:
+            return info.error
+        if info.note and not on:
+            return info.note
+        if info.stored is not None:
+            state = "on" if info.stored else "off"
+            if info.stored_refused:
+                told = f"stored switch ({state}) not applied: {info.stored_refused}"
+            else:
+                told = f"stored switch (`botkit plugins clear {name}` lets the config decide)"
+            return f"{told}; config: {config or 'on'}"
+        return config
 
     def _resume_checked(self, name: str) -> str | None:
         """Load ``name``; undo it if it turns out to need a restart or a plugin that is off."""

@@ -350,3 +350,37 @@ def test_importing_botkit_main_does_not_run_the_command(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["botkit", "--version"])
     monkeypatch.delitem(sys.modules, "botkit.__main__", raising=False)
     importlib.import_module("botkit.__main__")  # ran main() before: SystemExit from --version
+
+
+def test_plugins_list_shows_the_stored_switches_and_why(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n[plugins.disclosure]\nenabled = false\n',
+        encoding="utf-8",
+    )
+    assert botkit("plugins", "disable", "memory", cwd=tmp_path).returncode == 0
+    assert botkit("plugins", "enable", "disclosure", cwd=tmp_path).returncode == 0
+    result = botkit("plugins", "list", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+
+    def row(name: str) -> tuple[str, str]:
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"{name} "))
+        return lines[at], lines[at + 1].strip()
+
+    memory, why = row("memory")
+    assert re.match(r"memory\s+no\s+builtin", memory)
+    assert why == "off: stored switch (`botkit plugins clear memory` lets the config decide); config: on"
+    disclosure, why = row("disclosure")
+    assert re.match(r"disclosure\s+yes\s+builtin", disclosure)
+    assert why == (
+        "on: stored switch (`botkit plugins clear disclosure` lets the config decide); "
+        "config: [plugins.disclosure] enabled = false"
+    )
+    feedback, why = row("feedback")
+    assert re.match(r"feedback\s+no\s+builtin", feedback) and why == "off: needs plugin 'memory', which is off"
+    import json
+
+    rows = {r["name"]: r for r in json.loads(botkit("plugins", "list", "--json", cwd=tmp_path).stdout)}
+    assert rows["memory"]["enabled"] is False and rows["memory"]["stored_switch"] is False
+    assert rows["commands"]["enabled"] is True and rows["commands"]["why"] is None
