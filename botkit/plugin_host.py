@@ -122,6 +122,8 @@ class PluginHost:
         self._db: Database | None = None
         self._bot: BotAPI | None = None
         self.running_adapters: set[str] = set()  # the adapters this process started (the bot records them)
+        # ``botkit config check`` sets a list here: the config's problems join it instead of stopping the load.
+        self.problems: list[str] | None = None
 
     def bind(self, db: Database, bot: BotAPI) -> None:
         """Give the host the database its switches are stored in and the bot its hooks receive."""
@@ -149,7 +151,9 @@ class PluginHost:
         ordered = sorted(self.sources.items(), key=lambda item: (item[1].origin != "builtin", item[0]))
         for name, source in ordered:
             selected = name in names
-            self.infos[name] = PluginInfo(name, source.origin, enabled=selected, loaded=False, selected=selected)
+            self.infos[name] = PluginInfo(
+                name, source.origin, enabled=selected, loaded=False, selected=selected
+            )
         self._activate([name for name, _ in ordered if name in names])
 
     def _activate(self, names: list[str]) -> None:
@@ -264,7 +268,9 @@ class PluginHost:
     def adapter_states(self, name: str) -> tuple[str, ...]:
         """The state of each adapter plugin ``name`` provides: running here, off in config, or not started."""
         states = []
-        owned = (a for (kind, a), owner in self.registry.owners.items() if kind == "adapter" and owner == name)
+        owned = (
+            a for (kind, a), owner in self.registry.owners.items() if kind == "adapter" and owner == name
+        )
         for adapter in sorted(owned):
             if adapter in self.running_adapters:
                 states.append(f"{adapter}: running")
@@ -431,8 +437,8 @@ class PluginHost:
     def _guarded(self, info: PluginInfo, step: Any) -> None:
         try:
             step()
-        except ConfigError:
-            raise  # the user's config, not the plugin, is wrong: always stop
+        except ConfigError as error:
+            self._problem(error)  # the user's config, not the plugin, is wrong: always stop
         except PluginLoadError as error:
             self._failed(info, error)
         except Exception as error:
@@ -498,15 +504,22 @@ class PluginHost:
         (``register(name, model, top_level=True)``) and validate against that model. Raises
         ``ConfigError``. Tools read a claimed table with ``botkit.ops.config_table``.
         """
-        reject_unknown_tables(settings, self.sources)
+        self._report(lambda: reject_unknown_tables(settings, self.sources))
         for name in settings.top_level_extras():
             if name in self.pm_names() and name not in self.registry.top_level_models:
-                raise ConfigError(
-                    f"{settings.source_name}: [{name}]: plugin {name!r} has no top-level table; "
-                    f"its settings, if any, go in [plugins.{name}]"
+                self._problem(
+                    ConfigError(
+                        f"{settings.source_name}: [{name}]: plugin {name!r} has no top-level table; "
+                        f"its settings, if any, go in [plugins.{name}]"
+                    )
                 )
         for name, model in self.registry.top_level_models.items():
-            validate_table(model, plugin_table(settings, name), settings, (name,))
+            table = (name,)
+            self._report(
+                lambda model=model, table=table: validate_table(
+                    model, plugin_table(settings, table[0]), settings, table
+                )
+            )
 
     def _reject_stray_tables(self) -> None:
         self.check_tables(self.settings)
@@ -514,7 +527,22 @@ class PluginHost:
         for name, table in tables.items():
             keys = set(table) - {"enabled"} if isinstance(table, dict) else set()
             if keys and name in self.pm_names() and name not in self.registry.settings_models:
-                raise ConfigError(
-                    f"{self.settings.source_name}: [plugins.{name}]: plugin {name!r} has no settings "
-                    f"(found {', '.join(sorted(keys))}); only 'enabled' applies"
+                self._problem(
+                    ConfigError(
+                        f"{self.settings.source_name}: [plugins.{name}]: plugin {name!r} has no settings "
+                        f"(found {', '.join(sorted(keys))}); only 'enabled' applies"
+                    )
                 )
+
+    def _report(self, check: Any) -> None:
+        """Run ``check``; a ``ConfigError`` it raises goes to ``_problem``."""
+        try:
+            check()
+        except ConfigError as error:
+            self._problem(error)
+
+    def _problem(self, error: ConfigError) -> None:
+        """Raise ``error``, or add it to ``problems`` when they are being collected (``botkit config check``)."""
+        if self.problems is None:
+            raise error
+        self.problems += str(error).splitlines()

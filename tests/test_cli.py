@@ -384,3 +384,53 @@ def test_plugins_list_shows_the_stored_switches_and_why(tmp_path):
     rows = {r["name"]: r for r in json.loads(botkit("plugins", "list", "--json", cwd=tmp_path).stdout)}
     assert rows["memory"]["enabled"] is False and rows["memory"]["stored_switch"] is False
     assert rows["commands"]["enabled"] is True and rows["commands"]["why"] is None
+
+
+def test_config_check_reports_every_problem_at_once(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            [bot]
+            max_message_chars = 0
+            nmae = "typo"
+            [backend]
+            type = "scripted"
+            top_p = 3
+            [backends.remote]
+            type = "openai"
+            temperature = "hot"
+            [adapters.console]
+            enabled = "maybe"
+            [plugins.ratelimit]
+            per_user = "lots"
+            [plugins.disclosure]
+            position = "sideways"
+            """
+        ),
+        encoding="utf-8",
+    )
+    env = {**clean_env(), "BOTKIT_LOGGING__LEVEL": "LOUD"}
+    result = subprocess.run(
+        [sys.executable, "-m", "botkit", "config", "check"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("botkit: error: ")]
+    told = "\n".join(errors)
+    for expected in (
+        "[bot] max_message_chars: Input should be greater than or equal to 1",
+        "[bot] nmae: unknown key",
+        "BOTKIT_LOGGING__LEVEL: [logging] level:",
+        "[backend] top_p: Input should be less than or equal to 1 (got 3)",
+        "[backends.remote] temperature:",
+        "[adapters.console] enabled:",
+        "[plugins.ratelimit] per_user:",
+        "[plugins.disclosure] position:",
+    ):
+        assert expected in told, f"{expected!r} not in:\n{told}"
+    assert f"botkit: {len(errors)} problems in the configuration" in result.stderr
