@@ -29,8 +29,13 @@ from botkit.settings import Settings, to_toml
 log = logging.getLogger("botkit")
 
 
-async def serve(bot: Bot, adapter_names: list[str]) -> None:
-    """Start the bot, its control socket and the adapters; stop everything when any adapter ends or on SIGTERM."""
+async def serve(bot: Bot, adapter_names: list[str], reload_on_hangup: bool = False) -> None:
+    """Start the bot, its control socket and the adapters; stop everything when any adapter ends or on SIGTERM.
+
+    ``reload_on_hangup`` (``botkit run``): SIGHUP re-reads the config as the control socket's
+    ``reload`` request does, as daemons do. ``botkit chat`` leaves SIGHUP alone: there it means
+    the terminal is gone.
+    """
     # Only the console: a chat beside a running bot of the same config goes on without the socket.
     control = ControlServer(bot, exclusive=adapter_names != ["console"])
     await control.open()  # before the model loads: a second bot on the same config stops here
@@ -39,9 +44,11 @@ async def serve(bot: Bot, adapter_names: list[str]) -> None:
     except BaseException:
         await control.close()
         raise
+    loop = asyncio.get_running_loop()
+    if reload_on_hangup:
+        listen_for_hangup(loop, control)  # before the socket answers: a bot that answers reloads on SIGHUP
     await control.start_serving()
     adapters = [bot.make_adapter(name) for name in adapter_names]
-    loop = asyncio.get_running_loop()
 
     def close_all() -> None:
         for adapter in adapters:
@@ -71,6 +78,30 @@ async def serve(bot: Bot, adapter_names: list[str]) -> None:
         raise failure
 
 
+def listen_for_hangup(loop: asyncio.AbstractEventLoop, control: ControlServer) -> None:
+    """Reload the config on each SIGHUP, through the control server (one reload at a time)."""
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None:
+        return  # Windows has no SIGHUP
+
+    async def reload() -> None:
+        answer = await control.run_command("reload", via="SIGHUP")
+        if not answer["ok"]:
+            log.error("SIGHUP: config not reloaded, nothing changed: %s", answer["error"])
+
+    running: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+    def start_reload() -> None:
+        task = loop.create_task(reload())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    try:
+        loop.add_signal_handler(hangup, start_reload)
+    except (NotImplementedError, RuntimeError):
+        pass  # not the main thread (embedded use): the embedder handles signals
+
+
 def run_adapters(ctx: Context, only: list[str] | None) -> None:
     try:
         settings = ctx.settings()
@@ -80,7 +111,7 @@ def run_adapters(ctx: Context, only: list[str] | None) -> None:
             bot.adapter_settings(name)  # validates, and names a missing adapter plugin
         if not names:
             raise ConfigError("no adapter is enabled: enable one with [adapters.<name>] enabled = true")
-        asyncio.run(serve(bot, names))
+        asyncio.run(serve(bot, names, reload_on_hangup=only is None))
     except BotkitError as error:
         fail(error)
     except KeyboardInterrupt:
@@ -103,7 +134,10 @@ def chat(ctx: Context) -> None:
 @config_option
 @click.pass_obj
 def run(ctx: Context) -> None:
-    """Start every enabled adapter in one process until stopped (Ctrl-C or SIGTERM)."""
+    """Start every enabled adapter in one process until stopped (Ctrl-C or SIGTERM).
+
+    SIGHUP re-reads the config file without restarting (as /reload and the control socket do).
+    """
     run_adapters(ctx, None)
 
 
