@@ -438,7 +438,8 @@ class PluginHost:
         try:
             step()
         except ConfigError as error:
-            self._problem(error)  # the user's config, not the plugin, is wrong: always stop
+            # The user's config, not the plugin, is wrong: stop (``botkit config check`` goes on to tell the rest).
+            self._problem(error)
         except PluginLoadError as error:
             self._failed(info, error)
         except Exception as error:
