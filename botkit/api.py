@@ -87,6 +87,9 @@ class PluginStatus:
     note: str | None  # why it is off although config selects it (a plugin it needs is off)
     switched: bool  # an admin's stored switch decides, not config.toml
     fixed: str | None  # why it cannot be switched at run time, or None
+    # For a plugin that provides adapters: the state of each ("console: running", "discord: off
+    # ([adapters.discord] enabled = false)"); the plugin being on does not mean its adapter runs.
+    adapters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,7 +153,9 @@ class Bot:
         return settings
 
     def make_adapter(self, name: str) -> Adapter:
-        return self.registry.adapters[name].factory(self, self.adapter_settings(name))
+        adapter = self.registry.adapters[name].factory(self, self.adapter_settings(name))
+        self.host.running_adapters.add(name)  # `/plugins` tells the adapters that run from the rest
+        return adapter
 
     def enabled_adapters(self) -> list[str]:
         return [name for name in sorted(self.registry.adapters) if self.adapter_settings(name).enabled]

@@ -30,8 +30,13 @@ from botkit.settings import Settings, to_toml
 log = logging.getLogger("botkit")
 
 
-async def serve(bot: Bot, adapter_names: list[str]) -> None:
-    """Start the bot, its control socket and the adapters; stop everything when any adapter ends or on SIGTERM."""
+async def serve(bot: Bot, adapter_names: list[str], reload_on_hangup: bool = False) -> None:
+    """Start the bot, its control socket and the adapters; stop everything when any adapter ends or on SIGTERM.
+
+    ``reload_on_hangup`` (``botkit run``): SIGHUP re-reads the config as the control socket's
+    ``reload`` request does, as daemons do. ``botkit chat`` leaves SIGHUP alone: there it means
+    the terminal is gone.
+    """
     # Only the console: a chat beside a running bot of the same config goes on without the socket.
     control = ControlServer(bot, exclusive=adapter_names != ["console"])
     await control.open()  # before the model loads: a second bot on the same config stops here
@@ -40,9 +45,11 @@ async def serve(bot: Bot, adapter_names: list[str]) -> None:
     except BaseException:
         await control.close()
         raise
+    loop = asyncio.get_running_loop()
+    if reload_on_hangup:
+        listen_for_hangup(loop, control)  # before the socket answers: a bot that answers reloads on SIGHUP
     await control.start_serving()
     adapters = [bot.make_adapter(name) for name in adapter_names]
-    loop = asyncio.get_running_loop()
 
     def close_all() -> None:
         for adapter in adapters:
@@ -72,6 +79,30 @@ async def serve(bot: Bot, adapter_names: list[str]) -> None:
         raise failure
 
 
+def listen_for_hangup(loop: asyncio.AbstractEventLoop, control: ControlServer) -> None:
+    """Reload the config on each SIGHUP, through the control server (one reload at a time)."""
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None:
+        return  # Windows has no SIGHUP
+
+    async def reload() -> None:
+        answer = await control.run_command("reload", via="SIGHUP")
+        if not answer["ok"]:
+            log.error("SIGHUP: config not reloaded, nothing changed: %s", answer["error"])
+
+    running: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+    def start_reload() -> None:
+        task = loop.create_task(reload())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    try:
+        loop.add_signal_handler(hangup, start_reload)
+    except (NotImplementedError, RuntimeError):
+        pass  # not the main thread (embedded use): the embedder handles signals
+
+
 def run_adapters(ctx: Context, only: list[str] | None) -> None:
     try:
         settings = ctx.settings()
@@ -81,7 +112,7 @@ def run_adapters(ctx: Context, only: list[str] | None) -> None:
             bot.adapter_settings(name)  # validates, and names a missing adapter plugin
         if not names:
             raise ConfigError("no adapter is enabled: enable one with [adapters.<name>] enabled = true")
-        asyncio.run(serve(bot, names))
+        asyncio.run(serve(bot, names, reload_on_hangup=only is None))
     except BotkitError as error:
         fail(error)
     except KeyboardInterrupt:
@@ -104,7 +135,10 @@ def chat(ctx: Context) -> None:
 @config_option
 @click.pass_obj
 def run(ctx: Context) -> None:
-    """Start every enabled adapter in one process until stopped (Ctrl-C or SIGTERM)."""
+    """Start every enabled adapter in one process until stopped (Ctrl-C or SIGTERM).
+
+    SIGHUP re-reads the config file without restarting (as /reload and the control socket do).
+    """
     run_adapters(ctx, None)
 
 
@@ -118,8 +152,13 @@ def plugins() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.pass_obj
 def plugins_list(ctx: Context, as_json: bool) -> None:
-    """List every plugin: name, where it comes from, whether it is enabled, and its hooks."""
-    from botkit.plugin_host import PluginHost
+    """List every plugin: name, whether the bot runs it and why, where it comes from, and its hooks.
+
+    "Enabled" is what a bot started now runs with: the config, then the switches stored by
+    ``/enable``, ``/disable`` and ``botkit plugins enable|disable``, less the plugins that
+    fail to load or need a plugin that is off.
+    """
+    from botkit.plugin_host import PluginHost, stored_switches_of
 
     try:
         settings = ctx.settings()
@@ -129,15 +168,26 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
         host.load()
     except BotkitError as error:
         fail(error)
+    try:
+        stored = asyncio.run(stored_switches_of(settings))
+    except BotkitError as error:
+        stored = {}
+        click.echo(
+            f"botkit: warning: stored plugin switches not read; the config alone decides here: {error}",
+            err=True,
+        )
+    host.apply_stored_switches(stored)
     rows = [
         {
             "name": info.name,
             "source": info.origin,
-            "enabled": info.enabled,
+            "enabled": host.is_on(info.name),
             "loaded": info.loaded,
             "hooks": info.hooks,
             "error": info.error,
             "note": info.note,
+            "stored_switch": info.stored,
+            "why": host.why(info.name),
         }
         for info in sorted(host.infos.values(), key=lambda i: i.name)
     ]
@@ -151,10 +201,9 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
         state = "error" if r["error"] else ("yes" if r["enabled"] else "no")
         hooks = ", ".join(h.removeprefix("botkit_") for h in r["hooks"]) or "-"
         click.echo(f"{r['name']:<{width}}  {state:<7}  {r['source']:<{source_width}}  {hooks}")
-        if r["error"]:
-            click.echo(f"{'':<{width}}  error: {r['error']}")
-        elif r["note"]:
-            click.echo(f"{'':<{width}}  off: {r['note']}")
+        if r["why"]:
+            told = "error" if r["error"] else ("on" if r["enabled"] else "off")
+            click.echo(f"{'':<{width}}  {told}: {r['why']}")
 
 
 def switch_from_shell(ctx: Context, name: str, enabled: bool | None) -> None:
@@ -217,8 +266,21 @@ def config_group() -> None:
 def config_check(ctx: Context) -> None:
     """Validate the config (file, environment, every plugin's settings) and print the result.
 
-    Secrets are shown masked. Exits 2 when anything is invalid.
+    Every problem is told, each table checked on its own: botkit's, each plugin's, each
+    backend's, each adapter's. Secrets are shown masked. Exits 2 when anything is invalid.
     """
+    from botkit.config_check import config_problems
+
+    try:
+        problems = config_problems(ctx.config)
+    except BotkitError as error:
+        fail(error)
+    if problems:
+        for problem in problems:
+            click.echo(f"botkit: error: {problem}", err=True)
+        count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
+        click.echo(f"botkit: {count} in the configuration", err=True)
+        sys.exit(2)
     try:
         settings = ctx.settings()
         bot = Bot.load(settings)

@@ -225,26 +225,34 @@ class ControlServer:
         command = request.get("command") if isinstance(request, dict) else None
         if not isinstance(command, str):
             return refusal(f'a request is a JSON object with a "command": {", ".join(self._commands)}')
+        return await self.run_command(command)
+
+    async def run_command(self, command: str, via: str = "control socket") -> Answer:
+        """Run one request (``reload``, ``status``) as if it had come on the socket; its answer (never raises).
+
+        ``botkit run`` reloads on SIGHUP through here (``via="SIGHUP"``), so that a signal
+        and a socket request never interleave. Works with ``[bot] control_socket = "off"`` too.
+        """
         handler = self._commands.get(command)
         if handler is None:
             return refusal(f"unknown command {command!r}; known: {', '.join(self._commands)}")
         async with self._lock:
             if self._closing:
                 return refusal("the bot is stopping")
-            log.info("control socket: %s requested", command)
+            log.info("%s: %s requested", via, command)
             try:
                 return {"ok": True, **await handler()}
             except BotkitError as error:
-                log.info("control socket: %s refused: %s", command, error)
+                log.info("%s: %s refused: %s", via, command, error)
                 return refusal(str(error))
             except Exception as error:
-                log.exception("control socket: %s failed", command)
+                log.exception("%s: %s failed", via, command)
                 return refusal(f"{command} failed: {type(error).__name__}: {error} (the bot's log has more)")
 
     async def _reload(self) -> Answer:
         notes = await self.bot.reload_settings()
         for note in notes:
-            log.info("control socket: reload: %s", note)
+            log.info("reload: %s", note)
         return {"notes": notes}
 
     async def _status(self) -> Answer:

@@ -317,7 +317,9 @@ class Pipeline:
     ) -> None:
         prefix = self._settings().bot.command_prefix
         if command is None:
-            await responder.send(f"Unknown command {prefix}{name}. Type {prefix}help to see the commands.")
+            # Point at /help only while a plugin answers it (the commands plugin may be off).
+            hint = f" Type {prefix}help to see the commands." if "help" in self._registry.commands else ""
+            await responder.send(f"Unknown command {prefix}{name}.{hint}")
             return
         if command.admin_only and not await self._is_admin(message.author, message):
             log.warning("refused admin command %s%s from non-admin %s", prefix, name, message.user_key)

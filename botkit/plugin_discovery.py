@@ -92,6 +92,14 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
+def deselected_reason(name: str) -> str:
+    """Why the config leaves out plugin ``name``, one that ``selected_names`` did not return."""
+    restrict = os.environ.get(ENV_LOAD_PLUGINS)
+    if restrict is not None and name not in {n.strip() for n in restrict.split(",")}:
+        return f"not in {ENV_LOAD_PLUGINS}"
+    return f"[plugins.{name}] enabled = false"
+
+
 def selected_names(sources: dict[str, PluginSource], settings: Settings) -> set[str]:
     """Names to load: all known, less ``enabled = false`` tables, within BOTKIT_LOAD_PLUGINS."""
     available = ", ".join(sorted(sources))

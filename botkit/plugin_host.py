@@ -22,7 +22,7 @@ from botkit import hookspecs
 from botkit.api import PluginStatus
 from botkit.errors import ConfigError, PluginLoadError
 from botkit.hookcall import call_plugin
-from botkit.plugin_discovery import PluginSource, discover, selected_names
+from botkit.plugin_discovery import PluginSource, deselected_reason, discover, selected_names
 from botkit.registry import Registry
 from botkit.settings import Settings, plugin_table, reject_unknown_tables, validate_table
 from botkit.storage import Database, PluginStateRecord
@@ -64,6 +64,23 @@ async def read_stored_switches(db: Database) -> dict[str, bool]:
         return {}
 
 
+async def stored_switches_of(settings: Settings) -> dict[str, bool]:
+    """The stored switches in the database of ``settings``, for a command that starts no bot.
+
+    Empty when the SQLite file does not exist yet (it is not created just to look). Raises
+    ``StorageError`` when the database cannot be reached.
+    """
+    db = Database(settings.storage)
+    path = db.sqlite_path
+    if path is not None and str(path) != ":memory:" and not path.exists():
+        return {}
+    await db.connect()
+    try:
+        return await read_stored_switches(db)
+    finally:
+        await db.close()
+
+
 async def store_switch(db: Database, name: str, enabled: bool | None) -> None:
     """Store (or with ``None`` clear) the switch of plugin ``name``."""
     async with db.session() as session:
@@ -85,6 +102,9 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
     note: str | None = None  # why it is off although selected (a plugin it needs is off)
+    selected: bool = True  # what the config chose, before any stored switch
+    stored: bool | None = None  # the stored switch applied at start, if there is one
+    stored_refused: str | None = None  # why that stored switch could not be applied
 
 
 class PluginHost:
@@ -101,6 +121,9 @@ class PluginHost:
         self._suspended: dict[str, tuple[object, dict[tuple[str, str], Any]]] = {}
         self._db: Database | None = None
         self._bot: BotAPI | None = None
+        self.running_adapters: set[str] = set()  # the adapters this process started (the bot records them)
+        # ``botkit config check`` sets a list here: the config's problems join it instead of stopping the load.
+        self.problems: list[str] | None = None
 
     def bind(self, db: Database, bot: BotAPI) -> None:
         """Give the host the database its switches are stored in and the bot its hooks receive."""
@@ -127,7 +150,10 @@ class PluginHost:
         # Built-ins register first, so that a clash names the third-party plugin.
         ordered = sorted(self.sources.items(), key=lambda item: (item[1].origin != "builtin", item[0]))
         for name, source in ordered:
-            self.infos[name] = PluginInfo(name, source.origin, enabled=name in names, loaded=False)
+            selected = name in names
+            self.infos[name] = PluginInfo(
+                name, source.origin, enabled=selected, loaded=False, selected=selected
+            )
         self._activate([name for name, _ in ordered if name in names])
 
     def _activate(self, names: list[str]) -> None:
@@ -234,9 +260,33 @@ class PluginHost:
                 note=info.note,
                 switched=name in stored,
                 fixed=self.switchable(name),
+                adapters=self.adapter_states(name),
             )
             for name, info in sorted(self.infos.items())
         ]
+
+    def adapter_states(self, name: str) -> tuple[str, ...]:
+        """The state of each adapter plugin ``name`` provides: running here, off in config, or not started."""
+        states = []
+        owned = (
+            a for (kind, a), owner in self.registry.owners.items() if kind == "adapter" and owner == name
+        )
+        for adapter in sorted(owned):
+            if adapter in self.running_adapters:
+                states.append(f"{adapter}: running")
+                continue
+            model = self.registry.adapters[adapter].settings_model
+            try:
+                raw = self.settings.adapters.get(adapter, {})
+                enabled = validate_table(model, raw, self.settings, ("adapters", adapter)).enabled
+            except ConfigError as error:
+                states.append(f"{adapter}: off (invalid config: {error})")
+                continue
+            if enabled:
+                states.append(f"{adapter}: not running (enabled, but not started by this command)")
+            else:
+                states.append(f"{adapter}: off ([adapters.{adapter}] enabled = false)")
+        return tuple(states)
 
     async def enable(self, name: str) -> str:
         return await self._switch(name, True)
@@ -281,6 +331,7 @@ class PluginHost:
         if not enabled:
             self.infos[name].note = None  # an admin's choice: it does not come back with its needs
         await store_switch(db, name, enabled)
+        self.infos[name].stored, self.infos[name].stored_refused = enabled, None
         state = "enabled" if enabled else "disabled"
         return f"Plugin {name} is {state} (stored: it stays {state} after a restart until cleared).{also}"
 
@@ -316,15 +367,19 @@ class PluginHost:
             if name not in self.infos:
                 log.warning("plugin %r has a stored switch but is not installed; ignored", name)
                 continue
+            info = self.infos[name]
+            info.stored = enabled
             if enabled == self.is_on(name):
                 continue
             reason = self.switchable(name)
             if reason is not None:
+                info.stored_refused = reason
                 log.warning("stored switch of plugin %r not applied: %s", name, reason)
                 continue
             if enabled:
                 error = self._resume_checked(name)
                 if error:
+                    info.stored_refused = error
                     log.error("plugin %r stays off despite its stored switch: %s", name, error)
                     continue
             else:
@@ -332,6 +387,28 @@ class PluginHost:
             log.info("plugin %r is %s by a stored switch", name, "on" if enabled else "off")
         self._suspend_unmet()
         self._resume_waiting()
+
+    def why(self, name: str) -> str | None:
+        """Why plugin ``name`` is on or off, or ``None`` when nothing but the default decides (on).
+
+        In order: a load error, a needed plugin that is off, a stored switch (and how the
+        config would have it), the config (``[plugins.NAME] enabled = false``, ``BOTKIT_LOAD_PLUGINS``).
+        """
+        info = self.infos[name]
+        on = self.is_on(name)
+        config = None if info.selected else deselected_reason(name)
+        if info.error:
+            return info.error
+        if info.note and not on:
+            return info.note
+        if info.stored is not None:
+            state = "on" if info.stored else "off"
+            if info.stored_refused:
+                told = f"stored switch ({state}) not applied: {info.stored_refused}"
+            else:
+                told = f"stored switch (`botkit plugins clear {name}` lets the config decide)"
+            return f"{told}; config: {config or 'on'}"
+        return config
 
     def _resume_checked(self, name: str) -> str | None:
         """Load ``name``; undo it if it turns out to need a restart or a plugin that is off."""
@@ -360,8 +437,9 @@ class PluginHost:
     def _guarded(self, info: PluginInfo, step: Any) -> None:
         try:
             step()
-        except ConfigError:
-            raise  # the user's config, not the plugin, is wrong: always stop
+        except ConfigError as error:
+            # The user's config, not the plugin, is wrong: stop (``botkit config check`` goes on to tell the rest).
+            self._problem(error)
         except PluginLoadError as error:
             self._failed(info, error)
         except Exception as error:
@@ -427,15 +505,22 @@ class PluginHost:
         (``register(name, model, top_level=True)``) and validate against that model. Raises
         ``ConfigError``. Tools read a claimed table with ``botkit.ops.config_table``.
         """
-        reject_unknown_tables(settings, self.sources)
+        self._report(lambda: reject_unknown_tables(settings, self.sources))
         for name in settings.top_level_extras():
             if name in self.pm_names() and name not in self.registry.top_level_models:
-                raise ConfigError(
-                    f"{settings.source_name}: [{name}]: plugin {name!r} has no top-level table; "
-                    f"its settings, if any, go in [plugins.{name}]"
+                self._problem(
+                    ConfigError(
+                        f"{settings.source_name}: [{name}]: plugin {name!r} has no top-level table; "
+                        f"its settings, if any, go in [plugins.{name}]"
+                    )
                 )
         for name, model in self.registry.top_level_models.items():
-            validate_table(model, plugin_table(settings, name), settings, (name,))
+            table = (name,)
+            self._report(
+                lambda model=model, table=table: validate_table(
+                    model, plugin_table(settings, table[0]), settings, table
+                )
+            )
 
     def _reject_stray_tables(self) -> None:
         self.check_tables(self.settings)
@@ -443,7 +528,22 @@ class PluginHost:
         for name, table in tables.items():
             keys = set(table) - {"enabled"} if isinstance(table, dict) else set()
             if keys and name in self.pm_names() and name not in self.registry.settings_models:
-                raise ConfigError(
-                    f"{self.settings.source_name}: [plugins.{name}]: plugin {name!r} has no settings "
-                    f"(found {', '.join(sorted(keys))}); only 'enabled' applies"
+                self._problem(
+                    ConfigError(
+                        f"{self.settings.source_name}: [plugins.{name}]: plugin {name!r} has no settings "
+                        f"(found {', '.join(sorted(keys))}); only 'enabled' applies"
+                    )
                 )
+
+    def _report(self, check: Any) -> None:
+        """Run ``check``; a ``ConfigError`` it raises goes to ``_problem``."""
+        try:
+            check()
+        except ConfigError as error:
+            self._problem(error)
+
+    def _problem(self, error: ConfigError) -> None:
+        """Raise ``error``, or add it to ``problems`` when they are being collected (``botkit config check``)."""
+        if self.problems is None:
+            raise error
+        self.problems += str(error).splitlines()

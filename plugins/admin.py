@@ -28,8 +28,13 @@ async def list_plugins(ctx: CommandContext) -> str:
             notes.append("switched by an admin")
         if plugin.fixed:
             notes.append("fixed")
+        on = plugin.on
+        if plugin.adapters:
+            # An adapter plugin is loaded whenever it is installed; what matters is whether its adapter runs.
+            on = on and any(state.endswith(": running") for state in plugin.adapters)
+            notes.extend(f"adapter {state}" for state in plugin.adapters)
         suffix = f" ({'; '.join(notes)})" if notes else ""
-        lines.append(f"{plugin.name}: {'on' if plugin.on else 'off'} - {plugin.origin}{suffix}")
+        lines.append(f"{plugin.name}: {'on' if on else 'off'} - {plugin.origin}{suffix}")
     return "\n".join(lines)
 
 

@@ -172,3 +172,15 @@ def test_plugins_can_be_switched_from_the_shell(tmp_path):
     assert refused.returncode == 2 and "provides a backend" in refused.stderr
     assert botkit("plugins", "clear", "memory").returncode == 0
     assert botkit("chat", stdin="/history\n").stdout.startswith("botkit> I don't remember anything")
+
+
+async def test_plugins_shows_each_adapter_s_own_state(make_bot):
+    config = {"adapters": {"discord": {"enabled": False}, "slack": {"enabled": False}}}
+    async with make_bot(config) as bot:
+        bot.make_adapter("console")
+        lines = (await bot.chat.say("/plugins", user="admin")).texts[0].splitlines()
+    assert (
+        "discord: off - builtin (fixed; adapter discord: off ([adapters.discord] enabled = false))" in lines
+    )
+    assert "slack: off - builtin (fixed; adapter slack: off ([adapters.slack] enabled = false))" in lines
+    assert "console: on - builtin (fixed; adapter console: running)" in lines

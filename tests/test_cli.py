@@ -342,3 +342,95 @@ def test_plugins_list_says_why_a_plugin_that_needs_another_is_off(tmp_path):
     feedback = next(i for i, line in enumerate(lines) if line.startswith("feedback "))
     assert re.match(r"feedback\s+no\s+builtin", lines[feedback])
     assert lines[feedback + 1].strip() == "off: needs plugin 'memory', which is off"
+
+
+def test_importing_botkit_main_does_not_run_the_command(monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(sys, "argv", ["botkit", "--version"])
+    monkeypatch.delitem(sys.modules, "botkit.__main__", raising=False)
+    importlib.import_module("botkit.__main__")  # ran main() before: SystemExit from --version
+
+
+def test_plugins_list_shows_the_stored_switches_and_why(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n[plugins.disclosure]\nenabled = false\n',
+        encoding="utf-8",
+    )
+    assert botkit("plugins", "disable", "memory", cwd=tmp_path).returncode == 0
+    assert botkit("plugins", "enable", "disclosure", cwd=tmp_path).returncode == 0
+    result = botkit("plugins", "list", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+
+    def row(name: str) -> tuple[str, str]:
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"{name} "))
+        return lines[at], lines[at + 1].strip()
+
+    memory, why = row("memory")
+    assert re.match(r"memory\s+no\s+builtin", memory)
+    assert why == "off: stored switch (`botkit plugins clear memory` lets the config decide); config: on"
+    disclosure, why = row("disclosure")
+    assert re.match(r"disclosure\s+yes\s+builtin", disclosure)
+    assert why == (
+        "on: stored switch (`botkit plugins clear disclosure` lets the config decide); "
+        "config: [plugins.disclosure] enabled = false"
+    )
+    feedback, why = row("feedback")
+    assert re.match(r"feedback\s+no\s+builtin", feedback) and why == "off: needs plugin 'memory', which is off"
+    import json
+
+    rows = {r["name"]: r for r in json.loads(botkit("plugins", "list", "--json", cwd=tmp_path).stdout)}
+    assert rows["memory"]["enabled"] is False and rows["memory"]["stored_switch"] is False
+    assert rows["commands"]["enabled"] is True and rows["commands"]["why"] is None
+
+
+def test_config_check_reports_every_problem_at_once(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            [bot]
+            max_message_chars = 0
+            nmae = "typo"
+            [backend]
+            type = "scripted"
+            top_p = 3
+            [backends.remote]
+            type = "openai"
+            temperature = "hot"
+            [adapters.console]
+            enabled = "maybe"
+            [plugins.ratelimit]
+            per_user = "lots"
+            [plugins.disclosure]
+            position = "sideways"
+            """
+        ),
+        encoding="utf-8",
+    )
+    env = {**clean_env(), "BOTKIT_LOGGING__LEVEL": "LOUD"}
+    result = subprocess.run(
+        [sys.executable, "-m", "botkit", "config", "check"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("botkit: error: ")]
+    told = "\n".join(errors)
+    for expected in (
+        "[bot] max_message_chars: Input should be greater than or equal to 1",
+        "[bot] nmae: unknown key",
+        "BOTKIT_LOGGING__LEVEL: [logging] level:",
+        "[backend] top_p: Input should be less than or equal to 1 (got 3)",
+        "[backends.remote] temperature:",
+        "[adapters.console] enabled:",
+        "[plugins.ratelimit] per_user:",
+        "[plugins.disclosure] position:",
+    ):
+        assert expected in told, f"{expected!r} not in:\n{told}"
+    assert f"botkit: {len(errors)} problems in the configuration" in result.stderr

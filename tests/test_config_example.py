@@ -130,6 +130,20 @@ def test_settings_added_later_are_documented_too():
     assert not missing, "config.example.toml does not document: " + ", ".join(missing)
 
 
+def test_the_backend_types_listed_are_the_registered_ones():
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# Which registered backend type"))
+    prose = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        prose.append(line)
+    listed = set(re.findall(r'"([a-z_]+)"', " ".join(prose)))
+    host = PluginHost(settings_from_mapping({}))
+    host.load()
+    assert listed == set(host.registry.backends)
+
+
 def test_the_example_loads_and_every_value_is_the_default():
     settings = load_settings(EXAMPLE)
     assert settings.bot == BotSettings()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -304,3 +305,48 @@ def test_botkit_chat_listens_a_second_chat_goes_on_without_the_socket_and_cleanu
         first.stdin.close()
         assert first.wait(timeout=60) == 0, first.stderr.read() if first.stderr else ""
     assert not sock.exists()
+
+
+async def test_botkit_run_reloads_its_config_on_sighup(config, tmp_path):
+    """As daemons do: SIGHUP is the control socket's reload; a bad config is refused and the bot goes on."""
+    text = config.read_text(encoding="utf-8") + '\n[logging]\nlevel = "INFO"\n'
+    config.write_text(text, encoding="utf-8")
+    bot = subprocess.Popen(
+        [sys.executable, "-m", "botkit", "--config", str(config), "run"],  # the console adapter alone
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert bot.stdin is not None and bot.stderr is not None
+    log: list[str] = []
+    reader = asyncio.get_running_loop().run_in_executor(None, lambda: log.extend(bot.stderr))
+    sock = tmp_path / "c.sock"
+
+    async def answers() -> bool:
+        try:
+            return (await request(sock, {"command": "status"}))["pid"] == bot.pid
+        except (NoRunningBot, ControlError):
+            return False
+
+    def logged(text: str) -> bool:
+        if bot.poll() is not None:  # SIGHUP's default action ends a process
+            raise AssertionError(f"the bot ended with {bot.returncode}: {''.join(log)}")
+        return any(text in line for line in log)
+
+    try:
+        await eventually(answers, timeout=60, what="the bot answers on its control socket")
+        config.write_text(text.replace('"first"', '"second"'), encoding="utf-8")
+        bot.send_signal(signal.SIGHUP)
+        await eventually(lambda: logged(f"reload: reloaded {config}"), timeout=60, what="the reload")
+        assert logged("SIGHUP: reload requested")
+        config.write_text(text.replace("[logging]", "[logging]\nnope = 1"), encoding="utf-8")
+        bot.send_signal(signal.SIGHUP)
+        await eventually(lambda: logged("SIGHUP: config not reloaded"), timeout=60, what="the refusal")
+        assert "[logging] nope: unknown key" in "".join(log)
+        assert bot.poll() is None and await answers()  # still running
+    finally:
+        bot.stdin.close()
+        code = bot.wait(timeout=60)
+        await reader
+    assert code == 0, "".join(log)

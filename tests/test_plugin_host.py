@@ -60,7 +60,16 @@ def test_plugin_can_be_disabled_in_config():
 async def test_disabled_commands_plugin_means_no_commands(make_bot):
     async with make_bot({"plugins": {"commands": {"enabled": False}}}) as bot:
         reply = await bot.chat.say("/help")
-    assert reply.texts == ["Unknown command /help. Type /help to see the commands."]
+    assert reply.texts == ["Unknown command /help."]  # no hint at a command that is not there
+
+
+async def test_unknown_command_hints_at_help_only_while_help_is_there(make_bot):
+    async with make_bot({"plugins": {"commands": {"enabled": False}}}) as bot:
+        without = await bot.chat.say("/nope")
+        await bot.chat.say("/enable commands", user="admin")
+        with_help = await bot.chat.say("/nope")
+    assert without.texts == ["Unknown command /nope."]
+    assert with_help.texts == ["Unknown command /nope. Type /help to see the commands."]
 
 
 def test_disabling_every_backend_names_the_problem():
