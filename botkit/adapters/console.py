@@ -3,8 +3,11 @@
 Lines starting with ':' steer the console itself (act as another user, as an
 admin, in another channel, thread or DM; react to the last reply, edit or delete
 your last message); everything else is a chat message.
-With a terminal, Ctrl-C stops the reply being written and, at the prompt,
-exits; with piped input each line gets its reply and the command exits at EOF.
+Input is read while a reply is being written: /stop (any immediate bot command)
+acts at once, other lines wait their turn. With a terminal, Ctrl-C stops the
+reply being written and, at the prompt, exits; lines are edited with readline
+and kept in a history file. With piped input each line gets its reply and the
+command exits at EOF.
 """
 
 from __future__ import annotations
@@ -173,7 +176,7 @@ class ConsoleAdapter(Adapter):
                     line = self._queued.popleft()  # typed while a reply was being written
                 else:
                     if self.input.reading and self.interactive:
-                        # Still reading from during the reply, without a prompt: show it now.
+                        # A read begun during the last reply (without a prompt) is still waiting: show one.
                         self.stdout.write(self.prompt())
                         self.stdout.flush()
                     self.input.ask(self.prompt())
@@ -284,6 +287,9 @@ class ConsoleAdapter(Adapter):
                 else:
                     self._queued.append(line)
             await reply
+        except asyncio.CancelledError:
+            reply.cancel()  # shut down while waiting for a line: the reply goes too, as when awaited
+            raise
         finally:
             for command, answer in commands:
                 await command

@@ -63,7 +63,6 @@ class ConsoleInput:
             try:
                 self.history.parent.mkdir(parents=True, exist_ok=True)
                 self.history.touch(mode=0o600, exist_ok=True)  # what you typed: yours to read only
-                self._readline.set_history_length(HISTORY_LINES)
                 self._readline.write_history_file(str(self.history))
             except OSError as error:
                 log.warning("console: cannot save the input history to %s (%s)", self.history, error)
@@ -82,6 +81,11 @@ class ConsoleInput:
         except ImportError:  # Windows, or a Python built without readline: plain lines
             return
         self._readline = readline
+        readline.set_history_length(HISTORY_LINES)
+        if "libedit" not in (readline.__doc__ or ""):
+            # Leaving while a read is under way (Ctrl-C at the prompt) must not leave the
+            # terminal in bracketed-paste mode; a pasted line is then sent as typed.
+            readline.parse_and_bind("set enable-bracketed-paste off")
         try:
             self._terminal_state = termios.tcgetattr(self.stdin.fileno())
         except (OSError, termios.error):
