@@ -159,13 +159,20 @@ def test_console_help_lists_console_commands(scripted_config, tmp_path):
     assert "scripted answer" not in result.stdout  # :quit left before the last line
 
 
-def test_ctrl_c_during_piped_chat_exits_cleanly(tmp_path):
+@pytest.fixture
+def slow_config(tmp_path: Path) -> Path:
+    """A scripted bot whose reply takes 20 s to write: long enough to be interrupted."""
     config = tmp_path / "slow.toml"
     config.write_text(
         '[backend]\ntype = "scripted"\nchunk_delay = 0.05\n'
         'default_reply = "' + " ".join(["word"] * 400) + '"\n',
         encoding="utf-8",
     )
+    return config
+
+
+def test_ctrl_c_during_piped_chat_exits_cleanly(slow_config, tmp_path):
+    config = slow_config
     process = subprocess.Popen(
         [sys.executable, "-m", "botkit", "--config", str(config), "chat"],
         stdin=subprocess.PIPE,
@@ -228,13 +235,8 @@ class Terminal:
             os.close(self.master)
 
 
-def test_terminal_chat_ctrl_c_stops_a_reply_then_exits(tmp_path):
-    config = tmp_path / "slow.toml"
-    config.write_text(
-        '[backend]\ntype = "scripted"\nchunk_delay = 0.05\n'
-        'default_reply = "' + " ".join(["word"] * 400) + '"\n',
-        encoding="utf-8",
-    )
+def test_terminal_chat_ctrl_c_stops_a_reply_then_exits(slow_config, tmp_path):
+    config = slow_config
     terminal = Terminal(["--config", str(config), "chat"], tmp_path)
     terminal.read_until(r"\[you in #general\] > ")
     terminal.type("talk to me\n")
@@ -256,13 +258,8 @@ def test_terminal_chat_ctrl_d_exits(scripted_config, tmp_path):
     assert terminal.close() == 0
 
 
-def test_terminal_chat_stop_typed_during_a_reply_stops_it(tmp_path):
-    config = tmp_path / "slow.toml"
-    config.write_text(
-        '[backend]\ntype = "scripted"\nchunk_delay = 0.05\n'
-        'default_reply = "' + " ".join(["word"] * 400) + '"\n',
-        encoding="utf-8",
-    )
+def test_terminal_chat_stop_typed_during_a_reply_stops_it(slow_config, tmp_path):
+    config = slow_config
     terminal = Terminal(["--config", str(config), "chat"], tmp_path)
     terminal.read_until(r"\[you in #general\] > ")
     terminal.type("talk to me\n")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import os
+import termios
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from botkit.adapters.console import ConsoleAdapter
 from botkit.plugins.memory import memory
@@ -17,12 +21,21 @@ class TypedInput:
     def __init__(self) -> None:
         read_end, self._write_end = os.pipe()
         self.stdin = os.fdopen(read_end, "r", encoding="utf-8")
+        self.ended = False
 
     def type(self, *lines: str) -> None:
         os.write(self._write_end, "".join(line + "\n" for line in lines).encode())
 
     def end(self) -> None:
-        os.close(self._write_end)
+        if not self.ended:
+            self.ended = True
+            os.close(self._write_end)
+
+    def unread(self) -> bool:
+        """Whether the pipe still holds bytes the console has not read."""
+        waiting = bytearray(4)
+        fcntl.ioctl(self.stdin.fileno(), termios.FIONREAD, waiting)
+        return int.from_bytes(waiting, "little") > 0
 
 
 def console(bot, stdin, stdout=None) -> ConsoleAdapter:
@@ -38,26 +51,33 @@ async def chat(bot, *lines: str) -> list[str]:
     return stdout.getvalue().splitlines()
 
 
+@asynccontextmanager
+async def typing_session(bot) -> AsyncIterator[tuple[TypedInput, io.StringIO]]:
+    """A console session the test types into as it goes; on leaving, the input ends and so does the session."""
+    typed, stdout = TypedInput(), io.StringIO()
+    session = asyncio.ensure_future(console(bot, typed.stdin, stdout).run())
+    try:
+        yield typed, stdout
+        typed.end()
+        await asyncio.wait_for(session, WAIT_TIMEOUT)
+    finally:
+        session.cancel()
+        typed.end()
+        typed.stdin.close()
+
+
 async def test_stop_typed_while_a_reply_is_written_stops_it_and_later_lines_wait(make_bot):
     async with make_bot() as bot:
         name = bot.settings.bot.name
         gate = bot.backend.hold("never ", "shown")
         bot.backend.say("the next answer")
-        typed = TypedInput()
-        stdout = io.StringIO()
-        session = asyncio.ensure_future(console(bot, typed.stdin, stdout).run())
-        try:
+        async with typing_session(bot) as (typed, stdout):
             typed.type("write a lot")
             await gate.reached()  # the reply is being written and waits there
             typed.type(":who", "/stop", "and then this")
             await eventually(
                 lambda: "the next answer" in stdout.getvalue(), what="the queued message answered"
             )
-            typed.end()
-            await asyncio.wait_for(session, WAIT_TIMEOUT)
-        finally:
-            session.cancel()
-            typed.stdin.close()
         assert stdout.getvalue().splitlines() == [
             f"{name}> [stopped]",
             f"{name}> Stopped.",  # /stop's own answer, once the reply it stopped is complete
@@ -72,32 +92,14 @@ async def test_lines_typed_while_a_reply_is_written_are_answered_in_order(make_b
         name = bot.settings.bot.name
         (gate,) = bot.backend.say_in_parts("One ", "two")
         bot.backend.say("three")
-        typed = TypedInput()
-        stdout = io.StringIO()
-        session = asyncio.ensure_future(console(bot, typed.stdin, stdout).run())
-        try:
+        async with typing_session(bot) as (typed, stdout):
             typed.type("count")
             await gate.reached()
             typed.type("go on")  # not a command: read now, answered after the reply, not lost
-            await eventually(lambda: not typed_pending(typed), what="the typed line read during the reply")
+            await eventually(lambda: not typed.unread(), what="the typed line read during the reply")
             gate.open()
-            typed.end()
-            await asyncio.wait_for(session, WAIT_TIMEOUT)
-        finally:
-            session.cancel()
-            typed.stdin.close()
         assert stdout.getvalue().splitlines() == [f"{name}> One two", f"{name}> three"]
         assert [prompt.current.text for prompt in bot.backend.prompts] == ["count", "go on"]
-
-
-def typed_pending(typed: TypedInput) -> bool:
-    """Whether the pipe still holds bytes the console has not read."""
-    import fcntl
-    import termios
-
-    waiting = bytearray(4)
-    fcntl.ioctl(typed.stdin.fileno(), termios.FIONREAD, waiting)
-    return int.from_bytes(waiting, "little") > 0
 
 
 async def test_the_banner_says_when_the_chat_goes_on_with_an_earlier_conversation(make_bot):
