@@ -6,6 +6,8 @@ import asyncio
 import fcntl
 import io
 import os
+import pty
+import re
 import termios
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -123,3 +125,37 @@ async def test_the_banner_says_when_the_chat_goes_on_with_an_earlier_conversatio
 
         await bot.plugins.disable("memory")  # nothing is remembered, so nothing goes on
         assert await console(bot, io.StringIO()).continuing_note() is None
+
+
+async def test_a_console_on_a_terminal_shows_the_banner_and_the_prompt(make_bot):
+    async with make_bot() as bot:
+        await chat(bot, "hello")
+        await eventually(lambda: not memory(bot).pending, what="the exchange written")
+        master, slave = pty.openpty()
+        os.set_blocking(master, False)
+        screen = bytearray()
+
+        def shows(pattern: str) -> bool:
+            try:
+                screen.extend(os.read(master, 4096))
+            except BlockingIOError:
+                pass
+            return re.search(pattern, screen.decode("utf-8", "replace")) is not None
+
+        with os.fdopen(slave, "r", encoding="utf-8") as stdin, open(slave, "w", closefd=False) as stdout:
+            session = asyncio.ensure_future(console(bot, stdin, stdout).run())
+            try:
+                await eventually(
+                    lambda: shows(
+                        r"\(continuing the conversation in #general: 2 earlier messages; /reset to start fresh\)"
+                        r"\r?\n\[you in #general\] > "
+                    ),
+                    what="the banner and the prompt",
+                )
+                os.write(master, b":who\n")
+                await eventually(lambda: shows(r"\(now you in #general\)\r?\n\[you in #general\] > "))
+                os.write(master, b"\x04")  # Ctrl-D at the prompt
+                await asyncio.wait_for(session, WAIT_TIMEOUT)
+            finally:
+                session.cancel()
+                os.close(master)

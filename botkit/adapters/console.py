@@ -175,8 +175,9 @@ class ConsoleAdapter(Adapter):
                 if self._queued:
                     line = self._queued.popleft()  # typed while a reply was being written
                 else:
-                    if self.input.reading and self.interactive:
-                        # A read begun during the last reply (without a prompt) is still waiting: show one.
+                    if self.interactive and (self.input.reading or not self.input.terminal):
+                        # input() shows the prompt, except in a read begun (silently) during the
+                        # last reply, or on a terminal that is not this process's own.
                         self.stdout.write(self.prompt())
                         self.stdout.flush()
                     self.input.ask(self.prompt())
