@@ -159,13 +159,20 @@ def test_console_help_lists_console_commands(scripted_config, tmp_path):
     assert "scripted answer" not in result.stdout  # :quit left before the last line
 
 
-def test_ctrl_c_during_piped_chat_exits_cleanly(tmp_path):
+@pytest.fixture
+def slow_config(tmp_path: Path) -> Path:
+    """A scripted bot whose reply takes 20 s to write: long enough to be interrupted."""
     config = tmp_path / "slow.toml"
     config.write_text(
         '[backend]\ntype = "scripted"\nchunk_delay = 0.05\n'
         'default_reply = "' + " ".join(["word"] * 400) + '"\n',
         encoding="utf-8",
     )
+    return config
+
+
+def test_ctrl_c_during_piped_chat_exits_cleanly(slow_config, tmp_path):
+    config = slow_config
     process = subprocess.Popen(
         [sys.executable, "-m", "botkit", "--config", str(config), "chat"],
         stdin=subprocess.PIPE,
@@ -228,13 +235,8 @@ class Terminal:
             os.close(self.master)
 
 
-def test_terminal_chat_ctrl_c_stops_a_reply_then_exits(tmp_path):
-    config = tmp_path / "slow.toml"
-    config.write_text(
-        '[backend]\ntype = "scripted"\nchunk_delay = 0.05\n'
-        'default_reply = "' + " ".join(["word"] * 400) + '"\n',
-        encoding="utf-8",
-    )
+def test_terminal_chat_ctrl_c_stops_a_reply_then_exits(slow_config, tmp_path):
+    config = slow_config
     terminal = Terminal(["--config", str(config), "chat"], tmp_path)
     terminal.read_until(r"\[you in #general\] > ")
     terminal.type("talk to me\n")
@@ -254,6 +256,55 @@ def test_terminal_chat_ctrl_d_exits(scripted_config, tmp_path):
     terminal.read_until("testbot> scripted answer")
     terminal.type("\x04")
     assert terminal.close() == 0
+
+
+def test_terminal_chat_stop_typed_during_a_reply_stops_it(slow_config, tmp_path):
+    config = slow_config
+    terminal = Terminal(["--config", str(config), "chat"], tmp_path)
+    terminal.read_until(r"\[you in #general\] > ")
+    terminal.type("talk to me\n")
+    terminal.read_until(r"botkit> word word")
+    terminal.type("/stop\n")  # typed while the reply streams: read, and acted on, at once
+    terminal.read_until(r"\[stopped\]\r?\nbotkit> Stopped\.\r?\n\[you in #general\] > ")
+    terminal.type("\x04")
+    assert terminal.close() == 0
+    assert "Traceback" not in terminal.output
+
+
+def test_terminal_chat_edits_lines_keeps_history_and_says_when_it_continues(scripted_config, tmp_path):
+    history = Path(os.environ["XDG_DATA_HOME"]) / "botkit" / "console_history"
+    terminal = Terminal(["--config", str(scripted_config), "chat"], tmp_path)
+    banner = terminal.read_until(r"\[you in #general\] > ")
+    assert "continuing the conversation" not in banner  # nothing earlier to go on with
+    terminal.type("/whoai\x1b[Dm\n")  # a typo mended with the left arrow key
+    terminal.read_until(r"testbot> user=you channel=general")
+    terminal.type("hello\n")
+    terminal.read_until(r"testbot> scripted answer")
+    terminal.type("\x1b[A\x1b[A\n")  # up twice: /whoami again
+    terminal.read_until(r"(?s)user=you channel=general.*user=you channel=general")
+    terminal.type("\x04")
+    assert terminal.close() == 0
+    assert history.read_text(encoding="utf-8").splitlines()[-3:] == ["/whoami", "hello", "/whoami"]
+    assert history.stat().st_mode & 0o077 == 0  # what you typed is yours alone
+
+    terminal = Terminal(["--config", str(scripted_config), "chat"], tmp_path)
+    terminal.read_until(
+        r"continuing the conversation in #general: 2 earlier messages; /reset to start fresh\)\r?\n"
+        r"\[you in #general\] > "
+    )
+    terminal.type("\x1b[A\n")  # the last session's history
+    terminal.read_until(r"testbot> user=you channel=general")
+    terminal.type("/reset\n")
+    terminal.read_until(r"testbot> Started a fresh conversation")
+    terminal.type("\x04")
+    assert terminal.close() == 0
+
+    terminal = Terminal(["--config", str(scripted_config), "chat"], tmp_path)
+    banner = terminal.read_until(r"\[you in #general\] > ")
+    terminal.type("\x04")
+    assert terminal.close() == 0
+    assert "continuing the conversation" not in banner
+    assert "Traceback" not in terminal.output
 
 
 def test_run_starts_the_enabled_adapters(scripted_config, tmp_path):
