@@ -43,6 +43,9 @@ log = logging.getLogger("botkit.adapters.slack")
 # Longest wait at shutdown for acknowledged events that have not reached the pipeline yet.
 PREPARE_TIMEOUT = 10.0
 SLASH_NAME = r"^/[a-z0-9_.-]{1,31}$"
+# Slack's request timestamps are Unix seconds. slack_sdk's verifier calls int() on the header
+# unchecked, so anything else would end as an HTTP 500 with a traceback instead of a 401.
+_REQUEST_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class SlackSettings(AdapterSettings):
@@ -210,6 +213,7 @@ class SlackAdapter(Adapter):
 
         settings = self.settings
         server = AsyncSlackAppServer(port=settings.port, path=settings.path, app=app, host=settings.host)
+        server.web_app.middlewares.append(web.middleware(_refuse_malformed_timestamps))
         runner = web.AppRunner(server.web_app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
@@ -322,6 +326,17 @@ class SlackAdapter(Adapter):
                     return
                 message = await self.slack.command(command, question_ts=responder.thread_ts)
         await self.bot.handle(message, responder)
+
+
+async def _refuse_malformed_timestamps(request: Any, handler: Any) -> Any:
+    """A request whose ``X-Slack-Request-Timestamp`` is no timestamp gets Bolt's 401, as a bad signature does."""
+    from aiohttp import web
+
+    timestamp = request.headers.get("X-Slack-Request-Timestamp")
+    if timestamp is not None and not _REQUEST_TIMESTAMP.fullmatch(timestamp):
+        log.debug("slack: refused a request with a malformed X-Slack-Request-Timestamp")
+        return web.json_response({"error": "invalid request"}, status=401)
+    return await handler(request)
 
 
 @hookimpl
