@@ -28,24 +28,42 @@ REMOVED = "(removed)"
 _FENCE_LINE = re.compile(r"^[ \t]*```")
 # Characters that belong to the character before them: a cut just before one would split what
 # the reader sees as one symbol (an accent from its letter, a skin tone or a joined emoji).
-_JOINERS = {"\u200d", "\u20e3"}
+ZWJ = "\u200d"
+_MARKS = frozenset({"Mn", "Mc", "Me"})  # combining marks: accents, vowel signs, the keycap
 
 
 def _binds_to_previous(char: str) -> bool:
     code = ord(char)
     return (
-        char in _JOINERS
-        or unicodedata.combining(char) != 0
-        or 0xFE00 <= code <= 0xFE0F  # variation selectors
+        char == ZWJ
+        or unicodedata.category(char) in _MARKS  # also the variation selectors (Mn)
         or 0x1F3FB <= code <= 0x1F3FF  # skin tone modifiers
-        or 0xE0020 <= code <= 0xE007F  # tag characters (flag sequences)
+        or 0xE0020 <= code <= 0xE007F  # tag characters (subdivision flags)
         or 0xDC00 <= code <= 0xDFFF  # the low half of a surrogate pair
     )
 
 
+def _is_regional_indicator(char: str) -> bool:
+    return "\U0001f1e6" <= char <= "\U0001f1ff"
+
+
+def _splits_a_flag(text: str, cut: int) -> bool:
+    """Whether ``cut`` falls between the two regional indicators of one flag (they pair from the left)."""
+    if not (_is_regional_indicator(text[cut]) and _is_regional_indicator(text[cut - 1])):
+        return False
+    run = 0
+    while cut - run > 0 and _is_regional_indicator(text[cut - run - 1]):
+        run += 1
+    return run % 2 == 1
+
+
 def _safe_cut(text: str, cut: int) -> int:
-    """``cut`` moved left, where needed, so that ``text[:cut]`` does not end inside a symbol."""
-    while 0 < cut < len(text) and (_binds_to_previous(text[cut]) or text[cut - 1] == "\u200d"):
+    """``cut`` moved left, where needed, so that ``text[:cut]`` does not end inside a symbol
+    (a grapheme cluster: a letter and its marks, an emoji with its modifiers, joins and tags, a flag).
+    """
+    while 0 < cut < len(text) and (
+        _binds_to_previous(text[cut]) or text[cut - 1] == ZWJ or _splits_a_flag(text, cut)
+    ):
         cut -= 1
     return cut if cut > 0 else 1
 
@@ -88,7 +106,8 @@ def _before_opening_fence(text: str, end: int, start: int, fence: str | None) ->
 
 def split_text(text: str, limit: int) -> list[str]:
     """Parts of at most `limit` characters, cut at a paragraph / line / space boundary where possible,
-    never inside a surrogate pair; code fences (```) closed and reopened across a cut.
+    never inside a symbol (a flag, a joined emoji, a letter and its accents) nor a surrogate pair
+    unless one symbol alone is longer than `limit`; code fences (```) closed and reopened across a cut.
 
     Whitespace at a cut is dropped (the platforms trim it anyway) and a part
     that would be only whitespace is left out: an empty or blank text gives ``[]``.
