@@ -357,3 +357,15 @@ async def test_updates_after_finish_are_ignored():
     await stream.update("late")
     assert delivering() == []  # nothing was set off to deliver it
     assert platform.messages == {"m1": "final"}
+
+
+def test_parts_fit_a_measure_other_than_their_length():
+    def as_sent(part: str) -> int:  # each & is sent as &amp;
+        return len(part) + 4 * part.count("&")
+
+    text = "\n\n".join(["fish & chips & peas"] * 200) + "\n```\n" + "a&b\n" * 300 + "```"
+    parts = split_text(text, 500, measure=as_sent)
+    assert all(as_sent(part) <= 500 for part in parts)
+    assert max(map(as_sent, parts)) > 400  # measured parts are still filled, not cut far too small
+    assert split_text(text, 500) == split_text(text, 500, measure=len)
+    assert "".join(parts).replace("\n", "").replace("```", "") == text.replace("\n", "").replace("```", "")

@@ -104,10 +104,14 @@ def _before_opening_fence(text: str, end: int, start: int, fence: str | None) ->
     return end, start
 
 
-def split_text(text: str, limit: int) -> list[str]:
+def split_text(text: str, limit: int, measure: Callable[[str], int] = len) -> list[str]:
     """Parts of at most `limit` characters, cut at a paragraph / line / space boundary where possible,
     never inside a symbol (a flag, a joined emoji, a letter and its accents) nor a surrogate pair
     unless one symbol alone is longer than `limit`; code fences (```) closed and reopened across a cut.
+
+    ``measure`` gives a part's size as the platform counts it, when that is not
+    its length (Slack counts a message as sent, escapes included): each part
+    then measures at most `limit`.
 
     Whitespace at a cut is dropped (the platforms trim it anyway) and a part
     that would be only whitespace is left out: an empty or blank text gives ``[]``.
@@ -119,21 +123,21 @@ def split_text(text: str, limit: int) -> list[str]:
     fence: str | None = None  # the fence line open where `rest` starts
     while rest.strip():
         prefix = f"{fence}\n" if fence is not None and _room_for(fence, limit) else ""
-        if len(prefix) + len(rest.rstrip()) <= limit:
+        if measure(prefix + rest.rstrip()) <= limit:
             parts.append(prefix + rest.rstrip())
             break
         budget = limit - len(prefix)
-        end, start = _cut_point(rest, budget)
-        open_after = _open_fence(rest[:end], fence)
-        if open_after is not None and _room_for(open_after, limit):
-            # The piece ends inside a code block: make room to close it.
-            end, start = _cut_point(rest, budget - len(CLOSING))
-            end, start = _before_opening_fence(rest, end, start, fence)
-            open_after = _open_fence(rest[:end], fence)
-        piece = rest[:end].rstrip()
-        closing = CLOSING if open_after is not None and _room_for(open_after, limit) else ""
-        if piece.strip():
-            parts.append(prefix + piece + closing)
+        while True:
+            end, start, open_after = _next_piece(rest, budget, fence, limit)
+            closing = CLOSING if open_after is not None and _room_for(open_after, limit) else ""
+            part = prefix + rest[:end].rstrip() + closing
+            size = measure(part)
+            if size <= limit or budget <= 1:
+                break
+            # Measured longer than it is: a smaller budget, in proportion, until it fits.
+            budget = max(1, min(budget - 1, budget * limit // size))
+        if rest[:end].strip():
+            parts.append(part)
         fence = open_after
         rest = rest[start:]
         if fence is None:
@@ -141,9 +145,22 @@ def split_text(text: str, limit: int) -> list[str]:
     return parts
 
 
+def _next_piece(rest: str, budget: int, fence: str | None, limit: int) -> tuple[int, int, str | None]:
+    """Where the next piece of ``rest`` ends and the rest starts, and the fence open after the piece."""
+    end, start = _cut_point(rest, budget)
+    open_after = _open_fence(rest[:end], fence)
+    if open_after is not None and _room_for(open_after, limit):
+        # The piece ends inside a code block: make room to close it.
+        end, start = _cut_point(rest, budget - len(CLOSING))
+        end, start = _before_opening_fence(rest, end, start, fence)
+        open_after = _open_fence(rest[:end], fence)
+    return end, start, open_after
+
+
 class EditStream:
     """Delivers one streamed reply as a message edited at most once per `interval` seconds,
-    split into follow-up messages at `limit` characters.
+    split into follow-up messages at `limit` characters (``split``, when given, makes the parts
+    instead: a platform that sends them rendered, and must measure them so).
 
     ``update`` never waits for the platform: the newest text is kept and a
     background task delivers it when the interval allows, so the first text is
@@ -160,6 +177,7 @@ class EditStream:
         limit: int,
         interval: float = 1.0,
         delete: Callable[[str], Awaitable[None]] | None = None,
+        split: Callable[[str], list[str]] | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"EditStream: limit must be at least 1, not {limit}")
@@ -168,6 +186,7 @@ class EditStream:
         self._post = post
         self._edit = edit
         self._delete = delete
+        self._split = split
         self.limit = limit
         self.interval = interval
         self.message_ids: list[str] = []
@@ -225,7 +244,7 @@ class EditStream:
 
         Returns the number of messages that carry the text.
         """
-        parts = split_text(text, self.limit)
+        parts = self._split(text) if self._split is not None else split_text(text, self.limit)
         if not parts and not final:
             return 0
         self._last_round = time.monotonic()
