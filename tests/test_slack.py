@@ -155,6 +155,43 @@ async def test_a_long_reply_is_split_at_the_message_limit(make_bot, slack):
     assert [p.strip() for p in "\n\n".join(parts).split("\n\n")] == [p.strip() for p in answer.split("\n\n")]
 
 
+async def test_parts_are_measured_as_sent_so_escapes_never_push_one_past_slacks_hard_limit(make_bot, slack):
+    answer = "\n".join(f"R&D <{n}> & more & more" for n in range(1400))  # ~36,000 characters, ~50,000 escaped
+    async with start_slack(make_bot, slack, message_limit=40000) as (bot, _adapter):
+        bot.backend.add_reply(answer)
+        event = slack.mention("C1", "write a lot")
+        await slack.send_event(event)
+        await slack.wait_for(lambda: not bot.pipeline._in_flight and replies(slack, "C1", event["ts"]))
+
+    assert not [c.error for c in slack.calls if c.error]  # no msg_too_long
+    parts = replies(slack, "C1", event["ts"])
+    assert len(parts) == 2 and all(len(part) <= 40000 for part in parts)
+    shown = "\n".join(parts).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    assert shown == answer
+
+
+async def test_markdown_is_shown_as_mrkdwn_and_links_never_unfurl(make_bot, slack):
+    async with start_slack(make_bot, slack) as (bot, _adapter):
+        bot.backend.add_reply(
+            "## Growing plants\nWater them **daily**, see [the guide](https://example.org/g?a=1&b=2) "
+            "or [<!here>](https://example.org/x), never [this](javascript:alert(1)).\n`**kept**`"
+        )
+        event = slack.mention("C1", "how?")
+        await slack.send_event(event)
+        await slack.wait_for(lambda: not bot.pipeline._in_flight and replies(slack, "C1", event["ts"]))
+
+    assert replies(slack, "C1", event["ts"]) == [
+        "*Growing plants*\nWater them *daily*, see <https://example.org/g?a=1&amp;b=2|the guide> "
+        "or <https://example.org/x|@\u200bhere>, never this (javascript:alert(1)).\n`**kept**`"
+    ]
+    posts = slack.calls_to("chat.postMessage")
+    assert posts and all(
+        (c.args["unfurl_links"], c.args["unfurl_media"], c.args["link_names"], c.args["parse"])
+        in ((False, False, False, "none"), ("false", "false", "false", "none"), ("0", "0", "0", "none"))
+        for c in posts
+    ), [c.args for c in posts]
+
+
 async def test_model_output_that_tries_to_ping_pings_nobody(make_bot, slack):
     async with start_slack(make_bot, slack) as (bot, _adapter):
         bot.backend.add_reply(

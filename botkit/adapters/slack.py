@@ -63,7 +63,10 @@ class SlackSettings(AdapterSettings):
     path: str = Field("/slack/events", pattern=r"^/", description="mode 'http': its path (Request URL)")
     edit_interval: float = Field(1.0, gt=0, description="seconds between edits of a streamed reply")
     message_limit: int = Field(
-        4000, ge=100, le=40000, description="longest message in characters; longer replies continue in more"
+        4000,
+        ge=100,
+        le=40000,
+        description="longest message in characters as sent (escapes included); longer replies continue in more",
     )
     thread_messages: int = Field(
         50, ge=0, description="most earlier thread messages read when mentioned mid-thread (0: none)"
@@ -301,8 +304,8 @@ class SlackAdapter(Adapter):
         await ack()  # within Slack's 3 seconds; the answer follows
         from slack_sdk.errors import SlackApiError
 
-        async def notify(text: str) -> None:
-            await respond(text=escape_mrkdwn(text), response_type="ephemeral")
+        async def notify(mrkdwn: str) -> None:
+            await respond(text=mrkdwn, response_type="ephemeral")
 
         with self._preparing_message():
             channel, question = command["channel_id"], (command.get("text") or "").strip()
@@ -311,7 +314,7 @@ class SlackAdapter(Adapter):
                 message = await self.slack.command(command, umbrella=self.settings.command, prefix=prefix)
                 responder = self._responder(channel, None, notify=notify)
             elif not question:
-                await notify(f"Ask me something, e.g. {command['command']} what is a haiku?")
+                await notify(escape_mrkdwn(f"Ask me something, e.g. {command['command']} what is a haiku?"))
                 return
             else:
                 author = await self.slack.users.get(command["user_id"])
@@ -321,7 +324,9 @@ class SlackAdapter(Adapter):
                     responder.thread_ts = await responder.post(f"{author.display_name} asked: {question}")
                 except SlackApiError as error:
                     await notify(
-                        f"I can't post here ({error.response.get('error')}); invite me to the channel."
+                        escape_mrkdwn(
+                            f"I can't post here ({error.response.get('error')}); invite me to the channel."
+                        )
                     )
                     return
                 message = await self.slack.command(command, question_ts=responder.thread_ts)
