@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 
 import pytest
 
@@ -88,3 +89,20 @@ def test_parts_fit_as_sent_even_when_escaping_makes_the_text_longer():
     )
     for limit in (100, 999):
         assert all(len(part) <= limit for part in mrkdwn_parts("&" * 3000 + " x" * 300, limit))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "**a " * 10_000,
+        "*a " * 13_000,
+        "_a " * 13_000,
+        "~~a " * 10_000,
+        "__a " * 10_000,
+        "# " + " " * 39_000 + "x",
+    ],
+)
+def test_rendering_stays_linear_on_openers_that_never_close(text):
+    started = time.perf_counter()
+    assert_inert(render_mrkdwn(text))
+    assert time.perf_counter() - started < 1.5  # a quadratic scan of these took 6 to 12 seconds

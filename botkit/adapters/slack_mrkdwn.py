@@ -18,19 +18,33 @@ import re
 from botkit.adapters.edits import split_text
 
 FENCE_LINE = re.compile(r"^[ \t]*```")
-HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+(.*)$")
 SAFE_URL = re.compile(r"https?://[^\s|>]+", re.IGNORECASE)
 
 # One inline construct, tried left to right; the first alternative that matches at a place wins.
+# What a construct holds never contains its own delimiter, so an opener without a closer is given
+# up at the next delimiter: rendering stays linear in the text, whatever the model writes.
 _INLINE = re.compile(
-    r"(?P<code>(?P<ticks>`+)(?!`).+?(?<!`)(?P=ticks)(?!`))"
+    r"(?P<code>`[^`\n]+`|``(?:[^`\n]|`(?!`))+``)"
     r"|!?\[(?P<label>[^\[\]\n]*)\]\((?P<url>(?:[^\s()]|\([^\s()]*\))+)(?:[ \t]+\"[^\"\n]*\")?\)"
-    r"|\*\*(?P<bold>(?=\S).+?(?<=\S))\*\*"
-    r"|(?<!\w)__(?P<bold2>(?=\S).+?(?<=\S))__(?!\w)"
-    r"|~~(?P<strike>(?=\S).+?(?<=\S))~~"
-    r"|(?<![*\w])\*(?P<italic>(?=[^\s*]).*?(?<=[^\s*]))\*(?![*\w])"
-    r"|(?<!\w)_(?P<italic2>(?=[^\s_]).*?(?<=[^\s_]))_(?!\w)"
+    r"|\*\*(?P<bold>(?=\S)(?:(?!\*\*).)+?(?<=\S))\*\*"
+    r"|(?<!\w)__(?P<bold2>(?=\S)(?:(?!__).)+?(?<=\S))__(?!\w)"
+    r"|~~(?P<strike>(?=\S)(?:(?!~~).)+?(?<=\S))~~"
+    r"|(?<![*\w])\*(?P<italic>[^\s*](?:[^*\n]*[^\s*])?)\*(?![*\w])"
+    r"|(?<!\w)_(?P<italic2>[^\s_](?:[^_\n]*[^\s_])?)_(?!\w)"
 )
+
+
+def heading_title(line: str) -> str | None:
+    """The title of a Markdown heading line (``## Title ##`` -> ``Title``), or None for another line."""
+    heading = HEADING.match(line)
+    if heading is None:
+        return None
+    title = heading.group(1).rstrip(" \t")
+    closed = title.rstrip("#")
+    if closed != title and (not closed or closed[-1] in " \t"):
+        title = closed.rstrip(" \t")
+    return title.replace("**", "").replace("__", "")
 
 
 def escape_mrkdwn(text: str) -> str:
@@ -77,8 +91,7 @@ def render_mrkdwn(text: str) -> str:
             lines.append(escape_mrkdwn(line))
         elif in_code:
             lines.append(escape_mrkdwn(line))
-        elif heading := HEADING.match(line):
-            title = heading.group(1).replace("**", "").replace("__", "")
+        elif (title := heading_title(line)) is not None:
             lines.append(f"*{render_inline(title)}*" if title.strip() else "")
         else:
             lines.append(render_inline(line))
