@@ -299,7 +299,7 @@ def redact(text: str, findings: Sequence[Finding]) -> str:
 # digits, the cancel tag (England's flag is black flag + "gbeng" + cancel tag).
 TAG_FIRST, TAG_LAST = 0xE0000, 0xE007F
 _TAG_RUN = re.compile("[\U000e0000-\U000e007f]+")
-_TAG_FLAG = re.compile("\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{2,7}\U000e007f")
+_TAG_FLAG = re.compile("\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{3,7}\U000e007f")
 
 
 def has_tags(text: str) -> bool:
