@@ -106,3 +106,12 @@ def test_rendering_stays_linear_on_openers_that_never_close(text):
     started = time.perf_counter()
     assert_inert(render_mrkdwn(text))
     assert time.perf_counter() - started < 1.5  # a quadratic scan of these took 6 to 12 seconds
+
+
+def test_a_long_reply_is_split_into_small_parts_in_linear_time():
+    text = "Plants **grow** by turning _light_ & water into sugar, see [docs](https://x.org). " * 500
+    started = time.perf_counter()
+    parts = mrkdwn_parts(text, 100)
+    assert time.perf_counter() - started < 1.0  # rendering all the rest for each part took 2.5 seconds
+    assert len(parts) >= 400 and all(len(part) <= 100 for part in parts)
+    assert sum(part.count("<https://x.org|docs>") for part in parts) == 500 and "**" not in "".join(parts)
