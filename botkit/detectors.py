@@ -1,4 +1,5 @@
-"""Rule-based detectors: e-mail addresses, phone and card numbers, API keys and tokens, prompt injection.
+"""Rule-based detectors: e-mail addresses, phone and card numbers, API keys and tokens, prompt injection;
+and text hidden in invisible Unicode tag characters.
 
 Every pattern is linear on any input: a match can only start at a token
 boundary, repetitions are bounded and possessive where a retry could not
@@ -289,6 +290,45 @@ def redact(text: str, findings: Sequence[Finding]) -> str:
         pieces += (text[cursor:start], placeholder)
         cursor = end
     pieces.append(text[cursor:])
+    return "".join(pieces)
+
+
+# Unicode tag characters (U+E0000-U+E007F) are invisible, and U+E0020-U+E007E mirror printable
+# ASCII: a message can carry text that no reader sees but a model reads ("ASCII smuggling"). Their
+# one legitimate use is an emoji tag sequence: the black flag, a subdivision code in tag letters and
+# digits, the cancel tag (England's flag is black flag + "gbeng" + cancel tag).
+TAG_FIRST, TAG_LAST = 0xE0000, 0xE007F
+_TAG_RUN = re.compile("[\U000e0000-\U000e007f]+")
+_TAG_FLAG = re.compile("\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{3,7}\U000e007f")
+
+
+def has_tags(text: str) -> bool:
+    """Whether ``text`` holds a tag character at all (cheap: most text has none)."""
+    return not text.isascii() and _TAG_RUN.search(text) is not None
+
+
+def is_tag(char: str) -> bool:
+    return TAG_FIRST <= ord(char) <= TAG_LAST
+
+
+def tag_as_ascii(char: str) -> str:
+    """A tag character as the ASCII character it mirrors ("" for the controls); any other as it is."""
+    if is_tag(char):
+        code = ord(char)
+        return chr(code - TAG_FIRST) if 0xE0020 <= code <= 0xE007E else ""
+    return char
+
+
+def strip_hidden_tags(text: str) -> str:
+    """``text`` without tag characters, except inside emoji flag tag sequences (subdivision flags)."""
+    if not has_tags(text):
+        return text
+    flags = [match.span() for match in _TAG_FLAG.finditer(text)]
+    pieces: list[str] = []
+    cursor = 0
+    for start, end in [*flags, (len(text), len(text))]:
+        pieces += (_TAG_RUN.sub("", text[cursor:start]), text[start:end])
+        cursor = end
     return "".join(pieces)
 
 

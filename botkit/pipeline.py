@@ -8,12 +8,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from botkit.backend_set import DEFAULT, BackendSlot
 from botkit.commands import Command, CommandContext, parse_command
 from botkit.context_fit import ContextFit, fit_context
+from botkit.detectors import has_tags, strip_hidden_tags
 from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, Ticket
 from botkit.hookcall import call_all, run_chain
@@ -54,6 +55,22 @@ def readable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def without_hidden_text(message: Message) -> Message:
+    """``message`` without text hidden in Unicode tag characters ("ASCII smuggling").
+
+    Taken out after the gates, which see it (moderation reads it as ASCII), and
+    before commands, memory and the model, which must not.
+    """
+    turns = message.thread_context
+    if not has_tags(message.text) and not any(has_tags(turn.text) for turn in turns):
+        return message
+    return replace(
+        message,
+        text=strip_hidden_tags(message.text),
+        thread_context=tuple(replace(turn, text=strip_hidden_tags(turn.text)) for turn in turns),
+    )
 
 
 class ConversationLanes:
@@ -294,7 +311,7 @@ class Pipeline:
             if gated.notice:
                 await responder.send(gated.notice)
             return
-        message = gated
+        message = without_hidden_text(gated)
         if not message.text.strip():
             return
         prefix = self._settings().bot.command_prefix

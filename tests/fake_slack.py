@@ -328,13 +328,16 @@ class FakeSlack:
         *,
         retry_num: int | None = None,
         secret: str | None = None,
+        timestamp_header: str | None = None,
     ) -> tuple[int, str]:
-        """POST ``body`` to the bot as Slack does; ``secret`` signs with another secret (a forgery)."""
+        """POST ``body`` to the bot as Slack does; ``secret`` signs with another secret (a forgery),
+        ``timestamp_header`` replaces the ``X-Slack-Request-Timestamp`` that Slack would send.
+        """
         assert self._session is not None
         timestamp = int(time.time())
         headers = {
             "Content-Type": content_type,
-            "X-Slack-Request-Timestamp": str(timestamp),
+            "X-Slack-Request-Timestamp": str(timestamp) if timestamp_header is None else timestamp_header,
             "X-Slack-Signature": self.sign(body, timestamp, secret),
         }
         if retry_num is not None:

@@ -67,6 +67,36 @@ def test_hard_cut_never_splits_a_symbol():
         assert "".join(parts) == text
 
 
+@pytest.mark.parametrize(
+    "symbol",
+    [
+        "\U0001f1ec\U0001f1e7",  # the flag of the United Kingdom: two regional indicators
+        "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f",  # England's flag
+        "\u2764\ufe0f",  # a heart with its emoji variation selector
+        "1\ufe0f\u20e3",  # keycap one
+        "\U0001f3f3\ufe0f\u200d\U0001f308",  # rainbow flag: variation selector and a join
+        "\u0915\u093f",  # Devanagari "ki": a spacing vowel sign (Mc) after its consonant
+    ],
+)
+@pytest.mark.parametrize("lead", ["", "x"])
+def test_hard_cut_never_splits_a_flag_or_a_cluster(symbol, lead):
+    text = lead + symbol * 60
+    for limit in (19, 20, 37):
+        parts = split_text(text, limit)
+        assert all(len(part) <= limit for part in parts)
+        assert "".join(parts) == text
+        cuts = [sum(map(len, parts[:n])) for n in range(1, len(parts))]
+        assert all((cut - len(lead)) % len(symbol) == 0 for cut in cuts), (symbol, limit, parts)
+
+
+def test_regional_indicators_pair_from_the_start_of_their_run():
+    text = "\U0001f1eb" + "\U0001f1ec\U0001f1e7" * 30  # a lone indicator, then flags: pairs shift by one
+    parts = split_text(text, 19)
+    cuts = [sum(map(len, parts[:n])) for n in range(1, len(parts))]
+    assert "".join(parts) == text
+    assert cuts and all(cut % 2 == 0 for cut in cuts)
+
+
 def test_surrogate_pair_is_not_split():
     # text decoded with surrogatepass can hold UTF-16 halves; a pair stays together
     pair = "\ud83d\ude00"
@@ -327,3 +357,15 @@ async def test_updates_after_finish_are_ignored():
     await stream.update("late")
     assert delivering() == []  # nothing was set off to deliver it
     assert platform.messages == {"m1": "final"}
+
+
+def test_parts_fit_a_measure_other_than_their_length():
+    def as_sent(part: str) -> int:  # each & is sent as &amp;
+        return len(part) + 4 * part.count("&")
+
+    text = "\n\n".join(["fish & chips & peas"] * 200) + "\n```\n" + "a&b\n" * 300 + "```"
+    parts = split_text(text, 500, measure=as_sent)
+    assert all(as_sent(part) <= 500 for part in parts)
+    assert max(map(as_sent, parts)) > 400  # measured parts are still filled, not cut far too small
+    assert split_text(text, 500) == split_text(text, 500, measure=len)
+    assert "".join(parts).replace("\n", "").replace("```", "") == text.replace("\n", "").replace("```", "")

@@ -21,6 +21,11 @@ Z = ZERO_WIDTH
         ("user <@987> and <@!654>", f"user @{Z}987 and @{Z}654"),
         ("slack user <@U0BOB|bob>", f"slack user @{Z}U0BOB"),
         ("email me at someone@example.com", "email me at someone@example.com"),
+        ("write to ops@channel.io or team@here.com", "write to ops@channel.io or team@here.com"),
+        ("cc all@everyone.example.org, @here", f"cc all@everyone.example.org, @{Z}here"),
+        ("ops@channel.io @channel", f"ops@channel.io @{Z}channel"),
+        ("hey@here and x@everyone.", f"hey@{Z}here and x@{Z}everyone."),  # no domain: no address
+        ("@here.com is not an address", f"@{Z}here.com is not an address"),
     ],
 )
 def test_pings_are_neutralised(model_output, shown):

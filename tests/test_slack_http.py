@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 from fake_slack import FakeSlack, start_slack
@@ -44,6 +45,23 @@ async def test_a_request_with_a_bad_signature_is_rejected(make_bot, slack):
 
     assert [p.current.text for p in bot.backend.prompts] == ["hello"]
     assert replies(slack, "C1", forged["ts"]) == []
+
+
+@pytest.mark.parametrize("timestamp", ["soon", "", "1.7e9", "1" + "0" * 400])
+async def test_a_malformed_timestamp_is_refused_like_a_bad_signature(make_bot, slack, caplog, timestamp):
+    async with start_slack(make_bot, slack, **HTTP) as (bot, adapter):
+        event = slack.mention("C1", "hello")
+        body = json.dumps(slack.event_callback(event))
+        status, _ = await slack.post_signed(
+            endpoint(adapter), body, "application/json", timestamp_header=timestamp
+        )
+        assert status == 401
+        bot.backend.say("Hello.")
+        status, _ = await slack.post_event(endpoint(adapter), slack.mention("C1", "hello again"))
+        assert status == 200
+
+    assert [p.current.text for p in bot.backend.prompts] == ["hello again"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_retries_are_answered_once_and_a_retry_of_a_lost_delivery_is_answered(make_bot, slack):

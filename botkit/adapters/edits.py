@@ -28,24 +28,42 @@ REMOVED = "(removed)"
 _FENCE_LINE = re.compile(r"^[ \t]*```")
 # Characters that belong to the character before them: a cut just before one would split what
 # the reader sees as one symbol (an accent from its letter, a skin tone or a joined emoji).
-_JOINERS = {"\u200d", "\u20e3"}
+ZWJ = "\u200d"
+_MARKS = frozenset({"Mn", "Mc", "Me"})  # combining marks: accents, vowel signs, the keycap
 
 
 def _binds_to_previous(char: str) -> bool:
     code = ord(char)
     return (
-        char in _JOINERS
-        or unicodedata.combining(char) != 0
-        or 0xFE00 <= code <= 0xFE0F  # variation selectors
+        char == ZWJ
+        or unicodedata.category(char) in _MARKS  # also the variation selectors (Mn)
         or 0x1F3FB <= code <= 0x1F3FF  # skin tone modifiers
-        or 0xE0020 <= code <= 0xE007F  # tag characters (flag sequences)
+        or 0xE0020 <= code <= 0xE007F  # tag characters (subdivision flags)
         or 0xDC00 <= code <= 0xDFFF  # the low half of a surrogate pair
     )
 
 
+def _is_regional_indicator(char: str) -> bool:
+    return "\U0001f1e6" <= char <= "\U0001f1ff"
+
+
+def _splits_a_flag(text: str, cut: int) -> bool:
+    """Whether ``cut`` falls between the two regional indicators of one flag (they pair from the left)."""
+    if not (_is_regional_indicator(text[cut]) and _is_regional_indicator(text[cut - 1])):
+        return False
+    run = 0
+    while cut - run > 0 and _is_regional_indicator(text[cut - run - 1]):
+        run += 1
+    return run % 2 == 1
+
+
 def _safe_cut(text: str, cut: int) -> int:
-    """``cut`` moved left, where needed, so that ``text[:cut]`` does not end inside a symbol."""
-    while 0 < cut < len(text) and (_binds_to_previous(text[cut]) or text[cut - 1] == "\u200d"):
+    """``cut`` moved left, where needed, so that ``text[:cut]`` does not end inside a symbol
+    (a grapheme cluster: a letter and its marks, an emoji with its modifiers, joins and tags, a flag).
+    """
+    while 0 < cut < len(text) and (
+        _binds_to_previous(text[cut]) or text[cut - 1] == ZWJ or _splits_a_flag(text, cut)
+    ):
         cut -= 1
     return cut if cut > 0 else 1
 
@@ -86,9 +104,14 @@ def _before_opening_fence(text: str, end: int, start: int, fence: str | None) ->
     return end, start
 
 
-def split_text(text: str, limit: int) -> list[str]:
+def split_text(text: str, limit: int, measure: Callable[[str], int] = len) -> list[str]:
     """Parts of at most `limit` characters, cut at a paragraph / line / space boundary where possible,
-    never inside a surrogate pair; code fences (```) closed and reopened across a cut.
+    never inside a symbol (a flag, a joined emoji, a letter and its accents) nor a surrogate pair
+    unless one symbol alone is longer than `limit`; code fences (```) closed and reopened across a cut.
+
+    ``measure`` gives a part's size as the platform counts it, when that is not
+    its length (Slack counts a message as sent, escapes included): each part
+    then measures at most `limit`.
 
     Whitespace at a cut is dropped (the platforms trim it anyway) and a part
     that would be only whitespace is left out: an empty or blank text gives ``[]``.
@@ -100,21 +123,21 @@ def split_text(text: str, limit: int) -> list[str]:
     fence: str | None = None  # the fence line open where `rest` starts
     while rest.strip():
         prefix = f"{fence}\n" if fence is not None and _room_for(fence, limit) else ""
-        if len(prefix) + len(rest.rstrip()) <= limit:
+        if measure(prefix + rest.rstrip()) <= limit:
             parts.append(prefix + rest.rstrip())
             break
         budget = limit - len(prefix)
-        end, start = _cut_point(rest, budget)
-        open_after = _open_fence(rest[:end], fence)
-        if open_after is not None and _room_for(open_after, limit):
-            # The piece ends inside a code block: make room to close it.
-            end, start = _cut_point(rest, budget - len(CLOSING))
-            end, start = _before_opening_fence(rest, end, start, fence)
-            open_after = _open_fence(rest[:end], fence)
-        piece = rest[:end].rstrip()
-        closing = CLOSING if open_after is not None and _room_for(open_after, limit) else ""
-        if piece.strip():
-            parts.append(prefix + piece + closing)
+        while True:
+            end, start, open_after = _next_piece(rest, budget, fence, limit)
+            closing = CLOSING if open_after is not None and _room_for(open_after, limit) else ""
+            part = prefix + rest[:end].rstrip() + closing
+            size = measure(part)
+            if size <= limit or budget <= 1:
+                break
+            # Measured longer than it is: a smaller budget, in proportion, until it fits.
+            budget = max(1, min(budget - 1, budget * limit // size))
+        if rest[:end].strip():
+            parts.append(part)
         fence = open_after
         rest = rest[start:]
         if fence is None:
@@ -122,9 +145,22 @@ def split_text(text: str, limit: int) -> list[str]:
     return parts
 
 
+def _next_piece(rest: str, budget: int, fence: str | None, limit: int) -> tuple[int, int, str | None]:
+    """Where the next piece of ``rest`` ends and the rest starts, and the fence open after the piece."""
+    end, start = _cut_point(rest, budget)
+    open_after = _open_fence(rest[:end], fence)
+    if open_after is not None and _room_for(open_after, limit):
+        # The piece ends inside a code block: make room to close it.
+        end, start = _cut_point(rest, budget - len(CLOSING))
+        end, start = _before_opening_fence(rest, end, start, fence)
+        open_after = _open_fence(rest[:end], fence)
+    return end, start, open_after
+
+
 class EditStream:
     """Delivers one streamed reply as a message edited at most once per `interval` seconds,
-    split into follow-up messages at `limit` characters.
+    split into follow-up messages at `limit` characters (``split``, when given, makes the parts
+    instead: a platform that sends them rendered, and must measure them so).
 
     ``update`` never waits for the platform: the newest text is kept and a
     background task delivers it when the interval allows, so the first text is
@@ -141,6 +177,7 @@ class EditStream:
         limit: int,
         interval: float = 1.0,
         delete: Callable[[str], Awaitable[None]] | None = None,
+        split: Callable[[str], list[str]] | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"EditStream: limit must be at least 1, not {limit}")
@@ -149,6 +186,7 @@ class EditStream:
         self._post = post
         self._edit = edit
         self._delete = delete
+        self._split = split
         self.limit = limit
         self.interval = interval
         self.message_ids: list[str] = []
@@ -206,7 +244,7 @@ class EditStream:
 
         Returns the number of messages that carry the text.
         """
-        parts = split_text(text, self.limit)
+        parts = self._split(text) if self._split is not None else split_text(text, self.limit)
         if not parts and not final:
             return 0
         self._last_round = time.monotonic()

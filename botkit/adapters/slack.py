@@ -43,6 +43,9 @@ log = logging.getLogger("botkit.adapters.slack")
 # Longest wait at shutdown for acknowledged events that have not reached the pipeline yet.
 PREPARE_TIMEOUT = 10.0
 SLASH_NAME = r"^/[a-z0-9_.-]{1,31}$"
+# Slack's request timestamps are Unix seconds. slack_sdk's verifier calls int() on the header
+# unchecked, so anything else would end as an HTTP 500 with a traceback instead of a 401.
+_REQUEST_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class SlackSettings(AdapterSettings):
@@ -60,7 +63,10 @@ class SlackSettings(AdapterSettings):
     path: str = Field("/slack/events", pattern=r"^/", description="mode 'http': its path (Request URL)")
     edit_interval: float = Field(1.0, gt=0, description="seconds between edits of a streamed reply")
     message_limit: int = Field(
-        4000, ge=100, le=40000, description="longest message in characters; longer replies continue in more"
+        4000,
+        ge=100,
+        le=40000,
+        description="longest message in characters as sent (escapes included); longer replies continue in more",
     )
     thread_messages: int = Field(
         50, ge=0, description="most earlier thread messages read when mentioned mid-thread (0: none)"
@@ -210,6 +216,7 @@ class SlackAdapter(Adapter):
 
         settings = self.settings
         server = AsyncSlackAppServer(port=settings.port, path=settings.path, app=app, host=settings.host)
+        server.web_app.middlewares.append(web.middleware(_refuse_malformed_timestamps))
         runner = web.AppRunner(server.web_app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
@@ -297,8 +304,8 @@ class SlackAdapter(Adapter):
         await ack()  # within Slack's 3 seconds; the answer follows
         from slack_sdk.errors import SlackApiError
 
-        async def notify(text: str) -> None:
-            await respond(text=escape_mrkdwn(text), response_type="ephemeral")
+        async def notify(mrkdwn: str) -> None:
+            await respond(text=mrkdwn, response_type="ephemeral")
 
         with self._preparing_message():
             channel, question = command["channel_id"], (command.get("text") or "").strip()
@@ -307,7 +314,7 @@ class SlackAdapter(Adapter):
                 message = await self.slack.command(command, umbrella=self.settings.command, prefix=prefix)
                 responder = self._responder(channel, None, notify=notify)
             elif not question:
-                await notify(f"Ask me something, e.g. {command['command']} what is a haiku?")
+                await notify(escape_mrkdwn(f"Ask me something, e.g. {command['command']} what is a haiku?"))
                 return
             else:
                 author = await self.slack.users.get(command["user_id"])
@@ -317,11 +324,24 @@ class SlackAdapter(Adapter):
                     responder.thread_ts = await responder.post(f"{author.display_name} asked: {question}")
                 except SlackApiError as error:
                     await notify(
-                        f"I can't post here ({error.response.get('error')}); invite me to the channel."
+                        escape_mrkdwn(
+                            f"I can't post here ({error.response.get('error')}); invite me to the channel."
+                        )
                     )
                     return
                 message = await self.slack.command(command, question_ts=responder.thread_ts)
         await self.bot.handle(message, responder)
+
+
+async def _refuse_malformed_timestamps(request: Any, handler: Any) -> Any:
+    """A request whose ``X-Slack-Request-Timestamp`` is no timestamp gets Bolt's 401, as a bad signature does."""
+    from aiohttp import web
+
+    timestamp = request.headers.get("X-Slack-Request-Timestamp")
+    if timestamp is not None and not _REQUEST_TIMESTAMP.fullmatch(timestamp):
+        log.debug("slack: refused a request with a malformed X-Slack-Request-Timestamp")
+        return web.json_response({"error": "invalid request"}, status=401)
+    return await handler(request)
 
 
 @hookimpl

@@ -1,10 +1,11 @@
 """Translating between Slack and botkit: events into messages (with their thread), mrkdwn both ways, replies.
 
-Replies are posted with Slack's own protection against pings and previews:
-``&``, ``<`` and ``>`` escaped (so nothing the model writes becomes a mention,
-a link or a ``<!channel>``), ``parse = "none"``, ``link_names = false``,
-``unfurl_links`` and ``unfurl_media`` off. The Slack SDK is only ever handed
-in (an ``AsyncWebClient``), never imported here.
+Replies are rendered from Markdown to mrkdwn (``slack_mrkdwn``: ``&``, ``<``
+and ``>`` escaped, so nothing the model writes becomes a mention or a
+``<!channel>``; only its ``[text](url)`` links become links) and posted with
+Slack's own protection against pings and previews: ``parse = "none"``,
+``link_names = false``, ``unfurl_links`` and ``unfurl_media`` off. The Slack
+SDK is only ever handed in (an ``AsyncWebClient``), never imported here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from botkit.adapters.edits import EditStream, split_text
+from botkit.adapters.edits import EditStream
+from botkit.adapters.slack_mrkdwn import escape_mrkdwn, mrkdwn_parts
 from botkit.types import Message, MessageChange, Reaction, ReplyStatus, Responder, Role, Turn, User
 
 log = logging.getLogger("botkit.adapters.slack")
@@ -34,11 +36,6 @@ THREAD_PAGE = 200
 _LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
 _CHANNEL = re.compile(r"<#([A-Z0-9]+)(?:\|([^>]*))?>")
 _SPECIAL = re.compile(r"<!(here|channel|everyone)(?:\|[^>]*)?>")
-
-
-def escape_mrkdwn(text: str) -> str:
-    """Text as Slack shows it literally: the three characters Slack's mrkdwn treats as markup, escaped."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def incoming_text(text: str, bot_user_id: str | None) -> str:
@@ -228,8 +225,10 @@ class SlackTranslator:
 class SlackResponder(Responder):
     """Delivers the answers to one message into its Slack thread; a streamed reply is edited in place.
 
-    ``notify`` (a slash command's ephemeral ``respond``) receives ``send`` texts
-    instead of the thread when given.
+    Answers are Markdown, sent as mrkdwn in parts of at most ``limit`` characters
+    as Slack counts them (escapes included). ``notify`` (a slash command's
+    ephemeral ``respond``) receives ``send``'s mrkdwn parts instead of the thread
+    when given.
     """
 
     def __init__(
@@ -247,13 +246,24 @@ class SlackResponder(Responder):
         self.thread_ts = thread_ts
         self.limit = limit
         self.notify = notify
-        self.stream = EditStream(self.post, self.edit, limit=limit, interval=interval, delete=self.delete)
+        self.stream = EditStream(
+            self._post,
+            self._edit,
+            limit=limit,
+            interval=interval,
+            delete=self.delete,
+            split=lambda text: mrkdwn_parts(text, limit),
+        )
 
     async def post(self, text: str) -> str:
+        """Post ``text`` as written (escaped, no formatting); returns the message's ``ts``."""
+        return await self._post(escape_mrkdwn(text))
+
+    async def _post(self, mrkdwn: str) -> str:
         response = await self.client.chat_postMessage(
             channel=self.channel,
             thread_ts=self.thread_ts,
-            text=escape_mrkdwn(text),
+            text=mrkdwn,
             parse="none",
             link_names=False,
             unfurl_links=False,
@@ -261,20 +271,20 @@ class SlackResponder(Responder):
         )
         return str(response["ts"])
 
-    async def edit(self, ts: str, text: str) -> None:
+    async def _edit(self, ts: str, mrkdwn: str) -> None:
         await self.client.chat_update(
-            channel=self.channel, ts=ts, text=escape_mrkdwn(text), parse="none", link_names=False
+            channel=self.channel, ts=ts, text=mrkdwn, parse="none", link_names=False
         )
 
     async def delete(self, ts: str) -> None:
         await self.client.chat_delete(channel=self.channel, ts=ts)
 
     async def send(self, text: str) -> None:
-        for part in split_text(text, self.limit):
+        for part in mrkdwn_parts(text, self.limit):
             if self.notify is not None:
                 await self.notify(part)
             else:
-                await self.post(part)
+                await self._post(part)
 
     async def update(self, text: str) -> None:
         await self.stream.update(text)

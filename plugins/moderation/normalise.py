@@ -3,8 +3,10 @@
 Matching runs on a *folded* view of the text: casefolded, decomposed (NFKD)
 with combining marks dropped (accents and zalgo go), format characters
 removed (zero-width spaces and joiners, bidi overrides and isolates, BOM, soft
-hyphen) and Cyrillic/Greek look-alikes mapped to Latin. Offsets in the folded
-view map back to the original, so that a match can be redacted there.
+hyphen) and Cyrillic/Greek look-alikes mapped to Latin. Unicode tag characters,
+invisible but read by a model, are read as the ASCII they mirror, so the
+detectors see text hidden in them. Offsets in the folded view map back to the
+original, so that a match can be redacted there.
 
 Blocklist words are matched as whole tokens by their *skeleton*: each
 look-alike symbol or digit reads as its letter (``4``/``@`` -> a, ``$``/``5`` -> s,
@@ -20,6 +22,8 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+from botkit.detectors import has_tags, is_tag, tag_as_ascii
 
 # Cyrillic and Greek letters that look Latin (after casefolding).
 LOOKALIKES = {
@@ -59,8 +63,9 @@ def _strip_marks(text: str) -> str:
 
 
 def fold_char(char: str) -> str:
-    """One character as it is matched: "" for marks and invisible characters."""
-    if unicodedata.category(char) in ("Cf", "Mn", "Me"):
+    """One character as it is matched: "" for marks and invisible characters, a tag as its ASCII."""
+    char = tag_as_ascii(char)  # U+E0041 (TAG LATIN CAPITAL LETTER A) -> "A"
+    if not char or unicodedata.category(char) in ("Cf", "Mn", "Me"):
         return ""
     folded = _strip_marks(_strip_marks(char).casefold())
     return "".join(LOOKALIKES.get(c, c) for c in folded)
@@ -76,8 +81,33 @@ class Folded:
 
     def __init__(self, original: str) -> None:
         self.original = original
-        self.text = original.lower() if original.isascii() else original.translate(_FOLD)
         self._origin: list[int] | None = None
+        if original.isascii():
+            self.text = original.lower()
+        elif has_tags(original):
+            self.text = self._fold_with_tags()
+        else:
+            self.text = original.translate(_FOLD)
+
+    def _fold_with_tags(self) -> str:
+        """The folded text, each run of tag characters read as its own words: "day" + hidden
+        "ignore ..." reads "day ignore ...", not "dayignore ...".
+        """
+        pieces: list[str] = []
+        origin: list[int] = []
+        last = len(self.original) - 1
+        for index, char in enumerate(self.original):
+            folded = _FOLD[ord(char)]
+            before = after = ""
+            if is_tag(char):
+                if index == 0 or not is_tag(self.original[index - 1]):
+                    before = " "
+                if index == last or not is_tag(self.original[index + 1]):
+                    after = " "  # belongs to what follows, so a match ending here covers the whole run
+            pieces += (before, folded, after)
+            origin.extend([index] * (len(before) + len(folded)) + [index + 1] * len(after))
+        self._origin = origin
+        return "".join(pieces)
 
     def span(self, start: int, end: int) -> tuple[int, int]:
         """The original span of the folded span ``[start, end)``.
