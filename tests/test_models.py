@@ -158,6 +158,9 @@ def test_a_corrupted_download_is_refused_and_deleted(hub, config):
 def test_an_unreachable_hub_is_said_plainly_and_nothing_is_written(config, monkeypatch):
     endpoint = f"http://127.0.0.1:{free_port()}"  # nobody listens there
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    # Importing the transformers backend (an earlier test may have) sets HF_HUB_OFFLINE for the process.
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
     result = botkit(config, "models", "pull", "qwen2.5-0.5b")
     assert result.exit_code == 1
     assert f"botkit: error: cannot reach the Hugging Face Hub at {endpoint}" in result.output
