@@ -164,6 +164,9 @@ class Reply:
     # The platform's ids of the message(s) that carry the reply, first one first
     # (what ``Responder.finish`` returned): reactions and edits refer to these.
     platform_message_ids: tuple[str, ...] = ()
+    # Made when the message is answered, unique: whoever stores the exchange stores it under this
+    # key, so that a write that is retried (a crash, a lost acknowledgement) stores it once.
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class Responder(ABC):

@@ -5,11 +5,12 @@ their own engine. A plugin that stores something on every message queues it in
 a ``WriteBehind`` instead of making the reply wait for the database.
 """
 
-from botkit.storage.database import Database, StorageSettings, user_id_for
+from botkit.storage.database import Database, StorageSettings, insert_new, user_id_for
 from botkit.storage.migrations import MigrationBranch, Migrator
 from botkit.storage.models import (
     Base,
     ConversationRecord,
+    DeadLetterRecord,
     FeedbackRecord,
     MessageRecord,
     ModerationEventRecord,
@@ -24,6 +25,7 @@ __all__ = [
     "Base",
     "ConversationRecord",
     "Database",
+    "DeadLetterRecord",
     "FeedbackRecord",
     "MessageRecord",
     "MigrationBranch",
@@ -36,6 +38,7 @@ __all__ = [
     "UserRecord",
     "WriteBehind",
     "WriteCounts",
+    "insert_new",
     "user_id_for",
     "utcnow",
 ]

@@ -150,6 +150,19 @@ def describe(error: BaseException) -> str:
     return reason[:300]
 
 
+def insert_new(session: AsyncSession, table: Any, *unique: str) -> Any:
+    """``INSERT ... ON CONFLICT (unique) DO NOTHING`` into ``table`` (a model or a Table), for this database.
+
+    Rows whose ``unique`` columns are stored already are skipped: the insert of a
+    retried write stores nothing twice. ``RETURNING`` gives only the rows inserted.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing(index_elements=list(unique))
+
+
 async def user_id_for(
     session: AsyncSession, platform: str, platform_user_id: str, display_name: str = ""
 ) -> int:
@@ -157,11 +170,7 @@ async def user_id_for(
     from botkit.storage.models import UserRecord
 
     values = {"platform": platform, "platform_user_id": platform_user_id, "display_name": display_name}
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    await session.execute(insert(UserRecord).values(**values).on_conflict_do_nothing())
+    await session.execute(insert_new(session, UserRecord, "platform", "platform_user_id").values(**values))
     found = await session.scalar(
         select(UserRecord.id).where(
             UserRecord.platform == platform, UserRecord.platform_user_id == platform_user_id

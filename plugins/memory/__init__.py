@@ -162,7 +162,7 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
     sent_at = message.created_at.isoformat()
     memory(bot).add(
         {
-            "id": message.message_id,
+            "id": reply.key,
             "kind": "exchange",
             "scope_key": message.conversation_key(scope),
             "platform": message.platform,

@@ -11,11 +11,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from botkit.storage import ConversationRecord, Database, MessageRecord, WriteBehind, user_id_for, utcnow
+from botkit.storage import (
+    ConversationRecord,
+    Database,
+    MessageRecord,
+    WriteBehind,
+    insert_new,
+    user_id_for,
+    utcnow,
+)
 
 from .changes import (
     MessageKey,
@@ -163,13 +171,24 @@ class MemoryStore:
         self.writer.pending_changed(patched)
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
-        """Write ``batch`` in one transaction, in order; the writer retries it while the database is down."""
+        """Write ``batch`` in one transaction, in order; the writer retries it while the database is down.
+
+        Writing a batch again stores nothing twice: an exchange already stored
+        (under its key) is skipped, and so is a reset that a later stored exchange
+        shows was written; edits set what they set. So a batch that was committed
+        but not taken out of the spool (a crash, a lost acknowledgement) is safe
+        to write again.
+        """
         users: dict[tuple[str, str], int] = {}
         async with self.db.session() as session:
-            conversations = await self._active_conversations(session, batch)
+            stored = await _stored_exchanges(session, batch)
+            skipped = stored | _resets_written(batch, stored)
+            conversations = await self._active_conversations(session, batch, skipped)
             rows: list[dict[str, Any]] = []
-            replies: list[tuple[int, int]] = []  # (row of the reply, row of its question)
+            replies: list[str] = []  # keys of the exchanges with a reply among ``rows``
             for record in batch:
+                if record["id"] in skipped:
+                    continue
                 if record["kind"] == "change":
                     # The message's own row may be in this batch: write what comes before first.
                     await self._insert_messages(session, rows, replies)
@@ -196,8 +215,8 @@ class MemoryStore:
                 question, reply = _exchange_rows(record, conversation_id, user_id)
                 rows.append(question)
                 if reply is not None:
-                    replies.append((len(rows), len(rows) - 1))
                     rows.append(reply)
+                    replies.append(record["id"])
             await self._insert_messages(session, rows, replies)
         self._users.update(users)  # only ids that were committed
 
@@ -211,9 +230,11 @@ class MemoryStore:
         return known
 
     @staticmethod
-    async def _active_conversations(session: AsyncSession, batch: list[dict[str, Any]]) -> dict[str, int]:
+    async def _active_conversations(
+        session: AsyncSession, batch: list[dict[str, Any]], skipped: set[str]
+    ) -> dict[str, int]:
         """The newest open conversation of each scope the batch writes to, in one query."""
-        keys = {record["scope_key"] for record in batch if record["kind"] == "exchange"}
+        keys = {r["scope_key"] for r in batch if r["kind"] == "exchange" and r["id"] not in skipped}
         if not keys:
             return {}
         result = await session.execute(
@@ -238,23 +259,27 @@ class MemoryStore:
         return conversation.id
 
     @staticmethod
-    async def _insert_messages(
-        session: AsyncSession, rows: list[dict[str, Any]], replies: list[tuple[int, int]]
-    ) -> None:
+    async def _insert_messages(session: AsyncSession, rows: list[dict[str, Any]], replies: list[str]) -> None:
         """One INSERT for the batch's messages, in order; then each reply points at its question.
 
         A statement per message made the database round trips, not the rows, the
-        cost of writing (and of every message the pipeline answers meanwhile).
+        cost of writing (and of every message the pipeline answers meanwhile). A row
+        whose exchange is stored already is skipped by the database itself.
         """
         if not rows:
             return
-        result = await session.execute(insert(MessageRecord.__table__).returning(MessageRecord.id), rows)
-        ids = sorted(result.scalars().all())
-        if replies:
-            await session.execute(
-                update(MessageRecord),
-                [{"id": ids[reply], "reply_to_id": ids[question]} for reply, question in replies],
-            )
+        statement = insert_new(session, MessageRecord.__table__, "exchange_key", "role").returning(
+            MessageRecord.id, MessageRecord.exchange_key, MessageRecord.role
+        )
+        result = await session.execute(statement, rows)
+        ids = {(key, role): row_id for row_id, key, role in result}
+        links = [
+            {"id": ids[(key, "assistant")], "reply_to_id": ids[(key, "user")]}
+            for key in replies
+            if (key, "assistant") in ids and (key, "user") in ids
+        ]
+        if links:
+            await session.execute(update(MessageRecord), links)
 
     # -- reading ---------------------------------------------------------------
 
@@ -405,6 +430,36 @@ HISTORY_QUERY = (
 )
 
 
+async def _stored_exchanges(session: AsyncSession, batch: list[dict[str, Any]]) -> set[str]:
+    """The keys of the batch's exchanges that the database holds already."""
+    keys = [record["id"] for record in batch if record["kind"] == "exchange"]
+    if not keys:
+        return set()
+    found = await session.scalars(
+        select(MessageRecord.exchange_key).where(
+            MessageRecord.exchange_key.in_(keys), MessageRecord.role == "user"
+        )
+    )
+    return {key for key in found if key is not None}
+
+
+def _resets_written(batch: list[dict[str, Any]], stored: set[str]) -> set[str]:
+    """The keys of the batch's resets that were written already.
+
+    Records are written in order, so a stored exchange shows that every reset of
+    its conversation before it was written too; doing that reset again would end
+    the conversation the exchange opened.
+    """
+    written: set[str] = set()
+    scopes_with_stored: set[str] = set()
+    for record in reversed(batch):
+        if record["kind"] == "exchange" and record["id"] in stored:
+            scopes_with_stored.add(record["scope_key"])
+        elif record["kind"] == "reset" and record["scope_key"] in scopes_with_stored:
+            written.add(record["id"])
+    return written
+
+
 def _time(value: str | datetime) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
@@ -422,6 +477,7 @@ def _exchange_rows(
     """
     user = record["user"]
     common = {
+        "exchange_key": record["id"],
         "conversation_id": conversation_id,
         "platform": record["platform"],
         "channel_id": record["channel_id"],

@@ -1,0 +1,84 @@
+"""Data you can trust: no crash, retry or lost acknowledgement stores an exchange twice or loses it."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from test_memory import all_spooled, flushed, rows, sqlite_locked
+
+from botkit.plugins.memory import memory
+from botkit.storage import ConversationRecord
+from botkit.testing import eventually
+
+
+class SimulatedCrash(BaseException):
+    """The process dies here: nothing after this point runs (a BaseException, so no handler catches it)."""
+
+
+def user_texts(messages) -> list[str]:
+    return [m.text for m in messages if m.role == "user"]
+
+
+async def test_a_crash_between_commit_and_spool_rewrite_stores_each_exchange_once(make_bot, tmp_path):
+    config = {
+        "storage": {"data_dir": str(tmp_path / "data"), "busy_timeout": 0.2},
+        "plugins": {"memory": {"flush_timeout": 0.3, "retry_interval": 0.2}},
+    }
+    lock = ExitStack()
+    async with make_bot(config) as bot:
+        await bot.chat.say("hello")
+        await flushed(bot)
+        lock.enter_context(sqlite_locked(bot.db.sqlite_path))
+        await bot.chat.say("one")
+        await bot.chat.say("/reset")
+        await bot.chat.say("two")
+        await all_spooled(bot)
+        store = memory(bot)
+
+        def crash(records):
+            raise SimulatedCrash("killed after the commit, before the spool was rewritten")
+
+        store.spool.rewrite = crash
+        lock.close()
+        # The writer commits what waited, then dies where it would take it out of the spool.
+        await eventually(lambda: store.writer._task.done(), what="the writer's crash")
+        assert user_texts(await rows(bot)) == ["hello", "one", "two"]
+    assert store.spool.path.exists()
+    async with make_bot(config) as restarted:
+        await flushed(restarted)
+        await restarted.chat.say("three")
+        await flushed(restarted)
+        stored = await rows(restarted)
+        async with restarted.db.sessions() as session:
+            conversations = (await session.scalars(select(ConversationRecord))).all()
+    assert user_texts(stored) == ["hello", "one", "two", "three"]
+    assert len([m for m in stored if m.role == "assistant"]) == 4
+    # The /reset was not done again: "two" and "three" are still one open conversation.
+    assert len(conversations) == 2 and conversations[1].ended_at is None
+    assert {m.conversation_id for m in stored if m.text in ("two", "three")} == {conversations[1].id}
+    assert not store.spool.path.exists()
+
+
+async def test_a_lost_commit_acknowledgement_stores_the_batch_once(make_bot, storage_config):
+    config = {**storage_config, "plugins": {"memory": {"retry_interval": 0.05}}}
+    async with make_bot(config) as bot:
+        store = memory(bot)
+        write = store.writer._write
+        lost = []
+
+        async def commit_then_lose_the_answer(batch):
+            await write(batch)
+            if not lost:
+                lost.append(batch)
+                raise OperationalError("COMMIT", None, ConnectionResetError("connection lost"))
+
+        store.writer._write = commit_then_lose_the_answer
+        await bot.chat.say("one")
+        await bot.chat.say("two")
+        await flushed(bot)
+        stored = await rows(bot)
+    assert lost and store.writer.counts.retries >= 1
+    assert user_texts(stored) == ["one", "two"]
+    assert len(stored) == 4
