@@ -19,6 +19,7 @@ from botkit.storage.models import (
     UserRecord,
     utcnow,
 )
+from botkit.storage.moderation_rows import moderation_event, write_moderation_events
 from botkit.storage.write_behind import RecordSpool, WriteBehind, WriteCounts
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "WriteBehind",
     "WriteCounts",
     "insert_new",
+    "moderation_event",
     "user_id_for",
     "utcnow",
+    "write_moderation_events",
 ]

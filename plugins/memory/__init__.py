@@ -193,6 +193,8 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
                 "adapter": reply.lora,  # the messages.adapter column
                 "message_ids": list(reply.platform_message_ids),
             },
+            # Stored in the exchange's transaction: a stored exchange never lacks its flags.
+            "moderation_events": list(reply.moderation_events),
         }
     )
 

@@ -23,6 +23,7 @@ from botkit.storage import (
     insert_new,
     user_id_for,
     utcnow,
+    write_moderation_events,
 )
 
 from .changes import (
@@ -185,14 +186,14 @@ class MemoryStore:
             skipped = stored | _resets_written(batch, stored)
             conversations = await self._active_conversations(session, batch, skipped)
             rows: list[dict[str, Any]] = []
-            replies: list[str] = []  # keys of the exchanges with a reply among ``rows``
+            exchanges: list[dict[str, Any]] = []  # the records ``rows`` come from
             for record in batch:
                 if record["id"] in skipped:
                     continue
                 if record["kind"] == "change":
                     # The message's own row may be in this batch: write what comes before first.
-                    await self._insert_messages(session, rows, replies)
-                    rows, replies = [], []
+                    await self._insert_messages(session, rows, exchanges, users)
+                    rows, exchanges = [], []
                     await session.execute(change_statement(record))
                     continue
                 if record["kind"] == "reset":
@@ -212,12 +213,9 @@ class MemoryStore:
                     conversation_id = conversations[record["scope_key"]] = await self._new_conversation(
                         session, record
                     )
-                question, reply = _exchange_rows(record, conversation_id, user_id)
-                rows.append(question)
-                if reply is not None:
-                    rows.append(reply)
-                    replies.append(record["id"])
-            await self._insert_messages(session, rows, replies)
+                rows.extend(_exchange_rows(record, conversation_id, user_id))
+                exchanges.append(record)
+            await self._insert_messages(session, rows, exchanges, users)
         self._users.update(users)  # only ids that were committed
 
     async def _user_id(
@@ -259,8 +257,14 @@ class MemoryStore:
         return conversation.id
 
     @staticmethod
-    async def _insert_messages(session: AsyncSession, rows: list[dict[str, Any]], replies: list[str]) -> None:
-        """One INSERT for the batch's messages, in order; then each reply points at its question.
+    async def _insert_messages(
+        session: AsyncSession,
+        rows: list[dict[str, Any]],
+        exchanges: list[dict[str, Any]],
+        users: dict[tuple[str, str], int],
+    ) -> None:
+        """One INSERT for the batch's messages, in order; then each reply points at its question,
+        and each exchange's moderation events are stored, pointing at its rows.
 
         A statement per message made the database round trips, not the rows, the
         cost of writing (and of every message the pipeline answers meanwhile). A row
@@ -274,12 +278,17 @@ class MemoryStore:
         result = await session.execute(statement, rows)
         ids = {(key, role): row_id for row_id, key, role in result}
         links = [
-            {"id": ids[(key, "assistant")], "reply_to_id": ids[(key, "user")]}
-            for key in replies
-            if (key, "assistant") in ids and (key, "user") in ids
+            {"id": ids[(record["id"], "assistant")], "reply_to_id": ids[(record["id"], "user")]}
+            for record in exchanges
+            if (record["id"], "assistant") in ids and (record["id"], "user") in ids
         ]
         if links:
             await session.execute(update(MessageRecord), links)
+        for record in exchanges:
+            events = record.get("moderation_events")
+            if events and (record["id"], "user") in ids:
+                directions = {"in": ids[(record["id"], "user")], "out": ids.get((record["id"], "assistant"))}
+                await write_moderation_events(session, events, users, directions)
 
     # -- reading ---------------------------------------------------------------
 
@@ -468,9 +477,7 @@ def _maybe_time(value: str | None) -> datetime | None:
     return None if value is None else _time(value)
 
 
-def _exchange_rows(
-    record: dict[str, Any], conversation_id: int, user_id: int
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _exchange_rows(record: dict[str, Any], conversation_id: int, user_id: int) -> list[dict[str, Any]]:
     """The messages rows of an exchange: the user's message and, if there is one, the reply.
 
     Both rows name every column, so that the batch's INSERT is one statement.
@@ -507,7 +514,7 @@ def _exchange_rows(
     }
     reply = record.get("reply")
     if reply is None:
-        return question, None
+        return [question]
     # A reply split over several platform messages: the first is the row's id, every one in flags.
     delivered = reply.get("message_ids") or []
     answer = {
@@ -531,7 +538,7 @@ def _exchange_rows(
         "edited_at": None,
         "deleted_at": None,
     }
-    return question, answer
+    return [question, answer]
 
 
 __all__ = ["MemoryStore", "StoredTurn", "utcnow"]

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, replace
 
-from botkit import BotAPI, Message, Refuse, StateKey, hookimpl
+from botkit import BotAPI, Message, Refuse, Reply, StateKey, hookimpl
 
 from .classifier import ProfanityModel, load_model
 from .events import EventLog
@@ -122,6 +122,14 @@ def botkit_filter_reply(message: Message, text: str, final: bool, bot) -> str | 
     if verdict.blocked:
         return Refuse(running.moderator.settings.output_notice or None, reason=reason(verdict.decisions))
     return verdict.text if verdict.text != text else None
+
+
+@hookimpl
+def botkit_reply_ready(message: Message, reply: Reply, bot) -> None:
+    # The exchange carries its events: stored in its transaction, spooled with it in an outage.
+    running = bot.state.get(RUNNING)
+    if running is not None:
+        reply.moderation_events.extend(running.events.take(message))
 
 
 @hookimpl
