@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 from contextlib import ExitStack
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import OperationalError
 from test_memory import all_spooled, flushed, rows, sqlite_locked
 
@@ -12,8 +14,8 @@ from botkit import hookimpl
 from botkit.finetune.select import moderated_messages
 from botkit.plugins import moderation as moderation_plugin
 from botkit.plugins.memory import memory
-from botkit.storage import ConversationRecord, ModerationEventRecord
-from botkit.testing import eventually
+from botkit.storage import ConversationRecord, DeadLetterRecord, ModerationEventRecord, UserRecord
+from botkit.testing import WAIT_TIMEOUT, eventually
 
 
 class SimulatedCrash(BaseException):
@@ -135,3 +137,63 @@ async def test_a_flagged_exchange_keeps_its_flag_through_an_outage_and_a_restart
         ("in", "injection", "flag", flagged.id)
     ]
     assert (flagged.user_id, flagged.platform_message_id) in excluded  # the export leaves it out
+
+
+async def test_ids_cached_from_deleted_rows_are_recovered_not_retried_forever(make_bot, storage_config):
+    async with make_bot(storage_config) as bot:
+        await bot.chat.say("one")
+        await flushed(bot)
+        # Rows deleted behind the running bot (as when the tables are dropped and re-created):
+        # the writer's cached user id now points at nothing.
+        async with bot.db.session() as session:
+            await session.execute(delete(UserRecord))
+        await bot.chat.say("two")
+        await flushed(bot)
+        stored = await rows(bot)
+        async with bot.db.sessions() as session:
+            alice = await session.scalar(select(UserRecord.id).where(UserRecord.platform_user_id == "alice"))
+            letters = (await session.scalars(select(DeadLetterRecord))).all()
+        store = memory(bot)
+    assert user_texts(stored) == ["one", "two"]
+    assert stored[2].user_id == alice is not None
+    assert letters == [] and not store.outage and store.writer.counts.retries == 0
+
+
+async def test_a_record_the_database_refuses_goes_to_dead_letters_and_the_rest_is_written(
+    make_bot, storage_config, caplog
+):
+    async with make_bot(storage_config) as bot:
+        await bot.chat.say("one")
+        await flushed(bot)
+        store = memory(bot)
+        # An exchange the database can never hold (as an old or damaged spool might carry),
+        # queued in one batch with a sound one.
+        template = {
+            "kind": "exchange", "scope_key": "test:elsewhere", "platform": "test", "channel_id": "elsewhere",
+            "thread_id": None, "is_dm": False, "at": "2026-12-05T10:00:00+00:00",
+            "user": {
+                "author_id": "bob", "name": "bob", "speaker": "bob", "message_id": "m1",
+                "text": "private words of bob", "at": "2026-12-05T10:00:00+00:00", "tokens": 4,
+            },
+            "reply": None,
+        }  # fmt: skip
+        bad = copy.deepcopy(template) | {"id": "bad-exchange"}
+        bad["user"]["tokens"] = None  # token_count is NOT NULL
+        sound = copy.deepcopy(template) | {"id": "sound-exchange"}
+        sound["user"]["message_id"] = "m2"
+        with caplog.at_level(logging.ERROR, logger="botkit.plugins.memory"):
+            store.add(bad)
+            store.add(sound)
+            await bot.chat.say("two")
+            assert await store.flush(WAIT_TIMEOUT)
+        stored = await rows(bot)
+        async with bot.db.sessions() as session:
+            letters = (await session.scalars(select(DeadLetterRecord))).all()
+    assert user_texts(stored) == ["one", "private words of bob", "two"]
+    assert [(d.source, d.record_key, d.record["user"]["tokens"]) for d in letters] == [
+        ("memory", "bad-exchange", None)
+    ]
+    assert "token_count" in letters[0].reason  # which constraint, never the row's values
+    assert "kept as a dead letter" in caplog.text
+    assert "private words" not in caplog.text
+    assert store.writer.counts.dead_letters == 1 and not store.outage

@@ -5,7 +5,15 @@ their own engine. A plugin that stores something on every message queues it in
 a ``WriteBehind`` instead of making the reply wait for the database.
 """
 
-from botkit.storage.database import Database, StorageSettings, insert_new, user_id_for
+from botkit.storage.database import (
+    Database,
+    StorageSettings,
+    insert_new,
+    is_rejection,
+    rejection_reason,
+    user_id_for,
+    write_dead_letter,
+)
 from botkit.storage.migrations import MigrationBranch, Migrator
 from botkit.storage.models import (
     Base,
@@ -40,8 +48,11 @@ __all__ = [
     "WriteBehind",
     "WriteCounts",
     "insert_new",
+    "is_rejection",
     "moderation_event",
+    "rejection_reason",
     "user_id_for",
     "utcnow",
+    "write_dead_letter",
     "write_moderation_events",
 ]

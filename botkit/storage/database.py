@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from botkit.errors import ConfigError, StorageError
@@ -150,6 +150,34 @@ def describe(error: BaseException) -> str:
     return reason[:300]
 
 
+def is_rejection(error: BaseException) -> bool:
+    """Whether the database refused what was written (a constraint, a value it cannot hold).
+
+    Such an error does not go away by waiting, unlike a lost connection
+    (``OperationalError``, ``InterfaceError``, any error that invalidated the connection).
+    """
+    return isinstance(error, (IntegrityError, DataError)) and not error.connection_invalidated
+
+
+def rejection_reason(error: BaseException) -> str:
+    """Why the database refused a write, naming the constraint or column but never a value.
+
+    SQLite's messages name only the constraint; PostgreSQL's may quote the row,
+    so for it only the error's class, code and the names it carries are used.
+    """
+    original = getattr(error, "orig", None) or error
+    code = getattr(original, "sqlstate", None)
+    if code is None:
+        return describe(error)
+    driver = original.__cause__ or original  # the asyncpg error SQLAlchemy's adapter wraps
+    names = [
+        f"{what} {value}"
+        for what in ("table", "column", "constraint")
+        if (value := getattr(driver, f"{what}_name", None))
+    ]
+    return f"{type(driver).__name__} (SQLSTATE {code}{': ' if names else ''}{', '.join(names)})"
+
+
 def insert_new(session: AsyncSession, table: Any, *unique: str) -> Any:
     """``INSERT ... ON CONFLICT (unique) DO NOTHING`` into ``table`` (a model or a Table), for this database.
 
@@ -161,6 +189,14 @@ def insert_new(session: AsyncSession, table: Any, *unique: str) -> Any:
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert(table).on_conflict_do_nothing(index_elements=list(unique))
+
+
+async def write_dead_letter(db: Database, source: str, key: str | None, record: Any, reason: str) -> None:
+    """Keep a record the database refused in ``dead_letters``, in a transaction of its own."""
+    from botkit.storage.models import DeadLetterRecord
+
+    async with db.session() as session:
+        session.add(DeadLetterRecord(source=source, record_key=key, reason=reason[:400], record=record))
 
 
 async def user_id_for(

@@ -52,6 +52,7 @@ class WriteCounts:
     written: int = 0  # records ``write`` accepted
     retries: int = 0  # failed attempts that are tried again
     dropped: int = 0  # records given up: the queue was full, or ``write`` failed with an unexpected error
+    dead_letters: int = 0  # records the database refused, handed to ``dead_letter``
 
 
 class WriteBehind(Generic[Record]):
@@ -83,6 +84,10 @@ class WriteBehind(Generic[Record]):
         batch_size: int = 200,
         max_pending: int | None = None,
         spool: RecordSpool[Record] | None = None,
+        rejected: Callable[[BaseException], bool] | None = None,
+        reason: Callable[[BaseException], str] = lambda error: type(error).__name__,
+        recover: Callable[[], None] | None = None,
+        dead_letter: Callable[[Record, str], Awaitable[None]] | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.name = name
@@ -96,9 +101,14 @@ class WriteBehind(Generic[Record]):
         self._down = down
         self._log = log
         self._sleep = sleep
+        self._rejected = rejected
+        self._reason = reason
+        self._recover = recover
+        self._dead_letter = dead_letter
         self._pending: deque[Record] = deque()
         self._on_disk = 0  # the first this many pending records are also in the spool
         self._in_flight = 0  # the first this many pending records are being written
+        self._done = 0  # of those, this many are done with (written one by one, or refused)
         self._writes_started = 0
         self._outage = False
         self._wake = asyncio.Event()
@@ -201,6 +211,7 @@ class WriteBehind(Generic[Record]):
             self._pending.popleft()
             self._on_disk = max(self._on_disk - 1, 0)
             self._in_flight = max(self._in_flight - 1, 0)
+            self._done = max(self._done - 1, 0)
             self.counts.dropped += 1
             if self.counts.dropped % DROPS_BETWEEN_LOGS == 1:
                 self._log.error(
@@ -238,11 +249,17 @@ class WriteBehind(Generic[Record]):
             self._in_flight = len(batch)
             self._writes_started += 1
             self._not_writing.clear()
+            self._done = 0
             try:
-                await self._write(batch)
+                written = await self._write_batch(batch)
+            except asyncio.CancelledError:
+                self._not_writing.set()  # closed mid-write: nobody waits for it any longer
+                raise
             except self._down as error:
                 self._not_writing.set()
-                self._in_flight = 0
+                # Records of a refused batch dealt with one by one before the outage are done.
+                self._in_flight = self._done
+                self._take_written()
                 self.counts.retries += 1
                 if not self._outage:
                     self._log.error(
@@ -257,9 +274,6 @@ class WriteBehind(Generic[Record]):
                 await self._sleep(delay)
                 delay = min(delay * 2, self.retry_interval)
                 continue
-            except asyncio.CancelledError:
-                self._not_writing.set()  # closed mid-write: nobody waits for it any longer
-                raise
             except Exception:
                 self._not_writing.set()
                 self._log.exception(
@@ -268,7 +282,7 @@ class WriteBehind(Generic[Record]):
                 self.counts.dropped += self._in_flight
             else:
                 self._not_writing.set()
-                self.counts.written += self._in_flight
+                self.counts.written += written
                 if self._outage:
                     self._log.warning(
                         "%s: the database is back; writing the %s that waited", self.name, self.what
@@ -276,6 +290,69 @@ class WriteBehind(Generic[Record]):
                     self._outage = False
             self._take_written()
             delay = FIRST_RETRY
+
+    def _refused(self, error: BaseException) -> bool:
+        return self._rejected is not None and self._rejected(error)
+
+    async def _write_batch(self, batch: list[Record]) -> int:
+        """Write ``batch``; returns how many of its records were written (the rest were refused).
+
+        When the database refuses the batch, ``recover`` runs and the batch is
+        tried once more; then its records are written one by one, and each one
+        still refused goes to ``dead_letter`` (or is dropped). Raises what ``write``
+        raises otherwise (an outage: ``_done`` says how many records are done with).
+        """
+        try:
+            await self._write(batch)
+            return len(batch)
+        except Exception as error:
+            if not self._refused(error):
+                raise
+            self._log.error(
+                "%s: the database refused %d %s (%s); %s",
+                self.name,
+                len(batch),
+                self.what,
+                self._reason(error),
+                "trying again without what was cached" if self._recover else "writing them one by one",
+            )
+        if self._recover is not None:
+            self._recover()
+            try:
+                await self._write(batch)
+                return len(batch)
+            except Exception as error:
+                if not self._refused(error):
+                    raise
+        written = 0
+        for record in batch:
+            try:
+                await self._write([record])
+                written += 1
+            except Exception as error:
+                if not self._refused(error):
+                    raise
+                await self._bury(record, error)
+            self._done += 1
+        return written
+
+    async def _bury(self, record: Record, error: BaseException) -> None:
+        """Hand a record the database refuses to ``dead_letter``; dropped if there is none or it fails too."""
+        reason = self._reason(error)
+        if self._dead_letter is not None:
+            try:
+                await self._dead_letter(record, reason)
+            except Exception as failure:
+                if not self._refused(failure):
+                    raise
+            else:
+                self.counts.dead_letters += 1
+                self._log.error(
+                    "%s: one of the %s was refused (%s); kept as a dead letter", self.name, self.what, reason
+                )
+                return
+        self.counts.dropped += 1
+        self._log.error("%s: one of the %s was refused (%s) and dropped", self.name, self.what, reason)
 
     def _take_written(self) -> None:
         """Remove the batch just handled (less what a full queue dropped meanwhile) from the head."""

@@ -21,8 +21,11 @@ from botkit.storage import (
     MessageRecord,
     WriteBehind,
     insert_new,
+    is_rejection,
+    rejection_reason,
     user_id_for,
     utcnow,
+    write_dead_letter,
     write_moderation_events,
 )
 
@@ -109,6 +112,13 @@ class MemoryStore:
             log=log,
             max_pending=max_pending,
             spool=spool,
+            # A refused write is not an outage: ids cached from rows deleted behind our back
+            # (tables re-created, a user removed) are dropped and the batch tried once more;
+            # a record still refused is kept in dead_letters and the rest is written.
+            rejected=is_rejection,
+            reason=rejection_reason,
+            recover=self.forget_cached,
+            dead_letter=self._dead_letter,
         )
         self._users: dict[tuple[str, str], int] = {}
         self._remembered = RememberedChanges()
@@ -217,6 +227,9 @@ class MemoryStore:
                 exchanges.append(record)
             await self._insert_messages(session, rows, exchanges, users)
         self._users.update(users)  # only ids that were committed
+
+    async def _dead_letter(self, record: dict[str, Any], reason: str) -> None:
+        await write_dead_letter(self.db, "memory", record.get("id"), record, reason)
 
     async def _user_id(
         self, session: AsyncSession, record: dict[str, Any], fresh: dict[tuple[str, str], int]

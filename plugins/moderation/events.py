@@ -22,7 +22,15 @@ from typing import Any
 
 from botkit import Message
 from botkit.detectors import Finding, only_digits
-from botkit.storage import Database, WriteBehind, moderation_event, write_moderation_events
+from botkit.storage import (
+    Database,
+    WriteBehind,
+    is_rejection,
+    moderation_event,
+    rejection_reason,
+    write_dead_letter,
+    write_moderation_events,
+)
 
 from .moderator import Decision
 
@@ -109,6 +117,10 @@ class EventLog:
             retry_interval=retry_interval,
             log=log,
             max_pending=max_pending,
+            # ...but an event the database refuses is kept aside, and the others are written.
+            rejected=is_rejection,
+            reason=rejection_reason,
+            dead_letter=self._dead_letter,
         )
 
     def start(self) -> None:
@@ -140,6 +152,9 @@ class EventLog:
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         async with self.db.session() as session:
             await write_moderation_events(session, batch)
+
+    async def _dead_letter(self, event: dict[str, Any], reason: str) -> None:
+        await write_dead_letter(self.db, "moderation", event.get("key"), event, reason)
 
 
 def message_key(message: Message) -> tuple[str, str, str]:
