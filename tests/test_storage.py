@@ -121,8 +121,18 @@ async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
         assert (await connection.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
         assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar() == 1
         assert (await connection.execute(text("PRAGMA busy_timeout"))).scalar() == 7000
+        assert (await connection.execute(text("PRAGMA synchronous"))).scalar() == 1  # NORMAL by default
     await db.close()
     assert (tmp_path / "nested" / "data" / "botkit.db").is_file()
+
+
+async def test_sqlite_synchronous_full_syncs_commits_and_memorys_journal(make_bot, tmp_path):
+    async with make_bot({"storage": {"data_dir": str(tmp_path), "sqlite_synchronous": "full"}}) as bot:
+        async with bot.db.engine.connect() as connection:
+            assert (await connection.execute(text("PRAGMA synchronous"))).scalar() == 2  # FULL
+        assert memory(bot).spool.fsync
+    async with make_bot({"storage": {"data_dir": str(tmp_path)}}) as bot:
+        assert not memory(bot).spool.fsync
 
 
 def test_password_in_the_url_is_refused_without_echoing_it():

@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import event, select, text
@@ -42,6 +42,11 @@ class StorageSettings(BaseModel):
     connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for the database")
     busy_timeout: float = Field(30.0, gt=0, description="SQLite: seconds a writer waits for the lock")
     pool_size: int = Field(5, ge=1, description="PostgreSQL connections kept open")
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="'full': each SQLite commit and each append to memory's journal is synced to disk "
+        "(survives power loss); 'normal': survives a crash of the bot, not of the machine",
+    )
 
 
 def masked(url: URL) -> str:
@@ -95,16 +100,19 @@ class Database:
         engine = create_async_engine(self.url, **options)
         if self.is_sqlite:
             busy_ms = int(self.settings.busy_timeout * 1000)
+            synchronous = self.settings.sqlite_synchronous.upper()
 
             @event.listens_for(engine.sync_engine, "connect")
             def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
                 cursor = dbapi_connection.cursor()
                 # WAL lets readers work beside one writer; busy_timeout makes a second
                 # process wait for the lock instead of failing with "database is locked".
+                # synchronous: NORMAL (in WAL) loses no commit when the bot crashes, but may
+                # lose the last ones when the machine does; FULL syncs every commit.
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
                 cursor.execute("PRAGMA foreign_keys=ON")
-                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute(f"PRAGMA synchronous={synchronous}")
                 cursor.close()
 
         return engine

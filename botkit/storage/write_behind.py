@@ -67,6 +67,18 @@ class WriteBehind(Generic[Record]):
     every later one. At most ``max_pending`` records wait; beyond that the
     oldest is dropped.
 
+    With ``write_ahead`` the spool is a journal: ``add`` appends each record to
+    it before returning, and a record leaves it once written, so a process
+    killed at any moment finds at its next start every record it had added and
+    not written (``write`` must then be idempotent: a record written just
+    before the kill is written again).
+
+    When ``write`` raises an error that ``rejected`` recognises (the database
+    refused the content: a constraint, a value it cannot hold), that is no
+    outage: ``recover`` (if any) runs and the batch is tried once more; then its
+    records are written one by one, and each one still refused is handed to
+    ``dead_letter`` with ``reason(error)`` (or dropped), and the rest written.
+
     ``name`` (the plugin) and ``what`` (the records, plural) make the log
     messages; they go to ``log``. ``sleep`` is how the task pauses between
     attempts (a test may pass one that records the pauses).
@@ -84,6 +96,7 @@ class WriteBehind(Generic[Record]):
         batch_size: int = 200,
         max_pending: int | None = None,
         spool: RecordSpool[Record] | None = None,
+        write_ahead: bool = False,
         rejected: Callable[[BaseException], bool] | None = None,
         reason: Callable[[BaseException], str] = lambda error: type(error).__name__,
         recover: Callable[[], None] | None = None,
@@ -96,6 +109,7 @@ class WriteBehind(Generic[Record]):
         self.batch_size = batch_size
         self.max_pending = max_pending
         self.spool = spool
+        self.write_ahead = write_ahead and spool is not None
         self.counts = WriteCounts()
         self._write = write
         self._down = down
@@ -206,7 +220,7 @@ class WriteBehind(Generic[Record]):
         return self._outage
 
     def add(self, record: Record) -> None:
-        """Queue ``record`` after every earlier one; returns at once."""
+        """Queue ``record`` after every earlier one; returns at once (``write_ahead``: once it is in the spool)."""
         if self.max_pending is not None and len(self._pending) >= self.max_pending:
             self._pending.popleft()
             self._on_disk = max(self._on_disk - 1, 0)
@@ -223,6 +237,8 @@ class WriteBehind(Generic[Record]):
                 )
         self._pending.append(record)
         self.counts.queued += 1
+        if self.write_ahead:
+            self._spool_waiting()  # on disk before ``add`` returns
         self._idle.clear()
         self._wake.set()
 

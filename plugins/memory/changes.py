@@ -1,5 +1,7 @@
 """Edits and deletions of a user's stored message: the change record and how it applies before it is written.
 
+(Also the delivery record: the platform ids a reply got once delivered, written to its row.)
+
 A change travels through the store's ordered write queue like every other
 record (so it lands after the message's own row, survives outages in the spool
 and is written once the database is back). Until then it is applied to what the
@@ -41,6 +43,22 @@ def change_record(
         "tokens": tokens,
         "at": at,
     }
+
+
+def delivery_record(exchange: str, message_ids: list[str]) -> dict[str, Any]:
+    """A queue record: the reply of exchange ``exchange`` was delivered as the platform's ``message_ids``."""
+    return {"id": uuid.uuid4().hex, "kind": "delivered", "exchange": exchange, "message_ids": message_ids}
+
+
+def delivery_statement(delivery: dict[str, Any]) -> Update:
+    """The UPDATE that gives a stored reply the platform ids it was delivered as."""
+    ids = delivery["message_ids"]
+    # A reply split over several platform messages: the first is the row's id, every one in flags.
+    return (
+        update(MessageRecord)
+        .where(MessageRecord.exchange_key == delivery["exchange"], MessageRecord.role == "assistant")
+        .values(platform_message_id=ids[0], flags={"platform_message_ids": ids} if len(ids) > 1 else {})
+    )
 
 
 def change_key(change: dict[str, Any]) -> MessageKey:

@@ -1,4 +1,4 @@
-"""A bounded append-only file that keeps unwritten conversation records while the database is away."""
+"""The journal: a bounded append-only file that keeps every conversation record until the database has it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger("botkit.plugins.memory")
 
@@ -14,12 +14,15 @@ log = logging.getLogger("botkit.plugins.memory")
 class Spool:
     """JSON lines on disk, oldest first. Survives a crash; emptied once the database has the records.
 
-    The ``RecordSpool`` of memory's write-behind writer.
+    The ``RecordSpool`` of memory's write-behind writer. Every write reaches the
+    operating system before it returns (so it survives the bot being killed);
+    with ``fsync`` it also reaches the disk (so it survives the machine going down).
     """
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, fsync: bool = True) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.fsync = fsync
 
     def __str__(self) -> str:
         return f"{self.path} (at most {self.max_bytes} bytes)"
@@ -46,8 +49,7 @@ class Spool:
                 file.write(line)
                 room -= size
                 kept += 1
-            file.flush()
-            os.fsync(file.fileno())
+            self._sync(file)
         return kept
 
     def read(self) -> list[dict[str, Any]]:
@@ -73,6 +75,10 @@ class Spool:
         with temporary.open("w", encoding="utf-8") as file:
             for record in records:
                 file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+            self._sync(file)
         temporary.replace(self.path)
+
+    def _sync(self, file: IO[str]) -> None:
+        file.flush()
+        if self.fsync:
+            os.fsync(file.fileno())

@@ -33,6 +33,7 @@ from .changes import (
     MessageKey,
     RememberedChanges,
     change_statement,
+    delivery_statement,
     exchange_key,
     latest_changes,
     patch_exchange,
@@ -84,9 +85,11 @@ def turns_of(record: dict[str, Any]) -> list[StoredTurn]:
 class MemoryStore:
     """The ordered write queue (exchanges, resets, edits and deletions) in front of the database.
 
-    Records are written in arrival order by a ``WriteBehind`` writer. While the
-    database is unreachable they wait there and in the on-disk spool, and reads
-    merge them in, so a conversation goes on and nothing is lost.
+    Records are written in arrival order by a ``WriteBehind`` writer. Each is
+    appended to the on-disk spool (the journal) when it is added and leaves it
+    once written, so neither an outage nor a killed process loses one; while the
+    database is unreachable reads merge the pending records in, so a
+    conversation goes on.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class MemoryStore:
             log=log,
             max_pending=max_pending,
             spool=spool,
+            write_ahead=True,
             # A refused write is not an outage: ids cached from rows deleted behind our back
             # (tables re-created, a user removed) are dropped and the batch tried once more;
             # a record still refused is kept in dead_letters and the rest is written.
@@ -160,7 +164,7 @@ class MemoryStore:
             self._changes_added += 1
             self._remembered.remember(record)
             self._patch_pending(record)
-        else:
+        elif record["kind"] != "delivered":
             if record["kind"] == "exchange":
                 early = self._remembered.take(exchange_key(record))
                 if early is not None:
@@ -200,11 +204,12 @@ class MemoryStore:
             for record in batch:
                 if record["id"] in skipped:
                     continue
-                if record["kind"] == "change":
+                if record["kind"] in ("change", "delivered"):
                     # The message's own row may be in this batch: write what comes before first.
                     await self._insert_messages(session, rows, exchanges, users)
                     rows, exchanges = [], []
-                    await session.execute(change_statement(record))
+                    statement = change_statement if record["kind"] == "change" else delivery_statement
+                    await session.execute(statement(record))
                     continue
                 if record["kind"] == "reset":
                     await session.execute(
@@ -528,7 +533,7 @@ def _exchange_rows(record: dict[str, Any], conversation_id: int, user_id: int) -
     reply = record.get("reply")
     if reply is None:
         return [question]
-    # A reply split over several platform messages: the first is the row's id, every one in flags.
+    # Empty until a delivery record follows; a record from an older spool may carry them itself.
     delivered = reply.get("message_ids") or []
     answer = {
         **common,
