@@ -192,11 +192,16 @@ def insert_new(session: AsyncSession, table: Any, *unique: str) -> Any:
     Rows whose ``unique`` columns are stored already are skipped: the insert of a
     retried write stores nothing twice. ``RETURNING`` gives only the rows inserted.
     """
+    return dialect_insert(session, table).on_conflict_do_nothing(index_elements=list(unique))
+
+
+def dialect_insert(session: AsyncSession, table: Any) -> Any:
+    """This database's own ``INSERT`` (SQLite's or PostgreSQL's), which knows ``ON CONFLICT``."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing(index_elements=list(unique))
+    return insert(table)
 
 
 async def write_dead_letter(db: Database, source: str, key: str | None, record: Any, reason: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from botkit.storage.database import insert_new, user_id_for
+from botkit.storage.database import dialect_insert, insert_new, user_id_for
 from botkit.storage.models import ModerationEventRecord, new_key, utcnow
 
 
@@ -55,7 +55,8 @@ async def write_moderation_events(
 
     ``users`` maps ``(platform, platform user id)`` to ``users`` ids the caller
     knows (others are looked up, and added to it); ``message_ids`` maps a
-    direction (``in``, ``out``) to the ``messages`` row the event concerns.
+    direction (``in``, ``out``) to the ``messages`` row the event concerns: an
+    event stored already (by the other writer) is then pointed at that row.
     """
     users = {} if users is None else users
     rows = []
@@ -76,8 +77,17 @@ async def write_moderation_events(
                 "created_at": _time(event["at"]),
             }
         )
-    if rows:
+    if not rows:
+        return
+    if message_ids is None:
         await session.execute(insert_new(session, ModerationEventRecord.__table__, "event_key"), rows)
+        return
+    # Stored with its exchange: whichever write came first, the event points at the exchange's row.
+    statement = dialect_insert(session, ModerationEventRecord.__table__)
+    statement = statement.on_conflict_do_update(
+        index_elements=["event_key"], set_={"message_id": statement.excluded.message_id}
+    )
+    await session.execute(statement, rows)
 
 
 def _time(value: str | datetime) -> datetime:

@@ -1,4 +1,4 @@
-"""Moderation events: every decision stored in ``moderation_events``, by a background writer and with its exchange.
+"""Moderation events: every decision stored in ``moderation_events``, by a writer and with its exchange.
 
 The pipeline only appends to a queue; a ``WriteBehind`` writer writes what is
 queued in batches, one transaction each. While the database is unreachable
