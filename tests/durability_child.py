@@ -37,11 +37,11 @@ def main(data_dir: str, events_path: str, point: str, messages: list[str]) -> No
             file.write(json.dumps(fields) + "\n")
 
     if point == "after-commit":
-        def stop_before_rewrite(self: Spool, records: list) -> None:
+        def stop_before_drop(self: Spool, count: int) -> None:
             event(stopped=point)
             time.sleep(3600)  # the whole process stops here, event loop and all
 
-        Spool.rewrite = stop_before_rewrite  # type: ignore[method-assign]
+        Spool.drop = stop_before_drop  # type: ignore[method-assign]
 
     class SeenResponder(RecordingResponder):
         async def finish(self, text, status):

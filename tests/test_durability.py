@@ -19,8 +19,10 @@ from botkit import hookimpl
 from botkit.finetune.select import moderated_messages
 from botkit.plugins import moderation as moderation_plugin
 from botkit.plugins.memory import memory
+from botkit.plugins.memory import spool as spool_module
+from botkit.plugins.memory.spool import Spool
 from botkit.storage import ConversationRecord, DeadLetterRecord, ModerationEventRecord, UserRecord
-from botkit.testing import WAIT_TIMEOUT, eventually
+from botkit.testing import WAIT_TIMEOUT, RecordingResponder, eventually
 
 
 class SimulatedCrash(BaseException):
@@ -49,10 +51,10 @@ async def test_a_crash_between_commit_and_spool_rewrite_stores_each_exchange_onc
         attempts = store.writer.writes_started
         await eventually(lambda: store.writer.writes_started > attempts, what="a write of the whole batch")
 
-        def crash(records):
-            raise SimulatedCrash("killed after the commit, before the spool was rewritten")
+        def crash(count):
+            raise SimulatedCrash("killed after the commit, before the spool was told")
 
-        store.spool.rewrite = crash
+        store.spool.drop = crash
         lock.close()
         # The writer commits what waited, then dies where it would take it out of the spool.
         await eventually(lambda: store.writer._task.done(), what="the writer's crash")
@@ -70,7 +72,7 @@ async def test_a_crash_between_commit_and_spool_rewrite_stores_each_exchange_onc
     # The /reset was not done again: "two" and "three" are still one open conversation.
     assert len(conversations) == 2 and conversations[1].ended_at is None
     assert {m.conversation_id for m in stored if m.text in ("two", "three")} == {conversations[1].id}
-    assert not store.spool.path.exists()
+    assert store.spool.read() == []
 
 
 async def test_a_lost_commit_acknowledgement_stores_the_batch_once(make_bot, storage_config):
@@ -216,6 +218,50 @@ async def test_an_event_written_by_both_writers_is_one_row_pointing_at_its_messa
             events = (await session.scalars(select(ModerationEventRecord))).all()
     assert [(e.category, e.message_id, e.user_id) for e in events] == [("injection", stored[0].id, stored[0].user_id)]
 
+
+
+async def test_a_reply_whose_exchange_was_stored_before_delivery_ended_gets_its_platform_ids(
+    make_bot, storage_config
+):
+    class SlowPlatform(RecordingResponder):
+        async def finish(self, text, status):
+            self.stored_before = await memory(bot).flush(WAIT_TIMEOUT)  # the platform takes its time
+            return await super().finish(text, status)
+
+    async with make_bot(storage_config) as bot:
+        message = bot.chat.message("hello")
+        responder = SlowPlatform(message, parts=2)
+        await bot.handle(message, responder)
+        await flushed(bot)
+        question, reply = await rows(bot)
+    assert responder.stored_before and question.text == "hello"
+    assert reply.platform_message_id == responder.message_ids[0]
+    assert reply.flags == {"platform_message_ids": responder.message_ids}
+
+
+def test_the_journal_drops_what_was_written_by_appending_and_survives_a_torn_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_module, "COMPACT_BYTES", 200)
+    path = tmp_path / "journal.jsonl"
+    journal = Spool(path, 10_000, fsync=False)
+    journal.append([{"n": n} for n in range(5)])
+    journal.drop(2)
+    assert Spool(path, 10_000).read() == [{"n": 2}, {"n": 3}, {"n": 4}]  # what a restart finds
+    journal.drop(3)
+    assert path.read_text() == ""  # all written: emptied
+    journal.append([{"n": 5}])
+    journal.close()
+    with path.open("a", encoding="utf-8") as file:
+        file.write('{"n": 6, "text": "cut sho')  # the process died in the middle of a line
+    reopened = Spool(path, 10_000)
+    assert reopened.read() == [{"n": 5}]
+    reopened.append([{"n": 7}])
+    assert Spool(path, 10_000).read() == [{"n": 5}, {"n": 7}]  # the next record is not lost with it
+    for n in range(100, 150):
+        reopened.append([{"n": n}])
+        reopened.drop(1)
+    assert Spool(path, 10_000).read() == [{"n": 148}, {"n": 149}]
+    assert path.stat().st_size < 400  # written records do not pile up: the file is compacted
+    reopened.close()
 
 CHILD = Path(__file__).with_name("durability_child.py")
 STARTUP = 120.0  # seconds a bot process may take to import and start on a busy machine

@@ -75,6 +75,9 @@ class ListSpool:
     def rewrite(self, records: list[Any]) -> None:
         self.records = [json.loads(json.dumps(r)) for r in records]
 
+    def drop(self, count: int) -> None:
+        del self.records[:count]
+
     def __str__(self) -> str:
         return "test-spool"
 

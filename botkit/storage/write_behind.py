@@ -43,6 +43,10 @@ class RecordSpool(Protocol[Record]):
         """Hold exactly ``records`` (none: nothing)."""
         ...
 
+    def drop(self, count: int) -> None:
+        """The ``count`` oldest records it holds are written: hold only the rest."""
+        ...
+
 
 @dataclass(slots=True)
 class WriteCounts:
@@ -123,6 +127,9 @@ class WriteBehind(Generic[Record]):
         self._on_disk = 0  # the first this many pending records are also in the spool
         self._in_flight = 0  # the first this many pending records are being written
         self._done = 0  # of those, this many are done with (written one by one, or refused)
+        # The first this many pending records may be in the database already: read back from the
+        # spool at start, or in an attempt that failed (its COMMIT may have happened all the same).
+        self._maybe_written = 0
         self._writes_started = 0
         self._outage = False
         self._wake = asyncio.Event()
@@ -148,6 +155,7 @@ class WriteBehind(Generic[Record]):
                 )
                 self._pending.extendleft(reversed(spooled))
                 self._on_disk = len(spooled)
+                self._maybe_written = len(spooled)  # the last run may have committed them
                 self.counts.queued += len(spooled)
                 self._idle.clear()
         self._task = asyncio.create_task(self._write_forever(), name=f"botkit-{self.name}-writer")
@@ -215,6 +223,14 @@ class WriteBehind(Generic[Record]):
         return True
 
     @property
+    def rewriting(self) -> bool:
+        """Whether the batch being written may hold records that an earlier attempt (or run) stored.
+
+        ``write`` must be idempotent then; it may skip the checks that make it so otherwise.
+        """
+        return self._maybe_written > 0
+
+    @property
     def outage(self) -> bool:
         """Whether the last attempt to write failed because the database is down."""
         return self._outage
@@ -223,9 +239,12 @@ class WriteBehind(Generic[Record]):
         """Queue ``record`` after every earlier one; returns at once (``write_ahead``: once it is in the spool)."""
         if self.max_pending is not None and len(self._pending) >= self.max_pending:
             self._pending.popleft()
-            self._on_disk = max(self._on_disk - 1, 0)
+            if self._on_disk:
+                self._on_disk -= 1
+                self._drop_from_spool(1)
             self._in_flight = max(self._in_flight - 1, 0)
             self._done = max(self._done - 1, 0)
+            self._maybe_written = max(self._maybe_written - 1, 0)
             self.counts.dropped += 1
             if self.counts.dropped % DROPS_BETWEEN_LOGS == 1:
                 self._log.error(
@@ -273,6 +292,7 @@ class WriteBehind(Generic[Record]):
                 raise
             except self._down as error:
                 self._not_writing.set()
+                self._maybe_written = max(self._maybe_written, self._in_flight)
                 # Records of a refused batch dealt with one by one before the outage are done.
                 self._in_flight = self._done
                 self._take_written()
@@ -375,9 +395,18 @@ class WriteBehind(Generic[Record]):
         done, self._in_flight = self._in_flight, 0
         for _ in range(done):
             self._pending.popleft()
-        if self._on_disk:
-            self._on_disk = max(self._on_disk - done, 0)
-            self._rewrite_spool(list(islice(self._pending, self._on_disk)))
+        self._maybe_written = max(self._maybe_written - done, 0)
+        written_on_disk = min(done, self._on_disk)
+        if written_on_disk:
+            self._on_disk -= written_on_disk
+            self._drop_from_spool(written_on_disk)
+
+    def _drop_from_spool(self, count: int) -> None:
+        assert self.spool is not None
+        try:
+            self.spool.drop(count)
+        except OSError as error:
+            self._log.error("%s: cannot update the spool %s: %s", self.name, self.spool, error)
 
     def _spool_waiting(self) -> None:
         """Append the pending records the spool does not hold yet."""

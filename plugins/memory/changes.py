@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Update, update
+from sqlalchemy import Update, bindparam, update
 
 from botkit.storage import MessageRecord
 
@@ -50,15 +50,28 @@ def delivery_record(exchange: str, message_ids: list[str]) -> dict[str, Any]:
     return {"id": uuid.uuid4().hex, "kind": "delivered", "exchange": exchange, "message_ids": message_ids}
 
 
-def delivery_statement(delivery: dict[str, Any]) -> Update:
-    """The UPDATE that gives a stored reply the platform ids it was delivered as."""
+def delivered_columns(delivery: dict[str, Any]) -> dict[str, Any]:
+    """The reply row's columns a delivery sets: a reply split over several platform messages
+    has the first as its id and every one in ``flags``."""
     ids = delivery["message_ids"]
-    # A reply split over several platform messages: the first is the row's id, every one in flags.
-    return (
-        update(MessageRecord)
-        .where(MessageRecord.exchange_key == delivery["exchange"], MessageRecord.role == "assistant")
-        .values(platform_message_id=ids[0], flags={"platform_message_ids": ids} if len(ids) > 1 else {})
-    )
+    return {"platform_message_id": ids[0], "flags": {"platform_message_ids": ids} if len(ids) > 1 else {}}
+
+
+# One statement for every delivery of a batch whose reply row was written before it.
+DELIVERY_UPDATE = (
+    update(MessageRecord.__table__)
+    .where(MessageRecord.exchange_key == bindparam("exchange"), MessageRecord.role == "assistant")
+    .values(platform_message_id=bindparam("first_id"), flags=bindparam("delivered_flags"))
+)
+
+
+def delivery_parameters(delivery: dict[str, Any]) -> dict[str, Any]:
+    columns = delivered_columns(delivery)
+    return {
+        "exchange": delivery["exchange"],
+        "first_id": columns["platform_message_id"],
+        "delivered_flags": columns["flags"],
+    }
 
 
 def change_key(change: dict[str, Any]) -> MessageKey:

@@ -30,10 +30,12 @@ from botkit.storage import (
 )
 
 from .changes import (
+    DELIVERY_UPDATE,
     MessageKey,
     RememberedChanges,
     change_statement,
-    delivery_statement,
+    delivered_columns,
+    delivery_parameters,
     exchange_key,
     latest_changes,
     patch_exchange,
@@ -155,6 +157,7 @@ class MemoryStore:
 
     async def close(self, timeout: float) -> None:
         await self.writer.close(timeout)
+        self.spool.close()
 
     # -- writing ---------------------------------------------------------------
 
@@ -192,24 +195,34 @@ class MemoryStore:
         (under its key) is skipped, and so is a reset that a later stored exchange
         shows was written; edits set what they set. So a batch that was committed
         but not taken out of the spool (a crash, a lost acknowledgement) is safe
-        to write again.
+        to write again. (The messages' INSERT skips stored rows in any case.)
         """
         users: dict[tuple[str, str], int] = {}
         async with self.db.session() as session:
-            stored = await _stored_exchanges(session, batch)
+            # Only a batch written before (a retry, a replayed spool) can hold what is stored already.
+            stored = await _stored_exchanges(session, batch) if self.writer.rewriting else set()
             skipped = stored | _resets_written(batch, stored)
             conversations = await self._active_conversations(session, batch, skipped)
             rows: list[dict[str, Any]] = []
             exchanges: list[dict[str, Any]] = []  # the records ``rows`` come from
+            replies: dict[str, dict[str, Any]] = {}  # reply rows among ``rows``, by exchange key
+            deliveries: list[dict[str, Any]] = []  # for replies written before: one UPDATE at the end
             for record in batch:
                 if record["id"] in skipped:
                     continue
-                if record["kind"] in ("change", "delivered"):
+                if record["kind"] == "delivered":
+                    # Only the reply's row changes: into its INSERT when that is still to come.
+                    reply_row = replies.get(record["exchange"])
+                    if reply_row is not None:
+                        reply_row.update(delivered_columns(record))
+                    else:
+                        deliveries.append(delivery_parameters(record))
+                    continue
+                if record["kind"] == "change":
                     # The message's own row may be in this batch: write what comes before first.
                     await self._insert_messages(session, rows, exchanges, users)
-                    rows, exchanges = [], []
-                    statement = change_statement if record["kind"] == "change" else delivery_statement
-                    await session.execute(statement(record))
+                    rows, exchanges, replies = [], [], {}
+                    await session.execute(change_statement(record))
                     continue
                 if record["kind"] == "reset":
                     await session.execute(
@@ -228,9 +241,14 @@ class MemoryStore:
                     conversation_id = conversations[record["scope_key"]] = await self._new_conversation(
                         session, record
                     )
-                rows.extend(_exchange_rows(record, conversation_id, user_id))
+                exchange_rows = _exchange_rows(record, conversation_id, user_id)
+                rows.extend(exchange_rows)
                 exchanges.append(record)
+                if len(exchange_rows) > 1:
+                    replies[record["id"]] = exchange_rows[1]
             await self._insert_messages(session, rows, exchanges, users)
+            if deliveries:
+                await session.execute(DELIVERY_UPDATE, deliveries)
         self._users.update(users)  # only ids that were committed
 
     async def _dead_letter(self, record: dict[str, Any], reason: str) -> None:
@@ -533,8 +551,8 @@ def _exchange_rows(record: dict[str, Any], conversation_id: int, user_id: int) -
     reply = record.get("reply")
     if reply is None:
         return [question]
-    # Empty until a delivery record follows; a record from an older spool may carry them itself.
-    delivered = reply.get("message_ids") or []
+    # Empty until a delivery record follows (a record from an older spool may carry them itself).
+    delivered = delivered_columns(reply) if reply.get("message_ids") else {"platform_message_id": None, "flags": {}}
     answer = {
         **common,
         "user_id": None,
@@ -542,7 +560,7 @@ def _exchange_rows(record: dict[str, Any], conversation_id: int, user_id: int) -
         "text": reply["text"],
         "speaker": None,
         "author_id": None,
-        "platform_message_id": delivered[0] if delivered else None,
+        "platform_message_id": delivered["platform_message_id"],
         "created_at": _time(reply["at"]),
         "token_count": reply["tokens"],
         "backend": reply["backend"],
@@ -552,7 +570,7 @@ def _exchange_rows(record: dict[str, Any], conversation_id: int, user_id: int) -
         "completion_tokens": reply["completion_tokens"],
         "latency_ms": reply["latency_ms"],
         "status": reply["status"],
-        "flags": {"platform_message_ids": delivered} if len(delivered) > 1 else {},
+        "flags": delivered["flags"],
         "edited_at": None,
         "deleted_at": None,
     }
