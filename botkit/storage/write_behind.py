@@ -223,7 +223,7 @@ class WriteBehind(Generic[Record]):
         return True
 
     @property
-    def rewriting(self) -> bool:
+    def maybe_written(self) -> bool:
         """Whether the batch being written may hold records that an earlier attempt (or run) stored.
 
         ``write`` must be idempotent then; it may skip the checks that make it so otherwise.

@@ -16,16 +16,17 @@ COMPACT_BYTES = 1 << 20  # rewrite the file once this much of it is records alre
 
 
 class Spool:
-    """JSON lines on disk, oldest first. Survives a crash; emptied once the database has the records.
+    """JSON lines on disk, oldest first. Survives a crash; drops records once the database has them.
 
     The ``RecordSpool`` of memory's write-behind writer. Every write reaches the
     operating system before it returns (so it survives the bot being killed);
     with ``fsync`` it also reaches the disk (so it survives the machine going down).
 
     It is written on every message, so it stays open, and records that reach
-    the database are dropped by appending a ``#written N`` line (or emptying
-    the file when nothing is left) rather than by rewriting it; the file is
-    rewritten when what it holds of written records passes ``COMPACT_BYTES``.
+    the database are dropped by appending a ``#written N`` line rather than by
+    rewriting it; once written records and markers take more than
+    ``COMPACT_BYTES``, the file is emptied (nothing left to write) or rewritten
+    with what it still holds.
     """
 
     def __init__(self, path: Path, max_bytes: int, fsync: bool = True) -> None:
@@ -75,11 +76,11 @@ class Spool:
             return
         for _ in range(count):
             self._live.popleft()
-        if not self._live:
-            file.truncate(0)
+        if not self._live and self._size > COMPACT_BYTES:
+            file.truncate(0)  # everything is written: start afresh
             self._size = 0
         else:
-            marker = f"{WRITTEN}{count}\n"
+            marker = f"{WRITTEN}{count}\n"  # cheaper than emptying the file after every batch
             file.write(marker)
             self._size += len(marker)
         self._sync(file)

@@ -200,7 +200,7 @@ class MemoryStore:
         users: dict[tuple[str, str], int] = {}
         async with self.db.session() as session:
             # Only a batch written before (a retry, a replayed spool) can hold what is stored already.
-            stored = await _stored_exchanges(session, batch) if self.writer.rewriting else set()
+            stored = await _stored_exchanges(session, batch) if self.writer.maybe_written else set()
             skipped = stored | _resets_written(batch, stored)
             conversations = await self._active_conversations(session, batch, skipped)
             rows: list[dict[str, Any]] = []
