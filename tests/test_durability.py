@@ -268,6 +268,22 @@ def test_the_journal_drops_what_was_written_by_appending_and_survives_a_torn_lin
     assert path.stat().st_size < 250 and Spool(path, 10_000).read() == []  # emptied now and then
     reopened.close()
 
+
+async def test_bots_sharing_a_data_folder_each_keep_a_journal_of_their_own(make_bot, tmp_path):
+    config = {"storage": {"data_dir": str(tmp_path / "data")}}
+    async with make_bot(config) as first, make_bot(config) as second:
+        # One journal each: one process's "written" marks never drop the other's records.
+        assert memory(first).spool.path.name == "memory.jsonl"
+        assert memory(second).spool.path.name == "memory-2.jsonl"
+        await first.chat.say("from the first")
+        await second.chat.say("from the second", channel="elsewhere")
+        await flushed(first)
+        await flushed(second)
+    async with make_bot(config) as again:
+        assert memory(again).spool.path.name == "memory.jsonl"  # free again: taken over
+        texts = user_texts(await rows(again))
+    assert sorted(texts) == ["from the first", "from the second"]
+
 CHILD = Path(__file__).with_name("durability_child.py")
 STARTUP = 120.0  # seconds a bot process may take to import and start on a busy machine
 

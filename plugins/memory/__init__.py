@@ -111,8 +111,9 @@ def botkit_register_commands(register):
 async def botkit_startup(bot):
     settings = settings_of(bot)
     storage = bot.settings.storage
-    spool = Spool(
-        storage.data_dir.expanduser() / "spool" / "memory.jsonl",
+    spool = Spool.claim(
+        storage.data_dir.expanduser() / "spool",
+        "memory",
         settings.spool_max_bytes,
         fsync=storage.sqlite_synchronous == "full",  # the journal is as durable as the database
     )

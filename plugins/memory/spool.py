@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 from collections import deque
 from pathlib import Path
 from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one bot process per data folder there
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("botkit.plugins.memory")
 
@@ -29,10 +35,11 @@ class Spool:
     with what it still holds.
     """
 
-    def __init__(self, path: Path, max_bytes: int, fsync: bool = True) -> None:
+    def __init__(self, path: Path, max_bytes: int, fsync: bool = True, lock: IO[str] | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.fsync = fsync
+        self._lock = lock  # held while this process owns the file (see ``claim``)
         self._file: IO[str] | None = None  # open for appending; what follows is known while it is
         self._live: deque[int] = deque()  # the byte size of each record it holds, oldest first
         self._size = 0  # of the file: what it holds, plus written records and markers
@@ -105,6 +112,34 @@ class Spool:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def release(self) -> None:
+        """Close it and give up the claim on its file, for the next process."""
+        self.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    @classmethod
+    def claim(cls, folder: Path, name: str, max_bytes: int, fsync: bool) -> Spool:
+        """The spool ``<folder>/<name>.jsonl``, or ``<name>-2.jsonl``... if another process holds it.
+
+        Bot processes that share a data folder each append to a journal of their
+        own; one left by a process that died is taken over, and written, by the
+        next process that starts.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        for number in itertools.count(1):
+            path = folder / (f"{name}.jsonl" if number == 1 else f"{name}-{number}.jsonl")
+            lock = path.with_suffix(".lock").open("a", encoding="utf-8")
+            try:
+                if fcntl is not None:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            return cls(path, max_bytes, fsync, lock)
+        raise AssertionError("unreachable")
 
     def _open(self) -> IO[str]:
         if self._file is None:

@@ -157,7 +157,7 @@ class MemoryStore:
 
     async def close(self, timeout: float) -> None:
         await self.writer.close(timeout)
-        self.spool.close()
+        self.spool.release()
 
     # -- writing ---------------------------------------------------------------
 
