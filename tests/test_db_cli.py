@@ -38,21 +38,22 @@ def test_db_commands_walk_the_schema_up_and_down(config, tmp_path):
     db_file = tmp_path / "data" / "botkit.db"
     current = botkit("-c", str(config), "db", "current", cwd=tmp_path)
     assert current.returncode == 0, current.stderr
-    assert current.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: empty (out of date (newest: 0001))"
+    assert current.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: empty (out of date (newest: 0002))"
 
     refused = botkit("-c", str(config), "chat", stdin="hi\n", cwd=tmp_path)
     assert refused.returncode == 1
     assert "is out of date" in refused.stderr and "run `botkit db upgrade`" in refused.stderr
 
     upgraded = botkit("-c", str(config), "db", "upgrade", cwd=tmp_path)
-    assert upgraded.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: empty -> 0001"
+    assert upgraded.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: empty -> 0002"
     assert (
-        botkit("-c", str(config), "db", "current", cwd=tmp_path).stdout.strip().endswith("0001 (up to date)")
+        botkit("-c", str(config), "db", "current", cwd=tmp_path).stdout.strip().endswith("0002 (up to date)")
     )
     assert botkit("-c", str(config), "chat", stdin="hi\n", cwd=tmp_path).returncode == 0
 
     history = botkit("-c", str(config), "db", "history", cwd=tmp_path)
-    assert "<base> -> 0001 (botkit) (head), core schema" in history.stdout
+    assert "<base> -> 0001 (botkit), core schema" in history.stdout
+    assert "0001 -> 0002 (botkit) (head), write keys and dead letters" in history.stdout
 
     backup = botkit("-c", str(config), "db", "backup", str(tmp_path / "copy.db"), cwd=tmp_path)
     assert backup.returncode == 0, backup.stderr
@@ -62,7 +63,7 @@ def test_db_commands_walk_the_schema_up_and_down(config, tmp_path):
     assert again.returncode == 1 and "pass --overwrite" in again.stderr
 
     down = botkit("-c", str(config), "db", "downgrade", "base", cwd=tmp_path)
-    assert down.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: 0001 -> empty"
+    assert down.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: 0002 -> empty"
 
 
 def test_unreachable_database_at_start_is_a_clear_error(tmp_path):
