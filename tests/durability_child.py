@@ -8,8 +8,8 @@ and waits to be killed (SIGKILL by the test):
 
 - ``after-delivery``: the last reply has been delivered; nothing after that runs.
 - ``locked``: every reply has been delivered while another process held the
-  SQLite write lock (the test takes it once this process says ``ready`` and
-  creates ``EVENTS.go``).
+  SQLite write lock (the test takes it once this process says ``ready``, then
+  writes a line to its stdin).
 - ``after-commit``: memory's writer committed a batch and is about to take it
   out of its journal.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
+import threading
 from pathlib import Path
 
 from botkit.plugins.memory.spool import Spool
@@ -39,7 +39,7 @@ def main(data_dir: str, events_path: str, point: str, messages: list[str]) -> No
     if point == "after-commit":
         def stop_before_drop(self: Spool, count: int) -> None:
             event(stopped=point)
-            time.sleep(3600)  # the whole process stops here, event loop and all
+            threading.Event().wait()  # the whole process stops here, event loop and all
 
         Spool.drop = stop_before_drop  # type: ignore[method-assign]
 
@@ -58,8 +58,7 @@ def main(data_dir: str, events_path: str, point: str, messages: list[str]) -> No
         bot.chat = MemoryChat(bot)
         await bot.start()
         event(ready=True)
-        while not events.with_suffix(".go").exists():
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(sys.stdin.readline)  # the test's go-ahead
         for text in messages:
             bot.backend.say(f"the answer to {text}")
             message = bot.chat.message(text)

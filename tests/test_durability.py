@@ -306,13 +306,23 @@ async def test_a_killed_bot_loses_no_reply_the_user_saw_and_stores_none_twice(ma
     lock = ExitStack()
     with (tmp_path / "child.log").open("wb") as log:
         child = await asyncio.create_subprocess_exec(
-            sys.executable, str(CHILD), str(data), str(events), point, *messages, stdout=log, stderr=log
+            sys.executable,
+            str(CHILD),
+            str(data),
+            str(events),
+            point,
+            *messages,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=log,
+            stderr=log,
         )
     try:
         await eventually(lambda: any("ready" in e for e in child_events(events)), STARTUP, "the bot started")
         if point == "locked":
             lock.enter_context(sqlite_locked(data / "botkit.db"))
-        events.with_suffix(".go").touch()
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        await child.stdin.drain()
         await eventually(lambda: {"stopped": point} in child_events(events), STARTUP, f"the stop {point}")
     finally:
         if child.returncode is None:
