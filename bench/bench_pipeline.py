@@ -264,7 +264,7 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> Report:
     settings = settings_from_mapping(
         {
             "backend": backend_config,
-            "storage": {"data_dir": str(data_dir)},
+            "storage": {"data_dir": str(data_dir), "sqlite_synchronous": args.sqlite_synchronous},
             "plugins": {name: {"enabled": False} for name in args.disable},
         }
     )
@@ -432,6 +432,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="PLUGIN",
         help="leave a default plugin out, to see what it costs (repeatable)",
+    )
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=["normal", "full"],
+        default="normal",
+        help="[storage] sqlite_synchronous: 'full' fsyncs every commit and journal append (default normal)",
     )
     parser.add_argument("--cpu", type=int, default=0, help="CPU to pin the process to (default 0)")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a target is missed")

@@ -231,6 +231,26 @@ def botkit_filter_reply(message: Message, text: str, final: bool, bot: BotAPI) -
 
 
 @hookspec
+def botkit_reply_ready(message: Message, reply: Reply, bot: BotAPI) -> MaybeAwaitable:
+    """A reply is final and about to be delivered: the last moment before the user sees it.
+
+    When: after the output filters, just before the final text goes to the
+    platform; for a waiting request stopped by ``/stop``, before the after-hooks
+    (nothing is delivered). Every reply that reaches ``botkit_after_reply``
+    comes here first, with the same ``Reply`` object.
+    Arguments: ``message``, the message answered (after gate rewrites); ``reply``,
+    a ``botkit.types.Reply`` with its final ``text``, ``status`` and ``key``
+    (``platform_message_ids`` is still empty); plugins may add to
+    ``reply.moderation_events``; ``bot``.
+    Results: every implementation is awaited in turn, before delivery; values ignored.
+    Keep it short: the user waits for it.
+    Where: write-ahead logging (memory journals the exchange, so that a crash
+    after delivery loses nothing the user saw), moderation (its events ride with
+    the exchange).
+    """
+
+
+@hookspec
 def botkit_after_reply(message: Message, reply: Reply, bot: BotAPI) -> MaybeAwaitable:
     """A generated reply has been delivered (or stopped, timed out, blocked or failed).
 

@@ -130,7 +130,6 @@ class ModelRequest:
         completion_tokens: int = 0,
         latency_s: float = 0.0,
         first_token_s: float | None = None,
-        platform_message_ids: tuple[str, ...] = (),
     ) -> Reply:
         return Reply(
             text,
@@ -143,7 +142,6 @@ class ModelRequest:
             first_token_s=first_token_s,
             dropped_turns=self.fit.dropped,
             lora=self.lora,
-            platform_message_ids=platform_message_ids,
         )
 
 
@@ -404,6 +402,7 @@ class Pipeline:
             reply = await self._generate(request, responder)
         except GenerationCancelled:  # /stop while waiting: never generated
             reply = request.reply("", ReplyStatus.STOPPED)
+            await call_all(self._hook.botkit_reply_ready, message=message, reply=reply, bot=self._bot)
         finally:
             queue.release(ticket)  # _generate released it when its stream ended; this covers the rest
         await call_all(self._hook.botkit_after_reply, message=message, reply=reply, bot=self._bot)
@@ -439,15 +438,18 @@ class Pipeline:
         except BaseException:
             updates.abandon()  # cancelled (shutdown): an update stuck on the platform is not waited for
             raise
-        delivered = await responder.finish(text, status)
-        return request.reply(
+        reply = request.reply(
             text,
             status,
             completion_tokens=streamed.completion_tokens,
             latency_s=latency_s,
             first_token_s=streamed.first_token_s,
-            platform_message_ids=tuple(delivered or ()),
         )
+        # Before the user sees it: what must survive a crash after delivery is written down now.
+        await call_all(self._hook.botkit_reply_ready, message=message, reply=reply, bot=bot)
+        delivered = await responder.finish(text, status)
+        reply.platform_message_ids = tuple(delivered or ())
+        return reply
 
     async def _stream(self, request: ModelRequest, updates: StreamedUpdates, started: float) -> Streamed:
         """Run the backend's stream to its end, showing the filtered text as it grows.

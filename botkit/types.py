@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -170,6 +170,13 @@ class Reply:
     # The platform's ids of the message(s) that carry the reply, first one first
     # (what ``Responder.finish`` returned): reactions and edits refer to these.
     platform_message_ids: tuple[str, ...] = ()
+    # Made when the message is answered, unique: whoever stores the exchange stores it under this
+    # key, so that a write that is retried (a crash, a lost acknowledgement) stores it once.
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Moderation events of this exchange (its message and its reply), added by the moderation plugin
+    # in ``botkit_reply_ready`` (``botkit.storage.moderation_event``): whoever stores the exchange
+    # stores them in the same transaction, so that a stored exchange never lacks its flags.
+    moderation_events: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Responder(ABC):

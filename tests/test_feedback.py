@@ -125,7 +125,8 @@ async def test_a_reaction_that_beats_the_reply_row_to_the_database_is_kept(make_
         await bot.chat.say("hello", user="ann")
         assert await recorder(bot).settle(WAIT_TIMEOUT)
         stored = await feedback_rows(bot)
-    assert plugin.pending_when_reacting == [1]  # the exchange was still waiting for the writer
+    # At least the reply's delivery (its platform id) was still waiting for the writer.
+    assert plugin.pending_when_reacting[0] >= 1
     assert stored == [("reaction", "👍", 1, "ann")]
 
 

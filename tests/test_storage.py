@@ -34,7 +34,7 @@ async def test_upgrade_creates_the_core_tables_and_models_agree(storage_config):
     try:
         assert await migrator.current() == set()
         await migrator.upgrade()
-        assert await migrator.current() == {"0001"} == migrator.heads()
+        assert await migrator.current() == {"0002"} == migrator.heads()
         assert await migrator.is_current()
         assert await tables(db) >= {
             "users",
@@ -42,12 +42,75 @@ async def test_upgrade_creates_the_core_tables_and_models_agree(storage_config):
             "messages",
             "feedback",
             "moderation_events",
+            "dead_letters",
             "plugin_state",
             "privacy",
         }
         assert await migrator.differences() == []  # autogenerate finds nothing to change
         await migrator.downgrade("base")
         assert await tables(db) <= {"alembic_version"}
+    finally:
+        await db.close()
+
+
+async def test_0002_gives_existing_rows_keys_and_goes_back(storage_config):
+    db = database(storage_config)
+    await db.connect()
+    migrator = Migrator(db, [])
+    row = "'p', 'c', '2026-11-28 10:00:00+00:00', 0, '{}'"
+    try:
+        await migrator.upgrade("0001")
+        async with db.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO conversations (scope_key, platform, channel_id, is_dm, started_at) "
+                    "VALUES ('p:c', 'p', 'c', false, '2026-11-28 10:00:00+00:00')"
+                )
+            )
+            columns = "conversation_id, role, text, platform, channel_id, created_at, token_count, flags"
+            for values in [
+                f"1, 'user', 'q1', {row}",
+                f"1, 'assistant', 'a1', {row}",
+                f"1, 'user', 'q2', {row}",
+                f"1, 'assistant', 'a2', {row}",
+                f"1, 'assistant', 'a2 again', {row}",
+            ]:
+                await connection.execute(text(f"INSERT INTO messages ({columns}) VALUES ({values})"))
+            await connection.execute(text("UPDATE messages SET reply_to_id = 1 WHERE id = 2"))
+            await connection.execute(text("UPDATE messages SET reply_to_id = 3 WHERE id IN (4, 5)"))
+            await connection.execute(
+                text(
+                    "INSERT INTO feedback (message_id, kind, value, created_at) "
+                    "VALUES (2, 'reaction', '+1', '2026-11-28 10:00:00+00:00')"
+                )
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO moderation_events (direction, category, action, detail, created_at) "
+                    "VALUES ('in', 'injection', 'flag', '{}', '2026-11-28 10:00:00+00:00')"
+                )
+            )
+        await migrator.upgrade()
+        async with db.engine.connect() as connection:
+            keys = (await connection.execute(text("SELECT id, exchange_key FROM messages ORDER BY id"))).all()
+            events = (await connection.execute(text("SELECT event_key FROM moderation_events"))).all()
+        # A question and its only reply share a key; a question answered twice keeps its replies apart.
+        assert keys == [
+            (1, "legacy-1"),
+            (2, "legacy-1"),
+            (3, "legacy-3"),
+            (4, "legacy-4"),
+            (5, "legacy-5"),
+        ]
+        assert events == [("legacy-1",)]
+        assert await migrator.differences() == []
+        await migrator.downgrade("0001")
+        # Nothing that points at a changed table is lost on the way (SQLite copies tables in batch mode).
+        async with db.engine.connect() as connection:
+            replies = await connection.execute(text("SELECT id, reply_to_id FROM messages WHERE id > 3"))
+            assert replies.all() == [(4, 3), (5, 3)]
+            assert (await connection.execute(text("SELECT message_id FROM feedback"))).all() == [(2,)]
+        assert await tables(db) >= {"messages"} and "dead_letters" not in await tables(db)
     finally:
         await db.close()
 
@@ -59,6 +122,7 @@ async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
         assert (await connection.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
         assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar() == 1
         assert (await connection.execute(text("PRAGMA busy_timeout"))).scalar() == 7000
+        assert (await connection.execute(text("PRAGMA synchronous"))).scalar() == 1  # NORMAL by default
     await db.close()
     assert (tmp_path / "nested" / "data" / "botkit.db").is_file()
 
@@ -85,6 +149,15 @@ async def test_a_snapshot_sees_one_state_and_writes_go_on_beside_it(storage_conf
     finally:
         await db.close()
     assert (before, during, after) == (0, 0, 1)
+
+
+async def test_sqlite_synchronous_full_syncs_commits_and_memorys_journal(make_bot, tmp_path):
+    async with make_bot({"storage": {"data_dir": str(tmp_path), "sqlite_synchronous": "full"}}) as bot:
+        async with bot.db.engine.connect() as connection:
+            assert (await connection.execute(text("PRAGMA synchronous"))).scalar() == 2  # FULL
+        assert memory(bot).spool.fsync
+    async with make_bot({"storage": {"data_dir": str(tmp_path)}}) as bot:
+        assert not memory(bot).spool.fsync
 
 
 def test_password_in_the_url_is_refused_without_echoing_it():
@@ -126,7 +199,7 @@ async def test_outdated_schema_refuses_to_start_unless_auto_upgrade(make_bot, st
     async with make_bot(storage_config) as bot:  # auto_upgrade (the default) migrates
         assert await bot.migrator.is_current()
     async with make_bot(config) as bot:  # now current: starts without upgrading
-        assert await bot.migrator.current() == {"0001"}
+        assert await bot.migrator.current() == {"0002"}
 
 
 async def test_a_database_from_a_newer_botkit_is_refused(make_bot, storage_config):
@@ -185,13 +258,14 @@ def notes_plugin(folder: Path):
 async def test_plugins_contribute_their_own_migration_branch(make_bot, storage_config, tmp_path):
     plugin = notes_plugin(tmp_path)
     async with make_bot(storage_config, plugins={"notes": plugin}) as bot:
-        assert await bot.migrator.current() == {"notes0001"}  # which depends on the core's 0001
+        # The plugin's branch depends on the core's 0001; the core's head is stored beside it.
+        assert await bot.migrator.current() == {"0002", "notes0001"}
         assert await bot.migrator.is_current()
         assert "notes_notes" in await tables(bot.db)
         assert await bot.migrator.differences() == []
         assert "notes0001 (notes) (head)" in bot.migrator.history()
         await bot.migrator.downgrade("notes@base")
-        assert await bot.migrator.current() == {"0001"}
+        assert await bot.migrator.current() == {"0002"}
         assert "notes_notes" not in await tables(bot.db)
 
 

@@ -75,6 +75,9 @@ class ListSpool:
     def rewrite(self, records: list[Any]) -> None:
         self.records = [json.loads(json.dumps(r)) for r in records]
 
+    def drop(self, count: int) -> None:
+        del self.records[:count]
+
     def __str__(self) -> str:
         return "test-spool"
 
@@ -195,6 +198,47 @@ async def test_an_error_that_is_not_an_outage_drops_only_its_batch(make_writer, 
     assert writer.counts.dropped == 2 and pauses.seconds == []
     assert "test: 2 records could not be written and were dropped" in caplog.text
     assert "ValueError: a record the caller cannot write" in caplog.text  # with its traceback
+
+
+async def test_a_refused_batch_recovers_then_buries_only_the_record_still_refused(make_writer, db, pauses, caplog):
+    recovered, buried = [], []
+
+    async def dead_letter(record, reason):
+        buried.append((record, reason))
+
+    writer = make_writer(
+        batch_size=3,
+        rejected=lambda error: isinstance(error, ValueError),
+        reason=lambda error: "refused by a constraint",
+        recover=lambda: recovered.append(True),
+        dead_letter=dead_letter,
+    )
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        async with started(writer):
+            for record in ("before", "bad", "after", "later"):
+                writer.add(record)
+            assert await writer.flush(5)
+    assert db.stored == ["before", "after", "later"] and buried == [("bad", "refused by a constraint")]
+    assert recovered == [True]  # once, before the batch was tried again
+    assert writer.counts.written == 3 and writer.counts.dead_letters == 1 and writer.counts.dropped == 0
+    assert pauses.seconds == [] and not writer.outage
+    assert "test: one of the records was refused (refused by a constraint); kept as a dead letter" in caplog.text
+
+
+async def test_an_outage_while_a_refused_batch_is_written_one_by_one_keeps_the_rest(make_writer, db, pauses):
+    buried = []
+
+    async def dead_letter(record, reason):
+        buried.append(record)
+        db.down_for = 1  # the database goes away right after
+
+    writer = make_writer(batch_size=3, rejected=lambda e: isinstance(e, ValueError), dead_letter=dead_letter)
+    async with started(writer):
+        for record in ("bad", "after", "later"):
+            writer.add(record)
+        assert await writer.flush(5)
+    assert buried == ["bad"] and db.stored == ["after", "later"]
+    assert writer.counts.retries == 1 and writer.counts.written == 2
 
 
 # -- the bound -----------------------------------------------------------------------------------

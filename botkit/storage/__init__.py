@@ -5,11 +5,20 @@ their own engine. A plugin that stores something on every message queues it in
 a ``WriteBehind`` instead of making the reply wait for the database.
 """
 
-from botkit.storage.database import Database, StorageSettings, user_id_for
+from botkit.storage.database import (
+    Database,
+    StorageSettings,
+    insert_new,
+    is_rejection,
+    rejection_reason,
+    user_id_for,
+    write_dead_letter,
+)
 from botkit.storage.migrations import MigrationBranch, Migrator
 from botkit.storage.models import (
     Base,
     ConversationRecord,
+    DeadLetterRecord,
     FeedbackRecord,
     MessageRecord,
     ModerationEventRecord,
@@ -18,12 +27,14 @@ from botkit.storage.models import (
     UserRecord,
     utcnow,
 )
+from botkit.storage.moderation_rows import moderation_event, write_moderation_events
 from botkit.storage.write_behind import RecordSpool, WriteBehind, WriteCounts
 
 __all__ = [
     "Base",
     "ConversationRecord",
     "Database",
+    "DeadLetterRecord",
     "FeedbackRecord",
     "MessageRecord",
     "MigrationBranch",
@@ -36,6 +47,12 @@ __all__ = [
     "UserRecord",
     "WriteBehind",
     "WriteCounts",
+    "insert_new",
+    "is_rejection",
+    "moderation_event",
+    "rejection_reason",
     "user_id_for",
     "utcnow",
+    "write_dead_letter",
+    "write_moderation_events",
 ]

@@ -7,12 +7,12 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from botkit.errors import ConfigError, StorageError
@@ -47,6 +47,11 @@ class StorageSettings(BaseModel):
     connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for the database")
     busy_timeout: float = Field(30.0, gt=0, description="SQLite: seconds a writer waits for the lock")
     pool_size: int = Field(5, ge=1, description="PostgreSQL connections kept open")
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="'full': each SQLite commit and each append to memory's journal is synced to disk "
+        "(survives power loss); 'normal': survives a crash of the bot, not of the machine",
+    )
 
 
 def masked(url: URL) -> str:
@@ -111,16 +116,19 @@ class Database:
 
         if self.is_sqlite:
             busy_ms = int(self.settings.busy_timeout * 1000)
+            synchronous = self.settings.sqlite_synchronous.upper()
 
             @event.listens_for(engine.sync_engine, "connect")
             def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
                 cursor = dbapi_connection.cursor()
                 # WAL lets readers work beside one writer; busy_timeout makes a second
                 # process wait for the lock instead of failing with "database is locked".
+                # synchronous: NORMAL (in WAL) loses no commit when the bot crashes, but may
+                # lose the last ones when the machine does; FULL syncs every commit.
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
                 cursor.execute("PRAGMA foreign_keys=ON")
-                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute(f"PRAGMA synchronous={synchronous}")
                 # Deleted rows are overwritten with zeros, not left in free pages of the
                 # file: /forgetme and retention promise the text is gone.
                 cursor.execute("PRAGMA secure_delete=ON")
@@ -225,6 +233,60 @@ def describe(error: BaseException) -> str:
     return reason[:300]
 
 
+def is_rejection(error: BaseException) -> bool:
+    """Whether the database refused what was written (a constraint, a value it cannot hold).
+
+    Such an error does not go away by waiting, unlike a lost connection
+    (``OperationalError``, ``InterfaceError``, any error that invalidated the connection).
+    """
+    return isinstance(error, (IntegrityError, DataError)) and not error.connection_invalidated
+
+
+def rejection_reason(error: BaseException) -> str:
+    """Why the database refused a write, naming the constraint or column but never a value.
+
+    SQLite's messages name only the constraint; PostgreSQL's may quote the row,
+    so for it only the error's class, code and the names it carries are used.
+    """
+    original = getattr(error, "orig", None) or error
+    code = getattr(original, "sqlstate", None)
+    if code is None:
+        return describe(error)
+    driver = original.__cause__ or original  # the asyncpg error SQLAlchemy's adapter wraps
+    names = [
+        f"{what} {value}"
+        for what in ("table", "column", "constraint")
+        if (value := getattr(driver, f"{what}_name", None))
+    ]
+    return f"{type(driver).__name__} (SQLSTATE {code}{': ' if names else ''}{', '.join(names)})"
+
+
+def insert_new(session: AsyncSession, table: Any, *unique: str) -> Any:
+    """``INSERT ... ON CONFLICT (unique) DO NOTHING`` into ``table`` (a model or a Table), for this database.
+
+    Rows whose ``unique`` columns are stored already are skipped: the insert of a
+    retried write stores nothing twice. ``RETURNING`` gives only the rows inserted.
+    """
+    return dialect_insert(session, table).on_conflict_do_nothing(index_elements=list(unique))
+
+
+def dialect_insert(session: AsyncSession, table: Any) -> Any:
+    """This database's own ``INSERT`` (SQLite's or PostgreSQL's), which knows ``ON CONFLICT``."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+async def write_dead_letter(db: Database, source: str, key: str | None, record: Any, reason: str) -> None:
+    """Keep a record the database refused in ``dead_letters``, in a transaction of its own."""
+    from botkit.storage.models import DeadLetterRecord
+
+    async with db.session() as session:
+        session.add(DeadLetterRecord(source=source, record_key=key, reason=reason[:400], record=record))
+
+
 async def user_id_for(
     session: AsyncSession, platform: str, platform_user_id: str, display_name: str = ""
 ) -> int:
@@ -232,11 +294,7 @@ async def user_id_for(
     from botkit.storage.models import UserRecord
 
     values = {"platform": platform, "platform_user_id": platform_user_id, "display_name": display_name}
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    await session.execute(insert(UserRecord).values(**values).on_conflict_do_nothing())
+    await session.execute(insert_new(session, UserRecord, "platform", "platform_user_id").values(**values))
     found = await session.scalar(
         select(UserRecord.id).where(
             UserRecord.platform == platform, UserRecord.platform_user_id == platform_user_id

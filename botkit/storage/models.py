@@ -1,4 +1,4 @@
-"""The core schema: users, conversations, messages, feedback, moderation events, plugin state, privacy.
+"""The core schema: users, conversations, messages, feedback, moderation events, privacy, dead letters.
 
 Alembic (``migrations/``) owns every change to these tables; a test checks that
 the migrations and these models agree.
@@ -6,6 +6,7 @@ the migrations and these models agree.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,11 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_key() -> str:
+    """A fresh unique key for a row written by something that gives it none (a migration, a test)."""
+    return uuid.uuid4().hex
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -105,6 +111,8 @@ class MessageRecord(Base):
         Index("ix_messages_platform_platform_message_id", "platform", "platform_message_id"),
         Index("ix_messages_created_at", "created_at"),
         Index("ix_messages_user_id", "user_id"),
+        # An exchange (a user's message and its reply) is written once, however often it is retried.
+        Index("uq_messages_exchange_key_role", "exchange_key", "role", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
@@ -114,6 +122,9 @@ class MessageRecord(Base):
         ForeignKey("messages.id", ondelete="SET NULL"), nullable=True
     )
     role: Mapped[str] = mapped_column(String(16))  # "user" or "assistant"
+    # Made when the message is answered; the user's message and its reply share it. Every row
+    # has one (NULL only because SQLite cannot make an added column NOT NULL in place).
+    exchange_key: Mapped[str | None] = mapped_column(String(64), nullable=True, default=new_key)
     text: Mapped[str] = mapped_column(Text)
     speaker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     platform: Mapped[str] = mapped_column(String(32))
@@ -155,9 +166,14 @@ class ModerationEventRecord(Base):
     """One moderation decision, on input or output."""
 
     __tablename__ = "moderation_events"
-    __table_args__ = (Index("ix_moderation_events_message_id", "message_id"),)
+    __table_args__ = (
+        Index("ix_moderation_events_message_id", "message_id"),
+        Index("uq_moderation_events_event_key", "event_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    # Made when the decision is taken: the event is stored once, however many writers carry it.
+    event_key: Mapped[str | None] = mapped_column(String(64), nullable=True, default=new_key)
     message_id: Mapped[int | None] = mapped_column(
         ForeignKey("messages.id", ondelete="SET NULL"), nullable=True
     )
@@ -167,6 +183,19 @@ class ModerationEventRecord(Base):
     action: Mapped[str] = mapped_column(String(16))  # "block", "redact", "flag"
     rule: Mapped[str | None] = mapped_column(String(255), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeadLetterRecord(Base):
+    """A queued record the database refused (a constraint or a value it cannot hold), kept for repair."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))  # the writer: "memory", "moderation"
+    record_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(String(400))
+    record: Mapped[Any] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -43,6 +43,10 @@ class RecordSpool(Protocol[Record]):
         """Hold exactly ``records`` (none: nothing)."""
         ...
 
+    def drop(self, count: int) -> None:
+        """The ``count`` oldest records it holds are written: hold only the rest."""
+        ...
+
 
 @dataclass(slots=True)
 class WriteCounts:
@@ -52,6 +56,7 @@ class WriteCounts:
     written: int = 0  # records ``write`` accepted
     retries: int = 0  # failed attempts that are tried again
     dropped: int = 0  # records given up: the queue was full, or ``write`` failed with an unexpected error
+    dead_letters: int = 0  # records the database refused, handed to ``dead_letter``
 
 
 class WriteBehind(Generic[Record]):
@@ -65,6 +70,18 @@ class WriteBehind(Generic[Record]):
     its traceback and the batch is dropped, so that one bad record does not stop
     every later one. At most ``max_pending`` records wait; beyond that the
     oldest is dropped.
+
+    With ``write_ahead`` the spool is a journal: ``add`` appends each record to
+    it before returning, and a record leaves it once written, so a process
+    killed at any moment finds at its next start every record it had added and
+    not written (``write`` must then be idempotent: a record written just
+    before the kill is written again).
+
+    When ``write`` raises an error that ``rejected`` recognises (the database
+    refused the content: a constraint, a value it cannot hold), that is no
+    outage: ``recover`` (if any) runs and the batch is tried once more; then its
+    records are written one by one, and each one still refused is handed to
+    ``dead_letter`` with ``reason(error)`` (or dropped), and the rest written.
 
     ``name`` (the plugin) and ``what`` (the records, plural) make the log
     messages; they go to ``log``. ``sleep`` is how the task pauses between
@@ -83,6 +100,11 @@ class WriteBehind(Generic[Record]):
         batch_size: int = 200,
         max_pending: int | None = None,
         spool: RecordSpool[Record] | None = None,
+        write_ahead: bool = False,
+        rejected: Callable[[BaseException], bool] | None = None,
+        reason: Callable[[BaseException], str] = lambda error: type(error).__name__,
+        recover: Callable[[], None] | None = None,
+        dead_letter: Callable[[Record, str], Awaitable[None]] | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.name = name
@@ -91,14 +113,23 @@ class WriteBehind(Generic[Record]):
         self.batch_size = batch_size
         self.max_pending = max_pending
         self.spool = spool
+        self.write_ahead = write_ahead and spool is not None
         self.counts = WriteCounts()
         self._write = write
         self._down = down
         self._log = log
         self._sleep = sleep
+        self._rejected = rejected
+        self._reason = reason
+        self._recover = recover
+        self._dead_letter = dead_letter
         self._pending: deque[Record] = deque()
         self._on_disk = 0  # the first this many pending records are also in the spool
         self._in_flight = 0  # the first this many pending records are being written
+        self._done = 0  # of those, this many are done with (written one by one, or refused)
+        # The first this many pending records may be in the database already: read back from the
+        # spool at start, or in an attempt that failed (its COMMIT may have happened all the same).
+        self._maybe_written = 0
         self._writes_started = 0
         self._outage = False
         self._wake = asyncio.Event()
@@ -124,6 +155,7 @@ class WriteBehind(Generic[Record]):
                 )
                 self._pending.extendleft(reversed(spooled))
                 self._on_disk = len(spooled)
+                self._maybe_written = len(spooled)  # the last run may have committed them
                 self.counts.queued += len(spooled)
                 self._idle.clear()
         self._task = asyncio.create_task(self._write_forever(), name=f"botkit-{self.name}-writer")
@@ -191,16 +223,28 @@ class WriteBehind(Generic[Record]):
         return True
 
     @property
+    def maybe_written(self) -> bool:
+        """Whether the batch being written may hold records that an earlier attempt (or run) stored.
+
+        ``write`` must be idempotent then; it may skip the checks that make it so otherwise.
+        """
+        return self._maybe_written > 0
+
+    @property
     def outage(self) -> bool:
         """Whether the last attempt to write failed because the database is down."""
         return self._outage
 
     def add(self, record: Record) -> None:
-        """Queue ``record`` after every earlier one; returns at once."""
+        """Queue ``record`` after every earlier one; returns at once (``write_ahead``: once it is in the spool)."""
         if self.max_pending is not None and len(self._pending) >= self.max_pending:
             self._pending.popleft()
-            self._on_disk = max(self._on_disk - 1, 0)
+            if self._on_disk:
+                self._on_disk -= 1
+                self._drop_from_spool(1)
             self._in_flight = max(self._in_flight - 1, 0)
+            self._done = max(self._done - 1, 0)
+            self._maybe_written = max(self._maybe_written - 1, 0)
             self.counts.dropped += 1
             if self.counts.dropped % DROPS_BETWEEN_LOGS == 1:
                 self._log.error(
@@ -212,6 +256,8 @@ class WriteBehind(Generic[Record]):
                 )
         self._pending.append(record)
         self.counts.queued += 1
+        if self.write_ahead:
+            self._spool_waiting()  # on disk before ``add`` returns
         self._idle.clear()
         self._wake.set()
 
@@ -238,11 +284,18 @@ class WriteBehind(Generic[Record]):
             self._in_flight = len(batch)
             self._writes_started += 1
             self._not_writing.clear()
+            self._done = 0
             try:
-                await self._write(batch)
+                written = await self._write_batch(batch)
+            except asyncio.CancelledError:
+                self._not_writing.set()  # closed mid-write: nobody waits for it any longer
+                raise
             except self._down as error:
                 self._not_writing.set()
-                self._in_flight = 0
+                self._maybe_written = max(self._maybe_written, self._in_flight)
+                # Records of a refused batch dealt with one by one before the outage are done.
+                self._in_flight = self._done
+                self._take_written()
                 self.counts.retries += 1
                 if not self._outage:
                     self._log.error(
@@ -257,9 +310,6 @@ class WriteBehind(Generic[Record]):
                 await self._sleep(delay)
                 delay = min(delay * 2, self.retry_interval)
                 continue
-            except asyncio.CancelledError:
-                self._not_writing.set()  # closed mid-write: nobody waits for it any longer
-                raise
             except Exception:
                 self._not_writing.set()
                 self._log.exception(
@@ -268,7 +318,7 @@ class WriteBehind(Generic[Record]):
                 self.counts.dropped += self._in_flight
             else:
                 self._not_writing.set()
-                self.counts.written += self._in_flight
+                self.counts.written += written
                 if self._outage:
                     self._log.warning(
                         "%s: the database is back; writing the %s that waited", self.name, self.what
@@ -277,14 +327,86 @@ class WriteBehind(Generic[Record]):
             self._take_written()
             delay = FIRST_RETRY
 
+    def _refused(self, error: BaseException) -> bool:
+        return self._rejected is not None and self._rejected(error)
+
+    async def _write_batch(self, batch: list[Record]) -> int:
+        """Write ``batch``; returns how many of its records were written (the rest were refused).
+
+        When the database refuses the batch, ``recover`` runs and the batch is
+        tried once more; then its records are written one by one, and each one
+        still refused goes to ``dead_letter`` (or is dropped). Raises what ``write``
+        raises otherwise (an outage: ``_done`` says how many records are done with).
+        """
+        try:
+            await self._write(batch)
+            return len(batch)
+        except Exception as error:
+            if not self._refused(error):
+                raise
+            self._log.error(
+                "%s: the database refused %d %s (%s); %s",
+                self.name,
+                len(batch),
+                self.what,
+                self._reason(error),
+                "trying again without what was cached" if self._recover else "writing them one by one",
+            )
+        if self._recover is not None:
+            self._recover()
+            try:
+                await self._write(batch)
+                return len(batch)
+            except Exception as error:
+                if not self._refused(error):
+                    raise
+        written = 0
+        for record in batch:
+            try:
+                await self._write([record])
+                written += 1
+            except Exception as error:
+                if not self._refused(error):
+                    raise
+                await self._bury(record, error)
+            self._done += 1
+        return written
+
+    async def _bury(self, record: Record, error: BaseException) -> None:
+        """Hand a record the database refuses to ``dead_letter``; dropped if there is none or it fails too."""
+        reason = self._reason(error)
+        if self._dead_letter is not None:
+            try:
+                await self._dead_letter(record, reason)
+            except Exception as failure:
+                if not self._refused(failure):
+                    raise
+            else:
+                self.counts.dead_letters += 1
+                self._log.error(
+                    "%s: one of the %s was refused (%s); kept as a dead letter", self.name, self.what, reason
+                )
+                return
+        self.counts.dropped += 1
+        self._log.error("%s: one of the %s was refused (%s) and dropped", self.name, self.what, reason)
+
     def _take_written(self) -> None:
         """Remove the batch just handled (less what a full queue dropped meanwhile) from the head."""
         done, self._in_flight = self._in_flight, 0
         for _ in range(done):
             self._pending.popleft()
-        if self._on_disk:
-            self._on_disk = max(self._on_disk - done, 0)
-            self._rewrite_spool(list(islice(self._pending, self._on_disk)))
+        self._maybe_written = max(self._maybe_written - done, 0)
+        written_on_disk = min(done, self._on_disk)
+        if written_on_disk:
+            self._on_disk -= written_on_disk
+            self._drop_from_spool(written_on_disk)
+
+    def _drop_from_spool(self, count: int) -> None:
+        assert self.spool is not None
+        try:
+            self.spool.drop(count)
+        except OSError as error:
+            self._log.error("%s: cannot update the spool %s: %s", self.name, self.spool, error)
 
     def _spool_waiting(self) -> None:
         """Append the pending records the spool does not hold yet."""

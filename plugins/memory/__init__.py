@@ -31,7 +31,7 @@ from botkit import (
     hookimpl,
 )
 
-from .changes import change_key, change_record
+from .changes import change_key, change_record, delivery_record
 from .spool import Spool
 from .store import MemoryStore, StoredTurn, utcnow
 
@@ -110,8 +110,12 @@ def botkit_register_commands(register):
 @hookimpl
 async def botkit_startup(bot):
     settings = settings_of(bot)
-    spool = Spool(
-        bot.settings.storage.data_dir.expanduser() / "spool" / "memory.jsonl", settings.spool_max_bytes
+    storage = bot.settings.storage
+    spool = Spool.claim(
+        storage.data_dir.expanduser() / "spool",
+        "memory",
+        settings.spool_max_bytes,
+        fsync=storage.sqlite_synchronous == "full",  # the journal is as durable as the database
     )
     store = bot.state.set(
         STORE, MemoryStore(bot.db, spool, settings.retry_interval, settings.cache_seconds)
@@ -157,12 +161,16 @@ def wants_attribution(
 
 
 @hookimpl
-async def botkit_after_reply(message: Message, reply: Reply, bot):
+async def botkit_reply_ready(message: Message, reply: Reply, bot):
+    # Journaled before the user sees the reply: a crash from here on loses nothing they saw.
+    store = bot.state.get(STORE)
+    if store is None:
+        return
     scope = bot.settings.bot.conversation_scope
     sent_at = message.created_at.isoformat()
-    memory(bot).add(
+    store.add(
         {
-            "id": message.message_id,
+            "id": reply.key,
             "kind": "exchange",
             "scope_key": message.conversation_key(scope),
             "platform": message.platform,
@@ -191,10 +199,20 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
                 "at": utcnow().isoformat(),
                 "tokens": await bot.count_tokens(reply.text),
                 "adapter": reply.lora,  # the messages.adapter column
-                "message_ids": list(reply.platform_message_ids),
+                "message_ids": [],  # known once delivered: see botkit_after_reply
             },
+            # Stored in the exchange's transaction: a stored exchange never lacks its flags.
+            "moderation_events": list(reply.moderation_events),
         }
     )
+
+
+@hookimpl
+async def botkit_after_reply(message: Message, reply: Reply, bot):
+    # The platform's ids of the delivered reply, for reactions and edits: written after its row.
+    store = bot.state.get(STORE)
+    if store is not None and reply.platform_message_ids:
+        store.add(delivery_record(reply.key, list(reply.platform_message_ids)))
 
 
 @hookimpl

@@ -1,5 +1,7 @@
 """Edits and deletions of a user's stored message: the change record and how it applies before it is written.
 
+(Also the delivery record: the platform ids a reply got once delivered, written to its row.)
+
 A change travels through the store's ordered write queue like every other
 record (so it lands after the message's own row, survives outages in the spool
 and is written once the database is back). Until then it is applied to what the
@@ -16,7 +18,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Update, update
+from sqlalchemy import Update, bindparam, update
 
 from botkit.storage import MessageRecord
 
@@ -40,6 +42,35 @@ def change_record(
         "text": text,
         "tokens": tokens,
         "at": at,
+    }
+
+
+def delivery_record(exchange: str, message_ids: list[str]) -> dict[str, Any]:
+    """A queue record: the reply of exchange ``exchange`` was delivered as the platform's ``message_ids``."""
+    return {"id": uuid.uuid4().hex, "kind": "delivered", "exchange": exchange, "message_ids": message_ids}
+
+
+def delivered_columns(delivery: dict[str, Any]) -> dict[str, Any]:
+    """The reply row's columns a delivery sets: a reply split over several platform messages
+    has the first as its id and every one in ``flags``."""
+    ids = delivery["message_ids"]
+    return {"platform_message_id": ids[0], "flags": {"platform_message_ids": ids} if len(ids) > 1 else {}}
+
+
+# One statement for every delivery of a batch whose reply row was written before it.
+DELIVERY_UPDATE = (
+    update(MessageRecord.__table__)
+    .where(MessageRecord.exchange_key == bindparam("exchange"), MessageRecord.role == "assistant")
+    .values(platform_message_id=bindparam("first_id"), flags=bindparam("delivered_flags"))
+)
+
+
+def delivery_parameters(delivery: dict[str, Any]) -> dict[str, Any]:
+    columns = delivered_columns(delivery)
+    return {
+        "exchange": delivery["exchange"],
+        "first_id": columns["platform_message_id"],
+        "delivered_flags": columns["flags"],
     }
 
 

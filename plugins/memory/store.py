@@ -11,16 +11,31 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from botkit.storage import ConversationRecord, Database, MessageRecord, WriteBehind, user_id_for, utcnow
+from botkit.storage import (
+    ConversationRecord,
+    Database,
+    MessageRecord,
+    WriteBehind,
+    insert_new,
+    is_rejection,
+    rejection_reason,
+    user_id_for,
+    utcnow,
+    write_dead_letter,
+    write_moderation_events,
+)
 
 from .changes import (
+    DELIVERY_UPDATE,
     MessageKey,
     RememberedChanges,
     change_statement,
+    delivered_columns,
+    delivery_parameters,
     exchange_key,
     latest_changes,
     patch_exchange,
@@ -72,9 +87,11 @@ def turns_of(record: dict[str, Any]) -> list[StoredTurn]:
 class MemoryStore:
     """The ordered write queue (exchanges, resets, edits and deletions) in front of the database.
 
-    Records are written in arrival order by a ``WriteBehind`` writer. While the
-    database is unreachable they wait there and in the on-disk spool, and reads
-    merge them in, so a conversation goes on and nothing is lost.
+    Records are written in arrival order by a ``WriteBehind`` writer. Each is
+    appended to the on-disk spool (the journal) when it is added and leaves it
+    once written, so neither an outage nor a killed process loses one; while the
+    database is unreachable reads merge the pending records in, so a
+    conversation goes on.
     """
 
     def __init__(
@@ -100,6 +117,14 @@ class MemoryStore:
             log=log,
             max_pending=max_pending,
             spool=spool,
+            write_ahead=True,
+            # A refused write is not an outage: ids cached from rows deleted behind our back
+            # (tables re-created, a user removed) are dropped and the batch tried once more;
+            # a record still refused is kept in dead_letters and the rest is written.
+            rejected=is_rejection,
+            reason=rejection_reason,
+            recover=self.forget_cached,
+            dead_letter=self._dead_letter,
         )
         self._users: dict[tuple[str, str], int] = {}
         self._remembered = RememberedChanges()
@@ -132,6 +157,7 @@ class MemoryStore:
 
     async def close(self, timeout: float) -> None:
         await self.writer.close(timeout)
+        self.spool.release()
 
     # -- writing ---------------------------------------------------------------
 
@@ -141,7 +167,7 @@ class MemoryStore:
             self._changes_added += 1
             self._remembered.remember(record)
             self._patch_pending(record)
-        else:
+        elif record["kind"] != "delivered":
             if record["kind"] == "exchange":
                 early = self._remembered.take(exchange_key(record))
                 if early is not None:
@@ -163,17 +189,39 @@ class MemoryStore:
         self.writer.pending_changed(patched)
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
-        """Write ``batch`` in one transaction, in order; the writer retries it while the database is down."""
+        """Write ``batch`` in one transaction, in order; the writer retries it while the database is down.
+
+        Writing a batch again stores nothing twice: an exchange already stored
+        (under its key) is skipped, and so is a reset that a later stored exchange
+        shows was written; edits set what they set. So a batch that was committed
+        but not taken out of the spool (a crash, a lost acknowledgement) is safe
+        to write again. (The messages' INSERT skips stored rows in any case.)
+        """
         users: dict[tuple[str, str], int] = {}
         async with self.db.session() as session:
-            conversations = await self._active_conversations(session, batch)
+            # Only a batch written before (a retry, a replayed spool) can hold what is stored already.
+            stored = await _stored_exchanges(session, batch) if self.writer.maybe_written else set()
+            skipped = stored | _resets_written(batch, stored)
+            conversations = await self._active_conversations(session, batch, skipped)
             rows: list[dict[str, Any]] = []
-            replies: list[tuple[int, int]] = []  # (row of the reply, row of its question)
+            exchanges: list[dict[str, Any]] = []  # the records ``rows`` come from
+            replies: dict[str, dict[str, Any]] = {}  # reply rows among ``rows``, by exchange key
+            deliveries: list[dict[str, Any]] = []  # for replies written before: one UPDATE at the end
             for record in batch:
+                if record["id"] in skipped:
+                    continue
+                if record["kind"] == "delivered":
+                    # Only the reply's row changes: into its INSERT when that is still to come.
+                    reply_row = replies.get(record["exchange"])
+                    if reply_row is not None:
+                        reply_row.update(delivered_columns(record))
+                    else:
+                        deliveries.append(delivery_parameters(record))
+                    continue
                 if record["kind"] == "change":
                     # The message's own row may be in this batch: write what comes before first.
-                    await self._insert_messages(session, rows, replies)
-                    rows, replies = [], []
+                    await self._insert_messages(session, rows, exchanges, users)
+                    rows, exchanges, replies = [], [], {}
                     await session.execute(change_statement(record))
                     continue
                 if record["kind"] == "reset":
@@ -193,13 +241,18 @@ class MemoryStore:
                     conversation_id = conversations[record["scope_key"]] = await self._new_conversation(
                         session, record
                     )
-                question, reply = _exchange_rows(record, conversation_id, user_id)
-                rows.append(question)
-                if reply is not None:
-                    replies.append((len(rows), len(rows) - 1))
-                    rows.append(reply)
-            await self._insert_messages(session, rows, replies)
+                exchange_rows = _exchange_rows(record, conversation_id, user_id)
+                rows.extend(exchange_rows)
+                exchanges.append(record)
+                if len(exchange_rows) > 1:
+                    replies[record["id"]] = exchange_rows[1]
+            await self._insert_messages(session, rows, exchanges, users)
+            if deliveries:
+                await session.execute(DELIVERY_UPDATE, deliveries)
         self._users.update(users)  # only ids that were committed
+
+    async def _dead_letter(self, record: dict[str, Any], reason: str) -> None:
+        await write_dead_letter(self.db, "memory", record.get("id"), record, reason)
 
     async def _user_id(
         self, session: AsyncSession, record: dict[str, Any], fresh: dict[tuple[str, str], int]
@@ -211,9 +264,11 @@ class MemoryStore:
         return known
 
     @staticmethod
-    async def _active_conversations(session: AsyncSession, batch: list[dict[str, Any]]) -> dict[str, int]:
+    async def _active_conversations(
+        session: AsyncSession, batch: list[dict[str, Any]], skipped: set[str]
+    ) -> dict[str, int]:
         """The newest open conversation of each scope the batch writes to, in one query."""
-        keys = {record["scope_key"] for record in batch if record["kind"] == "exchange"}
+        keys = {r["scope_key"] for r in batch if r["kind"] == "exchange" and r["id"] not in skipped}
         if not keys:
             return {}
         result = await session.execute(
@@ -239,22 +294,37 @@ class MemoryStore:
 
     @staticmethod
     async def _insert_messages(
-        session: AsyncSession, rows: list[dict[str, Any]], replies: list[tuple[int, int]]
+        session: AsyncSession,
+        rows: list[dict[str, Any]],
+        exchanges: list[dict[str, Any]],
+        users: dict[tuple[str, str], int],
     ) -> None:
-        """One INSERT for the batch's messages, in order; then each reply points at its question.
+        """One INSERT for the batch's messages, in order; then each reply points at its question,
+        and each exchange's moderation events are stored, pointing at its rows.
 
         A statement per message made the database round trips, not the rows, the
-        cost of writing (and of every message the pipeline answers meanwhile).
+        cost of writing (and of every message the pipeline answers meanwhile). A row
+        whose exchange is stored already is skipped by the database itself.
         """
         if not rows:
             return
-        result = await session.execute(insert(MessageRecord.__table__).returning(MessageRecord.id), rows)
-        ids = sorted(result.scalars().all())
-        if replies:
-            await session.execute(
-                update(MessageRecord),
-                [{"id": ids[reply], "reply_to_id": ids[question]} for reply, question in replies],
-            )
+        statement = insert_new(session, MessageRecord.__table__, "exchange_key", "role").returning(
+            MessageRecord.id, MessageRecord.exchange_key, MessageRecord.role
+        )
+        result = await session.execute(statement, rows)
+        ids = {(key, role): row_id for row_id, key, role in result}
+        links = [
+            {"id": ids[(record["id"], "assistant")], "reply_to_id": ids[(record["id"], "user")]}
+            for record in exchanges
+            if (record["id"], "assistant") in ids and (record["id"], "user") in ids
+        ]
+        if links:
+            await session.execute(update(MessageRecord), links)
+        for record in exchanges:
+            events = record.get("moderation_events")
+            if events and (record["id"], "user") in ids:
+                directions = {"in": ids[(record["id"], "user")], "out": ids.get((record["id"], "assistant"))}
+                await write_moderation_events(session, events, users, directions)
 
     # -- reading ---------------------------------------------------------------
 
@@ -405,6 +475,36 @@ HISTORY_QUERY = (
 )
 
 
+async def _stored_exchanges(session: AsyncSession, batch: list[dict[str, Any]]) -> set[str]:
+    """The keys of the batch's exchanges that the database holds already."""
+    keys = [record["id"] for record in batch if record["kind"] == "exchange"]
+    if not keys:
+        return set()
+    found = await session.scalars(
+        select(MessageRecord.exchange_key).where(
+            MessageRecord.exchange_key.in_(keys), MessageRecord.role == "user"
+        )
+    )
+    return {key for key in found if key is not None}
+
+
+def _resets_written(batch: list[dict[str, Any]], stored: set[str]) -> set[str]:
+    """The keys of the batch's resets that were written already.
+
+    Records are written in order, so a stored exchange shows that every reset of
+    its conversation before it was written too; doing that reset again would end
+    the conversation the exchange opened.
+    """
+    written: set[str] = set()
+    scopes_with_stored: set[str] = set()
+    for record in reversed(batch):
+        if record["kind"] == "exchange" and record["id"] in stored:
+            scopes_with_stored.add(record["scope_key"])
+        elif record["kind"] == "reset" and record["scope_key"] in scopes_with_stored:
+            written.add(record["id"])
+    return written
+
+
 def _time(value: str | datetime) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
@@ -413,15 +513,14 @@ def _maybe_time(value: str | None) -> datetime | None:
     return None if value is None else _time(value)
 
 
-def _exchange_rows(
-    record: dict[str, Any], conversation_id: int, user_id: int
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _exchange_rows(record: dict[str, Any], conversation_id: int, user_id: int) -> list[dict[str, Any]]:
     """The messages rows of an exchange: the user's message and, if there is one, the reply.
 
     Both rows name every column, so that the batch's INSERT is one statement.
     """
     user = record["user"]
     common = {
+        "exchange_key": record["id"],
         "conversation_id": conversation_id,
         "platform": record["platform"],
         "channel_id": record["channel_id"],
@@ -451,9 +550,9 @@ def _exchange_rows(
     }
     reply = record.get("reply")
     if reply is None:
-        return question, None
-    # A reply split over several platform messages: the first is the row's id, every one in flags.
-    delivered = reply.get("message_ids") or []
+        return [question]
+    # Empty until a delivery record follows (a record from an older spool may carry them itself).
+    delivered = delivered_columns(reply) if reply.get("message_ids") else {"platform_message_id": None, "flags": {}}
     answer = {
         **common,
         "user_id": None,
@@ -461,7 +560,7 @@ def _exchange_rows(
         "text": reply["text"],
         "speaker": None,
         "author_id": None,
-        "platform_message_id": delivered[0] if delivered else None,
+        "platform_message_id": delivered["platform_message_id"],
         "created_at": _time(reply["at"]),
         "token_count": reply["tokens"],
         "backend": reply["backend"],
@@ -471,11 +570,11 @@ def _exchange_rows(
         "completion_tokens": reply["completion_tokens"],
         "latency_ms": reply["latency_ms"],
         "status": reply["status"],
-        "flags": {"platform_message_ids": delivered} if len(delivered) > 1 else {},
+        "flags": delivered["flags"],
         "edited_at": None,
         "deleted_at": None,
     }
-    return question, answer
+    return [question, answer]
 
 
 __all__ = ["MemoryStore", "StoredTurn", "utcnow"]

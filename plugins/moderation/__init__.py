@@ -19,7 +19,7 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from botkit import BotAPI, Message, Refuse, StateKey, hookimpl
+from botkit import BotAPI, Message, Refuse, Reply, StateKey, hookimpl
 
 from .classifier import ProfanityModel, load_model
 from .events import EventLog
@@ -207,6 +207,14 @@ async def botkit_filter_reply(message: Message, text: str, final: bool, bot) -> 
     if refused:
         return Refuse(settings.unchecked_notice or None, reason=unchecked_reason(verdict.unchecked))
     return verdict.text if verdict.text != text else None
+
+
+@hookimpl
+def botkit_reply_ready(message: Message, reply: Reply, bot) -> None:
+    # The exchange carries its events: stored in its transaction, spooled with it in an outage.
+    running = bot.state.get(RUNNING)
+    if running is not None:
+        reply.moderation_events.extend(running.events.take(message))
 
 
 @hookimpl

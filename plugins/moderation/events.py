@@ -1,9 +1,14 @@
-"""Moderation events: every decision stored in ``moderation_events`` by a background writer.
+"""Moderation events: every decision stored in ``moderation_events``, by a writer and with its exchange.
 
 The pipeline only appends to a queue; a ``WriteBehind`` writer writes what is
 queued in batches, one transaction each. While the database is unreachable
 events wait in memory (at most ``MAX_PENDING``, the oldest dropped first) and
 the writer retries; a database error is logged and never reaches a reply.
+The events of a message that is answered also travel with its exchange
+(``Reply.moderation_events``, handed over in ``botkit_reply_ready``): whoever
+stores the exchange (memory) stores them in the same transaction, and spools
+them with it during an outage, so a stored exchange never lacks its flags. Each
+event has a key, so the two writes store it once.
 What is stored is masked: the category, action and rule, and a masked
 excerpt, never the e-mail address, number or secret itself.
 """
@@ -12,11 +17,20 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import OrderedDict
 from typing import Any
 
 from botkit import Message
 from botkit.detectors import Finding, only_digits
-from botkit.storage import Database, ModerationEventRecord, WriteBehind, user_id_for, utcnow
+from botkit.storage import (
+    Database,
+    WriteBehind,
+    is_rejection,
+    moderation_event,
+    rejection_reason,
+    write_dead_letter,
+    write_moderation_events,
+)
 
 from .moderator import Decision
 
@@ -70,17 +84,16 @@ def events_of(message: Message, direction: str, decisions: list[Decision]) -> li
         if scores:
             detail["score"] = round(max(scores), 4)
         events.append(
-            {
-                "platform": message.platform,
-                "user": message.author.id,
-                "name": message.author.display_name,
-                "direction": direction,
-                "category": category,
-                "action": action,
-                "rule": rule[:255],
-                "detail": detail,
-                "at": utcnow(),
-            }
+            moderation_event(
+                platform=message.platform,
+                user=message.author.id,
+                name=message.author.display_name,
+                direction=direction,
+                category=category,
+                action=action,
+                rule=rule,
+                detail=detail,
+            )
         )
     return events
 
@@ -92,6 +105,9 @@ class EventLog:
         self, db: Database, retry_interval: float = RETRY_INTERVAL, max_pending: int = MAX_PENDING
     ) -> None:
         self.db = db
+        self.max_pending = max_pending
+        # Events of messages whose exchange has not taken them yet (commands, refusals: never).
+        self._unclaimed: OrderedDict[tuple[str, str, str], list[dict[str, Any]]] = OrderedDict()
         self.writer: WriteBehind[dict[str, Any]] = WriteBehind(
             self._write,
             name="moderation",
@@ -101,15 +117,30 @@ class EventLog:
             retry_interval=retry_interval,
             log=log,
             max_pending=max_pending,
+            # ...but an event the database refuses is kept aside, and the others are written.
+            rejected=is_rejection,
+            reason=rejection_reason,
+            dead_letter=self._dead_letter,
         )
 
     def start(self) -> None:
         self.writer.start()
 
     def record(self, message: Message, direction: str, decisions: list[Decision]) -> None:
-        """Queue the events of one check; returns at once."""
-        for event in events_of(message, direction, decisions):
+        """Queue the events of one check, and keep them for the message's exchange; returns at once."""
+        events = events_of(message, direction, decisions)
+        for event in events:
             self.writer.add(event)
+        if events:
+            key = message_key(message)
+            self._unclaimed.setdefault(key, []).extend(events)
+            self._unclaimed.move_to_end(key)
+            while len(self._unclaimed) > self.max_pending:
+                self._unclaimed.popitem(last=False)  # written by the writer all the same
+
+    def take(self, message: Message) -> list[dict[str, Any]]:
+        """The events recorded for ``message`` so far, for its exchange; each is handed over once."""
+        return self._unclaimed.pop(message_key(message), [])
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every queued event is written; ``False`` when that took longer than ``timeout``."""
@@ -120,19 +151,11 @@ class EventLog:
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         async with self.db.session() as session:
-            users: dict[tuple[str, str], int] = {}
-            for event in batch:
-                key = (event["platform"], event["user"])
-                if key not in users:
-                    users[key] = await user_id_for(session, *key, event["name"])
-                session.add(
-                    ModerationEventRecord(
-                        user_id=users[key],
-                        direction=event["direction"],
-                        category=event["category"],
-                        action=event["action"],
-                        rule=event["rule"],
-                        detail=event["detail"],
-                        created_at=event["at"],
-                    )
-                )
+            await write_moderation_events(session, batch)
+
+    async def _dead_letter(self, event: dict[str, Any], reason: str) -> None:
+        await write_dead_letter(self.db, "moderation", event.get("key"), event, reason)
+
+
+def message_key(message: Message) -> tuple[str, str, str]:
+    return (message.platform, message.channel_id, message.message_id)
