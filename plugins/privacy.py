@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from botkit import BotAPI, Command, CommandContext, Message, StateKey, hookimpl
 from botkit.storage import (
     ConversationRecord,
+    DeadLetterRecord,
     FeedbackRecord,
     MessageRecord,
     ModerationEventRecord,
@@ -177,9 +178,35 @@ async def delete_user(bot: BotAPI, message: Message) -> int:
         if user is not None:
             await session.execute(delete(PrivacyRecord).where(PrivacyRecord.user_id == user.id))
             await session.delete(user)
+        # Records the database refused are kept whole for repair: theirs go too.
+        letters = await session.execute(select(DeadLetterRecord.id, DeadLetterRecord.record))
+        named = [row.id for row in letters if names_user(row.record, platform, author, (dm_key, user_suffix))]
+        if named:
+            await session.execute(delete(DeadLetterRecord).where(DeadLetterRecord.id.in_(named)))
     if not await bot.db.checkpoint():
         log.info("forgetme: the WAL is in use; SQLite's next checkpoint removes the old copies")
     return gone or 0
+
+
+def names_user(record: Any, platform: str, author: str, keys: tuple[str, str]) -> bool:
+    """Whether a stored JSON record names the user: their platform id beside the platform, or a key of theirs."""
+    dm_key, user_suffix = keys
+    strings: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str):
+            strings.append(value)
+
+    walk(record)
+    if any(text == dm_key or (text.startswith(f"{platform}:") and text.endswith(user_suffix)) for text in strings):
+        return True
+    return author in strings and platform in strings
 
 
 async def my_data(ctx: CommandContext) -> str | None:

@@ -18,6 +18,7 @@ from botkit.storage import (
     PrivacyRecord,
     UserRecord,
     utcnow,
+    write_dead_letter,
 )
 from botkit.testing import WAIT_TIMEOUT, eventually
 
@@ -108,6 +109,11 @@ async def test_forgetme_leaves_the_user_nowhere_in_the_database_nor_its_files(ma
         await bot.chat.say("/forgetme", user=user)
         await memory(bot).flush(WAIT_TIMEOUT)
         await event_log(bot).flush(WAIT_TIMEOUT)
+        # A refused exchange of theirs kept for repair, and one of bob's, as memory keeps them.
+        for author, text in ((user, "a walrus in the dead letters"), ("bob", "bob's refused question")):
+            record = {"id": f"key-{author}", "kind": "exchange", "scope_key": "test:channel:general",
+                      "platform": "test", "user": {"author_id": author, "text": text}}  # fmt: skip
+            await write_dead_letter(bot.db, "memory", record["id"], record, "FOREIGN KEY constraint failed")
         before = await every_value_in_every_table(bot)
         assert [needle for needle in needles if needle not in before] == []
         assert (await count(bot, FeedbackRecord), await count(bot, ModerationEventRecord)) == (1, 1)
@@ -118,6 +124,7 @@ async def test_forgetme_leaves_the_user_nowhere_in_the_database_nor_its_files(ma
         files = {path: path.read_bytes() for path in data_dir.rglob("*") if path.is_file()}
     assert done.texts == ["Done: everything I had stored about you is deleted."]
     assert "bob asks about the weather" in stored and left == (0, 0)  # bob's rows stay, ann's reaction goes
+    assert "bob's refused question" in stored
     assert [needle for needle in needles if needle in stored] == []
     if bot.db.is_sqlite:  # the file itself: no deleted text left in free pages or in the WAL
         assert any(path.name == "botkit.db" for path in files)

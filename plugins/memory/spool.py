@@ -30,9 +30,9 @@ class Spool:
 
     It is written on every message, so it stays open, and records that reach
     the database are dropped by appending a ``#written N`` line rather than by
-    rewriting it; once written records and markers take more than
-    ``COMPACT_BYTES``, the file is emptied (nothing left to write) or rewritten
-    with what it still holds.
+    rewriting it. Once nothing is left to write the file is emptied, so written
+    text does not stay on disk; while records are still waiting, written records
+    and markers are rewritten away once they take more than ``COMPACT_BYTES``.
     """
 
     def __init__(self, path: Path, max_bytes: int, fsync: bool = True, lock: IO[str] | None = None) -> None:
@@ -83,8 +83,10 @@ class Spool:
             return
         for _ in range(count):
             self._live.popleft()
-        if not self._live and self._size > COMPACT_BYTES:
-            file.truncate(0)  # everything is written: start afresh
+        if not self._live:
+            # Everything is written: start afresh. Also what keeps users' text from lingering
+            # here once the database has it (/forgetme and retention promise it is gone).
+            file.truncate(0)
             self._size = 0
         else:
             marker = f"{WRITTEN}{count}\n"  # cheaper than emptying the file after every batch
