@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 
@@ -70,8 +71,19 @@ async def stored_texts(bot) -> list[str]:
         return list(await session.scalars(select(MessageRecord.text).order_by(MessageRecord.id)))
 
 
-async def test_a_failing_classifier_leaves_blocklist_and_redaction_working(make_bot, use_classifier, caplog):
-    use_classifier(classifier := BrokenClassifier())
+def builtin_scorer_that_raises(broken: BrokenClassifier):
+    """botkit's own scorer (checked on the event loop, not on a thread) failing the same way."""
+    model = copy.copy(moderation.load_model())  # the loaded model is shared: patch a copy
+    model.score = broken.score  # type: ignore[method-assign]
+    return model
+
+
+@pytest.mark.parametrize("where", ["worker thread", "built-in, inline"])
+async def test_a_failing_classifier_leaves_blocklist_and_redaction_working(
+    make_bot, use_classifier, caplog, where
+):
+    classifier = BrokenClassifier()
+    use_classifier(classifier if where == "worker thread" else builtin_scorer_that_raises(classifier))
     with caplog.at_level(logging.WARNING, logger="botkit.plugins.moderation"):
         async with make_bot(config()) as bot:
             blocked = await bot.chat.say("what a frack")

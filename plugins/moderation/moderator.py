@@ -325,6 +325,7 @@ class Moderator:
 
     def __init__(self, settings: ModerationSettings, classifier: ProfanityModel | None = None) -> None:
         self.settings = settings
+        self.classifier = classifier
         self.policies: dict[Direction, Policy] = {
             "in": Policy(settings.input_actions, settings, classifier),
             "out": Policy(settings.output_actions, settings, classifier),

@@ -68,7 +68,10 @@ class ModerationSettings(BaseModel):
         "open lets the message on without that category, closed refuses it",
     )
     timeout: float = Field(
-        1.0, gt=0, description="seconds the classifier may take on one message before profanity is skipped"
+        1.0,
+        gt=0,
+        description="seconds a classifier on the worker threads (any but botkit's own) may take on one "
+        "message before profanity is skipped",
     )
     unchecked_notice: str = Field(
         "Sorry, I can't pass that on right now: moderation could not check it. Please try again later.",
