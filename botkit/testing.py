@@ -1,7 +1,8 @@
-"""A pytest plugin for testing botkit plugins: a bot on a scripted backend, driven in memory.
+"""Test helpers for botkit plugins: a bot on a scripted backend, driven in memory.
 
-Installed with botkit (entry point ``pytest11``); needs ``pytest-asyncio``
-(``pip install 'botkit[testing]'``). In a test::
+The fixtures that use them come from botkit's pytest plugin
+(``botkit.pytest_plugin``, registered through the ``pytest11`` entry point;
+needs ``pytest-asyncio``: ``pip install 'botkit[testing]'``). In a test::
 
     async def test_shout(make_bot):
         async with make_bot(plugins={"shout": shout_plugin}) as bot:
@@ -12,7 +13,8 @@ Installed with botkit (entry point ``pytest11``); needs ``pytest-asyncio``
 
 ``make_bot`` builds the bot from a config mapping (as config.toml would give
 it), with the scripted backend unless the config names another, starts it, and
-always stops it afterwards. The ``bot`` fixture is ``make_bot()`` with defaults.
+always stops it afterwards. The ``botkit_bot`` fixture is ``make_bot()`` with
+defaults.
 
 ``bot.chat`` (a ``MemoryChat``) plays a chat platform:
 
@@ -56,7 +58,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -79,9 +80,8 @@ __all__ = [
     "RecordingResponder",
     "ScriptedBackend",
     "TestBot",
-    "bot",
+    "bot_factory",
     "eventually",
-    "make_bot",
 ]
 
 
@@ -251,16 +251,12 @@ DEFAULT_TEST_CONFIG: dict[str, Any] = {
 MakeBot = Callable[..., AbstractAsyncContextManager[TestBot]]
 
 
-@pytest.fixture
-def make_bot(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> MakeBot:
-    """Build, start and (always) stop a bot: ``async with make_bot(config, plugins=...) as bot``.
+def bot_factory(tmp_path_factory: pytest.TempPathFactory) -> MakeBot:
+    """What the ``make_bot`` fixture returns: ``async with factory(config, plugins=...) as bot``.
 
     Each bot gets a fresh SQLite database in a temporary folder unless the
-    config names ``[storage]`` itself.
+    config names ``[storage]`` itself; the bot is always stopped afterwards.
     """
-    for name in list(os.environ):
-        if name.startswith("BOTKIT_"):
-            monkeypatch.delenv(name)
 
     @asynccontextmanager
     async def factory(
@@ -277,10 +273,3 @@ def make_bot(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
             await bot.stop()
 
     return factory
-
-
-@pytest.fixture
-async def bot(make_bot: MakeBot) -> AsyncIterator[TestBot]:
-    """A started bot with the default plugins and the scripted backend."""
-    async with make_bot() as started:
-        yield started

@@ -1,4 +1,4 @@
-"""Shared fixtures. The bot fixtures themselves come from botkit.testing (a pytest plugin)."""
+"""Shared fixtures. ``make_bot`` and ``botkit_bot`` come from botkit's own pytest plugin (botkit.pytest_plugin)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def bot(botkit_bot):
+    """This suite's short name for the plugin's ``botkit_bot``: a started bot on the scripted backend."""
+    return botkit_bot
 
 
 @pytest.fixture
