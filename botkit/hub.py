@@ -6,7 +6,7 @@ files with their LFS sha256; ``HEAD /{repo}/resolve/{revision}/{file}`` for the 
 ``X-Repo-Commit``, ``X-Linked-Etag`` (the sha256), ``X-Linked-Size`` and the CDN
 ``Location`` (relative redirects, as after a rename, are followed, the CDN's is not);
 then a ``GET`` of that location. The settings are huggingface_hub's: ``HF_ENDPOINT``,
-``HF_HUB_OFFLINE``, and the token from ``HF_TOKEN`` or the file ``huggingface-cli login``
+``HF_HUB_OFFLINE``, and the token from ``HF_TOKEN`` or the file ``hf auth login``
 writes (``HF_TOKEN_PATH``, else ``$HF_HOME/token``, else ``~/.cache/huggingface/token``).
 The token goes to the Hub only, never to the CDN, and appears in no message.
 """
@@ -60,7 +60,7 @@ def offline() -> bool:
 
 
 def token_path() -> Path:
-    """Where ``huggingface-cli login`` keeps the token."""
+    """Where ``hf auth login`` (``huggingface-cli login`` before) keeps the token."""
     if path := os.environ.get("HF_TOKEN_PATH"):
         return Path(os.path.expandvars(path)).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")

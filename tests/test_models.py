@@ -291,7 +291,7 @@ def test_a_gated_repository_is_pulled_with_a_granted_token_kept_from_the_cdn(hub
     assert "hf_granted" not in pulled.output
 
 
-def test_the_token_saved_by_huggingface_cli_login_is_used(hub, config, tmp_path):
+def test_the_token_saved_by_hf_auth_login_is_used(hub, config, tmp_path):
     hub.repos[GATED_REPO] = HubRepo({GATED_FILE: OTHER_MODEL}, granted={"hf_saved"})
     (tmp_path / "hf-home").mkdir()
     (tmp_path / "hf-home" / "token").write_text("hf_saved\n", encoding="utf-8")  # HF_HOME: the fixture's
