@@ -10,7 +10,7 @@ bench_generation.py does the same for the default llama.cpp backend. Here:
 
 - **openai**: ``python -m llama_cpp.server`` serves the embedded SmolLM2 GGUF on
   127.0.0.1. The raw side POSTs the very request body botkit's backend builds
-  to ``/v1/chat/completions`` with an httpx client and reads the event stream
+  to ``/v1/chat/completions`` with an httpx2 client and reads the event stream
   itself; the botkit side is ``Bot.handle`` with the ``openai`` backend.
 - **transformers**: the embedded GGUF dequantized by transformers, on CPU here.
   The raw side runs ``model.generate`` with a ``TextIteratorStreamer`` on a
@@ -53,14 +53,17 @@ from bench_generation import (
 )
 
 from botkit.backends.llamacpp import embedded_model_path
+from botkit.backends.openai_http import USAGE_OPTION
 from botkit.bot import Bot
 from botkit.settings import settings_from_mapping
 from botkit.types import Prompt, Role, Turn
 
 
 async def raw_openai(client, backend, prompt: Prompt, params) -> Run:
-    """The request botkit's openai backend sends, streamed with a kept-alive httpx client."""
+    """The request botkit's openai backend sends, streamed with a kept-alive httpx2 client."""
     path, body = backend._request(prompt, params)
+    if backend.asks_for_usage:  # as botkit asks, for the server's token counts
+        body = {**body, "stream_options": USAGE_OPTION}
     run = Run(clock())
     async with client.stream("POST", path, json=body) as response:
         async for line in response.aiter_lines():
@@ -123,10 +126,10 @@ async def benchmark(args: argparse.Namespace, base_url: str | None) -> tuple[Sid
         params = bot.backend_settings.sampling()
         prompt = Prompt(system=bot.settings.bot.system_prompt, turns=[Turn(Role.USER, QUESTION)])
         if args.backend == "openai":
-            import httpx
+            import httpx2
 
             # Like botkit's backend, one client whose connection is reused from run to run.
-            client = httpx.AsyncClient(base_url=backend.base_url, timeout=60)
+            client = httpx2.AsyncClient(base_url=backend.base_url, timeout=60)
             cleanup.append(client.aclose)
 
             async def raw() -> Run:

@@ -53,7 +53,7 @@ for _name in [name for name in os.environ if name.startswith("BOTKIT_")]:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import httpx  # noqa: E402
+import httpx2  # noqa: E402
 from llamacpp_tools import (  # noqa: E402
     LlamaServer,
     LlamaTools,
@@ -259,7 +259,7 @@ async def part_batch(run: Run) -> None:
     with LlamaServer(run.tools, run.model, args.threads, CONVERSATIONS, N_CTX, log) as server:
         async with (
             running_bot(args, BATCH_TOKENS) as (bot, recorder),
-            httpx.AsyncClient(base_url=server.base_url, timeout=600) as client,
+            httpx2.AsyncClient(base_url=server.base_url, timeout=600) as client,
         ):
 
             async def complete(text: str) -> dict:

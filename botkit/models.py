@@ -3,12 +3,11 @@
 Nothing here runs unless the user asks (``botkit models pull``): the bot itself never
 downloads. A pull reads the repository's card and file list (licence, the file's LFS sha256
 and size) and the file's HEAD (``X-Linked-Etag``, ``X-Repo-Commit``, the CDN ``Location``)
-through ``huggingface_hub``, then streams the file with ``huggingface_hub``'s HTTP session into
+through the Hub's HTTP API (``botkit.hub``), then streams the file into
 ``<file>.<sha>.part`` under ``<data_dir>/models/<org>/<repo>/``. A pull cut short leaves that
 part behind and the next pull continues it with a ``Range`` request; the file gets its final
 name only once its sha256 is the Hub's, and the record (``<file>.json``: repository, commit,
-sha256, licence) is written after it. ``hf_hub_download`` is not used because it deletes a
-partial download when it fails, so a second run could not resume it.
+sha256, licence) is written after it.
 """
 
 from __future__ import annotations
@@ -29,9 +28,7 @@ from typing import Any
 
 from botkit.errors import BotkitError
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 RECORD_SUFFIX = ".json"
-TIMEOUT = 30.0  # seconds without a byte before a request counts as failed
 SHA256 = re.compile(r"[0-9a-f]{64}")
 QUANTIZATION = re.compile(r"(?:^|[-_.])((?:I?Q\d(?:_[A-Z0-9]+)*)|BF16|F16|F32)(?=[-_.]|$)", re.IGNORECASE)
 
@@ -166,16 +163,6 @@ class PulledModel:
 def config_line(path: Path) -> str:
     """The config line that makes the llama.cpp backend load ``path``."""
     return f"[backend] model_path = {json.dumps(str(path))}"
-
-
-def hub_endpoint() -> str:
-    """The Hub's address: ``HF_ENDPOINT`` as set now (huggingface_hub reads it once, at import)."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def resolve_name(name: str) -> PullTarget:
@@ -321,71 +308,79 @@ class HubFile:
 
 def hub_file(target: PullTarget) -> HubFile:
     """Ask the Hub about ``target``: the repository (licence, files with their LFS sha256) and the file's HEAD."""
-    import httpx
-    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-    from huggingface_hub.utils import build_hf_headers
+    import httpx2
 
-    endpoint = hub_endpoint()
-    page = f"{endpoint}/{target.repo}"
+    from botkit.hub import (
+        HubHTTPError,
+        endpoint,
+        file_metadata,
+        hub_client,
+        hub_headers,
+        model_info,
+        offline,
+        resolve_url,
+    )
+
+    hub = endpoint()
+    page = f"{hub}/{target.repo}"
     if offline():
         raise HubUnreachable("HF_HUB_OFFLINE is set: unset it to let `botkit models pull` reach the Hub")
     try:
-        info = HfApi(endpoint=endpoint).model_info(target.repo, files_metadata=True, timeout=TIMEOUT)
-        sibling = next((s for s in info.siblings or [] if s.rfilename == target.file), None)
-        if sibling is None:
-            ggufs = sorted(s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".gguf"))
+        with hub_client() as client:
+            info = model_info(client, hub, target.repo)
+            siblings = [s for s in info.get("siblings") or [] if isinstance(s, dict)]
+            sibling = next((s for s in siblings if s.get("rfilename") == target.file), None)
+            if sibling is None:
+                ggufs = sorted(
+                    str(s.get("rfilename")) for s in siblings if str(s.get("rfilename")).endswith(".gguf")
+                )
+                raise ModelPullError(
+                    f"{target.repo} has no file {target.file!r}; its GGUF files: {', '.join(ggufs) or 'none'}"
+                )
+            commit = info.get("sha")
+            if not isinstance(commit, str) or not commit:
+                raise ModelPullError(f"{page}: the Hub did not say which commit it serves; try again later")
+            url = resolve_url(hub, target.repo, target.file, commit)
+            metadata = file_metadata(client, url)
+    except HubHTTPError as error:
+        if error.code == "GatedRepo":
             raise ModelPullError(
-                f"{target.repo} has no file {target.file!r}; its GGUF files: {', '.join(ggufs) or 'none'}"
-            )
-        if info.sha is None:
-            raise ModelPullError(f"{page}: the Hub did not say which commit it serves; try again later")
-        headers = build_hf_headers()
-        url = hf_hub_url(target.repo, target.file, revision=info.sha, endpoint=endpoint)
-        metadata = get_hf_file_metadata(url, headers=headers, timeout=TIMEOUT, endpoint=endpoint)
-    except GatedRepoError:
-        raise ModelPullError(
-            f"{target.repo} is gated: accept its licence at {page} and set HF_TOKEN to a token of that account"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ModelPullError(
-            f"there is no repository {target.repo} on {endpoint} (a private one needs HF_TOKEN)"
-        ) from None
-    except RemoteEntryNotFoundError:
-        raise ModelPullError(f"{target.repo} has no file {target.file!r} ({page})") from None
-    except HfHubHTTPError as error:
+                f"{target.repo} is gated: accept its licence at {page} and set HF_TOKEN to a token of that account"
+            ) from None
+        if error.code == "RepoNotFound":
+            raise ModelPullError(
+                f"there is no repository {target.repo} on {hub} (a private one needs HF_TOKEN)"
+            ) from None
+        if error.code == "EntryNotFound":
+            raise ModelPullError(f"{target.repo} has no file {target.file!r} ({page})") from None
         raise ModelPullError(f"the Hub refused: {first_line(error)}; try again later") from None
-    except (httpx.TransportError, OfflineModeIsEnabled) as error:
+    except (httpx2.TransportError, ValueError) as error:  # ValueError: an answer that is not JSON
         raise HubUnreachable(
-            f"cannot reach the Hugging Face Hub at {endpoint} ({first_line(error) or type(error).__name__}); "
+            f"cannot reach the Hugging Face Hub at {hub} ({first_line(error) or type(error).__name__}); "
             "check the network (or HF_ENDPOINT) and run the command again; nothing was downloaded"
         ) from None
-    lfs_sha = sibling.lfs.sha256 if sibling.lfs else None
+    lfs = sibling.get("lfs") if isinstance(sibling.get("lfs"), dict) else None
+    lfs_sha = lfs.get("sha256") if lfs else None
     sha = metadata.etag if metadata.etag and SHA256.fullmatch(metadata.etag) else lfs_sha
     if sha is None or (lfs_sha is not None and lfs_sha != sha):
         raise ModelPullError(
             f"{target.repo}/{target.file}: the Hub gives no single sha256 for it "
             f"(file list: {lfs_sha}, HEAD: {metadata.etag}), so it cannot be verified; nothing downloaded"
         )
-    size = metadata.size or (sibling.lfs.size if sibling.lfs else sibling.size)
-    if not size:
+    size = metadata.size or (lfs.get("size") if lfs else sibling.get("size"))
+    if not isinstance(size, int) or not size:
         raise ModelPullError(f"{target.repo}/{target.file}: the Hub gives no size for it; nothing downloaded")
-    card = info.card_data
-    licence = str(getattr(card, "license", None) or "unknown")
-    if licence == "other" and getattr(card, "license_name", None):
-        licence = str(card.license_name)  # type: ignore[union-attr]
-    link = str(getattr(card, "license_link", None) or page)
+    card = info.get("cardData") if isinstance(info.get("cardData"), dict) else {}
+    licence = str(card.get("license") or "unknown")
+    if licence == "other" and card.get("license_name"):
+        licence = str(card["license_name"])
+    link = str(card.get("license_link") or page)
     if link.startswith(("LICENSE", "./")):
-        link = f"{page}/blob/{info.sha}/{link.removeprefix('./')}"
+        link = f"{page}/blob/{commit}/{link.removeprefix('./')}"
+    headers = hub_headers()
     if not _same_host(url, metadata.location):
-        headers.pop("authorization", None)  # a signed CDN address: the token stays with the Hub
-    return HubFile(metadata.location, sha, size, metadata.commit_hash or info.sha, licence, link, headers)
+        headers.pop("Authorization", None)  # a signed CDN address: the token stays with the Hub
+    return HubFile(metadata.location, sha, size, metadata.commit or commit, licence, link, headers)
 
 
 def _same_host(a: str, b: str) -> bool:
@@ -404,46 +399,48 @@ def download(remote: HubFile, part: Path, progress: Progress | None) -> None:
     A connection lost after some bytes arrived is resumed at once; one that brings nothing
     raises ``ModelPullError`` and leaves ``part`` for the next pull to continue.
     """
-    import httpx
-    from huggingface_hub.errors import HfHubHTTPError
-    from huggingface_hub.utils import get_session, hf_raise_for_status
+    import httpx2
 
-    while True:
-        have = part.stat().st_size if part.exists() else 0
-        if have > remote.size:
-            part.unlink()
-            have = 0
-        if have == remote.size:
-            return
-        headers = dict(remote.headers, **({"Range": f"bytes={have}-"} if have else {}))
-        headers["Accept-Encoding"] = "identity"
-        try:
-            with get_session().stream("GET", remote.url, headers=headers, timeout=TIMEOUT) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    hf_raise_for_status(response)
-                # A server that ignores Range sends the whole file again: start the part over.
-                mode = "ab" if have and response.status_code == 206 else "wb"
-                got = have if mode == "ab" else 0
-                with part.open(mode) as file:
-                    # Chunks as they arrive (no chunk size): a lost connection keeps all it brought.
-                    for chunk in response.iter_bytes():
-                        file.write(chunk)
-                        got += len(chunk)
-                        if progress is not None:
-                            progress(got, remote.size)
-        except HfHubHTTPError as error:
-            raise ModelPullError(
-                f"the download was refused: {first_line(error)}; run the command again"
-            ) from None
-        except httpx.TransportError as error:
-            now = part.stat().st_size if part.exists() else 0
-            if now > have:
-                continue  # progress was made: go on from there
-            raise ModelPullError(
-                f"the download was interrupted ({first_line(error) or type(error).__name__}) with {now:,} of "
-                f"{remote.size:,} bytes in {part}; run the same command again to continue it"
-            ) from None
+    from botkit.hub import HubHTTPError, hub_client, raise_for_status
+
+    with hub_client() as client:
+        while True:
+            have = part.stat().st_size if part.exists() else 0
+            if have > remote.size:
+                part.unlink()
+                have = 0
+            if have == remote.size:
+                return
+            headers = dict(remote.headers, **({"Range": f"bytes={have}-"} if have else {}))
+            headers["Accept-Encoding"] = "identity"
+            try:
+                # A CDN may redirect again; httpx2 drops the token on a redirect to another host.
+                with client.stream("GET", remote.url, headers=headers, follow_redirects=True) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise_for_status(response)
+                    # A server that ignores Range sends the whole file again: start the part over.
+                    mode = "ab" if have and response.status_code == 206 else "wb"
+                    got = have if mode == "ab" else 0
+                    with part.open(mode) as file:
+                        # Chunks as they arrive (no chunk size): a lost connection keeps all it brought.
+                        for chunk in response.iter_bytes():
+                            file.write(chunk)
+                            got += len(chunk)
+                            if progress is not None:
+                                progress(got, remote.size)
+            except HubHTTPError as error:
+                raise ModelPullError(
+                    f"the download was refused: {first_line(error)}; run the command again"
+                ) from None
+            except httpx2.TransportError as error:
+                now = part.stat().st_size if part.exists() else 0
+                if now > have:
+                    continue  # progress was made: go on from there
+                raise ModelPullError(
+                    f"the download was interrupted ({first_line(error) or type(error).__name__}) with {now:,} of "
+                    f"{remote.size:,} bytes in {part}; run the same command again to continue it"
+                ) from None
 
 
 def file_sha256(path: Path) -> str:

@@ -127,6 +127,7 @@ class ModelRequest:
         text: str,
         status: ReplyStatus,
         *,
+        prompt_tokens: int | None = None,
         completion_tokens: int = 0,
         latency_s: float = 0.0,
         first_token_s: float | None = None,
@@ -136,7 +137,7 @@ class ModelRequest:
             status,
             self.slot.type_name,
             self.model,
-            self.fit.prompt_tokens,
+            self.fit.prompt_tokens if prompt_tokens is None else prompt_tokens,
             completion_tokens=completion_tokens,
             latency_s=latency_s,
             first_token_s=first_token_s,
@@ -153,6 +154,7 @@ class Streamed:
     status: ReplyStatus = ReplyStatus.COMPLETED
     refusal: Refuse | None = None  # the output filter's, when one stopped the stream
     completion_tokens: int = 0
+    prompt_tokens: int | None = None  # the backend's own count, when its stream gave one
     first_token_s: float | None = None
 
 
@@ -441,6 +443,7 @@ class Pipeline:
         reply = request.reply(
             text,
             status,
+            prompt_tokens=streamed.prompt_tokens,
             completion_tokens=streamed.completion_tokens,
             latency_s=latency_s,
             first_token_s=streamed.first_token_s,
@@ -471,6 +474,8 @@ class Pipeline:
                         streamed.first_token_s = time.monotonic() - started
                     streamed.raw += chunk.text
                     streamed.completion_tokens += chunk.tokens
+                    if chunk.prompt_tokens is not None:
+                        streamed.prompt_tokens = chunk.prompt_tokens
                     filtered = await run_chain(
                         filters, "text", streamed.raw, str, message=message, final=False, bot=bot
                     )

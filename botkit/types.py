@@ -139,10 +139,17 @@ NO_ADAPTER = NO_LORA
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """A piece of streamed model output."""
+    """A piece of streamed model output.
+
+    ``tokens`` is what the piece adds to the reply's token count. A backend that
+    learns the exact counts only at the end (an OpenAI-compatible server's usage)
+    closes with a chunk without text whose ``tokens`` corrects the sum (it may be
+    negative) and whose ``prompt_tokens`` replaces botkit's count of the prompt.
+    """
 
     text: str
     tokens: int = 1
+    prompt_tokens: int | None = None
 
 
 class ReplyStatus(enum.StrEnum):

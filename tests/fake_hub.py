@@ -1,16 +1,21 @@
-"""A Hugging Face Hub on 127.0.0.1 that answers what ``huggingface_hub`` asks when botkit pulls a model.
+"""A Hugging Face Hub on 127.0.0.1 that answers as the real Hub does the requests of a model pull.
 
-- ``GET /api/models/{org}/{repo}?blobs=True``: the repository's commit, card data (licence) and
-  files with their LFS sha256 and size (``HfApi.model_info(files_metadata=True)``);
+The requests are those ``huggingface_hub`` makes (and botkit.hub makes the same way):
+
+- ``GET /api/models/{org}/{repo}[/revision/{rev}]``: the repository's commit, card data
+  (licence) and files; with ``?blobs=true`` each file carries its size and LFS sha256, without
+  it only its name, as on the Hub;
 - ``HEAD /{org}/{repo}/resolve/{revision}/{file}``: as the Hub answers for an LFS file, a 302
   with ``X-Repo-Commit``, ``X-Linked-Etag`` (the sha256), ``X-Linked-Size`` and a ``Location``
-  on another host (``localhost`` instead of ``127.0.0.1``: the CDN), which
-  ``get_hf_file_metadata`` reports instead of following;
+  on another host (``localhost`` instead of ``127.0.0.1``: the CDN), which a client reports
+  instead of following;
 - ``GET /cdn/{sha256}``: the bytes, honouring ``Range: bytes=N-`` with a 206.
 
-Errors carry the Hub's ``X-Error-Code`` (``RepoNotFound``, ``EntryNotFound``). ``plan`` scripts
-the file downloads one by one: ``"half"`` sends half the body and drops the connection,
-``"nothing"`` drops it before answering, ``"corrupt"`` sends other bytes of the same length.
+Errors carry the Hub's ``X-Error-Code`` and ``X-Error-Message`` (``RepoNotFound`` with a 401,
+``EntryNotFound``, ``GatedRepo``: a 401 without a token, a 403 with one not granted access).
+``plan`` scripts the file downloads one by one: ``"half"`` sends half the body and drops the
+connection, ``"nothing"`` drops it before answering, ``"corrupt"`` sends other bytes of the
+same length.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -31,6 +36,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class HubRepo:
     files: dict[str, bytes]
     licence: str = "apache-2.0"
+    # A gated repository serves its files only to these tokens (its metadata to anyone).
+    granted: set[str] | None = None
 
     def sha(self, name: str) -> str:
         return hashlib.sha256(self.files[name]).hexdigest()
@@ -102,14 +109,15 @@ def make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def route(self) -> None:
             path = self.record()
             if match := API.match(path):
-                return self.model_info(match["repo"])
+                blobs = parse_qs(urlparse(self.path).query).get("blobs") == ["true"]
+                return self.model_info(match["repo"], blobs)
             if match := RESOLVE.match(path):
                 return self.resolve(match["repo"], match["file"])
             if path.startswith("/cdn/"):
                 return self.blob(path.removeprefix("/cdn/"))
             self.error(404, "RepoNotFound", "not found")
 
-        def model_info(self, name: str) -> None:
+        def model_info(self, name: str, blobs: bool) -> None:
             repo = hub.repos.get(name)
             if repo is None:
                 return self.error(401, "RepoNotFound", "Repository not found")
@@ -120,11 +128,14 @@ def make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     "blobId": hashlib.sha1(data).hexdigest(),
                     "lfs": {"size": len(data), "sha256": repo.sha(file), "pointerSize": 134},
                 }
+                if blobs
+                else {"rfilename": file}
                 for file, data in repo.files.items()
             ]
-            body = json.dumps(
-                {"id": name, "sha": COMMIT, "cardData": {"license": repo.licence}, "siblings": siblings}
-            ).encode()
+            info = {"id": name, "sha": COMMIT, "cardData": {"license": repo.licence}, "siblings": siblings}
+            if repo.granted is not None:
+                info["gated"] = "manual"
+            body = json.dumps(info).encode()
             self.answer(200, {"Content-Type": "application/json"}, body)
 
         def resolve(self, name: str, file: str) -> None:
@@ -133,6 +144,12 @@ def make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return self.error(401, "RepoNotFound", "Repository not found")
             if file not in repo.files:
                 return self.error(404, "EntryNotFound", "Entry not found")
+            if repo.granted is not None:
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                if not token:
+                    return self.error(401, "GatedRepo", f"Access to model {name} is restricted.")
+                if token not in repo.granted:
+                    return self.error(403, "GatedRepo", f"Access to model {name} is restricted.")
             sha = repo.sha(file)
             self.answer(
                 302,

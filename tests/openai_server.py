@@ -3,6 +3,10 @@
 The stub answers each POST with the next scripted answer (an HTTP error with
 headers, or a stream of text deltas) and records every request's path, headers
 and body, for the cases a real engine cannot be made to show (429, 5xx, keys).
+It streams as vLLM, llama.cpp's server and OpenAI do: a chunk per delta, a chunk
+with the finish reason, then, only when the request asked with
+``stream_options: {"include_usage": true}``, ``"usage": null`` on every chunk and
+a last chunk with empty ``choices`` and the usage, then ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 from servers import free_port, wait_until_ready
 
 
@@ -54,8 +58,8 @@ class LlamaCppServer:
         if self.process.poll() is not None:
             raise RuntimeError(f"llama_cpp.server exited: {self.log.read_text(errors='replace')[-2000:]}")
         try:
-            return httpx.get(f"{self.base_url}/models", timeout=5).status_code == 200
-        except httpx.HTTPError:
+            return httpx2.get(f"{self.base_url}/models", timeout=5).status_code == 200
+        except httpx2.HTTPError:
             return False
 
     def stop(self) -> None:
@@ -94,6 +98,13 @@ class Recorded:
     at: float
 
 
+def prompt_words(body: dict[str, Any]) -> int:
+    """The stub's own "tokenizer": words of the prompt, and two for each chat message's markers."""
+    if "messages" in body:
+        return sum(len(m["content"].split()) + 2 for m in body["messages"])
+    return len(str(body.get("prompt", "")).split())
+
+
 class StubServer:
     """A tiny threaded HTTP server speaking just enough of the OpenAI streaming API."""
 
@@ -107,6 +118,12 @@ class StubServer:
         self.first_token = threading.Event()
         self.first_token.set()
         self.holding = threading.Event()
+        # An older server that ignores stream_options and never reports usage: False.
+        self.reports_usage = True
+        # The (prompt_tokens, completion_tokens) it reports; None: counted (words, deltas).
+        self.usage: tuple[int, int] | None = None
+        # A server that does not know stream_options and refuses a request that has it.
+        self.refuses_stream_options = False
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -125,6 +142,11 @@ class StubServer:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 stub.requests.append(Recorded(self.path, dict(self.headers), body, time.monotonic()))
+                if stub.refuses_stream_options and "stream_options" in body:
+                    # As a server with a strict request schema answers an unknown field.
+                    message = "Unrecognized request argument supplied: stream_options"
+                    self._json(400, {"error": {"message": message, "type": "invalid_request_error"}})
+                    return
                 answer = stub.always or (stub.script.popleft() if stub.script else stub.default_reply)
                 if answer is DROP:  # hang up without answering, as a crashing server does
                     self.close_connection = True
@@ -137,6 +159,9 @@ class StubServer:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 chat = self.path.endswith("/chat/completions")
+                with_usage = stub.reports_usage and bool(
+                    (body.get("stream_options") or {}).get("include_usage")
+                )
                 if not stub.first_token.is_set():
                     stub.holding.set()
                     stub.first_token.wait(HOLD_LIMIT)
@@ -144,14 +169,40 @@ class StubServer:
                     if piece == CUT:
                         self.close_connection = True
                         return
-                    choice = (
-                        {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
-                    )
-                    self.wfile.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
-                    self.wfile.flush()
+                    self._event(chat, {"content": piece} if chat else {"text": piece}, with_usage)
+                self._event(chat, {"finish_reason": "stop"}, with_usage)
+                if with_usage:
+                    prompt, completion = stub.usage or (prompt_words(body), len(answer))
+                    usage = {
+                        "prompt_tokens": prompt,
+                        "completion_tokens": completion,
+                        "total_tokens": prompt + completion,
+                    }
+                    self._send({**self._envelope(chat), "choices": [], "usage": usage})
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
                 self.close_connection = True
+
+            def _event(self, chat: bool, part: dict[str, str], with_usage: bool) -> None:
+                finish = part.pop("finish_reason", None)
+                choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+                if chat:
+                    choice["delta"] = part
+                else:
+                    choice["text"] = part.get("text", "")
+                event = {**self._envelope(chat), "choices": [choice]}
+                if with_usage:
+                    event["usage"] = None
+                self._send(event)
+
+            @staticmethod
+            def _envelope(chat: bool) -> dict[str, Any]:
+                kind = "chat.completion.chunk" if chat else "text_completion"
+                return {"id": "cmpl-stub", "object": kind, "created": 0, "model": "smollm2"}
+
+            def _send(self, event: dict[str, Any]) -> None:
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
 
             def _json(self, status: int, data: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 raw = json.dumps(data).encode()

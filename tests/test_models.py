@@ -8,7 +8,6 @@ import socket
 import textwrap
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 from click.testing import CliRunner
 from fake_hub import COMMIT, FakeHub, HubRepo, HubServer
@@ -62,11 +61,14 @@ def hub(monkeypatch, tmp_path):
     with HubServer(FakeHub(repos)) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no token of the developer's is sent
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
+        for name in (
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "HF_TOKEN_PATH",
+        ):
             monkeypatch.delenv(name, raising=False)
-        # huggingface_hub fetches a registry for its user-agent from the endpoint it read at import
-        # (which an earlier test may have done): no such request, whatever the order of the tests.
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
         yield hub
 
 
@@ -263,3 +265,36 @@ def test_the_catalogue_is_consistent():
     assert quantization_of("model.gguf") == "?"
     help_text = textwrap.dedent(CliRunner().invoke(create_cli(), ["models", "pull", "--help"]).output)
     assert "ORG/REPO/FILE.gguf" in help_text
+
+
+GATED_REPO = "acme/Gated-GGUF"
+GATED_FILE = "gated-Q4_K_M.gguf"
+
+
+def test_a_gated_repository_is_pulled_with_a_granted_token_kept_from_the_cdn(hub, config, monkeypatch):
+    hub.repos[GATED_REPO] = HubRepo({GATED_FILE: OTHER_MODEL}, granted={"hf_granted"})
+    without = botkit(config, "models", "pull", f"{GATED_REPO}/{GATED_FILE}")
+    monkeypatch.setenv("HF_TOKEN", "hf_not_granted")
+    not_granted = botkit(config, "models", "pull", f"{GATED_REPO}/{GATED_FILE}")
+    for refused in (without, not_granted):
+        assert refused.exit_code == 1
+        assert f"{GATED_REPO} is gated: accept its licence at {hub.endpoint}/{GATED_REPO}" in refused.output
+    monkeypatch.setenv("HF_TOKEN", "hf_granted")
+    hub.requests.clear()
+    pulled = botkit(config, "models", "pull", f"{GATED_REPO}/{GATED_FILE}")
+    assert pulled.exit_code == 0, pulled.output
+    assert (config.parent / "data" / "models" / GATED_REPO / GATED_FILE).read_bytes() == OTHER_MODEL
+    # The token went to the Hub and never to the CDN host that served the bytes, nor to the screen.
+    to_hub = [headers for _, path, headers in hub.requests if not path.startswith("/cdn/")]
+    assert [headers.get("authorization") for headers in to_hub] == ["Bearer hf_granted"] * 2
+    assert [download.get("authorization") for download in hub.downloads()] == [None]
+    assert "hf_granted" not in pulled.output
+
+
+def test_the_token_saved_by_hf_auth_login_is_used(hub, config, tmp_path):
+    hub.repos[GATED_REPO] = HubRepo({GATED_FILE: OTHER_MODEL}, granted={"hf_saved"})
+    (tmp_path / "hf-home").mkdir()
+    (tmp_path / "hf-home" / "token").write_text("hf_saved\n", encoding="utf-8")  # HF_HOME: the fixture's
+    result = botkit(config, "models", "pull", f"{GATED_REPO}/{GATED_FILE}")
+    assert result.exit_code == 0, result.output
+    assert hub.requests[0][2]["authorization"] == "Bearer hf_saved"

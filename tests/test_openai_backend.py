@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import threading
 from collections.abc import Iterator
 
@@ -14,10 +15,10 @@ from servers import free_port
 from test_console_model import chat
 from test_llamacpp import until_streaming
 
-from botkit import Prompt, ReplyStatus, Role, Turn
+from botkit import Prompt, Reply, ReplyStatus, Role, Turn, hookimpl
 from botkit.backends import openai_http
 from botkit.backends.llamacpp import embedded_model_path
-from botkit.backends.openai_http import OpenAIBackend, OpenAISettings, retry_after_seconds
+from botkit.backends.openai_http import OpenAIBackend, OpenAISettings, backoff_delay, retry_after_seconds
 from botkit.errors import ConfigError, ModelLoadError
 from botkit.pipeline import FAILED_REPLY
 from botkit.plugin_discovery import BUILTIN_PLUGINS
@@ -44,7 +45,8 @@ def openai_bot(base_url: str, **backend: object) -> dict:
 
 
 def fast_retries(base_url: str, **backend: object) -> dict:
-    return openai_bot(base_url, retries=2, retry_backoff=0.05, connect_timeout=2, read_timeout=5, **backend)
+    quick = {"retries": 2, "retry_backoff": 0.05, "connect_timeout": 2, "read_timeout": 5}
+    return openai_bot(base_url, **{**quick, **backend})
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,37 @@ def engine(tmp_path_factory) -> Iterator[LlamaCppServer]:
 def stub() -> Iterator[StubServer]:
     with StubServer() as server:
         yield server
+
+
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The backend's waits before retries, recorded instead of waited (so no test sleeps)."""
+    recorded: list[float] = []
+
+    async def pause(self, seconds: float, cancel: threading.Event) -> bool:
+        recorded.append(seconds)
+        return not cancel.is_set()
+
+    monkeypatch.setattr(OpenAIBackend, "pause", pause)
+    return recorded
+
+
+class RecordReplies:
+    """A plugin keeping every finished ``Reply``: its token counts are what memory stores."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = []
+
+    @hookimpl
+    def botkit_after_reply(self, reply):
+        self.replies.append(reply)
+
+
+def estimated_prompt_tokens(body: dict) -> int:
+    """botkit's estimate for a chat request: four characters a token, plus each message's overhead."""
+    messages = body["messages"]
+    text = sum(len(message["content"]) for message in messages)
+    return text // 4 + openai_http.MESSAGE_OVERHEAD_TOKENS * len(messages) + 1
 
 
 # -- a real engine ---------------------------------------------------------------
@@ -168,21 +201,37 @@ async def test_completions_render_the_configured_chat_template(make_bot, stub):
     assert "stop" not in request.body
 
 
-async def test_503_twice_then_ok_is_retried_and_answers(make_bot, stub):
+async def test_503_twice_then_ok_is_retried_after_jittered_waits(make_bot, stub, waits):
     stub.script.extend([Failure(503), Failure(503)])
-    async with make_bot(fast_retries(stub.base_url), plugins=PLUGINS) as bot:
+    async with make_bot(fast_retries(stub.base_url, retry_backoff=2.0), plugins=PLUGINS) as bot:
+        bot.backend.jitter = random.Random(15)
         reply = await bot.chat.say("hi")
     assert reply.status is ReplyStatus.COMPLETED and reply.final == "Hello from the stub."
     assert len(stub.requests) == 3
+    # Full jitter: each wait is drawn from [0, backoff * 2**attempt] with the backend's random source.
+    seeded = random.Random(15)
+    assert waits == [seeded.uniform(0, 2.0), seeded.uniform(0, 4.0)]
+    assert 0 <= waits[0] <= 2.0 and 0 <= waits[1] <= 4.0
 
 
-async def test_429_waits_out_retry_after(make_bot, stub):
+def test_backoff_delays_vary_within_their_doubling_bounds():
+    draw = random.Random(2024)
+    for attempt, bound in enumerate([0.5, 1.0, 2.0, 4.0]):
+        delays = [backoff_delay(attempt, 0.5, draw) for _ in range(200)]
+        assert all(0 <= delay <= bound for delay in delays)
+        # Spread over the whole range, not one fixed wait: replicas do not retry in step.
+        assert len(set(delays)) == 200
+        assert min(delays) < bound * 0.1 and max(delays) > bound * 0.9
+    assert backoff_delay(3, 0.0, draw) == 0.0
+
+
+async def test_429_waits_out_retry_after_without_jitter(make_bot, stub, waits):
     stub.script.append(Failure(429, {"Retry-After": "1"}))
     async with make_bot(fast_retries(stub.base_url), plugins=PLUGINS) as bot:
         reply = await bot.chat.say("hi")
     assert reply.status is ReplyStatus.COMPLETED and reply.final == "Hello from the stub."
-    first, second = stub.requests
-    assert second.at - first.at >= 0.95
+    assert len(stub.requests) == 2
+    assert waits == [1.0]  # the server's Retry-After, as given
 
 
 async def test_stop_ends_the_wait_for_a_retry(make_bot, stub, caplog):
@@ -221,11 +270,19 @@ async def test_a_server_that_always_fails_gives_the_apology_then_recovers(
     assert SECRET not in caplog.text
 
 
-async def test_4xx_is_not_retried(make_bot, stub):
-    stub.script.append(Failure(400, message="prompt too long"))
+async def test_4xx_is_not_retried(make_bot, stub, caplog):
+    stub.always = Failure(400, message="prompt too long")
     async with make_bot(fast_retries(stub.base_url), plugins=PLUGINS) as bot:
         reply = await bot.chat.say("hi")
-    assert reply.status is ReplyStatus.FAILED and len(stub.requests) == 1
+        stub.always = None
+        after = await bot.chat.say("hi again")
+    assert reply.status is ReplyStatus.FAILED and "HTTP 400: prompt too long" in caplog.text
+    # Asked once more without stream_options (a 400 may refuse the option), then given up.
+    first, second, third = stub.requests
+    assert "stream_options" in first.body and "stream_options" not in second.body
+    # The request was at fault, not the option: the next one still asks for usage.
+    assert after.status is ReplyStatus.COMPLETED and "stream_options" in third.body
+    assert "refused stream_options" not in caplog.text
 
 
 async def test_a_dropped_connection_is_retried(make_bot, stub):
@@ -351,3 +408,57 @@ async def test_token_counts_are_an_estimate_from_the_messages():
     assert len(chat_messages(prompt)) == 2
     assert await backend.count_tokens(prompt) == 120 // 4 + 2 * openai_http.MESSAGE_OVERHEAD_TOKENS + 1
     assert await backend.count_text("z" * 40) == 11
+
+
+# -- token usage -------------------------------------------------------------------
+
+
+async def test_the_servers_token_usage_becomes_the_replys_counts(make_bot, stub):
+    stub.usage = (123, 7)
+    record = RecordReplies()
+    async with make_bot(openai_bot(stub.base_url), plugins={**PLUGINS, "record": record}) as bot:
+        reply = await bot.chat.say("hi")
+    assert reply.final == "Hello from the stub."
+    [request] = stub.requests
+    assert request.body["stream_options"] == {"include_usage": True}
+    [recorded] = record.replies
+    assert (recorded.prompt_tokens, recorded.completion_tokens) == (123, 7)
+
+
+async def test_usage_from_the_completions_endpoint_is_recorded_too(make_bot, stub):
+    stub.usage = (40, 3)
+    record = RecordReplies()
+    config = openai_bot(stub.base_url, endpoint="completions", prompt_format="alpaca")
+    async with make_bot(config, plugins={**PLUGINS, "record": record}) as bot:
+        reply = await bot.chat.say("hi")
+    assert reply.final == "Hello from the stub."
+    [recorded] = record.replies
+    assert (recorded.prompt_tokens, recorded.completion_tokens) == (40, 3)
+
+
+async def test_a_server_without_usage_leaves_the_estimate(make_bot, stub):
+    stub.reports_usage = False  # an older server: ignores stream_options, reports nothing
+    record = RecordReplies()
+    async with make_bot(openai_bot(stub.base_url), plugins={**PLUGINS, "record": record}) as bot:
+        reply = await bot.chat.say("hi")
+    assert reply.status is ReplyStatus.COMPLETED and reply.final == "Hello from the stub."
+    [request] = stub.requests
+    [recorded] = record.replies
+    assert recorded.completion_tokens == 4  # one token per streamed delta
+    assert recorded.prompt_tokens == estimated_prompt_tokens(request.body)
+
+
+async def test_a_server_refusing_stream_options_is_asked_without_them_from_then_on(make_bot, stub, caplog):
+    stub.refuses_stream_options = True
+    record = RecordReplies()
+    async with make_bot(fast_retries(stub.base_url), plugins={**PLUGINS, "record": record}) as bot:
+        first = await bot.chat.say("hi")
+        second = await bot.chat.say("hi again")
+    assert first.status is second.status is ReplyStatus.COMPLETED
+    assert first.final == second.final == "Hello from the stub."
+    refused, retried, later = stub.requests
+    assert "stream_options" in refused.body
+    assert "stream_options" not in retried.body and "stream_options" not in later.body
+    assert caplog.text.count("refused stream_options (HTTP 400)") == 1
+    assert [reply.completion_tokens for reply in record.replies] == [4, 4]
+    assert record.replies[1].prompt_tokens == estimated_prompt_tokens(later.body)

@@ -4,9 +4,16 @@ It posts to ``{base_url}/chat/completions`` (the server applies the model's chat
 template) or ``{base_url}/completions`` (botkit renders the prompt) with
 ``stream: true`` and yields the text of each server-sent event. Connection
 errors, timeouts and 5xx answers before the first token are retried
-``[backend] retries`` times; a 429 is waited out for its ``Retry-After``. The API
-key comes only from the environment (``BOTKIT_BACKEND__API_KEY``) and appears in
-no log line or error text.
+``[backend] retries`` times after a randomised wait (``backoff_delay``); a 429 is
+waited out for its ``Retry-After``. The API key comes only from the environment
+(``BOTKIT_BACKEND__API_KEY``) and appears in no log line or error text.
+
+Token counts are the server's own: each request asks for them with
+``stream_options: {"include_usage": true}`` and the last event's ``usage`` becomes
+the reply's prompt and completion tokens. A server that sends no usage leaves
+botkit's estimate (one token per streamed event, four characters a token for the
+prompt); one that refuses the option with HTTP 400 or 422 is asked again without
+it, and never again with it while the backend runs.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +29,7 @@ from contextlib import aclosing
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
-import httpx
+import httpx2
 from pydantic import Field, SecretStr, model_validator
 
 from botkit import hookimpl
@@ -37,6 +45,10 @@ log = logging.getLogger("botkit.backends.openai_http")
 MESSAGE_OVERHEAD_TOKENS = 4
 # How often a wait for the server's next line looks at the cancel flag.
 CANCEL_POLL_SECONDS = 0.05
+# Asks the server to end the stream with the request's token usage (OpenAI, vLLM, llama.cpp).
+USAGE_OPTION = {"include_usage": True}
+# What a server that does not know ``stream_options`` answers: 400 (OpenAI-style), 422 (FastAPI).
+REFUSED_OPTION_STATUSES = frozenset({400, 422})
 
 
 class OpenAISettings(BackendSettings):
@@ -61,7 +73,11 @@ class OpenAISettings(BackendSettings):
     connect_timeout: float = Field(5.0, gt=0, description="seconds to connect (and to answer at start)")
     read_timeout: float = Field(60.0, gt=0, description="seconds to wait for the first or the next token")
     retries: int = Field(2, ge=0, description="retries after a connection error, timeout, 5xx or 429")
-    retry_backoff: float = Field(1.0, ge=0, description="seconds before the first retry, doubled each time")
+    retry_backoff: float = Field(
+        1.0,
+        ge=0,
+        description="most seconds before the first retry (a random wait up to it), doubled each time",
+    )
     max_retry_after: float = Field(30.0, ge=0, description="longest 429 Retry-After that is waited out")
 
     @model_validator(mode="after")
@@ -107,6 +123,29 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
+def backoff_delay(attempt: int, base: float, draw: random.Random) -> float:
+    """Seconds to wait before retrying after failed attempt ``attempt`` (0 for the first).
+
+    "Full jitter": a uniform draw from ``[0, base * 2**attempt]``. Replicas that
+    failed together (a server restart) do not all come back at the same instant,
+    and the mean wait is half the un-jittered one. A server's ``Retry-After``
+    is used as given instead of this.
+    """
+    return draw.uniform(0.0, base * 2**attempt)
+
+
+def usage_counts(usage: object) -> tuple[int | None, int | None]:
+    """``(prompt_tokens, completion_tokens)`` from an event's ``usage``; None for what it lacks."""
+    if not isinstance(usage, dict):
+        return None, None
+
+    def count(key: str) -> int | None:
+        value = usage.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    return count("prompt_tokens"), count("completion_tokens")
+
+
 async def next_line(lines: AsyncIterator[str], cancel: threading.Event) -> str | None:
     """The next line of a stream, or None at its end or once ``cancel`` is set.
 
@@ -135,7 +174,11 @@ class OpenAIBackend(Backend):
         super().__init__(settings)
         self.concurrency = settings.concurrency
         self.base_url = settings.base_url.rstrip("/")
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx2.AsyncClient | None = None
+        # The random source of the retry backoff; a test gives a seeded one.
+        self.jitter = random.Random()
+        # Cleared once the server refuses ``stream_options``: not asked again while this backend runs.
+        self.asks_for_usage = True
 
     @property
     def model_name(self) -> str:
@@ -155,12 +198,12 @@ class OpenAIBackend(Backend):
 
     async def start(self) -> None:
         settings = self.settings
-        timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=self._headers(), timeout=timeout)
+        timeout = httpx2.Timeout(settings.read_timeout, connect=settings.connect_timeout)
+        self._client = httpx2.AsyncClient(base_url=self.base_url, headers=self._headers(), timeout=timeout)
         where = f"[{self.table}] base_url: {self._shown_url}/models"
         try:
             response = await self._client.get("/models", timeout=settings.connect_timeout)
-        except httpx.HTTPError as error:
+        except httpx2.HTTPError as error:
             await self.close()
             raise ModelLoadError(
                 f"{where} is not reachable ({type(error).__name__}: {mask_urls(str(error)) or 'no answer'}, "
@@ -205,8 +248,9 @@ class OpenAIBackend(Backend):
         assert self.settings.chat_template is not None  # checked by the settings
         return render_chat(prompt, self.settings.chat_template)
 
-    # The server's tokenizer is not part of the OpenAI API, so counts are an honest
-    # estimate: about four characters a token, as for English text with a BPE tokenizer.
+    # The server's tokenizer is not part of the OpenAI API, so counts made before a request
+    # (fitting the context) are an honest estimate: about four characters a token, as for
+    # English text with a BPE tokenizer. The reply's own counts come from the server's usage.
     async def count_text(self, text: str) -> int:
         return len(text) // 4 + 1
 
@@ -246,11 +290,22 @@ class OpenAIBackend(Backend):
         path, body = self._request(prompt, params)
         url = f"{self._shown_url}{path}"
         retries = self.settings.retries
-        for attempt in range(retries + 1):
+        ask_usage = self.asks_for_usage
+        refused: int | None = None  # the status with which the server refused stream_options
+        attempt = 0
+        while True:
             started = False
+            sent = {**body, "stream_options": USAGE_OPTION} if ask_usage else body
             try:
-                async with self._client.stream("POST", path, json=body) as response:
+                async with self._client.stream("POST", path, json=sent) as response:
+                    if ask_usage and response.status_code in REFUSED_OPTION_STATUSES:
+                        # The option or the request itself: asked once more without the option
+                        # (not counted as a retry), the answer tells which.
+                        refused, ask_usage = response.status_code, False
+                        continue
                     await self._check_status(response, url)
+                    if refused is not None:
+                        self._stop_asking_for_usage(refused)
                     async with aclosing(self._events(response, cancel, url)) as events:
                         async for chunk in events:
                             started = True
@@ -258,22 +313,40 @@ class OpenAIBackend(Backend):
                 return
             except _Retryable as failure:
                 reason, wait = failure.reason, failure.wait
-            except httpx.TransportError as error:  # connect errors, timeouts, dropped connections
+            except httpx2.TransportError as error:  # connect errors, timeouts, dropped connections
                 reason, wait = f"{type(error).__name__} from {url}", None
                 if started:  # text already reached the user: a retry would repeat it
                     raise OpenAIServerError(f"{reason} in the middle of the reply") from None
             if attempt == retries:
                 raise OpenAIServerError(f"{reason} (after {retries + 1} attempts)")
             if wait is None:
-                wait = self.settings.retry_backoff * 2**attempt
+                wait = backoff_delay(attempt, self.settings.retry_backoff, self.jitter)
             log.warning("%s; retrying in %.1f s (%d of %d)", reason, wait, attempt + 1, retries)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if cancel.is_set():
-                    return
-                await asyncio.sleep(min(CANCEL_POLL_SECONDS, deadline - time.monotonic()))
+            if not await self.pause(wait, cancel):
+                return
+            attempt += 1
 
-    async def _check_status(self, response: httpx.Response, url: str) -> None:
+    async def pause(self, seconds: float, cancel: threading.Event) -> bool:
+        """Wait ``seconds`` before a retry; False, at once, when ``cancel`` is set meanwhile."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if cancel.is_set():
+                return False
+            await asyncio.sleep(min(CANCEL_POLL_SECONDS, left))
+        return not cancel.is_set()
+
+    def _stop_asking_for_usage(self, status: int) -> None:
+        """The server refused ``stream_options`` and took the request without it: stop asking."""
+        if self.asks_for_usage:  # several requests may learn it at once; it is said once
+            self.asks_for_usage = False
+            log.warning(
+                "the server at %s refused stream_options (HTTP %d) and answers without it: "
+                "token counts of its replies are botkit's estimates from now on",
+                self._shown_url,
+                status,
+            )
+
+    async def _check_status(self, response: httpx2.Response, url: str) -> None:
         status = response.status_code
         if status < 400:
             return
@@ -292,30 +365,39 @@ class OpenAIBackend(Backend):
         raise OpenAIServerError(f"{url}: HTTP {status}{detail}")
 
     @staticmethod
-    async def _error_detail(response: httpx.Response) -> str:
+    async def _error_detail(response: httpx2.Response) -> str:
         """The server's own short error message, if it gave one."""
         try:
             raw = (await response.aread())[:2000]
             message = json.loads(raw).get("error", {})
             message = message.get("message", "") if isinstance(message, dict) else str(message)
-        except (ValueError, AttributeError, httpx.HTTPError):
+        except (ValueError, AttributeError, httpx2.HTTPError):
             return ""
         return f": {message[:300]}" if message else ""
 
     async def _events(
-        self, response: httpx.Response, cancel: threading.Event, url: str
+        self, response: httpx2.Response, cancel: threading.Event, url: str
     ) -> AsyncIterator[Chunk]:
-        """The text of each ``data:`` event until ``[DONE]``; stops early when ``cancel`` is set."""
+        """The text of each ``data:`` event until ``[DONE]``; stops early when ``cancel`` is set.
+
+        Each text counts as one token, as servers send about one token an event. When
+        the server reports usage (the last event, with no choices, once asked for it),
+        a closing chunk without text brings the reply's count to the server's and
+        carries its count of the prompt.
+        """
         chat = self.settings.endpoint == "chat"
         lines = response.aiter_lines()
         finished = False
+        counted = 0
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
         while True:
             line = await next_line(lines, cancel)
             if cancel.is_set():
                 return  # leaving the ``async with`` closes the response: the server stops
             if line is None:
                 if finished:
-                    return
+                    break
                 # No finish reason and no [DONE]: the server cut the reply short (llama.cpp's
                 # server does so when another request interrupts it), so it is not complete.
                 raise OpenAIServerError(f"{url}: the stream ended before the reply was complete")
@@ -323,7 +405,7 @@ class OpenAIBackend(Backend):
                 continue  # blank separators, comments, event names
             data = line[5:].strip()
             if data == "[DONE]":
-                return
+                break
             try:
                 event = json.loads(data)
             except ValueError:
@@ -332,11 +414,19 @@ class OpenAIBackend(Backend):
                 error = event["error"]
                 message = error.get("message", "") if isinstance(error, dict) else str(error)
                 raise OpenAIServerError(f"{url}: the server failed mid-reply: {message[:300]}")
+            # Usage is null on every event but the last; a server may repeat it as it grows.
+            prompt, completion = usage_counts(event.get("usage"))
+            prompt_tokens = prompt if prompt is not None else prompt_tokens
+            completion_tokens = completion if completion is not None else completion_tokens
             for choice in event.get("choices") or []:
                 finished = finished or bool(choice.get("finish_reason"))
                 piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
                 if piece:  # the closing event carries only the finish reason
+                    counted += 1
                     yield Chunk(piece)
+        if prompt_tokens is not None or completion_tokens is not None:
+            correction = 0 if completion_tokens is None else completion_tokens - counted
+            yield Chunk("", tokens=correction, prompt_tokens=prompt_tokens)
 
 
 @hookimpl
