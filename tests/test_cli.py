@@ -9,6 +9,7 @@ import select
 import signal
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 from pathlib import Path
@@ -228,6 +229,28 @@ class Terminal:
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 
+    def end_input(self, timeout: float = 60) -> None:
+        """Ctrl-D at the prompt, once readline reads the line (a person sees the prompt first).
+
+        readline edits in non-canonical mode and gives the terminal back in canonical
+        mode between lines; a Ctrl-D typed in that gap is taken by the kernel's line
+        discipline and reaches readline, once it switches over, as a NUL byte: no end
+        of input. The pseudo-terminal's master shares the terminal's modes, so wait
+        for readline's mode first.
+        """
+        deadline = time.monotonic() + timeout
+        while termios.tcgetattr(self.master)[3] & termios.ICANON:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"readline never read a line; screen so far:\n{self.output}")
+            ready, _, _ = select.select([self.master], [], [], min(remaining, 0.05))
+            if ready:
+                try:
+                    self.output += os.read(self.master, 4096).decode("utf-8", "replace")
+                except OSError:  # the child closed the terminal
+                    break
+        self.type("\x04")
+
     def close(self) -> int:
         try:
             return self.process.wait(timeout=60)
@@ -254,7 +277,7 @@ def test_terminal_chat_ctrl_d_exits(scripted_config, tmp_path):
     terminal.read_until(r"> ")
     terminal.type("hi\n")
     terminal.read_until("testbot> scripted answer")
-    terminal.type("\x04")
+    terminal.end_input()
     assert terminal.close() == 0
 
 
@@ -266,7 +289,7 @@ def test_terminal_chat_stop_typed_during_a_reply_stops_it(slow_config, tmp_path)
     terminal.read_until(r"botkit> word word")
     terminal.type("/stop\n")  # typed while the reply streams: read, and acted on, at once
     terminal.read_until(r"\[stopped\]\r?\nbotkit> Stopped\.\r?\n\[you in #general\] > ")
-    terminal.type("\x04")
+    terminal.end_input()
     assert terminal.close() == 0
     assert "Traceback" not in terminal.output
 
@@ -282,7 +305,7 @@ def test_terminal_chat_edits_lines_keeps_history_and_says_when_it_continues(scri
     terminal.read_until(r"testbot> scripted answer")
     terminal.type("\x1b[A\x1b[A\n")  # up twice: /whoami again
     terminal.read_until(r"(?s)user=you channel=general.*user=you channel=general")
-    terminal.type("\x04")
+    terminal.end_input()
     assert terminal.close() == 0
     assert history.read_text(encoding="utf-8").splitlines()[-3:] == ["/whoami", "hello", "/whoami"]
     assert history.stat().st_mode & 0o077 == 0  # what you typed is yours alone
@@ -296,12 +319,12 @@ def test_terminal_chat_edits_lines_keeps_history_and_says_when_it_continues(scri
     terminal.read_until(r"testbot> user=you channel=general")
     terminal.type("/reset\n")
     terminal.read_until(r"testbot> Started a fresh conversation")
-    terminal.type("\x04")
+    terminal.end_input()
     assert terminal.close() == 0
 
     terminal = Terminal(["--config", str(scripted_config), "chat"], tmp_path)
     banner = terminal.read_until(r"\[you in #general\] > ")
-    terminal.type("\x04")
+    terminal.end_input()
     assert terminal.close() == 0
     assert "continuing the conversation" not in banner
     assert "Traceback" not in terminal.output
