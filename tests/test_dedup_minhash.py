@@ -185,3 +185,13 @@ def test_near_duplicate_removal_imports_neither_datasketch_nor_scipy():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_thresholds_that_give_one_band_work():
+    """Above about 0.98 the tuning gives one band of 128 rows, which datasketch's MinHashLSH refused."""
+    index = NearDuplicateIndex(0.99)
+    text = "the quick brown fox jumps over the lazy dog " * 5
+    assert (index.bands, index.rows) == (1, 128)
+    assert not index.seen_or_add(text)
+    assert index.seen_or_add(text.upper())  # the same once normalised
+    assert not index.seen_or_add(text + "and then some more")
