@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_export.py                    # about 6 minutes on two cores
+    .venv/bin/python bench/bench_export.py                    # about 10 minutes on two cores
     .venv/bin/python bench/bench_export.py --sizes 10000,100000
     .venv/bin/python bench/bench_export.py --check            # exit 1 when a target is missed
 
@@ -21,8 +21,14 @@ memory (``VmHWM``) is its own:
   every other filter, PII scrubbing, formatting, writing.
 - **export, dedup**: the same with the defaults: exact duplicates and MinHash
   near duplicates (threshold 0.8), whose index grows with the kept examples.
+- **export, dedup with datasketch**: the same, with the band tuning and the
+  MinHash signatures computed by datasketch (``MinHashLSH``, ``MinHash.update_batch``)
+  as the export did before its numpy MinHash: the comparison, same decisions
+  (the run checks the kept counts agree). Its import (datasketch and SciPy) is
+  measured on its own, before the baseline.
 
-Ratios are against the 10K run of the same kind, in the same run.
+Ratios are against the 10K run of the same kind, in the same run. The
+datasketch mode needs datasketch (the ``testing`` extra).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from botkit.storage import Database, Migrator, StorageSettings
 EXCHANGES_PER_CONVERSATION = 10
 TARGET_MEMORY_RATIO = 1.5  # export without dedup: peak RSS growth at 1M / at 10K
 TARGET_MESSAGES_PER_S = 10_000  # export without dedup, at 1M
-MODES = ("raw", "export", "export-dedup")
+MODES = ("raw", "export", "export-dedup", "export-dedup-datasketch")
 
 
 def vocabulary(rng: random.Random, size: int = 6000) -> list[str]:
@@ -197,7 +203,7 @@ def measure(folder: Path, mode: str) -> dict:
             "peak_kb": resident_kb("VmHWM"),
         }
 
-    dedup = mode == "export-dedup"
+    dedup = mode.startswith("export-dedup")
     curation = Curation() if dedup else Curation(exact_duplicates=False, near_duplicates=None)
     out = folder / f"out-{mode}"
     shutil.rmtree(out, ignore_errors=True)
@@ -206,8 +212,11 @@ def measure(folder: Path, mode: str) -> dict:
         db = Database(StorageSettings(data_dir=folder))
         await db.connect()
         # Everything the export needs is imported and connected before the baseline is taken.
-        import datasketch  # noqa: F401  (its import, scipy's, is not the export's memory)
+        import numpy  # noqa: F401
 
+        imported = resident_kb("VmRSS")
+        if mode == "export-dedup-datasketch":
+            use_datasketch()
         before = resident_kb("VmRSS")
         started = time.perf_counter()
         options = ExportOptions(out=out, formats=("chat",), curation=curation, overwrite=True)
@@ -221,12 +230,36 @@ def measure(folder: Path, mode: str) -> dict:
             "removed": {n: s.removed for n, s in report.counts.steps.items() if s.removed},
             "before_kb": before,
             "peak_kb": resident_kb("VmHWM"),
+            "import_kb": before - imported,
         }
 
     try:
         return asyncio.run(run())
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def use_datasketch() -> None:
+    """Swap the export's MinHash for datasketch's: its band tuning, its ``MinHash.update_batch``."""
+    import numpy as np
+    from datasketch import MinHash, MinHashLSH
+
+    from botkit.finetune import curate
+    from botkit.finetune.dedup import NearDuplicateIndex, normalise, shingle_hashes
+
+    class DatasketchIndex(NearDuplicateIndex):
+        def __init__(self, threshold: float, num_perm: int = 128) -> None:
+            super().__init__(threshold, num_perm)
+            tuned = MinHashLSH(threshold=threshold, num_perm=num_perm)
+            self.bands, self.rows = tuned.b, tuned.r
+            self._template = MinHash(num_perm=num_perm, hashfunc=int)  # copied per text, as before
+
+        def signature(self, text: str) -> np.ndarray:
+            minhash = self._template.copy()
+            minhash.update_batch(shingle_hashes(normalise(text).encode("utf-8")).tolist())
+            return minhash.hashvalues
+
+    curate.NearDuplicateIndex = DatasketchIndex
 
 
 def run_child(folder: Path, mode: str) -> dict:
@@ -266,7 +299,7 @@ def main() -> int:
             for mode in MODES:
                 results[size, mode] = run_child(folder, mode)
                 result = results[size, mode]
-                print(f"  {mode:<13} {result['seconds']:7.1f} s  kept {result['kept']:,}", flush=True)
+                print(f"  {mode:<23} {result['seconds']:7.1f} s  kept {result['kept']:,}", flush=True)
             shutil.rmtree(folder)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -290,23 +323,32 @@ def main() -> int:
             )
     largest = sizes[-1]
     print()
+    agree = True
     for size in sizes:
-        dedup, plain = results[size, "export-dedup"], results[size, "export"]
-        extra = dedup["seconds"] - plain["seconds"]
-        print(
-            f"near-dup removal at {size:,}: +{extra:.1f} s ({extra / max(dedup['kept'], 1) * 1e6:.0f} us per kept "
-            f"example), removed {dedup['removed'].get('near duplicates', 0):,} near and "
-            f"{dedup['removed'].get('exact duplicates', 0):,} exact duplicates"
-        )
+        plain = results[size, "export"]
+        for mode, name in (("export-dedup", "numpy"), ("export-dedup-datasketch", "datasketch")):
+            dedup = results[size, mode]
+            extra = dedup["seconds"] - plain["seconds"]
+            print(
+                f"near-dup removal at {size:,} ({name}): +{extra:.1f} s "
+                f"({extra / max(dedup['kept'], 1) * 1e6:.0f} us per kept example), peak RSS growth "
+                f"{(dedup['peak_kb'] - dedup['before_kb']) / 1024:.1f} MB (its imports: +"
+                f"{dedup['import_kb'] / 1024:.1f} MB), removed {dedup['removed'].get('near duplicates', 0):,} near "
+                f"and {dedup['removed'].get('exact duplicates', 0):,} exact duplicates"
+            )
+        same = results[size, "export-dedup"]["removed"] == results[size, "export-dedup-datasketch"]["removed"]
+        print(f"  numpy and datasketch remove the same examples at {size:,}: {'yes' if same else 'NO'}")
+        agree = agree and same
     if not args.check:
         return 0
     plain, small = results[largest, "export"], results[base, "export"]
     growth = (plain["peak_kb"] - plain["before_kb"]) / max(small["peak_kb"] - small["before_kb"], 1)
     rate = plain["messages"] / plain["seconds"]
-    ok = growth <= TARGET_MEMORY_RATIO and rate >= TARGET_MESSAGES_PER_S
+    ok = growth <= TARGET_MEMORY_RATIO and rate >= TARGET_MESSAGES_PER_S and agree
     print(
         f"memory growth ratio {growth:.2f} (target <= {TARGET_MEMORY_RATIO}), "
-        f"{rate:,.0f} messages/s (target >= {TARGET_MESSAGES_PER_S:,}): {'PASS' if ok else 'FAIL'}"
+        f"{rate:,.0f} messages/s (target >= {TARGET_MESSAGES_PER_S:,}), "
+        f"same near duplicates as datasketch: {'yes' if agree else 'no'}: {'PASS' if ok else 'FAIL'}"
     )
     return 0 if ok else 1
 

@@ -2,7 +2,7 @@
 
 The finetune plugin (``finetune/plugin.py``) adds both to the ``botkit`` group; the
 training commands (``finetune/cli_train.py``) join the ``finetune`` group here. Heavy
-modules (numpy, datasketch, rich) are imported when a command runs, not when ``botkit`` starts.
+modules (numpy, rich) are imported when a command runs, not when ``botkit`` starts.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
 """Exact and near-duplicate detection for exports: 64-bit fingerprints and MinHash LSH bands, kept compact.
 
-Near duplicates are found with MinHash (``datasketch``) over character
-5-grams of the normalised text, banded as locality-sensitive hashing: two texts
-whose signatures agree on every row of one band are candidates. The band
-count and width come from datasketch's own tuning for the threshold
-(``MinHashLSH(threshold, num_perm)``); a band match is only a candidate, kept
+Near duplicates are found with MinHash over character 5-grams of the normalised
+text, banded as locality-sensitive hashing: two texts whose signatures agree on
+every row of one band are candidates. A band match is only a candidate, kept
 as a near duplicate when the two signatures' estimated similarity reaches the
 threshold.
+
+The MinHash and the band tuning are datasketch's (``MinHash(num_perm,
+hashfunc=int)`` with its default seed, ``MinHashLSH(threshold, num_perm)``),
+written here in a few lines of numpy so that exports need neither datasketch
+nor the SciPy it imports; tests/test_dedup_minhash.py keeps both bit-for-bit
+equal to datasketch, so exports do not change.
 
 datasketch's in-memory ``MinHashLSH`` keeps a dictionary of sets per band plus
 every key's band list: kilobytes per item, gigabytes at a million. Here a kept
@@ -22,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from typing import Any
 
 import numpy as np
 
@@ -151,22 +154,22 @@ class Signatures:
         return max(0.0, (agree - 1 / 256) / (1 - 1 / 256))
 
 
-def shingle_hashes(data: bytes) -> list[int]:
-    """32-bit hashes of the distinct ``SHINGLE``-byte windows of ``data``, computed with numpy.
+def shingle_hashes(data: bytes) -> np.ndarray:
+    """32-bit hashes (as uint64) of the distinct ``SHINGLE``-byte windows of ``data``, computed with numpy.
 
     Each window's bytes form one integer (exact, no collision), mixed down to
-    32 bits by multiply-shift; datasketch mixes each input hash again.
+    32 bits by multiply-shift; ``minhash`` mixes each of them again per permutation.
     """
     raw = np.frombuffer(data, dtype=np.uint8).astype(np.uint64)
     windows = len(raw) - SHINGLE + 1
     if windows <= 1:
-        return [zlib.crc32(data)]
+        return np.array([zlib.crc32(data)], dtype=np.uint64)
     value = raw[:windows].copy()
     for offset in range(1, SHINGLE):
         value = (value << np.uint64(8)) | raw[offset : offset + windows]
     with np.errstate(over="ignore"):
         mixed = (np.unique(value) * _SHINGLE_MULTIPLIER) >> np.uint64(32)
-    return mixed.tolist()
+    return mixed
 
 
 _SHINGLE_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
@@ -181,6 +184,75 @@ def _splitmix(values: np.ndarray) -> np.ndarray:
         return values ^ (values >> np.uint64(31))
 
 
+# datasketch 2's default MinHash ("affine32"): each input hash premixed by MurmurHash3's 32-bit
+# finaliser, then permuted as a * h + b in uint32 (a odd): a bijection of the 32-bit range.
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
+_EMPTY = np.uint32(0xFFFFFFFF)  # a permutation's value before any input
+_CHUNK = 2048  # inputs per step: bounds the (inputs x permutations) temporary at 1 MiB
+_PERMUTATION_SEED = 1  # datasketch's default seed
+
+
+def lsh_parameters(threshold: float, num_perm: int) -> tuple[int, int]:
+    """The (bands, rows) that datasketch's ``MinHashLSH(threshold, num_perm)`` chooses.
+
+    datasketch minimises 0.5 * P(false positive) + 0.5 * P(false negative), the
+    areas under ``1 - (1 - s**r)**b`` on [0, threshold] and ``(1 - s**r)**b`` on
+    [threshold, 1], over every b * r <= num_perm, keeping the first minimum in
+    (b, r) order; it integrates with SciPy's ``quad``. Both integrands are
+    polynomials of degree b * r <= num_perm, so Gauss-Legendre quadrature with
+    num_perm // 2 + 1 nodes is exact up to rounding: the same choice, without
+    SciPy, except where two pairs' errors tie to within rounding (the tests check
+    a fine grid of thresholds). Above a threshold of about 0.98 the best is one
+    band, which datasketch refuses (b < 2) and which works here.
+    """
+    pairs = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
+    bands = np.array([b for b, _ in pairs], dtype=np.float64)[:, None]
+    rows = np.array([r for _, r in pairs], dtype=np.float64)[:, None]
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
+
+    def area(start: float, end: float, false_positive: bool) -> np.ndarray:
+        half = (end - start) / 2
+        points = start + half * (nodes + 1)
+        missed = (1 - points[None, :] ** rows) ** bands  # P(no band matches) at similarity s
+        return ((1 - missed if false_positive else missed) @ weights) * half
+
+    error = 0.5 * area(0.0, threshold, True) + 0.5 * area(threshold, 1.0, False)
+    return pairs[int(np.argmin(error))]  # argmin: the first minimum, as datasketch's strict "<"
+
+
+def minhash_permutations(num_perm: int, seed: int = _PERMUTATION_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine permutations ``(a, b)``: odd ``a`` then ``b``, uint32, from ``RandomState(seed)``."""
+    generator = np.random.RandomState(seed)
+    multipliers = generator.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    increments = generator.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return multipliers, increments
+
+
+def minhash(hashes: np.ndarray, multipliers: np.ndarray, increments: np.ndarray) -> np.ndarray:
+    """The MinHash signature (uint32) of 32-bit input hashes: datasketch's ``update_batch``, bit for bit.
+
+    The arithmetic is modulo 2**32 on purpose, as in datasketch: the finaliser's
+    products and ``a * h + b`` overflow uint32 and numpy wraps them (it warns
+    about overflow for scalars only, never for arrays). Widening to uint64, or
+    reducing modulo a prime as datasketch 1.x did, would give other values and
+    so other band keys and other exports; tests/test_dedup_minhash.py checks
+    the signatures against datasketch's.
+    """
+    signature = np.full(len(multipliers), _EMPTY, dtype=np.uint32)
+    shift1, multiply1, shift2, multiply2, shift3 = _FMIX32
+    for start in range(0, len(hashes), _CHUNK):
+        mixed = np.asarray(hashes[start : start + _CHUNK]).astype(np.uint32)
+        mixed ^= mixed >> shift1
+        mixed *= multiply1
+        mixed ^= mixed >> shift2
+        mixed *= multiply2
+        mixed ^= mixed >> shift3
+        values = mixed[:, None] * multipliers
+        values += increments
+        np.minimum(signature, values.min(axis=0), out=signature)
+    return signature
+
+
 class NearDuplicateIndex:
     """MinHash LSH over the texts kept so far: ``seen_or_add(text)`` says whether a near duplicate is kept.
 
@@ -190,16 +262,11 @@ class NearDuplicateIndex:
     """
 
     def __init__(self, threshold: float, num_perm: int = NUM_PERM) -> None:
-        from datasketch import MinHash, MinHashLSH
-
         if not 0.0 < threshold < 1.0:
             raise ValueError("the near-duplicate threshold must be between 0 and 1")
-        tuned = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.threshold = threshold
-        self.bands, self.rows = tuned.b, tuned.r
-        # One template MinHash; each text gets a copy (the permutations are shared, not rebuilt).
-        # The shingles arrive hashed (shingle_hashes), so MinHash takes them as they are.
-        self._template: Any = MinHash(num_perm=num_perm, hashfunc=int)
+        self.bands, self.rows = lsh_parameters(threshold, num_perm)
+        self._permutations = minhash_permutations(num_perm)
         generator = np.random.default_rng(0x5EED)
         self._multipliers = generator.integers(1, 2**63, size=self.rows, dtype=np.uint64) | np.uint64(1)
         self._salts = generator.integers(0, 2**63, size=self.bands, dtype=np.uint64)
@@ -214,9 +281,8 @@ class NearDuplicateIndex:
         return self._bands.nbytes + self._signatures.nbytes
 
     def signature(self, text: str) -> np.ndarray:
-        minhash = self._template.copy()
-        minhash.update_batch(shingle_hashes(normalise(text).encode("utf-8")))
-        return minhash.hashvalues
+        """The text's MinHash signature: ``num_perm`` uint32 values."""
+        return minhash(shingle_hashes(normalise(text).encode("utf-8")), *self._permutations)
 
     def band_keys(self, signature: np.ndarray) -> np.ndarray:
         rows = signature[: self.bands * self.rows].astype(np.uint64).reshape(self.bands, self.rows)
