@@ -35,6 +35,7 @@ import re
 import sys
 from collections.abc import Sequence
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 from .normalise import LEET
 
@@ -147,10 +148,8 @@ def read_weights(data: bytes) -> ProfanityModel:
     )
 
 
-@functools.cache
-def load_model() -> ProfanityModel:
-    """The shipped model, read once per process (a few tens of milliseconds)."""
-    where = resources.files(__package__) / WEIGHTS_FILE
+def load_weights(where: Traversable) -> ProfanityModel:
+    """The model in the weights file ``where``; ``ClassifierUnavailable`` saying why if it cannot be read."""
     try:
         data = where.read_bytes()
     except OSError as error:
@@ -164,3 +163,9 @@ def load_model() -> ProfanityModel:
             f"{where} is not a profanity weights file this botkit reads ({error}); reinstall botkit, "
             "or write it again with scripts/gen_profanity_weights.py"
         ) from None
+
+
+@functools.cache
+def load_model() -> ProfanityModel:
+    """The shipped model, read once per process (a few tens of milliseconds)."""
+    return load_weights(resources.files(__package__) / WEIGHTS_FILE)
