@@ -81,12 +81,11 @@ def encode(model: dict) -> bytes:
         numbers.extend(fold)
     if sys.byteorder != "little":
         numbers.byteswap()
-    body = vocabulary + numbers.tobytes()
+    body = numbers.tobytes() + vocabulary  # numbers first: git and editors see a binary file at once
     header = {
         "source": {"package": PACKAGE, "version": model["version"], "licence": "MIT", "notice": LICENCE_FILE},
         "model": "TF-IDF of words, l2-normalised; per fold a linear SVM and a sigmoid; folds averaged",
         "tokens": len(model["tokens"]),
-        "vocabulary_bytes": len(vocabulary),
         "intercepts": model["intercepts"],
         "sigmoids": model["sigmoids"],
         "sha256": hashlib.sha256(body).hexdigest(),

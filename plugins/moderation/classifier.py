@@ -17,10 +17,10 @@ invisible characters) and with leetspeak read as letters inside words that
 mix letters and symbols (``sh1t`` -> ``shit``); numbers on their own stay.
 
 ``profanity_weights.bin``: the line ``botkit profanity weights 1``, one line of
-JSON (source package and version, sizes, each fold's intercept and sigmoid,
-the SHA-256 of the rest), then the vocabulary in column order as UTF-8, one
-token a line, then float64 little-endian numbers: the IDF of each token, then
-each fold's coefficients, fold by fold.
+JSON (source package and version, the number of tokens, each fold's intercept
+and sigmoid, the SHA-256 of the rest), then float64 little-endian numbers: the
+IDF of each token, then each fold's coefficients, fold by fold; then the
+vocabulary in column order as UTF-8, one token a line.
 """
 
 from __future__ import annotations
@@ -134,10 +134,10 @@ def read_weights(data: bytes) -> ProfanityModel:
     body = memoryview(data)[end + 1 :]
     if hashlib.sha256(body).hexdigest() != header["sha256"]:
         raise ValueError("its checksum does not match its contents")
-    size, folds, vocabulary = header["tokens"], len(header["intercepts"]), header["vocabulary_bytes"]
-    tokens = str(body[:vocabulary], "utf-8").split("\n")
+    size, folds = header["tokens"], len(header["intercepts"])
     numbers = array.array("d")
-    numbers.frombytes(body[vocabulary:])
+    numbers.frombytes(body[: size * (1 + folds) * numbers.itemsize])
+    tokens = str(body[len(numbers) * numbers.itemsize :], "utf-8").split("\n")
     if sys.byteorder != "little":
         numbers.byteswap()
     if len(tokens) != size or len(numbers) != size * (1 + folds) or len(header["sigmoids"]) != folds:
