@@ -244,14 +244,6 @@ def test_the_classifier_scores_profane_text_above_the_threshold_and_neutral_text
         assert model.score(text) < 0.5, text
 
 
-def test_the_classifier_gives_the_librarys_own_scores():
-    from profanity_check import predict_prob
-
-    texts = ["you are a fucking idiot", "the weather is lovely today", "i hate mondays", "", "zzz " * 100]
-    ours = [load_model().score(text) for text in texts]
-    assert ours == pytest.approx(list(predict_prob(texts)), abs=1e-9)
-
-
 async def test_profanity_threshold_and_action_apply(make_bot):
     strict = config(profanity_threshold=0.99, input_actions={"profanity": "block"})
     async with make_bot(strict) as bot:

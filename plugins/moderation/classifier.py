@@ -1,26 +1,46 @@
-"""The offline profanity classifier: alt-profanity-check's shipped model, scored in pure Python.
+"""The offline profanity classifier: alt-profanity-check's model, shipped as botkit data, scored in pure Python.
 
-alt-profanity-check (MIT) ships a scikit-learn model inside its wheel: a
-TF-IDF word vectorizer and a linear SVM calibrated to probabilities (sigmoid,
-five folds). Nothing is downloaded. Its own ``predict_prob`` costs about 3 ms a
-call, mostly scikit-learn's input checks, and output moderation scores at every
-streamed update; so the model's numbers are read out once at start-up and the
-same arithmetic runs here in microseconds. A test checks the scores agree
-with the library's.
+alt-profanity-check (MIT) trained a TF-IDF word vectorizer and a linear SVM
+calibrated to probabilities (sigmoid, five folds) and ships them as
+scikit-learn pickles. botkit ships the numbers of that model instead, in
+``profanity_weights.bin`` next to this module (its notice in
+``profanity_weights.LICENSE``), written by ``scripts/gen_profanity_weights.py``:
+reading them takes milliseconds and needs only the standard library, where
+importing the package costs seconds and hundreds of MB for scikit-learn and
+SciPy. Its own ``predict_prob`` costs about 3 ms a call, mostly scikit-learn's
+input checks, and output moderation scores at every streamed update; the same
+arithmetic runs here in microseconds. A test checks the scores agree with the
+package's.
 
 Text is scored as the library scores it, after folding (case, accents,
 invisible characters) and with leetspeak read as letters inside words that
 mix letters and symbols (``sh1t`` -> ``shit``); numbers on their own stay.
+
+``profanity_weights.bin``: the line ``botkit profanity weights 1``, one line of
+JSON (source package and version, the number of tokens, each fold's intercept
+and sigmoid, the SHA-256 of the rest), then float64 little-endian numbers: the
+IDF of each token, then each fold's coefficients, fold by fold; then the
+vocabulary in column order as UTF-8, one token a line.
 """
 
 from __future__ import annotations
 
+import array
 import functools
+import hashlib
+import json
 import math
 import operator
 import re
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 from .normalise import LEET
+
+WEIGHTS_FILE = "profanity_weights.bin"
+MAGIC = b"botkit profanity weights 1\n"
 
 _RAW_TOKEN = re.compile(r"[\w@$!|+]{2,}")
 _SYMBOLS = re.compile(r"[@$!|+]")
@@ -29,7 +49,7 @@ _WORD = re.compile(r"\w\w+")  # scikit-learn's default token_pattern, (?u)\b\w\w
 
 
 class ClassifierUnavailable(RuntimeError):
-    """The classifier package is missing or its model is not the kind this module reads."""
+    """The classifier's weights file is missing, or is not one this module reads."""
 
 
 def words(folded: str) -> list[str]:
@@ -60,36 +80,21 @@ class ProfanityModel:
         self.empty = self._probability([0.0] * len(intercepts), 1.0)
 
     @classmethod
-    def from_library(cls) -> ProfanityModel:
-        try:
-            from profanity_check import profanity_check as library
-        except ImportError as error:
-            raise ClassifierUnavailable(
-                f"alt-profanity-check is not installed ({error}); pip install alt-profanity-check"
-            ) from None
-        vectorizer, model = library.vectorizer, library.model
-        params = vectorizer.get_params()
-        expected = {
-            "analyzer": "word",
-            "ngram_range": (1, 1),
-            "norm": "l2",
-            "use_idf": True,
-            "sublinear_tf": False,
-        }
-        if any(params.get(key) != value for key, value in expected.items()) or not params.get("lowercase"):
-            raise ClassifierUnavailable(f"unexpected vectorizer settings {params}")
-        folds = getattr(model, "calibrated_classifiers_", None)
-        if not folds or any(fold.method != "sigmoid" for fold in folds) or list(model.classes_) != [0, 1]:
-            raise ClassifierUnavailable(f"unexpected classifier {model!r}")
-        coefficients = [fold.estimator.coef_[0] for fold in folds]
-        intercepts = [float(fold.estimator.intercept_[0]) for fold in folds]
-        sigmoids = [(float(fold.calibrators[0].a_), float(fold.calibrators[0].b_)) for fold in folds]
-        idf = vectorizer.idf_
-        weights = {
-            token: (float(idf[index]) ** 2, tuple(float(idf[index]) * float(c[index]) for c in coefficients))
-            for token, index in vectorizer.vocabulary_.items()
-        }
-        return cls(weights, intercepts, sigmoids)
+    def from_numbers(
+        cls,
+        tokens: Sequence[str],
+        idf: Sequence[float],
+        coefficients: Sequence[Sequence[float]],
+        intercepts: Sequence[float],
+        sigmoids: Sequence[Sequence[float]],
+    ) -> ProfanityModel:
+        """The model from the vectorizer's vocabulary (in column order) and IDF, and each fold's numbers."""
+        products = [[weight * c for weight, c in zip(idf, fold, strict=True)] for fold in coefficients]
+        squares = [weight * weight for weight in idf]
+        weights = dict(zip(tokens, zip(squares, zip(*products, strict=True), strict=True), strict=True))
+        if len(weights) != len(tokens):
+            raise ValueError("the vocabulary repeats a token")
+        return cls(weights, list(intercepts), [(a, b) for a, b in sigmoids])
 
     def score(self, folded: str) -> float:
         """Probability (0 to 1) that the folded text is offensive."""
@@ -120,7 +125,47 @@ class ProfanityModel:
         return min(total / len(dots), 1.0)
 
 
+def read_weights(data: bytes) -> ProfanityModel:
+    """The model from the bytes of a weights file; ``ValueError`` (or ``KeyError``...) if they are not one."""
+    if not data.startswith(MAGIC):
+        raise ValueError(f"it does not start with {MAGIC!r}")
+    end = data.index(b"\n", len(MAGIC))
+    header = json.loads(data[len(MAGIC) : end])
+    body = memoryview(data)[end + 1 :]
+    if hashlib.sha256(body).hexdigest() != header["sha256"]:
+        raise ValueError("its checksum does not match its contents")
+    size, folds = header["tokens"], len(header["intercepts"])
+    numbers = array.array("d")
+    numbers.frombytes(body[: size * (1 + folds) * numbers.itemsize])
+    tokens = str(body[len(numbers) * numbers.itemsize :], "utf-8").split("\n")
+    if sys.byteorder != "little":
+        numbers.byteswap()
+    if len(tokens) != size or len(numbers) != size * (1 + folds) or len(header["sigmoids"]) != folds:
+        raise ValueError(f"its sizes do not add up ({len(tokens)} tokens, {len(numbers)} numbers)")
+    coefficients = [numbers[size * (fold + 1) : size * (fold + 2)] for fold in range(folds)]
+    return ProfanityModel.from_numbers(
+        tokens, numbers[:size], coefficients, header["intercepts"], header["sigmoids"]
+    )
+
+
+def load_weights(where: Traversable) -> ProfanityModel:
+    """The model in the weights file ``where``; ``ClassifierUnavailable`` saying why if it cannot be read."""
+    try:
+        data = where.read_bytes()
+    except OSError as error:
+        raise ClassifierUnavailable(
+            f"the profanity classifier's weights cannot be read ({error}); reinstall botkit"
+        ) from None
+    try:
+        return read_weights(data)
+    except (ValueError, KeyError, TypeError, IndexError) as error:  # JSON and Unicode errors are ValueErrors
+        raise ClassifierUnavailable(
+            f"{where} is not a profanity weights file this botkit reads ({error}); reinstall botkit, "
+            "or write it again with scripts/gen_profanity_weights.py"
+        ) from None
+
+
 @functools.cache
 def load_model() -> ProfanityModel:
-    """The shipped model, read once per process (about a second: it imports scikit-learn)."""
-    return ProfanityModel.from_library()
+    """The shipped model, read once per process (a few tens of milliseconds)."""
+    return load_weights(resources.files(__package__) / WEIGHTS_FILE)
