@@ -18,6 +18,8 @@ found by one set of rules.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +54,10 @@ class Rule:
     hint: Callable[[str], bool] | None = None  # a cheap test: can the rule match this text at all?
 
     @property
+    def labelled(self) -> bool:
+        return "id_label" in self.regex.groupindex
+
+    @property
     def regex(self) -> re.Pattern[str]:
         return _compiled(self.pattern)
 
@@ -63,6 +69,10 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 def has_digits(count: int) -> Callable[[str], bool]:
     return lambda text: len(text) >= count and sum(map(text.count, "0123456789")) >= count
+
+
+def has_dots(count: int) -> Callable[[str], bool]:
+    return lambda text: text.count(".") >= count
 
 
 def has(*needles: str) -> Callable[[str], bool]:
@@ -95,7 +105,26 @@ def plausible_card(text: str) -> bool:
 
 
 def plausible_phone(text: str) -> bool:
-    return 9 <= len(only_digits(text)) <= 15
+    """Enough digits for a phone number, and not a placeholder-like run (``0123 456 789``, ``000 000 0000``)."""
+    digits = only_digits(text)
+    if not 9 <= len(digits) <= 15:
+        return False
+    steps = {(ord(b) - ord(a)) % 10 for a, b in zip(digits, digits[1:], strict=False)}
+    return steps not in ({0}, {1}, {9})  # one digit repeated, counting up, counting down
+
+
+def discord_bot_token(text: str) -> bool:
+    """A Discord bot token's first part is the bot's user id (a 17-20 digit snowflake) in base64."""
+    head = text.split(".", 1)[0]
+    try:
+        user_id = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return user_id.isdigit() and 17 <= len(user_id) <= 20
+
+
+def url_credentials_hint(text: str) -> bool:
+    return "://" in text and "@" in text
 
 
 def mixed_secret(text: str) -> bool:
@@ -108,6 +137,12 @@ def mixed_secret(text: str) -> bool:
 NUMBER_START = r"(?<![\w@#&:/=.+\-])"
 TOKEN_START = r"(?<![\w\-])"
 TOKEN_END = r"(?![\w\-])"
+# Words before a number that say it is an identifier, not a phone number ("order no. 0412 345 678").
+ID_LABEL = (
+    r"(?P<id_label>\b(?i:order|invoice|ref(?:erence)?|ticket|case|tracking|account|acct|customer|client"
+    r"|booking|reservation|confirmation|transaction|receipt|parcel|shipment|policy|member(?:ship)?|serial"
+    r"|sku|item|id|iban|isbn)(?:[ \t]?(?i:number|num|nr|no)\.?)?[ \t]?+:?[ \t]{0,2}+)?"
+)
 
 
 RULES: tuple[Rule, ...] = (
@@ -157,6 +192,86 @@ RULES: tuple[Rule, ...] = (
     Rule("secret", "google_api_key", TOKEN_START + r"AIza[A-Za-z0-9_\-]{35}" + TOKEN_END, hint=has("AIza")),
     Rule(
         "secret",
+        "google_oauth",
+        TOKEN_START + r"(?:GOCSPX-[A-Za-z0-9_\-]{28}|ya29\.[A-Za-z0-9_\-]{20,2000}+)" + TOKEN_END,
+        hint=has("GOCSPX-", "ya29."),
+    ),
+    Rule(
+        "secret",
+        "slack_app_token",
+        TOKEN_START + r"xapp-\d-[A-Z0-9]{8,20}+-\d{8,20}+-[a-f0-9]{32,128}+" + TOKEN_END,
+        hint=has("xapp-"),
+    ),
+    Rule(
+        "secret",
+        "discord_bot_token",
+        r"(?<![\w\-.])[MNO][A-Za-z0-9_\-]{23,27}+\.[A-Za-z0-9_\-]{6,7}+\.[A-Za-z0-9_\-]{27,40}+(?![\w\-]|\.\w)",
+        discord_bot_token,
+        has_dots(2),
+    ),
+    Rule(
+        "secret",
+        "discord_webhook",
+        r"https://(?:(?:canary|ptb)\.)?discord(?:app)?\.com/api/(?:v\d{1,2}/)?webhooks/\d{17,20}/"
+        r"[A-Za-z0-9_\-]{60,100}+",
+        hint=has("/webhooks/"),
+    ),
+    Rule(
+        "secret",
+        "huggingface_token",
+        TOKEN_START + r"(?:hf|api_org)_[A-Za-z0-9]{34,40}" + TOKEN_END,
+        hint=has("hf_", "api_org_"),
+    ),
+    Rule(
+        "secret",
+        "gitlab_token",
+        TOKEN_START
+        + r"gl(?:pat|dt|rt|ptt|cbt|ft|imt|oas|soat|ffct|agent)-[A-Za-z0-9_\-]{20,250}+"
+        + TOKEN_END,
+        hint=has("gl"),
+    ),
+    Rule("secret", "npm_token", TOKEN_START + r"npm_[A-Za-z0-9]{36}" + TOKEN_END, hint=has("npm_")),
+    Rule(
+        "secret",
+        "pypi_token",
+        TOKEN_START + r"pypi-AgE[A-Za-z0-9_\-]{50,1000}+" + TOKEN_END,
+        hint=has("pypi-AgE"),
+    ),
+    Rule(
+        "secret",
+        "telegram_bot_token",
+        r"(?<![\w:/\-])\d{5,16}+:A[A-Za-z0-9_\-]{34}" + TOKEN_END,
+        hint=has(":A"),
+    ),
+    Rule(
+        "secret",
+        "sendgrid_key",
+        TOKEN_START + r"SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}" + TOKEN_END,
+        hint=has("SG."),
+    ),
+    Rule(
+        "secret",
+        "provider_token",  # prefixed tokens of other widely used services
+        TOKEN_START + r"(?:shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}|do[opr]_v1_[a-f0-9]{64}|gsk_[A-Za-z0-9]{52}"
+        r"|r8_[A-Za-z0-9]{37}|lin_api_[A-Za-z0-9]{40}|PMAK-[a-f0-9]{24}-[a-f0-9]{34}|whsec_[A-Za-z0-9+/]{32,88}+"
+        r"|hvs\.[A-Za-z0-9_\-]{90,200}+|AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58})" + TOKEN_END,
+        hint=has("shp", "_v1_", "gsk_", "r8_", "lin_api_", "PMAK-", "whsec_", "hvs.", "AGE-SECRET-KEY-"),
+    ),
+    Rule(
+        "secret",
+        "aws_secret_key",
+        r"(?<![\w\-])(?i:aws_?secret_?(?:access_?)?key)[\"']?[ \t]{0,3}+[:=][ \t]{0,3}+[\"']?"
+        r"(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
+        hint=has("ecret", "ECRET"),
+    ),
+    Rule(
+        "secret",
+        "url_credentials",  # scheme://user:password@host: the password
+        r"(?<![\w+.\-])[A-Za-z][A-Za-z0-9+.\-]{1,20}+://[^\s:/@]{0,100}+:(?P<value>[^\s/@]{1,200}+)@",
+        hint=url_credentials_hint,
+    ),
+    Rule(
+        "secret",
         "jwt",
         TOKEN_START
         + r"eyJ[A-Za-z0-9_\-]{5,2000}+\.eyJ[A-Za-z0-9_\-]{5,8000}+\.[A-Za-z0-9_\-]{0,2000}+"
@@ -173,7 +288,7 @@ RULES: tuple[Rule, ...] = (
         "secret",
         "credential",
         r"(?<![\w\-])(?i:api[_\-]?key|secret(?:[_\-]?key)?|access[_\-]?token|auth[_\-]?token|client[_\-]?secret"
-        r"|password|passwd)[\"']?[ \t]{0,3}+[:=][ \t]{0,3}+[\"']?(?P<value>[A-Za-z0-9_\-+/=.~!#$%^&*]{8,200}+)",
+        r"|account[_\-]?key|password|passwd)[\"']?[ \t]{0,3}+[:=][ \t]{0,3}+[\"']?(?P<value>[A-Za-z0-9_\-+/=.~!#$%^&*]{8,200}+)",
         mixed_secret,
         has("=", ":"),
     ),
@@ -190,7 +305,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "phone",
         "phone",
-        NUMBER_START + r"(?:\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){1,5}+(?:[ .\-]?\d{2,4}){0,3}"
+        ID_LABEL + NUMBER_START + r"(?P<value>\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){1,5}+(?:[ .\-]?\d{2,4}){0,3}"
         r"|\(\d{3}\)[ ]?\d{3}[\-. ]\d{4}|\d{3}[\-. ]\d{3}[\-. ]\d{4}|0\d{1,4}(?:[ \-]\d{2,8}){1,4})(?![\w@\-])",
         plausible_phone,
         has_digits(9),
@@ -251,6 +366,8 @@ def scan(rules: Sequence[Rule], text: str) -> list[Finding]:
         if rule.hint is not None and not rule.hint(text):
             continue
         for match in rule.regex.finditer(text):
+            if rule.labelled and match.group("id_label") is not None:
+                continue  # labelled as an identifier: not a finding
             start, end = match.span("value") if "value" in match.re.groupindex else match.span()
             if rule.check is None or rule.check(text[start:end]):
                 found.append((start, order, end, rule))
