@@ -52,11 +52,11 @@ def site_packages(venv: Path) -> Path:
     return next((venv / "lib").glob("python3*/site-packages"))
 
 
-def source_of(ref: str | None, work: Path) -> Path:
+def source_of(ref: str | None, work: Path, label: str) -> Path:
     """The tree to install: the working tree (``None``) or an exported commit."""
     if ref is None:
         return REPO
-    target = work / f"src-{ref}"
+    target = work / f"src-{label}"
     target.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True)
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         run(sys.executable, "-m", "venv", empty)
         empty_bytes = tree_bytes(site_packages(empty))
         results = [
-            measure("before", source_of(options.before, work), work, empty_bytes, options.runs),
-            measure("after", source_of(options.after, work), work, empty_bytes, options.runs),
+            measure("before", source_of(options.before, work, "before"), work, empty_bytes, options.runs),
+            measure("after", source_of(options.after, work, "after"), work, empty_bytes, options.runs),
         ]
     finally:
         if options.keep:

@@ -6,13 +6,15 @@ import logging
 
 import pytest
 from sqlalchemy import func, select
+from test_detectors import NEW_SECRETS
 from test_memory import sqlite_locked
 
 from botkit import ReplyStatus, hookimpl
-from botkit.detectors import luhn_valid
+from botkit.detectors import Finding, luhn_valid
 from botkit.errors import ConfigError
 from botkit.plugins.moderation import Actions, ModerationSettings, Moderator, event_log
 from botkit.plugins.moderation.classifier import load_model
+from botkit.plugins.moderation.events import masked
 from botkit.plugins.moderation.moderator import segment_ends
 from botkit.storage import ModerationEventRecord, UserRecord
 from botkit.testing import WAIT_TIMEOUT, eventually
@@ -440,6 +442,18 @@ async def test_events_are_masked_and_linked_to_the_user(make_bot):
         ("aws_access_key", "AKIA*** (20 characters)"),
         ("slack_token", f"xoxb-*** ({len(SECRETS['slack_token'])} characters)"),
     ]
+
+
+def test_a_stored_secret_keeps_only_the_public_start_of_its_format():
+    starts = {
+        "slack_app_token": "xapp-", "huggingface_token": "hf_", "gitlab_token": "glpat-",
+        "npm_token": "npm_", "pypi_token": "pypi-", "sendgrid_key": "SG.",
+    }  # fmt: skip
+    for rule, start in starts.items():
+        token = NEW_SECRETS[rule][0]
+        shown = masked(Finding("secret", rule, 0, len(token), token))
+        assert shown == f"{start}*** ({len(token)} characters)", rule
+        assert token[len(start) :][:6] not in shown, rule
 
 
 async def test_a_database_error_never_breaks_a_reply(make_bot, caplog):

@@ -41,8 +41,11 @@ EXAMPLES = 3  # masked excerpts kept per event
 RETRY_INTERVAL = 5.0  # the longest pause between attempts while the database is down
 
 
+# The public start of a token format (which kind it is, never part of the secret itself),
+# kept in a stored excerpt so that a reviewer can tell which kind of key leaked.
 _SECRET_PREFIX = re.compile(
-    r"(?:AKIA|ASIA|gh[pousr]_|github_pat_|xox[a-z]-|sk-|[srp]k_|eyJ|AIza|-----BEGIN)?"
+    r"(?:AKIA|ASIA|gh[pousr]_|github_pat_|xox[a-z]-|xapp-|sk-|[srp]k_|eyJ|AIza|hf_|api_org_"
+    r"|glpat-|npm_|pypi-|SG\.|-----BEGIN)?"
 )
 
 
