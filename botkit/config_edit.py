@@ -95,14 +95,19 @@ def _set(container: Any, key: str, value: Any, newline: str) -> None:
     if key in container or not isinstance(container, Table) or container.is_inline_table():
         container[key] = item  # an existing key keeps its place and its trailing comment
         return
-    keys = [k for k, v in container.value.body if k is not None and not isinstance(v, Table)]
-    if not keys:
+    body = container.value.body
+    keys = [i for i, (k, v) in enumerate(body) if k is not None and not isinstance(v, Table)]
+    # tomlkit's public append puts a new key after the table's trailing blank lines and comments,
+    # which belong to what follows; insert it after the table's last key instead. tomlkit has no
+    # public insert: its Container._insert_at (0.13 to 0.15.3 at least; _insert_after went away
+    # in 0.15.3) is used when present, and a tomlkit without it gets the public append, whose
+    # layout is plainer but whose values _check_written still proves.
+    insert_at = getattr(container.value, "_insert_at", None)
+    if not keys or keys[-1] == len(body) - 1 or insert_at is None:
         container[key] = item
         return
     item.trivia.trail = newline
-    # tomlkit's public append puts a new key after the table's trailing blank lines and comments,
-    # which belong to what follows; insert it after the table's last key instead.
-    container.value._insert_after(keys[-1], key, item)
+    insert_at(keys[-1] + 1, key, item)
 
 
 def _check_written(text: str, table: tuple[str, ...], values: Mapping[str, Any | None], path: Path) -> None:
