@@ -285,6 +285,8 @@ class Bot:
         if new.storage != self.settings.storage:
             notes.append("[storage] changed: it applies after a restart")
             new.storage = self.settings.storage
+        if new.logging != self.settings.logging:
+            notes.append("[logging] changed: it applies after a restart")
         if new.bot.control_socket != self.settings.bot.control_socket:
             notes.append("[bot] control_socket changed: it applies after a restart")
         if {n: t.get("enabled", True) for n, t in new.plugins.tables().items()} != {

@@ -20,7 +20,6 @@ are thin wrappers.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -46,6 +45,7 @@ from botkit.config_edit import ConfigEdit, edit_table
 from botkit.control import control_socket_path, request_sync
 from botkit.detectors import pii_scrubber  # export scrubs with the rules moderation checks with
 from botkit.errors import BotkitError, ConfigError, LoraError
+from botkit.logs import configure_logging
 from botkit.overrides import merged
 from botkit.plugin_discovery import discover
 from botkit.settings import (
@@ -103,14 +103,6 @@ M = TypeVar("M", bound=BaseModel)
 CONFIG_HELP = "config file (default: $BOTKIT_CONFIG, else ./config.toml if present, else built-in defaults)"
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.logging.level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def fail(error: BotkitError) -> NoReturn:
     """Print a user-facing error and exit: 2 for configuration problems, 1 otherwise."""
     click.echo(f"botkit: error: {error}", err=True)
@@ -126,7 +118,7 @@ class Context:
     def settings(self) -> Settings:
         """The settings of that config (or of $BOTKIT_CONFIG, ./config.toml, the defaults); logging set up."""
         settings = load_settings(self.config)
-        _configure_logging(settings)
+        configure_logging(settings.logging)
         return settings
 
 

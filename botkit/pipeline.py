@@ -18,6 +18,7 @@ from botkit.detectors import has_tags, strip_hidden_tags
 from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, Ticket
 from botkit.hookcall import call_all, run_chain
+from botkit.logs import message_context
 from botkit.overrides import Choice, merged
 from botkit.sampling import with_values
 from botkit.types import (
@@ -250,7 +251,12 @@ class Pipeline:
                 async with self.lanes.hold(message.conversation_key(self._settings().bot.conversation_scope)):
                     await self._process(message, responder, reading)
         except Exception:
-            log.exception("failed to handle message %s from %s", message.message_id, message.user_key)
+            log.exception(
+                "failed to handle message %s from %s",
+                message.message_id,
+                message.user_key,
+                extra=self._context(message),
+            )
         finally:
             done.set_result(None)
             self._in_flight.discard(done)
@@ -284,6 +290,10 @@ class Pipeline:
         owner = self.generation_owner(message)
         return sum(slot.queue.cancel(owner) for slot in self._backends.values())
 
+    def _context(self, message: Message) -> dict[str, Any]:
+        """What log lines about ``message`` carry as fields (``extra=``): never its text."""
+        return message_context(message, message.conversation_key(self._settings().bot.conversation_scope))
+
     def _read_command(self, text: str) -> CommandReading:
         prefix = self._settings().bot.command_prefix
         call = parse_command(text.strip(), prefix)
@@ -292,6 +302,13 @@ class Pipeline:
 
     async def _process(self, message: Message, responder: Responder, arrived: CommandReading) -> None:
         arrival = next(self._arrivals)
+        log.debug(
+            "message %s from %s: %d characters",
+            message.message_id,
+            message.user_key,
+            len(message.text),
+            extra=self._context(message),
+        )
         limit = self._settings().bot.max_message_chars
         if len(message.text) > limit:
             await responder.send(
@@ -307,7 +324,13 @@ class Pipeline:
             return
         gated = await run_chain(self._hook.botkit_gate, "message", message, Message, bot=self._bot)
         if isinstance(gated, Refuse):
-            log.info("message %s from %s refused: %s", message.message_id, message.user_key, gated.reason)
+            log.info(
+                "message %s from %s refused: %s",
+                message.message_id,
+                message.user_key,
+                gated.reason,
+                extra=self._context(message),
+            )
             if gated.notice:
                 await responder.send(gated.notice)
             return
@@ -339,14 +362,22 @@ class Pipeline:
             await responder.send(f"Unknown command {prefix}{name}.{hint}")
             return
         if command.admin_only and not await self._is_admin(message.author, message):
-            log.warning("refused admin command %s%s from non-admin %s", prefix, name, message.user_key)
+            log.warning(
+                "refused admin command %s%s from non-admin %s",
+                prefix,
+                name,
+                message.user_key,
+                extra=self._context(message),
+            )
             await responder.send(f"Sorry, {prefix}{name} is for admins only.")
             return
         try:
             answer = await command.handler(CommandContext(message, args, self._bot, responder))
         except Exception:
             plugin = self._registry.owner("command", name)
-            log.exception("command %s%s of plugin %r failed", prefix, name, plugin)
+            log.exception(
+                "command %s%s of plugin %r failed", prefix, name, plugin, extra=self._context(message)
+            )
             answer = f"Sorry, {prefix}{name} failed; the error has been logged."
         if answer:
             await responder.send(answer)
@@ -360,14 +391,21 @@ class Pipeline:
         )
         await call_all(self._hook.botkit_prepare_context, message=message, prompt=prompt, bot=self._bot)
         if not prompt.turns:
-            log.error("prepare_context hooks left no turns for message %s; not answered", message.message_id)
+            log.error(
+                "prepare_context hooks left no turns for message %s; not answered",
+                message.message_id,
+                extra=self._context(message),
+            )
             return
         budget = backend.context_window - params.max_tokens
         fit = await fit_context(prompt, budget, backend.count_tokens)
         del prompt.turns[: fit.dropped]
         if fit.dropped:
             log.info(
-                "dropped %d oldest turns of %s to fit the context window", fit.dropped, message.message_id
+                "dropped %d oldest turns of %s to fit the context window",
+                fit.dropped,
+                message.message_id,
+                extra=self._context(message),
             )
         if fit.prompt_tokens > budget:
             await responder.send(
@@ -432,7 +470,12 @@ class Pipeline:
                 else:
                     text = final
             if refusal is not None:
-                log.info("reply to %s blocked: %s", message.message_id, refusal.reason)
+                log.info(
+                    "reply to %s blocked: %s",
+                    message.message_id,
+                    refusal.reason,
+                    extra=self._context(message),
+                )
                 text = refusal.notice or ""
             text = self._with_status_note(text, status, slot.settings.timeout)
             latency_s = time.monotonic() - started
@@ -452,6 +495,24 @@ class Pipeline:
         await call_all(self._hook.botkit_reply_ready, message=message, reply=reply, bot=bot)
         delivered = await responder.finish(text, status)
         reply.platform_message_ids = tuple(delivered or ())
+        log.info(
+            "answered %s: %s in %.2f s, %d prompt + %d reply tokens, backend %r",
+            message.message_id,
+            status.value,
+            latency_s,
+            reply.prompt_tokens,
+            reply.completion_tokens,
+            slot.name,
+            extra={
+                **self._context(message),
+                "backend": slot.name,
+                "status": status.value,
+                "latency_s": round(latency_s, 3),
+                "first_token_s": None if reply.first_token_s is None else round(reply.first_token_s, 3),
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+            },
+        )
         return reply
 
     async def _stream(self, request: ModelRequest, updates: StreamedUpdates, started: float) -> Streamed:
@@ -493,7 +554,11 @@ class Pipeline:
             streamed.status = ReplyStatus.TIMED_OUT
         except Exception:
             log.exception(
-                "backend %r (%s) failed on message %s", slot.name, slot.type_name, message.message_id
+                "backend %r (%s) failed on message %s",
+                slot.name,
+                slot.type_name,
+                message.message_id,
+                extra={**self._context(message), "backend": slot.name},
             )
             streamed.status = ReplyStatus.FAILED
         finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from botkit.errors import ConfigError
@@ -73,10 +73,60 @@ class PluginsSettings(BaseModel):
         return {k: v for k, v in (self.model_extra or {}).items()}
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LOGGER_NAME = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
 class LoggingSettings(BaseModel):
+    """``[logging]``: what botkit writes to stderr (botkit/logs.py, docs/operations.md)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    level: LogLevel = Field("WARNING", description="botkit's log level: DEBUG, INFO, WARNING or ERROR")
+    format: Literal["text", "json"] = Field(
+        "text", description="'text' (one line per record) or 'json' (one JSON object per line)"
+    )
+    include_text: bool = Field(
+        False, description="write users' messages and the model's replies when a log line would carry them"
+    )
+    loggers: dict[str, LogLevel] = Field(
+        default_factory=dict,
+        description="levels of other loggers by name, e.g. aiosqlite = 'DEBUG'; libraries stay at WARNING",
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: Any) -> Any:
+        return _upper(value)
+
+    @field_validator("include_text", mode="before")
+    @classmethod
+    def _true_or_false(cls, value: Any) -> Any:
+        # A privacy switch: true or false (as TOML or an environment variable writes them), not 1 or "yes".
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _logger_levels_any_case(cls, value: Any) -> Any:
+        return {name: _upper(level) for name, level in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("loggers")
+    @classmethod
+    def _logger_names(cls, value: dict[str, LogLevel]) -> dict[str, LogLevel]:
+        for name in value:
+            if not LOGGER_NAME.match(name):
+                raise ValueError(
+                    f"{name!r} is not a logger name (dotted words, e.g. 'slack_bolt' or 'discord.http')"
+                )
+        return value
 
 
 class Settings(BaseSettings):

@@ -103,7 +103,8 @@ class Database:
             options["connect_args"] = {"timeout": self.settings.connect_timeout}
             options["pool_size"] = self.settings.pool_size
             options["pool_pre_ping"] = True
-        engine = create_async_engine(self.url, **options)
+        # SQL parameters are users' messages: never in sqlalchemy's log lines or its errors' text.
+        engine = create_async_engine(self.url, hide_parameters=True, **options)
         if not self.is_sqlite:
 
             @event.listens_for(engine.sync_engine, "do_connect")

@@ -1,0 +1,279 @@
+"""Logging from ``[logging]``: text or JSON lines on stderr, other libraries kept quiet, no chat text.
+
+``configure_logging`` installs one handler on the root logger (replacing the one it installed
+before), so that third-party loggers go through the same rules as botkit's own:
+
+- ``LevelPolicy`` decides by logger name: botkit's loggers (and any library not listed) follow
+  ``level``; the chatty libraries of ``QUIET_LOGGERS`` stay at WARNING; ``[logging] loggers``
+  names any logger's level, a name covering its children (the longest name wins). It is a
+  filter on the handler, not logger levels alone, because some libraries set their loggers'
+  levels themselves (slack_bolt copies the root logger's level into each of its loggers).
+- ``TextGuard``: botkit's own log calls never interpolate message or reply text; the
+  libraries of ``PAYLOAD_LOGGERS`` log request and event bodies below WARNING (slack_bolt
+  logs the whole body of a request with a bad signature at INFO), so their lines are
+  written with those parts withheld unless ``include_text`` is on.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from botkit.settings import LoggingSettings
+    from botkit.types import Message
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WITHHELD = "[withheld: include_text is off]"
+
+# Libraries whose INFO and DEBUG lines are noise for a bot's operator (aiosqlite alone writes
+# ~300 lines for one question at DEBUG): WARNING unless `[logging] loggers` asks for more.
+QUIET_LOGGERS = (
+    "aiohttp",
+    "aiosqlite",
+    "alembic",
+    "asyncio",
+    "asyncpg",
+    "charset_normalizer",
+    "discord",
+    "filelock",
+    "fsspec",
+    "hpack",
+    "httpcore",
+    "httpcore2",
+    "httpx",
+    "httpx2",
+    "huggingface_hub",
+    "markdown_it",
+    "multipart",
+    "peft",
+    "PIL",
+    "redis",
+    "slack_bolt",
+    "slack_sdk",
+    "sqlalchemy",
+    "torch",
+    "transformers",
+    "urllib3",
+    "websockets",
+)
+
+# Libraries known to log chat text below WARNING: request and response bodies (slack_sdk,
+# slack_bolt, discord.http), gateway and socket events (discord.gateway, slack_sdk.socket_mode,
+# websockets' frames), SQL parameters (aiosqlite's operations).
+PAYLOAD_LOGGERS = ("aiosqlite", "discord", "slack_bolt", "slack_sdk", "websockets")
+
+# Lines of those libraries whose harmless part is worth keeping: (logger, pattern, replacement).
+KEPT_PARTS = (
+    # slack_bolt, INFO: "Invalid request signature detected (signature: ..., timestamp: ..., body: ...)"
+    (
+        "slack_bolt",
+        re.compile(r"(?s)^(Invalid request signature detected \(.*?, timestamp: [^,]*, body: ).*$"),
+        rf"\1{WITHHELD})",
+    ),
+    # slack_sdk, DEBUG: "Sending a request - url: POST https://slack.com/api/chat.postMessage, params: ..."
+    ("slack_sdk", re.compile(r"(?s)^(Sending a request - url: [^,]*, ).*$"), rf"\1{WITHHELD}"),
+    # slack_sdk, DEBUG: "Received the following response - status: 200, headers: ..., body: ..."
+    (
+        "slack_sdk",
+        re.compile(r"(?s)^(Received the following response - status: [^,]*, ).*$"),
+        rf"\1{WITHHELD}",
+    ),
+)
+
+# Context botkit's log calls pass with ``extra=``: written as fields of a JSON line.
+CONTEXT_FIELDS = (
+    "platform",
+    "conversation",
+    "message_id",
+    "user",
+    "backend",
+    "status",
+    "latency_s",
+    "first_token_s",
+    "prompt_tokens",
+    "completion_tokens",
+)
+
+
+def message_context(message: Message, conversation: str) -> dict[str, Any]:
+    """The ``extra=`` of a log line about ``message``: where it came from, never what it says."""
+    return {
+        "platform": message.platform,
+        "conversation": conversation,
+        "message_id": message.message_id,
+        "user": message.user_key,
+    }
+
+
+def _covers(name: str, logger: str) -> bool:
+    return name == logger or name.startswith(logger + ".")
+
+
+def _longest_match(name: str, names: Any) -> str | None:
+    matches = [logger for logger in names if _covers(name, logger)]
+    return max(matches, key=len) if matches else None
+
+
+class LevelPolicy(logging.Filter):
+    """Lets a record through when its level reaches its logger's: the longest configured name covering it."""
+
+    def __init__(self, level: int, levels: dict[str, int]) -> None:
+        super().__init__()
+        self.level = level
+        self.levels = levels
+
+    def threshold(self, name: str) -> int:
+        logger = _longest_match(name, self.levels)
+        return self.level if logger is None else self.levels[logger]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.threshold(record.name)
+
+
+class TextGuard:
+    """What may be written of a record: its message, or the message with chat text withheld."""
+
+    def __init__(self, include_text: bool) -> None:
+        self.include_text = include_text
+
+    def message(self, record: logging.LogRecord) -> str:
+        if self.include_text or record.levelno >= logging.WARNING:
+            return record.getMessage()
+        library = _longest_match(record.name, PAYLOAD_LOGGERS)
+        if library is None:
+            return record.getMessage()
+        if record.args:
+            # Numbers carry no text; every other argument may be a body or an event.
+            try:
+                return str(record.msg) % _withheld(record.args)
+            except (TypeError, ValueError, KeyError):
+                return f"{record.msg} {WITHHELD}"
+        text = str(record.msg)
+        for logger, pattern, replacement in KEPT_PARTS:
+            if _covers(record.name, logger) and pattern.match(text):
+                return pattern.sub(replacement, text)
+        return f"{WITHHELD} (a {record.levelname} line of {library}, which may log chat text)"
+
+    def safe_record(self, record: logging.LogRecord) -> logging.LogRecord:
+        """``record`` as it may be written: a copy when something is withheld, so other handlers see the original."""
+        if self.include_text:
+            return record
+        safe = self.message(record)
+        if safe == record.getMessage():
+            return record
+        record = copy.copy(record)
+        record.msg, record.args = safe, None
+        return record
+
+
+def _withheld(args: Any) -> Any:
+    def one(value: Any) -> Any:
+        return value if isinstance(value, int | float | None) else WITHHELD
+
+    if isinstance(args, dict):
+        return {key: one(value) for key, value in args.items()}
+    return tuple(one(value) for value in args)
+
+
+class TextLineFormatter(logging.Formatter):
+    """Today's text lines: ``time LEVEL logger: message``."""
+
+    def __init__(self, guard: TextGuard) -> None:
+        super().__init__(TEXT_FORMAT)
+        self.guard = guard
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(self.guard.safe_record(record))
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per line: time (ISO 8601, UTC), level, logger, event, the context known, exception."""
+
+    def __init__(self, guard: TextGuard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": self.guard.message(record),
+        }
+        for field in CONTEXT_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                entry[field] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was at set-up."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: TextIO) -> None:
+        pass
+
+
+def configure_logging(settings: LoggingSettings, *, force: bool = False) -> logging.Handler | None:
+    """Set up the root logger from ``[logging]``; called again, it replaces what it set up.
+
+    Like ``logging.basicConfig``, it leaves alone a root logger that has handlers of someone
+    else's (a program embedding botkit, pytest's capture) and returns None, unless ``force``.
+    Returns the handler installed.
+    """
+    root = logging.getLogger()
+    if not force and any(h.get_name() != "botkit" for h in root.handlers):
+        return None
+    level = logging.getLevelNamesMapping()[settings.level]
+    levels = {name: logging.WARNING for name in QUIET_LOGGERS}
+    levels.update({name: logging.getLevelNamesMapping()[value] for name, value in settings.loggers.items()})
+    guard = TextGuard(settings.include_text)
+    handler = StderrHandler()
+    handler.setFormatter(JsonLineFormatter(guard) if settings.format == "json" else TextLineFormatter(guard))
+    policy = LevelPolicy(level, levels)
+    handler.addFilter(policy)
+    handler.set_name("botkit")
+    for old in [h for h in root.handlers if h.get_name() == "botkit"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # The root's level lets through what any logger may write; the policy does the rest. Logger
+    # levels for the quiet libraries spare them building records nobody writes.
+    root.setLevel(min([level, *levels.values()]))
+    for name in levels:
+        logging.getLogger(name).setLevel(policy.threshold(name))
+    return handler
+
+
+__all__ = [
+    "CONTEXT_FIELDS",
+    "PAYLOAD_LOGGERS",
+    "QUIET_LOGGERS",
+    "JsonLineFormatter",
+    "LevelPolicy",
+    "TextGuard",
+    "TextLineFormatter",
+    "configure_logging",
+    "message_context",
+]

@@ -1,0 +1,245 @@
+"""[logging]: JSON lines, other libraries kept at WARNING, and no chat text in any line unless asked for."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from fake_slack import FakeSlack, start_slack
+from test_cli import clean_env
+
+from botkit.logs import QUIET_LOGGERS, TextGuard, configure_logging
+from botkit.settings import LoggingSettings
+
+USER_TEXTS = ["tell me about PLUMTREE-4471", "and what of QUINCE-9083"]
+REPLY_TEXT = "ZEPHYR-5527 is the answer"
+CANARIES = ["PLUMTREE-4471", "QUINCE-9083", "ZEPHYR-5527"]
+
+
+def chat(tmp_path: Path, logging_table: str) -> subprocess.CompletedProcess:
+    """``botkit chat`` with the scripted backend, the user's lines piped in; stderr is the log."""
+    config, data = tmp_path / "config.toml", tmp_path / "data"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [backend]
+            type = "scripted"
+            default_reply = "{REPLY_TEXT}"
+            [storage]
+            data_dir = "{data}"
+            [logging]
+            """
+        )
+        + textwrap.dedent(logging_table),
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "botkit", "chat", "--config", str(config)],
+        input="".join(f"{text}\n" for text in USER_TEXTS),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"botkit> {REPLY_TEXT}"] * len(USER_TEXTS)
+    return result
+
+
+def json_lines(stderr: str) -> list[dict]:
+    """Every line of the log as JSON: a line that does not parse fails the test."""
+    return [json.loads(line) for line in stderr.splitlines()]
+
+
+def test_json_lines_at_debug_carry_the_fields_and_no_chat_text(tmp_path):
+    result = chat(tmp_path, 'level = "DEBUG"\nformat = "json"\n')
+    lines = json_lines(result.stderr)
+    assert lines
+    for line in lines:
+        assert {"time", "level", "logger", "event"} <= set(line), line
+        assert line["time"].endswith("Z") and "T" in line["time"]
+    answered = [line for line in lines if line["event"].startswith("answered ")]
+    assert len(answered) == len(USER_TEXTS)
+    ids = set()
+    for line in answered:
+        assert line["level"] == "INFO" and line["logger"] == "botkit.pipeline"
+        assert (line["platform"], line["conversation"], line["status"]) == (
+            "console",
+            "console:general",
+            "completed",
+        )
+        assert line["latency_s"] >= 0 and line["prompt_tokens"] > 0 and line["completion_tokens"] > 0
+        ids.add(line["message_id"])
+    assert len(ids) == len(USER_TEXTS)
+    for canary in CANARIES:
+        assert canary not in result.stderr
+    # Other libraries stay at WARNING: aiosqlite alone would write hundreds of lines here.
+    assert [line for line in lines if not line["logger"].startswith("botkit")] == []
+
+
+@pytest.mark.parametrize("include_text", [False, True])
+def test_a_library_asked_for_at_debug_logs_and_its_chat_text_is_withheld_unless_included(
+    tmp_path, include_text
+):
+    result = chat(
+        tmp_path,
+        f"""
+        level = "INFO"
+        format = "json"
+        include_text = {str(include_text).lower()}
+        loggers = {{ aiosqlite = "debug" }}
+        """,
+    )
+    lines = json_lines(result.stderr)
+    assert [line for line in lines if line["logger"] == "aiosqlite" and line["level"] == "DEBUG"]
+    assert not [line for line in lines if line["logger"] == "botkit.pipeline" and line["level"] == "DEBUG"]
+    for canary in CANARIES:
+        # aiosqlite logs each statement with its parameters: the messages and replies stored.
+        assert (canary in result.stderr) is include_text
+
+
+def test_text_format_is_time_level_logger_message(tmp_path):
+    result = chat(tmp_path, 'level = "INFO"\n')
+    answered = [line for line in result.stderr.splitlines() if " INFO botkit.pipeline: answered " in line]
+    assert len(answered) == len(USER_TEXTS)
+    assert "completed in" in answered[0] and "prompt +" in answered[0]
+    for canary in CANARIES:
+        assert canary not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "table, told",
+    [
+        ('format = "xml"', "[logging] format: Input should be 'text' or 'json' (got 'xml')"),
+        (
+            'level = "LOUD"',
+            "[logging] level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR' (got 'LOUD')",
+        ),
+        (
+            'loggers = { aiosqlite = "chatty" }',
+            "[logging.loggers] aiosqlite: Input should be 'DEBUG', 'INFO'",
+        ),
+        ('loggers = { "no such logger" = "DEBUG" }', "'no such logger' is not a logger name"),
+        ("include_text = 1", "[logging] include_text: Value error, must be true or false (got 1)"),
+        ('colour = "yes"', "[logging] colour"),
+    ],
+)
+def test_a_bad_logging_value_is_named(tmp_path, table, told):
+    config = tmp_path / "config.toml"
+    config.write_text(f"[logging]\n{table}\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "botkit", "config", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert told in result.stderr, result.stderr
+
+
+@pytest.fixture
+def configured_logging():
+    """``configure_logging`` for a test in this process; the logging set-up as it was afterwards."""
+    root = logging.getLogger()
+    names = ["botkit", *QUIET_LOGGERS]
+    saved = (root.level, {name: logging.getLogger(name).level for name in names})
+
+    def configure(**values):
+        return configure_logging(LoggingSettings(**values), force=True)
+
+    yield configure
+    for handler in [h for h in root.handlers if h.get_name() == "botkit"]:
+        root.removeHandler(handler)
+    root.setLevel(saved[0])
+    for name, level in saved[1].items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize("include_text", [False, True])
+async def test_slack_bolt_does_not_log_the_body_of_a_forged_request(
+    make_bot, monkeypatch, capsys, configured_logging, include_text
+):
+    configured_logging(level="INFO", format="json", include_text=include_text, loggers={"slack_bolt": "INFO"})
+    async with FakeSlack() as slack:
+        monkeypatch.setenv("BOTKIT_ADAPTERS__SLACK__BOT_TOKEN", slack.bot_token)
+        monkeypatch.setenv("BOTKIT_ADAPTERS__SLACK__SIGNING_SECRET", slack.signing_secret)
+        async with start_slack(make_bot, slack, mode="http", host="127.0.0.1", port=0) as (_, adapter):
+            forged = slack.mention("C1", USER_TEXTS[0])
+            url = f"http://127.0.0.1:{adapter.http_port}/slack/events"
+            status, _ = await slack.post_event(url, forged, secret="not-the-signing-secret")
+            assert status == 401
+    lines = json_lines(capsys.readouterr().err)
+    refused = [line for line in lines if "Invalid request signature detected" in line["event"]]
+    assert len(refused) == 1 and refused[0]["logger"].startswith("slack_bolt"), lines
+    assert "timestamp: " in refused[0]["event"]
+    assert (CANARIES[0] in refused[0]["event"]) is include_text
+    if not include_text:
+        assert not [line for line in lines if CANARIES[0] in json.dumps(line)]
+
+
+def record(name: str, level: int, msg: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args or None, None)
+
+
+def test_payload_arguments_are_withheld_and_numbers_kept():
+    guard = TextGuard(include_text=False)
+    # discord.py's HTTP client logs each request's JSON payload at DEBUG, so.
+    line = record(
+        "discord.http",
+        logging.DEBUG,
+        "%s %s with %s has returned %s",
+        "POST",
+        "/channels/1/messages",
+        {"content": CANARIES[2]},
+        200,
+    )
+    told = guard.message(line)
+    assert CANARIES[2] not in told and told.endswith("has returned 200")
+    gateway = record(
+        "discord.gateway", logging.DEBUG, "For Shard ID %s: WebSocket Event: %s", 0, {"d": CANARIES[0]}
+    )
+    assert guard.message(gateway) == "For Shard ID 0: WebSocket Event: [withheld: include_text is off]"
+    # A warning is a problem to see, and botkit's own lines carry no text to withhold.
+    assert guard.message(record("discord.gateway", logging.WARNING, "Shard ID %s heartbeat blocked", 0)) == (
+        "Shard ID 0 heartbeat blocked"
+    )
+    assert guard.message(record("botkit.pipeline", logging.DEBUG, "message %s", "abc")) == "message abc"
+    assert TextGuard(include_text=True).message(gateway).endswith(str({"d": CANARIES[0]}))
+
+
+def test_a_payload_line_built_without_arguments_is_withheld_whole():
+    guard = TextGuard(include_text=False)
+    sent = record(
+        "slack_sdk.web.async_base_client",
+        logging.DEBUG,
+        f"Sending a request - url: POST https://slack.com/api/chat.postMessage, json: {{'text': '{CANARIES[2]}'}}",
+    )
+    assert guard.message(sent) == (
+        "Sending a request - url: POST https://slack.com/api/chat.postMessage, [withheld: include_text is off]"
+    )
+    body = record("slack_bolt.AsyncApp", logging.INFO, f"request body: {{'text': '{CANARIES[0]}'}}")
+    assert CANARIES[0] not in guard.message(body)
+
+
+def test_an_exception_is_a_field_of_its_json_line(configured_logging, capsys):
+    configured_logging(level="ERROR", format="json")
+    try:
+        raise RuntimeError("the database went away")
+    except RuntimeError:
+        logging.getLogger("botkit.test").exception("could not store %d rows", 3)
+    (line,) = json_lines(capsys.readouterr().err)
+    assert (line["level"], line["logger"], line["event"]) == (
+        "ERROR",
+        "botkit.test",
+        "could not store 3 rows",
+    )
+    assert line["exception"].startswith("Traceback (most recent call last):")
+    assert line["exception"].endswith("RuntimeError: the database went away")
