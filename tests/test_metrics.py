@@ -90,7 +90,10 @@ async def test_counters_and_histograms_move_by_exactly_what_was_sent(make_bot):
         assert value(after, f"botkit_{histogram}_seconds_count", backend="default") == 2
         assert value(after, f"botkit_{histogram}_seconds_bucket", backend="default", le="+Inf") == 2
     assert value(after, "botkit_tokens_generated_total", backend="default") == 3
-    assert value(after, "botkit_backend_info", backend="default", type="scripted", model="scripted", lora="") == 1
+    assert (
+        value(after, "botkit_backend_info", backend="default", type="scripted", model="scripted", lora="")
+        == 1
+    )
     assert value(after, "botkit_queue_length", backend="default") == 0
     # Bounded labels: no user or channel ids unless [metrics] per_channel.
     label_values = {v for _, labels in after for _, v in labels}
@@ -106,7 +109,10 @@ async def test_per_channel_labels_the_message_metrics_with_the_channel(make_bot)
         scraped = await scrape(base)
     assert value(scraped, "botkit_messages_received_total", platform="test", channel="c1") == 2
     assert value(scraped, "botkit_messages_received_total", platform="test", channel="c2") == 1
-    assert value(scraped, "botkit_messages_answered_total", platform="test", channel="c2", status="completed") == 1
+    assert (
+        value(scraped, "botkit_messages_answered_total", platform="test", channel="c2", status="completed")
+        == 1
+    )
 
 
 async def test_a_refusal_is_counted_by_the_gate_plugin_that_refused(make_bot):
@@ -282,7 +288,9 @@ async def test_botkit_run_serves_metrics_and_botkit_status_reads_them(tmp_path):
             what="botkit status says ready",
         )
         shown = botkit("--config", str(config), "status").stdout
-        assert "ready" in shown and "model: ok (loaded)" in shown and "adapter:console: ok (connected)" in shown
+        assert (
+            "ready" in shown and "model: ok (loaded)" in shown and "adapter:console: ok (connected)" in shown
+        )
         url = next(line.split("metrics: ", 1)[1] for line in shown.splitlines() if "metrics: http" in line)
         bot.stdin.write("hello\n")
         bot.stdin.flush()
@@ -293,7 +301,15 @@ async def test_botkit_run_serves_metrics_and_botkit_status_reads_them(tmp_path):
         assert (await get(url.removesuffix("/metrics") + "/readyz"))[0] == 200
         printed = botkit("--config", str(config), "status", "--metrics")
         assert printed.returncode == 0, printed.stderr
-        assert value(samples(printed.stdout), "botkit_messages_answered_total", platform="console", status="completed") == 1
+        assert (
+            value(
+                samples(printed.stdout),
+                "botkit_messages_answered_total",
+                platform="console",
+                status="completed",
+            )
+            == 1
+        )
     finally:
         bot.stdin.close()
         code = bot.wait(timeout=60)
@@ -306,7 +322,9 @@ async def test_status_metrics_of_a_bot_with_metrics_off_says_how_to_turn_them_on
     from botkit.settings import load_settings
 
     config = tmp_path / "config.toml"
-    config.write_text('[bot]\ncontrol_socket = "c.sock"\n[backend]\ntype = "scripted"\n[storage]\ndata_dir = "d"\n')
+    config.write_text(
+        '[bot]\ncontrol_socket = "c.sock"\n[backend]\ntype = "scripted"\n[storage]\ndata_dir = "d"\n'
+    )
     bot = Bot.load(load_settings(config))
     control = ControlServer(bot)
     await control.open()
@@ -319,3 +337,53 @@ async def test_status_metrics_of_a_bot_with_metrics_off_says_how_to_turn_them_on
         await bot.stop()
     assert result.returncode == 1
     assert "metrics are off: set [metrics] enabled = true" in result.stderr
+
+
+async def test_moderation_decisions_are_counted_by_direction_category_and_action(make_bot):
+    config = {**ON, "plugins": {"moderation": {"blocklist": ["forbidden"]}}}
+    async with make_bot(config) as bot, serving(bot) as base:
+        bot.backend.say("write to me at someone@example.com")
+        await bot.chat.say("my address is alice@example.com, or ali@example.org")
+        blocked = await bot.chat.say("a forbidden word")
+        scraped = await scrape(base)
+    assert blocked.final is None
+    decisions = "botkit_moderation_decisions_total"
+    assert value(scraped, decisions, direction="in", category="email", action="redact") == 2
+    assert value(scraped, decisions, direction="in", category="blocklist", action="block") == 1
+    assert value(scraped, decisions, direction="out", category="email", action="redact") == 1
+    assert value(scraped, "botkit_messages_refused_total", platform="test", reason="moderation") == 1
+
+
+async def test_rate_limit_refusals_are_counted_by_scope(make_bot):
+    config = {**ON, "plugins": {"ratelimit": {"per_channel": "2/minute", "per_user": "10/minute"}}}
+    async with make_bot(config) as bot, serving(bot) as base:
+        for user in ("ann", "ben", "cat"):
+            await bot.chat.say("hello", user=user, channel="busy")
+        scraped = await scrape(base)
+    assert value(scraped, "botkit_ratelimit_refusals_total", scope="channel") == 1
+    assert value(scraped, "botkit_ratelimit_refusals_total", scope="user") == 0
+
+
+async def test_database_writes_are_timed_and_an_outage_shows_in_the_spool_and_retries(make_bot, tmp_path):
+    from botkit.plugins.memory import STORE
+
+    config = {**ON, "storage": {"data_dir": str(tmp_path), "busy_timeout": 0.1}}
+    async with make_bot(config) as bot, serving(bot) as base:
+        store = bot.state.require(STORE)
+        await bot.chat.say("hello")
+        assert await store.writer.flush(30)
+        scraped = await scrape(base)
+        assert value(scraped, "botkit_database_write_seconds_count", writer="memory") >= 1
+        assert value(scraped, "botkit_spool_records", writer="memory") == 0
+        assert bot.db.sqlite_path is not None
+        with sqlite_locked(bot.db.sqlite_path):
+            await bot.chat.say("during the outage")
+            await eventually(lambda: store.writer.outage, what="the writer meets the outage")
+            scraped = await scrape(base)
+        assert value(scraped, "botkit_spool_records", writer="memory") >= 1
+        assert value(scraped, "botkit_write_queue_length", writer="memory") >= 1
+        assert value(scraped, "botkit_database_write_retries_total", writer="memory") >= 1
+        assert await store.writer.flush(30)
+        scraped = await scrape(base)
+    assert value(scraped, "botkit_spool_records", writer="memory") == 0
+    assert value(scraped, "botkit_write_queue_length", writer="memory") == 0
