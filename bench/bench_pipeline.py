@@ -4,6 +4,7 @@ Run from the repository root::
 
     .venv/bin/python bench/bench_pipeline.py            # about 30 s on one core
     .venv/bin/python bench/bench_pipeline.py --check    # exit 1 when a target is missed
+    .venv/bin/python bench/bench_pipeline.py --metrics  # [metrics] on against off, same run
 
 Both sides use the scripted backend with the same fixed multi-chunk reply and
 send it the same prompt (system prompt, the conversation's history as memory
@@ -41,6 +42,7 @@ from botkit.types import Message, Prompt, ReplyStatus, Responder, Role, Turn, Us
 
 TARGET_MESSAGES_PER_S = 2000.0
 TARGET_P99_ADDED_MS = 5.0
+TARGET_METRICS_COST = 0.03  # [metrics] on may cost at most this share of messages/s
 
 
 class FinalTextResponder(Responder):
@@ -337,6 +339,72 @@ async def benchmark(args: argparse.Namespace, data_dir: Path) -> Report:
     return Report(cases, sorted(added), plugins, len(history))
 
 
+async def metrics_cost(args: argparse.Namespace, data_dir: Path) -> list[Case]:
+    """Two bots in one run, ``[metrics]`` off and on, answering the same messages in alternating rounds.
+
+    The bot with metrics on is scraped (``exposition()``, what ``/metrics`` answers) once per
+    round, inside its time: a scrape every few seconds is what a Prometheus server does.
+    """
+    reply = reply_words(args.chunks)
+    backend_config = {"type": "scripted", "default_reply": reply, "chunk_delay": args.chunk_delay}
+    bots: list[tuple[Case, Bot, Answer, Settle]] = []
+    for name, enabled in (("metrics off", False), ("metrics on", True)):
+        folder = data_dir / name.replace(" ", "-")
+        settings = settings_from_mapping(
+            {
+                "backend": backend_config,
+                "storage": {"data_dir": str(folder), "sqlite_synchronous": args.sqlite_synchronous},
+                "plugins": {plugin: {"enabled": False} for plugin in args.disable},
+                "metrics": {"enabled": enabled},
+            }
+        )
+        bot = Bot.load(settings)
+        await bot.start()
+        bot.backend.requests = deque(maxlen=1)  # type: ignore[attr-defined]
+        bots.append((Case(f"botkit, {name}"), bot, pipeline_answer(bot), memory_settle(bot)))
+    try:
+        for _, _, answer, settle in bots:
+            for message in make_messages(args.warmup, args.conversations):
+                assert await answer(message) == reply
+            await settle()
+        for round_number in range(args.rounds):
+            order = bots if round_number % 2 == 0 else bots[::-1]
+            for case, bot, answer, settle in order:
+                messages = make_messages(args.messages, args.conversations)
+
+                async def settle_and_scrape(bot: Bot = bot, settle: Settle = settle) -> int:
+                    backlog = await settle()
+                    if bot.metrics.enabled:
+                        bot.metrics.exposition()
+                    return backlog
+
+                case.rounds.append(
+                    await run_sequential(case.name, answer, messages, reply, settle_and_scrape)
+                )
+    finally:
+        for _, bot, _, _ in bots:
+            await bot.stop()
+    return [case for case, _, _, _ in bots]
+
+
+def print_metrics_report(args: argparse.Namespace, pinned: str, cases: list[Case]) -> bool:
+    print("botkit pipeline benchmark: [metrics] on against off, in the same run")
+    print(f"  python {platform.python_version()} on {platform.machine()}, {pinned}")
+    print(f"  {args.rounds} rounds x {args.messages:,} messages per bot, one at a time, alternating")
+    print()
+    for case in cases:
+        spread = f"{case.rates[0]:,.0f}-{case.rates[-1]:,.0f}"
+        print(f"  {case.name:<24} {case.rate:>10,.0f} messages/s (rounds {spread})")
+    cost = 1 - cases[1].rate / cases[0].rate
+    passed = cost <= TARGET_METRICS_COST
+    print()
+    print(
+        f"  target: metrics cost <= {TARGET_METRICS_COST:.0%} of messages/s"
+        f"{'':<14} {'PASS' if passed else 'FAIL'} ({cost:+.1%})"
+    )
+    return passed
+
+
 def print_report(args: argparse.Namespace, pinned: str, report: Report) -> bool:
     cases, added = report.cases, report.added_ms
     print("botkit pipeline benchmark")
@@ -441,6 +509,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--cpu", type=int, default=0, help="CPU to pin the process to (default 0)")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a target is missed")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="instead: the same messages through a bot with [metrics] on and one with it off",
+    )
     args = parser.parse_args(argv)
     if args.conversations < 1 or args.messages < args.conversations:
         parser.error("--conversations must be at least 1 and --messages at least --conversations")
@@ -457,8 +530,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     pinned = pin_to_cpu(args.cpu)
     with tempfile.TemporaryDirectory(prefix="botkit-bench-") as data_dir:
-        report = asyncio.run(benchmark(args, Path(data_dir)))
-    met = print_report(args, pinned, report)
+        if args.metrics:
+            cases = asyncio.run(metrics_cost(args, Path(data_dir)))
+        else:
+            report = asyncio.run(benchmark(args, Path(data_dir)))
+    met = print_metrics_report(args, pinned, cases) if args.metrics else print_report(args, pinned, report)
     return 0 if met or not args.check else 1
 
 

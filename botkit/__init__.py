@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         QueueFull,
         StorageError,
     )
+    from botkit.metrics import Instrument, Metrics
     from botkit.settings import to_toml
     from botkit.types import (
         NO_ADAPTER,
@@ -101,6 +102,8 @@ _EXPORTS: dict[str, str] = {
     "PluginLoadError": "botkit.errors",
     "QueueFull": "botkit.errors",
     "StorageError": "botkit.errors",
+    "Instrument": "botkit.metrics",
+    "Metrics": "botkit.metrics",
     "to_toml": "botkit.settings",
     "NO_ADAPTER": "botkit.types",
     "NO_LORA": "botkit.types",
@@ -155,9 +158,11 @@ __all__ = [
     "ConversationScope",
     "DuplicateNameError",
     "ExportError",
+    "Instrument",
     "LoraError",
     "Message",
     "MessageChange",
+    "Metrics",
     "ModelLoadError",
     "NoRunningBot",
     "PlatformError",

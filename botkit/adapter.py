@@ -36,5 +36,9 @@ class Adapter(ABC):
     async def run(self) -> None:
         """Receive messages and hand each to ``self.bot.handle`` until closed."""
 
+    def is_connected(self) -> bool:
+        """Whether the platform connection is up now (``/readyz``); an adapter without one is, while it runs."""
+        return True
+
     async def close(self) -> None:  # noqa: B027 - optional: most need nothing
         """Stop receiving; ``run`` returns soon after."""

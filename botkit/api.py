@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from botkit.backend import EngineLoad
     from botkit.commands import Command
+    from botkit.metrics import Metrics
     from botkit.settings import Settings
     from botkit.storage import Database
     from botkit.types import Message, MessageChange, Reaction, Responder, User
@@ -182,6 +183,11 @@ class BotAPI(Protocol):
     @property
     def db(self) -> Database:
         """The one database: ``async with bot.db.session()`` is a transaction."""
+        ...
+
+    @property
+    def metrics(self) -> Metrics:
+        """The bot's Prometheus metrics: ``counter``, ``gauge``, ``histogram`` (counting nothing while off)."""
         ...
 
     @property

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from botkit import __version__
 from botkit.adapter import Adapter, AdapterSettings
 from botkit.api import BotStatus, PluginState
 from botkit.backend import Backend, BackendSettings
@@ -29,6 +30,7 @@ from botkit.deliveries import SeenDeliveries
 from botkit.errors import ConfigError, LoraError
 from botkit.generation import GenerationQueue
 from botkit.hookcall import call_all, call_plugin, each_result, first_result
+from botkit.metrics import MessageMetrics, Metrics, bot_state_families, open_metrics
 from botkit.pipeline import Pipeline
 from botkit.plugin_host import PluginHost, read_stored_switches
 from botkit.registry import Registry
@@ -49,6 +51,7 @@ class Bot:
         self.backends = build_backends(self.registry, settings)
         self.db = Database(settings.storage)
         self.migrator = Migrator(self.db, list(self.registry.migrations.values()))
+        self.metrics: Metrics = open_metrics(settings.metrics, __version__)
         self.pipeline = Pipeline(
             settings=lambda: self.settings,
             hook=self.host.hook,
@@ -56,10 +59,13 @@ class Bot:
             backends=self.backends,
             is_admin=self.is_admin,
             bot=self,
+            metrics=MessageMetrics(self.metrics, settings.metrics.per_channel),
         )
         self.deliveries = SeenDeliveries()
         self.state = PluginState()
+        self.adapters: dict[str, Adapter] = {}  # those made (``make_adapter``), by name
         host.bind(self.db, self)
+        self.metrics.add_collector(lambda: bot_state_families(self))
         self.started = False
         self._started_at = time.monotonic()
 
@@ -154,6 +160,7 @@ class Bot:
 
     def make_adapter(self, name: str) -> Adapter:
         adapter = self.registry.adapters[name].factory(self, self.adapter_settings(name))
+        self.adapters[name] = adapter
         self.host.running_adapters.add(name)  # `/plugins` tells the adapters that run from the rest
         return adapter
 
@@ -172,6 +179,7 @@ class Bot:
         return {
             "bot": masked_dump(settings.bot),
             "logging": masked_dump(settings.logging),
+            "metrics": masked_dump(settings.metrics),
             "storage": masked_dump(settings.storage),
             "backend": masked_dump(self.backend_settings),
             "backends": {
@@ -207,6 +215,7 @@ class Bot:
             await close_backends(self.backends)
             await self.db.close()
             raise
+        self.metrics.start()
         await call_all(self.hook.botkit_startup, bot=self)
         self.started = True
         self._started_at = time.monotonic()
@@ -222,6 +231,7 @@ class Bot:
         await call_all(self.hook.botkit_shutdown, bot=self)
         await close_backends(self.backends)
         await self.db.close()
+        self.metrics.stop()
 
     async def handle(self, message: Message, responder: Responder) -> None:
         """Answer one incoming message; adapters call this."""
@@ -289,6 +299,9 @@ class Bot:
             notes.append("[logging] changed: it applies after a restart")
         if new.bot.control_socket != self.settings.bot.control_socket:
             notes.append("[bot] control_socket changed: it applies after a restart")
+        if new.metrics != self.settings.metrics:
+            notes.append("[metrics] changed: it applies after a restart")
+            new.metrics = self.settings.metrics
         if {n: t.get("enabled", True) for n, t in new.plugins.tables().items()} != {
             n: t.get("enabled", True) for n, t in self.settings.plugins.tables().items()
         }:

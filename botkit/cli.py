@@ -24,25 +24,33 @@ from botkit.cli_models import models
 from botkit.cli_plugins import CommandGroup, add_plugin_commands
 from botkit.control import ControlServer
 from botkit.errors import BotkitError, ConfigError, NoRunningBot
+from botkit.metrics_server import MetricsServer
 from botkit.ops import CONFIG_HELP, Context, config_option, fail
 from botkit.settings import Settings, to_toml
 
 log = logging.getLogger("botkit")
 
 
-async def serve(bot: Bot, adapter_names: list[str], reload_on_hangup: bool = False) -> None:
+async def serve(
+    bot: Bot, adapter_names: list[str], reload_on_hangup: bool = False, metrics: MetricsServer | None = None
+) -> None:
     """Start the bot, its control socket and the adapters; stop everything when any adapter ends or on SIGTERM.
 
     ``reload_on_hangup`` (``botkit run``): SIGHUP re-reads the config as the control socket's
     ``reload`` request does, as daemons do. ``botkit chat`` leaves SIGHUP alone: there it means
-    the terminal is gone.
+    the terminal is gone. ``metrics`` (``botkit run`` with ``[metrics] enabled``): the metrics
+    listener, started before the model loads so that ``/readyz`` says it is loading.
     """
     # Only the console: a chat beside a running bot of the same config goes on without the socket.
-    control = ControlServer(bot, exclusive=adapter_names != ["console"])
+    control = ControlServer(bot, exclusive=adapter_names != ["console"], adapters=adapter_names)
     await control.open()  # before the model loads: a second bot on the same config stops here
     try:
+        if metrics is not None:
+            await metrics.start()
         await bot.start()
     except BaseException:
+        if metrics is not None:
+            await metrics.close()
         await control.close()
         raise
     loop = asyncio.get_running_loop()
@@ -75,6 +83,8 @@ async def serve(bot: Bot, adapter_names: list[str], reload_on_hangup: bool = Fal
         await asyncio.gather(*tasks, return_exceptions=True)
         await control.close()
         await bot.stop()
+        if metrics is not None:
+            await metrics.close()
     if failure is not None:
         raise failure
 
@@ -112,7 +122,9 @@ def run_adapters(ctx: Context, only: list[str] | None) -> None:
             bot.adapter_settings(name)  # validates, and names a missing adapter plugin
         if not names:
             raise ConfigError("no adapter is enabled: enable one with [adapters.<name>] enabled = true")
-        asyncio.run(serve(bot, names, reload_on_hangup=only is None))
+        # `botkit run` serves metrics; a `botkit chat` beside it must not take its port.
+        metrics = MetricsServer(bot, names) if only is None and settings.metrics.enabled else None
+        asyncio.run(serve(bot, names, reload_on_hangup=only is None, metrics=metrics))
     except BotkitError as error:
         fail(error)
     except KeyboardInterrupt:
@@ -340,7 +352,6 @@ def backends_list(ctx: Context, no_load: bool) -> None:
 
 def running_bot_lines(settings: Settings) -> list[str]:
     """What the bot running with ``settings`` says of its backends (one line each), or why nothing."""
-    from botkit.backend_set import status_from_summary
     from botkit.control import CLAIM_TIMEOUT, control_socket_path, request_sync
 
     try:
@@ -354,19 +365,62 @@ def running_bot_lines(settings: Settings) -> list[str]:
         return [f"running bot: not asked: {error}"]
     if not answer.get("ok"):
         return [f"running bot: its status failed: {answer.get('error')}"]
-    lines = [f"running bot (pid {answer.get('pid')}):"]
+    return [f"running bot (pid {answer.get('pid')}):", *backend_lines(answer)]
+
+
+def backend_lines(answer: dict[str, object]) -> list[str]:
+    """One line per backend of a running bot's status answer."""
+    from botkit.backend_set import status_from_summary
+
     try:
-        lines += [
-            f"  {status_from_summary(name, summary).describe()}"
-            for name, summary in answer["backends"].items()
-        ]
-    except (KeyError, TypeError) as error:
+        backends = answer["backends"]
+        assert isinstance(backends, dict)
+        return [f"  {status_from_summary(name, summary).describe()}" for name, summary in backends.items()]
+    except (KeyError, TypeError, AssertionError) as error:
         # A bot of an older botkit reports less; say what it gave rather than fail.
-        return [f"running bot (pid {answer.get('pid')}): its status lacks {error} (an older botkit?)"]
-    return lines
+        return [f"  its status lacks {error} (an older botkit?)"]
 
 
-CORE_COMMANDS: tuple[click.Command, ...] = (chat, run, plugins, config_group, backends, db, models)
+@click.command()
+@config_option
+@click.option("--metrics", "show_metrics", is_flag=True, help="print its Prometheus metrics instead")
+@click.pass_obj
+def status(ctx: Context, show_metrics: bool) -> None:
+    """Ask the bot running with this config (its control socket) whether it is ready, and what it does.
+
+    Prints each readiness check (model, database, each adapter), as /readyz does, then
+    each backend's queue. Exits 0 when ready, 1 when not or when no bot answers. With
+    --metrics: the bot's metrics in the Prometheus text format ([metrics] enabled = true).
+    """
+    from botkit.control import CLAIM_TIMEOUT, control_socket_path, request_sync
+
+    try:
+        settings = ctx.settings()
+        path = control_socket_path(settings)
+        if path is None:
+            raise ConfigError(f"{settings.source_name}: [bot] control_socket is off: no running bot to ask")
+        command = "metrics" if show_metrics else "status"
+        answer = request_sync(path, {"command": command}, timeout=CLAIM_TIMEOUT)
+    except BotkitError as error:
+        fail(error)
+    if not answer["ok"]:
+        fail(BotkitError(f"the running bot says: {answer.get('error')}"))
+    if show_metrics:
+        click.echo(answer["metrics"], nl=False)
+        return
+    readiness = answer.get("readiness")
+    if not isinstance(readiness, dict):
+        fail(BotkitError(f"the bot (pid {answer.get('pid')}) reports no readiness (an older botkit?)"))
+    click.echo(f"bot (pid {answer.get('pid')}): {'ready' if readiness['ready'] else 'NOT READY'}")
+    for name, check in readiness["checks"].items():
+        click.echo(f"  {name}: {'ok' if check['ok'] else 'FAILING'} ({check['detail']})")
+    click.echo("\n".join(backend_lines(answer)))
+    click.echo(f"  metrics: {answer.get('metrics') or 'not served ([metrics] enabled = false)'}")
+    if not readiness["ready"]:
+        sys.exit(1)
+
+
+CORE_COMMANDS: tuple[click.Command, ...] = (chat, run, status, plugins, config_group, backends, db, models)
 
 
 def root_group() -> click.Group:

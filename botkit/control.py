@@ -8,8 +8,11 @@ without restarting it. One JSON object per line each way:
   [...]}``, or ``{"ok": false, "error": "..."}`` when the config is invalid (nothing applied);
 - ``{"command": "status"}``: ``{"ok": true, "pid": ..., "config": ..., "backends": {name:
   {"type", "model", "adapter", "adapters", "context_window", "generating", "waiting",
-  "concurrency", "queue_limit", "engine"}}, "database": {"url", "key"}}`` (``BackendSlot.summary()``;
-  ``Database.key``, by which ``botkit db upgrade`` knows a bot on its database; keys are only added).
+  "concurrency", "queue_limit", "engine"}}, "database": {"url", "key"}, "readiness": {"ready",
+  "checks": {name: {"ok", "detail"}}}, "metrics": url or null}`` (``BackendSlot.summary()``; ``Database.key``, by which
+  ``botkit db upgrade`` knows a bot on its database; ``botkit.health``; keys are only added);
+- ``{"command": "metrics"}``: ``{"ok": true, "metrics": "..."}``, the Prometheus text of
+  ``/metrics`` (``botkit status --metrics``), or ``ok: false`` when ``[metrics]`` is off.
 
 Who may ask is who may open the socket file: it is made 0600, in a folder only the
 bot's user enters, so the same user (or root) only.
@@ -28,11 +31,12 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botkit.errors import BotkitError, ConfigError, ControlError, NoRunningBot
+from botkit.health import as_json, readiness
 from botkit.settings import Settings, env_name
 
 if TYPE_CHECKING:
@@ -105,8 +109,9 @@ class ControlServer:
     With ``[bot] control_socket = "off"`` every method does nothing.
     """
 
-    def __init__(self, bot: Bot, exclusive: bool = True) -> None:
+    def __init__(self, bot: Bot, exclusive: bool = True, adapters: Sequence[str] = ()) -> None:
         self.bot = bot
+        self.adapters = tuple(adapters)  # the adapters the bot runs, for its readiness
         # exclusive (``botkit run``): a second bot on the same config would answer every platform
         # message twice, so it refuses to start. Otherwise (``botkit chat``) it runs without a socket.
         self.exclusive = exclusive
@@ -119,6 +124,7 @@ class ControlServer:
         self._commands: dict[str, Callable[[], Awaitable[Answer]]] = {
             "reload": self._reload,
             "status": self._status,
+            "metrics": self._metrics,
         }
 
     async def open(self) -> None:
@@ -261,7 +267,16 @@ class ControlServer:
             "config": self.bot.settings.source_name,
             "backends": {slot.name: slot.summary() for slot in self.bot.backends.values()},
             "database": {"url": self.bot.db.display_url, "key": self.bot.db.key},
+            "readiness": as_json(await readiness(self.bot, self.adapters)),
+            "metrics": self.bot.metrics.url,
         }
+
+    async def _metrics(self) -> Answer:
+        try:
+            body, _ = self.bot.metrics.exposition()
+        except LookupError as error:
+            raise ControlError(str(error)) from None
+        return {"metrics": body.decode("utf-8")}
 
 
 def refusal(error: str) -> Answer:

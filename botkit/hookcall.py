@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pluggy
@@ -79,7 +80,7 @@ async def run_chain(hook: pluggy.HookCaller, key: str, value: Any, accept: type,
         if result is None:
             continue
         if isinstance(result, Refuse):
-            return result
+            return replace(result, plugin=impl.plugin_name)
         if isinstance(result, accept):
             value = result
             continue

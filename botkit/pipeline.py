@@ -38,6 +38,7 @@ from botkit.types import (
 
 if TYPE_CHECKING:
     from botkit.api import BotAPI
+    from botkit.metrics import MessageMetrics
     from botkit.registry import Registry
     from botkit.settings import Settings
 
@@ -223,6 +224,7 @@ class Pipeline:
         backends: Mapping[str, BackendSlot],
         is_admin: Callable[[User, Message | None], Awaitable[bool]],
         bot: BotAPI,
+        metrics: MessageMetrics,
     ) -> None:
         self._settings = settings
         self._hook = hook
@@ -230,6 +232,7 @@ class Pipeline:
         self._backends = backends
         self._is_admin = is_admin
         self._bot = bot
+        self._metrics = metrics
         self.lanes = ConversationLanes()
         self._in_flight: set[asyncio.Future[None]] = set()
         # Numbers messages as their handling starts: the order they take the model in.
@@ -239,6 +242,7 @@ class Pipeline:
         """Answer ``message`` through ``responder``. Never raises for a bad message or plugin."""
         if not message.text.strip():
             return
+        self._metrics.received(message)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._in_flight.add(done)
         try:
@@ -311,12 +315,14 @@ class Pipeline:
         )
         limit = self._settings().bot.max_message_chars
         if len(message.text) > limit:
+            self._metrics.refused(message, "too_long")
             await responder.send(
                 f"Sorry, your message is too long for me ({len(message.text):,} characters; "
                 f"the limit is {limit:,}). Please shorten it or split it up."
             )
             return
         if not readable(message.text):
+            self._metrics.refused(message, "unreadable")
             await responder.send(
                 "Sorry, your message contains characters I can't read (a NUL byte or broken Unicode). "
                 "Please send it again without them."
@@ -331,6 +337,7 @@ class Pipeline:
                 gated.reason,
                 extra=self._context(message),
             )
+            self._metrics.refused(message, gated.plugin)
             if gated.notice:
                 await responder.send(gated.notice)
             return
@@ -356,6 +363,7 @@ class Pipeline:
         self, message: Message, responder: Responder, name: str, args: str, command: Command | None
     ) -> None:
         prefix = self._settings().bot.command_prefix
+        self._metrics.command(message, command.name if command is not None else None)
         if command is None:
             # Point at /help only while a plugin answers it (the commands plugin may be off).
             hint = f" Type {prefix}help to see the commands." if "help" in self._registry.commands else ""
@@ -408,6 +416,7 @@ class Pipeline:
                 extra=self._context(message),
             )
         if fit.prompt_tokens > budget:
+            self._metrics.refused(message, "context_full")
             await responder.send(
                 f"Sorry, your message is too long for the model ({fit.prompt_tokens:,} tokens; "
                 f"it can take {max(budget, 0):,}). Please shorten it."
@@ -416,9 +425,11 @@ class Pipeline:
 
         ticket = Ticket(owner=self.generation_owner(message), order=arrival)
         queue = slot.queue
+        enqueued = time.perf_counter()
         try:
             place = queue.enqueue(ticket)
         except QueueFull:
+            self._metrics.refused(message, "queue_full")
             await responder.send("I'm answering a lot of people right now. Please try again in a minute.")
             return
         lora = params.lora if params.lora is not None else backend.active_lora
@@ -439,12 +450,14 @@ class Pipeline:
                     f"The model is busy; {ahead} ahead of you. I'll answer as soon as I can."
                 )
             await queue.wait_turn(ticket)
+            self._metrics.waited(slot.name, time.perf_counter() - enqueued)
             reply = await self._generate(request, responder)
         except GenerationCancelled:  # /stop while waiting: never generated
             reply = request.reply("", ReplyStatus.STOPPED)
             await call_all(self._hook.botkit_reply_ready, message=message, reply=reply, bot=self._bot)
         finally:
             queue.release(ticket)  # _generate released it when its stream ended; this covers the rest
+        self._metrics.answered(message, slot.name, reply)
         await call_all(self._hook.botkit_after_reply, message=message, reply=reply, bot=self._bot)
 
     async def _generate(self, request: ModelRequest, responder: Responder) -> Reply:

@@ -129,6 +129,42 @@ class LoggingSettings(BaseModel):
         return value
 
 
+class MetricsSettings(BaseModel):
+    """``[metrics]``: Prometheus metrics and health checks over HTTP (docs/operations.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="serve /metrics, /healthz and /readyz while `botkit run` runs")
+    listen: str = Field(
+        "127.0.0.1:9464",
+        description="host:port of the metrics listener ('[::1]:9464' for IPv6; port 0: any free port)",
+    )
+    per_channel: bool = Field(
+        False, description="label message metrics with the channel id (one series per channel)"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``listen`` as (host, port)."""
+        return parse_listen(self.listen)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:9464"`` for IPv6) as (host, port); ``ValueError`` saying what is expected."""
+    host, colon, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port, e.g. '127.0.0.1:9464' or '[::1]:9464' (got {value!r})")
+    return host, int(port)
+
+
 class Settings(BaseSettings):
     """Everything botkit reads from config.toml and the environment."""
 
@@ -149,6 +185,7 @@ class Settings(BaseSettings):
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     # Where the values came from, for error messages and the secrets rule.
     _source_path: Path | None = PrivateAttr(None)

@@ -213,11 +213,13 @@ class Refuse:
     """Returned by a gate or an output filter to stop the message or the reply.
 
     ``notice`` is what the user is told (nothing when ``None``); ``reason`` goes
-    to the log and to after-hooks.
+    to the log and to after-hooks. ``plugin`` is the plugin that refused, filled in
+    by botkit (the ``reason`` label of ``botkit_messages_refused_total``).
     """
 
     notice: str | None = None
     reason: str = ""
+    plugin: str = ""
 
 
 @dataclass(frozen=True, slots=True)

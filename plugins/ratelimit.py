@@ -25,7 +25,7 @@ from limits.aio.strategies import (
 from limits.storage import storage_from_string
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from botkit import Message, Refuse, StateKey, hookimpl
+from botkit import Message, Metrics, Refuse, StateKey, hookimpl
 
 log = logging.getLogger("botkit.plugins.ratelimit")
 
@@ -130,8 +130,13 @@ def describe_wait(seconds: float) -> str:
 class Limiter:
     """The configured limits over one storage."""
 
-    def __init__(self, settings: RateLimitSettings) -> None:
+    def __init__(self, settings: RateLimitSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self._refusals = (metrics or Metrics()).counter(
+            "botkit_ratelimit_refusals_total",
+            "Messages refused by a rate limit, by the limit's scope (user, channel, global, tokens).",
+            ("scope",),
+        )
         uri = settings.storage
         options: dict[str, Any] = {}
         if uri.startswith("redis"):
@@ -190,6 +195,7 @@ class Limiter:
             await self.budget.hit(self.tokens, "botkit", "tokens", message.user_key, cost=cost)
 
     async def _refuse(self, scope: str, key: str, item: RateLimitItem, reset_time: float) -> Refuse:
+        self._refusals.labels(scope=scope).inc()
         wait = max(reset_time - time.time(), 1.0)
         # One notice per window of the limit, counted in the same storage so replicas agree.
         notice_item = type(item)(1, item.multiples)
@@ -208,7 +214,7 @@ def botkit_register_settings(register):
 
 @hookimpl
 async def botkit_startup(bot):
-    limiter = bot.state.set(LIMITER, Limiter(bot.plugin_settings(NAME)))
+    limiter = bot.state.set(LIMITER, Limiter(bot.plugin_settings(NAME), bot.metrics))
     if not await limiter.storage.check():
         log.error(
             "[plugins.ratelimit] storage %s cannot be reached; messages pass unlimited until it can",

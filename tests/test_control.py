@@ -107,6 +107,12 @@ async def test_status_shows_each_backend_with_its_model_and_adapters(config):
         "queue_limit": 100,
         "engine": None,  # the scripted backend reports no engine load
     }
+    # What `botkit status` and /readyz show; no adapter runs in this test.
+    assert answer["readiness"] == {
+        "ready": True,
+        "checks": {"model": {"ok": True, "detail": "loaded"}, "database": {"ok": True, "detail": "reachable"}},
+    }
+    assert answer["metrics"] is None  # [metrics] is off
 
 
 async def test_reload_applies_the_edited_config_and_each_request_is_logged(config, caplog):
@@ -140,9 +146,9 @@ async def test_bad_requests_get_an_error_and_the_server_keeps_answering(config):
         )
         assert [a["ok"] for a in answers] == [False, False, False, False, True]
         assert answers[0]["error"].startswith("not JSON")
-        assert answers[1]["error"] == 'a request is a JSON object with a "command": reload, status'
+        assert answers[1]["error"] == 'a request is a JSON object with a "command": reload, status, metrics'
         assert answers[2]["error"] == answers[1]["error"]
-        assert answers[3]["error"] == "unknown command 'shutdown'; known: reload, status"
+        assert answers[3]["error"] == "unknown command 'shutdown'; known: reload, status, metrics"
         (too_long,) = await exchange(control.path, b"x" * (REQUEST_LIMIT + 10) + b"\n")
         assert too_long == {
             "ok": False,

@@ -209,6 +209,10 @@ class DiscordAdapter(Adapter):
         finally:
             await client.close()
 
+    def is_connected(self) -> bool:
+        client = self.client
+        return client is not None and client.is_ready() and not client.is_closed()
+
     async def close(self) -> None:
         """Stop taking messages; replies in flight end (stopped) and get their last edit; then disconnect."""
         self._closing = True

@@ -167,6 +167,9 @@ class SlackAdapter(Adapter):
         if self._preparing:
             await asyncio.wait(set(self._preparing), timeout=PREPARE_TIMEOUT)
 
+    def is_connected(self) -> bool:
+        return self.connected.is_set() and not self._closed.is_set()
+
     async def close(self) -> None:
         self._closed.set()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -175,6 +176,24 @@ class Database:
                 "check [storage] url (and BOTKIT_STORAGE__PASSWORD) and that the server is running"
             ) from None
 
+    async def problem(self, timeout: float) -> str | None:
+        """Why the bot cannot write to the database now (``/readyz``), or None when it can.
+
+        SQLite: a write lock taken and given back on a connection of its own (a file that
+        another process holds locked is as good as down, as it is to the bot's writers);
+        PostgreSQL: ``SELECT 1`` through the pool. Waits at most ``timeout`` seconds.
+        """
+        path = self.sqlite_path
+        if path is not None:
+            return await asyncio.to_thread(sqlite_problem, path, timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError, TimeoutError) as error:
+            return describe(error)
+        return None
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction, committed on success and rolled back on error."""
@@ -223,6 +242,24 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def sqlite_problem(path: Path, timeout: float) -> str | None:
+    """Why a writer cannot take the lock of the SQLite file at ``path`` within ``timeout`` s, or None."""
+    if not path.exists():
+        return f"{path} is missing"
+    try:
+        connection = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    except sqlite3.Error as error:
+        return describe(error)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+    except sqlite3.Error as error:
+        return describe(error)
+    finally:
+        connection.close()
+    return None
 
 
 def describe(error: BaseException) -> str:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Generic, Protocol, TypeVar
+
+from botkit.metrics import Metrics
 
 Record = TypeVar("Record")
 
@@ -59,6 +62,31 @@ class WriteCounts:
     dead_letters: int = 0  # records the database refused, handed to ``dead_letter``
 
 
+class WriteMetrics:
+    """A writer's instruments, labelled with its name (``memory``, ``moderation``)."""
+
+    def __init__(self, metrics: Metrics, writer: str) -> None:
+        self.write_seconds = metrics.histogram(
+            "botkit_database_write_seconds", "Time one batch of records took to write.", ("writer",)
+        ).labels(writer=writer)
+        self.retries = metrics.counter(
+            "botkit_database_write_retries_total",
+            "Batch writes that failed because the database was unreachable, to be tried again.",
+            ("writer",),
+        ).labels(writer=writer)
+        self.pending = metrics.gauge(
+            "botkit_write_queue_length", "Records waiting to be written to the database.", ("writer",)
+        ).labels(writer=writer)
+        self.spooled = metrics.gauge(
+            "botkit_spool_records", "Records waiting in the on-disk spool.", ("writer",)
+        ).labels(writer=writer)
+        self.replayed = metrics.counter(
+            "botkit_spool_replayed_total",
+            "Records read back from the spool at start, to be written.",
+            ("writer",),
+        ).labels(writer=writer)
+
+
 class WriteBehind(Generic[Record]):
     """An ordered queue of records in front of the database, written in batches by one task.
 
@@ -84,7 +112,8 @@ class WriteBehind(Generic[Record]):
     ``dead_letter`` with ``reason(error)`` (or dropped), and the rest written.
 
     ``name`` (the plugin) and ``what`` (the records, plural) make the log
-    messages; they go to ``log``. ``sleep`` is how the task pauses between
+    messages; they go to ``log``. ``metrics`` (the bot's) get the writer's latency,
+    retries, queue and spool, labelled ``writer=name``. ``sleep`` is how the task pauses between
     attempts (a test may pass one that records the pauses).
     """
 
@@ -106,8 +135,10 @@ class WriteBehind(Generic[Record]):
         recover: Callable[[], None] | None = None,
         dead_letter: Callable[[Record, str], Awaitable[None]] | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
+        self._metrics = WriteMetrics(metrics or Metrics(), name)
         self.what = what
         self.retry_interval = retry_interval
         self.batch_size = batch_size
@@ -157,6 +188,8 @@ class WriteBehind(Generic[Record]):
                 self._on_disk = len(spooled)
                 self._maybe_written = len(spooled)  # the last run may have committed them
                 self.counts.queued += len(spooled)
+                self._metrics.replayed.inc(len(spooled))
+                self._report()
                 self._idle.clear()
         self._task = asyncio.create_task(self._write_forever(), name=f"botkit-{self.name}-writer")
 
@@ -258,6 +291,7 @@ class WriteBehind(Generic[Record]):
         self.counts.queued += 1
         if self.write_ahead:
             self._spool_waiting()  # on disk before ``add`` returns
+        self._report()
         self._idle.clear()
         self._wake.set()
 
@@ -285,6 +319,7 @@ class WriteBehind(Generic[Record]):
             self._writes_started += 1
             self._not_writing.clear()
             self._done = 0
+            started = time.perf_counter()
             try:
                 written = await self._write_batch(batch)
             except asyncio.CancelledError:
@@ -297,6 +332,8 @@ class WriteBehind(Generic[Record]):
                 self._in_flight = self._done
                 self._take_written()
                 self.counts.retries += 1
+                self._metrics.retries.inc()
+                self._report()
                 if not self._outage:
                     self._log.error(
                         "%s: cannot write to the database (%s); %s wait in %s until it is back",
@@ -318,6 +355,7 @@ class WriteBehind(Generic[Record]):
                 self.counts.dropped += self._in_flight
             else:
                 self._not_writing.set()
+                self._metrics.write_seconds.observe(time.perf_counter() - started)
                 self.counts.written += written
                 if self._outage:
                     self._log.warning(
@@ -325,6 +363,7 @@ class WriteBehind(Generic[Record]):
                     )
                     self._outage = False
             self._take_written()
+            self._report()
             delay = FIRST_RETRY
 
     def _refused(self, error: BaseException) -> bool:
@@ -400,6 +439,10 @@ class WriteBehind(Generic[Record]):
         if written_on_disk:
             self._on_disk -= written_on_disk
             self._drop_from_spool(written_on_disk)
+
+    def _report(self) -> None:
+        self._metrics.pending.set(len(self._pending))
+        self._metrics.spooled.set(self._on_disk)
 
     def _drop_from_spool(self, count: int) -> None:
         assert self.spool is not None

@@ -118,7 +118,7 @@ async def botkit_startup(bot):
         fsync=storage.sqlite_synchronous == "full",  # the journal is as durable as the database
     )
     store = bot.state.set(
-        STORE, MemoryStore(bot.db, spool, settings.retry_interval, settings.cache_seconds)
+        STORE, MemoryStore(bot.db, spool, settings.retry_interval, settings.cache_seconds, metrics=bot.metrics)
     )
     store.start()
 

@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from botkit import Metrics
 from botkit.storage import (
     ConversationRecord,
     Database,
@@ -101,6 +102,7 @@ class MemoryStore:
         retry_interval: float,
         cache_seconds: float = 0.0,
         max_pending: int = 100_000,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.cache_seconds = cache_seconds
@@ -125,6 +127,7 @@ class MemoryStore:
             reason=rejection_reason,
             recover=self.forget_cached,
             dead_letter=self._dead_letter,
+            metrics=metrics,
         )
         self._users: dict[tuple[str, str], int] = {}
         self._remembered = RememberedChanges()

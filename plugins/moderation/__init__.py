@@ -167,7 +167,7 @@ async def botkit_startup(bot):
             log.error(
                 "moderation: the profanity classifier cannot be loaded (%s); profanity is not checked", error
             )
-    events = EventLog(bot.db)
+    events = EventLog(bot.db, metrics=bot.metrics)
     events.start()
     threads = ThreadPoolExecutor(CLASSIFIER_THREADS, thread_name_prefix="moderation-classifier")
     bot.state.set(RUNNING, Running(Moderator(settings, classifier), events, threads))

@@ -20,7 +20,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from botkit import Message
+from botkit import Message, Metrics
 from botkit.detectors import Finding, only_digits
 from botkit.storage import (
     Database,
@@ -105,9 +105,18 @@ class EventLog:
     """Moderation events queued in a ``WriteBehind`` writer: a check returns at once."""
 
     def __init__(
-        self, db: Database, retry_interval: float = RETRY_INTERVAL, max_pending: int = MAX_PENDING
+        self,
+        db: Database,
+        retry_interval: float = RETRY_INTERVAL,
+        max_pending: int = MAX_PENDING,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
+        self._decisions = (metrics or Metrics()).counter(
+            "botkit_moderation_decisions_total",
+            "Moderation decisions, by direction (in: messages, out: replies), category and action.",
+            ("direction", "category", "action"),
+        )
         self.max_pending = max_pending
         # Events of messages whose exchange has not taken them yet (commands, refusals: never).
         self._unclaimed: OrderedDict[tuple[str, str, str], list[dict[str, Any]]] = OrderedDict()
@@ -124,6 +133,7 @@ class EventLog:
             rejected=is_rejection,
             reason=rejection_reason,
             dead_letter=self._dead_letter,
+            metrics=metrics,
         )
 
     def start(self) -> None:
@@ -131,6 +141,8 @@ class EventLog:
 
     def record(self, message: Message, direction: str, decisions: list[Decision]) -> None:
         """Queue the events of one check, and keep them for the message's exchange; returns at once."""
+        for decision in decisions:
+            self._decisions.labels(direction, decision.finding.category, decision.action).inc()
         events = events_of(message, direction, decisions)
         for event in events:
             self.writer.add(event)
