@@ -155,6 +155,42 @@ class MetricsSettings(BaseModel):
         return parse_listen(self.listen)
 
 
+class ClusterSettings(BaseModel):
+    """``[cluster]``: several ``botkit run`` processes serving one bot (docs/deploy.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redis_url: str | None = Field(
+        None,
+        description="redis://HOST:PORT/DB shared by the replicas: conversation locks and memory-cache "
+        "invalidation; unset: PostgreSQL advisory locks (one process on SQLite)",
+    )
+    redis_password: SecretStr | None = Field(None, description="the Redis password (environment only)")
+    lock_ttl_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description="seconds after which a conversation's lock held by a replica that died is free",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("redis", "rediss", "unix") or not rest:
+            raise ValueError(
+                "expected redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"
+            )
+        userinfo, at, _ = rest.partition("/")[0].rpartition("@") if scheme != "unix" else ("", "", "")
+        if at and ":" in userinfo:
+            raise ValueError(
+                "holds a password: put it in the environment as BOTKIT_CLUSTER__REDIS_PASSWORD instead"
+            )
+        return value
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """``"host:port"`` (``"[::1]:9464"`` for IPv6) as (host, port); ``ValueError`` saying what is expected."""
     host, colon, port = value.rpartition(":")
@@ -186,6 +222,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     # Where the values came from, for error messages and the secrets rule.
     _source_path: Path | None = PrivateAttr(None)

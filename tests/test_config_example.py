@@ -30,6 +30,7 @@ from botkit.plugins.privacy import PrivacySettings
 from botkit.plugins.ratelimit import RateLimitSettings
 from botkit.settings import (
     BotSettings,
+    ClusterSettings,
     LoggingSettings,
     PluginsSettings,
     Settings,
@@ -51,6 +52,7 @@ DOCUMENTED: list[tuple[type[BaseModel], str]] = [
     (OpenAISettings, "backend"),
     (BotSettings, "bot"),
     (LoggingSettings, "logging"),
+    (ClusterSettings, "cluster"),
     (PluginsSettings, "plugins"),
     (StorageSettings, "storage"),
     (MemorySettings, "plugins.memory"),

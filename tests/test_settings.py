@@ -169,3 +169,30 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path, write_confi
     settings = load_settings(path)
     assert settings.plugins.directory == folder / "plugins"
     assert settings.storage.data_dir == folder / "state"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("localhost:6379", "expected redis://HOST:PORT/DB"),
+        ("http://localhost:6379/0", "expected redis://HOST:PORT/DB"),
+        ("redis://", "expected redis://HOST:PORT/DB"),
+        ("redis://:hunter2@localhost:6379/0", "BOTKIT_CLUSTER__REDIS_PASSWORD"),
+    ],
+)
+def test_a_cluster_redis_url_that_cannot_be_used_is_refused_without_echoing_it(url, problem):
+    with pytest.raises(ConfigError, match=r"\[cluster\] redis_url") as error:
+        settings_from_mapping({"cluster": {"redis_url": url}})
+    assert problem in str(error.value)
+    assert "hunter2" not in str(error.value)
+
+
+def test_the_cluster_settings_read_the_redis_password_from_the_environment_only(monkeypatch):
+    with pytest.raises(ConfigError, match="BOTKIT_CLUSTER__REDIS_PASSWORD"):
+        settings_from_mapping({"cluster": {"redis_password": "hunter2"}})
+    monkeypatch.setenv("BOTKIT_CLUSTER__REDIS_PASSWORD", "hunter2")
+    settings = settings_from_mapping({"cluster": {"redis_url": "redis://redis.internal:6379/2"}})
+    assert settings.cluster.redis_url == "redis://redis.internal:6379/2"
+    assert settings.cluster.redis_password is not None
+    assert settings.cluster.redis_password.get_secret_value() == "hunter2"
+    assert settings.cluster.lock_ttl_s == 30.0
