@@ -88,34 +88,49 @@ class DeliveryClaims:
         )
         self._outage = False
         self._pruned_at: float | None = None
+        self._last: asyncio.Future[None] | None = None  # the claim before: done once answered
 
     async def first(self, platform: str, delivery_id: str) -> bool:
-        """True when this is the first delivery of ``delivery_id`` on ``platform`` anywhere."""
+        """True when this is the first delivery of ``delivery_id`` on ``platform`` anywhere.
+
+        Answers come in the order the deliveries came (a reaction added, then removed, reaches
+        the plugins in that order), while the database checks run side by side.
+        """
         if not self.seen.first(f"{platform}:{delivery_id}"):
             result = "repeat"
         else:
+            previous, done = self._last, asyncio.get_running_loop().create_future()
+            self._last = done
             try:
-                async with asyncio.timeout(self.timeout):
-                    claimed = await self._claim(platform, delivery_id)
-            except (SQLAlchemyError, OSError, TimeoutError) as error:
-                if not self._outage:
-                    log.warning(
-                        "cannot check %s deliveries against the database (%s); answering them, "
-                        "with redeliveries caught only by this process until it is back",
-                        platform,
-                        describe(error),
-                    )
-                self._outage = True
-                result = "unchecked"
-            else:
-                if self._outage:
-                    log.warning("the database answers again: deliveries are checked against it")
-                    self._outage = False
-                result = "first" if claimed else "repeat"
-                if self._prune_due():
-                    await self._prune()
+                result = await self._check(platform, delivery_id)
+                if previous is not None:
+                    await asyncio.shield(previous)  # a cancelled wait must not cancel the claim before
+            finally:
+                done.set_result(None)
         self._results.labels(platform=platform, result=result).inc()
         return result != "repeat"
+
+    async def _check(self, platform: str, delivery_id: str) -> str:
+        """'first', 'repeat', or 'unchecked' when the database could not tell in time."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                claimed = await self._claim(platform, delivery_id)
+        except (SQLAlchemyError, OSError, TimeoutError) as error:
+            if not self._outage:
+                log.warning(
+                    "cannot check %s deliveries against the database (%s); answering them, "
+                    "with redeliveries caught only by this process until it is back",
+                    platform,
+                    describe(error),
+                )
+            self._outage = True
+            return "unchecked"
+        if self._outage:
+            log.warning("the database answers again: deliveries are checked against it")
+            self._outage = False
+        if self._prune_due():
+            await self._prune()
+        return "first" if claimed else "repeat"
 
     async def _claim(self, platform: str, delivery_id: str) -> bool:
         async with self.db.session() as session:

@@ -13,6 +13,7 @@ from test_memory import database_down
 from botkit import deliveries
 from botkit.storage import Database, Migrator, StorageSettings, utcnow
 from botkit.storage.models import SeenDeliveryRecord
+from botkit.testing import eventually
 
 METRICS = {"metrics": {"enabled": True}}
 
@@ -149,3 +150,29 @@ async def test_0003_adds_seen_deliveries_and_goes_back(storage_config):
         assert await migrator.current() == {"0002"}
     finally:
         await db.close()
+
+
+async def test_answers_come_in_the_order_the_deliveries_came(bot, monkeypatch):
+    loop = asyncio.get_running_loop()
+    answers = {"Ev1": loop.create_future(), "Ev2": loop.create_future()}
+    claimed: list[str] = []
+
+    async def claim(platform: str, delivery_id: str) -> bool:
+        result = await answers[delivery_id]
+        claimed.append(delivery_id)
+        return result
+
+    monkeypatch.setattr(bot.deliveries, "_claim", claim)
+    order: list[str] = []
+
+    async def deliver(delivery_id: str) -> None:
+        await bot.first_delivery("slack", delivery_id)
+        order.append(delivery_id)
+
+    first, second = asyncio.ensure_future(deliver("Ev1")), asyncio.ensure_future(deliver("Ev2"))
+    answers["Ev2"].set_result(True)  # the database answers the later delivery first
+    await eventually(lambda: claimed == ["Ev2"], what="the later claim answered")
+    assert order == []  # held back until the one before it is answered
+    answers["Ev1"].set_result(True)
+    await asyncio.gather(first, second)
+    assert order == ["Ev1", "Ev2"]

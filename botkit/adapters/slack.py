@@ -270,9 +270,9 @@ class SlackAdapter(Adapter):
     async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         # A mention in a DM also arrives as message.im, which answers it.
         in_dm = event.get("channel_type") == "im" or str(event.get("channel", "")).startswith("D")
-        if is_from_a_bot(event) or in_dm or not await self._first(body):
+        if is_from_a_bot(event) or in_dm:
             return
-        await self._answer(event, is_dm=False)
+        await self._answer(event, body, is_dm=False)
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         subtype = event.get("subtype")
@@ -282,11 +282,13 @@ class SlackAdapter(Adapter):
             return
         if subtype is not None or is_from_a_bot(event) or event.get("channel_type") != "im":
             return
-        if await self._first(body):
-            await self._answer(event, is_dm=True)
+        await self._answer(event, body, is_dm=True)
 
-    async def _answer(self, event: dict[str, Any], *, is_dm: bool) -> None:
+    async def _answer(self, event: dict[str, Any], body: dict[str, Any], *, is_dm: bool) -> None:
+        # The claim (a database write) is part of the way to the pipeline that shutdown waits for.
         with self._preparing_message():
+            if not await self._first(body):
+                return
             message = await self.slack.message(
                 event, is_dm=is_dm, thread_messages=self.settings.thread_messages
             )
