@@ -70,10 +70,11 @@ class DeliveryClaims:
     database. Otherwise the claim is a row of ``seen_deliveries`` inserted with
     ``ON CONFLICT DO NOTHING`` on its key (platform, delivery id): the one
     insert that stores it, in whichever process, answers the event. When the
-    database fails or does not answer within ``timeout`` seconds the event is
-    answered (a message is never lost to an outage; only this process's memory
-    then keeps a repeat out), one warning is logged per outage and each such
-    claim is counted. ``timeout`` is ``[storage] connect_timeout``, at most ``CLAIM_TIMEOUT`` (``botkit_deliveries_total{result="unchecked"}``).
+    database fails or does not answer within ``timeout`` seconds (``[storage]
+    connect_timeout``, at most ``CLAIM_TIMEOUT``) the event is answered (a
+    message is never lost to an outage; only this process's memory then keeps a
+    repeat out), one warning is logged per outage and each such claim is counted
+    (``botkit_deliveries_total{result="unchecked"}``).
     """
 
     def __init__(self, db: Database, metrics: Metrics) -> None:
