@@ -230,6 +230,7 @@ class Bot:
         await self.pipeline.stop_and_drain()
         await call_all(self.hook.botkit_shutdown, bot=self)
         await close_backends(self.backends)
+        await self.deliveries.close()
         await self.db.close()
         self.metrics.stop()
 

@@ -6,8 +6,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Coroutine
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import delete
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from botkit.storage import Database
 
 log = logging.getLogger("botkit.deliveries")
+T = TypeVar("T")
 
 # How long a claimed delivery id is kept in the database. Slack retries an event within
 # minutes (three retries, the last about 5 minutes after the first delivery) and Discord
@@ -90,6 +92,7 @@ class DeliveryClaims:
         self._outage = False
         self._pruned_at: float | None = None
         self._last: asyncio.Future[None] | None = None  # the claim before: done once answered
+        self._left_behind: set[asyncio.Task[Any]] = set()  # database work that outlived its timeout
 
     async def first(self, platform: str, delivery_id: str) -> bool:
         """True when this is the first delivery of ``delivery_id`` on ``platform`` anywhere.
@@ -114,8 +117,7 @@ class DeliveryClaims:
     async def _check(self, platform: str, delivery_id: str) -> str:
         """'first', 'repeat', or 'unchecked' when the database could not tell in time."""
         try:
-            async with asyncio.timeout(self.timeout):
-                claimed = await self._claim(platform, delivery_id)
+            claimed = await self._within_timeout(self._claim(platform, delivery_id))
         except (SQLAlchemyError, OSError, TimeoutError) as error:
             if not self._outage:
                 log.warning(
@@ -155,9 +157,41 @@ class DeliveryClaims:
         A failure is left for the next interval: old rows only take room, they answer nothing.
         """
         try:
-            async with asyncio.timeout(self.timeout), self.db.session() as session:
-                await session.execute(
-                    delete(SeenDeliveryRecord).where(SeenDeliveryRecord.first_seen_at < utcnow() - RETENTION)
-                )
+            await self._within_timeout(self._delete_old())
         except (SQLAlchemyError, OSError, TimeoutError) as error:
             log.info("old delivery ids not deleted this time (%s); tried again in an hour", describe(error))
+
+    async def _delete_old(self) -> None:
+        async with self.db.session() as session:
+            await session.execute(
+                delete(SeenDeliveryRecord).where(SeenDeliveryRecord.first_seen_at < utcnow() - RETENTION)
+            )
+
+    async def _within_timeout(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work``'s result, or ``TimeoutError`` after ``self.timeout`` seconds.
+
+        Work that times out is left to finish on its own rather than cancelled: cancelling a
+        query makes SQLAlchemy roll back on the same connection, which waits for the query
+        (SQLite: up to ``busy_timeout`` for the lock). Until it ends, no more work is started
+        (a ``TimeoutError`` at once), so an outage holds one connection, not one per event.
+        """
+        if self._left_behind:
+            work.close()
+            raise TimeoutError
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        if not done:
+            self._left_behind.add(task)
+            task.add_done_callback(self._forget)
+            raise TimeoutError
+        return task.result()
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._left_behind.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its outcome was answered as 'unchecked' already
+
+    async def close(self) -> None:
+        """Wait (at most ``timeout`` seconds) for claims that timed out but are still running."""
+        if self._left_behind:
+            await asyncio.wait(set(self._left_behind), timeout=self.timeout)

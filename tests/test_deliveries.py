@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from datetime import timedelta
 from types import SimpleNamespace
@@ -176,3 +177,24 @@ async def test_answers_come_in_the_order_the_deliveries_came(bot, monkeypatch):
     answers["Ev1"].set_result(True)
     await asyncio.gather(first, second)
     assert order == ["Ev1", "Ev2"]
+
+
+async def test_a_claim_waits_no_longer_than_connect_timeout(make_bot, tmp_path):
+    from test_memory import sqlite_locked
+
+    # SQLite would wait busy_timeout (30 s) for the lock; the claim gives up after connect_timeout.
+    config = {"storage": {"data_dir": str(tmp_path / "data"), "connect_timeout": 0.3}, **METRICS}
+    async with make_bot(config) as bot:
+        assert bot.deliveries.timeout == 0.3
+        with sqlite_locked(bot.db.sqlite_path):
+            assert await bot.first_delivery("slack", "EvT") is True
+            assert counted(bot, "unchecked") == 1
+        later = itertools.count()
+
+        async def checked_again() -> bool:
+            assert await bot.first_delivery("slack", f"EvU{next(later)}") is True
+            return counted(bot, "first") == 1
+
+        # Unchecked while the claim that timed out still waits for the lock; then checked again.
+        await eventually(checked_again, what="claims checked against the database again")
+        assert ("slack", "EvT") in await stored(bot)  # the claim that timed out landed after all
