@@ -225,8 +225,9 @@ class BotAPI(Protocol):
         """Hand an edit or deletion the adapter saw to the plugins (``botkit_message_changed``)."""
         ...
 
-    def first_delivery(self, platform: str, delivery_id: str) -> bool:
-        """True the first time an adapter sees this delivery; False for a platform's redelivery."""
+    async def first_delivery(self, platform: str, delivery_id: str) -> bool:
+        """True the first time any replica sees this delivery (kept a day, in the database); False for a
+        platform's redelivery. True too when the database cannot tell: an event is never lost."""
         ...
 
     def stop_generations(self, message: Message) -> int:

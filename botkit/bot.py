@@ -26,7 +26,7 @@ from botkit.backend_set import (
     validate_backend,
 )
 from botkit.commands import Command
-from botkit.deliveries import SeenDeliveries
+from botkit.deliveries import DeliveryClaims
 from botkit.errors import ConfigError, LoraError
 from botkit.generation import GenerationQueue
 from botkit.hookcall import call_all, call_plugin, each_result, first_result
@@ -61,7 +61,7 @@ class Bot:
             bot=self,
             metrics=MessageMetrics(self.metrics, settings.metrics.per_channel),
         )
-        self.deliveries = SeenDeliveries()
+        self.deliveries = DeliveryClaims(self.db, self.metrics)
         self.state = PluginState()
         self.adapters: dict[str, Adapter] = {}  # those made (``make_adapter``), by name
         host.bind(self.db, self)
@@ -230,6 +230,7 @@ class Bot:
         await self.pipeline.stop_and_drain()
         await call_all(self.hook.botkit_shutdown, bot=self)
         await close_backends(self.backends)
+        await self.deliveries.close()
         await self.db.close()
         self.metrics.stop()
 
@@ -259,9 +260,12 @@ class Bot:
         """Hand an edit or deletion the adapter saw to the plugins (``botkit_message_changed``)."""
         await call_all(self.hook.botkit_message_changed, change=change, bot=self)
 
-    def first_delivery(self, platform: str, delivery_id: str) -> bool:
-        """True the first time an adapter sees this delivery; False for a platform's redelivery."""
-        return self.deliveries.first(f"{platform}:{delivery_id}")
+    async def first_delivery(self, platform: str, delivery_id: str) -> bool:
+        """True the first time any replica sees this delivery; False for a platform's redelivery.
+
+        Claimed in the database (``seen_deliveries``); when it cannot answer, True (see ``DeliveryClaims``).
+        """
+        return await self.deliveries.first(platform, delivery_id)
 
     async def is_admin(self, user: User, message: Message | None = None) -> bool:
         """Whether ``user`` is an admin: the ``botkit_is_admin`` hook, else ``[bot] admins``."""

@@ -201,9 +201,9 @@ def test_seen_deliveries_keep_at_most_limit_ids_forgetting_the_oldest():
 
 
 async def test_first_delivery_is_per_platform(bot):
-    assert bot.first_delivery("slack", "Ev123") is True
-    assert bot.first_delivery("slack", "Ev123") is False
-    assert bot.first_delivery("discord", "Ev123") is True
+    assert await bot.first_delivery("slack", "Ev123") is True
+    assert await bot.first_delivery("slack", "Ev123") is False
+    assert await bot.first_delivery("discord", "Ev123") is True
 
 
 async def run_console(bot, lines: list[str]) -> list[str]:

@@ -237,7 +237,7 @@ class DiscordAdapter(Adapter):
 
     async def on_slash(self, interaction: Any, text: str, *, ephemeral: bool) -> None:
         """A slash command: acknowledged at once ("thinking..."), then answered like the same text typed."""
-        if self._closing or not self.bot.first_delivery(PLATFORM, f"interaction:{interaction.id}"):
+        if self._closing or not await self.bot.first_delivery(PLATFORM, f"interaction:{interaction.id}"):
             return
         await interaction.response.defer(thinking=True, ephemeral=ephemeral)
         channel_id, thread_id, _ = place_of(interaction.channel)
@@ -311,7 +311,7 @@ class DiscordAdapter(Adapter):
             return  # its own messages, other bots', webhooks'
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return  # joins, pins, thread starters...
-        if not self._is_for_me(message) or not self.bot.first_delivery(PLATFORM, str(message.id)):
+        if not self._is_for_me(message) or not await self.bot.first_delivery(PLATFORM, str(message.id)):
             return
         text = incoming_text(message, self.client.user.id)
         channel = message.channel

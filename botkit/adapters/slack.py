@@ -250,9 +250,9 @@ class SlackAdapter(Adapter):
             future.set_result(None)
             self._preparing.discard(future)
 
-    def _first(self, body: dict[str, Any]) -> bool:
+    async def _first(self, body: dict[str, Any]) -> bool:
         event_id = body.get("event_id")
-        return event_id is None or self.bot.first_delivery(PLATFORM, str(event_id))
+        return event_id is None or await self.bot.first_delivery(PLATFORM, str(event_id))
 
     def _responder(self, channel: str, thread_ts: str | None, **options: Any) -> SlackResponder:
         settings = self.settings
@@ -270,30 +270,32 @@ class SlackAdapter(Adapter):
     async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         # A mention in a DM also arrives as message.im, which answers it.
         in_dm = event.get("channel_type") == "im" or str(event.get("channel", "")).startswith("D")
-        if is_from_a_bot(event) or in_dm or not self._first(body):
+        if is_from_a_bot(event) or in_dm:
             return
-        await self._answer(event, is_dm=False)
+        await self._answer(event, body, is_dm=False)
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         subtype = event.get("subtype")
         if subtype in ("message_changed", "message_deleted"):
-            if self._first(body):
+            if await self._first(body):
                 await self._on_change(event)
             return
         if subtype is not None or is_from_a_bot(event) or event.get("channel_type") != "im":
             return
-        if self._first(body):
-            await self._answer(event, is_dm=True)
+        await self._answer(event, body, is_dm=True)
 
-    async def _answer(self, event: dict[str, Any], *, is_dm: bool) -> None:
+    async def _answer(self, event: dict[str, Any], body: dict[str, Any], *, is_dm: bool) -> None:
+        # The claim (a database write) is part of the way to the pipeline that shutdown waits for.
         with self._preparing_message():
+            if not await self._first(body):
+                return
             message = await self.slack.message(
                 event, is_dm=is_dm, thread_messages=self.settings.thread_messages
             )
         await self.bot.handle(message, self._responder(message.channel_id, message.thread_id))
 
     async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
-        if (event.get("item") or {}).get("type") == "message" and self._first(body):
+        if (event.get("item") or {}).get("type") == "message" and await self._first(body):
             await self.bot.react(await self.slack.reaction(event))
 
     async def _on_change(self, event: dict[str, Any]) -> None:

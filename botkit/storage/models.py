@@ -1,4 +1,4 @@
-"""The core schema: users, conversations, messages, feedback, moderation events, privacy, dead letters.
+"""The core schema: users, conversations, messages, feedback, moderation, privacy, dead letters, deliveries.
 
 Alembic (``migrations/``) owns every change to these tables; a test checks that
 the migrations and these models agree.
@@ -221,3 +221,18 @@ class PrivacyRecord(Base):
     kind: Mapped[str] = mapped_column(String(16))  # "optout", "deletion"
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SeenDeliveryRecord(Base):
+    """A platform event delivery the bot claimed: a redelivery of it, to any replica, is not answered again.
+
+    Rows live ``botkit.deliveries.RETENTION`` (a day), then the bot deletes them.
+    """
+
+    __tablename__ = "seen_deliveries"
+    __table_args__ = (Index("ix_seen_deliveries_first_seen_at", "first_seen_at"),)
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Slack's event_id, a Discord message id or "interaction:<id>".
+    delivery_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
