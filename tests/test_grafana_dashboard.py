@@ -8,22 +8,66 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_metrics import ON, get, serving
 
 from botkit.backend import EngineLoad
-from test_metrics import ON, get, serving
 
 DASHBOARD_PATH = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "botkit.json"
 
 # PromQL's words that are not metric names. Anything else followed by "(" must be a function named here.
 PROMQL_FUNCTIONS = {
-    "abs", "absent", "absent_over_time", "avg_over_time", "ceil", "changes", "clamp", "clamp_max",
-    "clamp_min", "count_over_time", "delta", "deriv", "exp", "floor", "histogram_quantile", "idelta",
-    "increase", "irate", "label_join", "label_replace", "last_over_time", "ln", "log2", "log10",
-    "max_over_time", "min_over_time", "predict_linear", "quantile_over_time", "rate", "resets", "round",
-    "scalar", "sort", "sort_desc", "sqrt", "sum_over_time", "time", "timestamp", "vector",
+    "abs",
+    "absent",
+    "absent_over_time",
+    "avg_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "count_over_time",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_quantile",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "last_over_time",
+    "ln",
+    "log2",
+    "log10",
+    "max_over_time",
+    "min_over_time",
+    "predict_linear",
+    "quantile_over_time",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "sum_over_time",
+    "time",
+    "timestamp",
+    "vector",
 }
 AGGREGATIONS = {
-    "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
     "count_values",
 }
 KEYWORDS = {"bool", "and", "or", "unless", "offset", "inf", "nan"}
@@ -77,7 +121,7 @@ def references(expr: str) -> tuple[dict[str, set[str]], set[str]]:
 def test_references_reads_names_labels_and_grouping():
     expr = (
         'histogram_quantile(0.95, sum by (backend, le) (rate(botkit_queue_wait_seconds_bucket{backend!="x"}[5m])))'
-        ' / on (backend) sum(rate(botkit_tokens_generated_total[$__rate_interval])) without (platform)'
+        " / on (backend) sum(rate(botkit_tokens_generated_total[$__rate_interval])) without (platform)"
         ' > bool 0 or {__name__="botkit_uptime_seconds", job=~"bot.*"}'
     )
     assert references(expr) == (
@@ -139,8 +183,14 @@ async def exported(make_bot) -> dict[str, set[str]]:
         from botkit.plugins.memory import STORE
 
         engine = EngineLoad(
-            slots=4, slots_in_use=1, kv_cache_mb=1.5, kv_cache_limit_mb=64, kv_saved=1, evictions=0,
-            reused_tokens=0, evaluated_tokens=0,
+            slots=4,
+            slots_in_use=1,
+            kv_cache_mb=1.5,
+            kv_cache_limit_mb=64,
+            kv_saved=1,
+            evictions=0,
+            reused_tokens=0,
+            evaluated_tokens=0,
         )
         bot.backend.load = lambda: engine  # the scripted backend reports no engine of its own
         bot.backend.say("write to me at someone@example.com")
