@@ -136,21 +136,23 @@ async def test_the_deployed_command_starts_is_ready_and_stops_cleanly_on_sigterm
         BOTKIT_BACKEND__TYPE="scripted",
     )
 
-    def status() -> subprocess.CompletedProcess:
-        return subprocess.run(
+    def status_when_ready() -> str | None:
+        """What `botkit status` prints once it exits 0 (the bot answers and is ready)."""
+        shown = subprocess.run(
             [botkit_executable(), "status", "--config", str(config)],
             capture_output=True,
             text=True,
             env=env,
             timeout=60,
         )
+        return shown.stdout if shown.returncode == 0 else None
 
     bot = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
         shown = await eventually(
-            lambda: asyncio.to_thread(lambda: (lambda r: r.returncode == 0 and r.stdout)(status())),
+            lambda: asyncio.to_thread(status_when_ready),
             timeout=60,
             what="botkit status says the deployed bot is ready",
         )
