@@ -136,6 +136,8 @@ class FakeDiscord:
         self.replayed = 0  # events sent again on RESUME that the client had already received
         self.gateway_urls: list[str] = []
         self.ready = asyncio.Event()  # a session is live (READY or RESUMED sent)
+        self._accepting = asyncio.Event()  # cleared: new gateway connections wait before HELLO
+        self._accepting.set()
         self._rate_limits: list[tuple[str, str, float]] = []
         self._failures: list[tuple[str, str, int]] = []
         self._changed = asyncio.Event()
@@ -498,6 +500,13 @@ class FakeDiscord:
         else:  # pragma: no cover - aiohttp always keeps the request on a prepared response
             await socket.close(code=4000)
 
+    def hold_connections(self) -> None:
+        """Keep new gateway connections waiting before HELLO (Discord unreachable) until ``let_connections_in``."""
+        self._accepting.clear()
+
+    def let_connections_in(self) -> None:
+        self._accepting.set()
+
     async def wait_for(
         self, check: Callable[[], Any], timeout: float = WAIT_TIMEOUT, what: str = "a condition"
     ) -> Any:
@@ -577,6 +586,7 @@ class FakeDiscord:
         if compression not in (None, "zlib-stream"):
             await socket.close(code=4000, message=f"compression {compression} is not supported".encode())
             return socket
+        await self._accepting.wait()
         await self._send(
             connection, json.dumps({"op": HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}})
         )
