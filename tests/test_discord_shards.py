@@ -153,3 +153,10 @@ async def test_without_shard_count_it_stays_one_unsharded_connection(make_bot, d
         await discord.say("hello", channel=discord.one_channel, mention_bot=True)
         await discord.wait_for(lambda: texts(discord, discord.one_channel) == ["alone"], what="the answer")
     assert discord.identified_shards == [(0, 1)]
+
+
+async def test_a_replica_takes_its_shard_ids_from_the_environment(make_bot, discord, monkeypatch):
+    monkeypatch.setenv("BOTKIT_ADAPTERS__DISCORD__SHARD_IDS", "[1]")
+    async with make_bot({"adapters": {"discord": discord.adapter_config(shard_count=2)}}) as bot:
+        settings = bot.adapter_settings("discord")
+    assert (settings.shard_count, settings.shard_ids, settings.own_shards) == (2, [1], [1])
