@@ -10,7 +10,8 @@ transport compression when asked (discord.py asks). Sharding as Discord does it:
 IDENTIFY may carry ``shard: [id, count]``; each shard gets the events of the
 guilds it owns (``(guild_id >> 22) % count``) and shard 0 the DMs. A test can post a user's
 message, react, edit, delete, run a slash command, answer the next request of a
-route with 429, drop the gateway connection and replay delivered events.
+route with 429, drop the gateway connection (of one shard) and replay delivered events, and
+keep new gateway connections waiting (Discord unreachable).
 """
 
 from __future__ import annotations
