@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from contextlib import AsyncExitStack
 
 import pytest
 from fake_discord import FakeDiscord, shard_of, start_discord
+from test_discord_run import botkit_run, environment, write_config
 
 from botkit.errors import ConfigError
 
@@ -160,3 +163,40 @@ async def test_a_replica_takes_its_shard_ids_from_the_environment(make_bot, disc
     async with make_bot({"adapters": {"discord": discord.adapter_config(shard_count=2)}}) as bot:
         settings = bot.adapter_settings("discord")
     assert (settings.shard_count, settings.shard_ids, settings.own_shards) == (2, [1], [1])
+
+
+async def test_two_botkit_run_replicas_split_the_shards(discord, tmp_path):
+    processes = []
+    try:
+        for shard_id in (0, 1):
+            folder = tmp_path / f"replica{shard_id}"
+            folder.mkdir()
+            config = write_config(folder, discord)
+            with config.open("a", encoding="utf-8") as file:
+                # [adapters.discord] is the file's last table
+                file.write('shard_count = 2\n[logging]\nlevel = "INFO"\n')
+            env = {**environment(discord.token), "BOTKIT_ADAPTERS__DISCORD__SHARD_IDS": f"[{shard_id}]"}
+            processes.append(await botkit_run(config, env))
+        await discord.wait_for(lambda: len(discord.live) == 2, timeout=60, what="both replicas' shards")
+        await discord.say("hello zero", channel=discord.zero_channel, mention_bot=True)
+        await discord.say("hello one", channel=discord.one_channel, mention_bot=True)
+        await discord.wait_for(
+            lambda: (
+                texts(discord, discord.zero_channel) == ["hi there"]
+                and texts(discord, discord.one_channel) == ["hi there"]
+            ),
+            timeout=30,
+            what="an answer in each guild",
+        )
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        outputs = [await asyncio.wait_for(process.communicate(), 60) for process in processes]
+    assert sorted(discord.identified_shards) == [(0, 2), (1, 2)]
+    assert len(discord.bot_messages()) == 2
+    for shard_id, (process, (stdout, stderr)) in enumerate(zip(processes, outputs, strict=True)):
+        output = stdout.decode() + stderr.decode()
+        assert process.returncode == 0, output
+        assert f"this replica runs shard {shard_id} of 2" in output
+        assert "Traceback" not in output
