@@ -6,9 +6,12 @@ command sync, interaction callbacks and webhook follow-ups - recorded call by
 call. The gateway speaks Discord's protocol: HELLO, heartbeats and their ACKs,
 IDENTIFY/READY, GUILD_CREATE, dispatches with sequence numbers, RESUME/RESUMED
 with the missed events replayed, INVALID_SESSION; with ``zlib-stream``
-transport compression when asked (discord.py asks). A test can post a user's
+transport compression when asked (discord.py asks). Sharding as Discord does it:
+IDENTIFY may carry ``shard: [id, count]``; each shard gets the events of the
+guilds it owns (``(guild_id >> 22) % count``) and shard 0 the DMs. A test can post a user's
 message, react, edit, delete, run a slash command, answer the next request of a
-route with 429, drop the gateway connection and replay delivered events.
+route with 429, drop the gateway connection (of one shard) and replay delivered events, and
+keep new gateway connections waiting (Discord unreachable).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class GatewaySession:
     socket: web.WebSocketResponse | None = None
     compressor: Any = None
     replay_on_resume: int = 0
+    shard: tuple[int, int] = (0, 1)  # [id, count] as IDENTIFY sent it; (0, 1) unsharded
 
 
 def json_response(data: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -85,8 +89,16 @@ def snowflake_time() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def shard_of(guild_id: str | int, shard_count: int) -> int:
+    """The shard Discord sends a guild's events to."""
+    return (int(guild_id) >> 22) % shard_count
+
+
 class FakeDiscord:
-    """One guild with two text channels, three users and the bot. Use ``async with FakeDiscord() as discord``."""
+    """One guild with two text channels (``add_guild`` adds more), three users and the bot.
+
+    Use ``async with FakeDiscord() as discord``.
+    """
 
     def __init__(self, *, token: str = "fake-discord-bot-token", heartbeat_interval_ms: int = 41250) -> None:
         self.token = token
@@ -95,6 +107,7 @@ class FakeDiscord:
         self.application_id = self.new_id()
         self.bot_user = self._user("botkit", bot=True, user_id=self.application_id)
         self.guild_id = self.new_id()
+        self.guilds: dict[str, str] = {self.guild_id: "Fake Guild"}  # guild id -> name
         self.moderator_role = {"id": self.new_id(), "name": "Moderators"}
         self.alice = self._user("alice")
         self.bob = self._user("bob")
@@ -114,12 +127,18 @@ class FakeDiscord:
         self.interactions: dict[str, dict[str, Any]] = {}  # interaction token -> its state
         self.typing: list[str] = []  # channel ids, one per typing request
         self.sessions: dict[str, GatewaySession] = {}
-        self.current: GatewaySession | None = None
+        self.current: GatewaySession | None = None  # the session identified or resumed last
+        self.live: dict[int, GatewaySession] = {}  # shard id -> its session (connected or resumable)
+        self.shard_count = 1  # as the last IDENTIFY said
+        self.recommended_shards = 1  # GET /gateway/bot's "shards"
         self.identifies = 0
+        self.identified_shards: list[tuple[int, int]] = []
         self.resumes: list[dict[str, Any]] = []
         self.replayed = 0  # events sent again on RESUME that the client had already received
         self.gateway_urls: list[str] = []
         self.ready = asyncio.Event()  # a session is live (READY or RESUMED sent)
+        self._accepting = asyncio.Event()  # cleared: new gateway connections wait before HELLO
+        self._accepting.set()
         self._rate_limits: list[tuple[str, str, float]] = []
         self._failures: list[tuple[str, str, int]] = []
         self._changed = asyncio.Event()
@@ -174,11 +193,15 @@ class FakeDiscord:
             "bot": bot,
         }
 
-    def _text_channel(self, channel_id: str, name: str, *, parent: str | None = None) -> dict[str, Any]:
+    def _text_channel(
+        self, channel_id: str, name: str, *, parent: str | None = None, guild_id: str | None = None
+    ) -> dict[str, Any]:
+        if parent is not None:
+            guild_id = self.channels[parent]["guild_id"]
         channel = {
             "id": channel_id,
             "type": 0,
-            "guild_id": self.guild_id,
+            "guild_id": guild_id or self.guild_id,
             "name": name,
             "position": len(getattr(self, "channels", {})),
             "permission_overwrites": [],
@@ -215,12 +238,13 @@ class FakeDiscord:
             "pending": False,
         }
 
-    def _guild(self) -> dict[str, Any]:
-        everyone = {"id": self.guild_id, "name": "@everyone", "permissions": "68608"}
-        roles = [everyone, self.moderator_role]
+    def _guild(self, guild_id: str) -> dict[str, Any]:
+        everyone = {"id": guild_id, "name": "@everyone", "permissions": "68608"}
+        roles = [everyone, self.moderator_role] if guild_id == self.guild_id else [everyone]
+        channels = [c for c in self.channels.values() if c["guild_id"] == guild_id]
         return {
-            "id": self.guild_id,
-            "name": "Fake Guild",
+            "id": guild_id,
+            "name": self.guilds[guild_id],
             "icon": None,
             "owner_id": self.alice["id"],
             "roles": [
@@ -241,8 +265,8 @@ class FakeDiscord:
             "features": [],
             "member_count": 4,
             "members": [{**self._member(self.bot_user), "user": self.bot_user}],
-            "channels": [c for c in self.channels.values() if c["type"] == 0],
-            "threads": [c for c in self.channels.values() if c["type"] == 11],
+            "channels": [c for c in channels if c["type"] == 0],
+            "threads": [c for c in channels if c["type"] == 11],
             "presences": [],
             "voice_states": [],
             "large": False,
@@ -287,17 +311,31 @@ class FakeDiscord:
             "flags": flags,
         }
         if in_guild:
-            message["guild_id"] = self.guild_id
+            message["guild_id"] = self.channels[channel_id]["guild_id"]
             message["member"] = self._member(author)
         if reply_to is not None:
             message["type"] = 19
             message["message_reference"] = {"message_id": reply_to, "channel_id": channel_id, "type": 0}
             if in_guild:
-                message["message_reference"]["guild_id"] = self.guild_id
+                message["message_reference"]["guild_id"] = message["guild_id"]
             message["referenced_message"] = self.messages.get(reply_to)
         if interaction is not None:
             message["interaction_metadata"] = interaction
         return message
+
+    def add_guild(self, name: str, *, shard: tuple[int, int] | None = None) -> tuple[str, str]:
+        """Another guild the bot is in, with one text channel: ``(guild_id, channel_id)``.
+
+        ``shard=(id, count)`` picks an id that Discord routes to shard ``id`` of ``count``.
+        Add guilds before the bot connects: they come in READY and GUILD_CREATE.
+        """
+        guild_id = int(self.new_id())
+        while shard is not None and shard_of(guild_id, shard[1]) != shard[0]:
+            guild_id += 1 << 22  # the next id of a later millisecond: the next shard
+        self.guilds[str(guild_id)] = name
+        channel_id = self.new_id()
+        self.channels[channel_id] = self._text_channel(channel_id, "general", guild_id=str(guild_id))
+        return str(guild_id), channel_id
 
     # --- what a test does as a user --------------------------------------------------------
 
@@ -390,7 +428,8 @@ class FakeDiscord:
         """A user runs a slash command (INTERACTION_CREATE); returns the interaction's token."""
         user = user or self.alice
         channel_id = channel or self.general
-        scope = self.guild_id if self.guild_id in self.commands and channel_id in self.channels else "global"
+        guild_id = self.channels[channel_id]["guild_id"] if channel_id in self.channels else None
+        scope = guild_id if guild_id in self.commands else "global"
         registered = {command["name"]: command for command in self.commands.get(scope, [])}
         if name not in registered:
             raise AssertionError(f"/{name} is not synced in {scope}; synced: {sorted(registered)}")
@@ -414,15 +453,15 @@ class FakeDiscord:
             "attachment_size_limit": 10_485_760,
             "locale": "en-US",
             "entitlements": [],
-            "authorizing_integration_owners": {"0": self.guild_id},
+            "authorizing_integration_owners": {"0": guild_id or self.guild_id},
             "context": 0,
         }
         if channel_id in self.channels:
-            interaction["guild_id"] = self.guild_id
+            interaction["guild_id"] = guild_id
             interaction["guild_locale"] = "en-US"
             interaction["channel"] = self.channels[channel_id]
             interaction["member"] = {**self._member(user), "user": user, "permissions": "2248473465835073"}
-            interaction["data"]["guild_id"] = self.guild_id
+            interaction["data"]["guild_id"] = guild_id
         else:
             interaction["user"] = user
             interaction["channel"] = {"id": channel_id, "type": 1, "recipients": [user]}
@@ -447,10 +486,11 @@ class FakeDiscord:
         """Answer the next ``times`` ``method`` requests of ``route`` with ``status`` (e.g. 500)."""
         self._failures.extend([(method, route, status)] * times)
 
-    async def drop_connection(self, *, replay: int = 0) -> None:
-        """Cut the gateway connection as a network failure would; on RESUME, the last ``replay`` events
-        the client already had are sent again (a redelivery), before the ones it missed."""
-        session = self.current
+    async def drop_connection(self, *, replay: int = 0, shard: int | None = None) -> None:
+        """Cut the gateway connection (the last one made, or ``shard``'s) as a network failure would;
+        on RESUME, the last ``replay`` events the client already had are sent again (a redelivery),
+        before the ones it missed."""
+        session = self.current if shard is None else self.live.get(shard)
         assert session is not None and session.socket is not None, "no gateway connection to drop"
         session.replay_on_resume = replay
         self.ready.clear()
@@ -460,6 +500,13 @@ class FakeDiscord:
             transport.abort()
         else:  # pragma: no cover - aiohttp always keeps the request on a prepared response
             await socket.close(code=4000)
+
+    def hold_connections(self) -> None:
+        """Keep new gateway connections waiting before HELLO (Discord unreachable) until ``let_connections_in``."""
+        self._accepting.clear()
+
+    def let_connections_in(self) -> None:
+        self._accepting.set()
 
     async def wait_for(
         self, check: Callable[[], Any], timeout: float = WAIT_TIMEOUT, what: str = "a condition"
@@ -498,11 +545,16 @@ class FakeDiscord:
 
     # --- gateway ---------------------------------------------------------------------------
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send an event in the current session; if the connection is down it is kept for RESUME."""
-        session = self.current
+    async def dispatch(
+        self, event: str, data: dict[str, Any], *, session: GatewaySession | None = None
+    ) -> None:
+        """Send an event to ``session``, else to the shard that owns it (its guild's; shard 0 for DMs);
+        if the connection is down it is kept for RESUME."""
         if session is None:
-            return  # nobody ever connected: Discord would not have this event for the bot either
+            guild_id = data.get("guild_id")
+            session = self.live.get(shard_of(guild_id, self.shard_count) if guild_id else 0)
+        if session is None:
+            return  # nobody connected that shard: Discord would not have this event for the bot either
         session.sequence += 1
         frame = json.dumps({"op": DISPATCH, "t": event, "s": session.sequence, "d": data})
         session.events.append((session.sequence, frame))
@@ -535,6 +587,7 @@ class FakeDiscord:
         if compression not in (None, "zlib-stream"):
             await socket.close(code=4000, message=f"compression {compression} is not supported".encode())
             return socket
+        await self._accepting.wait()
         await self._send(
             connection, json.dumps({"op": HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}})
         )
@@ -557,24 +610,37 @@ class FakeDiscord:
         if data.get("token") != self.token:
             await socket.close(code=4004, message=b"Authentication failed.")
             return
+        shard = data.get("shard", [0, 1])
+        if not (isinstance(shard, list) and len(shard) == 2 and 0 <= shard[0] < shard[1]):
+            await socket.close(code=4010, message=b"Invalid shard.")  # Discord's answer to such a shard
+            return
+        shard_id, self.shard_count = shard
         self.identifies += 1
-        session = GatewaySession(session_id=uuid.uuid4().hex, socket=socket, compressor=connection.compressor)
-        self.sessions[session.session_id] = session
-        self.current = session
-        await self.dispatch(
-            "READY",
-            {
-                "v": 10,
-                "user": self.bot_user,
-                "guilds": [{"id": self.guild_id, "unavailable": True}],
-                "session_id": session.session_id,
-                "resume_gateway_url": f"ws://127.0.0.1:{self.port}/resume-gateway",
-                "application": {"id": self.application_id, "flags": 0},
-                "private_channels": [],
-                "relationships": [],
-            },
+        self.identified_shards.append((shard_id, self.shard_count))
+        session = GatewaySession(
+            session_id=uuid.uuid4().hex,
+            socket=socket,
+            compressor=connection.compressor,
+            shard=(shard_id, self.shard_count),
         )
-        await self.dispatch("GUILD_CREATE", self._guild())
+        self.sessions[session.session_id] = session
+        self.current = self.live[shard_id] = session
+        guilds = [guild for guild in self.guilds if shard_of(guild, self.shard_count) == shard_id]
+        ready: dict[str, Any] = {
+            "v": 10,
+            "user": self.bot_user,
+            "guilds": [{"id": guild, "unavailable": True} for guild in guilds],
+            "session_id": session.session_id,
+            "resume_gateway_url": f"ws://127.0.0.1:{self.port}/resume-gateway",
+            "application": {"id": self.application_id, "flags": 0},
+            "private_channels": [],
+            "relationships": [],
+        }
+        if "shard" in data:
+            ready["shard"] = shard
+        await self.dispatch("READY", ready, session=session)
+        for guild in guilds:
+            await self.dispatch("GUILD_CREATE", self._guild(guild), session=session)
         self.ready.set()
 
     async def _resume(
@@ -586,7 +652,7 @@ class FakeDiscord:
             return
         self.resumes.append({"session_id": session.session_id, "seq": data.get("seq")})
         session.socket, session.compressor = socket, connection.compressor
-        self.current = session
+        self.current = self.live[session.shard[0]] = session
         seen = int(data.get("seq") or 0)
         replay_from = seen - session.replay_on_resume
         session.replay_on_resume = 0
@@ -594,7 +660,7 @@ class FakeDiscord:
             if sequence > replay_from:
                 self.replayed += sequence <= seen
                 await self._send(session, frame)
-        await self.dispatch("RESUMED", {})
+        await self.dispatch("RESUMED", {}, session=session)
         self.ready.set()
 
     # --- REST ------------------------------------------------------------------------------
@@ -686,7 +752,7 @@ class FakeDiscord:
         if key == ("GET", "/gateway/bot"):
             return 200, {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": self.recommended_shards,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 999,

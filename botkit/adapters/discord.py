@@ -8,6 +8,9 @@ asks the model; the interaction is deferred at once and answered afterwards.
 Reactions go to ``bot.react``; edits and deletions to ``bot.message_changed``.
 A message delivered twice (a gateway replay) is answered once, by its id.
 Reconnects and RESUME are discord.py's. The token comes only from the environment.
+With ``shard_count`` it runs discord.py's sharded client, connecting only this
+replica's ``shard_ids``: Discord sends each shard the events of its guilds, so
+replicas never see each other's messages.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from botkit import hookimpl
 from botkit.adapter import Adapter, AdapterSettings
@@ -48,8 +51,10 @@ SHUTDOWN_TIMEOUT = 30.0
 # The discord.py events the adapter listens to (each handled by its on_<event> method).
 GATEWAY_EVENTS = (
     "connect",
+    "shard_connect",
     "ready",
     "resumed",
+    "shard_resumed",
     "message",
     "raw_reaction_add",
     "raw_reaction_remove",
@@ -96,6 +101,45 @@ class DiscordSettings(AdapterSettings):
     ask_command: str = Field(
         "ask", pattern=r"^[a-z0-9_-]{1,32}$", description="the slash command whose text is a question"
     )
+    shard_count: int | None = Field(
+        None,
+        ge=1,
+        description="shards across all replicas (discord.py's sharded client); unset: one unsharded connection",
+    )
+    shard_ids: list[int] | None = Field(
+        None, description="the shards this replica runs (0 .. shard_count-1); unset: all of them"
+    )
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shards_of_the_count(cls, shard_ids: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if shard_ids is None:
+            return None
+        if "shard_count" not in info.data:
+            return shard_ids  # shard_count itself is wrong, and said so
+        count = info.data["shard_count"]
+        if count is None:
+            raise ValueError(
+                "needs shard_count, the number of shards across all replicas (e.g. shard_count = 2)"
+            )
+        if not shard_ids:
+            raise ValueError("is empty: list this replica's shards, or leave it out to run all of them")
+        for shard_id in shard_ids:
+            if not 0 <= shard_id < count:
+                raise ValueError(
+                    f"shard {shard_id} does not exist: with shard_count = {count} they are 0..{count - 1}"
+                )
+        repeated = sorted({shard_id for shard_id in shard_ids if shard_ids.count(shard_id) > 1})
+        if repeated:
+            raise ValueError(f"lists shard {', '.join(map(str, repeated))} more than once")
+        return shard_ids
+
+    @property
+    def own_shards(self) -> list[int] | None:
+        """The shards this process connects, in order; None when unsharded."""
+        if self.shard_count is None:
+            return None
+        return sorted(self.shard_ids) if self.shard_ids is not None else list(range(self.shard_count))
 
     @model_validator(mode="after")
     def _token_when_enabled(self) -> DiscordSettings:
@@ -123,6 +167,7 @@ class DiscordAdapter(Adapter):
         self._closing = False
         self._inflight: dict[asyncio.Task[Any], Message] = {}
         self._threads: OrderedDict[int, None] = OrderedDict()
+        self._shards_up: set[int] = set()
 
     def _make_client(self) -> Any:
         import discord
@@ -142,7 +187,17 @@ class DiscordAdapter(Adapter):
         self.allowed_mentions = discord.AllowedMentions.none()
         # The bot never joins voice: discord.py's warnings about missing voice libraries are noise.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
-        client = self.client = discord.Client(intents=intents, allowed_mentions=self.allowed_mentions)
+        shards = self.settings.own_shards
+        if shards is None:
+            client = discord.Client(intents=intents, allowed_mentions=self.allowed_mentions)
+        else:
+            client = discord.AutoShardedClient(
+                intents=intents,
+                allowed_mentions=self.allowed_mentions,
+                shard_count=self.settings.shard_count,
+                shard_ids=shards,
+            )
+        self.client = client
         for event in GATEWAY_EVENTS:
             setattr(client, f"on_{event}", getattr(self, f"on_{event}"))
         return client
@@ -155,9 +210,11 @@ class DiscordAdapter(Adapter):
         client = self._make_client()
         tree = build_command_tree(self, client)
         sync = None
+        if self.settings.own_shards is not None:
+            log.info("discord: this replica runs %s", self._shards_text())
         try:
             await self._login(client)
-            if self.settings.sync_commands:
+            if self._syncs_commands():
                 # In the background: a slow, failed or rate-limited sync never holds up or stops the bot.
                 sync = asyncio.create_task(CommandSync(self, tree).sync_if_changed())
             if not self._closing:
@@ -179,6 +236,15 @@ class DiscordAdapter(Adapter):
                 sync.cancel()
             if not client.is_closed():
                 await client.close()
+
+    def _shards_text(self) -> str:
+        shards = self.settings.own_shards or []
+        return f"shard{'s' if len(shards) > 1 else ''} {', '.join(map(str, shards))} of {self.settings.shard_count}"
+
+    def _syncs_commands(self) -> bool:
+        # One registration is enough: of several replicas, the one that runs shard 0 does it.
+        shards = self.settings.own_shards
+        return self.settings.sync_commands and (shards is None or 0 in shards)
 
     async def _login(self, client: Any) -> None:
         import discord
@@ -211,7 +277,14 @@ class DiscordAdapter(Adapter):
 
     def is_connected(self) -> bool:
         client = self.client
-        return client is not None and client.is_ready() and not client.is_closed()
+        if client is None or not client.is_ready() or client.is_closed():
+            return False
+        shards = self.settings.own_shards
+        if shards is None:
+            return True
+        # Every shard of this replica has its gateway connection open (a dropped one is resuming).
+        running = client.shards
+        return all(shard_id in running and not running[shard_id].is_closed() for shard_id in shards)
 
     async def close(self) -> None:
         """Stop taking messages; replies in flight end (stopped) and get their last edit; then disconnect."""
@@ -266,18 +339,31 @@ class DiscordAdapter(Adapter):
 
     async def on_connect(self) -> None:
         # READY: the session is up and events flow (discord.py's on_ready waits seconds more for guilds).
-        self.connected.set()
+        if self.settings.own_shards is None:
+            self.connected.set()
+
+    async def on_shard_connect(self, shard_id: int) -> None:
+        # A shard's READY; connected once every shard of this replica has had one.
+        log.info("discord: shard %d of %d connected", shard_id, self.settings.shard_count)
+        self._shards_up.add(shard_id)
+        if self._shards_up.issuperset(self.settings.own_shards or ()):
+            self.connected.set()
 
     async def on_ready(self) -> None:
         log.info(
-            "discord: connected as %s (%s) in %d guilds",
+            "discord: connected as %s (%s) in %d guilds%s",
             self.client.user,
             self.client.user.id,
             len(self.client.guilds),
+            "" if self.settings.own_shards is None else f" ({self._shards_text()})",
         )
 
     async def on_resumed(self) -> None:
-        log.info("discord: gateway session resumed")
+        if self.settings.own_shards is None:
+            log.info("discord: gateway session resumed")
+
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        log.info("discord: gateway session of shard %d resumed", shard_id)
 
     def _follows(self, channel: Any) -> bool:
         import discord
