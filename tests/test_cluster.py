@@ -71,7 +71,9 @@ async def test_redis_lock_is_exclusive_and_its_tokens_grow(tmp_path, redis_serve
         await second.close()
 
 
-async def test_fencing_a_holder_whose_lock_expired_neither_confirms_nor_frees_the_next(tmp_path, redis_server):
+async def test_fencing_a_holder_whose_lock_expired_neither_confirms_nor_frees_the_next(
+    tmp_path, redis_server
+):
     import redis.asyncio as aioredis
 
     first, second = locks_for(tmp_path, redis_server.url), locks_for(tmp_path, redis_server.url)
@@ -166,7 +168,9 @@ async def test_postgres_advisory_locks_exclude_across_sessions_and_free_with_the
         await second.close()
 
 
-async def test_redis_down_falls_back_to_postgres_and_comes_back(make_bot, pg_url, tmp_path_factory, caplog, monkeypatch):
+async def test_redis_down_falls_back_to_postgres_and_comes_back(
+    make_bot, pg_url, tmp_path_factory, caplog, monkeypatch
+):
     from servers import start_redis
 
     monkeypatch.setattr("botkit.cluster.REDIS_RETRY_S", 0.0)  # try Redis again on every message
