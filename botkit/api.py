@@ -196,6 +196,12 @@ class BotAPI(Protocol):
         ...
 
     @property
+    def clustered(self) -> bool:
+        """Whether other replicas may answer this bot's conversations too (Redis or PostgreSQL locks:
+        ``botkit.cluster``); then what one process caches of a conversation may be stale."""
+        ...
+
+    @property
     def plugins(self) -> PluginSwitches:
         """The loaded plugins, and switching them at run time."""
         ...

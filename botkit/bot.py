@@ -25,6 +25,7 @@ from botkit.backend_set import (
     start_backends,
     validate_backend,
 )
+from botkit.cluster import ClusterLocks
 from botkit.commands import Command
 from botkit.deliveries import DeliveryClaims
 from botkit.errors import ConfigError, LoraError
@@ -52,6 +53,8 @@ class Bot:
         self.db = Database(settings.storage)
         self.migrator = Migrator(self.db, list(self.registry.migrations.values()))
         self.metrics: Metrics = open_metrics(settings.metrics, __version__)
+        # Read once: which store a replica locks in is fixed for the process (a reload keeps it).
+        self.locks = ClusterLocks(settings.cluster, self.db, self.metrics)
         self.pipeline = Pipeline(
             settings=lambda: self.settings,
             hook=self.host.hook,
@@ -60,6 +63,7 @@ class Bot:
             is_admin=self.is_admin,
             bot=self,
             metrics=MessageMetrics(self.metrics, settings.metrics.per_channel),
+            locks=self.locks if self.locks.active else None,
         )
         self.deliveries = DeliveryClaims(self.db, self.metrics)
         self.state = PluginState()
@@ -199,6 +203,11 @@ class Bot:
             },
         }
 
+    @property
+    def clustered(self) -> bool:
+        """Whether other replicas may answer this bot's conversations too (``botkit.cluster``)."""
+        return self.locks.active
+
     async def start(self) -> None:
         """Open the database (upgrading or checking its schema), load the model, run start-up hooks."""
         await self.db.connect(application_name=BOT_APPLICATION_NAME)  # `botkit db upgrade` sees it
@@ -229,6 +238,7 @@ class Bot:
         self.started = False
         await self.pipeline.stop_and_drain()
         await call_all(self.hook.botkit_shutdown, bot=self)
+        await self.locks.close()
         await close_backends(self.backends)
         await self.deliveries.close()
         await self.db.close()

@@ -263,6 +263,23 @@ def botkit_after_reply(message: Message, reply: Reply, bot: BotAPI) -> MaybeAwai
 
 
 @hookspec
+def botkit_conversation_handover(conversation_key: str, bot: BotAPI) -> MaybeAwaitable:
+    """A message of a conversation was handled; another replica may answer the next one.
+
+    When: only while several replicas may serve the bot (``bot.clustered``),
+    inside the conversation's lane, before its cross-replica lock is released:
+    after the after-hooks of a reply, and after a command or a refusal.
+    Arguments: ``conversation_key``, ``Message.conversation_key`` of the
+    conversation; ``bot``.
+    Results: every implementation is awaited in turn; values ignored. The lock
+    is held until all return (an implementation that waits delays the
+    conversation's next message); one that raises is logged.
+    Where: plugins that queue writes or cache per conversation (memory puts the
+    conversation's pending writes into the database, so the next replica reads them).
+    """
+
+
+@hookspec
 def botkit_forget_user(platform: str, user_id: str, bot: BotAPI) -> MaybeAwaitable:
     """A user asked to be forgotten: make sure nothing about them stays outside the database.
 

@@ -38,6 +38,7 @@ from botkit.types import (
 
 if TYPE_CHECKING:
     from botkit.api import BotAPI
+    from botkit.cluster import ClusterLocks, Lease
     from botkit.metrics import MessageMetrics
     from botkit.registry import Registry
     from botkit.settings import Settings
@@ -76,10 +77,23 @@ def without_hidden_text(message: Message) -> Message:
 
 
 class ConversationLanes:
-    """One FIFO lock per conversation: its messages are handled in arrival order."""
+    """One FIFO lock per conversation: its messages are handled in arrival order.
 
-    def __init__(self) -> None:
+    With ``locks`` active (several replicas: ``botkit.cluster``), the holder of a
+    lane also takes the conversation's cross-replica lock, so one process waits
+    for it once per conversation at a time; ``before_release(key)`` runs before
+    that lock goes to the next replica.
+    """
+
+    def __init__(
+        self,
+        locks: ClusterLocks | None = None,
+        before_release: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._lanes: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._locks = locks
+        self._before_release = before_release
+        self._leases: dict[str, Lease] = {}
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
@@ -87,11 +101,28 @@ class ConversationLanes:
         users[0] += 1
         try:
             async with lock:
-                yield
+                lease = await self._locks.acquire(key) if self._locks is not None else None
+                if lease is None:
+                    yield
+                    return
+                self._leases[key] = lease
+                try:
+                    yield
+                finally:
+                    try:
+                        if self._before_release is not None:
+                            await self._before_release(key)
+                    finally:
+                        del self._leases[key]
+                        await lease.release()
         finally:
             users[0] -= 1
             if users[0] == 0:
                 del self._lanes[key]
+
+    def lease(self, key: str) -> Lease | None:
+        """The cross-replica lock this process holds for ``key`` now, if any."""
+        return self._leases.get(key)
 
     def __len__(self) -> int:
         return len(self._lanes)
@@ -225,6 +256,7 @@ class Pipeline:
         is_admin: Callable[[User, Message | None], Awaitable[bool]],
         bot: BotAPI,
         metrics: MessageMetrics,
+        locks: ClusterLocks | None = None,
     ) -> None:
         self._settings = settings
         self._hook = hook
@@ -233,7 +265,7 @@ class Pipeline:
         self._is_admin = is_admin
         self._bot = bot
         self._metrics = metrics
-        self.lanes = ConversationLanes()
+        self.lanes = ConversationLanes(locks, self._hand_over)
         self._in_flight: set[asyncio.Future[None]] = set()
         # Numbers messages as their handling starts: the order they take the model in.
         self._arrivals = itertools.count()
@@ -264,6 +296,35 @@ class Pipeline:
         finally:
             done.set_result(None)
             self._in_flight.discard(done)
+
+    async def _hand_over(self, key: str) -> None:
+        """Before another replica may take the conversation: what it must see is made visible."""
+        try:
+            await call_all(self._hook.botkit_conversation_handover, conversation_key=key, bot=self._bot)
+        except Exception:
+            log.exception("a botkit_conversation_handover hook failed", extra={"conversation": key})
+
+    async def _still_held(self, message: Message) -> None:
+        """Fencing before the reply is written down and delivered: a holder whose lock expired (a long
+        pause, Redis lost it) waits for it again rather than committing alongside the next holder."""
+        key = message.conversation_key(self._settings().bot.conversation_scope)
+        lease = self.lanes.lease(key)
+        if lease is None or await lease.confirm():
+            return
+        log.warning(
+            "message %s: its conversation's %s lock (token %s) was lost while answering; waiting for it again "
+            "before delivering",
+            message.message_id,
+            lease.store,
+            lease.token,
+            extra=self._context(message),
+        )
+        if not await lease.regain():
+            log.warning(
+                "message %s: no lock store answers; delivering with this process's ordering only",
+                message.message_id,
+                extra=self._context(message),
+            )
 
     async def drain(self) -> None:
         """Wait until every message being handled now is finished."""
@@ -504,6 +565,7 @@ class Pipeline:
             latency_s=latency_s,
             first_token_s=streamed.first_token_s,
         )
+        await self._still_held(message)
         # Before the user sees it: what must survive a crash after delivery is written down now.
         await call_all(self._hook.botkit_reply_ready, message=message, reply=reply, bot=bot)
         delivered = await responder.finish(text, status)

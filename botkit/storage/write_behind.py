@@ -155,6 +155,10 @@ class WriteBehind(Generic[Record]):
         self._recover = recover
         self._dead_letter = dead_letter
         self._pending: deque[Record] = deque()
+        # Records ever added, and ever taken off the head (written, refused or dropped): ``written_up_to``.
+        self._added = 0
+        self._taken = 0
+        self._progress = asyncio.Event()
         self._on_disk = 0  # the first this many pending records are also in the spool
         self._in_flight = 0  # the first this many pending records are being written
         self._done = 0  # of those, this many are done with (written one by one, or refused)
@@ -185,6 +189,7 @@ class WriteBehind(Generic[Record]):
                     self.spool,
                 )
                 self._pending.extendleft(reversed(spooled))
+                self._added += len(spooled)
                 self._on_disk = len(spooled)
                 self._maybe_written = len(spooled)  # the last run may have committed them
                 self.counts.queued += len(spooled)
@@ -206,6 +211,23 @@ class WriteBehind(Generic[Record]):
         except TimeoutError:
             self._spool_waiting()
             return False
+
+    async def written_up_to_now(self, timeout: float) -> bool:
+        """Wait until every record added before this call is done with (written, or given up);
+        ``False`` after ``timeout`` (the database is down: they wait in the spool).
+
+        Unlike ``flush`` it does not wait for records added meanwhile, so a steady stream of
+        them cannot hold it up.
+        """
+        target = self._added
+        try:
+            async with asyncio.timeout(timeout):
+                while self._taken < target:
+                    await self._progress.wait()
+        except TimeoutError:
+            self._spool_waiting()
+            return False
+        return True
 
     async def close(self, timeout: float) -> None:
         """Stop the task after writing what is queued, for at most ``timeout`` seconds."""
@@ -272,6 +294,7 @@ class WriteBehind(Generic[Record]):
         """Queue ``record`` after every earlier one; returns at once (``write_ahead``: once it is in the spool)."""
         if self.max_pending is not None and len(self._pending) >= self.max_pending:
             self._pending.popleft()
+            self._advance(1)
             if self._on_disk:
                 self._on_disk -= 1
                 self._drop_from_spool(1)
@@ -288,6 +311,7 @@ class WriteBehind(Generic[Record]):
                     self.counts.dropped,
                 )
         self._pending.append(record)
+        self._added += 1
         self.counts.queued += 1
         if self.write_ahead:
             self._spool_waiting()  # on disk before ``add`` returns
@@ -434,11 +458,19 @@ class WriteBehind(Generic[Record]):
         done, self._in_flight = self._in_flight, 0
         for _ in range(done):
             self._pending.popleft()
+        self._advance(done)
         self._maybe_written = max(self._maybe_written - done, 0)
         written_on_disk = min(done, self._on_disk)
         if written_on_disk:
             self._on_disk -= written_on_disk
             self._drop_from_spool(written_on_disk)
+
+    def _advance(self, taken: int) -> None:
+        """``taken`` more records left the head of the queue: wake ``written_up_to_now``."""
+        if taken:
+            self._taken += taken
+            self._progress.set()
+            self._progress = asyncio.Event()
 
     def _report(self) -> None:
         self._metrics.pending.set(len(self._pending))

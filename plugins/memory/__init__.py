@@ -117,8 +117,11 @@ async def botkit_startup(bot):
         settings.spool_max_bytes,
         fsync=storage.sqlite_synchronous == "full",  # the journal is as durable as the database
     )
+    # Several replicas: any of them may have written a conversation since this one cached it. A
+    # version check would cost the same indexed round trip as the read it saves (docs/storage.md).
+    cache_seconds = 0.0 if bot.clustered else settings.cache_seconds
     store = bot.state.set(
-        STORE, MemoryStore(bot.db, spool, settings.retry_interval, settings.cache_seconds, metrics=bot.metrics)
+        STORE, MemoryStore(bot.db, spool, settings.retry_interval, cache_seconds, metrics=bot.metrics)
     )
     store.start()
 
@@ -213,6 +216,18 @@ async def botkit_after_reply(message: Message, reply: Reply, bot):
     store = bot.state.get(STORE)
     if store is not None and reply.platform_message_ids:
         store.add(delivery_record(reply.key, list(reply.platform_message_ids)))
+
+
+@hookimpl
+async def botkit_conversation_handover(conversation_key: str, bot):
+    # Another replica may answer this conversation next: it must read what this one queued.
+    store = bot.state.get(STORE)
+    if store is not None and not await store.written_up_to_now(settings_of(bot).flush_timeout):
+        log.warning(
+            "memory: the database did not take %s's pending turns within flush_timeout; another replica "
+            "answering it now does not see them until they are written",
+            conversation_key,
+        )
 
 
 @hookimpl

@@ -158,6 +158,10 @@ class MemoryStore:
         """Wait until everything pending is in the database; spool what is not after ``timeout``."""
         return await self.writer.flush(timeout)
 
+    async def written_up_to_now(self, timeout: float) -> bool:
+        """Wait until every record added so far is in the database; False after ``timeout``."""
+        return await self.writer.written_up_to_now(timeout)
+
     async def close(self, timeout: float) -> None:
         await self.writer.close(timeout)
         self.spool.release()
@@ -364,7 +368,8 @@ class MemoryStore:
 
         A conversation read within ``cache_seconds`` is answered from the cache,
         which every record this process adds keeps current. (Another process
-        writing the same conversation is not seen until the entry expires.)
+        writing the same conversation is not seen until the entry expires: the
+        plugin turns the cache off when the bot runs as several replicas.)
         """
         if max_turns <= 0:
             return []
