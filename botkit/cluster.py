@@ -1,15 +1,15 @@
 """Conversation locks shared by the replicas (Redis, else PostgreSQL advisory locks): one conversation, one answer at a time.
 
-The pipeline's lanes order one process's messages of a conversation; these
-locks, taken inside a lane, order them across the processes serving one bot.
-Redis (``[cluster] redis_url``) holds each lock as a key that expires after
+With ``[cluster] enabled`` (several ``botkit run`` processes serve one bot) the
+pipeline's lanes order one process's messages of a conversation and these
+locks, taken inside a lane, order them across the processes. Redis
+(``[cluster] redis_url``) holds each lock as a key that expires after
 ``lock_ttl_s`` unless its holder renews it, so a killed replica's lock frees
 itself; each grant carries a fencing token that grows with every grant. Without
 Redis, on PostgreSQL, a lock is a session advisory lock on one connection per
-process, freed when that session ends. On SQLite there is one process: no
-lock beyond the lanes. docs/architecture.md ("Several replicas") says what is
-guaranteed while Redis comes and goes.
-"""
+process, freed when that session ends. Not enabled (the default), there is one
+process and no lock beyond the lanes. docs/architecture.md ("Several replicas")
+says what is guaranteed while Redis comes and goes."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from botkit.errors import ConfigError
 from botkit.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -360,14 +361,21 @@ class Lease:
 
 
 class ClusterLocks:
-    """The conversation locks of one bot: Redis when configured, PostgreSQL advisory locks when it is
-    down or not configured, none on SQLite without Redis (``active`` is False: one process)."""
+    """The conversation locks of one bot when ``[cluster] enabled``: Redis when configured, PostgreSQL
+    advisory locks when it is down or not configured; none when not enabled (one process: the lanes)."""
 
     def __init__(self, settings: ClusterSettings, db: Database, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._db = db
         self._redis: RedisLocks | None = None
-        self._postgres = AdvisoryLocks(db) if not db.is_sqlite else None
+        if settings.enabled and db.is_sqlite and settings.redis_url is None:
+            raise ConfigError(
+                "[cluster] enabled: several replicas need a lock they all reach: set [cluster] redis_url "
+                "(replicas on one machine sharing the SQLite file), or [storage] url to PostgreSQL"
+            )
+        if settings.redis_url is not None and not settings.enabled:
+            log.warning("cluster: [cluster] redis_url is set but enabled is false: one process, Redis unused")
+        self._postgres = AdvisoryLocks(db) if settings.enabled and not db.is_sqlite else None
         self._redis_down_since: float | None = None
         metrics = metrics or Metrics()
         self._wait = metrics.histogram(
@@ -382,8 +390,8 @@ class ClusterLocks:
 
     @property
     def active(self) -> bool:
-        """Whether a message takes a cross-replica lock (Redis configured, or PostgreSQL storage)."""
-        return self._settings.redis_url is not None or self._postgres is not None
+        """Whether a message takes a cross-replica lock (``[cluster] enabled``)."""
+        return self._settings.enabled
 
     async def acquire(self, key: str) -> Lease | None:
         """Wait for ``key``'s lock; None when no store can give one now (the lanes still order this process)."""

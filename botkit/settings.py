@@ -160,10 +160,15 @@ class ClusterSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    enabled: bool = Field(
+        False,
+        description="several `botkit run` processes serve this bot: take each conversation's lock across "
+        "them and read memory from the database; false: one process",
+    )
     redis_url: str | None = Field(
         None,
-        description="redis://HOST:PORT/DB shared by the replicas: conversation locks and memory-cache "
-        "invalidation; unset: PostgreSQL advisory locks (one process on SQLite)",
+        description="redis://HOST:PORT/DB shared by the replicas for the conversation locks; "
+        "unset: PostgreSQL advisory locks",
     )
     redis_password: SecretStr | None = Field(None, description="the Redis password (environment only)")
     lock_ttl_s: float = Field(

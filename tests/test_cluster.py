@@ -15,14 +15,15 @@ import pytest
 
 from botkit import hookimpl
 from botkit.cluster import PREFIX, ClusterLocks
-from botkit.settings import ClusterSettings
+from botkit.errors import ConfigError
+from botkit.settings import ClusterSettings, settings_from_mapping
 from botkit.storage.database import Database, StorageSettings
 from botkit.testing import eventually
 
 
 def locks_for(tmp_path, redis_url: str | None = None, db_url: str | None = None, ttl: float = 30.0):
     storage = StorageSettings(data_dir=tmp_path, url=db_url)
-    return ClusterLocks(ClusterSettings(redis_url=redis_url, lock_ttl_s=ttl), Database(storage))
+    return ClusterLocks(ClusterSettings(enabled=True, redis_url=redis_url, lock_ttl_s=ttl), Database(storage))
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ async def test_a_reply_whose_lock_was_lost_waits_for_it_again_before_it_is_writt
     import redis.asyncio as aioredis
 
     events: list[tuple[str, str, str]] = []
-    config = {"cluster": {"redis_url": redis_server.url}}
+    config = {"cluster": {"enabled": True, "redis_url": redis_server.url}}
     other = locks_for(tmp_path, redis_server.url)
     client = aioredis.from_url(redis_server.url)
     async with make_bot(config, plugins={"journal": Journal("a", events)}) as bot:
@@ -125,7 +126,7 @@ async def test_a_reply_whose_lock_was_lost_waits_for_it_again_before_it_is_writt
 
 async def test_two_bots_sharing_redis_answer_one_conversation_in_message_order(make_bot, redis_server):
     events: list[tuple[str, str, str]] = []
-    config = {"cluster": {"redis_url": redis_server.url}}
+    config = {"cluster": {"enabled": True, "redis_url": redis_server.url}}
     async with make_bot(config, plugins={"journal": Journal("a", events)}) as first:
         async with make_bot(config, plugins={"journal": Journal("b", events)}) as second:
             gate = first.backend.hold("one")
@@ -177,7 +178,7 @@ async def test_redis_down_falls_back_to_postgres_and_comes_back(
     redis = start_redis(tmp_path_factory.mktemp("redis-down"))
     events: list[tuple[str, str, str]] = []
     journals = Journal("a", events), Journal("b", events)
-    config = {"storage": {"url": pg_url}, "cluster": {"redis_url": redis.url, "lock_ttl_s": 5.0}}
+    config = {"storage": {"url": pg_url}, "cluster": {"enabled": True, "redis_url": redis.url, "lock_ttl_s": 5.0}}
     caplog.set_level(logging.WARNING, "botkit.cluster")
     try:
         async with make_bot(config, plugins={"journal": journals[0]}) as first:
@@ -218,7 +219,7 @@ from botkit.storage.database import Database, StorageSettings
 async def main():
     redis_url, db_url = sys.argv[1] or None, sys.argv[2] or None
     storage = StorageSettings(data_dir=Path(sys.argv[3]), url=db_url)
-    locks = ClusterLocks(ClusterSettings(redis_url=redis_url, lock_ttl_s=1.0), Database(storage))
+    locks = ClusterLocks(ClusterSettings(enabled=True, redis_url=redis_url, lock_ttl_s=1.0), Database(storage))
     await locks.acquire("slack:killed")
     print("held", flush=True)
     await asyncio.Event().wait()
@@ -261,7 +262,11 @@ async def _flush_key(url: str) -> None:
 
 
 async def test_memory_of_one_replica_is_seen_by_the_next_even_with_a_long_cache(make_bot, pg_url):
-    config = {"storage": {"url": pg_url}, "plugins": {"memory": {"cache_seconds": 3600}}}
+    config = {
+        "storage": {"url": pg_url},
+        "cluster": {"enabled": True},
+        "plugins": {"memory": {"cache_seconds": 3600}},
+    }
     async with make_bot(config) as first:
         async with make_bot(config) as second:
             assert first.clustered and second.clustered
@@ -279,3 +284,23 @@ async def test_one_process_on_sqlite_takes_no_cross_process_lock(bot):
     assert not bot.clustered
     await bot.chat.say("hi")
     assert bot.pipeline.lanes.lease("anything") is None
+
+
+def test_replicas_on_sqlite_without_redis_are_refused_with_what_to_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[cluster\] enabled: .*\[cluster\] redis_url.*\[storage\] url"):
+        ClusterLocks(ClusterSettings(enabled=True), Database(StorageSettings(data_dir=tmp_path)))
+
+
+def test_a_redis_url_without_enabled_is_not_used_and_the_log_says_so(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, "botkit.cluster")
+    settings = settings_from_mapping({"cluster": {"redis_url": "redis://localhost:6379/0"}})
+    locks = ClusterLocks(settings.cluster, Database(StorageSettings(data_dir=tmp_path)))
+    assert not locks.active
+    assert "redis_url is set but enabled is false" in caplog.text
+
+
+async def test_one_process_on_postgresql_takes_no_cross_process_lock(make_bot, pg_url):
+    async with make_bot({"storage": {"url": pg_url}}) as bot:
+        assert not bot.clustered
+        await bot.chat.say("hi")
+        assert bot.pipeline.lanes.lease("anything") is None

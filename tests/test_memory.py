@@ -337,9 +337,6 @@ async def test_history_cache_follows_resets_and_expires(make_bot, storage_config
         fresh = [t.text for t in bot.backend.prompts[-1].turns if t.role is Role.USER]
         await bot.chat.say("/reset")
         await bot.chat.say("after reset")
-    if bot.clustered:  # PostgreSQL: another replica may write it, so no cache (docs/storage.md)
-        assert cached == ["first", "second", "from elsewhere", "third"]
-    else:
-        assert cached == ["first", "second", "third"]
+    assert cached == ["first", "second", "third"]
     assert fresh == ["first", "second", "from elsewhere", "third", "fourth"]
     assert [t.text for t in bot.backend.prompts[-1].turns] == ["after reset"]
