@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import textwrap
 from pathlib import Path
@@ -51,6 +52,21 @@ async def test_upgrade_creates_the_core_tables_and_models_agree(storage_config):
         assert await tables(db) <= {"alembic_version"}
     finally:
         await db.close()
+
+
+async def test_replicas_starting_together_migrate_a_new_database_once(storage_config):
+    """Three processes' start-up upgrades at once (each its own engine): one migrates, the others wait."""
+    dbs = [database(storage_config) for _ in range(3)]
+    for db in dbs:
+        await db.connect()
+    try:
+        await asyncio.gather(*(Migrator(db, []).ensure_current(auto_upgrade=True) for db in dbs))
+        migrator = Migrator(dbs[0], [])
+        assert await migrator.current() == migrator.heads()
+        assert await migrator.differences() == []
+    finally:
+        for db in dbs:
+            await db.close()
 
 
 async def test_0002_gives_existing_rows_keys_and_goes_back(storage_config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import os
@@ -16,7 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 
 from botkit.errors import StorageError
@@ -24,6 +25,8 @@ from botkit.storage.database import Database
 from botkit.storage.models import Base
 
 CORE_BRANCH = "botkit"
+# The PostgreSQL advisory lock that migrations hold: 64 bits of blake2b("botkit:schema").
+SCHEMA_LOCK = int.from_bytes(hashlib.blake2b(b"botkit:schema", digest_size=8).digest(), "big", signed=True)
 
 
 def migrations_dir() -> Path:
@@ -99,13 +102,32 @@ class Migrator:
 
     async def upgrade(self, target: str = "heads") -> str:
         out = io.StringIO()
-        await self._run(lambda c: command.upgrade(self.config(c, out), target))
+        await self._migrate(lambda c: command.upgrade(self.config(c, out), target))
         return out.getvalue()
 
     async def downgrade(self, target: str) -> str:
         out = io.StringIO()
-        await self._run(lambda c: command.downgrade(self.config(c, out), target))
+        await self._migrate(lambda c: command.downgrade(self.config(c, out), target))
         return out.getvalue()
+
+    async def _migrate(self, action: Callable[[Connection], Any]) -> Any:
+        """Run ``action`` holding the schema's lock, so that replicas starting together migrate once.
+
+        PostgreSQL: a transaction-level advisory lock, taken before Alembic reads
+        alembic_version (so the second replica waits, then finds the schema current);
+        DDL is transactional there, and the lock goes with the commit or a crash.
+        SQLite: ``BEGIN IMMEDIATE`` takes the file's write lock first (a second process
+        waits up to ``busy_timeout``).
+        """
+        try:
+            async with self.db.engine.begin() as connection:
+                if self.db.is_sqlite:
+                    await connection.exec_driver_sql("BEGIN IMMEDIATE")
+                else:
+                    await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+                return await connection.run_sync(action)
+        except CommandError as error:
+            raise StorageError(f"migration failed: {error}") from None
 
     def history(self) -> str:
         out = io.StringIO()
