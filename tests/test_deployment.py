@@ -113,6 +113,57 @@ def test_the_compose_file_gives_the_bot_postgresql_and_secrets_only_from_the_env
     assert f"./grafana/botkit.json:{folder}/botkit.json:ro" in services["grafana"]["volumes"]
 
 
+def replicas_compose() -> dict:
+    """docker-compose.yml with docker-compose.replicas.yml over it, merged as Compose does for these keys:
+    mappings key by key, ``volumes`` by their target path."""
+    merged = compose()
+    override = yaml.safe_load((DEPLOY / "docker-compose.replicas.yml").read_text(encoding="utf-8"))
+    for name, service in override["services"].items():
+        base = merged["services"].setdefault(name, {})
+        for key, value in service.items():
+            if isinstance(value, dict):
+                base[key] = {**(base.get(key) or {}), **value}
+            elif key == "volumes":
+                targets = {v.split(":")[1]: v for v in [*base.get(key, []), *value]}
+                base[key] = list(targets.values())
+            else:
+                base[key] = value
+    merged["volumes"] = {**merged["volumes"], **override.get("volumes", {})}
+    return merged
+
+
+def test_the_replicas_compose_file_runs_the_same_command_as_replicas_of_one_bot(monkeypatch):
+    from botkit.bot import Bot
+
+    services = replicas_compose()["services"]
+    replicas = [services["botkit"], services["botkit-2"]]
+    shards, data = [], []
+    for replica in replicas:
+        assert replica["command"] == ["botkit", *COMMAND]
+        assert f"./config.toml:{CONFIG_IN_SERVER}:ro" in replica["volumes"]
+        assert replica["depends_on"]["redis"]["condition"] == "service_healthy"
+        data += [v.split(":")[0] for v in replica["volumes"] if v.split(":")[1] == "/var/lib/botkit"]
+        for name in [n for n in os.environ if n.startswith("BOTKIT_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("BOTKIT_ADAPTERS__DISCORD__TOKEN", "made-up")  # from deploy/.env
+        for name, value in replica["environment"].items():
+            assert not SECRET.search(name) or re.fullmatch(r"\$\{\w+:\?[^}]*\}", value), name
+            monkeypatch.setenv(name, re.sub(r"\$\{\w+:\?[^}]*\}", "made-up", value))
+        settings = load_settings(DEPLOY / "config.toml")
+        assert settings.cluster.enabled and settings.cluster.redis_url == "redis://redis:6379/0"
+        assert settings.storage.url is not None and settings.storage.url.startswith("postgresql+asyncpg://")
+        discord = Bot.load(settings).adapter_settings("discord")
+        shards.append((discord.shard_count, tuple(discord.shard_ids or ())))
+    # Every shard run by exactly one replica, and each replica keeps its spool in a volume of its own.
+    assert sorted(shards) == [(2, (0,)), (2, (1,))]
+    assert len(set(data)) == len(data) == 2
+    prometheus = services["prometheus"]["volumes"]
+    scraped = [v.split(":")[0] for v in prometheus if v.split(":")[1] == "/etc/prometheus/prometheus.yml"]
+    assert scraped == ["./prometheus/prometheus-replicas.yml"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-replicas.yml").read_text(encoding="utf-8"))
+    assert config["scrape_configs"][0]["static_configs"][0]["targets"] == ["botkit:9464", "botkit-2:9464"]
+
+
 def botkit_executable() -> str:
     """The `botkit` console script of the Python running the tests (as the unit's /opt/botkit/bin/botkit)."""
     path = Path(sys.executable).with_name("botkit")
