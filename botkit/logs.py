@@ -17,6 +17,7 @@ before), so that third-party loggers go through the same rules as botkit's own:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import re
@@ -120,6 +121,12 @@ def _longest_match(name: str, names: Any) -> str | None:
     return max(matches, key=len) if matches else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _payload_library(name: str) -> str | None:
+    """The payload-logging library (``PAYLOAD_LOGGERS``) whose logger ``name`` is, if any."""
+    return _longest_match(name, PAYLOAD_LOGGERS)
+
+
 class LevelPolicy(logging.Filter):
     """Lets a record through when its level reaches its logger's: the longest configured name covering it."""
 
@@ -127,10 +134,14 @@ class LevelPolicy(logging.Filter):
         super().__init__()
         self.level = level
         self.levels = levels
+        self._thresholds: dict[str, int] = {}  # by logger name: a process has a few hundred
 
     def threshold(self, name: str) -> int:
-        logger = _longest_match(name, self.levels)
-        return self.level if logger is None else self.levels[logger]
+        known = self._thresholds.get(name)
+        if known is None:
+            logger = _longest_match(name, self.levels)
+            known = self._thresholds[name] = self.level if logger is None else self.levels[logger]
+        return known
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= self.threshold(record.name)
@@ -145,7 +156,7 @@ class TextGuard:
     def message(self, record: logging.LogRecord) -> str:
         if self.include_text or record.levelno >= logging.WARNING:
             return record.getMessage()
-        library = _longest_match(record.name, PAYLOAD_LOGGERS)
+        library = _payload_library(record.name)
         if library is None:
             return record.getMessage()
         if record.args:

@@ -215,6 +215,7 @@ class MessageMetrics:
 
     def __init__(self, metrics: Metrics, per_channel: bool) -> None:
         self.per_channel = per_channel
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         where = ("platform", "channel") if per_channel else ("platform",)
         self._received = metrics.counter(
             "botkit_messages_received_total", "Messages handed to the bot by an adapter.", where
@@ -255,31 +256,40 @@ class MessageMetrics:
             "botkit_prompt_tokens_total", "Tokens of the prompts given to the model.", ("backend",)
         )
 
-    def _where(self, message: Message) -> dict[str, str]:
+    def _where(self, message: Message) -> tuple[str, ...]:
         if self.per_channel:
-            return {"platform": message.platform, "channel": message.channel_id}
-        return {"platform": message.platform}
+            return (message.platform, message.channel_id)
+        return (message.platform,)
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, kept: prometheus-client checks and locks at each ``labels`` call,
+        and a message touches a handful of the same few series."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def received(self, message: Message) -> None:
-        self._received.labels(**self._where(message)).inc()
+        self._child(self._received, *self._where(message)).inc()
 
     def refused(self, message: Message, reason: str) -> None:
-        self._refused.labels(**self._where(message), reason=reason).inc()
+        self._child(self._refused, *self._where(message), reason).inc()
 
     def command(self, message: Message, name: str | None) -> None:
-        self._commands.labels(**self._where(message), command=name or "unknown").inc()
+        self._child(self._commands, *self._where(message), name or "unknown").inc()
 
     def waited(self, backend: str, seconds: float) -> None:
-        self._queue_wait.labels(backend=backend).observe(seconds)
+        self._child(self._queue_wait, backend).observe(seconds)
 
     def answered(self, message: Message, backend: str, reply: Reply) -> None:
-        self._answered.labels(**self._where(message), status=reply.status.value).inc()
+        self._child(self._answered, *self._where(message), reply.status.value).inc()
         if reply.first_token_s is not None:
-            self._first_token.labels(backend=backend).observe(reply.first_token_s)
+            self._child(self._first_token, backend).observe(reply.first_token_s)
         if reply.latency_s:
-            self._duration.labels(backend=backend).observe(reply.latency_s)
-        self._tokens.labels(backend=backend).inc(reply.completion_tokens)
-        self._prompt_tokens.labels(backend=backend).inc(reply.prompt_tokens or 0)
+            self._child(self._duration, backend).observe(reply.latency_s)
+        self._child(self._tokens, backend).inc(reply.completion_tokens)
+        self._child(self._prompt_tokens, backend).inc(reply.prompt_tokens or 0)
 
 
 def bot_state_families(bot: Bot) -> Iterator[Any]:
