@@ -47,7 +47,9 @@ async def test_a_slack_call_answered_429_then_ok_counts_one_rate_limited_retry(m
 async def test_a_discord_request_answered_429_then_ok_counts_one_rate_limited_retry(make_bot, discord):
     route = "/channels/{channel}/messages"
     async with start_discord(make_bot, discord, config=METRICS) as (bot, _adapter):
-        before = value(scrape(bot), "botkit_platform_retries_total", platform="discord", reason="rate_limited")
+        before = value(
+            scrape(bot), "botkit_platform_retries_total", platform="discord", reason="rate_limited"
+        )
         discord.rate_limit_next("POST", route, retry_after=0.01)
         await discord.say("hello", mention_bot=True)
         await discord.wait_for(lambda: any(call.status == 200 for call in discord.calls_to("POST", route)))
