@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
@@ -71,6 +72,9 @@ class Backend(ABC):
 
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
+        # Requests a backend with its own retry loop tried again, by reason (``rate_limited``,
+        # ``server_error``, ``connection``, ``timeout``), since start: botkit_backend_retries_total.
+        self.retried: Counter[str] = Counter()
 
     @property
     @abstractmethod

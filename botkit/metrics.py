@@ -293,7 +293,7 @@ class MessageMetrics:
 
 
 def bot_state_families(bot: Bot) -> Iterator[Any]:
-    """The metrics read from the bot at each scrape: backends, queues, engines, conversations, readiness."""
+    """The metrics read from the bot at each scrape: backends, queues, engines, retries, conversations, readiness."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     backend = GaugeMetricFamily(
@@ -320,6 +320,14 @@ def bot_state_families(bot: Bot) -> Iterator[Any]:
     evictions = CounterMetricFamily(
         "botkit_kv_cache_evictions", "Saved KV caches dropped for lack of room.", labels=("backend",)
     )
+    retries = CounterMetricFamily(
+        "botkit_backend_retries",
+        "Requests to a backend's server tried again, by reason (rate_limited, server_error, connection, timeout).",
+        labels=("backend", "reason"),
+    )
+    for name, slot in bot.backends.items():
+        for reason, count in sorted(slot.backend.retried.items()):
+            retries.add_metric((name, reason), count)
     status = bot.status()
     for state in status.backends:
         backend.add_metric((state.name, state.type, state.model, state.lora or ""), 1)
@@ -332,7 +340,7 @@ def bot_state_families(bot: Bot) -> Iterator[Any]:
             kv.add_metric((state.name,), engine.kv_cache_mb * 2**20)
             kv_limit.add_metric((state.name,), engine.kv_cache_limit_mb * 2**20)
             evictions.add_metric((state.name,), engine.evictions)
-    yield from (backend, waiting, running, slots, in_use, kv, kv_limit, evictions)
+    yield from (backend, waiting, running, slots, in_use, kv, kv_limit, evictions, retries)
     yield GaugeMetricFamily(
         "botkit_conversations_active",
         "Conversations with a message being handled now.",

@@ -25,6 +25,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 
 from botkit import hookimpl
 from botkit.adapter import Adapter, AdapterSettings
+from botkit.adapters.api_retries import discord_http_trace, platform_retries
 from botkit.adapters.discord_commands import build_command_tree
 from botkit.adapters.discord_replies import (
     PLATFORM,
@@ -187,13 +188,15 @@ class DiscordAdapter(Adapter):
         self.allowed_mentions = discord.AllowedMentions.none()
         # The bot never joins voice: discord.py's warnings about missing voice libraries are noise.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+        trace = discord_http_trace(platform_retries(self.bot.metrics), self.settings.api_url)
         shards = self.settings.own_shards
         if shards is None:
-            client = discord.Client(intents=intents, allowed_mentions=self.allowed_mentions)
+            client = discord.Client(intents=intents, allowed_mentions=self.allowed_mentions, http_trace=trace)
         else:
             client = discord.AutoShardedClient(
                 intents=intents,
                 allowed_mentions=self.allowed_mentions,
+                http_trace=trace,
                 shard_count=self.settings.shard_count,
                 shard_ids=shards,
             )

@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from botkit import hookimpl
 from botkit.adapter import Adapter, AdapterSettings
+from botkit.adapters.api_retries import platform_retries, slack_retry_handlers
 from botkit.adapters.slack_messages import (
     PLATFORM,
     SlackResponder,
@@ -138,20 +139,14 @@ class SlackAdapter(Adapter):
 
     async def run(self) -> None:
         from slack_bolt.async_app import AsyncApp
-        from slack_sdk.http_retry.builtin_async_handlers import (
-            AsyncConnectionErrorRetryHandler,
-            AsyncRateLimitErrorRetryHandler,
-        )
         from slack_sdk.web.async_client import AsyncWebClient
 
         settings = self.settings
+        retries = platform_retries(self.bot.metrics)
         self.client = AsyncWebClient(
             token=_secret(settings.bot_token),
             base_url=settings.api_url,
-            retry_handlers=[
-                AsyncConnectionErrorRetryHandler(max_retry_count=2),
-                AsyncRateLimitErrorRetryHandler(max_retry_count=settings.rate_limit_retries),
-            ],
+            retry_handlers=slack_retry_handlers(retries, settings.rate_limit_retries),
         )
         self.slack = SlackTranslator(self.client, await self._identify())
         app = AsyncApp(client=self.client, signing_secret=_secret(settings.signing_secret), name="botkit")

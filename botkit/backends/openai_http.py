@@ -100,11 +100,15 @@ class OpenAIServerError(BotkitError):
 
 
 class _Retryable(Exception):
-    """One failed attempt that may be tried again after ``wait`` seconds (None: the backoff)."""
+    """One failed attempt that may be tried again after ``wait`` seconds (None: the backoff).
 
-    def __init__(self, reason: str, wait: float | None = None) -> None:
+    ``kind``: ``rate_limited`` (429) or ``server_error`` (5xx), as ``Backend.retried`` counts it.
+    """
+
+    def __init__(self, reason: str, kind: str, wait: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
         self.wait = wait
 
 
@@ -312,9 +316,10 @@ class OpenAIBackend(Backend):
                             yield chunk
                 return
             except _Retryable as failure:
-                reason, wait = failure.reason, failure.wait
+                reason, kind, wait = failure.reason, failure.kind, failure.wait
             except httpx2.TransportError as error:  # connect errors, timeouts, dropped connections
                 reason, wait = f"{type(error).__name__} from {url}", None
+                kind = "timeout" if isinstance(error, httpx2.TimeoutException) else "connection"
                 if started:  # text already reached the user: a retry would repeat it
                     raise OpenAIServerError(f"{reason} in the middle of the reply") from None
             if attempt == retries:
@@ -322,6 +327,7 @@ class OpenAIBackend(Backend):
             if wait is None:
                 wait = backoff_delay(attempt, self.settings.retry_backoff, self.jitter)
             log.warning("%s; retrying in %.1f s (%d of %d)", reason, wait, attempt + 1, retries)
+            self.retried[kind] += 1
             if not await self.pause(wait, cancel):
                 return
             attempt += 1
@@ -358,9 +364,9 @@ class OpenAIBackend(Backend):
                     f"{url}: rate limited (HTTP 429) for {wait:.0f} s, longer than "
                     f"[{self.table}] max_retry_after ({self.settings.max_retry_after:g} s)"
                 )
-            raise _Retryable(f"{url}: rate limited (HTTP 429)", wait)
+            raise _Retryable(f"{url}: rate limited (HTTP 429)", "rate_limited", wait)
         if status >= 500:
-            raise _Retryable(f"{url}: HTTP {status}{detail}")
+            raise _Retryable(f"{url}: HTTP {status}{detail}", "server_error")
         # 4xx: the request itself is wrong (model name, too long a prompt): retrying cannot help.
         raise OpenAIServerError(f"{url}: HTTP {status}{detail}")
 
