@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import textwrap
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import pytest
 from fake_slack import FakeSlack
 from openai_server import StubServer
 from servers import free_port
+from test_slack_run import botkit_run
 
 from botkit.testing import WAIT_TIMEOUT, eventually
 
@@ -97,17 +97,7 @@ async def start_replicas(
             port=port,
             ttl=ttl,
         )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "botkit",
-            "--config",
-            str(config),
-            "run",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await botkit_run(config, env)
         replicas.append(Replica(f"replica{index}", port, process))
     for replica in replicas:
         await eventually(lambda r=replica: listening(r), timeout=90, what=f"{replica.name} listening")
