@@ -31,6 +31,7 @@ from botkit.testing import WAIT_TIMEOUT, eventually
 
 # Slack truncates (and chat.postMessage refuses) text beyond this many characters.
 HARD_TEXT_LIMIT = 40_000
+DROPPED = 0  # ApiCall.status of a call whose connection the fake closed unanswered (drop_next)
 
 
 @dataclass
@@ -187,6 +188,10 @@ class FakeSlack:
     def fail_next(self, method: str, status: int = 429, retry_after: float = 1) -> None:
         """Make the next call of ``method`` answer ``status`` (429: rate limited, with Retry-After)."""
         self._failures.setdefault(method, []).append((status, retry_after))
+
+    def drop_next(self, method: str) -> None:
+        """Close the connection of the next call of ``method`` before answering, as a reset or a restarting proxy does."""
+        self._failures.setdefault(method, []).append((DROPPED, 0))
 
     async def wait_for(
         self, condition: Callable[[], object], timeout: float = WAIT_TIMEOUT, what: str = "the condition"
@@ -381,6 +386,11 @@ class FakeSlack:
         failures = self._failures.get(method)
         if failures:
             status, retry_after = failures.pop(0)
+            if status == DROPPED:
+                call.status, call.error = status, "connection closed"
+                assert request.transport is not None
+                request.transport.close()
+                raise ConnectionResetError("fake Slack dropped the connection")
             call.status, call.error = status, "ratelimited" if status == 429 else "fatal_error"
             headers = {"Retry-After": f"{retry_after:g}"} if status == 429 else {}
             return web.json_response({"ok": False, "error": call.error}, status=status, headers=headers)

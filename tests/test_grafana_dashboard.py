@@ -7,8 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+from fake_slack import FakeSlack, start_slack
+from openai_server import Failure, StubServer
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import ON, get, serving
+from test_openai_backend import PLUGINS, fast_retries
 
 from botkit.backend import EngineLoad
 
@@ -204,6 +207,36 @@ async def exported(make_bot) -> dict[str, set[str]]:
         assert await bot.state.require(STORE).writer.flush(30)
         status, _, body = await get(base + "/metrics")
     assert status == 200
+    return names_in(body)
+
+
+async def exported_retries(make_bot, monkeypatch) -> dict[str, set[str]]:
+    """What a bot on Slack and an openai backend exports once each has retried a request."""
+    async with FakeSlack() as slack:
+        monkeypatch.setenv("BOTKIT_ADAPTERS__SLACK__BOT_TOKEN", slack.bot_token)
+        monkeypatch.setenv("BOTKIT_ADAPTERS__SLACK__APP_TOKEN", slack.app_token)
+        return await retried_on(make_bot, slack)
+
+
+async def retried_on(make_bot, slack: FakeSlack) -> dict[str, set[str]]:
+    with StubServer() as stub:
+        stub.script.append(Failure(429, {"Retry-After": "0"}))
+        async with start_slack(
+            make_bot, slack, config={**ON, **fast_retries(stub.base_url)}, plugins=PLUGINS
+        ) as (
+            bot,
+            adapter,
+        ):
+            slack.fail_next("chat.postMessage", 429, retry_after=0)
+            assert (await adapter.client.chat_postMessage(channel="C1", text="hello"))["ok"]
+            await bot.chat.say("hi")
+            async with serving(bot, ("slack",)) as base:
+                status, _, body = await get(base + "/metrics")
+    assert status == 200 and len(stub.requests) == 2
+    return names_in(body)
+
+
+def names_in(body: str) -> dict[str, set[str]]:
     names: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(body):
         names.setdefault(family.name, set())  # declared, perhaps without samples yet
@@ -213,9 +246,13 @@ async def exported(make_bot) -> dict[str, set[str]]:
     return names
 
 
-async def test_every_metric_and_label_the_dashboard_reads_is_exported(make_bot):
+async def test_every_metric_and_label_the_dashboard_reads_is_exported(make_bot, monkeypatch):
     names = await exported(make_bot)
     assert names["botkit_ratelimit_refusals_total"] == {"scope"}  # the traffic above reached every path
+    for name, labels in (await exported_retries(make_bot, monkeypatch)).items():
+        names.setdefault(name, set()).update(labels)
+    assert names["botkit_platform_retries_total"] == {"platform", "reason"}
+    assert names["botkit_backend_retries_total"] == {"backend", "reason"}
     problems = []
     for title, expr in dashboard_queries():
         series, grouping = references(expr)

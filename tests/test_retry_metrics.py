@@ -79,3 +79,14 @@ async def test_the_openai_backend_counts_its_retries_by_reason(make_bot):
     assert reply.status is ReplyStatus.COMPLETED and len(stub.requests) == 2
     assert value(scraped, "botkit_backend_retries_total", backend="default", reason="rate_limited") == 1
     assert value(scraped, "botkit_backend_retries_total", backend="default", reason="server_error") == 0
+
+
+async def test_a_slack_call_whose_connection_drops_is_retried_and_counted_as_a_connection_retry(make_bot, slack):
+    async with start_slack(make_bot, slack, config=METRICS) as (bot, adapter):
+        slack.drop_next("chat.postMessage")
+        answer = await adapter.client.chat_postMessage(channel="C1", text="hello")
+        scraped = scrape(bot)
+    assert answer["ok"] and [call.status for call in slack.calls_to("chat.postMessage")] == [0, 200]
+    assert [m["text"] for m in slack.bot_messages("C1")] == ["hello"]
+    assert value(scraped, "botkit_platform_retries_total", platform="slack", reason="connection") == 1
+    assert value(scraped, "botkit_platform_retries_total", platform="slack", reason="rate_limited") == 0
