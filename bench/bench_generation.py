@@ -34,6 +34,7 @@ for _name in [name for name in os.environ if name.startswith("BOTKIT_")]:
 
 from botkit import hookimpl
 from botkit.backends.llamacpp import LlamaCppBackend, embedded_model_path
+from botkit.backends.llamacpp_model import safe_llama_class_params
 from botkit.bot import Bot
 from botkit.settings import settings_from_mapping
 from botkit.types import Message, Prompt, Reply, ReplyStatus, Responder, Role, Turn, User
@@ -180,14 +181,15 @@ async def benchmark(args: argparse.Namespace) -> tuple[Side, Side, dict[str, obj
         # The prompt the pipeline builds for a first message, rendered by botkit's one renderer.
         prompt = Prompt(system=bot.settings.bot.system_prompt, turns=[Turn(Role.USER, QUESTION)])
         text = backend.render(prompt)
-        llama = Llama(
-            model_path=str(embedded_model_path()),
-            n_ctx=args.n_ctx,
-            n_threads=args.threads,
-            n_batch=args.n_batch,
-            seed=args.seed,
-            verbose=False,
-        )
+        with safe_llama_class_params():  # the weights as botkit loads them
+            llama = Llama(
+                model_path=str(embedded_model_path()),
+                n_ctx=args.n_ctx,
+                n_threads=args.threads,
+                n_batch=args.n_batch,
+                seed=args.seed,
+                verbose=False,
+            )
         prompt_tokens = len(llama.tokenize(text.encode("utf-8"), special=True))
         raw, through_bot = Side("raw llama-cpp-python"), Side("botkit Bot.handle")
 

@@ -244,10 +244,14 @@ def tiny_cache() -> Iterator[LlamaCppBackend]:
 
 @pytest.mark.model
 async def test_a_cache_too_big_for_kv_cache_mb_is_evaluated_again_and_counted_as_evicted(tiny_cache):
-    await reply(tiny_cache, conversation("Name a colour that you would see in the sky at sunset, and say why."))
+    await reply(
+        tiny_cache, conversation("Name a colour that you would see in the sky at sunset, and say why.")
+    )
     await reply(tiny_cache, conversation("Name a planet."))
     load = tiny_cache.load()
-    assert load.kv_saved == 0 and load.evictions == 1 and load.kv_cache_limit_mb == pytest.approx(0.01, abs=1e-4)
+    assert (
+        load.kv_saved == 0 and load.evictions == 1 and load.kv_cache_limit_mb == pytest.approx(0.01, abs=1e-4)
+    )
 
 
 # -- settings ------------------------------------------------------------------------
@@ -262,6 +266,22 @@ def test_threads_default_to_one_per_physical_core():
     assert physical_cores(hyperthreaded, allowed=8) == 4
     assert physical_cores(hyperthreaded, allowed=2) == 2  # a container limited to 2 CPUs
     assert physical_cores("", allowed=3) == 3  # no cpuinfo to read: every allowed CPU
+
+
+def test_a_llama_cpp_built_with_amx_loads_weights_without_extra_buffer_types():
+    """llama.cpp 0.3.36's AMX kernels die with SIGILL on some machines: a build that has them never reaches them."""
+    import llama_cpp.llama_cpp as bindings
+
+    from botkit.backends.llamacpp_model import model_params, repacking_is_safe, safe_llama_class_params
+
+    sapphire_rapids = "CPU : SSE3 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | REPACK = 1 | "
+    assert not repacking_is_safe(sapphire_rapids)
+    assert repacking_is_safe("CPU : SSE3 = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | REPACK = 1 | ")
+    this_build = repacking_is_safe()
+    assert model_params().use_extra_bufts is this_build
+    with safe_llama_class_params():  # what llama_cpp.Llama asks for while botkit constructs one
+        assert bindings.llama_model_default_params().use_extra_bufts is this_build
+    assert bindings.llama_model_default_params().use_extra_bufts is True  # others get llama.cpp's own default
 
 
 def test_n_batch_must_leave_room_for_prompts():

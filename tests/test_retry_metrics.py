@@ -81,7 +81,9 @@ async def test_the_openai_backend_counts_its_retries_by_reason(make_bot):
     assert value(scraped, "botkit_backend_retries_total", backend="default", reason="server_error") == 0
 
 
-async def test_a_slack_call_whose_connection_drops_is_retried_and_counted_as_a_connection_retry(make_bot, slack):
+async def test_a_slack_call_whose_connection_drops_is_retried_and_counted_as_a_connection_retry(
+    make_bot, slack
+):
     async with start_slack(make_bot, slack, config=METRICS) as (bot, adapter):
         slack.drop_next("chat.postMessage")
         answer = await adapter.client.chat_postMessage(channel="C1", text="hello")

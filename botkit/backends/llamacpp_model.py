@@ -8,10 +8,12 @@ log lines into Python logging, so they never land on the terminal of a chat.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,52 @@ def route_native_logs() -> None:
         llama_cpp.llama_log_set(_routed, ctypes.c_void_p(0))
 
 
+def repacking_is_safe(system_info: str | None = None) -> bool:
+    """Whether llama.cpp may keep weights in its extra CPU buffer types (repacked for other kernels).
+
+    pip compiles llama.cpp for the CPU it runs on; on one with AMX (Intel Xeon since
+    Sapphire Rapids) that brings in ggml's AMX kernels, which in llama.cpp 0.3.36 kill
+    the process with SIGILL on the first batch of several tokens on some machines (their
+    worker threads' tile configuration: ggml-org/llama.cpp pull request 26954). Those
+    kernels are only reached through the AMX buffer type, so on such a build botkit
+    loads every model without extra buffer types: the AVX-512 kernels do the work.
+    ``system_info``: llama.cpp's ``llama_print_system_info()`` (read when not given).
+    """
+    if system_info is None:
+        route_native_logs()  # initialises the backend, whose CPU features the text lists
+        system_info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    return "AMX_INT8 = 1" not in system_info
+
+
+def model_params() -> Any:
+    """llama.cpp's default model parameters, without extra buffer types where they are unsafe."""
+    params = llama_cpp.llama_model_default_params()
+    if not repacking_is_safe():
+        params.use_extra_bufts = False
+    return params
+
+
+_llama_class_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def safe_llama_class_params() -> Iterator[None]:
+    """While a ``llama_cpp.Llama`` is constructed in this block, it loads its model with ``model_params()``.
+
+    ``Llama`` takes no argument for extra buffer types: it asks ``llama_model_default_params``
+    of its bindings' module, which answers ``model_params()`` here (one construction at a time).
+    """
+    import llama_cpp.llama_cpp as bindings
+
+    with _llama_class_lock:
+        default = bindings.llama_model_default_params
+        bindings.llama_model_default_params = model_params
+        try:
+            yield
+        finally:
+            bindings.llama_model_default_params = default
+
+
 def physical_cores(cpuinfo: str | None = None, allowed: int | None = None) -> int:
     """CPU cores this process may run on, counting each physical core once.
 
@@ -81,7 +129,7 @@ class LlamaModel:
 
     def __init__(self, path: Path) -> None:
         route_native_logs()
-        params = llama_cpp.llama_model_default_params()
+        params = model_params()
         model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), params)
         if not model:
             raise ValueError("llama.cpp could not load it")

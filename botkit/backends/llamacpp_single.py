@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from botkit.backends.llamacpp import LlamaCppBase, LlamaCppSettings, threads
+from botkit.backends.llamacpp_model import safe_llama_class_params
 from botkit.streaming import iterate_in_thread
 from botkit.types import Chunk, Prompt, SamplingParams
 
@@ -52,20 +53,21 @@ class SingleLlamaCppBackend(LlamaCppBase):
             seed = random.randrange(1, 2**32 - 1)
         generation, batch = threads(self.settings)
         try:
-            return Llama(
-                model_path=str(path),
-                n_ctx=self.settings.n_ctx,
-                n_threads=generation,
-                n_threads_batch=batch,
-                n_batch=self.settings.n_batch,
-                # llama-cpp-python turns flash attention off; llama.cpp's own default (and the
-                # batched engine's) turns it on for the CPU. Off, llama.cpp 0.3.36's attention
-                # over several prompt tokens per step answers wrongly on some CPUs (an AVX2-only
-                # AMD EPYC: SmolLM2 replies in French nonsense), and the two engines would differ.
-                flash_attn=True,
-                seed=seed,
-                verbose=False,
-            )
+            with safe_llama_class_params():
+                return Llama(
+                    model_path=str(path),
+                    n_ctx=self.settings.n_ctx,
+                    n_threads=generation,
+                    n_threads_batch=batch,
+                    n_batch=self.settings.n_batch,
+                    # llama-cpp-python turns flash attention off; llama.cpp's own default (and the
+                    # batched engine's) turns it on for the CPU. Off, llama.cpp 0.3.36's attention
+                    # over several prompt tokens per step answers wrongly on some CPUs (an AVX2-only
+                    # AMD EPYC: SmolLM2 replies in French nonsense), and the two engines would differ.
+                    flash_attn=True,
+                    seed=seed,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as error:
             raise self._load_error(path, error) from None
 
