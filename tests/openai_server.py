@@ -25,6 +25,8 @@ from typing import Any
 import httpx2
 from servers import free_port, wait_until_ready
 
+SERVER_SCRIPT = Path(__file__).with_name("llama_cpp_server.py")  # llama_cpp.server, loading as botkit does
+
 
 @dataclass
 class LlamaCppServer:
@@ -41,7 +43,7 @@ class LlamaCppServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 60) -> None:
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model)]
+        command = [sys.executable, str(SERVER_SCRIPT), "--model", str(self.model)]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048"]
         # Queue concurrent requests instead of cutting the running one short (its default).
         command += ["--model_alias", self.alias, "--interrupt_requests", "false"]
