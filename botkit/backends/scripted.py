@@ -272,6 +272,8 @@ class ScriptedBackend(Backend):
                     return
                 continue
             if budget == 0:
+                # Text left over: cut at max_tokens, as an engine's finish reason "length" says.
+                yield Chunk("", tokens=0, truncated=True)
                 return
             budget -= 1
             if self.settings.chunk_delay:
