@@ -101,6 +101,8 @@ def render_card(report: ExportReport) -> str:
         "- Near duplicates removed: "
         + (f"MinHash similarity of {curation.near_duplicates} or more" if curation.near_duplicates else "no"),
         f"- History: up to {curation.history} earlier exchanges of the conversation before each example",
+        "- Answers cut at max_tokens: "
+        + ('kept, each record labelled `"truncated": true`' if curation.keep_truncated else "dropped"),
     ]
 
     out += ["", "## Split", ""]

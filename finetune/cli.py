@@ -183,6 +183,11 @@ def run_with_bot(ctx: Context, action: Any) -> Any:
 )
 @click.option("--no-near-dedup", is_flag=True, help="keep near duplicates")
 @click.option(
+    "--keep-truncated",
+    is_flag=True,
+    help='keep answers cut at max_tokens, labelled "truncated": true (default: drop them)',
+)
+@click.option(
     "--history",
     type=click.IntRange(min=0),
     default=3,
@@ -245,6 +250,7 @@ def export(ctx: Context, **flags: Any) -> None:
         exact_duplicates=flags["exact_dedup"],
         near_duplicates=None if flags["no_near_dedup"] else flags["near_dedup"],
         history=flags["history"],
+        keep_truncated=flags["keep_truncated"],
     )
 
     async def action(bot: Any) -> Any:

@@ -3,7 +3,9 @@
 Prompts are rendered by ``botkit.prompts``, the same code the bot uses to
 talk to a model, so training data and inference agree:
 
-- ``alpaca`` / ``alpaca-jsonl``: exactly ``instruction``, ``input``, ``output``.
+- ``alpaca`` / ``alpaca-jsonl``: exactly ``instruction``, ``input``, ``output``
+  (and ``truncated: true`` on an answer cut at max_tokens, kept only with
+  ``--keep-truncated``; so in every format).
   The newest user message is the instruction; the system prompt and the
   earlier turns, one ``Speaker: text`` line each, form the input.
 - ``chat``: ``messages``, a list of ``role``/``content`` (system, user,
@@ -216,9 +218,12 @@ class DatasetWriter:
         copies = example.weight if split == "train" else 1
         wrote = False
         for format_name in self.formats:
-            record = RECORDS.get(format_name)
-            if record is not None:
-                self._emit(format_name, split, record(example), copies)
+            make = RECORDS.get(format_name)
+            if make is not None:
+                record: dict[str, Any] = dict(make(example))
+                if example.truncated:  # kept with --keep-truncated: the label says the answer was cut
+                    record["truncated"] = True
+                self._emit(format_name, split, record, copies)
                 wrote = True
         if wrote:
             self._count_conversation(split, example.conversation_id)

@@ -220,6 +220,22 @@ def test_dry_run_prints_the_counts_and_writes_nothing(make_bot, project, tmp_pat
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_dry_run_counts_answers_cut_at_max_tokens_dropped_or_kept(make_bot, project):
+    async def run() -> None:
+        config = {**SEED_CONFIG, **project["storage"], "overrides": {"test:cut": {"max_tokens": 2}}}
+        async with make_bot(config) as bot:
+            await talk(bot, "Tell me a story.", "Once upon a time.", channel="cut")
+            await talk(bot, "How do I deploy?", "Run make deploy.", channel="ops")
+            await settle(bot)
+
+    asyncio.run(run())
+    dropped = botkit(project, "export", "--dry-run")
+    kept = botkit(project, "export", "--dry-run", "--keep-truncated")
+    assert dropped.exit_code == kept.exit_code == 0, dropped.output + kept.output
+    assert "  truncated         -1\n" in dropped.output and "examples kept: 1" in dropped.output
+    assert "  truncated         -0  (changed 1)\n" in kept.output and "examples kept: 2" in kept.output
+
+
 def test_unique_examples_and_weighted_records_are_counted_apart(make_bot, project):
     seed(make_bot, project, team_chat)
     result = botkit(project, "export", "--dry-run", "--format", "chat,alpaca")
