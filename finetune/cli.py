@@ -264,6 +264,7 @@ def export(ctx: Context, **flags: Any) -> None:
             overwrite=flags["overwrite"],
             dry_run=flags["dry_run"],
             preference_prompt=flags["preference_prompt"],
+            alpaca_variant=bot.default_backend.settings.alpaca_variant,
             system_prompt=flags["system_prompt"],
             base_model=flags["base_model"] or bot.default_backend.backend.model_name,
             license=flags["licence"],

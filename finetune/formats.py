@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from botkit import Prompt
-from botkit.prompts import alpaca_fields, chat_messages, render_alpaca
+from botkit.prompts import AlpacaVariant, alpaca_fields, chat_messages, render_alpaca
 
 from .dedup import fingerprint
 from .examples import APPROVED, FORMATS, REJECTED, Example, PreferencePrompt
@@ -80,9 +80,12 @@ class Pair:
     source: str  # "correction" or "feedback"
 
 
-def preference_record(pair: Pair, style: PreferencePrompt) -> dict[str, Any]:
+def preference_record(
+    pair: Pair, style: PreferencePrompt, variant: AlpacaVariant = "stanford"
+) -> dict[str, Any]:
     if style == "alpaca":
-        return {"prompt": render_alpaca(pair.prompt), "chosen": pair.chosen, "rejected": pair.rejected}
+        prompt = render_alpaca(pair.prompt, variant)
+        return {"prompt": prompt, "chosen": pair.chosen, "rejected": pair.rejected}
     return {
         "prompt": chat_messages(pair.prompt),
         "chosen": [{"role": "assistant", "content": pair.chosen}],
@@ -186,12 +189,14 @@ class DatasetWriter:
         seed: int,
         validation_fraction: float,
         preference_prompt: PreferencePrompt = "chat",
+        alpaca_variant: AlpacaVariant = "stanford",
     ) -> None:
         self.folder = folder
         self.formats = formats
         self.seed = seed
         self.validation_fraction = validation_fraction
         self.preference_prompt = preference_prompt
+        self.alpaca_variant = alpaca_variant
         self.counts: dict[str, dict[str, int]] = {name: dict.fromkeys(SPLITS, 0) for name in formats}
         # Conversations per split, counted as they stream by (examples arrive in conversation order).
         self.conversations: dict[str, int] = dict.fromkeys(SPLITS, 0)
@@ -237,7 +242,9 @@ class DatasetWriter:
         """Write a pair; those from corrections arrive in conversation order and count their conversation."""
         if "preference" in self.formats:
             split = self.split_of(pair.conversation_id)
-            self._emit("preference", split, preference_record(pair, self.preference_prompt))
+            self._emit(
+                "preference", split, preference_record(pair, self.preference_prompt, self.alpaca_variant)
+            )
             if pair.source == "correction":
                 self._count_conversation(split, pair.conversation_id)
 

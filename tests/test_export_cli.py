@@ -164,7 +164,7 @@ def test_every_format_loads_with_datasets_with_exactly_the_expected_columns(make
     first = read_records(text_pairs / "preference/train.jsonl")[0]
     assert first["prompt"].endswith(
         "### Instruction:\nWhat port does the API use?\n\n"
-        "### Input:\nYou are the team's helpful assistant.\n\n### Response:\n"
+        "### Input:\nYou are the team's helpful assistant.\n\n### Response:"  # Stanford's: no newline
     )
     assert (first["chosen"], first["rejected"]) == ("Port 8443.", "Port 80.")
 

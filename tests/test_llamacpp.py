@@ -144,12 +144,12 @@ async def test_alpaca_format_renders_the_stanford_template_and_answers():
     assert without_input == (
         "Below is an instruction that describes a task. "
         "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\nName a colour.\n\n### Response:\n"
+        "### Instruction:\nName a colour.\n\n### Response:"
     )
     assert with_input == (
         "Below is an instruction that describes a task, paired with an input that provides "
         "further context. Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\nName a colour.\n\n### Input:\nAnswer briefly.\n\nann: Hi\n\n### Response:\n"
+        "### Instruction:\nName a colour.\n\n### Input:\nAnswer briefly.\n\nann: Hi\n\n### Response:"
     )
     assert answer.strip() and "###" not in answer
 

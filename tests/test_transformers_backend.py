@@ -288,7 +288,7 @@ async def test_alpaca_format_renders_the_stanford_template_and_answers(smol_fold
     assert rendered == (
         "Below is an instruction that describes a task. "
         "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\nName a colour.\n\n### Response:\n"
+        "### Instruction:\nName a colour.\n\n### Response:"
     )
     assert reply.strip() and "###" not in reply
 
@@ -303,8 +303,10 @@ async def test_streams_several_chunks_greedy_output_is_deterministic(smol):
     assert "".join(chunk.text for chunk in first).startswith("The capital of France is Paris")
     assert sum(chunk.tokens for chunk in first) == 16  # runs to max_tokens; each token counted once
     assert [chunk.truncated for chunk in first] == [False] * (len(first) - 1) + [True]  # and says so
-    whole = await generate(smol, ask(FRANCE), max_tokens=64)  # room to end on its own
-    assert "Paris" in "".join(chunk.text for chunk in whole) and not any(chunk.truncated for chunk in whole)
+    # Ended by a stop string before max_tokens: not truncated.
+    stopped = await generate(smol, ask(FRANCE), stop=(",",))
+    assert "".join(chunk.text for chunk in stopped) == "The capital of France is Paris"
+    assert not any(chunk.truncated for chunk in stopped)
 
 
 @pytest.mark.model

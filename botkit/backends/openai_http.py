@@ -248,7 +248,7 @@ class OpenAIBackend(Backend):
     def render(self, prompt: Prompt) -> str:
         """The text sent to /completions."""
         if self.settings.prompt_format == "alpaca":
-            return render_alpaca(prompt)
+            return render_alpaca(prompt, self.settings.alpaca_variant)
         assert self.settings.chat_template is not None  # checked by the settings
         return render_chat(prompt, self.settings.chat_template)
 

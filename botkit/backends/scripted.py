@@ -238,7 +238,7 @@ class ScriptedBackend(Backend):
 
     def render(self, prompt: Prompt) -> str:
         if self.settings.prompt_format == "alpaca":
-            return render_alpaca(prompt)
+            return render_alpaca(prompt, self.settings.alpaca_variant)
         return render_chat(prompt, CHATML_TEMPLATE)
 
     async def start(self) -> None:
