@@ -315,7 +315,8 @@ def review_list(ctx: Context, state: str, limit: int) -> None:
         when = pair.created_at.strftime("%Y-%m-%d %H:%M")
         click.echo(f"#{pair.reply_id}  {when}  {pair.platform}:{pair.channel_id}  {pair.state}")
         click.echo(f"  user: {pair.question}")
-        click.echo(f"  bot:  {pair.answer}")
+        cut = "  [cut at max_tokens: the export drops it unless corrected]" if pair.truncated else ""
+        click.echo(f"  bot:  {pair.answer}{cut}")
         if pair.correction:
             click.echo(f"  correction: {pair.correction}")
 

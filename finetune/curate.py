@@ -176,7 +176,7 @@ class Curator:
             return None
         if example.truncated:
             self.counts.changed("truncated")  # kept (keep_truncated), labelled in every record
-        # A cut answer is never one side of a preference pair, labelled or not.
+        # A cut answer is never a pair's "chosen" (nor, kept, its "rejected": only a correction's pair has it).
         if self.on_candidate is not None and not example.truncated:
             self.on_candidate(example)
         if feedback.review == REJECTED:
