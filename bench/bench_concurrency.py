@@ -158,7 +158,7 @@ async def benchmark(args: argparse.Namespace, base_url: str | None) -> dict[str,
 def report(args: argparse.Namespace, results: dict[str, object]) -> bool:
     serial, serial_s, serial_tokens = results["serial"]  # type: ignore[misc]
     together, together_s, together_tokens = results["concurrent"]  # type: ignore[misc]
-    answered = sum(1 for c in together if c.status is ReplyStatus.COMPLETED and c.text.strip())
+    answered = sum(1 for c in together if c.status is not None and c.status.in_history and c.text.strip())
     same = sum(1 for a, b in zip(serial, together, strict=True) if a.text == b.text)
     by_start = sorted(together, key=lambda c: c.first_update or float("inf"))
     in_order = [c.index for c in by_start] == list(range(len(together)))

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from botkit.errors import LoraError
+from botkit.prompts import AlpacaVariant
 from botkit.renamed_keys import RenamedKeys
 from botkit.sampling import SAMPLING_KEYS, SamplingSettings, with_values
 from botkit.types import Chunk, Prompt, SamplingParams
@@ -23,6 +24,12 @@ class BackendKind(RenamedKeys):
     type: str = Field("llamacpp", description="which registered backend type answers")
     prompt_format: Literal["chat", "alpaca"] = Field(
         "chat", description="'chat': the model's own chat template; 'alpaca': the Stanford Alpaca template"
+    )
+    alpaca_variant: AlpacaVariant = Field(
+        "stanford",
+        description="with prompt_format 'alpaca': 'stanford', Stanford's template exactly (the answer "
+        "follows '### Response:'), or 'alpaca-lora', with a newline after '### Response:'; as the "
+        "model or adapter was trained",
     )
 
 

@@ -364,7 +364,7 @@ class Bot:
             fields = type(settings).model_fields
             # A LoRA adapter is switched in place; every other engine key needs the model reloaded.
             lora_keys = {"lora_path", "lora_scale"} & set(fields)
-            reload_keys = (set(fields) - set(BackendSettings.model_fields) - lora_keys) | {"prompt_format"}
+            reload_keys = (set(fields) - set(BackendSettings.model_fields) - lora_keys) | {"prompt_format", "alpaca_variant"}
             changed = sorted(k for k in reload_keys if getattr(settings, k) != getattr(slot.settings, k))
             if changed:
                 notes.append(f"[{slot.table}] {', '.join(changed)} changed: they apply after a restart")

@@ -189,6 +189,7 @@ class Streamed:
     completion_tokens: int = 0
     prompt_tokens: int | None = None  # the backend's own count, when its stream gave one
     first_token_s: float | None = None
+    truncated: bool = False  # the backend's finish reason: cut at the length limit
 
 
 class StreamedUpdates:
@@ -606,6 +607,7 @@ class Pipeline:
             async with asyncio.timeout(slot.settings.timeout):
                 stream = slot.backend.stream(request.prompt, request.params, cancel)
                 async for chunk in stream:
+                    streamed.truncated = streamed.truncated or chunk.truncated
                     if streamed.first_token_s is None:
                         streamed.first_token_s = time.monotonic() - started
                     streamed.raw += chunk.text
@@ -624,6 +626,8 @@ class Pipeline:
                         await updates.offer(shown)
             if streamed.status is ReplyStatus.COMPLETED and cancel.is_set():
                 streamed.status = ReplyStatus.STOPPED
+            elif streamed.status is ReplyStatus.COMPLETED and streamed.truncated:
+                streamed.status = ReplyStatus.TRUNCATED
         except TimeoutError:
             cancel.set()
             streamed.status = ReplyStatus.TIMED_OUT
@@ -654,7 +658,8 @@ class Pipeline:
             log.exception("backend %r (%s) failed while ending a stream", slot.name, slot.type_name)
 
     def _with_status_note(self, text: str, status: ReplyStatus, seconds: float) -> str:
-        if status is ReplyStatus.COMPLETED:
+        if status is ReplyStatus.COMPLETED or status is ReplyStatus.TRUNCATED:
+            # A truncated reply carries no note: its text is history, and the model must not learn one.
             return text if text.strip() else EMPTY_REPLY
         if status is ReplyStatus.STOPPED:
             return f"{text} [stopped]".lstrip()

@@ -4,13 +4,20 @@ Alpaca rule (also used by finetune/ when it writes Alpaca data): the newest user
 turn is the *instruction*; the system prompt and the earlier turns, one
 ``Speaker: text`` line each, form the *input*. With neither, the template
 without input is used.
+
+The Alpaca texts are Stanford's, byte for byte (``PROMPT_DICT`` in
+tatsu-lab/stanford_alpaca's train.py): the prompt ends with ``### Response:``
+and the answer follows at once. The ``alpaca-lora`` variant (tloen/alpaca-lora's
+template) ends with ``### Response:\n``. The bot prompts its model and finetune
+writes and reads training data through ``alpaca_text``, so an adapter sees at
+run time exactly what it was trained on.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -20,14 +27,18 @@ from botkit.types import Prompt, Role, Turn
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides "
     "further context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
 )
 ALPACA_WITHOUT_INPUT = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
 )
 ALPACA_STOP = ("### Instruction:", "### Input:", "### Response:")
+
+# "stanford": the templates above as they are; "alpaca-lora": with a newline after "### Response:".
+AlpacaVariant = Literal["stanford", "alpaca-lora"]
+ALPACA_VARIANTS: tuple[str, ...] = get_args(AlpacaVariant)
 
 
 class TemplateError(ValueError):
@@ -52,11 +63,21 @@ def alpaca_fields(prompt: Prompt) -> tuple[str, str]:
     return prompt.current.text, "\n\n".join(parts)
 
 
-def render_alpaca(prompt: Prompt) -> str:
-    instruction, context = alpaca_fields(prompt)
+def alpaca_text(instruction: str, context: str, variant: AlpacaVariant = "stanford") -> str:
+    """The Alpaca prompt of an ``instruction`` and its ``input`` (``context``; empty: the template
+    without input), in ``variant``; the answer is written right after it."""
+    if variant not in ALPACA_VARIANTS:
+        raise ValueError(f"unknown Alpaca variant {variant!r}: use one of {', '.join(ALPACA_VARIANTS)}")
     if context:
-        return ALPACA_WITH_INPUT.format(instruction=instruction, input=context)
-    return ALPACA_WITHOUT_INPUT.format(instruction=instruction)
+        text = ALPACA_WITH_INPUT.format(instruction=instruction, input=context)
+    else:
+        text = ALPACA_WITHOUT_INPUT.format(instruction=instruction)
+    return text + "\n" if variant == "alpaca-lora" else text
+
+
+def render_alpaca(prompt: Prompt, variant: AlpacaVariant = "stanford") -> str:
+    """``prompt`` under the Alpaca rule above, in ``variant``."""
+    return alpaca_text(*alpaca_fields(prompt), variant)
 
 
 def chat_messages(prompt: Prompt) -> list[dict[str, str]]:

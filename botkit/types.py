@@ -145,19 +145,37 @@ class Chunk:
     learns the exact counts only at the end (an OpenAI-compatible server's usage)
     closes with a chunk without text whose ``tokens`` corrects the sum (it may be
     negative) and whose ``prompt_tokens`` replaces botkit's count of the prompt.
+
+    ``truncated`` marks the reply's last chunk when the engine's own finish
+    reason says it stopped at the length limit (``max_tokens``, or the end of
+    the context window) rather than at the end of its answer: the reply is then
+    stored as ``ReplyStatus.TRUNCATED``. A backend sends it only from that
+    finish reason, never from a guess.
     """
 
     text: str
     tokens: int = 1
     prompt_tokens: int | None = None
+    truncated: bool = False
 
 
 class ReplyStatus(enum.StrEnum):
     COMPLETED = "completed"
+    TRUNCATED = "truncated"  # the model was cut off at max_tokens (or the context's end), mid-answer
     STOPPED = "stopped"  # the user asked /stop, or the bot shut down
     TIMED_OUT = "timed_out"
     BLOCKED = "blocked"  # an output filter stopped the generation
     FAILED = "failed"  # the backend raised
+
+    @property
+    def in_history(self) -> bool:
+        """Whether a reply of this status is part of the conversation the model sees next:
+        a completed one, and a truncated one (the user saw it and may ask to go on)."""
+        return self in HISTORY_STATUSES
+
+
+# The statuses of replies that are history (``ReplyStatus.in_history``), for queries on stored rows.
+HISTORY_STATUSES = frozenset({ReplyStatus.COMPLETED, ReplyStatus.TRUNCATED})
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from botkit.ops import (
     read_gguf_header,
     table_path,
 )
+from botkit.prompts import ALPACA_VARIANTS, AlpacaVariant
 
 
 class BaseModelError(BotkitError):
@@ -56,6 +57,7 @@ class AdapterTarget:
     prompt_format: Literal["chat", "alpaca"]
     chat_template: str | None
     backend: str | None
+    alpaca_variant: AlpacaVariant = "stanford"  # with prompt_format "alpaca" (botkit.prompts)
 
 
 def base_model(path: Path) -> BaseModel:
@@ -96,6 +98,9 @@ def target_from_config(settings: Settings, backend: str, override: Path | None) 
     prompt_format = table.get("prompt_format", "chat")
     if prompt_format not in ("chat", "alpaca"):
         raise ConfigError(f"{label} prompt_format must be 'chat' or 'alpaca'")
+    variant = table.get("alpaca_variant", "stanford")
+    if variant not in ALPACA_VARIANTS:
+        raise ConfigError(f"{label} alpaca_variant must be one of: {', '.join(ALPACA_VARIANTS)}")
     if override is not None:
         model = base_model(override)
     elif kind in ("llamacpp", "transformers"):
@@ -104,7 +109,9 @@ def target_from_config(settings: Settings, backend: str, override: Path | None) 
         raise ConfigError(
             f"{label} is a {kind!r} backend, whose model is on a server: give the model to train with --base-model"
         )
-    return AdapterTarget(model, prompt_format, table.get("chat_template"), None if override else backend)
+    return AdapterTarget(
+        model, prompt_format, table.get("chat_template"), None if override else backend, variant
+    )
 
 
 def _model_path(table: dict[str, Any]) -> Path:
@@ -130,5 +137,10 @@ def target_from_run(record: dict[str, Any]) -> AdapterTarget:
     recorded = record.get("base_model") or {}
     model = base_model_named(Path(recorded.get("path", "")), recorded.get("name"))
     return AdapterTarget(
-        model, record.get("prompt_format", "chat"), record.get("chat_template"), record.get("backend")
+        model,
+        record.get("prompt_format", "chat"),
+        record.get("chat_template"),
+        record.get("backend"),
+        # Runs recorded before the variant was: botkit's template then ended "### Response:\n".
+        record.get("alpaca_variant", "alpaca-lora"),
     )

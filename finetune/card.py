@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from botkit import __version__
-from botkit.prompts import ALPACA_WITH_INPUT, ALPACA_WITHOUT_INPUT
+from botkit.prompts import alpaca_text
 
 from .formats import SPLITS, file_name
 
@@ -101,6 +101,8 @@ def render_card(report: ExportReport) -> str:
         "- Near duplicates removed: "
         + (f"MinHash similarity of {curation.near_duplicates} or more" if curation.near_duplicates else "no"),
         f"- History: up to {curation.history} earlier exchanges of the conversation before each example",
+        "- Answers cut at max_tokens: "
+        + ('kept, each record labelled `"truncated": true`' if curation.keep_truncated else "dropped"),
     ]
 
     out += ["", "## Split", ""]
@@ -155,16 +157,23 @@ def render_card(report: ExportReport) -> str:
         "(`User`, or `User 1`, `User 2` when several people spoke, and `Assistant`), form the `input`. "
         "Without either, `input` is empty and the template without input applies.",
         "",
+        f"Variant `{options.alpaca_variant}` (the backend's `alpaca_variant`): the answer follows "
+        + (
+            "`### Response:` directly, as in Stanford's training code."
+            if options.alpaca_variant == "stanford"
+            else "`### Response:` and a newline, as in alpaca-lora."
+        ),
+        "",
         "With input:",
         "",
         "```text",
-        ALPACA_WITH_INPUT.rstrip("\n"),
+        alpaca_text("{instruction}", "{input}", options.alpaca_variant).rstrip("\n"),
         "```",
         "",
         "Without input:",
         "",
         "```text",
-        ALPACA_WITHOUT_INPUT.rstrip("\n"),
+        alpaca_text("{instruction}", "", options.alpaca_variant).rstrip("\n"),
         "```",
         "",
         "Chat and ShareGPT records hold the same turns as messages: the system prompt, then user and "

@@ -183,6 +183,11 @@ def run_with_bot(ctx: Context, action: Any) -> Any:
 )
 @click.option("--no-near-dedup", is_flag=True, help="keep near duplicates")
 @click.option(
+    "--keep-truncated",
+    is_flag=True,
+    help='keep answers cut at max_tokens, labelled "truncated": true (default: drop them)',
+)
+@click.option(
     "--history",
     type=click.IntRange(min=0),
     default=3,
@@ -245,6 +250,7 @@ def export(ctx: Context, **flags: Any) -> None:
         exact_duplicates=flags["exact_dedup"],
         near_duplicates=None if flags["no_near_dedup"] else flags["near_dedup"],
         history=flags["history"],
+        keep_truncated=flags["keep_truncated"],
     )
 
     async def action(bot: Any) -> Any:
@@ -258,6 +264,7 @@ def export(ctx: Context, **flags: Any) -> None:
             overwrite=flags["overwrite"],
             dry_run=flags["dry_run"],
             preference_prompt=flags["preference_prompt"],
+            alpaca_variant=bot.default_backend.settings.alpaca_variant,
             system_prompt=flags["system_prompt"],
             base_model=flags["base_model"] or bot.default_backend.backend.model_name,
             license=flags["licence"],
@@ -308,7 +315,8 @@ def review_list(ctx: Context, state: str, limit: int) -> None:
         when = pair.created_at.strftime("%Y-%m-%d %H:%M")
         click.echo(f"#{pair.reply_id}  {when}  {pair.platform}:{pair.channel_id}  {pair.state}")
         click.echo(f"  user: {pair.question}")
-        click.echo(f"  bot:  {pair.answer}")
+        cut = "  [cut at max_tokens: the export drops it unless corrected]" if pair.truncated else ""
+        click.echo(f"  bot:  {pair.answer}{cut}")
         if pair.correction:
             click.echo(f"  correction: {pair.correction}")
 

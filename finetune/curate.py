@@ -1,7 +1,7 @@
 """Curation: exchanges become training examples through named filters, each counting what it removed.
 
 The order is fixed (docs/finetune.md): selection, consent, deleted, edited,
-status, moderation, then the example is built (a correction replaces the
+status, moderation, truncated, then the example is built (a correction replaces the
 answer; PII and secrets are scrubbed), then review, feedback, length,
 language, exact duplicates, near duplicates. An exchange that passes the
 content filters (consent to review) also becomes history for the later
@@ -37,6 +37,8 @@ class Curation:
     exact_duplicates: bool = True
     near_duplicates: float | None = 0.8
     history: int = 3  # earlier exchanges of the conversation put before each example
+    # Answers cut at max_tokens: dropped, or kept and labelled ``"truncated": true`` in every record.
+    keep_truncated: bool = False
 
 
 # (name, what it removes or changes), in the order they run.
@@ -47,6 +49,7 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("edited", "questions edited after the bot answered them"),
     ("status", "replies that did not complete (stopped, timed out, blocked, failed)"),
     ("moderation", "exchanges with a moderation event (any category, either direction)"),
+    ("truncated", "answers cut at max_tokens, unless a correction replaces them (kept and labelled: changed)"),
     ("correction", "answers replaced by a human correction (changed, not removed)"),
     ("pii", "e-mail addresses, phone and card numbers, keys and tokens"),
     ("review", "pairs an admin rejected in the review queue"),
@@ -156,8 +159,9 @@ class Curator:
         history, speaker = self._history_of(question.conversation_id, question.user_id)
         selected = self.selection.wants_reply(reply) and self.selection.wants_feedback(feedback)
         failed = self._content_gate(exchange)
-        if not selected:
-            self.counts.removed("selection")
+        if not selected or (failed is None and self._drops_truncated(exchange, feedback)):
+            self.counts.removed("selection" if not selected else "truncated")
+            # Not an example, but the conversation went on with it: history for the next ones.
             if failed is None:
                 example = self._build(exchange, feedback, history, speaker, count=False)
                 if example is not None and feedback.review != REJECTED:
@@ -170,7 +174,10 @@ class Curator:
         if example is None:
             self.counts.removed("pii")
             return None
-        if self.on_candidate is not None:
+        if example.truncated:
+            self.counts.changed("truncated")  # kept (keep_truncated), labelled in every record
+        # A cut answer is never a pair's "chosen" (nor, kept, its "rejected": only a correction's pair has it).
+        if self.on_candidate is not None and not example.truncated:
             self.on_candidate(example)
         if feedback.review == REJECTED:
             self.counts.removed("review")
@@ -192,7 +199,7 @@ class Curator:
             return "deleted"
         if question.edited_at is not None and question.edited_at > reply.created_at:
             return "edited"
-        if reply.status != "completed":
+        if reply.status not in ("completed", "truncated"):
             return "status"
         if (
             self.curation.moderation_clean
@@ -201,6 +208,12 @@ class Curator:
         ):
             return "moderation"
         return None
+
+    def _drops_truncated(self, exchange: Exchange, feedback: Feedback) -> bool:
+        """Whether the reply was cut at max_tokens and goes: not kept by choice, nor replaced by a correction."""
+        if exchange.reply.status != "truncated" or self.curation.keep_truncated:
+            return False
+        return not (self.curation.corrections and feedback.correction is not None)
 
     def _quality_gate(self, example: Example) -> str | None:
         curation = self.curation

@@ -134,6 +134,11 @@ class Example:
     rejected: str | None = None
     weight: int = 1
 
+    @property
+    def truncated(self) -> bool:
+        """Whether ``output`` is the bot's answer as cut at max_tokens (not a correction replacing it)."""
+        return self.status == "truncated" and self.rejected is None
+
     def prompt(self) -> Prompt:
         """The prompt the model should have been given (``botkit.prompts`` renders it)."""
         return Prompt(self.system, [*self.history, Turn(Role.USER, self.instruction, self.speaker)])

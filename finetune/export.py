@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from botkit import ExportError, Message, User
 from botkit.ops import system_prompt_for
+from botkit.prompts import AlpacaVariant
 from botkit.storage import Database
 
 from .curate import Counts, Curation, Curator
@@ -64,6 +65,7 @@ class ExportOptions:
     overwrite: bool = False
     dry_run: bool = False
     preference_prompt: PreferencePrompt = "chat"
+    alpaca_variant: AlpacaVariant = "stanford"  # the backend's, for Alpaca preference prompts and the card
     system_prompt: str | None = None  # None: [bot] system_prompt and per-place overrides
     base_model: str | None = None
     license: str = "other"
@@ -267,7 +269,12 @@ async def _read_and_write(
     wants_pairs = "preference" in options.formats
     pairs = PreferencePairs()
     writer = DatasetWriter(
-        staging, options.formats, options.seed, options.validation_fraction, options.preference_prompt
+        staging,
+        options.formats,
+        options.seed,
+        options.validation_fraction,
+        options.preference_prompt,
+        options.alpaca_variant,
     )
 
     def candidate(example: Example) -> None:

@@ -3,7 +3,9 @@
 Prompts are rendered by ``botkit.prompts``, the same code the bot uses to
 talk to a model, so training data and inference agree:
 
-- ``alpaca`` / ``alpaca-jsonl``: exactly ``instruction``, ``input``, ``output``.
+- ``alpaca`` / ``alpaca-jsonl``: exactly ``instruction``, ``input``, ``output``
+  (and ``truncated: true`` on an answer cut at max_tokens, kept only with
+  ``--keep-truncated``; so in every format).
   The newest user message is the instruction; the system prompt and the
   earlier turns, one ``Speaker: text`` line each, form the input.
 - ``chat``: ``messages``, a list of ``role``/``content`` (system, user,
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from botkit import Prompt
-from botkit.prompts import alpaca_fields, chat_messages, render_alpaca
+from botkit.prompts import AlpacaVariant, alpaca_fields, chat_messages, render_alpaca
 
 from .dedup import fingerprint
 from .examples import APPROVED, FORMATS, REJECTED, Example, PreferencePrompt
@@ -78,9 +80,12 @@ class Pair:
     source: str  # "correction" or "feedback"
 
 
-def preference_record(pair: Pair, style: PreferencePrompt) -> dict[str, Any]:
+def preference_record(
+    pair: Pair, style: PreferencePrompt, variant: AlpacaVariant = "stanford"
+) -> dict[str, Any]:
     if style == "alpaca":
-        return {"prompt": render_alpaca(pair.prompt), "chosen": pair.chosen, "rejected": pair.rejected}
+        prompt = render_alpaca(pair.prompt, variant)
+        return {"prompt": prompt, "chosen": pair.chosen, "rejected": pair.rejected}
     return {
         "prompt": chat_messages(pair.prompt),
         "chosen": [{"role": "assistant", "content": pair.chosen}],
@@ -184,12 +189,14 @@ class DatasetWriter:
         seed: int,
         validation_fraction: float,
         preference_prompt: PreferencePrompt = "chat",
+        alpaca_variant: AlpacaVariant = "stanford",
     ) -> None:
         self.folder = folder
         self.formats = formats
         self.seed = seed
         self.validation_fraction = validation_fraction
         self.preference_prompt = preference_prompt
+        self.alpaca_variant = alpaca_variant
         self.counts: dict[str, dict[str, int]] = {name: dict.fromkeys(SPLITS, 0) for name in formats}
         # Conversations per split, counted as they stream by (examples arrive in conversation order).
         self.conversations: dict[str, int] = dict.fromkeys(SPLITS, 0)
@@ -216,9 +223,12 @@ class DatasetWriter:
         copies = example.weight if split == "train" else 1
         wrote = False
         for format_name in self.formats:
-            record = RECORDS.get(format_name)
-            if record is not None:
-                self._emit(format_name, split, record(example), copies)
+            make = RECORDS.get(format_name)
+            if make is not None:
+                record: dict[str, Any] = dict(make(example))
+                if example.truncated:  # kept with --keep-truncated: the label says the answer was cut
+                    record["truncated"] = True
+                self._emit(format_name, split, record, copies)
                 wrote = True
         if wrote:
             self._count_conversation(split, example.conversation_id)
@@ -232,7 +242,9 @@ class DatasetWriter:
         """Write a pair; those from corrections arrive in conversation order and count their conversation."""
         if "preference" in self.formats:
             split = self.split_of(pair.conversation_id)
-            self._emit("preference", split, preference_record(pair, self.preference_prompt))
+            self._emit(
+                "preference", split, preference_record(pair, self.preference_prompt, self.alpaca_variant)
+            )
             if pair.source == "correction":
                 self._count_conversation(split, pair.conversation_id)
 

@@ -39,6 +39,7 @@ class Candidate:
     answer: str
     state: str
     correction: str | None
+    truncated: bool = False  # the answer was cut at max_tokens: the export drops it unless corrected
 
 
 def state_of(feedback: Feedback) -> str:
@@ -62,11 +63,13 @@ def _candidates_query():  # type: ignore[no-untyped-def]
             question.channel_id,
             question.text,
             MessageRecord.text,
+            MessageRecord.status,
         )
         .join(question, question.id == MessageRecord.reply_to_id)
         .where(
             MessageRecord.role == "assistant",
-            MessageRecord.status == "completed",
+            # A cut answer is listed too: a correction is what makes it exportable.
+            MessageRecord.status.in_(("completed", "truncated")),
             MessageRecord.deleted_at.is_(None),
             question.deleted_at.is_(None),
             question.user_id.is_not(None),
@@ -91,7 +94,7 @@ async def list_candidates(db: Database, state: State = "pending", limit: int = 2
                 break
             before = rows[-1][0]
             feedback = await feedback_for(session, [row[0] for row in rows])
-            for reply_id, created_at, platform, channel_id, question, answer in rows:
+            for reply_id, created_at, platform, channel_id, question, answer, status in rows:
                 given = feedback.get(reply_id) or Feedback()
                 current = state_of(given)
                 if state != "all" and current != state:
@@ -107,6 +110,7 @@ async def list_candidates(db: Database, state: State = "pending", limit: int = 2
                         _shown(scrub(answer)[0]),
                         current,
                         _shown(scrub(correction)[0]) if correction else None,
+                        status == "truncated",
                     )
                 )
                 if len(found) == limit:

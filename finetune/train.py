@@ -287,7 +287,9 @@ def load_base(
 
 
 def prompt_style(target: AdapterTarget, loaded: Any) -> PromptStyle:
-    return PromptStyle(target.prompt_format, loaded.chat_template, loaded.bos_text, loaded.eos_text)
+    return PromptStyle(
+        target.prompt_format, loaded.chat_template, loaded.bos_text, loaded.eos_text, target.alpaca_variant
+    )
 
 
 def bos_prefix(target: AdapterTarget, loaded: Any) -> list[int]:
@@ -411,6 +413,7 @@ def _run_record(
         "base_model": target.base.record(),
         "backend": target.backend,
         "prompt_format": target.prompt_format,
+        "alpaca_variant": target.alpaca_variant,
         "chat_template": target.chat_template,
         "data": {
             "source": str(options.data),

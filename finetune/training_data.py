@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from botkit import BotkitError, Prompt, Role, Turn
-from botkit.prompts import ALPACA_WITH_INPUT, ALPACA_WITHOUT_INPUT, render_alpaca, render_chat
+from botkit.prompts import AlpacaVariant, alpaca_text, render_alpaca, render_chat
 
 from .examples import TrainingFormat
 from .formats import file_name
@@ -47,10 +47,11 @@ class PromptStyle:
     chat_template: str | None
     bos_text: str
     eos_text: str
+    alpaca_variant: AlpacaVariant = "stanford"
 
     def render(self, prompt: Prompt) -> str:
         if self.prompt_format == "alpaca":
-            return render_alpaca(prompt)
+            return render_alpaca(prompt, self.alpaca_variant)
         if not self.chat_template:
             raise TrainingDataError(
                 'the base model has no chat template: train with prompt_format = "alpaca" or give chat_template'
@@ -236,8 +237,7 @@ def _alpaca_text(record: dict[str, Any], style: PromptStyle) -> TrainingText:
         raise _Skip("an empty instruction or output")
     if style.prompt_format == "alpaca":
         # The exact template the record was written for (what render_alpaca gives for its prompt).
-        template = ALPACA_WITH_INPUT if context else ALPACA_WITHOUT_INPUT
-        prompt = template.format(instruction=instruction, input=context)
+        prompt = alpaca_text(instruction, context, style.alpaca_variant)
     else:
         # A chat model gets one user message: the instruction, then the input after a blank line.
         user = f"{instruction}\n\n{context}" if context else instruction

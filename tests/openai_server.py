@@ -3,8 +3,9 @@
 The stub answers each POST with the next scripted answer (an HTTP error with
 headers, or a stream of text deltas) and records every request's path, headers
 and body, for the cases a real engine cannot be made to show (429, 5xx, keys).
-It streams as vLLM, llama.cpp's server and OpenAI do: a chunk per delta, a chunk
-with the finish reason, then, only when the request asked with
+It streams as vLLM, llama.cpp's server and OpenAI do: a chunk per delta (one
+piece of the scripted answer a token, cut at the request's ``max_tokens``), a
+chunk with the finish reason (``length`` when cut, else ``stop``), then, only when the request asked with
 ``stream_options: {"include_usage": true}``, ``"usage": null`` on every chunk and
 a last chunk with empty ``choices`` and the usage, then ``[DONE]``.
 """
@@ -167,14 +168,17 @@ class StubServer:
                 if not stub.first_token.is_set():
                     stub.holding.set()
                     stub.first_token.wait(HOLD_LIMIT)
-                for piece in answer:
+                # One piece a token: a reply longer than max_tokens is cut there, finish reason "length".
+                limit = body.get("max_tokens")
+                sent = answer if limit is None else answer[:limit]
+                for piece in sent:
                     if piece == CUT:
                         self.close_connection = True
                         return
                     self._event(chat, {"content": piece} if chat else {"text": piece}, with_usage)
-                self._event(chat, {"finish_reason": "stop"}, with_usage)
+                self._event(chat, {"finish_reason": "length" if len(sent) < len(answer) else "stop"}, with_usage)
                 if with_usage:
-                    prompt, completion = stub.usage or (prompt_words(body), len(answer))
+                    prompt, completion = stub.usage or (prompt_words(body), len(sent))
                     usage = {
                         "prompt_tokens": prompt,
                         "completion_tokens": completion,

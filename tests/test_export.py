@@ -11,13 +11,13 @@ from datetime import timedelta
 
 import pytest
 from export_helpers import SEED_CONFIG, change_question, give_feedback, read_records, settle, talk
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from botkit.errors import ExportError
 from botkit.finetune.curate import Curation
 from botkit.finetune.export import ExportOptions, NothingToExport, SystemPrompts, run_export
 from botkit.finetune.select import Selection
-from botkit.storage import ConversationRecord, MessageRecord, utcnow
+from botkit.storage import ConversationRecord, FeedbackRecord, MessageRecord, utcnow
 
 PROMPTS = SystemPrompts(fixed="Be brief.")
 LONG_ANSWER = (
@@ -318,3 +318,94 @@ def test_duplicate_indexes_find_what_was_kept_across_merges():
     assert not any(near.seen_or_add(text) for text in texts)  # distinct texts are all kept
     assert all(near.seen_or_add(text.replace(" ", "  ", 1) + " ok") for text in texts)
     assert len(near) == 300
+
+
+# -- answers cut at max_tokens --------------------------------------------------
+
+STORY = "Tell me a long story."
+CUT_CONFIG = {
+    **SEED_CONFIG,
+    "bot": {"conversation_scope": "channel"},
+    "overrides": {"test:c-cut": {"max_tokens": 3}, "test:c-fixed": {"max_tokens": 3}},
+}
+
+
+async def seed_cut_answers(bot) -> None:
+    """A story cut at max_tokens (voted up, so it would be a pair's 'chosen'), its follow-up, a whole
+    answer to the same message (voted down), and a cut answer a correction replaces."""
+    await talk(bot, STORY, "Once upon a time a dragon slept.", channel="c-cut")
+    await talk(bot, "Go on.", "It woke.", channel="c-cut")
+    await talk(bot, STORY, "No.", channel="c-whole")
+    await talk(bot, "Name three primes.", "Two three five seven.", channel="c-fixed")
+    await give_feedback(bot, STORY, "reaction", value="👍")  # the first stored one: the cut story
+    await give_feedback(bot, "Name three primes.", "correction", correction="Two, three, five.")
+    await settle(bot)
+    async with bot.db.sessions() as session:
+        rows = (
+            await session.execute(
+                select(MessageRecord.text, MessageRecord.status)
+                .where(MessageRecord.role == "assistant")
+                .order_by(MessageRecord.id)
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("Once upon a ", "truncated"),
+        ("It woke.", "completed"),
+        ("No.", "completed"),
+        ("Two three five ", "truncated"),
+    ]
+    async with bot.db.session() as session:  # the whole answer to the same message is voted down
+        whole = await session.scalar(
+            select(MessageRecord.id).where(MessageRecord.text == "No.", MessageRecord.role == "assistant")
+        )
+        await session.execute(
+            insert(FeedbackRecord).values(message_id=whole, kind="reaction", value="👎", created_at=utcnow())
+        )
+
+
+async def test_answers_cut_at_max_tokens_are_dropped_and_counted_by_default(make_bot, tmp_path):
+    async with make_bot(CUT_CONFIG) as bot:
+        await seed_cut_answers(bot)
+        out = tmp_path / "out"
+        options = {"formats": ("alpaca-jsonl", "preference"), "validation_fraction": 0.0}
+        report = await run_export(bot.db, ExportOptions(out=out, **options), PROMPTS)
+        dry = await export_examples(bot, **options)
+    assert removed(report) == removed(dry) == {"truncated": 1, "feedback": 1}  # "No." was voted down
+    assert "  truncated         -1" in dry.lines()
+    records = {r["instruction"]: r for r in read_records(out / "alpaca-jsonl" / "train.jsonl")}
+    assert sorted(records) == ["Go on.", "Name three primes."]
+    assert records["Name three primes."] == {  # the correction replaced the cut answer: kept, unlabelled
+        "instruction": "Name three primes.",
+        "input": "Be brief.",
+        "output": "Two, three, five.",
+    }
+    # The user saw the cut story and the conversation went on from it: it stays history.
+    assert records["Go on."]["input"] == f"Be brief.\n\nUser: {STORY}\nAssistant: Once upon a "
+    # The cut story was voted up, the whole answer down: still no pair chooses a cut answer.
+    pairs = read_records(out / "preference" / "train.jsonl")
+    assert [p["chosen"] for p in pairs] == [[{"role": "assistant", "content": "Two, three, five."}]]
+    card = (out / "README.md").read_text()
+    assert "| truncated | 1 |" in card and "- Answers cut at max_tokens: dropped" in card
+
+
+async def test_keep_truncated_keeps_cut_answers_labelled_and_counts_them(make_bot, tmp_path):
+    async with make_bot(CUT_CONFIG) as bot:
+        await seed_cut_answers(bot)
+        out = tmp_path / "out"
+        curation = Curation(keep_truncated=True)
+        options = ExportOptions(
+            out=out, formats=("chat", "preference"), validation_fraction=0.0, curation=curation
+        )
+        report = await run_export(bot.db, options, PROMPTS)
+    assert removed(report) == {"feedback": 1}
+    assert report.counts.steps["truncated"].changed == 1
+    records = read_records(out / "chat" / "train.jsonl")
+    labelled = [r for r in records if "truncated" in r]
+    # (Voted up, the story is written twice in train: weighted feedback.)
+    assert {(r["messages"][-1]["content"], r["truncated"]) for r in labelled} == {("Once upon a ", True)}
+    unlabelled = {r["messages"][-2]["content"] for r in records if "truncated" not in r}
+    assert unlabelled == {"Go on.", "Name three primes."}
+    pairs = read_records(out / "preference" / "train.jsonl")
+    assert all("Once upon" not in str(p["chosen"]) for p in pairs)
+    card = (out / "README.md").read_text()
+    assert "| truncated | 0 | 1 |" in card and 'labelled `"truncated": true`' in card

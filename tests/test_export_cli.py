@@ -164,7 +164,7 @@ def test_every_format_loads_with_datasets_with_exactly_the_expected_columns(make
     first = read_records(text_pairs / "preference/train.jsonl")[0]
     assert first["prompt"].endswith(
         "### Instruction:\nWhat port does the API use?\n\n"
-        "### Input:\nYou are the team's helpful assistant.\n\n### Response:\n"
+        "### Input:\nYou are the team's helpful assistant.\n\n### Response:"  # Stanford's: no newline
     )
     assert (first["chosen"], first["rejected"]) == ("Port 8443.", "Port 80.")
 
@@ -218,6 +218,45 @@ def test_dry_run_prints_the_counts_and_writes_nothing(make_bot, project, tmp_pat
     assert "dry run: nothing written" in result.output
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_dry_run_counts_answers_cut_at_max_tokens_dropped_or_kept(make_bot, project):
+    async def run() -> None:
+        config = {**SEED_CONFIG, **project["storage"], "overrides": {"test:cut": {"max_tokens": 2}}}
+        async with make_bot(config) as bot:
+            await talk(bot, "Tell me a story.", "Once upon a time.", channel="cut")
+            await talk(bot, "How do I deploy?", "Run make deploy.", channel="ops")
+            await settle(bot)
+
+    asyncio.run(run())
+    dropped = botkit(project, "export", "--dry-run")
+    kept = botkit(project, "export", "--dry-run", "--keep-truncated")
+    assert dropped.exit_code == kept.exit_code == 0, dropped.output + kept.output
+    assert "  truncated         -1\n" in dropped.output and "examples kept: 1" in dropped.output
+    assert "  truncated         -0  (changed 1)\n" in kept.output and "examples kept: 2" in kept.output
+
+
+def test_a_cut_answer_is_listed_for_review_marked_and_exported_once_corrected(make_bot, project, tmp_path):
+    async def run() -> None:
+        config = {**SEED_CONFIG, **project["storage"], "overrides": {"test:cut": {"max_tokens": 2}}}
+        async with make_bot(config) as bot:
+            await talk(bot, "Tell me a story.", "Once upon a time.", channel="cut")
+            await settle(bot)
+
+    asyncio.run(run())
+    listed = botkit(project, "finetune", "review", "list")
+    assert "bot:  Once upon  [cut at max_tokens: the export drops it unless corrected]" in listed.output
+    [reply_id] = [int(line.split()[0][1:]) for line in listed.output.splitlines() if line.startswith("#")]
+    assert botkit(project, "finetune", "review", "approve", str(reply_id)).exit_code == 0
+    assert "examples kept: 0" in botkit(project, "export", "--dry-run").output  # approving is not enough
+    corrected = botkit(project, "finetune", "review", "correct", str(reply_id), "A dragon slept. The end.")
+    assert corrected.exit_code == 0, corrected.output
+    out = tmp_path / "corrected"
+    result = botkit(project, "export", "--out", str(out), "--format", "alpaca-jsonl", "--validation-fraction", "0")
+    assert result.exit_code == 0, result.output
+    [record] = {r["output"]: r for r in read_records(out / "alpaca-jsonl" / "train.jsonl")}.values()
+    assert record == {"instruction": "Tell me a story.", "input": "You are the team's helpful assistant.",
+                      "output": "A dragon slept. The end."}  # fmt: skip
 
 
 def test_unique_examples_and_weighted_records_are_counted_apart(make_bot, project):

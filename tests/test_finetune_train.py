@@ -24,6 +24,7 @@ from botkit.finetune.gguf_adapter import read_safetensors
 from botkit.finetune.settings import FinetuneSettings
 from botkit.finetune.training_data import PromptStyle, TrainingDataError, find_files, read_examples
 from botkit.ops import config_table
+from botkit.prompts import alpaca_fields
 from botkit.settings import load_settings
 from botkit.types import Prompt, Role, Turn
 
@@ -84,6 +85,28 @@ def run(export_dir, config, tmp_path_factory) -> dict:
 STYLE = PromptStyle("alpaca", None, "", "<eos>")
 
 
+@pytest.mark.parametrize("variant", ["stanford", "alpaca-lora"])
+def test_alpaca_training_prompts_are_what_the_bot_sends_its_model(tmp_path, variant):
+    """An exported Alpaca record, read for training, gives the very text the backend renders at run time."""
+    from botkit.backends.scripted import ScriptedBackend, ScriptedSettings
+
+    backend = ScriptedBackend(ScriptedSettings(prompt_format="alpaca", alpaca_variant=variant))
+    prompts = [
+        Prompt("", [Turn(Role.USER, "Hi")]),  # no system prompt, no history: the template without input
+        Prompt("Be brief.", [Turn(Role.USER, "Hi"), Turn(Role.ASSISTANT, "Hello"), Turn(Role.USER, "Bye")]),
+    ]
+    records = []
+    for prompt in prompts:
+        instruction, context = alpaca_fields(prompt)
+        records.append({"instruction": instruction, "input": context, "output": "Ok."})
+    write_jsonl(tmp_path / "alpaca-jsonl/train.jsonl", records)
+    style = PromptStyle("alpaca", None, "", "<eos>", variant)
+    texts, _ = read_examples(find_files(tmp_path, "alpaca-jsonl").train, "alpaca-jsonl", style)
+    assert [t.prompt for t in texts] == [backend.render(p) for p in prompts] == [style.render(p) for p in prompts]
+    assert "### Input:" not in texts[0].prompt and "### Input:\nBe brief.\n\nUser: Hi\nAssistant: Hello" in texts[1].prompt
+    assert all(t.prompt.endswith("### Response:" + ("\n" if variant == "alpaca-lora" else "")) for t in texts)
+
+
 def test_each_exported_format_is_found_and_read(tmp_path):
     write_jsonl(
         tmp_path / "sharegpt/train.jsonl",
@@ -97,7 +120,7 @@ def test_each_exported_format_is_found_and_read(tmp_path):
         files = find_files(tmp_path, kind)
         texts, report = read_examples(files.train, files.format, STYLE)
         assert report.kept == 1 and not report.skipped
-        assert texts[0].prompt.endswith("### Instruction:\nHi\n\n### Response:\n")
+        assert texts[0].prompt.endswith("### Instruction:\nHi\n\n### Response:")  # Stanford's, exactly
         assert texts[0].answer == "Hello<eos>" and texts[0].reference == "Hello"
     # Without --format the richest format present is read.
     assert find_files(tmp_path).format == "sharegpt"

@@ -144,12 +144,12 @@ async def test_alpaca_format_renders_the_stanford_template_and_answers():
     assert without_input == (
         "Below is an instruction that describes a task. "
         "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\nName a colour.\n\n### Response:\n"
+        "### Instruction:\nName a colour.\n\n### Response:"
     )
     assert with_input == (
         "Below is an instruction that describes a task, paired with an input that provides "
         "further context. Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\nName a colour.\n\n### Input:\nAnswer briefly.\n\nann: Hi\n\n### Response:\n"
+        "### Instruction:\nName a colour.\n\n### Input:\nAnswer briefly.\n\nann: Hi\n\n### Response:"
     )
     assert answer.strip() and "###" not in answer
 
@@ -291,8 +291,8 @@ async def test_bot_records_the_tokens_of_prompt_and_reply(make_bot):
         await bot.chat.say(STORY)
         prompt_tokens = await bot.backend.count_tokens(ask(STORY, system=bot.settings.bot.system_prompt))
     [reply] = replies
-    assert reply.status is ReplyStatus.COMPLETED
-    assert reply.completion_tokens == 48  # the story runs to max_tokens
+    assert reply.status is ReplyStatus.TRUNCATED  # the story runs to max_tokens, and is cut there
+    assert reply.completion_tokens == 48
     assert reply.prompt_tokens == prompt_tokens
     assert 0 < reply.first_token_s < reply.latency_s
 
@@ -336,7 +336,8 @@ async def test_with_one_sequence_a_second_user_waits_and_is_answered_in_arrival_
     assert alice.sent == []
     assert len(bob.sent) == 1 and "1 request ahead of you" in bob.sent[0]
     assert finished == ["alice", "bob"]
-    assert alice.status is bob.status is ReplyStatus.COMPLETED
+    # Alice's story runs to max_tokens (48), Bob's answer ends on its own.
+    assert (alice.status, bob.status) == (ReplyStatus.TRUNCATED, ReplyStatus.COMPLETED)
     assert "dragon" in alice.final.lower() and "Paris" in bob.final
 
 
@@ -351,7 +352,7 @@ async def test_a_second_user_is_answered_while_the_first_reply_streams(make_bot)
         assert not alice_task.done()  # Bob's whole answer came while Alice's story was being written
         await asyncio.wait_for(alice_task, 4 * WAIT_TIMEOUT)
     assert bob.sent == [] and "Paris" in bob.final and bob.status is ReplyStatus.COMPLETED
-    assert finished == ["alice"] and alice.status is ReplyStatus.COMPLETED
+    assert finished == ["alice"] and alice.status.in_history  # answered (to its end or max_tokens)
 
 
 @pytest.mark.model

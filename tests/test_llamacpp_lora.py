@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from botkit import Prompt, Reply, ReplyStatus, Role, Turn, hookimpl
+from botkit import Prompt, Reply, Role, Turn, hookimpl
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
 from botkit.backends.llamacpp_lora import BASE_MODEL_KEY, read_gguf_header
 from botkit.errors import LoraError
@@ -326,7 +326,7 @@ async def test_the_bot_records_which_adapter_answered_and_an_admin_switches_it(m
         assert bot.backend.active_lora is None
     assert "base model" in switched.texts[0]
     assert [reply.lora for reply in replies] == ["second", first, None]
-    assert all(reply.status is ReplyStatus.COMPLETED for reply in replies)
+    assert all(reply.status.in_history for reply in replies)  # answered (max_tokens is 8: some are cut)
     assert len({in_support.final, elsewhere.final, base.final}) == 3
     assert "Paris" in base.final
 

@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from botkit import Message, Prompt, Refuse, Reply, ReplyStatus, Role, Turn, hookimpl
+from botkit.errors import ConfigError
 from botkit.testing import WAIT_TIMEOUT, Gate, eventually
 
 
@@ -31,12 +32,20 @@ async def test_sampling_parameters_come_from_config(make_bot):
     assert params.stop == ("END",)
 
 
-async def test_alpaca_format_from_config(make_bot):
-    async with make_bot({"backend": {"prompt_format": "alpaca"}, "bot": {"system_prompt": ""}}) as bot:
+@pytest.mark.parametrize(("variant", "ending"), [(None, "### Response:"), ("alpaca-lora", "### Response:\n")])
+async def test_alpaca_format_and_variant_from_config(make_bot, variant, ending):
+    backend = {"prompt_format": "alpaca"} | ({"alpaca_variant": variant} if variant else {})
+    async with make_bot({"backend": backend, "bot": {"system_prompt": ""}}) as bot:
         await bot.chat.say("Name a colour.")
     rendered = bot.backend.requests[0].rendered
     assert rendered.startswith("Below is an instruction that describes a task. Write a response")
-    assert "### Instruction:\nName a colour.\n\n### Response:\n" in rendered
+    assert rendered.endswith(f"### Instruction:\nName a colour.\n\n{ending}")
+
+
+async def test_an_unknown_alpaca_variant_is_refused_naming_the_key(make_bot):
+    with pytest.raises(ConfigError, match="alpaca_variant"):
+        async with make_bot({"backend": {"prompt_format": "alpaca", "alpaca_variant": "alpaca_lora"}}):
+            pass
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])

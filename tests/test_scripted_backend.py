@@ -103,8 +103,17 @@ async def test_max_tokens_counts_text_chunks_not_gates():
     gate.open()
     backend.add_reply(gate, "a ", "b ", "c")
     prompt = Prompt("", [Turn(Role.USER, "hi")])
-    chunks = [chunk.text async for chunk in backend.stream(prompt, SamplingParams(max_tokens=2), threading.Event())]
-    assert chunks == ["a ", "b "]
+    chunks = [chunk async for chunk in backend.stream(prompt, SamplingParams(max_tokens=2), threading.Event())]
+    # Cut with text left over: the last chunk says so, as an engine's finish reason "length" does.
+    assert [(c.text, c.tokens, c.truncated) for c in chunks] == [("a ", 1, False), ("b ", 1, False), ("", 0, True)]
+
+
+async def test_a_reply_that_fits_max_tokens_is_not_truncated():
+    backend = ScriptedBackend()
+    backend.add_reply("a ", "b")
+    prompt = Prompt("", [Turn(Role.USER, "hi")])
+    chunks = [chunk async for chunk in backend.stream(prompt, SamplingParams(max_tokens=2), threading.Event())]
+    assert [(c.text, c.truncated) for c in chunks] == [("a ", False), ("b", False)]
 
 
 async def test_a_wait_for_what_never_happens_fails_saying_what_it_waited_for():

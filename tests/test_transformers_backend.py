@@ -288,7 +288,7 @@ async def test_alpaca_format_renders_the_stanford_template_and_answers(smol_fold
     assert rendered == (
         "Below is an instruction that describes a task. "
         "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\nName a colour.\n\n### Response:\n"
+        "### Instruction:\nName a colour.\n\n### Response:"
     )
     assert reply.strip() and "###" not in reply
 
@@ -302,6 +302,11 @@ async def test_streams_several_chunks_greedy_output_is_deterministic(smol):
     assert len(first) > 3 and first == second
     assert "".join(chunk.text for chunk in first).startswith("The capital of France is Paris")
     assert sum(chunk.tokens for chunk in first) == 16  # runs to max_tokens; each token counted once
+    assert [chunk.truncated for chunk in first] == [False] * (len(first) - 1) + [True]  # and says so
+    # Ended by a stop string before max_tokens: not truncated.
+    stopped = await generate(smol, ask(FRANCE), stop=(",",))
+    assert "".join(chunk.text for chunk in stopped) == "The capital of France is Paris"
+    assert not any(chunk.truncated for chunk in stopped)
 
 
 @pytest.mark.model
@@ -636,7 +641,8 @@ async def test_bot_answers_and_an_override_applies_the_adapter(make_bot, smol_fo
     async with make_bot(config, plugins={"record": Record()}) as bot:
         base = await bot.chat.say(FRANCE, channel="general")
         tuned = await bot.chat.say(FRANCE, channel="tuned")
-    assert base.status is tuned.status is ReplyStatus.COMPLETED
+    assert base.status is ReplyStatus.TRUNCATED  # 16 tokens (max_tokens) of its answer
+    assert tuned.status in (ReplyStatus.COMPLETED, ReplyStatus.TRUNCATED)
     assert len(base.updates) > 1 and base.updates[-1] == base.final
     assert "Paris" in base.final and tuned.final != base.final
     assert [(r.backend, r.model, r.lora) for r in replies] == [

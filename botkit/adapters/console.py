@@ -32,7 +32,7 @@ from botkit.adapter import Adapter, AdapterSettings
 from botkit.adapters.console_input import ConsoleInput
 from botkit.commands import parse_command
 from botkit.storage import ConversationRecord, MessageRecord
-from botkit.types import Message, MessageChange, Reaction, ReplyStatus, Responder, User
+from botkit.types import HISTORY_STATUSES, Message, MessageChange, Reaction, ReplyStatus, Responder, User
 
 if TYPE_CHECKING:
     from botkit.api import BotAPI
@@ -390,7 +390,7 @@ async def remembered_messages(bot: BotAPI, message: Message) -> int:
     query = select(func.count(MessageRecord.id)).where(
         MessageRecord.conversation_id == open_conversation,
         MessageRecord.deleted_at.is_(None),
-        or_(MessageRecord.role == "user", MessageRecord.status == "completed"),
+        or_(MessageRecord.role == "user", MessageRecord.status.in_(HISTORY_STATUSES)),
     )
     try:
         async with bot.db.sessions() as session:

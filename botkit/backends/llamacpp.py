@@ -189,7 +189,7 @@ class LlamaCppBase(LoraBackend):
 
     def render(self, prompt: Prompt) -> str:
         if self.settings.prompt_format == "alpaca":
-            return render_alpaca(prompt)
+            return render_alpaca(prompt, self.settings.alpaca_variant)
         assert self._template is not None, "start() first"
         return render_chat(prompt, self._template, self._bos, self._eos)
 

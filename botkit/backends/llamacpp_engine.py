@@ -449,15 +449,17 @@ class Engine:
         if job.text.stopped:
             self._finish(job, None)
         elif job.generated >= job.sampling.max_tokens or len(job.slot.cached) + 1 >= self.n_ctx_seq:
-            self._finish(job, None, flush=True)
+            self._finish(job, None, flush=True, truncated=True)  # at the length limit, not its end
         else:
             job.next_token = token
 
-    def _finish(self, job: Job, error: Exception | None, *, flush: bool = False) -> None:
+    def _finish(
+        self, job: Job, error: Exception | None, *, flush: bool = False, truncated: bool = False
+    ) -> None:
         if flush and job.text is not None:
             rest = job.text.finish()
-            if rest or job.unsent_tokens:
-                job.post(Chunk(rest, job.unsent_tokens))
+            if rest or job.unsent_tokens or truncated:
+                job.post(Chunk(rest, job.unsent_tokens, truncated=truncated))
         job.post(error)
         if job.sampler is not None:
             llama_cpp.llama_sampler_free(job.sampler)

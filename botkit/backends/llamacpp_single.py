@@ -130,9 +130,11 @@ class SingleLlamaCppBackend(LlamaCppBase):
             )
             try:
                 for part in completion:
-                    piece = part["choices"][0]["text"]
-                    if piece:  # the closing part carries only the finish reason, no token
-                        yield Chunk(piece)
+                    choice = part["choices"][0]
+                    if choice["text"]:  # the closing part carries only the finish reason, no token
+                        yield Chunk(choice["text"])
+                    if choice.get("finish_reason") == "length":  # stopped at max_tokens or the context
+                        yield Chunk("", tokens=0, truncated=True)
             finally:
                 completion.close()
 

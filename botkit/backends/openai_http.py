@@ -248,7 +248,7 @@ class OpenAIBackend(Backend):
     def render(self, prompt: Prompt) -> str:
         """The text sent to /completions."""
         if self.settings.prompt_format == "alpaca":
-            return render_alpaca(prompt)
+            return render_alpaca(prompt, self.settings.alpaca_variant)
         assert self.settings.chat_template is not None  # checked by the settings
         return render_chat(prompt, self.settings.chat_template)
 
@@ -389,11 +389,12 @@ class OpenAIBackend(Backend):
         Each text counts as one token, as servers send about one token an event. When
         the server reports usage (the last event, with no choices, once asked for it),
         a closing chunk without text brings the reply's count to the server's and
-        carries its count of the prompt.
+        carries its count of the prompt; it also says when the finish reason was
+        ``length`` (``Chunk.truncated``).
         """
         chat = self.settings.endpoint == "chat"
         lines = response.aiter_lines()
-        finished = False
+        finished = truncated = False
         counted = 0
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
@@ -426,13 +427,15 @@ class OpenAIBackend(Backend):
             completion_tokens = completion if completion is not None else completion_tokens
             for choice in event.get("choices") or []:
                 finished = finished or bool(choice.get("finish_reason"))
+                # "length": the server stopped at max_tokens (or its context), not at the answer's end.
+                truncated = truncated or choice.get("finish_reason") == "length"
                 piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
                 if piece:  # the closing event carries only the finish reason
                     counted += 1
                     yield Chunk(piece)
-        if prompt_tokens is not None or completion_tokens is not None:
+        if prompt_tokens is not None or completion_tokens is not None or truncated:
             correction = 0 if completion_tokens is None else completion_tokens - counted
-            yield Chunk("", tokens=correction, prompt_tokens=prompt_tokens)
+            yield Chunk("", tokens=correction, prompt_tokens=prompt_tokens, truncated=truncated)
 
 
 @hookimpl

@@ -238,7 +238,7 @@ class ScriptedBackend(Backend):
 
     def render(self, prompt: Prompt) -> str:
         if self.settings.prompt_format == "alpaca":
-            return render_alpaca(prompt)
+            return render_alpaca(prompt, self.settings.alpaca_variant)
         return render_chat(prompt, CHATML_TEMPLATE)
 
     async def start(self) -> None:
@@ -272,6 +272,8 @@ class ScriptedBackend(Backend):
                     return
                 continue
             if budget == 0:
+                # Text left over: cut at max_tokens, as an engine's finish reason "length" says.
+                yield Chunk("", tokens=0, truncated=True)
                 return
             budget -= 1
             if self.settings.chunk_delay:

@@ -384,7 +384,7 @@ class TransformersBackend(LoraBackend):
 
     def render(self, prompt: Prompt) -> str:
         if self.settings.prompt_format == "alpaca":
-            return render_alpaca(prompt)
+            return render_alpaca(prompt, self.settings.alpaca_variant)
         loaded = self._require()
         assert loaded.chat_template is not None, "checked at start"
         return render_chat(prompt, loaded.chat_template, loaded.bos_text, loaded.eos_text)

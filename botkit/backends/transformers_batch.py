@@ -139,21 +139,25 @@ class Sequence:
             return True
         # A reply ends at max_tokens, or where the next token would not fit the context.
         if self.generated >= params.max_tokens or self.length >= context_window:
-            self.end()
+            self.end(at_limit=True)
             return True
         return False
 
-    def end(self) -> None:
-        """Hand out what was held back, unless a stop string cuts it: the reply ends."""
+    def end(self, at_limit: bool = False) -> None:
+        """Hand out what was held back, unless a stop string cuts it: the reply ends.
+
+        ``at_limit``: it ends at the length limit, so it is truncated, unless the
+        text held back completes a stop string (then it ended where it should)."""
         cutter = self.request.cutter
         shown = cutter.feed(self._words.rest())
         if not cutter.hit:
             shown += cutter.flush()
-        if shown:
-            self._hand_out(shown)
+        truncated = at_limit and not cutter.hit
+        if shown or truncated:
+            self._hand_out(shown, truncated)
 
-    def _hand_out(self, text: str) -> None:
-        self.request.post(Chunk(text, self._uncounted))
+    def _hand_out(self, text: str, truncated: bool = False) -> None:
+        self.request.post(Chunk(text, self._uncounted, truncated=truncated))
         self._uncounted = 0
 
 

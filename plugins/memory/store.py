@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from botkit import Metrics
+from botkit import Metrics, ReplyStatus
 from botkit.storage import (
     ConversationRecord,
     Database,
@@ -72,7 +72,7 @@ def deleted_user(record: dict[str, Any]) -> bool:
 
 
 def turns_of(record: dict[str, Any]) -> list[StoredTurn]:
-    """The history turns a pending exchange contributes (not a deleted message, a failed or blocked reply)."""
+    """The history turns a pending exchange contributes (not a deleted message, nor a reply that is not history)."""
     if record["kind"] != "exchange":
         return []
     user = record["user"]
@@ -80,7 +80,7 @@ def turns_of(record: dict[str, Any]) -> list[StoredTurn]:
     if not user.get("deleted_at"):
         turns.append(StoredTurn("user", user["text"], user["speaker"], user["tokens"]))
     reply = record.get("reply")
-    if reply is not None and reply["status"] == "completed":
+    if reply is not None and ReplyStatus(reply["status"]).in_history:
         turns.append(StoredTurn("assistant", reply["text"], None, reply["tokens"]))
     return turns
 
@@ -454,7 +454,7 @@ class MemoryStore:
                 StoredTurn(role, text, speaker, token_count),
             )
             for role, text, speaker, token_count, status, platform, channel_id, message_id in reversed(rows)
-            if role == "user" or status == "completed"
+            if role == "user" or (status is not None and ReplyStatus(status).in_history)
         ]
 
 
