@@ -40,9 +40,11 @@ async def until_idle(backend: LlamaCppBackend) -> None:
 
 
 async def generate(backend: LlamaCppBackend, prompt: Prompt, **params: object) -> list[str]:
-    """The streamed chunks of one whole generation, with ``params`` over the backend's sampling."""
+    """The streamed texts of one whole generation, with ``params`` over the backend's sampling.
+
+    A chunk without text (the mark of a reply cut at ``max_tokens``) is left out: one text per token."""
     sampling = dataclasses.replace(backend.settings.sampling(), **params)
-    return [chunk.text async for chunk in backend.stream(prompt, sampling, threading.Event())]
+    return [chunk.text async for chunk in backend.stream(prompt, sampling, threading.Event()) if chunk.text]
 
 
 @pytest.fixture(scope="module")
