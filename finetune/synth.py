@@ -255,10 +255,10 @@ class SynthRun:
                     await self._failed("no task in the answer", "the answer held no task in the asked format")
                 continue
             self.failures_in_a_row = 0
-            self.counts.parsed += len(parsed.tasks)
             for task in parsed.tasks:
                 if self.done:
-                    break
+                    break  # the rest is not filtered, so not counted either
+                self.counts.parsed += 1
                 if self.filter.reason(task.instruction) is None:
                     self._keep(task)
             self.counts.rejected = dict(self.filter.rejected)

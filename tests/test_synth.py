@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from openai_server import DROP, Failure, StubServer
+from openai_server import DROP, Failure, LlamaCppServer, StubServer
 from servers import free_port
 
 from botkit.cli import create_cli
+from botkit.ops import embedded_model_path
 
 TASKS = [
     ("Name three rivers that flow through Germany.", "", "The Rhine, the Elbe and the Danube."),
@@ -38,25 +39,19 @@ def stub() -> Iterator[StubServer]:
         yield server
 
 
-def config(tmp_path: Path, base_url: str) -> Path:
+def config(tmp_path: Path, base_url: str, timeout: int) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(
         f'[backend]\ntype = "openai"\nbase_url = "{base_url}"\nmodel = "smollm2"\n'
-        "retries = 0\nconnect_timeout = 2\nread_timeout = 5\n",
+        f"retries = 0\nconnect_timeout = {timeout}\nread_timeout = {timeout}\n",
         encoding="utf-8",
     )
     return path
 
 
-def synth(tmp_path: Path, base_url: str, *args: str):
-    command = [
-        "--config",
-        str(config(tmp_path, base_url)),
-        "finetune",
-        "synth",
-        "--out",
-        str(tmp_path / "out"),
-    ]
+def synth(tmp_path: Path, base_url: str, *args: str, timeout: int = 5):
+    where = config(tmp_path, base_url, timeout)
+    command = ["--config", str(where), "finetune", "synth", "--out", str(tmp_path / "out")]
     return CliRunner().invoke(create_cli(), [*command, "--retry-backoff", "0", "--seed", "1", *args])
 
 
@@ -79,6 +74,7 @@ def test_kept_tasks_are_written_as_alpaca_json_with_a_card(tmp_path, stub):
     assert all(set(r) == {"instruction", "input", "output"} for r in records)
     assert "requests: 2" in result.output
     assert "malformed items skipped: 1" in result.output
+    consistent(json.loads((tmp_path / "out" / "progress.json").read_text()))
     assert "unsuitable 1" in result.output and "exact duplicate 1" in result.output
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     assert "default (openai, model smollm2)" in card and "terms of use: ours" in card
@@ -151,6 +147,7 @@ def test_concurrent_requests_stop_at_num_instructions(tmp_path, stub):
     result = synth(tmp_path, stub.base_url, "--num-instructions", "3", "--concurrency", "3")
     assert result.exit_code == 0, result.output
     assert len(written(tmp_path)) == 3
+    consistent(json.loads((tmp_path / "out" / "progress.json").read_text()))
 
 
 def test_alpaca_seed_tasks_are_read_and_a_bad_line_is_named(tmp_path, stub):
@@ -180,3 +177,37 @@ def test_alpaca_seed_tasks_are_read_and_a_bad_line_is_named(tmp_path, stub):
 def test_an_unknown_teacher_is_refused_naming_the_configured_ones(tmp_path, stub):
     result = synth(tmp_path, stub.base_url, "--teacher", "big")
     assert result.exit_code == 2 and "no backend 'big'; configured: default" in result.output
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Iterator[LlamaCppServer]:
+    """``python -m llama_cpp.server`` on the embedded SmolLM2."""
+    server = LlamaCppServer(embedded_model_path(), tmp_path_factory.mktemp("llama-server") / "server.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+def consistent(progress: dict) -> None:
+    """Every task parsed was kept or rejected by one filter; every request succeeded or failed once."""
+    assert progress["parsed"] == progress["kept"] + sum(progress["rejected"].values())
+    assert sum(progress["failed"].values()) <= progress["requests"]
+
+
+@pytest.mark.model
+def test_a_real_server_on_the_embedded_model_as_teacher(tmp_path, engine):
+    # SmolLM2-135M writes few well-formed tasks: whatever it writes, the run ends with its
+    # tasks, the counts add up, and every kept task is a complete Alpaca record.
+    result = synth(
+        tmp_path, engine.base_url, "--num-instructions", "1", "--batch-size", "5", "--max-tokens", "200",
+        "--concurrency", "1", "--max-failures", "20", timeout=300,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    progress = json.loads((tmp_path / "out" / "progress.json").read_text())
+    consistent(progress)
+    assert progress["kept"] == 1 and progress["completion_tokens"] > 0 and progress["prompt_tokens"] > 0
+    records = written(tmp_path)
+    assert len(records) == 1
+    assert set(records[0]) == {"instruction", "input", "output"}
+    assert records[0]["instruction"].strip() and records[0]["output"].strip()
+    assert engine.log.read_text(errors="replace").count("POST /v1/chat/completions") == progress["requests"]
