@@ -5,27 +5,31 @@ exact duplicates, near duplicates (MinHash, ``dedup.NearDuplicateIndex``), and
 Self-Instruct's rule: a ROUGE-L F-measure (``rouge-score``, no stemmer) below the
 threshold against every instruction kept so far, the seed tasks included.
 
-The ROUGE-L filter is not quadratic, and it is exact: it keeps the very set that
-comparing each instruction with every kept one keeps (``ExhaustiveRouge``, the
-reference, which tests/test_synth_filter.py and bench/bench_synth.py compare it
-with). MinHash LSH could only make a missed pair unlikely: ROUGE-L >= 0.7 implies
-no more than a multiset Jaccard similarity of 7/13, where bands that miss such a
-pair with probability below 1e-9 make about half of all unrelated pairs
-candidates. Candidates come instead from prefix filtering, as set-similarity
-joins do: the LCS of two token lists is at most their multiset overlap, so
-ROUGE-L F = 2 LCS / (m + n) >= t needs an overlap of at least t m / (2 - t)
-tokens of an m-token instruction (as LCS <= n). Ranking every token (with its
-occurrence number) in one global order, two instructions that share that many
-tokens share one among the first m - ceil(t m / (2 - t)) + 1 of each: the
-first shared token in the order is preceded in each list only by tokens the
-other lacks. An inverted index of those prefixes gives every pair that can
-reach the threshold, and no ROUGE-L is computed for the others. The order
-(rarest first, by the seed tasks' counts) only decides how few candidates
-there are, never which instructions are kept.
+The ROUGE-L filter is exact: it keeps the very set that comparing each
+instruction with every kept one keeps (``ExhaustiveRouge``, the reference, which
+tests/test_synth_filter.py and bench/bench_synth.py compare it with). MinHash LSH
+could only make a missed pair unlikely: ROUGE-L >= 0.7 implies no more than a
+multiset Jaccard similarity of 7/13, where bands that miss such a pair with
+probability below 1e-9 (2 rows, 64 bands of 128 permutations) make about half of
+all unrelated pairs candidates. Candidates come instead from prefix filtering,
+as set-similarity joins do: the LCS of two token lists is at most their multiset
+overlap, so ROUGE-L F = 2 LCS / (m + n) >= t needs an overlap of at least
+t m / (2 - t) tokens of an m-token instruction (as LCS <= n). Ranking every token
+(with its occurrence number) in one global order, two instructions that share
+that many tokens share one among the first m - ceil(t m / (2 - t)) + 1 of each:
+the first shared token in the order is preceded in each list only by tokens the
+other lacks. An inverted index of those prefixes gives every pair that can reach
+the threshold; a positional bound, then the multiset overlap, drop most of them
+before rouge-score computes the LCS. The order (rarest first, by the seed tasks'
+counts) only decides how few candidates there are, never which are kept.
+Instructions that share a rare token still meet in its posting list, so the
+work per instruction grows with the number kept, far slower than the
+exhaustive filter's (bench/README.md).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import zlib
@@ -54,6 +58,9 @@ _UNSUITABLE = re.compile(
 FILTERS = ("too short", "too long", "unsuitable", "exact duplicate", "near duplicate", "similar (ROUGE-L)")
 # Floating-point slack: ROUGE-L is compared as rouge-score computes it, the bound is kept a bit lower.
 _SLACK = 1e-6
+# A posting: the kept instruction's number, shifted, and the token's place in its ordered list.
+_PLACE_BITS = 10
+_PLACE_MASK = (1 << _PLACE_BITS) - 1
 
 
 def rouge_tokenizer() -> Any:
@@ -143,13 +150,7 @@ class ExhaustiveRouge:
 
 def _overlap(counts: Counter[str], other: list[str]) -> int:
     """How many tokens of ``other`` a multiset with ``counts`` has (their multiset intersection's size)."""
-    used: dict[str, int] = {}
-    shared = 0
-    for token in other:
-        if used.get(token, 0) < counts.get(token, 0):
-            used[token] = used.get(token, 0) + 1
-            shared += 1
-    return shared
+    return sum(min(count, counts[token]) for token, count in Counter(other).items() if token in counts)
 
 
 class PrefixRouge:
@@ -158,14 +159,24 @@ class PrefixRouge:
     ``similar_or_add(tokens)``: True when a kept instruction's ROUGE-L F-measure with
     ``tokens`` reaches the threshold; otherwise the tokens are kept and False.
     ``rank_counts``: token counts that decide the global order (rarest first).
+
+    The posting lists hold each kept instruction's number and the token's place in its
+    ordered list (PPJoin's positional filter): when the first token two instructions
+    share is at place i of one and j of the other, no token before it is shared, so
+    they share at most min(m - i, n - j); candidates that cannot reach the overlap the
+    threshold needs are dropped in numpy, before any Python loop.
     """
 
     def __init__(self, threshold: float = ROUGE_THRESHOLD, rank_counts: Counter[str] | None = None) -> None:
+        import numpy as np
+
         if not 0.0 < threshold <= 1.0:
             raise ValueError("the ROUGE-L threshold must be above 0 and at most 1")
+        self._np = np
         self.threshold = threshold
         self.rank_counts = rank_counts or Counter()
         self.kept: list[list[str]] = []
+        self._lengths = np.zeros(1024, dtype=np.int64)
         self._index: dict[tuple[str, int], list[int]] = {}
         self.comparisons = 0
 
@@ -181,33 +192,51 @@ class PrefixRouge:
         items.sort(key=lambda item: (counts[item[0]], zlib.crc32(item[0].encode()), item[1]))
         return items[: len(tokens) - min_overlap(len(tokens), self.threshold) + 1]
 
+    def _candidates(self, prefix: list[tuple[str, int]], length: int) -> list[int]:
+        """Kept instructions that may share enough tokens with one of ``length`` tokens and this prefix."""
+        np = self._np
+        postings, places = [], []
+        for place, item in enumerate(prefix):
+            posting = self._index.get(item)
+            if posting:
+                postings.append(posting)
+                places.append(np.full(len(posting), place, dtype=np.int64))
+        if not postings:
+            return []
+        total = sum(len(posting) for posting in postings)
+        codes = np.fromiter(itertools.chain.from_iterable(postings), dtype=np.int64, count=total)
+        mine = np.concatenate(places)
+        order = np.argsort(codes >> _PLACE_BITS, kind="stable")  # by instruction, then by place here
+        codes, mine = codes[order], mine[order]
+        numbers, first, matches = np.unique(codes >> _PLACE_BITS, return_index=True, return_counts=True)
+        last = first + matches - 1
+        others = self._lengths[numbers]
+        # Tokens shared before the last match in both lists are all matches of the two
+        # prefixes (counted); after it, at most what is left of the shorter remainder.
+        shared = matches + np.minimum(length - 1 - mine[last], others - 1 - (codes[last] & _PLACE_MASK))
+        bound = self.threshold - _SLACK
+        return numbers[2 * shared >= bound * (length + others) - 1e-9].tolist()
+
     def similar_or_add(self, tokens: list[str]) -> bool:
-        if not tokens:  # rouge-score gives 0 to an empty token list: never similar
-            self.kept.append(tokens)
-            return False
-        prefix = self._prefix(tokens)
-        low = len(tokens) * (self.threshold - _SLACK) / (2 - self.threshold + _SLACK)
-        high = len(tokens) * (2 - self.threshold + _SLACK) / (self.threshold - _SLACK)
-        checked: set[int] = set()
+        np = self._np
+        prefix = self._prefix(tokens) if tokens else []  # rouge-score scores no tokens 0: never similar
         counts = Counter(tokens)
-        for item in prefix:
-            for number in self._index.get(item, ()):
-                if number in checked:
-                    continue
-                checked.add(number)
-                other = self.kept[number]
-                if not low - 1e-9 <= len(other) <= high + 1e-9:  # the lengths alone rule it out
-                    continue
-                # LCS <= the multiset overlap: a cheap bound rules most candidates out.
-                if 2 * _overlap(counts, other) < (self.threshold - _SLACK) * (len(tokens) + len(other)):
-                    continue
-                self.comparisons += 1
-                if rouge_l(tokens, other) >= self.threshold:
-                    return True
+        for number in self._candidates(prefix, len(tokens)):
+            other = self.kept[number]
+            # LCS <= the multiset overlap: a cheap bound rules most candidates out.
+            if 2 * _overlap(counts, other) < (self.threshold - _SLACK) * (len(tokens) + len(other)):
+                continue
+            self.comparisons += 1
+            if rouge_l(tokens, other) >= self.threshold:
+                return True
         number = len(self.kept)
         self.kept.append(tokens)
-        for item in prefix:
-            self._index.setdefault(item, []).append(number)
+        if number == len(self._lengths):
+            self._lengths = np.resize(self._lengths, 2 * number)
+        self._lengths[number] = len(tokens)
+        for place, item in enumerate(prefix):
+            # A place past the mask is stored smaller: the bound only gets looser, never wrong.
+            self._index.setdefault(item, []).append(number << _PLACE_BITS | min(place, _PLACE_MASK))
         return False
 
 
