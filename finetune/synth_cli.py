@@ -14,6 +14,12 @@ from botkit.ops import Context, config_option, fail, load_bot
 from .progress import progress_bars
 
 
+def _licence(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from .cli import _licence as check  # late: cli.py imports this module
+
+    return check(ctx, param, value)
+
+
 def _threshold(ctx: click.Context, param: click.Parameter, value: float) -> float:
     if not 0.0 < value <= 1.0:
         raise click.BadParameter("must be above 0 and at most 1, e.g. 0.7")
@@ -103,7 +109,14 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: float) -> floa
     "--max-words", type=click.IntRange(min=1), default=150, show_default=True, help="longest instruction"
 )
 @click.option("--teacher-terms", default=None, help="the teacher's terms of use, for the card")
-@click.option("--license", "licence", default="other", show_default=True, help="licence of the dataset")
+@click.option(
+    "--license",
+    "licence",
+    default="other",
+    show_default=True,
+    callback=_licence,
+    help="licence of the dataset",
+)
 @click.pass_obj
 def synth(ctx: Context, **flags: Any) -> None:
     """Write synthetic instruction data with a teacher model (Self-Instruct, as Alpaca did).

@@ -177,6 +177,9 @@ def test_alpaca_seed_tasks_are_read_and_a_bad_line_is_named(tmp_path, stub):
 def test_an_unknown_teacher_is_refused_naming_the_configured_ones(tmp_path, stub):
     result = synth(tmp_path, stub.base_url, "--teacher", "big")
     assert result.exit_code == 2 and "no backend 'big'; configured: default" in result.output
+    result = synth(tmp_path, stub.base_url, "--license", "no: yaml")
+    assert result.exit_code == 2 and "--license" in result.output
+    assert not stub.requests
 
 
 @pytest.fixture(scope="module")
