@@ -186,6 +186,7 @@ class SynthRun:
         self.failures_in_a_row = 0
         self.stop_reason: str | None = None
         self._file = (options.out / GENERATED).open("a", encoding="utf-8")
+        self._save_progress()  # from now on the folder is a run that --resume goes on with
 
     @property
     def done(self) -> bool:

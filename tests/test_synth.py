@@ -214,3 +214,15 @@ def test_a_real_server_on_the_embedded_model_as_teacher(tmp_path, engine):
     assert set(records[0]) == {"instruction", "input", "output"}
     assert records[0]["instruction"].strip() and records[0]["output"].strip()
     assert engine.log.read_text(errors="replace").count("POST /v1/chat/completions") == progress["requests"]
+
+
+def test_a_run_killed_before_its_first_answer_can_be_resumed(tmp_path):
+    from botkit.finetune.synth import SynthOptions, SynthRun, prepare_folder
+    from botkit.finetune.synth_prompt import read_seeds
+
+    seeds, source = read_seeds(None)
+    options = SynthOptions(out=tmp_path / "out")
+    started = SynthRun(options, seeds, source, teacher=None)  # type: ignore[arg-type]
+    started._file.close()  # killed right after it started
+    kept, counts = prepare_folder(SynthOptions(out=tmp_path / "out", resume=True))
+    assert kept == [] and counts.requests == 0
