@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_openai_backend
 from click.testing import CliRunner
-from openai_server import DROP, Failure, LlamaCppServer, StubServer
+from openai_server import DROP, Failure, StubServer
 from servers import free_port
 
 from botkit.cli import create_cli
-from botkit.ops import embedded_model_path
+
+# ``python -m llama_cpp.server`` on the embedded SmolLM2, started once for this module.
+engine = test_openai_backend.engine
 
 TASKS = [
     ("Name three rivers that flow through Germany.", "", "The Rhine, the Elbe and the Danube."),
@@ -180,15 +183,6 @@ def test_an_unknown_teacher_is_refused_naming_the_configured_ones(tmp_path, stub
     result = synth(tmp_path, stub.base_url, "--license", "no: yaml")
     assert result.exit_code == 2 and "--license" in result.output
     assert not stub.requests
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory) -> Iterator[LlamaCppServer]:
-    """``python -m llama_cpp.server`` on the embedded SmolLM2."""
-    server = LlamaCppServer(embedded_model_path(), tmp_path_factory.mktemp("llama-server") / "server.log")
-    server.start()
-    yield server
-    server.stop()
 
 
 def consistent(progress: dict) -> None:
