@@ -88,9 +88,15 @@ class SynthCounts:
 
 @dataclass
 class Teacher:
-    """The backend that writes the tasks, as the card names it."""
+    """The backend that writes the tasks, as the card names it.
+
+    At most the backend's own concurrency of requests run at once (an openai backend's
+    ``concurrency``, one for an in-process llama.cpp model), as the bot's queue allows;
+    ``--concurrency`` beyond it waits here.
+    """
 
     slot: BackendSlot
+    _limit: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
 
     @property
     def description(self) -> str:
@@ -100,11 +106,14 @@ class Teacher:
         """The answer to one request, with its prompt and completion tokens."""
         prompt = Prompt(system="", turns=[Turn(role=Role.USER, text=text)])
         answer, completion, prompt_tokens = "", 0, None
-        async for chunk in self.slot.backend.stream(prompt, params, threading.Event()):
-            answer += chunk.text
-            completion += chunk.tokens
-            if chunk.prompt_tokens is not None:
-                prompt_tokens = chunk.prompt_tokens
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self.slot.backend.concurrency)
+        async with self._limit:
+            async for chunk in self.slot.backend.stream(prompt, params, threading.Event()):
+                answer += chunk.text
+                completion += chunk.tokens
+                if chunk.prompt_tokens is not None:
+                    prompt_tokens = chunk.prompt_tokens
         if prompt_tokens is None:
             prompt_tokens = await self.slot.backend.count_tokens(prompt)
         return answer, prompt_tokens, max(0, completion)
