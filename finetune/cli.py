@@ -21,6 +21,7 @@ from botkit.ops import Context, config_option, fail, run_with_database
 from .cli_train import convert, evaluate, train
 from .examples import FORMATS, FeedbackPolicy, FeedbackSelection, PiiPolicy, PreferencePrompt
 from .progress import progress_bars
+from .synth_cli import synth
 
 LICENSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+\-]{0,63}$")
 
@@ -412,3 +413,4 @@ def deploy(
 finetune.add_command(train)
 finetune.add_command(convert)
 finetune.add_command(evaluate)
+finetune.add_command(synth)

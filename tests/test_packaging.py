@@ -44,6 +44,7 @@ def test_no_generic_top_level_names_are_installed(installed):
     for generic in ("plugins", "finetune", "migrations", "tests", "bench", "scripts"):
         assert not (site / generic).exists(), f"{generic}/ installed at the top level of site-packages"
     assert (site / "botkit" / "plugins" / "commands.py").is_file()
+    assert (site / "botkit" / "finetune" / "seed_tasks.jsonl").is_file()  # `finetune synth`'s seed set
     assert not list(site.glob("__editable__*"))
 
 
