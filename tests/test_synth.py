@@ -193,20 +193,30 @@ def consistent(progress: dict) -> None:
 
 @pytest.mark.model
 def test_a_real_server_on_the_embedded_model_as_teacher(tmp_path, engine):
-    # SmolLM2-135M writes few well-formed tasks: whatever it writes, the run ends with its
-    # tasks, the counts add up, and every kept task is a complete Alpaca record.
+    # SmolLM2-135M seldom writes a task in the asked format: whatever it writes, the run
+    # ends with a kept task or with --max-failures' message, the counts add up, every
+    # request reached the server, and what is written is complete Alpaca records.
     result = synth(
         tmp_path, engine.base_url, "--num-instructions", "1", "--batch-size", "5", "--max-tokens", "200",
-        "--concurrency", "1", "--max-failures", "20", timeout=300,
+        "--concurrency", "1", "--max-failures", "6", timeout=300,
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
     progress = json.loads((tmp_path / "out" / "progress.json").read_text())
     consistent(progress)
-    assert progress["kept"] == 1 and progress["completion_tokens"] > 0 and progress["prompt_tokens"] > 0
-    records = written(tmp_path)
-    assert len(records) == 1
-    assert set(records[0]) == {"instruction", "input", "output"}
-    assert records[0]["instruction"].strip() and records[0]["output"].strip()
+    assert progress["requests"] > 0 and progress["completion_tokens"] > 0 and progress["prompt_tokens"] > 0
+    if result.exit_code == 1:  # six answers in a row held no task
+        assert "6 requests in a row failed (--max-failures 6)" in result.output, result.output
+        assert "run again with --resume" in result.output and progress["kept"] == 0
+        assert not (tmp_path / "out" / "train.json").exists()  # written when a run ends, with its card
+        records = [
+            json.loads(line) for line in (tmp_path / "out" / "generated.jsonl").read_text().splitlines()
+        ]
+    else:
+        assert result.exit_code == 0 and progress["kept"] == 1, result.output
+        records = written(tmp_path)
+    assert len(records) == progress["kept"]
+    for record in records:
+        assert set(record) == {"instruction", "input", "output"}
+        assert record["instruction"].strip() and record["output"].strip()
     assert engine.log.read_text(errors="replace").count("POST /v1/chat/completions") == progress["requests"]
 
 
