@@ -27,7 +27,9 @@ class DpoSettings(BaseModel):
     learning_rate: float = Field(
         5e-5, gt=0, lt=1, description="peak learning rate of DPO (lower than SFT's: the pairs differ little)"
     )
-    epochs: int = Field(1, ge=1, description="passes over the preference pairs (unless max_steps ends sooner)")
+    epochs: int = Field(
+        1, ge=1, description="passes over the preference pairs (unless max_steps ends sooner)"
+    )
 
 
 class FinetuneSettings(BaseModel):
