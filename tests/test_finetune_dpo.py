@@ -39,7 +39,7 @@ HELD_OUT_QA = [
     ("What is the opposite of hot?", "Cold."),
 ]
 # Few, fast steps with a high learning rate: enough to move the adapter, not a recipe.
-QUICK = ["--lr", "2e-3", "--max-steps", "4", "--batch-size", "4", "--save-every", "2", "--device", "cpu"]
+QUICK = ["--lr", "4e-3", "--max-steps", "4", "--batch-size", "4", "--save-every", "2", "--device", "cpu"]
 
 
 def pair(question: str, answer: str) -> dict:
@@ -155,7 +155,7 @@ def test_a_pairs_file_given_finds_its_validation_file(export_dir):
 
 @pytest.mark.model
 def test_the_dpo_loss_is_trls_on_the_same_batch(tmp_path):
-    """botkit's loss and reward margin equal TRL's DPOTrainer's, with an adapter that moved off its base."""
+    """botkit's loss and reward margin equal TRL's DPOTrainer's, with a policy that moved off its reference."""
     import torch
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -185,27 +185,34 @@ def test_the_dpo_loss_is_trls_on_the_same_batch(tmp_path):
     # quantized, which TRL's Trainer refuses to train.
     loaded.model.is_quantized = False
     model, _, _ = lora_model(loaded.model, hyper)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # an adapter that is not the identity, so policy and reference differ
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    beta = 0.25
-    references = reference_logps(model, pairs, loaded, batch_size=2, use_base=True)
-    with torch.no_grad():
-        losses, margins = dpo_loss(*pair_logps(model, pairs, loaded), references, beta)
-    assert float(margins.abs().min()) > 0.01  # the check below compares something
 
+    def move_adapter(seed: int) -> None:  # LoRA B off zero: the adapter changes the model
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B.default" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+
+    # Where DPO starts (an SFT adapter, say): botkit's reference ("start") and TRL's alike.
+    move_adapter(1)
+    beta = 0.25
+    references = reference_logps(model, pairs, loaded, batch_size=2, use_base=False)
     args = DPOConfig(
         output_dir=str(tmp_path), beta=beta, loss_type=["sigmoid"], report_to=[], use_cpu=True,
         bf16=False, per_device_train_batch_size=3,
     )  # fmt: skip
+    # Given a peft model, TRL copies its adapter as the frozen reference ("ref").
     trainer = DPOTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list([{"prompt": "Hi", "chosen": " Hello.", "rejected": " Go."}]),
         processing_class=loaded.tokenizer,
     )
+    assert "ref" in model.peft_config
+    move_adapter(2)  # the policy after some training: no longer the reference
+    with torch.no_grad():
+        losses, margins = dpo_loss(*pair_logps(model, pairs, loaded), references, beta)
+    assert float(margins.abs().min()) > 0.01  # the check below compares something
     batch = DataCollatorForPreference(pad_token_id=loaded.pad_token_id or 0)(
         [
             {
@@ -248,7 +255,7 @@ def test_the_run_folder_is_a_training_run(run):
     assert (out / "adapter/adapter_model.safetensors").is_file()
     assert [entry["step"] for entry in record["losses"]] == [1, 2, 3, 4]
     assert {"loss", "accuracy", "margin", "logp_margin", "lr"} <= set(record["losses"][0])
-    assert record["settings"]["learning_rate"] == 2e-3 and record["data"]["examples"] == len(TRAIN_QA)
+    assert record["settings"]["learning_rate"] == 4e-3 and record["data"]["examples"] == len(TRAIN_QA)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
 
 
@@ -269,6 +276,33 @@ def test_convert_takes_a_dpo_run(run, config, tmp_path):
     result = botkit(config, "finetune", "convert", str(run["out"]), "--out", str(tmp_path / "a.gguf"))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "a.gguf").stat().st_size > 0
+
+
+@pytest.mark.model
+def test_dpo_from_an_sft_run_trains_its_adapter_further_against_it(export_dir, config, tmp_path):
+    """--from: the SFT run's LoRA shape and base model, and the SFT model as the reference."""
+    from safetensors.torch import load_file
+
+    sft = tmp_path / "sft"
+    result = botkit(config, "finetune", "train", str(export_dir), "--out", str(sft), "--rank", "2",
+                    "--max-steps", "1", "--batch-size", "3", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "dpo"
+    result = botkit(config, "finetune", "dpo", str(export_dir), "--out", str(out), "--from", str(sft),
+                    "--lr", "2e-3", "--max-steps", "1", "--batch-size", "4", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"DPO of the adapter of {sft}" in result.output
+    record = json.loads((out / "training.json").read_text())
+    assert record["dpo"]["from"] == str(sft) and record["settings"]["rank"] == 2  # the config says 4
+    assert json.loads((out / "adapter/adapter_config.json").read_text())["r"] == 2
+    # The SFT model is the reference: before the first step, the policy equals it.
+    assert record["dpo"]["validation_before"]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    started, trained = (
+        load_file(sft / "adapter/adapter_model.safetensors"),
+        load_file(out / "adapter/adapter_model.safetensors"),
+    )
+    assert started.keys() == trained.keys()
+    assert any(not started[key].equal(trained[key]) for key in started)
 
 
 # -- refusals ---------------------------------------------------------------------------
