@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from botkit import BotkitError, Prompt, Role, Turn
 from botkit.prompts import ALPACA_WITH_INPUT, ALPACA_WITHOUT_INPUT, render_alpaca, render_chat
@@ -25,6 +25,7 @@ from botkit.prompts import ALPACA_WITH_INPUT, ALPACA_WITHOUT_INPUT, render_alpac
 from .examples import TrainingFormat
 from .formats import file_name
 
+T = TypeVar("T")
 # Which export folder is read when a format is not asked for: the richest first.
 FORMAT_PREFERENCE: tuple[TrainingFormat, ...] = ("chat", "sharegpt", "alpaca-jsonl", "alpaca")
 SHAREGPT_ROLES = {
@@ -140,17 +141,7 @@ def find_preference_files(data: Path) -> DataFiles:
 
 def read_preferences(path: Path, style: PromptStyle) -> tuple[list[PreferenceText], ReadReport]:
     """Every usable pair of a ``preference`` file; pairs without two different answers are counted by reason."""
-    report = ReadReport(path)
-    pairs: list[PreferenceText] = []
-    for record in _records(path, "chat", report):
-        try:
-            pair = _preference_text(record, style)
-        except _Skip as skip:
-            report.skipped[str(skip)] += 1
-            continue
-        pairs.append(pair)
-        report.kept += 1
-    return pairs, report
+    return _read(path, "chat", lambda record: _preference_text(record, style))
 
 
 def _preference_text(record: Any, style: PromptStyle) -> PreferenceText:
@@ -217,17 +208,21 @@ def read_examples(
     path: Path, kind: TrainingFormat, style: PromptStyle
 ) -> tuple[list[TrainingText], ReadReport]:
     """Every usable record of ``path`` as prompt and answer texts; the rest counted by reason."""
+    return _read(path, kind, lambda record: _to_text(record, kind, style))
+
+
+def _read(path: Path, kind: TrainingFormat, convert: Callable[[Any], T]) -> tuple[list[T], ReadReport]:
+    """Each record of ``path`` converted; those that cannot be (``_Skip``) counted by reason."""
     report = ReadReport(path)
-    texts: list[TrainingText] = []
+    converted: list[T] = []
     for record in _records(path, kind, report):
         try:
-            text = _to_text(record, kind, style)
+            converted.append(convert(record))
         except _Skip as skip:
             report.skipped[str(skip)] += 1
             continue
-        texts.append(text)
         report.kept += 1
-    return texts, report
+    return converted, report
 
 
 class _Skip(Exception):
