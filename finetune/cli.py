@@ -1,7 +1,7 @@
 """``botkit export`` and the ``botkit finetune`` group (``review list|approve|reject|correct``, ``deploy``).
 
 The finetune plugin (``finetune/plugin.py``) adds both to the ``botkit`` group; the
-training commands (``finetune/cli_train.py``) join the ``finetune`` group here. Heavy
+training commands (``finetune/cli_train.py``, ``finetune/cli_dpo.py``) join the ``finetune`` group here. Heavy
 modules (numpy, rich) are imported when a command runs, not when ``botkit`` starts.
 """
 
@@ -18,6 +18,7 @@ import click
 from botkit import NO_LORA, BotkitError
 from botkit.ops import Context, config_option, fail, run_with_database
 
+from .cli_dpo import dpo
 from .cli_train import convert, evaluate, train
 from .examples import FORMATS, FeedbackPolicy, FeedbackSelection, PiiPolicy, PreferencePrompt
 from .progress import progress_bars
@@ -411,6 +412,7 @@ def deploy(
 
 
 finetune.add_command(train)
+finetune.add_command(dpo)
 finetune.add_command(convert)
 finetune.add_command(evaluate)
 finetune.add_command(synth)

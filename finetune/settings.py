@@ -1,4 +1,4 @@
-"""``[finetune]`` in config.toml: the defaults of ``botkit finetune train``, each overridable by a flag."""
+"""``[finetune]`` in config.toml: the defaults of ``botkit finetune train`` and ``dpo``, each overridable by a flag."""
 
 from __future__ import annotations
 
@@ -9,6 +9,27 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class DpoSettings(BaseModel):
+    """``[finetune.dpo]``: what ``botkit finetune dpo`` adds to, or sets apart from, ``[finetune]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(
+        0.1, gt=0, le=10, description="DPO's beta: how far the adapter may move from the reference"
+    )
+    reference: Literal["start", "base"] = Field(
+        "start",
+        description="the model the adapter is measured against: 'start' (what training starts from: "
+        "the base model, or the --from run's adapter) or 'base' (the base model even with --from)",
+    )
+    learning_rate: float = Field(
+        5e-5, gt=0, lt=1, description="peak learning rate of DPO (lower than SFT's: the pairs differ little)"
+    )
+    epochs: int = Field(
+        1, ge=1, description="passes over the preference pairs (unless max_steps ends sooner)"
+    )
 
 
 class FinetuneSettings(BaseModel):
@@ -46,6 +67,7 @@ class FinetuneSettings(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="base model precision; 'auto': bfloat16 (or float16) on a GPU, float32 on a CPU"
     )
+    dpo: DpoSettings = Field(default_factory=DpoSettings, description="[finetune.dpo]: botkit finetune dpo")
 
     @field_validator("device")
     @classmethod

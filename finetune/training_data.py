@@ -3,7 +3,8 @@
 ``botkit finetune train`` and ``eval`` read the files ``botkit export`` wrote
 (or any file in the same formats): ``chat`` (``messages``), ``sharegpt``
 (``conversations``), ``alpaca`` and ``alpaca-jsonl`` (``instruction``, ``input``,
-``output``). Each record becomes the prompt text the bot would send its model
+``output``); ``botkit finetune dpo`` reads ``preference`` (``prompt``, ``chosen``,
+``rejected``). Each record becomes the prompt text the bot would send its model
 (``botkit.prompts``, with the backend's prompt format and chat template) and the
 answer the model should write, followed by its end-of-turn token. Records that
 cannot be used are skipped and counted by reason; nothing is guessed.
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from botkit import BotkitError, Prompt, Role, Turn
 from botkit.prompts import AlpacaVariant, alpaca_text, render_alpaca, render_chat
@@ -24,6 +25,7 @@ from botkit.prompts import AlpacaVariant, alpaca_text, render_alpaca, render_cha
 from .examples import TrainingFormat
 from .formats import file_name
 
+T = TypeVar("T")
 # Which export folder is read when a format is not asked for: the richest first.
 FORMAT_PREFERENCE: tuple[TrainingFormat, ...] = ("chat", "sharegpt", "alpaca-jsonl", "alpaca")
 SHAREGPT_ROLES = {
@@ -113,6 +115,73 @@ def find_files(data: Path, wanted: TrainingFormat | None = None) -> DataFiles:
     )
 
 
+@dataclass(frozen=True)
+class PreferenceText:
+    """One preference pair: the prompt (no loss) and two answers to it, each ending in end-of-turn."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    question: str  # the newest user message, for showing the pair
+
+
+def find_preference_files(data: Path) -> DataFiles:
+    """The ``preference`` train and validation files under ``data`` (an export folder), or ``data`` itself."""
+    if data.is_file():
+        sibling = data.with_name(data.name.replace("train", "validation")) if "train" in data.name else None
+        return DataFiles("chat", data, sibling if sibling is not None and sibling.is_file() else None)
+    train = data / file_name("preference", "train")
+    if not train.is_file():
+        raise TrainingDataError(
+            f"{data} has no {file_name('preference', 'train')}: "
+            f"export preference pairs with `botkit export --out {data} --format preference`"
+        )
+    validation = data / file_name("preference", "validation")
+    return DataFiles("chat", train, validation if validation.is_file() else None)
+
+
+def read_preferences(path: Path, style: PromptStyle) -> tuple[list[PreferenceText], ReadReport]:
+    """Every usable pair of a ``preference`` file; pairs without two different answers are counted by reason."""
+    return _read(path, "chat", lambda record: _preference_text(record, style))
+
+
+def _preference_text(record: Any, style: PromptStyle) -> PreferenceText:
+    if not isinstance(record, dict):
+        raise _Skip("a record that is not a JSON object")
+    chosen, rejected = _preference_answer(record, "chosen"), _preference_answer(record, "rejected")
+    if chosen.strip() == rejected.strip():
+        raise _Skip("chosen and rejected are the same answer")
+    prompt = record.get("prompt")
+    if isinstance(prompt, str):
+        # `botkit export --preference-prompt alpaca`: the whole Alpaca text the model reads.
+        if style.prompt_format != "alpaca":
+            raise _Skip('a text prompt, for prompt_format = "alpaca" (export with --preference-prompt chat)')
+        if not prompt.strip():
+            raise _Skip("an empty prompt")
+        return PreferenceText(prompt, chosen + style.eos_text, rejected + style.eos_text, prompt)
+    if not isinstance(prompt, list):
+        raise _Skip("no prompt (a list of messages or a text)")
+    messages = [(m.get("role"), m.get("content")) for m in prompt if isinstance(m, dict)]
+    text = _chat_text([*messages, ("assistant", chosen)], style)
+    return PreferenceText(text.prompt, text.answer, rejected + style.eos_text, text.question)
+
+
+def _preference_answer(record: dict[str, Any], key: str) -> str:
+    """``chosen`` or ``rejected``: a text, or one assistant message (TRL's conversational format)."""
+    value = record.get(key)
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        if value[0].get("role") != "assistant":
+            raise _Skip(f"a {key} message that is not the assistant's")
+        value = value[0].get("content")
+    if value is None:
+        raise _Skip(f"no {key} answer")
+    if not isinstance(value, str):
+        raise _Skip(f"a {key} answer that is not a text or one assistant message")
+    if not value.strip():
+        raise _Skip(f"an empty {key} answer")
+    return value
+
+
 def _format_of_file(path: Path) -> TrainingFormat:
     """A single file's format, from its first record's keys."""
     try:
@@ -140,17 +209,21 @@ def read_examples(
     path: Path, kind: TrainingFormat, style: PromptStyle
 ) -> tuple[list[TrainingText], ReadReport]:
     """Every usable record of ``path`` as prompt and answer texts; the rest counted by reason."""
+    return _read(path, kind, lambda record: _to_text(record, kind, style))
+
+
+def _read(path: Path, kind: TrainingFormat, convert: Callable[[Any], T]) -> tuple[list[T], ReadReport]:
+    """Each record of ``path`` converted; those that cannot be (``_Skip``) counted by reason."""
     report = ReadReport(path)
-    texts: list[TrainingText] = []
+    converted: list[T] = []
     for record in _records(path, kind, report):
         try:
-            text = _to_text(record, kind, style)
+            converted.append(convert(record))
         except _Skip as skip:
             report.skipped[str(skip)] += 1
             continue
-        texts.append(text)
         report.kept += 1
-    return texts, report
+    return converted, report
 
 
 class _Skip(Exception):
@@ -247,11 +320,14 @@ def _alpaca_text(record: dict[str, Any], style: PromptStyle) -> TrainingText:
 
 __all__ = [
     "DataFiles",
+    "PreferenceText",
     "PromptStyle",
     "ReadReport",
     "TrainingDataError",
     "TrainingFormat",
     "TrainingText",
     "find_files",
+    "find_preference_files",
     "read_examples",
+    "read_preferences",
 ]

@@ -92,7 +92,11 @@ def undocumented(model: type[BaseModel], table: str) -> list[str]:
     missing = []
     for field_name, field in model.model_fields.items():
         name = field.alias or field_name
-        if field.annotation in (SecretStr, SecretStr | None):
+        nested = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        if nested and name not in keys:
+            # A nested model not written inline is a table of its own, such as [finetune.dpo].
+            missing += undocumented(field.annotation, f"{table}.{name}")
+        elif field.annotation in (SecretStr, SecretStr | None):
             if env_name((*table.split("."), name)) not in text:
                 missing.append(f"[{table}] {name} (secret: name {env_name((*table.split('.'), name))})")
         elif name not in keys:
