@@ -202,6 +202,7 @@ def evaluate(ctx: Context, run: Path, data: Path | None, **flags: Any) -> None:
     """Compare RUN's adapter with its base model: loss and perplexity, and answers to the first examples."""
     from .base_model import target_from_run
     from .evaluate import evaluate as run_eval
+    from .model_card import write_model_card
     from .scores import EVAL_FILE
     from .train import read_run
 
@@ -230,6 +231,7 @@ def evaluate(ctx: Context, run: Path, data: Path | None, **flags: Any) -> None:
     results = report.as_dict()
     # deploy reads it back: it warns before deploying an adapter that scored worse than its base
     (run / EVAL_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_model_card(run, record)  # with the eval's numbers
     if flags["as_json"]:
         click.echo(json.dumps(results, indent=2))
     else:

@@ -66,6 +66,7 @@ class ExportOptions:
     preference_prompt: PreferencePrompt = "chat"
     system_prompt: str | None = None  # None: [bot] system_prompt and per-place overrides
     base_model: str | None = None
+    base_model_license: str | None = None  # None: not known (a name, or a model on a server)
     license: str = "other"
 
 

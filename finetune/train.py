@@ -22,6 +22,7 @@ from botkit import BotkitError, ModelLoadError
 from botkit.ops import read_gguf_header, transformers_engine
 
 from .base_model import AdapterTarget
+from .model_card import dataset_record, write_model_card
 from .scores import ADVICE, warnings_for
 from .settings import FinetuneSettings
 from .training_data import PromptStyle, ReadReport, TrainingFormat, TrainingText, find_files, read_examples
@@ -215,6 +216,7 @@ def train(
         seconds=round(report.seconds, 2),
     )
     _write_json(options.out / RUN_FILE, record)
+    write_model_card(options.out, record)
     return report
 
 
@@ -408,6 +410,7 @@ def _run_record(
     previous = _read_json(options.out / RUN_FILE) if options.resume else {}
     target = options.target
     return {
+        "command": "train",
         "base_model": target.base.record(),
         "backend": target.backend,
         "prompt_format": target.prompt_format,
@@ -419,6 +422,7 @@ def _run_record(
             "validation_examples": report.validation_examples,
             "skipped": {str(r.path): dict(r.skipped) for r in report.reads if r.skipped},
             "hash": data_hash,
+            "dataset_card": dataset_record(options.data),
         },
         "settings": options.hyper.model_dump(),
         "device": report.device,
