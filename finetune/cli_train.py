@@ -86,6 +86,11 @@ def _format_option(command: Any) -> Any:
 @click.option("--seed", type=int, help="seed of initialisation, dropout and data order (default 0)")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (default auto: the GPU when there is one)")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="base precision")
+@click.option(
+    "--group-by-length/--no-group-by-length",
+    default=None,
+    help="batch examples of similar length together (default: on)",
+)
 @click.option("--overwrite", is_flag=True, help="replace --out if it exists")
 @click.option("--resume", is_flag=True, help="continue from the newest checkpoint in --out")
 @click.pass_obj

@@ -46,6 +46,10 @@ class FinetuneSettings(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="base model precision; 'auto': bfloat16 (or float16) on a GPU, float32 on a CPU"
     )
+    group_by_length: bool = Field(
+        True,
+        description="batch examples of similar length together (less padding); the epoch's examples stay the same",
+    )
     allowed_licenses: list[str] | None = Field(
         None,
         description="licences `botkit finetune deploy` accepts (e.g. ['apache-2.0', 'mit']); unset: any, "
