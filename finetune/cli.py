@@ -410,7 +410,8 @@ def deploy(
     ADAPTER is a llama.cpp GGUF LoRA adapter file, a run folder of `botkit finetune train`
     that `convert` wrote one into, or 'none' for the base model. It is
     checked against the backend's model (an adapter for another base model is refused),
-    written into the config file as lora_path, and the bot running with this config is
+    its licence shown and checked against [finetune] allowed_licenses (--accept-license
+    deploys one outside it), written into the config file as lora_path, and the bot running with this config is
     asked over its control socket to reload. See docs/finetune.md.
     """
     from .deploy import Deployment, adapter_argument
