@@ -2,10 +2,10 @@
 against that backend's base model, and have the running bot switch to it without a restart.
 
 Steps: find the backend's table; check the adapter against the model file (read, not
-loaded) and its licence against ``[finetune] allowed_licenses``; write ``lora_path`` (and ``lora_scale``) into the config, keeping its comments;
-ask the running bot over its control socket (botkit/control.py) to reload; confirm
-with its status that the adapter is active. When the bot refuses, the config file gets
-its previous text back.
+loaded) and its licence against ``[finetune] allowed_licenses``; write ``lora_path``
+(and ``lora_scale``) into the config, keeping its comments; ask the running bot over
+its control socket (botkit/control.py) to reload; confirm with its status that the
+adapter is active. When the bot refuses, the config file gets its previous text back.
 """
 
 from __future__ import annotations
