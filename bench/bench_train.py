@@ -1,4 +1,4 @@
-"""LoRA training benchmark: botkit's training step against the plain peft + transformers step, on CPU.
+"""LoRA training benchmark: botkit's training step against the plain peft + transformers step, on CPU or a GPU.
 
 Run from the repository root::
 
@@ -6,6 +6,15 @@ Run from the repository root::
     .venv/bin/python bench/bench_train.py --rounds 9   # more rounds, a steadier median
     .venv/bin/python bench/bench_train.py --full       # and a full fine-tune for reference (+2 minutes)
     .venv/bin/python bench/bench_train.py --check      # exit 1 when botkit's step is the slower
+    .venv/bin/python bench/bench_train.py --device cuda  # on the GPU (the dtype [finetune] picks there)
+    .venv/bin/python bench/bench_train.py --grouping   # SFT examples/s with and without length grouping
+
+``--grouping`` measures something else: botkit's step on one epoch of a chat
+export of mixed lengths (no history to six earlier exchanges, answers of one to
+four sentences), batched as ``botkit finetune train`` batches it with
+``group_by_length`` on and off (``epoch_batches``, the same seed), alternating
+in rounds; it prints examples per second, the share of padding in the batches,
+and the ratio of the rates.
 
 The base model is the embedded SmolLM2-135M, loaded from its GGUF by
 transformers exactly as ``botkit finetune train`` loads it (``load_base`` with
@@ -68,11 +77,12 @@ for _name in [name for name in os.environ if name.startswith("BOTKIT_")]:
 from botkit.finetune.base_model import target_from_config
 from botkit.finetune.examples import Example, Feedback
 from botkit.finetune.formats import chat_record
-from botkit.finetune.settings import FinetuneSettings
+from botkit.finetune.settings import DEVICE, FinetuneSettings
 from botkit.finetune.train import (
     Encoded,
     bos_prefix,
     encode,
+    epoch_batches,
     import_torch,
     load_base,
     lora_model,
@@ -169,12 +179,12 @@ def training_batches(target, loaded, hyper: FinetuneSettings, system: str, count
 def botkit_side(model, loaded, hyper: FinetuneSettings, torch) -> Side:
     model, parameters, optimizer = lora_model(model, hyper)
 
-    def step(batch: list[Encoded]) -> float:
+    def step(batch: list[Encoded]):
         model.train()
         loss = optimizer_step(model, [batch], loaded, parameters, torch)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss
+        return loss  # on the device, as the training loop keeps it
 
     return Side("botkit (LoRA, answer logits)", step)
 
@@ -198,7 +208,7 @@ def plain_step(model, parameters, optimizer, pad_id: int, torch) -> Callable[[li
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return loss.detach()
 
     return step
 
@@ -237,20 +247,33 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def warm_up(side: Side, batches: list[list[Encoded]]) -> None:
-    """Untimed steps, whose peak memory is the side's."""
-    reset_peak_rss()
-    floor = rss_mb()
+def warm_up(side: Side, batches: list[list[Encoded]], torch, device: str) -> None:
+    """Untimed steps, whose peak memory is the side's (the process's RSS; on a GPU, its memory)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        floor = torch.cuda.memory_allocated() / 2**20
+    else:
+        reset_peak_rss()
+        floor = rss_mb()
     for batch in batches:
         side.step(batch)
-    side.peak_mb = peak_rss_mb()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        side.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        side.peak_mb = peak_rss_mb()
     side.step_mb = side.peak_mb - floor
 
 
-def timed_steps(side: Side, batches: list[list[Encoded]]) -> float:
+def timed_steps(side: Side, batches: list[list[Encoded]], torch, device: str) -> float:
+    """Seconds for ``batches``, the device's queue drained at both ends (the losses are read once, after)."""
+    wait = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    wait()
     started = clock()
     for batch in batches:
         side.step(batch)
+    wait()
     return clock() - started
 
 
@@ -259,10 +282,17 @@ def benchmark(args: argparse.Namespace) -> tuple[list[Side], list[list[Encoded]]
     torch, engine = import_torch()
     settings = load_settings(None)
     target = target_from_config(settings, "default", None)
-    hyper = FinetuneSettings(device="cpu")  # the defaults: r 8, alpha 16, dropout 0.05, q k v o
+    hyper = FinetuneSettings(device=args.device)  # the defaults: r 8, alpha 16, dropout 0.05, q k v o
     started = clock()
     loaded = load_base(target, hyper, engine)
     load_seconds = clock() - started
+    if args.grouping:
+        return grouping_benchmark(args, target, loaded, hyper, settings.bot.system_prompt, torch), {
+            "model": f"{target.base.name}, {next(loaded.model.parameters()).dtype} on {loaded.device}",
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "load_before": load_before,
+        }
     batches = training_batches(target, loaded, hyper, settings.bot.system_prompt, args.batches * BATCH_SIZE)
     # botkit trains the loaded model, as train() does; the other sides train copies of its weights.
     copies = [copy.deepcopy(loaded.model) for _ in range(2 if args.full else 1)]
@@ -270,7 +300,8 @@ def benchmark(args: argparse.Namespace) -> tuple[list[Side], list[list[Encoded]]
     if args.full:
         sides.append(full_side(copies[1], loaded, hyper, torch))
     setup = {
-        "model": f"{target.base.name} ({target.base.path.name}), {next(loaded.model.parameters()).dtype}",
+        "model": f"{target.base.name} ({target.base.path.name}), {next(loaded.model.parameters()).dtype} "
+        f"on {loaded.device}",
         "load_seconds": load_seconds,
         "hyper": hyper,
         "threads": torch.get_num_threads(),
@@ -279,19 +310,95 @@ def benchmark(args: argparse.Namespace) -> tuple[list[Side], list[list[Encoded]]
     }
     for side in sides:
         torch.manual_seed(hyper.seed)  # the same dropout masks on every side
-        side.first_loss = side.step(batches[0])
+        side.first_loss = float(side.step(batches[0]))
     reference = sides[1].first_loss
     for side in sides:
         assert abs(side.first_loss - reference) <= LOSS_TOLERANCE * abs(reference), (
             f"{side.name}: first-step loss {side.first_loss:.6f}, baseline {reference:.6f}"
         )
     for side in sides:
-        warm_up(side, [batches[i % len(batches)] for i in range(args.warmup)])
+        warm_up(side, [batches[i % len(batches)] for i in range(args.warmup)], torch, args.device)
     for round_number in range(args.rounds):
         order = sides if round_number % 2 == 0 else sides[::-1]
         for side in order:
-            side.seconds.append(timed_steps(side, batches))
+            side.seconds.append(timed_steps(side, batches, torch, args.device))
     return sides, batches, setup
+
+
+def mixed_records(system: str, count: int) -> list[dict]:
+    """Chat records of mixed lengths: 0 to 6 earlier exchanges, answers of one to four sentences."""
+    records = chat_records(system, count)
+    for index, record in enumerate(records):
+        *history, question, answer = record["messages"][1:]
+        extra = [EXCHANGES[(index + k) % len(EXCHANGES)] for k in range(1, 1 + (index * 5) % 7)]
+        earlier = [{"role": r, "content": t} for q, a in extra for r, t in (("user", q), ("assistant", a))]
+        sentences = [EXCHANGES[(index + k) % len(EXCHANGES)][1] for k in range(1 + (index * 3) % 4)]
+        answer = {"role": "assistant", "content": " ".join(sentences)}
+        record["messages"] = [record["messages"][0], *earlier, question, answer]
+    return records
+
+
+@dataclass
+class Grouping:
+    """One epoch's batches with or without length grouping, and their timings."""
+
+    name: str
+    batches: list[list[Encoded]]
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def padding(self) -> float:
+        padded = sum(max(len(e.ids) for e in batch) * len(batch) for batch in self.batches)
+        return 1 - sum(len(e.ids) for batch in self.batches for e in batch) / padded
+
+
+def grouping_benchmark(args, target, loaded, hyper: FinetuneSettings, system: str, torch) -> list[Grouping]:
+    """botkit's step over one epoch, batched without and with ``group_by_length``, alternating in rounds."""
+    with tempfile.TemporaryDirectory(prefix="botkit-bench-train-") as folder:
+        path = Path(folder) / "chat-train.jsonl"
+        records = mixed_records(system, args.examples)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        texts, read = read_examples(path, "chat", prompt_style(target, loaded))
+    encoded = encode(loaded, texts, hyper.max_length, read, bos_prefix(target, loaded))
+    lengths = [len(e.ids) for e in encoded]
+    sides = [
+        Grouping(
+            name, [[encoded[i] for i in b] for b in epoch_batches(lengths, BATCH_SIZE, hyper.seed, grouped)]
+        )
+        for name, grouped in (("random batches", False), ("length-grouped", True))
+    ]
+    runner = botkit_side(loaded.model, loaded, hyper, torch)
+    warm_up(runner, sides[0].batches[: args.warmup], torch, args.device)
+    for round_number in range(args.rounds):
+        for side in sides if round_number % 2 == 0 else sides[::-1]:
+            side.seconds.append(timed_steps(runner, side.batches, torch, args.device))
+    return sides
+
+
+def report_grouping(args: argparse.Namespace, sides: list[Grouping], setup: dict) -> int:
+    examples = sum(len(b) for b in sides[0].batches)
+    lengths = sorted(len(e.ids) for b in sides[0].batches for e in b)
+    print("botkit LoRA training benchmark: length grouping (SFT examples/s, one epoch, botkit's step)")
+    print(
+        f"  python {platform.python_version()}, {os.cpu_count()} CPUs, torch {setup['torch']} with "
+        f"{setup['threads']} threads, load average {setup['load_before']:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end"
+    )
+    print(f"  base model {setup['model']}; {args.rounds} rounds, alternating which side goes first")
+    print(
+        f"  {examples} examples in batches of {BATCH_SIZE}: {statistics.mean(lengths):.0f} tokens each "
+        f"(median {statistics.median(lengths):.0f}, {lengths[0]}-{lengths[-1]})"
+    )
+    print()
+    print(f"  {'batches':<16} {'examples/s':>10} {'(min-max)':>11} {'padding':>8}")
+    for side in sides:
+        rates = [examples / seconds for seconds in side.seconds]
+        print(f"  {side.name:<16} {statistics.median(rates):>10.2f} {spread(rates):>11} {side.padding:>8.1%}")
+    ratios = [plain / grouped for plain, grouped in zip(sides[0].seconds, sides[1].seconds, strict=True)]
+    print()
+    print(f"  examples/s length-grouped / random (median of per-round ratios): "
+          f"{statistics.median(ratios):.3f} ({spread(ratios)})")  # fmt: skip
+    return 0 if statistics.median(ratios) >= 1.0 or not args.check else 1
 
 
 def lm_head_positions(batch: list[Encoded]) -> tuple[int, int, int]:
@@ -369,14 +476,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--full", action="store_true", help="also time a full fine-tune (all parameters)")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when the target is missed")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda or cuda:N; the dtype is what [finetune] picks there",
+    )
+    parser.add_argument(
+        "--grouping", action="store_true", help="time SFT examples/s with and without length grouping instead"
+    )
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=48,
+        help="examples of mixed length in the --grouping epoch (default 48)",
+    )
     args = parser.parse_args(argv)
-    if min(args.rounds, args.batches, args.warmup) < 1:
-        parser.error("--rounds, --batches and --warmup must be at least 1")
+    if min(args.rounds, args.batches, args.warmup, args.examples) < 1:
+        parser.error("--rounds, --batches, --warmup and --examples must be at least 1")
+    if not DEVICE.fullmatch(args.device) or args.device == "auto":
+        parser.error("--device must be cpu, cuda or cuda:N")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.grouping:
+        measured, setup = benchmark(args)
+        return report_grouping(args, measured, setup)
     sides, batches, setup = benchmark(args)
     passed = report(args, sides, batches, setup)
     return 0 if passed or not args.check else 1

@@ -9,7 +9,7 @@ backend's model folder or GGUF. The adapter records this model's name, so
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +24,8 @@ from botkit.ops import (
 )
 from botkit.prompts import ALPACA_VARIANTS, AlpacaVariant
 
+from .licence import Provenance, from_gguf_metadata, from_model_folder
+
 
 class BaseModelError(BotkitError):
     """The base model of a fine-tune cannot be found or read."""
@@ -37,6 +39,7 @@ class BaseModel:
     gguf_file: str | None
     name: str
     architecture: str
+    provenance: Provenance = field(default_factory=Provenance)
 
     @property
     def path(self) -> Path:
@@ -46,7 +49,12 @@ class BaseModel:
         return f"{self.name!r} ({self.path})"
 
     def record(self) -> dict[str, Any]:
-        return {"path": str(self.path), "name": self.name, "architecture": self.architecture}
+        return {
+            "path": str(self.path),
+            "name": self.name,
+            "architecture": self.architecture,
+            **self.provenance.record(),
+        }
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,13 @@ def base_model(path: Path) -> BaseModel:
         if header.metadata.get("general.type", "model") != "model":
             raise BaseModelError(f"{path} is a GGUF {header.metadata['general.type']}, not a model")
         architecture = str(header.metadata.get("general.architecture", ""))
-        return BaseModel(path.parent, path.name, gguf_model_name(header.metadata, path), architecture)
+        return BaseModel(
+            path.parent,
+            path.name,
+            gguf_model_name(header.metadata, path),
+            architecture,
+            from_gguf_metadata(header.metadata),
+        )
     config = path / "config.json"
     if not config.is_file():
         raise BaseModelError(
@@ -83,7 +97,7 @@ def base_model(path: Path) -> BaseModel:
         raise BaseModelError(f"{config}: cannot read it ({error})") from None
     architectures = data.get("architectures") or [data.get("model_type", "")]
     name = data.get("_name_or_path") or path.name
-    return BaseModel(path, None, str(name), str(architectures[0]))
+    return BaseModel(path, None, str(name), str(architectures[0]), from_model_folder(path, data))
 
 
 def target_from_config(settings: Settings, backend: str, override: Path | None) -> AdapterTarget:

@@ -138,6 +138,10 @@ def render_card(report: ExportReport) -> str:
         if options.base_model
         else "Not named (pass `--base-model`)."
     )
+    if options.base_model_license:
+        out.append(f"Its licence (from its metadata): `{options.base_model_license}`.")
+    else:
+        out.append("Its licence could not be read (pass `--base-model` as the model's file or folder).")
 
     out += ["", "## Licence notes", ""]
     out += [
@@ -147,7 +151,9 @@ def render_card(report: ExportReport) -> str:
         "platforms' terms and the users' consent.",
         "- Users who opted out (`/optout`) and messages their authors deleted are excluded; "
         "speakers are pseudonymised (User 1, User 2); PII and secrets were handled as listed above.",
-        "- Fine-tuning inherits the base model's licence: check it before distributing an adapter.",
+        "- Fine-tuning inherits the base model's licence"
+        + (f" (`{options.base_model_license}`)" if options.base_model_license else "")
+        + ": check it before distributing an adapter.",
     ]
 
     out += ["", "## Prompt template", ""]

@@ -56,6 +56,20 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: float | None) 
     return value
 
 
+def _base_model_licence(settings: Any, flag: str | None) -> str | None:
+    """The licence the base model declares: ``--base-model`` when it names a model file or folder,
+    else the default backend's model; None when it cannot be read (a name, a model on a server)."""
+    from .base_model import base_model, target_from_config
+
+    try:
+        if flag is not None:
+            path = Path(flag).expanduser()
+            return base_model(path).provenance.license if path.exists() else None
+        return target_from_config(settings, "default", None).base.provenance.license
+    except BotkitError:
+        return None
+
+
 def _licence(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not LICENSE.match(value):
         raise click.BadParameter("use a licence identifier such as apache-2.0, cc-by-4.0 or other")
@@ -269,6 +283,7 @@ def export(ctx: Context, **flags: Any) -> None:
             alpaca_variant=bot.default_backend.settings.alpaca_variant,
             system_prompt=flags["system_prompt"],
             base_model=flags["base_model"] or bot.default_backend.backend.model_name,
+            base_model_license=_base_model_licence(bot.settings, flags["base_model"]),
             license=flags["licence"],
         )
         with progress_bars() as progress:
@@ -379,6 +394,11 @@ def _scale(ctx: click.Context, param: click.Parameter, value: float | None) -> f
 @click.option("--scale", type=float, callback=_scale, help="also set lora_scale (1.0: as trained)")
 @click.option("--no-reload", is_flag=True, help="only write the config; do not ask the running bot to reload")
 @click.option(
+    "--accept-license",
+    is_flag=True,
+    help="deploy even when [finetune] allowed_licenses does not list the adapter's licence",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=300.0,
@@ -387,14 +407,21 @@ def _scale(ctx: click.Context, param: click.Parameter, value: float | None) -> f
 )
 @click.pass_obj
 def deploy(
-    ctx: Context, adapter: str, backend: str, scale: float | None, no_reload: bool, timeout: float
+    ctx: Context,
+    adapter: str,
+    backend: str,
+    scale: float | None,
+    no_reload: bool,
+    accept_license: bool,
+    timeout: float,
 ) -> None:
     """Deploy a GGUF LoRA adapter to a llama.cpp backend of the running bot, without a restart.
 
     ADAPTER is a llama.cpp GGUF LoRA adapter file, a run folder of `botkit finetune train`
     that `convert` wrote one into, or 'none' for the base model. It is
     checked against the backend's model (an adapter for another base model is refused),
-    written into the config file as lora_path, and the bot running with this config is
+    its licence shown and checked against [finetune] allowed_licenses (--accept-license
+    deploys one outside it), written into the config file as lora_path, and the bot running with this config is
     asked over its control socket to reload. See docs/finetune.md.
     """
     from .deploy import Deployment, adapter_argument
@@ -404,7 +431,12 @@ def deploy(
         raise click.UsageError("--scale applies to an adapter; with 'none' there is none to scale")
     try:
         deployment = Deployment(
-            backend, adapter_argument(adapter), scale, reload=not no_reload, timeout=timeout
+            backend,
+            adapter_argument(adapter),
+            scale,
+            reload=not no_reload,
+            timeout=timeout,
+            accept_license=accept_license,
         )
         run_deploy(ctx.settings(), deployment, click.echo, lambda line: click.echo(line, err=True))
     except BotkitError as error:

@@ -86,6 +86,11 @@ def _format_option(command: Any) -> Any:
 @click.option("--seed", type=int, help="seed of initialisation, dropout and data order (default 0)")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (default auto: the GPU when there is one)")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="base precision")
+@click.option(
+    "--group-by-length/--no-group-by-length",
+    default=None,
+    help="batch examples of similar length together (default: on)",
+)
 @click.option("--overwrite", is_flag=True, help="replace --out if it exists")
 @click.option("--resume", is_flag=True, help="continue from the newest checkpoint in --out")
 @click.pass_obj
@@ -202,6 +207,7 @@ def evaluate(ctx: Context, run: Path, data: Path | None, **flags: Any) -> None:
     """Compare RUN's adapter with its base model: loss and perplexity, and answers to the first examples."""
     from .base_model import target_from_run
     from .evaluate import evaluate as run_eval
+    from .model_card import write_model_card
     from .scores import EVAL_FILE
     from .train import read_run
 
@@ -230,6 +236,7 @@ def evaluate(ctx: Context, run: Path, data: Path | None, **flags: Any) -> None:
     results = report.as_dict()
     # deploy reads it back: it warns before deploying an adapter that scored worse than its base
     (run / EVAL_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_model_card(run, record)  # with the eval's numbers
     if flags["as_json"]:
         click.echo(json.dumps(results, indent=2))
     else:

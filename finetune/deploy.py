@@ -2,10 +2,10 @@
 against that backend's base model, and have the running bot switch to it without a restart.
 
 Steps: find the backend's table; check the adapter against the model file (read, not
-loaded); write ``lora_path`` (and ``lora_scale``) into the config, keeping its comments;
-ask the running bot over its control socket (botkit/control.py) to reload; confirm
-with its status that the adapter is active. When the bot refuses, the config file gets
-its previous text back.
+loaded) and its licence against ``[finetune] allowed_licenses``; write ``lora_path``
+(and ``lora_scale``) into the config, keeping its comments; ask the running bot over
+its control socket (botkit/control.py) to reload; confirm with its status that the
+adapter is active. When the bot refuses, the config file gets its previous text back.
 """
 
 from __future__ import annotations
@@ -27,18 +27,22 @@ from botkit.ops import (
     Settings,
     check_adapter,
     check_backend_table,
+    config_table,
     control_socket_path,
     edit_table,
     embedded_model_path,
     env_name,
     load_bot,
     load_settings,
+    read_gguf_header,
     request_sync,
     table_path,
     toml_value,
 )
 
+from .licence import LicenceRefused, from_adapter_metadata, licence_problem
 from .scores import recorded_warnings
+from .settings import FinetuneSettings
 from .train import ADAPTER_FOLDER, CONVERTED_FILE, RUN_FILE
 
 Echo = Callable[[str], None]
@@ -65,6 +69,7 @@ class Deployment:
     scale: float | None = None
     reload: bool = True
     timeout: float = 300.0
+    accept_license: bool = False  # deploy an adapter whose licence [finetune] allowed_licenses does not list
 
     @property
     def values(self) -> dict[str, Any]:
@@ -171,6 +176,31 @@ def check_against_model(slot: BackendSlot, adapter: Path) -> str:
     return f"{adapter}: a LoRA adapter for {model.describe()}, the model of [{slot.table}]"
 
 
+def check_licence(deployment: Deployment, finetune: FinetuneSettings, echo: Echo, warn: Echo) -> None:
+    """Show the adapter's licence (its base model's); refuse one ``allowed_licenses`` does not list.
+
+    ``LicenceRefused`` unless ``accept_license``; an adapter that declares no licence is deployed
+    with a warning when no list is set.
+    """
+    adapter = deployment.adapter
+    assert adapter is not None
+    provenance = from_adapter_metadata(read_gguf_header(adapter).metadata)  # check_adapter read it already
+    echo(f"{adapter}: licence {provenance.describe()}")
+    problem = licence_problem(provenance, finetune.allowed_licenses)
+    if problem and not deployment.accept_license:
+        raise LicenceRefused(
+            f"{adapter}: not deployed: {problem}; pass --accept-license to deploy it anyway, "
+            "or add its licence to allowed_licenses"
+        )
+    if problem:
+        warn(f"warning: {adapter}: deploying with --accept-license: {problem}")
+    elif not provenance.known:
+        warn(
+            f"warning: {adapter} declares no licence (its base model has no general.license): find out under "
+            "which terms the base model may be used before the bot answers with it"
+        )
+
+
 def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -> None:
     """Deploy as the command does; ``echo`` prints progress. Raises ``BotkitError`` on failure.
 
@@ -188,6 +218,7 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
     if deployment.adapter is not None:
         check_gguf_file(deployment.adapter)
         echo(check_against_model(slot, deployment.adapter))
+        check_licence(deployment, config_table(settings, "finetune", FinetuneSettings), echo, warn)
         run = deployment.adapter.parent
         if (run / RUN_FILE).is_file():  # convert wrote it into a training run: what did that measure?
             for line in recorded_warnings(run):

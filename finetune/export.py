@@ -68,6 +68,7 @@ class ExportOptions:
     alpaca_variant: AlpacaVariant = "stanford"  # the backend's, for Alpaca preference prompts and the card
     system_prompt: str | None = None  # None: [bot] system_prompt and per-place overrides
     base_model: str | None = None
+    base_model_license: str | None = None  # None: not known (a name, or a model on a server)
     license: str = "other"
 
 

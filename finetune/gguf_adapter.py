@@ -29,6 +29,8 @@ from botkit.ops import (
     tensor_mismatches,
 )
 
+from .licence import Provenance, from_gguf_metadata, gguf_adapter_keys
+
 # A peft LoRA weight of a llama-architecture model (``LlamaForCausalLM`` under peft).
 PEFT_LORA_WEIGHT = re.compile(
     r"^(?:base_model\.model\.)?model\.layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<proj>\w+)"
@@ -78,6 +80,7 @@ def write_lora_gguf(
     base_model: str,
     name: str | None = None,
     tensor_type: TensorType = "f32",
+    provenance: Provenance | None = None,
 ) -> Path:
     """Write a llama.cpp LoRA adapter to ``path`` and return it.
 
@@ -85,8 +88,10 @@ def write_lora_gguf(
     LoRA pair ``(A, B)`` in peft's orientation: A ``(rank, n_in)``, B ``(n_out, rank)``.
     llama.cpp adds ``scale * alpha / rank * B @ A`` to the weight, ``scale`` being the
     backend's ``lora_scale``. ``architecture`` is the base model's ``general.architecture``
-    and ``base_model`` its ``general.name`` (``base_model_identity`` reads both). The file is
-    written next to ``path`` and then moved there, so a reader never sees half a file.
+    and ``base_model`` its ``general.name`` (``base_model_identity`` reads both). The adapter
+    carries the base model's ``provenance`` (its licence as ``general.license``; ``unknown``
+    when not given). The file is written next to ``path`` and then moved there, so a reader
+    never sees half a file.
     """
     try:
         import gguf
@@ -125,6 +130,8 @@ def write_lora_gguf(
         writer.add_base_model_count(1)
         writer.add_base_model_name(0, base_model)
         writer.add_string(BASE_MODEL_KEY, base_model)
+        for key, value in gguf_adapter_keys(provenance or Provenance()).items():
+            writer.add_string(key, value)
         writer.add_file_type(file_type)
         for tensor_name, (a, b) in tensors.items():
             for suffix, matrix in ((".lora_a", a), (".lora_b", b)):
@@ -224,6 +231,7 @@ def convert_peft_adapter(
         base_model=gguf_model_name(base.metadata, base_path),
         name=name or folder.resolve().name,
         tensor_type=tensor_type,
+        provenance=from_gguf_metadata(base.metadata),
     )
 
 

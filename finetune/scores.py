@@ -49,7 +49,7 @@ def warnings_for(
 
 def recorded_warnings(run: Path) -> list[str]:
     """The warnings from what ``train`` (``training.json``) and ``eval`` (``evaluation.json``) recorded in ``run``."""
-    training, evaluation = _read(run / "training.json"), _read(run / EVAL_FILE)
+    training, evaluation = read_record(run / "training.json"), read_record(run / EVAL_FILE)
     found = warnings_for(training.get("validation_before"), training.get("validation_after"))
     if evaluation:
         found += warnings_for(
@@ -62,7 +62,8 @@ def recorded_warnings(run: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON object file's content; empty when it is missing or not a JSON object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

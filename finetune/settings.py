@@ -67,6 +67,15 @@ class FinetuneSettings(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="base model precision; 'auto': bfloat16 (or float16) on a GPU, float32 on a CPU"
     )
+    group_by_length: bool = Field(
+        True,
+        description="batch examples of similar length together (less padding); the epoch's examples stay the same",
+    )
+    allowed_licenses: list[str] | None = Field(
+        None,
+        description="licences `botkit finetune deploy` accepts (e.g. ['apache-2.0', 'mit']); unset: any, "
+        "with a warning for an adapter that declares none",
+    )
     dpo: DpoSettings = Field(default_factory=DpoSettings, description="[finetune.dpo]: botkit finetune dpo")
 
     @field_validator("device")
@@ -75,6 +84,14 @@ class FinetuneSettings(BaseModel):
         if not DEVICE.fullmatch(value):
             raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N: the GPU's index)")
         return value
+
+    @field_validator("allowed_licenses")
+    @classmethod
+    def _licence_names(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or []:
+            if not name.strip():
+                raise ValueError("a licence must be an identifier such as apache-2.0, not empty")
+        return names
 
     @field_validator("target_modules")
     @classmethod

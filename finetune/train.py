@@ -22,6 +22,7 @@ from botkit import BotkitError, ModelLoadError
 from botkit.ops import read_gguf_header, transformers_engine
 
 from .base_model import AdapterTarget
+from .model_card import dataset_record, write_model_card
 from .scores import ADVICE, warnings_for
 from .settings import FinetuneSettings
 from .training_data import PromptStyle, ReadReport, TrainingFormat, TrainingText, find_files, read_examples
@@ -35,8 +36,13 @@ STATE_FILE = "state.pt"
 # Settings that must match for --resume to continue a run: they shape the steps already taken.
 RESUME_KEYS = (
     "rank", "alpha", "dropout", "target_modules", "learning_rate", "epochs", "max_steps",
-    "batch_size", "gradient_accumulation", "warmup_ratio", "max_length", "seed",
+    "batch_size", "gradient_accumulation", "warmup_ratio", "max_length", "seed", "group_by_length",
 )  # fmt: skip
+# With group_by_length, each epoch's shuffled examples are sorted by length within
+# windows of this many batches (as transformers' LengthGroupedSampler does).
+GROUP_BATCHES = 50
+# Losses stay on the device and are read (one host sync) this often, and at checkpoints.
+LOSS_READ_EVERY = 10
 
 
 class TrainingError(BotkitError):
@@ -174,18 +180,28 @@ def train(
     started = time.monotonic()
     task = progress.add_task("training", total=total_steps, completed=step, loss="") if progress else None
     window: list[float] = []
+    pending: list[tuple[int, float, Any]] = []  # (step, lr, loss on the device) not read yet
+
+    def read_losses() -> None:
+        for done, rate, value in pending:
+            loss = float(value)
+            window[:] = [*window[-9:], loss]
+            record["losses"].append({"step": done, "loss": round(loss, 5), "lr": rate})
+        pending.clear()
+        report.last_train_loss = sum(window) / len(window) if window else None
+        if progress and window:
+            progress.update(task, loss=f"loss {report.last_train_loss:.4f}")
+
+    lengths = [len(example.ids) for example in train_set]
+    model.train()
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        order = torch.randperm(
-            len(train_set), generator=torch.Generator().manual_seed(hyper.seed + epoch)
-        ).tolist()
-        batches = [order[i : i + hyper.batch_size] for i in range(0, len(order), hyper.batch_size)]
+        batches = epoch_batches(lengths, hyper.batch_size, hyper.seed + epoch, hyper.group_by_length)
         groups = [
             batches[i : i + hyper.gradient_accumulation]
             for i in range(0, len(batches), hyper.gradient_accumulation)
         ]
         for group in groups[offset:]:
-            model.train()
             loss = optimizer_step(
                 model, [[train_set[i] for i in b] for b in group], loaded, parameters, torch
             )
@@ -193,16 +209,20 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            window = [*window[-9:], loss]
-            report.last_train_loss = sum(window) / len(window)
-            record["losses"].append({"step": step, "loss": round(loss, 5), "lr": scheduler.get_last_lr()[0]})
-            if progress:
-                progress.update(task, completed=step, loss=f"loss {report.last_train_loss:.4f}")
+            pending.append((step, scheduler.get_last_lr()[0], loss))
             end_of_epoch = step % steps_per_epoch == 0
-            if step < total_steps and (step % hyper.save_every == 0 if hyper.save_every else end_of_epoch):
+            checkpoint_now = step < total_steps and (
+                step % hyper.save_every == 0 if hyper.save_every else end_of_epoch
+            )
+            if checkpoint_now or step % LOSS_READ_EVERY == 0 or step >= total_steps:
+                read_losses()
+            if progress:
+                progress.update(task, completed=step)
+            if checkpoint_now:
                 _save_checkpoint(options.out, step, model, optimizer, scheduler, record, torch, hyper)
             if step >= total_steps:
                 break
+    read_losses()
     report.seconds = time.monotonic() - started
     report.steps = step
     model.save_pretrained(options.out / ADAPTER_FOLDER, save_embedding_layers=False)
@@ -215,6 +235,7 @@ def train(
         seconds=round(report.seconds, 2),
     )
     _write_json(options.out / RUN_FILE, record)
+    write_model_card(options.out, record)
     return report
 
 
@@ -320,18 +341,57 @@ def encode(
     return encoded
 
 
-def _tensors(batch: Sequence[Encoded], pad_id: int, device: str, torch: Any) -> tuple[Any, Any, Any]:
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool
+) -> list[list[int]]:
+    """One epoch's batches of example indices: every example once, in an order fixed by ``seed``.
+
+    Without grouping, the batches are a seeded shuffle cut in ``batch_size`` pieces. With it,
+    the same shuffle is sorted by length (longest first) within windows of ``GROUP_BATCHES``
+    batches, so a batch pads to a similar length; the batches are then shuffled with the same
+    seed, and the one holding the longest example goes first, so a batch that does not fit in
+    memory fails at the first step rather than hours in.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * GROUP_BATCHES
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+    return [batches[longest], *batches[:longest], *batches[longest + 1 :]]
+
+
+def _tensors(batch: Sequence[Encoded], pad_id: int, device: str, torch: Any) -> tuple[Any, Any, Any, Any]:
+    """Input ids, attention mask, labels and the positions that predict an answer token, on ``device``.
+
+    They are built on the host: the positions are known from the examples, so finding them
+    costs no device round trip.
+    """
     width = max(len(e.ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    for row, example in enumerate(batch):
-        ids[row, : len(example.ids)] = torch.tensor(example.ids)
-        mask[row, : len(example.ids)] = 1
-        labels[row, example.prompt_tokens : len(example.ids)] = torch.tensor(
-            example.ids[example.prompt_tokens :]
-        )
-    return ids.to(device), mask.to(device), labels.to(device)
+    ids = torch.tensor([e.ids + [pad_id] * (width - len(e.ids)) for e in batch])
+    mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch])
+    labels = torch.tensor(
+        [[-100] * e.prompt_tokens + e.ids[e.prompt_tokens :] + [-100] * (width - len(e.ids)) for e in batch]
+    )
+    # Position p predicts token p + 1: an answer token when prompt_tokens <= p + 1 < len(ids).
+    positions = torch.tensor(
+        sorted(set().union(*(range(e.prompt_tokens - 1, len(e.ids) - 1) for e in batch)))
+    )
+    if not str(device).startswith("cuda"):
+        return ids, mask, labels, positions
+    # A copy from pageable memory makes the host wait for every kernel queued before it;
+    # from pinned memory it is queued like a kernel.
+    ids, mask, labels, positions = (
+        t.pin_memory().to(device, non_blocking=True) for t in (ids, mask, labels, positions)
+    )
+    return ids, mask, labels, positions
 
 
 def batch_loss(model: Any, batch: Sequence[Encoded], loaded: Any) -> tuple[Any, int]:
@@ -344,27 +404,29 @@ def batch_loss(model: Any, batch: Sequence[Encoded], loaded: Any) -> tuple[Any, 
     import torch
     import torch.nn.functional as functional
 
-    ids, mask, labels = _tensors(batch, loaded.pad_token_id or 0, loaded.device, torch)
-    targets = labels[:, 1:]
-    positions = (targets != -100).any(dim=0).nonzero().squeeze(1)
+    ids, mask, labels, positions = _tensors(batch, loaded.pad_token_id or 0, loaded.device, torch)
     logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=positions).logits
-    wanted = targets[:, positions]
+    wanted = labels[:, 1:][:, positions]
     loss = functional.cross_entropy(
         logits.float().flatten(0, 1), wanted.flatten(), ignore_index=-100, reduction="sum"
     )
-    return loss, int((wanted != -100).sum())
+    return loss, sum(len(e.ids) - e.prompt_tokens for e in batch)
 
 
 def optimizer_step(
     model: Any, group: list[list[Encoded]], loaded: Any, parameters: list[Any], torch: Any
-) -> float:
-    """Forward and backward passes over ``group``'s batches, averaged over all their answer tokens."""
+) -> Any:
+    """Forward and backward passes over ``group``'s batches; their loss per answer token.
+
+    The loss is returned as a tensor on the device: reading it (``float``) waits for the
+    device, so the training loop reads a few steps' losses at once.
+    """
     tokens = sum(len(e.ids) - e.prompt_tokens for batch in group for e in batch)
-    total = 0.0
+    total = None
     for batch in group:
         loss, _ = batch_loss(model, batch, loaded)
         (loss / tokens).backward()
-        total += float(loss.detach())
+        total = loss.detach() if total is None else total + loss.detach()
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
     return total / tokens
 
@@ -376,18 +438,19 @@ def mean_loss(
     import torch
 
     model.eval()
-    total, tokens = 0.0, 0
+    examples = sorted(examples, key=lambda e: len(e.ids))  # batches of similar length pad little
+    total, tokens = torch.zeros((), device=loaded.device), 0
     task = progress.add_task("validation", total=len(examples), loss="") if progress else None
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
             loss, count = batch_loss(model, batch, loaded)
-            total, tokens = total + float(loss), tokens + count
+            total, tokens = total + loss.float(), tokens + count
             if progress:
                 progress.update(task, advance=len(batch))
     if progress:
         progress.remove_task(task)
-    return total / tokens
+    return float(total) / tokens
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -410,6 +473,7 @@ def _run_record(
     previous = _read_json(options.out / RUN_FILE) if options.resume else {}
     target = options.target
     return {
+        "command": "train",
         "base_model": target.base.record(),
         "backend": target.backend,
         "prompt_format": target.prompt_format,
@@ -422,6 +486,7 @@ def _run_record(
             "validation_examples": report.validation_examples,
             "skipped": {str(r.path): dict(r.skipped) for r in report.reads if r.skipped},
             "hash": data_hash,
+            "dataset_card": dataset_record(options.data),
         },
         "settings": options.hyper.model_dump(),
         "device": report.device,

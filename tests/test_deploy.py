@@ -23,6 +23,7 @@ from botkit.cli import create_cli
 from botkit.config_edit import edit_table
 from botkit.control import ControlServer, request_sync
 from botkit.finetune.gguf_adapter import base_model_identity, write_lora_gguf
+from botkit.finetune.licence import Provenance, from_gguf_metadata
 from botkit.settings import load_settings
 
 SMOL_NAME = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # general.name in the embedded GGUF
@@ -64,7 +65,11 @@ type = "scripted"
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory) -> Path:
-    """``good.gguf`` for SmolLM2 (large random B: it changes greedy answers), ``other.gguf`` for another base."""
+    """``good.gguf`` for SmolLM2 (large random B: it changes greedy answers), ``other.gguf`` for another base.
+
+    ``good.gguf`` carries SmolLM2's licence (apache-2.0) as ``convert`` writes it; ``unlicensed.gguf``
+    is the same adapter made from a base model that declares no licence.
+    """
     folder = tmp_path_factory.mktemp("adapters")
     architecture, name = base_model_identity(embedded_model_path())
     rng = np.random.default_rng(7)
@@ -75,7 +80,16 @@ def adapters(tmp_path_factory) -> Path:
             a = rng.normal(0, 0.2, (4, n_in)).astype(np.float32)
             b = rng.normal(0, 0.2, (n_out, 4)).astype(np.float32)
             pairs[tensor] = (a, b)
-    write_lora_gguf(folder / "good.gguf", architecture=architecture, alpha=4, tensors=pairs, base_model=name)
+    smol = from_gguf_metadata(read_gguf_header(embedded_model_path()).metadata)
+    for file, provenance in (("good.gguf", smol), ("unlicensed.gguf", Provenance())):
+        write_lora_gguf(
+            folder / file,
+            architecture=architecture,
+            alpha=4,
+            tensors=pairs,
+            base_model=name,
+            provenance=provenance,
+        )
     write_lora_gguf(
         folder / "other.gguf", architecture=architecture, alpha=4, tensors=pairs, base_model="Another Model"
     )
@@ -112,10 +126,52 @@ def test_deploy_writes_lora_path_keeping_every_comment(config, adapters):
     )
     assert result.stdout.splitlines() == [
         f"{adapter}: a LoRA adapter for {SMOL}, the model of [backend]",
+        f"{adapter}: licence apache-2.0",
         f'{config}: [backend] now has lora_path = "{adapter}", lora_scale = 0.5',
         f"no running bot found at {config.parent / 'ctl.sock'}; {NO_BOT}",
     ]
     assert load_settings(config).backend["lora_path"] == str(adapter)
+
+
+def test_an_adapter_outside_allowed_licenses_is_refused_unless_accepted(config, adapters):
+    config.write_text(CONFIG + '\n[finetune]\nallowed_licenses = ["mit", "bsd-3-clause"]\n', encoding="utf-8")
+    before = config.read_bytes()
+    adapter = adapters / "good.gguf"
+    refused = deploy(config, str(adapter), "--no-reload")
+    assert refused.exit_code == 1
+    assert (
+        f"{adapter}: not deployed: it is licensed apache-2.0, which [finetune] allowed_licenses "
+        "(mit, bsd-3-clause) does not list; pass --accept-license" in refused.output
+    )
+    assert config.read_bytes() == before
+
+    accepted = deploy(config, str(adapter), "--no-reload", "--accept-license")
+    assert accepted.exit_code == 0, accepted.output
+    assert f"{adapter}: licence apache-2.0" in accepted.stdout
+    assert "deploying with --accept-license: it is licensed apache-2.0" in accepted.stderr
+    assert f'lora_path = "{adapter}"' in config.read_text(encoding="utf-8")
+
+
+def test_an_adapter_whose_licence_is_listed_deploys_without_a_warning(config, adapters):
+    config.write_text(CONFIG + '\n[finetune]\nallowed_licenses = ["Apache-2.0"]\n', encoding="utf-8")
+    result = deploy(config, str(adapters / "good.gguf"), "--no-reload")
+    assert result.exit_code == 0, result.output
+    assert "licence apache-2.0" in result.stdout and "warning" not in result.stderr
+
+
+def test_an_adapter_without_a_licence_deploys_with_a_warning_or_is_refused_by_a_list(config, adapters):
+    adapter = adapters / "unlicensed.gguf"
+    result = deploy(config, str(adapter), "--no-reload")
+    assert result.exit_code == 0, result.output
+    assert f"{adapter}: licence unknown" in result.stdout
+    assert f"warning: {adapter} declares no licence" in result.stderr
+
+    config.write_text(CONFIG + '\n[finetune]\nallowed_licenses = ["apache-2.0"]\n', encoding="utf-8")
+    refused = deploy(config, str(adapter), "--no-reload")
+    assert refused.exit_code == 1
+    assert (
+        "it declares no licence (unknown), which [finetune] allowed_licenses (apache-2.0)" in refused.output
+    )
 
 
 def test_a_relative_adapter_path_is_taken_from_the_current_folder(config, adapters, monkeypatch):

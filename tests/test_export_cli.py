@@ -142,6 +142,7 @@ def test_every_format_loads_with_datasets_with_exactly_the_expected_columns(make
         "- Models that wrote the answers: scripted (5)",
         "- Platforms: test (5)",
         "`scripted`: the model these examples are meant to fine-tune.",
+        "Its licence could not be read (pass `--base-model` as the model's file or folder).",
         "### Instruction:\n{instruction}\n\n### Input:\n{input}",
         "You are the team's helpful assistant.",
         "| `chat/train.jsonl` | 5 |",
@@ -284,6 +285,18 @@ def test_an_existing_folder_is_refused_without_overwrite_and_replaced_with_it(ma
     replaced = botkit(project, "export", "--out", str(out), "--overwrite")
     assert replaced.exit_code == 0, replaced.output
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "chat"]
+
+
+def test_the_card_names_the_licence_of_a_base_model_given_as_a_file(make_bot, project, tmp_path):
+    from botkit.backends.llamacpp import embedded_model_path
+
+    seed(make_bot, project, team_chat)
+    out = tmp_path / "dataset"
+    result = botkit(project, "export", "--out", str(out), "--base-model", str(embedded_model_path()))
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text()
+    assert "Its licence (from its metadata): `apache-2.0`." in card
+    assert "- Fine-tuning inherits the base model's licence (`apache-2.0`)" in card
 
 
 def test_an_empty_selection_fails_clearly_and_writes_no_file(make_bot, project, tmp_path):

@@ -18,6 +18,7 @@ from export_helpers import FACT, FACT_QUESTIONS
 
 from botkit import ConfigError
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings, embedded_model_path
+from botkit.backends.llamacpp_lora import read_gguf_header
 from botkit.cli import create_cli
 from botkit.finetune.base_model import target_from_config
 from botkit.finetune.gguf_adapter import read_safetensors
@@ -30,6 +31,24 @@ from botkit.types import Prompt, Role, Turn
 
 SYSTEM = "You are the team's helpful assistant."
 QUESTIONS = FACT_QUESTIONS[:6]
+# The parts of an export's dataset card that a run's model card repeats.
+DATASET_CARD = """---
+license: cc-by-4.0
+---
+
+# botkit conversation export
+
+## Date range
+
+Messages from 2026-11-02T09:00:00+00:00 to 2026-11-20T17:30:00+00:00 (UTC).
+
+## Sources
+
+- Platforms: slack (7)
+- Channels: 2
+
+## Base model
+"""
 # Few, fast steps with a high learning rate: enough to move the loss, not a recipe.
 QUICK = ["--lr", "2e-3", "--max-steps", "4", "--batch-size", "3", "--save-every", "2"]
 
@@ -56,6 +75,7 @@ def export_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
     write_jsonl(root / "chat/train.jsonl", [chat_record(q) for q in QUESTIONS])
     write_jsonl(root / "chat/validation.jsonl", [chat_record("What's Project Zephyr's codename?")])
+    (root / "README.md").write_text(DATASET_CARD, encoding="utf-8")
     return root
 
 
@@ -251,6 +271,24 @@ def test_training_reports_validation_loss_before_and_after(run):
 
 
 @pytest.mark.model
+def test_the_run_folder_has_a_model_card_with_licence_data_settings_and_metrics(run):
+    record = json.loads((run["out"] / "training.json").read_text())
+    assert record["base_model"]["license"] == "apache-2.0"  # general.license of the embedded GGUF
+    assert record["base_model"]["author"] == "HuggingFaceTB"  # its general.organization
+    assert record["data"]["dataset_card"]["license"] == "cc-by-4.0"
+    card = (run["out"] / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlicense: apache-2.0\n")
+    assert "- Licence: apache-2.0" in card and "inherits its licence, `apache-2.0`" in card
+    assert "declares the licence `cc-by-4.0`" in card
+    assert "- Examples: 6 train, 1 validation" in card
+    assert "### Sources\n\n- Platforms: slack (7)\n- Channels: 2" in card
+    assert "Messages from 2026-11-02T09:00:00+00:00" in card
+    assert "| rank | 4 |" in card and "| learning_rate | 0.002 |" in card
+    before, after = record["validation_before"], record["validation_after"]
+    assert f"| validation loss | {before:.4f} | {after:.4f} |" in card
+
+
+@pytest.mark.model
 def test_a_resumed_run_ends_where_the_uninterrupted_one_did(run, export_dir, config, tmp_path):
     """Checkpoints hold the adapter, optimizer, schedule and random state: resuming step 2 gives step 4's weights."""
     import shutil
@@ -281,6 +319,9 @@ def test_convert_writes_a_llama_cpp_adapter_for_the_base_model(run, config, tmp_
     from botkit.backends.llamacpp_lora import ModelInfo, check_adapter
 
     check_adapter(tmp_path / "zephyr.gguf", "test", ModelInfo.read(embedded_model_path()))  # raises if unfit
+    metadata = read_gguf_header(tmp_path / "zephyr.gguf").metadata
+    assert metadata["general.license"] == "apache-2.0"  # the base model's licence travels with the adapter
+    assert metadata["general.base_model.0.author"] == "HuggingFaceTB"
     again = botkit(config, "finetune", "convert", str(run["out"]), "--out", str(tmp_path / "zephyr.gguf"))
     assert again.exit_code == 1 and "exists: pass --overwrite" in again.output
 
@@ -315,6 +356,9 @@ def test_eval_compares_the_adapter_with_its_base_model(run, config):
     (sample,) = report["samples"]
     assert sample["question"] == "What's Project Zephyr's codename?" and sample["reference"] == FACT
     assert sample["base"] and sample["adapter"]
+    card = (run["out"] / "README.md").read_text(encoding="utf-8")  # written again with the eval's numbers
+    base_loss, adapter_loss = report["base_loss"], report["adapter_loss"]
+    assert f"| eval loss (validation, 1 example) | {base_loss:.4f} | {adapter_loss:.4f} |" in card
 
 
 # -- refusals before anything loads -----------------------------------------------
