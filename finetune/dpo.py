@@ -21,6 +21,7 @@ from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any
 
+from .model_card import write_model_card
 from .scores import ADVICE, warnings_for
 from .settings import FinetuneSettings
 from .train import (
@@ -170,6 +171,7 @@ def dpo(
     report.started_at_step = step
 
     record = _run_record(options, report, data_hash, total_steps)
+    record["command"] = "dpo"
     previous = _read_json(options.out / RUN_FILE).get("dpo", {}) if options.resume else {}
     record["dpo"] = {
         "from": str(start) if start else None,
@@ -227,6 +229,7 @@ def dpo(
         seconds=round(report.seconds, 2),
     )
     _write_json(options.out / RUN_FILE, record)
+    write_model_card(options.out, record)
     return report
 
 
@@ -293,9 +296,8 @@ def answer_logps(model: Any, batch: Sequence[Encoded], loaded: Any) -> Any:
     import torch
     import torch.nn.functional as functional
 
-    ids, mask, labels = _tensors(batch, loaded.pad_token_id or 0, loaded.device, torch)
+    ids, mask, labels, positions = _tensors(batch, loaded.pad_token_id or 0, loaded.device, torch)
     targets = labels[:, 1:]
-    positions = (targets != -100).any(dim=0).nonzero().squeeze(1)
     logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=positions).logits
     wanted = targets[:, positions]
     losses = functional.cross_entropy(

@@ -257,6 +257,9 @@ def test_the_run_folder_is_a_training_run(run):
     assert {"loss", "accuracy", "margin", "logp_margin", "lr"} <= set(record["losses"][0])
     assert record["settings"]["learning_rate"] == 4e-3 and record["data"]["examples"] == len(TRAIN_QA)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
+    assert record["command"] == "dpo" and record["base_model"]["license"] == "apache-2.0"
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlicense: apache-2.0\n") and "(`botkit finetune dpo`)" in card
 
 
 @pytest.mark.model
