@@ -24,6 +24,15 @@ from .settings import FinetuneSettings
 HYPER_FLAGS = tuple(FinetuneSettings.model_fields)
 
 
+def _mix_sources(_ctx: Any, param: Any, values: tuple[str, ...]) -> tuple[Any, ...]:
+    from .mixing import parse_source
+
+    try:
+        return tuple(parse_source(value) for value in values)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+
+
 def _hyper(settings: FinetuneSettings, flags: dict[str, Any]) -> FinetuneSettings:
     """``[finetune]`` from the config with the flags given on the command line on top."""
     values = settings.model_dump()
@@ -57,6 +66,15 @@ def _format_option(command: Any) -> Any:
     "--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="run folder"
 )
 @_format_option
+@click.option(
+    "--mix",
+    "mix",
+    multiple=True,
+    metavar="PATH[=WEIGHT]",
+    callback=_mix_sources,
+    help="more training data beside DATA: a `finetune synth` folder, an export or a file; "
+    "WEIGHT scales how many of its examples are used (default 1; 0.5 a seeded half, 2 each twice)",
+)
 @click.option("--backend", default="default", show_default=True, help="the backend the adapter is for")
 @click.option(
     "--base-model",
@@ -117,6 +135,7 @@ def train(ctx: Context, data: Path, out: Path, **flags: Any) -> None:
             target=target,
             hyper=hyper,
             data_format=flags["data_format"],
+            mix=flags["mix"],
             overwrite=flags["overwrite"],
             resume=flags["resume"],
         )

@@ -111,6 +111,13 @@ def _data_section(data: dict[str, Any], card: dict[str, Any] | None) -> list[str
         *(f"- File: `{path}`" for path in data.get("files", [])),
         f"- Examples: {data.get('examples', 0):,} train, {data.get('validation_examples', 0):,} validation",
     ]
+    sources = data.get("sources") or []
+    if len(sources) > 1:  # mixed with --mix: each source, its weight and what it gave
+        for source in sources:
+            out.append(
+                f"- Mixed: `{source['path']}` ({source['format']}), weight {source['weight']:g}: "
+                f"{source['used']:,} of its {source['examples']:,} examples"
+            )
     for path, reasons in (data.get("skipped") or {}).items():
         for reason, count in sorted(reasons.items()):
             out.append(f"- Skipped in `{path}`: {count:,} {reason}")

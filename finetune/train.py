@@ -22,10 +22,19 @@ from botkit import BotkitError, ModelLoadError
 from botkit.ops import read_gguf_header, transformers_engine
 
 from .base_model import AdapterTarget
+from .mixing import Source, source_files, weighted
 from .model_card import dataset_record, write_model_card
 from .scores import ADVICE, warnings_for
 from .settings import FinetuneSettings
-from .training_data import PromptStyle, ReadReport, TrainingFormat, TrainingText, find_files, read_examples
+from .training_data import (
+    DataFiles,
+    PromptStyle,
+    ReadReport,
+    TrainingFormat,
+    TrainingText,
+    find_files,
+    read_examples,
+)
 
 INSTALL_HINT = "pip install 'botkit[finetune]'"
 RUN_FILE = "training.json"
@@ -56,6 +65,7 @@ class TrainOptions:
     target: AdapterTarget
     hyper: FinetuneSettings = field(default_factory=FinetuneSettings)
     data_format: TrainingFormat | None = None
+    mix: tuple[Source, ...] = ()  # more sources beside ``data``, with their weights (finetune/mixing.py)
     overwrite: bool = False
     resume: bool = False
 
@@ -82,6 +92,7 @@ class TrainReport:
     validation_after: float | None = None
     last_train_loss: float | None = None
     reads: list[ReadReport] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)  # training.json's data.sources
 
     @property
     def adapter(self) -> Path:
@@ -132,6 +143,7 @@ def train(
     """
     checkpoint = _prepare_folder(options)
     files = find_files(options.data, options.data_format)
+    mixed = [(source, source_files(source.path)) for source in options.mix]
     if on_start is not None:
         on_start()
     torch, engine = import_torch()
@@ -147,6 +159,16 @@ def train(
         texts, read = read_examples(files.validation, files.format, style)
         report.reads.append(read)
         validation_set = encode(loaded, texts, options.hyper.max_length, read, prefix)
+    report.sources.append(_source_record(options.data, files, 1.0, len(train_set), len(train_set)))
+    for number, (source, source_data) in enumerate(mixed, start=1):
+        texts, read = read_examples(source_data.train, source_data.format, style)
+        report.reads.append(read)
+        examples = encode(loaded, texts, options.hyper.max_length, read, prefix)
+        used = weighted(examples, source.weight, options.hyper.seed + number)
+        train_set += used
+        report.sources.append(
+            _source_record(source.path, source_data, source.weight, len(examples), len(used))
+        )
     if not train_set:
         raise TrainingError(
             "no usable training example:\n" + "\n".join(line for r in report.reads for line in r.lines())
@@ -487,12 +509,26 @@ def _run_record(
             "skipped": {str(r.path): dict(r.skipped) for r in report.reads if r.skipped},
             "hash": data_hash,
             "dataset_card": dataset_record(options.data),
+            "sources": report.sources,
         },
         "settings": options.hyper.model_dump(),
         "device": report.device,
         "total_steps": total_steps,
         "validation_before": previous.get("validation_before"),
         "losses": previous.get("losses", [])[: report.started_at_step],
+    }
+
+
+def _source_record(path: Path, files: DataFiles, weight: float, examples: int, used: int) -> dict[str, Any]:
+    """One data source of a run as ``training.json`` keeps it (``data.sources``)."""
+    return {
+        "path": str(path),
+        "file": str(files.train),
+        "format": files.format,
+        "weight": weight,
+        "examples": examples,
+        "used": used,
+        "dataset_card": dataset_record(path),
     }
 
 

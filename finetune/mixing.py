@@ -1,0 +1,73 @@
+"""Training on several sources at once: ``botkit finetune train DATA --mix SOURCE=WEIGHT``.
+
+The Alpaca recipe trains on synthetic instructions (``botkit finetune synth``) and
+Vicuna's on real conversations; botkit's own export is the second. ``--mix`` adds
+sources beside the main data: a ``synth`` output folder (its ``train.json``), another
+export folder, or one data file. A source's weight scales how many of its examples a
+run uses: 1 each once, 0.5 a seeded half, 2 each twice (2.5: twice, and a seeded half
+once more). The choice is made once per run, so every epoch sees the same examples;
+validation stays the main data's. ``training.json`` and the model card list every
+source with its weight and the examples it gave.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from .training_data import FORMAT_PREFERENCE, DataFiles, TrainingDataError, find_files
+
+T = TypeVar("T")
+
+SYNTH_DATA = "train.json"  # what `botkit finetune synth --out` writes (Alpaca JSON)
+MAX_WEIGHT = 100.0
+
+
+@dataclass(frozen=True)
+class Source:
+    """One extra data source of a run and its weight."""
+
+    path: Path
+    weight: float = 1.0
+
+
+def parse_source(value: str) -> Source:
+    """``PATH`` or ``PATH=WEIGHT`` (``--mix``); a bad weight raises ``ValueError`` saying what is allowed."""
+    path, sep, weight_text = value.rpartition("=")
+    if not sep:
+        return Source(Path(value))
+    if not path:
+        raise ValueError(f"{value!r} names no data: give PATH or PATH=WEIGHT")
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        raise ValueError(
+            f"{value!r}: the weight {weight_text!r} is not a number (PATH=WEIGHT, e.g. data=0.5)"
+        ) from None
+    if not math.isfinite(weight) or not 0 < weight <= MAX_WEIGHT:
+        raise ValueError(f"{value!r}: the weight must be above 0 and at most {MAX_WEIGHT:g}")
+    return Source(Path(path), weight)
+
+
+def source_files(path: Path) -> DataFiles:
+    """The training file of a source: a synth folder's ``train.json``, an export folder's, or the file."""
+    if path.is_dir() and (path / SYNTH_DATA).is_file():
+        if not any((path / name).is_dir() for name in FORMAT_PREFERENCE):
+            return DataFiles("alpaca", path / SYNTH_DATA, None)
+    try:
+        return find_files(path)
+    except TrainingDataError as error:
+        raise TrainingDataError(f"--mix {path}: {error}") from None
+
+
+def weighted(examples: list[T], weight: float, seed: int) -> list[T]:
+    """``examples`` as ``weight`` says: each ``int(weight)`` times, then a seeded share of the rest."""
+    whole, share = divmod(weight, 1.0)
+    chosen = examples * int(whole)
+    extra = round(share * len(examples))
+    if extra:
+        chosen += random.Random(seed).sample(examples, extra)
+    return chosen
