@@ -13,8 +13,6 @@ of the answer tokens; the prompt carries none. The run folder, its checkpoints,
 
 from __future__ import annotations
 
-import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple, dataclass
@@ -32,10 +30,8 @@ from .train import (
     TrainOptions,
     TrainReport,
     _data_hash,
-    _lr_factor,
     _prepare_folder,
     _read_json,
-    _restore,
     _run_record,
     _save_checkpoint,
     _tensors,
@@ -46,6 +42,7 @@ from .train import (
     lora_model,
     prompt_style,
     read_run,
+    start_schedule,
 )
 from .training_data import PreferenceText, ReadReport, find_preference_files, read_preferences
 
@@ -153,21 +150,10 @@ def dpo(
     validation_references = reference_logps(
         model, validation_set, loaded, hyper.batch_size, use_base, progress
     )
-    if options.overwrite and checkpoint is None and options.out.exists():
-        shutil.rmtree(options.out)  # only now that the data, the model and its LoRA layers are ready
-    options.out.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / hyper.batch_size) / hyper.gradient_accumulation)
-    total_steps = hyper.max_steps or hyper.epochs * steps_per_epoch
-    warmup = math.ceil(hyper.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
     data_hash = _data_hash([e for pair in train_set for e in (pair.chosen, pair.rejected)])
-    step = 0
-    if checkpoint is not None:
-        from peft import set_peft_model_state_dict
-
-        step = _restore(
-            checkpoint, model, optimizer, scheduler, hyper, data_hash, torch, set_peft_model_state_dict
-        )
+    scheduler, steps_per_epoch, total_steps, step = start_schedule(
+        options, checkpoint, model, optimizer, len(train_set), data_hash, torch
+    )
     report.started_at_step = step
 
     record = _run_record(options, report, data_hash, total_steps)

@@ -174,25 +174,13 @@ def train(
             "no usable training example:\n" + "\n".join(line for r in report.reads for line in r.lines())
         )
     report.examples, report.validation_examples = len(train_set), len(validation_set)
-    from peft import set_peft_model_state_dict
-
     hyper = options.hyper
     model, parameters, optimizer = lora_model(loaded.model, hyper)
     model.peft_config["default"].base_model_name_or_path = str(options.target.base.path)
-    if options.overwrite and checkpoint is None and options.out.exists():
-        shutil.rmtree(options.out)  # only now that the data, the model and its LoRA layers are ready
-    options.out.mkdir(parents=True, exist_ok=True)
-    batches_per_epoch = math.ceil(len(train_set) / hyper.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / hyper.gradient_accumulation)
-    total_steps = hyper.max_steps or hyper.epochs * steps_per_epoch
-    warmup = math.ceil(hyper.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
     data_hash = _data_hash(train_set)
-    step = 0
-    if checkpoint is not None:
-        step = _restore(
-            checkpoint, model, optimizer, scheduler, hyper, data_hash, torch, set_peft_model_state_dict
-        )
+    scheduler, steps_per_epoch, total_steps, step = start_schedule(
+        options, checkpoint, model, optimizer, len(train_set), data_hash, torch
+    )
     report.started_at_step = step
 
     record = _run_record(options, report, data_hash, total_steps)
@@ -259,6 +247,38 @@ def train(
     _write_json(options.out / RUN_FILE, record)
     write_model_card(options.out, record)
     return report
+
+
+def start_schedule(
+    options: Any,
+    checkpoint: Path | None,
+    model: Any,
+    optimizer: Any,
+    examples: int,
+    data_hash: str,
+    torch: Any,
+) -> tuple[Any, int, int, int]:
+    """Ready the run folder, the learning-rate schedule and, resuming, the checkpoint's state.
+
+    Returns the scheduler, the optimizer steps per epoch over ``examples``, the total steps
+    and the step training starts at. ``options`` is a ``TrainOptions`` or a DPO run's options.
+    """
+    hyper = options.hyper
+    if options.overwrite and checkpoint is None and options.out.exists():
+        shutil.rmtree(options.out)  # only now that the data, the model and its LoRA layers are ready
+    options.out.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = math.ceil(math.ceil(examples / hyper.batch_size) / hyper.gradient_accumulation)
+    total_steps = hyper.max_steps or hyper.epochs * steps_per_epoch
+    warmup = math.ceil(hyper.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
+    step = 0
+    if checkpoint is not None:
+        from peft import set_peft_model_state_dict
+
+        step = _restore(
+            checkpoint, model, optimizer, scheduler, hyper, data_hash, torch, set_peft_model_state_dict
+        )
+    return scheduler, steps_per_epoch, total_steps, step
 
 
 def lora_model(model: Any, hyper: FinetuneSettings) -> tuple[Any, list[Any], Any]:
