@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from botkit.types import (
         NO_ADAPTER,
         NO_LORA,
+        REDTEAM_PLATFORM,
         Chunk,
         ConversationScope,
         Message,
@@ -107,6 +108,7 @@ _EXPORTS: dict[str, str] = {
     "to_toml": "botkit.settings",
     "NO_ADAPTER": "botkit.types",
     "NO_LORA": "botkit.types",
+    "REDTEAM_PLATFORM": "botkit.types",
     "Chunk": "botkit.types",
     "ConversationScope": "botkit.types",
     "Message": "botkit.types",
@@ -140,6 +142,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "NO_ADAPTER",
     "NO_LORA",
+    "REDTEAM_PLATFORM",
     "Adapter",
     "AdapterError",
     "AdapterSettings",

@@ -12,7 +12,13 @@ without restarting it. One JSON object per line each way:
   "checks": {name: {"ok", "detail"}}}, "metrics": url or null}`` (``BackendSlot.summary()``; ``Database.key``, by which
   ``botkit db upgrade`` knows a bot on its database; ``botkit.health``; keys are only added);
 - ``{"command": "metrics"}``: ``{"ok": true, "metrics": "..."}``, the Prometheus text of
-  ``/metrics`` (``botkit status --metrics``), or ``ok: false`` when ``[metrics]`` is off.
+  ``/metrics`` (``botkit status --metrics``), or ``ok: false`` when ``[metrics]`` is off;
+- ``{"command": "probe", "messages": [{"text", "user", "channel"}, ...]}`` (``botkit redteam
+  --live``): each message, in order, through the whole pipeline as if a user had sent it, on
+  the platform ``redteam`` (``botkit.types.REDTEAM_PLATFORM``), which no adapter uses, so a probe
+  never joins a real user's conversation; answers ``{"ok": true, "replies": [{"text", "status",
+  "notices"}], "plugins": [names on], "backend": summary}`` (``status`` is null when the model
+  was not asked: a gate or a command answered). Probes do not wait for a reload to finish.
 
 Who may ask is who may open the socket file: it is made 0600, in a folder only the
 bot's user enters, so the same user (or root) only.
@@ -38,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from botkit.errors import BotkitError, ConfigError, ControlError, NoRunningBot
 from botkit.health import as_json, readiness
 from botkit.settings import Settings, env_name
+from botkit.types import REDTEAM_PLATFORM, Message, ReplyStatus, Responder, User
 
 if TYPE_CHECKING:
     from botkit.bot import Bot
@@ -50,6 +57,7 @@ MAX_PATH_BYTES = (108 if sys.platform.startswith("linux") else 104) - 1
 REQUEST_LIMIT = 64 * 1024  # bytes in one request line
 ANSWER_LIMIT = 1024 * 1024  # bytes in one answer line (a status with many adapters)
 CLAIM_TIMEOUT = 5.0  # seconds a bot found at the path has to answer before it counts as alive
+PROBE_MESSAGES = 20  # messages one probe request may send
 
 
 def unix_sockets_available() -> bool:
@@ -121,10 +129,11 @@ class ControlServer:
         self._lock = asyncio.Lock()
         self._closing = False
         self._connections: set[asyncio.StreamWriter] = set()
-        self._commands: dict[str, Callable[[], Awaitable[Answer]]] = {
+        self._commands: dict[str, Callable[[Mapping[str, Any]], Awaitable[Answer]]] = {
             "reload": self._reload,
             "status": self._status,
             "metrics": self._metrics,
+            "probe": self._probe,
         }
 
     async def open(self) -> None:
@@ -231,37 +240,53 @@ class ControlServer:
         command = request.get("command") if isinstance(request, dict) else None
         if not isinstance(command, str):
             return refusal(f'a request is a JSON object with a "command": {", ".join(self._commands)}')
-        return await self.run_command(command)
+        return await self.run_command(command, request=request)
 
-    async def run_command(self, command: str, via: str = "control socket") -> Answer:
-        """Run one request (``reload``, ``status``) as if it had come on the socket; its answer (never raises).
+    async def run_command(
+        self, command: str, via: str = "control socket", request: Mapping[str, Any] | None = None
+    ) -> Answer:
+        """Run one request (``reload``, ``status``...) as if it had come on the socket; its answer (never raises).
 
         ``botkit run`` reloads on SIGHUP through here (``via="SIGHUP"``), so that a signal
         and a socket request never interleave. Works with ``[bot] control_socket = "off"`` too.
+        ``request`` is the whole request object, for commands that take more than their name.
         """
         handler = self._commands.get(command)
         if handler is None:
             return refusal(f"unknown command {command!r}; known: {', '.join(self._commands)}")
+        if command == "probe":
+            # A probe is a conversation, as a user's message is: it changes nothing a reload
+            # changes, and a generation of a minute must not hold up `status` or a reload.
+            return await self._run(handler, command, via, request or {})
         async with self._lock:
-            if self._closing:
-                return refusal("the bot is stopping")
-            log.info("%s: %s requested", via, command)
-            try:
-                return {"ok": True, **await handler()}
-            except BotkitError as error:
-                log.info("%s: %s refused: %s", via, command, error)
-                return refusal(str(error))
-            except Exception as error:
-                log.exception("%s: %s failed", via, command)
-                return refusal(f"{command} failed: {type(error).__name__}: {error} (the bot's log has more)")
+            return await self._run(handler, command, via, request or {})
 
-    async def _reload(self) -> Answer:
+    async def _run(
+        self,
+        handler: Callable[[Mapping[str, Any]], Awaitable[Answer]],
+        command: str,
+        via: str,
+        request: Mapping[str, Any],
+    ) -> Answer:
+        if self._closing:
+            return refusal("the bot is stopping")
+        log.info("%s: %s requested", via, command)
+        try:
+            return {"ok": True, **await handler(request)}
+        except BotkitError as error:
+            log.info("%s: %s refused: %s", via, command, error)
+            return refusal(str(error))
+        except Exception as error:
+            log.exception("%s: %s failed", via, command)
+            return refusal(f"{command} failed: {type(error).__name__}: {error} (the bot's log has more)")
+
+    async def _reload(self, _: Mapping[str, Any]) -> Answer:
         notes = await self.bot.reload_settings()
         for note in notes:
             log.info("reload: %s", note)
         return {"notes": notes}
 
-    async def _status(self) -> Answer:
+    async def _status(self, _: Mapping[str, Any]) -> Answer:
         return {
             "pid": os.getpid(),
             "config": self.bot.settings.source_name,
@@ -271,12 +296,65 @@ class ControlServer:
             "metrics": self.bot.metrics.url,
         }
 
-    async def _metrics(self) -> Answer:
+    async def _metrics(self, _: Mapping[str, Any]) -> Answer:
         try:
             body, _ = self.bot.metrics.exposition()
         except LookupError as error:
             raise ControlError(str(error)) from None
         return {"metrics": body.decode("utf-8")}
+
+    async def _probe(self, request: Mapping[str, Any]) -> Answer:
+        return await answer_probe(self.bot, request)
+
+
+async def answer_probe(bot: Bot, request: Mapping[str, Any]) -> Answer:
+    """The ``probe`` request's answer, less ``ok``: the messages through ``bot``'s pipeline, on the
+    ``redteam`` platform. ``botkit redteam`` calls it in-process too, so both ways run one code path.
+    Raises ``ControlError`` for a request whose messages are not as documented."""
+    replies = []
+    for text, user, channel in probe_messages(request.get("messages")):
+        message = Message(text, User(user, user), platform=REDTEAM_PLATFORM, channel_id=channel)
+        responder = ProbeResponder()
+        await bot.handle(message, responder)
+        replies.append(responder.as_json())
+    plugins = sorted(name for name in bot.host.infos if bot.host.is_on(name))
+    return {"replies": replies, "plugins": plugins, "backend": bot.default_backend.summary()}
+
+
+def probe_messages(value: Any) -> list[tuple[str, str, str]]:
+    """``(text, user, channel)`` of each message of a ``probe`` request; ``ControlError`` naming what is wrong."""
+    if not isinstance(value, list) or not 0 < len(value) <= PROBE_MESSAGES:
+        raise ControlError(f'probe: "messages" must be a list of 1 to {PROBE_MESSAGES} messages')
+    messages = []
+    for number, item in enumerate(value, 1):
+        fields = [item.get(key) if isinstance(item, dict) else None for key in ("text", "user", "channel")]
+        if not all(isinstance(field, str) and field for field in fields):
+            raise ControlError(f'probe: message {number} needs "text", "user" and "channel", each a string')
+        messages.append((fields[0], fields[1], fields[2]))
+    return messages
+
+
+class ProbeResponder(Responder):
+    """What the bot answered a probe: notices (commands, gates) and the reply the model gave, if any."""
+
+    def __init__(self) -> None:
+        self.notices: list[str] = []
+        self.final: str | None = None
+        self.status: ReplyStatus | None = None
+
+    async def send(self, text: str) -> None:
+        self.notices.append(text)
+
+    async def update(self, text: str) -> None:
+        pass
+
+    async def finish(self, text: str, status: ReplyStatus) -> None:
+        self.final, self.status = text, status
+
+    def as_json(self) -> dict[str, Any]:
+        text = self.final if self.final is not None else "\n".join(self.notices)
+        status = self.status.value if self.status is not None else None
+        return {"text": text, "status": status, "notices": self.notices}
 
 
 def refusal(error: str) -> Answer:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         RegisterCommand,
         RegisterMigrations,
         RegisterPlugin,
+        RegisterProbes,
         RegisterSettings,
     )
 
@@ -145,6 +146,25 @@ def botkit_register_cli(cli: click.Group) -> None:
     adds none of its commands (a warning names it on standard error).
     Where: plugins with command-line tools (the finetune plugin adds ``export`` and
     ``finetune``). Synchronous.
+    """
+
+
+@hookspec
+def botkit_register_probes(register: RegisterProbes) -> None:
+    """Contribute a suite of red-team probes for ``botkit redteam``.
+
+    When: once at start-up, when the plugin is loaded; ``botkit redteam`` runs the suites of
+    the plugins that are on (``botkit.ops.probe_suites``).
+    Arguments: ``register(suite, path, *, description="", scorers=None)``: ``path`` is a JSON
+    Lines file of probes (docs/safety.md: ``id``, ``prompts``, optional ``setup``, ``score``);
+    ``scorers`` maps the names of the suite's own scorers (a probe's ``score.kind``) to
+    functions ``scorer(reply: str, probe: Mapping) -> str | None`` that return why the reply
+    fails the probe, or None when it passes. They must be deterministic.
+    Results: all implementations are called; a suite name registered twice raises
+    ``DuplicateNameError``; a path that is not a file or a scorer that is not callable fails
+    the plugin's load. The file itself is read, and each line checked, when a run starts.
+    Where: any plugin with probes of its own (the moderation plugin adds ``toxicity``,
+    scored by its classifier). Synchronous.
     """
 
 

@@ -11,7 +11,10 @@ are thin wrappers.
 - backends: ``load_bot``, ``raw_tables``, ``table_path``, ``check_backend_table``,
   ``embedded_model_path``, ``transformers_engine``;
 - config.toml: ``edit_table`` (``ConfigEdit``), which keeps the user's comments;
-- the running bot: ``control_socket_path``, ``request_sync`` (``{"command": "reload"}``, ``"status"``);
+- the running bot: ``control_socket_path``, ``request_sync`` (``{"command": "reload"}``, ``"status"``),
+  ``control_request`` (the same, awaited: ``"probe"`` runs messages through its pipeline), and
+  ``answer_probe`` (a ``probe`` request answered by a bot in this process);
+- red-team probes: ``probe_suites`` (what ``botkit_register_probes`` registered), ``ProbeSuite``;
 - GGUF LoRA files: ``read_gguf_header``, ``gguf_model_name``, ``ModelInfo``, ``check_adapter``,
   ``tensor_mismatches``, ``BASE_MODEL_KEY``, ``LoraError``;
 - text: ``pii_scrubber`` (from ``botkit.detectors``, the rules moderation checks chat with).
@@ -42,12 +45,14 @@ from botkit.backends.llamacpp_lora import (
 )
 from botkit.bot import Bot
 from botkit.config_edit import ConfigEdit, edit_table
-from botkit.control import control_socket_path, request_sync
+from botkit.control import answer_probe, control_socket_path, request_sync
+from botkit.control import request as control_request
 from botkit.detectors import pii_scrubber  # export scrubs with the rules moderation checks with
 from botkit.errors import BotkitError, ConfigError, LoraError
 from botkit.logs import configure_logging
 from botkit.overrides import merged
 from botkit.plugin_discovery import discover
+from botkit.registry import ProbeScorer, ProbeSuite
 from botkit.settings import (
     Settings,
     env_name,
@@ -70,11 +75,15 @@ __all__ = [
     "LlamaCppSettings",
     "LoraError",
     "ModelInfo",
+    "ProbeScorer",
+    "ProbeSuite",
     "Settings",
+    "answer_probe",
     "check_adapter",
     "check_backend_table",
     "config_option",
     "config_table",
+    "control_request",
     "control_socket_path",
     "edit_table",
     "embedded_model_path",
@@ -84,6 +93,7 @@ __all__ = [
     "load_bot",
     "load_settings",
     "pii_scrubber",
+    "probe_suites",
     "raw_tables",
     "read_gguf_header",
     "request_sync",
@@ -192,6 +202,11 @@ def system_prompt_for(settings: Settings, place: Message) -> str:
 def load_bot(settings: Settings) -> Bot:
     """The bot ``settings`` describe: plugins loaded, every table checked; no database, no model yet."""
     return Bot.load(settings)
+
+
+def probe_suites(bot: Bot) -> dict[str, ProbeSuite]:
+    """The red-team probe suites the bot's plugins that are on registered (``botkit_register_probes``)."""
+    return dict(bot.registry.probe_suites)
 
 
 def check_backend_table(bot: Bot, settings: Settings, name: str) -> None:

@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "openai": "botkit.backends.openai_http",
     "privacy": "botkit.plugins.privacy",
     "ratelimit": "botkit.plugins.ratelimit",
+    "redteam": "botkit.plugins.redteam",
     "scripted": "botkit.backends.scripted",
     "slack": "botkit.adapters.slack",
     "transformers": "botkit.backends.transformers",

@@ -39,6 +39,7 @@ _REGISTER_HOOKS = {
     "botkit_register_commands": "command_registrar",
     "botkit_register_migrations": "migrations_registrar",
     "botkit_register_plugin": "plugin_registrar",
+    "botkit_register_probes": "probes_registrar",
 }
 
 # Where stored switches live in ``plugin_state``.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,6 +44,32 @@ class PluginTraits:
     plugin: str
     required: bool = False  # never switched off at run time (admins would lock themselves out)
     needs: tuple[str, ...] = ()  # plugins it cannot work without
+
+
+# A probe scorer: the reply a probe got and the probe (its JSON object) -> why it failed, or None.
+ProbeScorer = Callable[[str, Mapping[str, Any]], "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSuite:
+    """A suite of red-team probes (``botkit_register_probes``): a data file and the scorers it names."""
+
+    name: str
+    path: Path
+    plugin: str
+    description: str = ""
+    scorers: Mapping[str, ProbeScorer] = field(default_factory=dict)
+
+
+class RegisterProbes(Protocol):
+    def __call__(
+        self,
+        suite: str,
+        path: Path,
+        *,
+        description: str = "",
+        scorers: Mapping[str, ProbeScorer] | None = None,
+    ) -> None: ...
 
 
 class RegisterPlugin(Protocol):
@@ -90,6 +116,7 @@ class Registry:
         self.adapters: dict[str, AdapterType] = {}
         self.commands: dict[str, Command] = {}
         self.migrations: dict[str, MigrationBranch] = {}  # by plugin name
+        self.probe_suites: dict[str, ProbeSuite] = {}  # red-team probes, by suite name
         self.owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin that registered it
         # Declared by each plugin about itself; kept while a plugin is switched off, unlike the rest.
         self.traits: dict[str, PluginTraits] = {}
@@ -102,6 +129,7 @@ class Registry:
             "adapter": self.adapters,
             "command": self.commands,
             "migrations": self.migrations,
+            "probe suite": self.probe_suites,
         }
 
     def _claim(self, kind: str, name: str, plugin: str) -> None:
@@ -195,6 +223,25 @@ class Registry:
                 raise ValueError(f"migrations folder {versions} does not exist")
             self._claim("migrations", plugin, plugin)
             self.migrations[plugin] = MigrationBranch(plugin, Path(versions), metadata)
+
+        return register
+
+    def probes_registrar(self, plugin: str) -> RegisterProbes:
+        def register(
+            suite: str,
+            path: Path,
+            *,
+            description: str = "",
+            scorers: Mapping[str, ProbeScorer] | None = None,
+        ) -> None:
+            path = Path(path)
+            if not path.is_file():
+                raise ValueError(f"probe suite {suite!r}: {path} is not a file")
+            for name, scorer in (scorers or {}).items():
+                if not callable(scorer):
+                    raise TypeError(f"probe suite {suite!r}: scorer {name!r} is not callable")
+            self._claim("probe suite", suite, plugin)
+            self.probe_suites[suite] = ProbeSuite(suite, path, plugin, description, dict(scorers or {}))
 
         return register
 

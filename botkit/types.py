@@ -133,6 +133,10 @@ class SamplingParams:
 
 
 NO_LORA = "none"
+
+# The platform of red-team probes (``botkit redteam``): a conversation of its own that no adapter
+# uses, so that probes never join a real user's conversation, and export leaves them out.
+REDTEAM_PLATFORM = "redteam"
 # The old name, from when "adapter" meant a LoRA adapter too; removed in the next release.
 NO_ADAPTER = NO_LORA
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from botkit import NO_LORA
+from botkit import NO_LORA, REDTEAM_PLATFORM
 from botkit.storage import (
     ConversationRecord,
     FeedbackRecord,
@@ -74,7 +74,8 @@ class Selection:
     feedback: FeedbackSelection = "any"
 
     def conditions(self) -> list[Any]:
-        where: list[Any] = []
+        # Red-team probes (`botkit redteam --live`) are attacks, never training data.
+        where: list[Any] = [MessageRecord.platform != REDTEAM_PLATFORM]
         if self.since is not None:
             where.append(MessageRecord.created_at >= self.since)
         if self.until is not None:

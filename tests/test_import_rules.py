@@ -21,7 +21,8 @@ ARCHITECTURE = REPO / "docs" / "architecture.md"
 FOLDERS = {"botkit": "botkit", "plugins": "botkit.plugins", "finetune": "botkit.finetune"}
 
 # The public modules: what plugins and finetune may import of botkit.
-PLUGIN_API = {"botkit", "botkit.storage", "botkit.detectors"}
+# botkit.ops: for the commands a plugin adds (botkit_register_cli), as its docstring says.
+PLUGIN_API = {"botkit", "botkit.storage", "botkit.detectors", "botkit.ops"}
 FINETUNE_API = {"botkit", "botkit.storage", "botkit.prompts", "botkit.detectors", "botkit.ops"}
 
 

@@ -45,6 +45,9 @@ def test_no_generic_top_level_names_are_installed(installed):
         assert not (site / generic).exists(), f"{generic}/ installed at the top level of site-packages"
     assert (site / "botkit" / "plugins" / "commands.py").is_file()
     assert (site / "botkit" / "finetune" / "seed_tasks.jsonl").is_file()  # `finetune synth`'s seed set
+    # `botkit redteam`'s probe suites, and moderation's toxicity suite
+    assert (site / "botkit" / "plugins" / "redteam" / "suites" / "injection.jsonl").is_file()
+    assert (site / "botkit" / "plugins" / "moderation" / "toxicity_probes.jsonl").is_file()
     assert not list(site.glob("__editable__*"))
 
 

@@ -1,8 +1,9 @@
 """A backend that replies from a script: for tests, benchmarks and demos without a model.
 
 Each generation takes the next scripted reply (a list of chunks) from a queue;
-when the queue is empty it answers ``default_reply`` split into words. Every
-request is recorded, so a test can check what the model was asked.
+when the queue is empty it answers ``default_reply`` split into words, or, after
+``answer_with(reply)``, ``reply(prompt)``: a model whose answer depends on what
+it was asked. Every request is recorded, so a test can check what the model was asked.
 
 A test never needs to sleep to catch a generation in progress; it awaits what
 the backend reports instead:
@@ -148,6 +149,7 @@ class ScriptedBackend(Backend):
         self.started = False
         self.closed = False
         self._active_lora: str | None = None
+        self._answer: Callable[[Prompt], str] | None = None
 
     @property
     def model_name(self) -> str:
@@ -180,6 +182,11 @@ class ScriptedBackend(Backend):
         """Queue one reply, given as its chunks. An exception among them is raised there;
         at a ``Gate`` the stream waits until the gate is opened."""
         self.script.append(list(chunks))
+
+    def answer_with(self, reply: Callable[[Prompt], str] | None) -> None:
+        """Answer each request the script has no reply for with ``reply(prompt)``, streamed word by word
+        (``None``: ``default_reply`` again). An exception it raises fails that generation."""
+        self._answer = reply
 
     def say(self, text: str) -> None:
         """Queue one reply, streamed word by word."""
@@ -259,9 +266,12 @@ class ScriptedBackend(Backend):
     ) -> AsyncIterator[Chunk]:
         self.requests.append(Request(prompt, self.render(prompt), params))
         self._report_progress()
-        chunks: list[Piece] = list(split_words(self.settings.default_reply))
         if self.script:
-            chunks = self.script.popleft()
+            chunks: list[Piece] = self.script.popleft()
+        elif self._answer is not None:
+            chunks = list(split_words(self._answer(prompt)))
+        else:
+            chunks = list(split_words(self.settings.default_reply))
         # A gate is no token: ``max_tokens`` counts the text chunks only.
         budget = params.max_tokens
         for piece in chunks:

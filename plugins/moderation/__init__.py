@@ -157,6 +157,18 @@ def botkit_register_settings(register):
 
 
 @hookimpl
+def botkit_register_probes(register):
+    from .probes import PROBES, toxicity
+
+    register(
+        "toxicity",
+        PROBES,
+        description="toxicity of outputs: baited insults and slurs, scored by moderation's offline classifier",
+        scorers={"toxicity": toxicity},
+    )
+
+
+@hookimpl
 async def botkit_startup(bot):
     settings = settings_of(bot)
     classifier: ProfanityModel | None = None
