@@ -134,6 +134,23 @@ async def test_an_invalid_config_is_refused_and_nothing_is_applied(config):
         assert (await request(control.path, {"command": "status"}))["ok"] is True
 
 
+async def test_a_probe_runs_through_the_pipeline_on_the_redteam_platform_and_bad_ones_are_refused(config):
+    async with running(config) as (bot, control):
+        answer = await request(
+            control.path, {"command": "probe", "messages": [{"text": "hi", "user": "p1", "channel": "c1"}]}
+        )
+        assert answer["ok"] is True
+        assert answer["replies"] == [{"text": "scripted answer", "status": "completed", "notices": []}]
+        assert "redteam" in answer["plugins"] and answer["backend"]["type"] == "scripted"
+        assert bot.backends["default"].backend.prompts[-1].current.text == "hi"
+        for messages, error in [
+            (None, 'probe: "messages" must be a list of 1 to 20 messages'),
+            ([{"text": "hi", "user": "p1"}], 'probe: message 1 needs "text", "user" and "channel", each a string'),
+        ]:
+            refused = await request(control.path, {"command": "probe", "messages": messages})
+            assert refused == {"ok": False, "error": error}
+
+
 async def test_bad_requests_get_an_error_and_the_server_keeps_answering(config):
     async with running(config) as (_, control):
         answers = await exchange(
@@ -146,9 +163,9 @@ async def test_bad_requests_get_an_error_and_the_server_keeps_answering(config):
         )
         assert [a["ok"] for a in answers] == [False, False, False, False, True]
         assert answers[0]["error"].startswith("not JSON")
-        assert answers[1]["error"] == 'a request is a JSON object with a "command": reload, status, metrics'
+        assert answers[1]["error"] == 'a request is a JSON object with a "command": reload, status, metrics, probe'
         assert answers[2]["error"] == answers[1]["error"]
-        assert answers[3]["error"] == "unknown command 'shutdown'; known: reload, status, metrics"
+        assert answers[3]["error"] == "unknown command 'shutdown'; known: reload, status, metrics, probe"
         (too_long,) = await exchange(control.path, b"x" * (REQUEST_LIMIT + 10) + b"\n")
         assert too_long == {
             "ok": False,
