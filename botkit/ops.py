@@ -13,7 +13,8 @@ are thin wrappers.
 - config.toml: ``edit_table`` (``ConfigEdit``), which keeps the user's comments;
 - the running bot: ``control_socket_path``, ``request_sync`` (``{"command": "reload"}``, ``"status"``),
   ``control_request`` (the same, awaited: ``"probe"`` runs messages through its pipeline), and
-  ``answer_probe`` (a ``probe`` request answered by a bot in this process);
+  ``answer_probe`` (a ``probe`` request answered by a bot in this process; at most
+  ``PROBE_MESSAGES`` messages);
 - red-team probes: ``probe_suites`` (what ``botkit_register_probes`` registered), ``ProbeSuite``;
 - GGUF LoRA files: ``read_gguf_header``, ``gguf_model_name``, ``ModelInfo``, ``check_adapter``,
   ``tensor_mismatches``, ``BASE_MODEL_KEY``, ``LoraError``;
@@ -45,7 +46,7 @@ from botkit.backends.llamacpp_lora import (
 )
 from botkit.bot import Bot
 from botkit.config_edit import ConfigEdit, edit_table
-from botkit.control import answer_probe, control_socket_path, request_sync
+from botkit.control import PROBE_MESSAGES, answer_probe, control_socket_path, request_sync
 from botkit.control import request as control_request
 from botkit.detectors import pii_scrubber  # export scrubs with the rules moderation checks with
 from botkit.errors import BotkitError, ConfigError, LoraError
@@ -75,6 +76,7 @@ __all__ = [
     "LlamaCppSettings",
     "LoraError",
     "ModelInfo",
+    "PROBE_MESSAGES",
     "ProbeScorer",
     "ProbeSuite",
     "Settings",

@@ -220,6 +220,7 @@ async def test_live_canary_probes_are_errors_when_the_running_bot_plants_no_cana
         ('{"id": "a", "prompts": ["x"], "score": {"kind": "counterfactual"}}', "needs the probe's \"values\""),
         ('{"id": "a", "prompts": ["x"], "setup": [{"text": "s", "conversation": "elsewhere"}], "score": {"kind": "canary"}}', '"setup"[0]'),
         ('{"id": "first", "prompts": ["x"], "score": {"kind": "canary"}}', "id 'first' is taken by line 1"),
+        (json.dumps({"id": "long", "prompts": ["x"] * 21, "score": {"kind": "canary"}}), "at most 20"),
     ],
 )  # fmt: skip
 def test_each_bad_entry_names_the_file_the_line_and_the_key(tmp_path, line, message):

@@ -198,7 +198,9 @@ async def run_here(
         # never reach the real one, and a cluster's locks and the metrics port are left alone.
         isolated = settings.model_copy(
             update={
-                "storage": settings.storage.model_copy(update={"data_dir": Path(folder), "url": None}),
+                "storage": settings.storage.model_copy(
+                    update={"data_dir": Path(folder), "url": None, "auto_upgrade": True}
+                ),
                 "cluster": settings.cluster.model_copy(update={"enabled": False}),
                 "metrics": settings.metrics.model_copy(update={"enabled": False}),
             }

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from botkit import BotkitError
+from botkit.ops import PROBE_MESSAGES
 
 ENCODINGS = ("plain", "base64", "rot13", "leet", "tags")
 _LEET = str.maketrans(
@@ -161,6 +162,12 @@ def parse_probe(suite: str, entry: Any, where: str, kinds: Mapping[str, Any]) ->
         if conversation not in ("same", "other") or set(item) - {"text", "conversation"}:
             raise bad(f'"setup"[{index}]: "conversation" is "same" or "other", and no other key')
         setup.append(SetupMessage(item["text"], conversation == "other"))
+    in_conversation = sum(1 for message in setup if not message.other) + len(prompts)
+    if in_conversation > PROBE_MESSAGES:
+        raise bad(
+            f'"setup" (conversation "same") and "prompts" hold {in_conversation} messages; '
+            f"one conversation may have at most {PROBE_MESSAGES}"
+        )
     values = entry.get("values", {})
     if values:
         if (
