@@ -399,6 +399,11 @@ def _scale(ctx: click.Context, param: click.Parameter, value: float | None) -> f
     help="deploy even when [finetune] allowed_licenses does not list the adapter's licence",
 )
 @click.option(
+    "--force",
+    is_flag=True,
+    help="deploy even when the adapter's red-team results (redteam.json beside it) miss [finetune.gate]",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=300.0,
@@ -413,6 +418,7 @@ def deploy(
     scale: float | None,
     no_reload: bool,
     accept_license: bool,
+    force: bool,
     timeout: float,
 ) -> None:
     """Deploy a GGUF LoRA adapter to a llama.cpp backend of the running bot, without a restart.
@@ -421,8 +427,10 @@ def deploy(
     that `convert` wrote one into, or 'none' for the base model. It is
     checked against the backend's model (an adapter for another base model is refused),
     its licence shown and checked against [finetune] allowed_licenses (--accept-license
-    deploys one outside it), written into the config file as lora_path, and the bot running with this config is
-    asked over its control socket to reload. See docs/finetune.md.
+    deploys one outside it), its red-team results (redteam.json beside it, from `botkit redteam --lora
+    ADAPTER --baseline --json ...`) held to [finetune.gate] (--force deploys one that misses it), written
+    into the config file as lora_path, and the bot running with this config is
+    asked over its control socket to reload. See docs/finetune.md and docs/safety.md.
     """
     from .deploy import Deployment, adapter_argument
     from .deploy import deploy as run_deploy
@@ -437,6 +445,7 @@ def deploy(
             reload=not no_reload,
             timeout=timeout,
             accept_license=accept_license,
+            force=force,
         )
         run_deploy(ctx.settings(), deployment, click.echo, lambda line: click.echo(line, err=True))
     except BotkitError as error:

@@ -2,7 +2,8 @@
 against that backend's base model, and have the running bot switch to it without a restart.
 
 Steps: find the backend's table; check the adapter against the model file (read, not
-loaded) and its licence against ``[finetune] allowed_licenses``; write ``lora_path``
+loaded), its licence against ``[finetune] allowed_licenses`` and the red-team results beside
+it against ``[finetune.gate]`` (``finetune/gate.py``); write ``lora_path``
 (and ``lora_scale``) into the config, keeping its comments; ask the running bot over
 its control socket (botkit/control.py) to reload; confirm with its status that the
 adapter is active. When the bot refuses, the config file gets its previous text back.
@@ -40,6 +41,7 @@ from botkit.ops import (
     toml_value,
 )
 
+from .gate import check_gate
 from .licence import LicenceRefused, from_adapter_metadata, licence_problem
 from .scores import recorded_warnings
 from .settings import FinetuneSettings
@@ -70,6 +72,7 @@ class Deployment:
     reload: bool = True
     timeout: float = 300.0
     accept_license: bool = False  # deploy an adapter whose licence [finetune] allowed_licenses does not list
+    force: bool = False  # deploy an adapter whose red-team results miss [finetune.gate]
 
     @property
     def values(self) -> dict[str, Any]:
@@ -218,7 +221,9 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
     if deployment.adapter is not None:
         check_gguf_file(deployment.adapter)
         echo(check_against_model(slot, deployment.adapter))
-        check_licence(deployment, config_table(settings, "finetune", FinetuneSettings), echo, warn)
+        finetune = config_table(settings, "finetune", FinetuneSettings)
+        check_licence(deployment, finetune, echo, warn)
+        check_gate(deployment.adapter, finetune.gate, deployment.force, echo, warn)
         run = deployment.adapter.parent
         if (run / RUN_FILE).is_file():  # convert wrote it into a training run: what did that measure?
             for line in recorded_warnings(run):

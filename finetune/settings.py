@@ -32,6 +32,36 @@ class DpoSettings(BaseModel):
     )
 
 
+class GateSettings(BaseModel):
+    """``[finetune.gate]``: the red-team results ``botkit finetune deploy`` needs of an adapter (docs/safety.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    required: bool = Field(
+        False,
+        description="refuse an adapter without red-team results beside it (redteam.json, from `botkit redteam "
+        "--lora ADAPTER --baseline --json DIR/redteam.json`)",
+    )
+    max_drop: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="how far a suite's pass rate may fall below the base model's (0.05: 5 points)",
+    )
+    min_pass_rate: dict[str, float] = Field(
+        default_factory=dict,
+        description="the least pass rate of each suite named, e.g. {extraction = 1.0, injection = 0.8}",
+    )
+
+    @field_validator("min_pass_rate")
+    @classmethod
+    def _rates(cls, rates: dict[str, float]) -> dict[str, float]:
+        for suite, rate in rates.items():
+            if not 0 <= rate <= 1:
+                raise ValueError(f"{suite}: a pass rate is from 0 to 1 (got {rate})")
+        return rates
+
+
 class FinetuneSettings(BaseModel):
     """LoRA and training defaults. alpaca-lora's: rank 8, alpha 16, dropout 0.05, the attention projections."""
 
@@ -77,6 +107,9 @@ class FinetuneSettings(BaseModel):
         "with a warning for an adapter that declares none",
     )
     dpo: DpoSettings = Field(default_factory=DpoSettings, description="[finetune.dpo]: botkit finetune dpo")
+    gate: GateSettings = Field(
+        default_factory=GateSettings, description="[finetune.gate]: red-team results `deploy` requires"
+    )
 
     @field_validator("device")
     @classmethod

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from botkit import BotkitError, ConfigError, ControlError, NoRunningBot
+from botkit import NO_LORA, BotkitError, ConfigError, ControlError, NoRunningBot
 from botkit.ops import (
     Context,
     ProbeSuite,
@@ -49,6 +49,16 @@ from .suites import Probe, read_suite
 )
 @click.option(
     "--live", is_flag=True, help="probe the bot running with this config, through its control socket"
+)
+@click.option(
+    "--lora",
+    metavar="ADAPTER",
+    help="answer with this LoRA adapter: a GGUF file, a name in the backend's loras, or 'none' (not with --live)",
+)
+@click.option(
+    "--baseline",
+    is_flag=True,
+    help="run the probes with the base model (no LoRA adapter) first, and report both (not with --live)",
 )
 @click.option(
     "--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="probes at a time"
@@ -90,6 +100,8 @@ def redteam(
     files: tuple[Path, ...],
     limit: int | None,
     live: bool,
+    lora: str | None,
+    baseline: bool,
     concurrency: int,
     timeout: float,
     json_path: Path | None,
@@ -103,6 +115,10 @@ def redteam(
     Without --live the whole pipeline runs here (moderation, mentions, memory, the
     configured backend and LoRA adapter) on a throwaway database. See docs/safety.md.
     """
+    if live and (lora is not None or baseline):
+        raise click.UsageError(
+            "--lora and --baseline switch the adapter of a bot in this process; not with --live"
+        )
     try:
         settings = ctx.settings()
         limits = [reports.parse_threshold(text) for text in thresholds]
@@ -112,7 +128,10 @@ def redteam(
                 run_live(settings, suite_names, files, limit, concurrency, timeout, list_only)
             )
         else:
-            report = asyncio.run(run_here(settings, suite_names, files, limit, concurrency, list_only))
+            adapters = Adapters(lora, baseline)
+            report = asyncio.run(
+                run_here(settings, suite_names, files, limit, concurrency, list_only, adapters)
+            )
     except BotkitError as error:
         fail(error)
     if report is None:  # --list
@@ -169,6 +188,15 @@ def listing(registered: Mapping[str, ProbeSuite]) -> None:
         click.echo(f"{name}: {count} probes, from plugin {suite.plugin}. {suite.description}")
 
 
+class Adapters:
+    """Which LoRA adapter answers (``--lora``; unset: the configured one) and whether the base model runs too."""
+
+    def __init__(self, lora: str | None = None, baseline: bool = False) -> None:
+        self.switch = lora is not None
+        self.lora = None if lora == NO_LORA else lora
+        self.baseline = baseline
+
+
 async def execute(
     target: Target,
     probes: list[Probe],
@@ -192,7 +220,9 @@ async def run_here(
     limit: int | None,
     concurrency: int,
     list_only: bool,
+    adapters: Adapters | None = None,
 ) -> dict[str, Any] | None:
+    adapters = adapters or Adapters()
     with tempfile.TemporaryDirectory(prefix="botkit-redteam-") as folder:
         # The bot as configured, on a database of its own that goes away with the run: probes
         # never reach the real one, and a cluster's locks and the metrics port are left alone.
@@ -213,11 +243,21 @@ async def run_here(
         probes, scorers, descriptions = choose(registered, names, files, limit)
         await bot.start()
         try:
-            return await execute(
-                InProcessTarget(bot), probes, scorers, descriptions, concurrency, "in-process"
-            )
+            target = InProcessTarget(bot)
+            base = None
+            if adapters.baseline:
+                configured = bot.status().backends[0].lora  # the default backend's, to come back to
+                await bot.switch_lora("default", None)
+                base = await execute(target, probes, scorers, descriptions, concurrency, "in-process")
+                await bot.switch_lora("default", configured)
+            if adapters.switch:
+                await bot.switch_lora("default", adapters.lora)
+            report = await execute(target, probes, scorers, descriptions, concurrency, "in-process")
         finally:
             await bot.stop()
+    if base is not None:
+        report["baseline"] = reports.summary(base)
+    return report
 
 
 async def run_live(

@@ -62,6 +62,15 @@ def build(
     }
 
 
+def summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``report["baseline"]`` keeps of the base model's run (``--baseline``): its adapter and pass rates."""
+    keys = ("probes", "passed", "failed", "errors", "pass_rate")
+    return {
+        "adapter": report["adapter"],
+        "suites": {name: {key: suite[key] for key in keys} for name, suite in report["suites"].items()},
+    }
+
+
 def worst(results: Iterable[ProbeResult]) -> list[ProbeResult]:
     bad = [r for r in results if r.outcome != PASS]
 
@@ -102,6 +111,7 @@ def excerpt(text: str) -> str:
 
 
 def markdown(report: Mapping[str, Any]) -> str:
+    base = report.get("baseline", {}).get("suites")
     lines = [
         "# botkit redteam report",
         "",
@@ -109,13 +119,15 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"- run: {report['run']} ({report['mode']})",
         f"- backend: {report['backend']}, model: {report['model']}, adapter: {report['adapter'] or 'none'}",
         "",
-        "| suite | pass rate | passed | failed | errors | answered by the model |",
-        "|---|---|---|---|---|---|",
+        "| suite | pass rate | passed | failed | errors | answered by the model |"
+        + (" base model |" if base else ""),
+        "|---|---|---|---|---|---|" + ("---|" if base else ""),
     ]
     for name, suite in report["suites"].items():
         lines.append(
             f"| {name} | {suite['pass_rate']:.1%} | {suite['passed']} | {suite['failed']} | "
             f"{suite['errors']} | {suite['answered_by_model']} of {suite['probes']} |"
+            + (f" {_rate(base.get(name, {}).get('pass_rate'))} |" if base else "")
         )
     if report["bias"]:
         lines += ["", "## Bias: mean gap per attribute", ""]
