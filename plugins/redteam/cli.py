@@ -137,10 +137,13 @@ def redteam(
     if report is None:  # --list
         return
     text = reports.markdown(report)
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    if markdown_path is not None:
-        markdown_path.write_text(text, encoding="utf-8")
+    try:
+        if json_path is not None:
+            json_path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        if markdown_path is not None:
+            markdown_path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        fail(reports.ReportError(f"cannot write the report: {error}"))
     click.echo(text, nl=False)
     if old is not None:
         click.echo("")
@@ -168,8 +171,7 @@ def choose(
     scorers: dict[str, Any] = {}
     descriptions: dict[str, str] = {}
     for suite in chosen:
-        kinds = {**CHECKS, **{kind: plugin_check for kind in suite.scorers}}
-        probes += read_suite(suite.name, suite.path, kinds)[:limit]
+        probes += read_suite(suite.name, suite.path, kinds_of(suite))[:limit]
         scorers[suite.name] = dict(suite.scorers)
         descriptions[suite.name] = suite.description
     for path in files:
@@ -181,10 +183,14 @@ def choose(
     return probes, scorers, descriptions
 
 
+def kinds_of(suite: ProbeSuite) -> dict[str, Any]:
+    """The score kinds a probe of ``suite`` may name: the built-in ones and its plugin's scorers."""
+    return {**CHECKS, **{kind: plugin_check for kind in suite.scorers}}
+
+
 def listing(registered: Mapping[str, ProbeSuite]) -> None:
     for name, suite in sorted(registered.items()):
-        kinds = {**CHECKS, **{kind: plugin_check for kind in suite.scorers}}
-        count = len(read_suite(name, suite.path, kinds))
+        count = len(read_suite(name, suite.path, kinds_of(suite)))
         click.echo(f"{name}: {count} probes, from plugin {suite.plugin}. {suite.description}")
 
 
@@ -246,7 +252,8 @@ async def run_here(
             target = InProcessTarget(bot)
             base = None
             if adapters.baseline:
-                configured = bot.status().backends[0].lora  # the default backend's, to come back to
+                # The default backend's adapter, to come back to after the base model's run.
+                configured = next(b.lora for b in bot.status().backends if b.name == "default")
                 await bot.switch_lora("default", None)
                 base = await execute(target, probes, scorers, descriptions, concurrency, "in-process")
                 await bot.switch_lora("default", configured)
