@@ -13,7 +13,7 @@ from typing import Any, get_args
 import click
 from pydantic import ValidationError
 
-from botkit import BotkitError
+from botkit import BotkitError, ConfigError
 from botkit.ops import Context, LoraError, config_option, config_table, fail
 
 from .examples import TrainingFormat
@@ -221,15 +221,45 @@ def convert(ctx: Context, run: Path, out: Path | None, base_model: Path | None, 
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="per answer")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (default: [finetune] device)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+@click.option(
+    "--redteam",
+    is_flag=True,
+    help="then run `botkit redteam` on RUN's GGUF adapter and the base model, into RUN/redteam.json (deploy's gate)",
+)
+@click.option(
+    "--redteam-suite",
+    "redteam_suites",
+    multiple=True,
+    metavar="NAME",
+    help="--redteam: only this suite (repeat)",
+)
+@click.option(
+    "--redteam-limit", type=click.IntRange(min=1), help="--redteam: the first N probes of each suite"
+)
 @click.pass_obj
 def evaluate(ctx: Context, run: Path, data: Path | None, **flags: Any) -> None:
-    """Compare RUN's adapter with its base model: loss and perplexity, and answers to the first examples."""
+    """Compare RUN's adapter with its base model: loss and perplexity, and answers to the first examples.
+
+    With --redteam, the red-team suites then run on the adapter `convert` wrote into RUN and on the
+    base model, through the configured backend's whole pipeline (docs/safety.md); the results go to
+    RUN/redteam.json, which `botkit finetune deploy` holds to [finetune.gate].
+    """
     from .base_model import target_from_run
     from .evaluate import evaluate as run_eval
     from .model_card import write_model_card
     from .scores import EVAL_FILE
-    from .train import read_run
+    from .train import CONVERTED_FILE, read_run
 
+    redteam = None
+    if flags["redteam"]:  # before the model loads: what --redteam needs is there
+        redteam = redteam_command()
+        if not (run / CONVERTED_FILE).is_file():
+            fail(
+                LoraError(
+                    f"{run} has no {CONVERTED_FILE}: --redteam probes the GGUF adapter that deploy would "
+                    f"deploy; run `botkit finetune convert {run}` first"
+                )
+            )
     try:
         settings = ctx.settings()
         record = read_run(run)
@@ -260,3 +290,29 @@ def evaluate(ctx: Context, run: Path, data: Path | None, **flags: Any) -> None:
         click.echo(json.dumps(results, indent=2))
     else:
         click.echo("\n".join(report.lines()))
+    if redteam is not None:
+        from .gate import REPORT_FILE
+
+        click.echo(f"\nred-team suites on {run / CONVERTED_FILE} and on the base model:")
+        click.get_current_context().invoke(
+            redteam,
+            lora=str(run / CONVERTED_FILE),
+            baseline=True,
+            json_path=run / REPORT_FILE,
+            suite_names=flags["redteam_suites"],
+            limit=flags["redteam_limit"],
+        )
+
+
+def redteam_command() -> click.Command:
+    """``botkit redteam``, which the redteam plugin adds to the command line (finetune never imports it)."""
+    root = click.get_current_context().find_root()
+    command = root.command.get_command(root, "redteam") if isinstance(root.command, click.Group) else None
+    if command is None:
+        fail(
+            ConfigError(
+                "--redteam runs `botkit redteam`, which the redteam plugin adds, and it is off "
+                "([plugins.redteam] enabled = false, or BOTKIT_LOAD_PLUGINS)"
+            )
+        )
+    return command

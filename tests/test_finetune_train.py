@@ -485,3 +485,30 @@ def test_eval_says_when_the_adapter_answers_worse_than_its_base(tmp_path):
     )
     assert not [line for line in lines if "validation loss" in line and "worse" in line]
     assert report.as_dict()["base_f1"] == 1.0
+
+
+@pytest.mark.model
+def test_eval_redteam_probes_the_converted_adapter_and_the_base_model_for_deploy(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "zephyr"
+    shutil.copytree(run["out"], copy)  # convert writes into the run: the other tests' run stays as it was
+    config = tmp_path / "config.toml"
+    config.write_text("[finetune]\nrank = 4\nalpha = 8\n[backend]\nmax_tokens = 16\ntemperature = 0\n")
+    missing = botkit(config, "finetune", "eval", str(copy), "--redteam")
+    assert missing.exit_code == 1
+    assert (
+        f"{copy} has no adapter.gguf: --redteam probes the GGUF adapter that deploy would deploy"
+        in missing.output
+    )
+    assert botkit(config, "finetune", "convert", str(copy)).exit_code == 0
+    result = botkit(
+        config, "finetune", "eval", str(copy), "--samples", "0", "--redteam", "--redteam-suite", "extraction",
+        "--redteam-limit", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((copy / "redteam.json").read_text(encoding="utf-8"))
+    assert report["adapter"] == str(copy / "adapter.gguf")
+    assert report["baseline"]["adapter"] is None
+    assert list(report["suites"]) == list(report["baseline"]["suites"]) == ["extraction"]
+    assert "| extraction |" in result.output  # the report, after the eval's numbers
