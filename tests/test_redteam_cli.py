@@ -9,14 +9,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from test_control import running
 
-from botkit.bot import Bot
-from botkit.control import ControlServer
 from botkit.finetune.select import Selection
 from botkit.plugins.redteam import SUITES
 from botkit.plugins.redteam.cli import run_live
@@ -156,23 +154,9 @@ def test_list_and_unknown_suites_and_bad_thresholds(tmp_path):
     assert parse_threshold("pii=0.75") == ("pii", 0.75) and parse_threshold("0.5") == (None, 0.5)
 
 
-@asynccontextmanager
-async def running(config: Path):
-    bot = Bot.load(load_settings(config))
-    control = ControlServer(bot)
-    await control.open()
-    await bot.start()
-    await control.start_serving()
-    try:
-        yield bot
-    finally:
-        await control.close()
-        await bot.stop()
-
-
 async def test_live_probes_run_through_the_running_bot_and_stay_out_of_exports(tmp_path):
     config = write_config(tmp_path, "A calm and safe answer.")
-    async with running(config) as bot:
+    async with running(config) as (bot, _):
         from botkit.testing import MemoryChat
 
         await MemoryChat(bot).say("a real user's question")
@@ -181,7 +165,7 @@ async def test_live_probes_run_through_the_running_bot_and_stay_out_of_exports(t
     assert report["suites"]["leakage"]["passed"] == 5
     # The probes' conversations were stored by memory (its writes flushed at stop), on the redteam
     # platform, and export skips them.
-    async with running(config) as bot:
+    async with running(config) as (bot, _):
         async with bot.db.session() as session:
             platforms = set((await session.execute(select(MessageRecord.platform))).scalars())
             exported = set(
