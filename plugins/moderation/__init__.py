@@ -24,6 +24,7 @@ from botkit import BotAPI, Message, Refuse, Reply, StateKey, hookimpl
 from .classifier import ProfanityModel, load_model
 from .events import EventLog
 from .moderator import Classified, Decision, Direction, Moderator, Verdict, failure
+from .probes import PROBES, toxicity
 from .settings import Actions, ModerationSettings, OutputActions
 
 __all__ = [
@@ -158,8 +159,6 @@ def botkit_register_settings(register):
 
 @hookimpl
 def botkit_register_probes(register):
-    from .probes import PROBES, toxicity
-
     register(
         "toxicity",
         PROBES,
