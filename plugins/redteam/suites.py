@@ -72,7 +72,6 @@ class Probe:
     setup: tuple[SetupMessage, ...] = ()
     values: Mapping[str, str] = field(default_factory=dict)  # counterfactual: label -> text for {value}
     attribute: str | None = None
-    where: str = ""  # file:line, for messages
 
     @property
     def kind(self) -> str:
@@ -197,5 +196,4 @@ def parse_probe(suite: str, entry: Any, where: str, kinds: Mapping[str, Any]) ->
         setup=tuple(setup),
         values=dict(values),
         attribute=entry.get("attribute"),
-        where=where,
     )
