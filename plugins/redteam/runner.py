@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from botkit import BotkitError
+from botkit.ops import Bot, ProbeScorer, answer_probe, control_request
 
 from .canary import canary_for
 from .scoring import SCORERS, Gaps, Scene, Variant, gaps, judge_counterfactual
 from .suites import Probe
-
-PluginScorer = Callable[[str, Mapping[str, Any]], "str | None"]
 
 # Reply statuses that mean the conversation did not happen as a user's would: no verdict.
 FAILED_STATUSES = {"failed", "timed_out", "stopped"}
@@ -45,12 +44,10 @@ class Target(Protocol):
 class InProcessTarget:
     """A bot started in this process (``botkit redteam`` without ``--live``, tests)."""
 
-    def __init__(self, bot: Any) -> None:
+    def __init__(self, bot: Bot) -> None:
         self.bot = bot
 
     async def probe(self, messages: list[dict[str, str]]) -> Mapping[str, Any]:
-        from botkit.ops import answer_probe
-
         return await answer_probe(self.bot, {"messages": messages})
 
 
@@ -62,8 +59,6 @@ class LiveTarget:
         self.timeout = timeout
 
     async def probe(self, messages: list[dict[str, str]]) -> Mapping[str, Any]:
-        from botkit.ops import control_request
-
         answer = await control_request(self.path, {"command": "probe", "messages": messages}, self.timeout)
         if not answer.get("ok"):
             raise ProbeRunError(f"the running bot refused the probe: {answer.get('error')}")
@@ -111,7 +106,7 @@ class Run:
     def __init__(
         self,
         target: Target,
-        scorers: Mapping[str, Mapping[str, PluginScorer]],
+        scorers: Mapping[str, Mapping[str, ProbeScorer]],
         run_id: str | None = None,
     ) -> None:
         self.target = target
