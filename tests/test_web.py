@@ -17,7 +17,7 @@ from botkit.web.settings import WebSettings
 
 PUBLIC = {"/login", "/static"}
 # Pages that must exist; the enumeration below covers whatever else is added.
-KNOWN_PAGES = {"/", "/audit", "/logout"}
+KNOWN_PAGES = {"/", "/audit", "/logout", "/review", "/review/1/correct", "/conversations", "/conversations/1", "/plugins"}
 
 
 def endpoints(app) -> list[tuple[str, str]]:
@@ -76,8 +76,11 @@ async def test_a_reviewer_cannot_reach_admin_pages_and_an_admin_can(bot):
             await log_in(http, "rita")
             home = await http.get("/")
             assert home.status_code == 200 and 'href="/audit"' not in home.text
-            refused = await http.get("/audit")
-            assert refused.status_code == 403 and "this page is for admins" in refused.text
+            for page in ("/audit", "/plugins"):
+                refused = await http.get(page)
+                assert refused.status_code == 403 and "this page is for admins" in refused.text
+            for page in ("/review", "/conversations"):
+                assert (await http.get(page)).status_code == 200
         async with client_for(app) as http:
             await log_in(http, "alice")
             shown = await http.get("/audit")
