@@ -43,7 +43,7 @@ def describe(status: PluginStatus, settings: dict[str, Any]) -> PluginRow:
         runs = runs and any(state.endswith(": running") for state in status.adapters)
         why.extend(f"adapter {state}" for state in status.adapters)
     table = {key: value for key, value in settings.items() if key != "enabled"}
-    return PluginRow(status, runs, why, to_toml(table).strip() if table else "")
+    return PluginRow(status, runs, why, to_toml(table).strip("\n") if table else "")
 
 
 def add_plugin_pages(console: Console) -> None:
