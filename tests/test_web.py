@@ -81,6 +81,7 @@ async def test_a_reviewer_cannot_reach_admin_pages_and_an_admin_can(bot):
                 assert refused.status_code == 403 and "this page is for admins" in refused.text
             for page in ("/review", "/conversations"):
                 assert (await http.get(page)).status_code == 200
+                assert (await http.head(page)).status_code == 200  # HEAD is a read, needing no CSRF token
         async with client_for(app) as http:
             await log_in(http, "alice")
             shown = await http.get("/audit")

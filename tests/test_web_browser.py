@@ -16,11 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
 import pytest
 from export_helpers import PII_OFF, read_records, settle, talk
-from servers import free_port, wait_until_ready
-from web_helpers import PASSWORDS, add_test_accounts
+from web_helpers import PASSWORDS, add_test_accounts, serve_on_a_free_port
 
 from botkit.testing import bot_factory
 
@@ -66,26 +64,8 @@ def site(tmp_path_factory) -> Site:
     asyncio.run(seed())
     shots = Path(os.environ.get("WEB_SCREENSHOTS") or root / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("BOTKIT_")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "botkit", "-c", str(config), "web", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert server.poll() is None, server.stderr.read() if server.stderr else ""
-        try:
-            return httpx2.get(f"{url}/login", timeout=2).status_code == 200
-        except httpx2.TransportError:
-            return False
-
+    server, url = serve_on_a_free_port(config)
     try:
-        wait_until_ready(answers, "botkit web")
         yield Site(url, config, data, shots)
     finally:
         server.terminate()
@@ -238,3 +218,4 @@ async def test_switch_a_plugin_off_and_the_bot_refuses_its_commands(browser, sit
     log = browser.find_element(By.TAG_NAME, "tbody").text
     assert "alice plugin.clear privacy" in log and "alice plugin.disable privacy" in log
     assert "rita review.correct" in log
+    shoot(browser, site, "audit")  # again, now that it has more to show

@@ -80,6 +80,7 @@ async def test_a_plugin_that_cannot_be_switched_has_no_switch_and_a_forged_reque
         await log_in(http, "alice")
         page = (await http.get("/plugins")).text
         assert 'action="/plugins/admin/switch"' not in row_of(page, "admin")
+        assert 'action="/plugins/web/switch"' not in row_of(page, "web")  # the console cannot switch itself off
         assert "fixed: plugin &#39;admin&#39; is required" in row_of(page, "admin")
         refused = await switch(http, "admin", "disable")
         assert refused.status_code == 400 and "plugin &#39;admin&#39; is required and cannot be switched off" in refused.text

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx2
 import pytest
 from click.testing import CliRunner
-from servers import free_port, wait_until_ready
-from web_helpers import csrf_of
+from servers import free_port
+from web_helpers import csrf_of, serve_on_a_free_port, start_botkit_web
 
 from botkit.cli import create_cli
 
@@ -51,33 +48,11 @@ def test_accounts_are_added_listed_and_removed_and_the_password_is_never_printed
     assert invoke(config, "web", "user", "list").stdout.splitlines() == ["alice  admin"]
 
 
-def botkit_web(config: Path, *args: str) -> subprocess.Popen:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("BOTKIT_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "botkit", "-c", str(config), "web", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
 def test_botkit_web_serves_the_console_until_sigterm(config, monkeypatch):
     monkeypatch.setenv("BOTKIT_WEB_PASSWORD", PASSWORD)
     assert invoke(config, "web", "user", "add", "alice", "--role", "admin").exit_code == 0
-    port = free_port()
-    server = botkit_web(config, "--listen", f"127.0.0.1:{port}")
-    base = f"http://127.0.0.1:{port}"
+    server, base = serve_on_a_free_port(config)
     try:
-
-        def answers() -> bool:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                return httpx2.get(f"{base}/login", timeout=2).status_code == 200
-            except httpx2.TransportError:
-                return False
-
-        wait_until_ready(answers, "botkit web")
         with httpx2.Client(base_url=base) as http:
             form = http.get("/login")
             assert "default-src 'none'" in form.headers["content-security-policy"]
@@ -90,7 +65,7 @@ def test_botkit_web_serves_the_console_until_sigterm(config, monkeypatch):
         server.send_signal(signal.SIGTERM)
         _, stderr = server.communicate(timeout=30)
     assert server.returncode == 0, stderr
-    assert f"botkit web console on http://127.0.0.1:{port}/" in stderr
+    assert f"botkit web console on {base}/" in stderr
     assert "Traceback" not in stderr and PASSWORD not in stderr
 
 
@@ -99,7 +74,7 @@ def test_listening_beyond_loopback_without_https_is_warned_and_a_taken_port_is_t
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = botkit_web(config, "--listen", f"0.0.0.0:{port}")
+        server = start_botkit_web(config, "--listen", f"0.0.0.0:{port}")
         _, stderr = server.communicate(timeout=60)
     assert server.returncode == 2
     assert "botkit: warning: [web] listen = '0.0.0.0:" in stderr and "without HTTPS" in stderr

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
+from servers import free_port, wait_until_ready
 
 from botkit.web.accounts import add_account, list_accounts
 from botkit.web.app import create_app
@@ -58,3 +62,37 @@ async def page_csrf(http: httpx2.AsyncClient, path: str = "/") -> str:
     page = await http.get(path)
     assert page.status_code == 200, page.text
     return csrf_of(page.text)
+
+
+def start_botkit_web(config: Any, *args: str) -> subprocess.Popen:
+    """``botkit -c CONFIG web ARGS...`` in a process of its own (no ``BOTKIT_*`` of the test's environment)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BOTKIT_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "botkit", "-c", str(config), "web", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def serve_on_a_free_port(config: Any) -> tuple[subprocess.Popen, str]:
+    """``botkit web`` on a free loopback port, once its login page answers: the process and its URL."""
+    port = free_port()
+    server = start_botkit_web(config, "--listen", f"127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        try:
+            return httpx2.get(f"{url}/login", timeout=2).status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    try:
+        wait_until_ready(answers, "botkit web")
+    except BaseException:
+        server.kill()
+        server.communicate()
+        raise
+    return server, url

@@ -39,7 +39,7 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "botkit_session"
 LOGIN_COOKIE = "botkit_login"  # the CSRF token of the login form, before there is a session
 CSRF_FIELD = "csrf"
-PUBLIC_PATHS = ("/login", "/static")
+NAME_CHARS = 64  # the longest account name: longer input is cut before it is counted or logged
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -79,7 +79,7 @@ class Console:
             request.state.login = login
             if not login.may(role):
                 return self.render(request, "refused.html", status=403, reason=f"this page is for {role}s")
-            if request.method != "GET":
+            if request.method not in ("GET", "HEAD"):
                 form = await request.form()
                 if not secrets.compare_digest(str(form.get(CSRF_FIELD, "")), login.csrf_token):
                     return self.render(request, "refused.html", status=403, reason=STALE_FORM)
@@ -149,7 +149,7 @@ def add_login_pages(console: Console) -> None:
         cookie = request.cookies.get(LOGIN_COOKIE, "")
         if not cookie or not secrets.compare_digest(str(form.get(CSRF_FIELD, "")), cookie):
             return console.render(request, "refused.html", status=403, reason=STALE_FORM)
-        name = str(form.get("name", "")).strip()
+        name = str(form.get("name", "")).strip()[:NAME_CHARS]
         password = str(form.get("password", ""))
         client = request.client.host if request.client else "unknown"
         keys = (("name", name.lower()), ("client", client))
@@ -162,7 +162,7 @@ def add_login_pages(console: Console) -> None:
         if account_id is None:
             for key in keys:
                 await console.limiter.hit(console.login_limit, "web-login", *key)
-            await audit.record(console.db, name[:64] or "-", "login.failed", client)
+            await audit.record(console.db, name or "-", "login.failed", client)
             return await login_form(request, 401, "wrong name or password")
         token = await open_session(console.db, account_id, console.settings.session_hours)
         await audit.record(console.db, name, "login", client)
@@ -233,6 +233,7 @@ def create_app(bot: BotAPI, settings: WebSettings, live: bool = False) -> Starle
     ``live``: ``bot`` is the running bot (``botkit run`` with ``[web] enabled``), so a plugin switch
     acts at once; otherwise it is a bot loaded by ``botkit web`` that never starts.
     """
+    # Imported here: the page modules import Console from this one.
     from .conversation_pages import add_conversation_pages
     from .plugin_pages import add_plugin_pages
     from .review_pages import add_review_pages

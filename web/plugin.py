@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from botkit import BotAPI, ConfigError, StateKey, hookimpl
 from botkit.ops import config_table
 
 from .settings import WebSettings
 
+if TYPE_CHECKING:
+    from .server import ConsoleServer
+
 log = logging.getLogger("botkit.web")
-SERVING: StateKey[tuple[object, asyncio.Task[None]]] = StateKey("web.server")
+SERVING: StateKey[tuple[ConsoleServer, asyncio.Task[None]]] = StateKey("web.server")
 
 
 @hookimpl
@@ -28,6 +32,13 @@ def botkit_register_cli(cli):
 @hookimpl
 def botkit_register_settings(register):
     register("web", WebSettings, top_level=True)
+
+
+@hookimpl
+def botkit_register_plugin(register):
+    # Never switched off at run time: its own plugins page would wait on itself to stop, and an admin
+    # could lock everyone out of the console. `[plugins.web] enabled = false` leaves it out.
+    register(required=True)
 
 
 @hookimpl
@@ -58,5 +69,5 @@ async def botkit_shutdown(bot: BotAPI) -> None:
     if serving is None:
         return
     server, task = serving
-    server.request_stop()  # type: ignore[attr-defined]
+    server.request_stop()
     await task

@@ -61,6 +61,7 @@ def console_server(bot: BotAPI, settings: WebSettings, live: bool) -> ConsoleSer
         log_config=None,
         access_log=False,
         server_header=False,
+        timeout_graceful_shutdown=5,  # a browser's open connection does not hold up the bot's stop
         lifespan="off",
         # X-Forwarded-For / -Proto from a reverse proxy on this machine (uvicorn's default trust:
         # 127.0.0.1, or $FORWARDED_ALLOW_IPS): the login limit then counts the browser's address.
