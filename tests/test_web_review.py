@@ -7,6 +7,7 @@ from web_helpers import client_for, console_of, log_in, page_csrf
 
 from botkit.finetune.export import ExportOptions, SystemPrompts, run_export
 from botkit.finetune.review import list_candidates
+from botkit.storage import FeedbackRecord, ModerationEventRecord, utcnow
 from botkit.web import audit
 
 XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
@@ -32,7 +33,9 @@ async def test_a_reviewer_approves_rejects_and_corrects_pairs_and_the_export_use
 
         approved = await http.post(f"/review/{ids['What is a mutex?']}/approve", data={"csrf": csrf, "state": "pending"})
         assert approved.status_code == 303
-        assert approved.headers["location"] == f"/review?state=pending&done=%23{ids['What is a mutex?']}+approved"
+        assert approved.headers["location"] == (
+            f"/review?state=pending&votes=any&moderation=any&truncated=any&done=%23{ids['What is a mutex?']}+approved"
+        )
         assert (await http.post(f"/review/{ids['What is a semaphore?']}/reject", data={"csrf": csrf})).status_code == 303
         corrected = await http.post(
             f"/review/{ids['What is a deadlock?']}/correct",
@@ -79,6 +82,8 @@ async def test_a_decision_that_cannot_be_taken_says_why(make_bot):
         assert empty.status_code == 400 and "the correction is empty" in empty.text
         bad_state = await http.get("/review?state=maybe")
         assert bad_state.status_code == 400 and "state &#39;maybe&#39;: choose one of pending" in bad_state.text
+        bad_votes = await http.get("/review?votes=many")
+        assert bad_votes.status_code == 400 and "votes &#39;many&#39;: choose one of any, up, down, none" in bad_votes.text
         assert [entry.action for entry in await audit.recent(bot.db)] == ["login"]  # nothing was decided
 
 
@@ -102,3 +107,33 @@ async def test_markup_in_a_pair_renders_as_text(make_bot):
         page = (await http.get("/review")).text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;" in page
         assert "<img" not in page and "<script>" not in page.replace('<script src="/static/review.js" defer></script>', "")
+
+
+async def test_the_filters_are_review_lists_and_a_decision_keeps_them(make_bot):
+    async with make_bot(SEED_CONFIG) as bot, console_of(bot) as app, client_for(app) as http:
+        ids = await seed(bot)
+        async with bot.db.session() as session:
+            session.add(FeedbackRecord(message_id=ids["What is a mutex?"], kind="reaction", value="👍", created_at=utcnow()))
+            session.add(
+                ModerationEventRecord(
+                    message_id=ids["What is a deadlock?"], direction="out", category="profanity", action="flag",
+                    created_at=utcnow(),
+                )
+            )
+        await log_in(http, "rita")
+
+        async def shown(**query: str) -> list[str]:
+            page = await http.get("/review", params=query)
+            assert page.status_code == 200, page.text
+            return [question for question in ids if question in page.text]
+
+        assert await shown(votes="up") == ["What is a mutex?"]
+        assert await shown(votes="none") == ["What is a semaphore?", "What is a deadlock?"]
+        assert await shown(moderation="with") == ["What is a deadlock?"]
+        assert "moderation: out: flag profanity" in (await http.get("/review?moderation=with")).text
+        assert "votes +1 −0" in (await http.get("/review?votes=up")).text
+        rejected = await http.post(
+            f"/review/{ids['What is a deadlock?']}/reject",
+            data={"csrf": await page_csrf(http), "state": "pending", "moderation": "with"},
+        )
+        assert rejected.headers["location"].startswith("/review?state=pending&votes=any&moderation=with&truncated=any")
