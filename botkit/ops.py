@@ -187,8 +187,17 @@ async def store_plugin_switch(bot: Bot, name: str, enabled: bool | None) -> None
 
 async def apply_stored_switches(bot: Bot) -> None:
     """Switch the plugins of a loaded, not started ``bot`` as the stored switches say (as its start would),
-    so that ``bot.plugins`` tells which plugins a bot started now runs. No plugin is started."""
-    bot.host.apply_stored_switches(await read_stored_switches(bot.db))
+    so that ``bot.plugins`` tells which plugins a bot started now runs. No plugin is started.
+
+    Called again after a switch changed, it follows: a switch cleared since the last call gives the
+    plugin back the state config.toml chose.
+    """
+    stored = await read_stored_switches(bot.db)
+    infos = bot.host.infos
+    cleared = [name for name, info in infos.items() if info.stored is not None and name not in stored]
+    bot.host.apply_stored_switches({**{name: infos[name].selected for name in cleared}, **stored})
+    for name in cleared:
+        infos[name].stored = None
 
 
 # -- settings -----------------------------------------------------------------

@@ -68,7 +68,9 @@ async def test_beside_the_bot_the_switch_is_stored_for_its_next_start(loaded_bot
         assert not bot.plugins.is_on("privacy")
     async with client_for(app) as http:
         await log_in(http, "alice")
-        await switch(http, "privacy", "clear")
+        cleared = await switch(http, "privacy", "clear")
+        row = row_of((await http.get(cleared.headers["location"])).text, "privacy")
+        assert "<td>on</td>" in row and "switched by an admin" not in row  # config.toml decides again
     async with make_bot({"storage": {"data_dir": str(tmp_path)}}) as bot:
         assert bot.plugins.is_on("privacy")
 
