@@ -90,3 +90,9 @@ async def test_web_enabled_serves_the_console_inside_the_running_bot(make_bot):
             assert page.status_code == 200 and "Log in" in page.text
     with pytest.raises(httpx2.TransportError):  # the bot stopped: so did its console
         httpx2.get(f"http://127.0.0.1:{port}/login", timeout=2)
+
+
+def test_a_listen_address_without_a_port_is_refused_with_what_to_write(config):
+    result = invoke(config, "web", "--listen", "8765")
+    assert result.exit_code == 2
+    assert "--listen '8765': must be HOST:PORT, e.g. '127.0.0.1:8765'" in result.stderr

@@ -12,7 +12,6 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal, get_args
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -21,8 +20,8 @@ from sqlalchemy import delete, select
 from botkit import BotkitError
 from botkit.storage import Database, WebAccountRecord, WebSessionRecord, utcnow
 
-Role = Literal["admin", "reviewer"]
-ROLES: tuple[str, ...] = get_args(Role)
+from .settings import ROLES
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 MIN_PASSWORD = 12
 

@@ -11,7 +11,7 @@ from botkit import BotkitError, ConfigError
 from botkit.ops import Context, config_option, config_table, fail, run_with_database
 
 from . import missing_web_stack
-from .settings import WebSettings, split_listen
+from .settings import ROLES, WebSettings, check_listen
 
 PASSWORD_ENV = "BOTKIT_WEB_PASSWORD"
 
@@ -42,10 +42,10 @@ def web(click_ctx: click.Context, listen: str | None) -> None:
     try:
         settings = config_table(ctx.settings(), "web", WebSettings)
         if listen is not None:
-            host, port = split_listen(listen)
-            if not host or not 0 < port < 65536:
-                raise ConfigError(f"--listen {listen!r}: must be HOST:PORT, e.g. 127.0.0.1:8765")
-            settings = settings.model_copy(update={"listen": listen})
+            try:
+                settings = settings.model_copy(update={"listen": check_listen(listen)})
+            except ValueError as error:
+                raise ConfigError(f"--listen {listen!r}: {error}") from None
     except BotkitError as error:
         fail(error)
     from .server import bind, console_server, exposure_warning
@@ -75,7 +75,7 @@ def user() -> None:
 @user.command("add")
 @config_option
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "reviewer"]), required=True, help="what the account may see")
+@click.option("--role", type=click.Choice(ROLES), required=True, help="what the account may see")
 @click.pass_obj
 def user_add(ctx: Context, name: str, role: str) -> None:
     """Add account NAME. The password is asked for, or read from $BOTKIT_WEB_PASSWORD (never from the config)."""

@@ -9,6 +9,8 @@ from limits import parse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
+# What an account may be: admins see every page, reviewers the review queue and conversations.
+ROLES = ("admin", "reviewer")
 
 
 class WebSettings(BaseModel):
@@ -33,10 +35,7 @@ class WebSettings(BaseModel):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        host, port = split_listen(value)
-        if not host or not 0 < port < 65536:
-            raise ValueError("must be HOST:PORT, e.g. '127.0.0.1:8765'")
-        return value
+        return check_listen(value)
 
     @field_validator("login_limit")
     @classmethod
@@ -70,6 +69,14 @@ class WebSettings(BaseModel):
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False  # a host name: it may resolve to anything
+
+
+def check_listen(value: str) -> str:
+    """``value`` if it is ``HOST:PORT``; ``ValueError`` saying what to write otherwise."""
+    host, port = split_listen(value)
+    if not host or not 0 < port < 65536:
+        raise ValueError("must be HOST:PORT, e.g. '127.0.0.1:8765'")
+    return value
 
 
 def split_listen(value: str) -> tuple[str, int]:
