@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
+import subprocess
 from pathlib import Path
 
 import httpx2
@@ -96,3 +98,38 @@ def test_a_listen_address_without_a_port_is_refused_with_what_to_write(config):
     result = invoke(config, "web", "--listen", "8765")
     assert result.exit_code == 2
     assert "--listen '8765': must be HOST:PORT, e.g. '127.0.0.1:8765'" in result.stderr
+
+
+def test_with_certfile_and_keyfile_the_console_serves_https_with_secure_cookies(tmp_path, monkeypatch):
+    cert, key = tmp_path / "console.crt", tmp_path / "console.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[backend]\ntype = "scripted"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[web]\ncertfile = "{cert}"\nkeyfile = "{key}"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("BOTKIT_WEB_PASSWORD", PASSWORD)
+    assert invoke(config, "web", "user", "add", "alice", "--role", "admin").exit_code == 0
+    trusted = ssl.create_default_context(cafile=str(cert))
+    server, base = serve_on_a_free_port(config, tls=trusted)
+    try:
+        assert base.startswith("https://")
+        with httpx2.Client(base_url=base, verify=trusted) as http:
+            form = http.get("/login")
+            assert form.headers["strict-transport-security"].startswith("max-age=")
+            logged_in = http.post(
+                "/login", data={"csrf": csrf_of(form.text), "name": "alice", "password": PASSWORD, "next": "/"}
+            )
+            cookie = logged_in.headers["set-cookie"].lower()
+            assert cookie.startswith("__host-botkit_session=") and "; secure" in cookie
+            assert "Log out" in http.get("/").text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=30)
+    assert server.returncode == 0, stderr
+    assert f"botkit web console on {base}/" in stderr

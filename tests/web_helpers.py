@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -76,16 +77,19 @@ def start_botkit_web(config: Any, *args: str) -> subprocess.Popen:
     )
 
 
-def serve_on_a_free_port(config: Any) -> tuple[subprocess.Popen, str]:
-    """``botkit web`` on a free loopback port, once its login page answers: the process and its URL."""
+def serve_on_a_free_port(config: Any, tls: ssl.SSLContext | None = None) -> tuple[subprocess.Popen, str]:
+    """``botkit web`` on a free loopback port, once its login page answers: the process and its URL.
+
+    ``tls``: the console serves HTTPS (``[web] certfile``); the context trusts its certificate.
+    """
     port = free_port()
     server = start_botkit_web(config, "--listen", f"127.0.0.1:{port}")
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
     def answers() -> bool:
         assert server.poll() is None, server.stderr.read() if server.stderr else ""
         try:
-            return httpx2.get(f"{url}/login", timeout=2).status_code == 200
+            return httpx2.get(f"{url}/login", timeout=2, verify=tls or True).status_code == 200
         except httpx2.TransportError:
             return False
 
