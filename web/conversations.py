@@ -94,7 +94,15 @@ async def search_messages(db: Database, search: MessageSearch) -> list[FoundMess
     if search.channel:
         query = query.where(MessageRecord.channel_id == search.channel)
     if search.user:
-        query = query.where(or_(UserRecord.platform_user_id == search.user, UserRecord.display_name == search.user))
+        # The user's ids first: ix_messages_user_id then finds their messages without reading the others.
+        users = select(UserRecord.id).where(
+            or_(UserRecord.platform_user_id == search.user, UserRecord.display_name == search.user)
+        )
+        async with db.sessions() as session:
+            user_ids = list(await session.scalars(users))
+        if not user_ids:
+            return []
+        query = query.where(MessageRecord.user_id.in_(user_ids))
     if search.since is not None:
         query = query.where(MessageRecord.created_at >= search.since)
     if search.until is not None:
