@@ -25,7 +25,7 @@ from botkit.cli_plugins import CommandGroup, add_plugin_commands
 from botkit.control import ControlServer
 from botkit.errors import BotkitError, ConfigError, NoRunningBot
 from botkit.metrics_server import MetricsServer
-from botkit.ops import CONFIG_HELP, Context, config_option, fail
+from botkit.ops import CONFIG_HELP, Context, config_option, fail, store_plugin_switch
 from botkit.settings import Settings, to_toml
 
 log = logging.getLogger("botkit")
@@ -219,18 +219,7 @@ def plugins_list(ctx: Context, as_json: bool) -> None:
 
 
 def switch_from_shell(ctx: Context, name: str, enabled: bool | None) -> None:
-    from botkit.plugin_host import store_switch
-
-    async def action(bot: Bot) -> None:
-        if name not in bot.host.infos:
-            raise ConfigError(f"there is no plugin {name!r}; available: {', '.join(sorted(bot.host.infos))}")
-        reason = bot.host.switchable(name)
-        if reason is not None and enabled is not None:
-            raise ConfigError(reason)
-        await bot.migrator.ensure_current(bot.settings.storage.auto_upgrade)
-        await store_switch(bot.db, name, enabled)
-
-    with_migrator(ctx, action)
+    with_migrator(ctx, lambda bot: store_plugin_switch(bot, name, enabled))
     if enabled is None:
         click.echo(f"stored switch of {name} cleared: config.toml decides from the next start")
     else:

@@ -16,6 +16,8 @@ are thin wrappers.
   ``answer_probe`` (a ``probe`` request answered by a bot in this process; at most
   ``PROBE_MESSAGES`` messages);
 - red-team probes: ``probe_suites`` (what ``botkit_register_probes`` registered), ``ProbeSuite``;
+- plugin switches without a started bot: ``store_plugin_switch`` (what ``botkit plugins enable|disable``
+  stores), ``apply_stored_switches`` (a loaded bot's plugins as its next start will switch them);
 - GGUF LoRA files: ``read_gguf_header``, ``gguf_model_name``, ``ModelInfo``, ``check_adapter``,
   ``tensor_mismatches``, ``BASE_MODEL_KEY``, ``LoraError``;
 - text: ``pii_scrubber`` (from ``botkit.detectors``, the rules moderation checks chat with).
@@ -53,6 +55,7 @@ from botkit.errors import BotkitError, ConfigError, LoraError
 from botkit.logs import configure_logging
 from botkit.overrides import merged
 from botkit.plugin_discovery import discover
+from botkit.plugin_host import read_stored_switches, store_switch
 from botkit.registry import ProbeScorer, ProbeSuite
 from botkit.settings import (
     Settings,
@@ -81,6 +84,7 @@ __all__ = [
     "ProbeSuite",
     "Settings",
     "answer_probe",
+    "apply_stored_switches",
     "check_adapter",
     "check_backend_table",
     "config_option",
@@ -100,6 +104,7 @@ __all__ = [
     "read_gguf_header",
     "request_sync",
     "run_with_database",
+    "store_plugin_switch",
     "system_prompt_for",
     "table_path",
     "tensor_mismatches",
@@ -173,6 +178,38 @@ def run_with_database(
             await bot.db.close()
 
     return asyncio.run(run())
+
+
+async def store_plugin_switch(bot: Bot, name: str, enabled: bool | None) -> None:
+    """Store (``None``: clear) the switch of plugin ``name`` as ``/enable`` and ``/disable`` do, for a bot that
+    is not running here: the bot on this database applies it at its next start.
+
+    ``bot`` is loaded (``load_bot``) with its database connected. Raises ``ConfigError`` for a plugin
+    that does not exist or cannot be switched at run time (checked before the schema is brought up to
+    date, as ``[storage] auto_upgrade`` says, so that a typo changes nothing).
+    """
+    if name not in bot.host.infos:
+        raise ConfigError(f"there is no plugin {name!r}; available: {', '.join(sorted(bot.host.infos))}")
+    reason = bot.host.switchable(name)
+    if reason is not None and enabled is not None:
+        raise ConfigError(reason)
+    await bot.migrator.ensure_current(bot.settings.storage.auto_upgrade)
+    await store_switch(bot.db, name, enabled)
+
+
+async def apply_stored_switches(bot: Bot) -> None:
+    """Switch the plugins of a loaded, not started ``bot`` as the stored switches say (as its start would),
+    so that ``bot.plugins`` tells which plugins a bot started now runs. No plugin is started.
+
+    Called again after a switch changed, it follows: a switch cleared since the last call gives the
+    plugin back the state config.toml chose.
+    """
+    stored = await read_stored_switches(bot.db)
+    infos = bot.host.infos
+    cleared = [name for name, info in infos.items() if info.stored is not None and name not in stored]
+    bot.host.apply_stored_switches({**{name: infos[name].selected for name in cleared}, **stored})
+    for name in cleared:
+        infos[name].stored = None
 
 
 # -- settings -----------------------------------------------------------------

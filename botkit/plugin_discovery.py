@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "scripted": "botkit.backends.scripted",
     "slack": "botkit.adapters.slack",
     "transformers": "botkit.backends.transformers",
+    "web": "botkit.web.plugin",
 }
 
 

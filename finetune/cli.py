@@ -319,23 +319,48 @@ def review() -> None:
     help="which pairs to show",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="most pairs shown")
+@click.option(
+    "--votes",
+    type=click.Choice(["any", "up", "down", "none"]),
+    default="any",
+    show_default=True,
+    help="only pairs voted up (more up than down), down, or not at all",
+)
+@click.option(
+    "--moderation",
+    type=click.Choice(["any", "with", "without"]),
+    default="any",
+    show_default=True,
+    help="only pairs with (or without) a moderation event on the question or the answer",
+)
+@click.option(
+    "--truncated",
+    type=click.Choice(["any", "with", "without"]),
+    default="any",
+    show_default=True,
+    help="only pairs whose answer was (or was not) cut at max_tokens",
+)
 @click.pass_obj
-def review_list(ctx: Context, state: str, limit: int) -> None:
+def review_list(ctx: Context, state: str, limit: int, votes: str, moderation: str, truncated: str) -> None:
     """List candidate pairs, newest first (texts shown with PII scrubbed)."""
-    from .review import list_candidates
+    from .review import CandidateFilter, list_candidates
 
-    found = run_with_bot(ctx, lambda bot: list_candidates(bot.db, state, limit))  # type: ignore[arg-type]
+    only = CandidateFilter(votes, moderation, truncated)  # type: ignore[arg-type]
+    found = run_with_bot(ctx, lambda bot: list_candidates(bot.db, state, limit, only))  # type: ignore[arg-type]
     if not found:
         click.echo(f"no {state} pairs" if state != "all" else "no pairs")
         return
     for pair in found:
         when = pair.created_at.strftime("%Y-%m-%d %H:%M")
-        click.echo(f"#{pair.reply_id}  {when}  {pair.platform}:{pair.channel_id}  {pair.state}")
+        votes_given = f"  +{pair.up} -{pair.down}" if pair.up or pair.down else ""
+        click.echo(f"#{pair.reply_id}  {when}  {pair.platform}:{pair.channel_id}  {pair.state}{votes_given}")
         click.echo(f"  user: {pair.question}")
         cut = "  [cut at max_tokens: the export drops it unless corrected]" if pair.truncated else ""
         click.echo(f"  bot:  {pair.answer}{cut}")
         if pair.correction:
             click.echo(f"  correction: {pair.correction}")
+        if pair.moderation:
+            click.echo(f"  moderation: {'; '.join(pair.moderation)}")
 
 
 def _decide(ctx: Context, reply_id: int, decision: str) -> None:

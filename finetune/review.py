@@ -13,16 +13,26 @@ from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from botkit import ExportError
 from botkit.ops import pii_scrubber
-from botkit.storage import Database, FeedbackRecord, MessageRecord, PrivacyRecord, utcnow
+from botkit.storage import (
+    Database,
+    FeedbackRecord,
+    MessageRecord,
+    ModerationEventRecord,
+    PrivacyRecord,
+    utcnow,
+)
 
 from .examples import APPROVED, CORRECTION, REJECTED, REVIEW, Feedback
 from .select import feedback_for
 
 State = Literal["pending", "approved", "rejected", "corrected", "all"]
+Votes = Literal["any", "up", "down", "none"]
+Presence = Literal["any", "with", "without"]
 PAGE = 200
 SHOWN_CHARS = 300
 
@@ -40,6 +50,31 @@ class Candidate:
     state: str
     correction: str | None
     truncated: bool = False  # the answer was cut at max_tokens: the export drops it unless corrected
+    up: int = 0  # votes (reactions, scores) for the answer
+    down: int = 0
+    moderation: tuple[str, ...] = ()  # the pair's moderation events: "in: flag injection", "out: redact email"
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateFilter:
+    """Which pairs to list besides their state (``botkit finetune review list``'s flags of the same names)."""
+
+    votes: Votes = "any"  # "up": more votes up than down; "down": more down than up; "none": no votes
+    moderation: Presence = "any"  # "with": a moderation event on the question or the answer
+    truncated: Presence = "any"  # "with": the answer was cut at max_tokens
+
+    def keeps(self, feedback: Feedback, moderation: tuple[str, ...], truncated: bool) -> bool:
+        if self.votes == "up" and feedback.up <= feedback.down:
+            return False
+        if self.votes == "down" and feedback.down <= feedback.up:
+            return False
+        if self.votes == "none" and (feedback.up or feedback.down):
+            return False
+        return _present(self.moderation, bool(moderation)) and _present(self.truncated, truncated)
+
+
+def _present(wanted: Presence, present: bool) -> bool:
+    return wanted == "any" or (wanted == "with") == present
 
 
 def state_of(feedback: Feedback) -> str:
@@ -58,6 +93,7 @@ def _candidates_query():  # type: ignore[no-untyped-def]
     return (
         select(
             MessageRecord.id,
+            question.id,
             question.created_at,
             question.platform,
             question.channel_id,
@@ -79,8 +115,10 @@ def _candidates_query():  # type: ignore[no-untyped-def]
     )
 
 
-async def list_candidates(db: Database, state: State = "pending", limit: int = 20) -> list[Candidate]:
-    """The newest exportable pairs in ``state``, at most ``limit``; texts scrubbed and shortened."""
+async def list_candidates(
+    db: Database, state: State = "pending", limit: int = 20, only: CandidateFilter = CandidateFilter()
+) -> list[Candidate]:
+    """The newest exportable pairs in ``state`` that ``only`` keeps, at most ``limit``; texts scrubbed and shortened."""
     scrub = pii_scrubber()
     found: list[Candidate] = []
     before: int | None = None
@@ -94,10 +132,14 @@ async def list_candidates(db: Database, state: State = "pending", limit: int = 2
                 break
             before = rows[-1][0]
             feedback = await feedback_for(session, [row[0] for row in rows])
-            for reply_id, created_at, platform, channel_id, question, answer, status in rows:
+            events = await _moderation_of(session, [row[0] for row in rows] + [row[1] for row in rows])
+            for reply_id, question_id, created_at, platform, channel_id, question, answer, status in rows:
                 given = feedback.get(reply_id) or Feedback()
                 current = state_of(given)
                 if state != "all" and current != state:
+                    continue
+                moderation = tuple(events.get(question_id, []) + events.get(reply_id, []))
+                if not only.keeps(given, moderation, status == "truncated"):
                     continue
                 correction = given.correction
                 found.append(
@@ -111,10 +153,31 @@ async def list_candidates(db: Database, state: State = "pending", limit: int = 2
                         current,
                         _shown(scrub(correction)[0]) if correction else None,
                         status == "truncated",
+                        given.up,
+                        given.down,
+                        moderation,
                     )
                 )
                 if len(found) == limit:
                     break
+    return found
+
+
+async def _moderation_of(session: AsyncSession, message_ids: list[int]) -> dict[int, list[str]]:
+    """The moderation events of each message, oldest first, as "in: flag injection"."""
+    found: dict[int, list[str]] = {}
+    rows = await session.execute(
+        select(
+            ModerationEventRecord.message_id,
+            ModerationEventRecord.direction,
+            ModerationEventRecord.action,
+            ModerationEventRecord.category,
+        )
+        .where(ModerationEventRecord.message_id.in_(message_ids))
+        .order_by(ModerationEventRecord.id)
+    )
+    for message_id, direction, action, category in rows.all():
+        found.setdefault(message_id, []).append(f"{direction}: {action} {category}")
     return found
 
 

@@ -39,6 +39,7 @@ from botkit.settings import (
     settings_from_mapping,
 )
 from botkit.storage import StorageSettings
+from botkit.web.settings import WebSettings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 
@@ -180,6 +181,7 @@ def test_the_example_loads_and_every_value_is_the_default():
     assert bot.adapter_settings("console") == ConsoleSettings()
     assert bot.enabled_adapters() == ["console"]
     assert config_table(settings, "finetune", FinetuneSettings) == FinetuneSettings()
+    assert config_table(settings, "web", WebSettings) == WebSettings()
 
 
 def test_the_commented_out_scripted_backend_is_valid_and_holds_defaults():

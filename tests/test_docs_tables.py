@@ -77,7 +77,7 @@ def test_the_module_table_names_every_module_and_only_modules_that_exist():
     assert missing_files == [], "docs/architecture.md names modules that do not exist"
     folders = tuple(name for name in named if name.endswith("/"))
     unnamed = []
-    for folder in ("botkit", "plugins", "finetune"):
+    for folder in ("botkit", "plugins", "finetune", "web"):
         for path in sorted((REPO / folder).rglob("*.py")):
             relative = path.relative_to(REPO).as_posix()
             if path.name == "__init__.py" and relative != "botkit/__init__.py":

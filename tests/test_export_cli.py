@@ -12,11 +12,19 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from export_helpers import SEED_CONFIG, give_feedback, load_with_datasets, read_records, settle, talk
+from export_helpers import (
+    SEED_CONFIG,
+    give_feedback,
+    load_with_datasets,
+    read_records,
+    reply_to,
+    settle,
+    talk,
+)
 from sqlalchemy import select
 
 from botkit.cli import create_cli
-from botkit.storage import FeedbackRecord, MessageRecord, utcnow
+from botkit.storage import FeedbackRecord, MessageRecord, ModerationEventRecord, utcnow
 
 
 @pytest.fixture
@@ -383,3 +391,34 @@ def test_the_review_queue_from_the_cli(make_bot, project, tmp_path):
         ("Where is the handbook?", "In the shared drive."),
         ("Who is on call?", "Ann is."),
     ]
+
+
+def test_the_review_queue_lists_only_what_its_filters_keep(make_bot, project):
+    async def chat(bot) -> None:
+        await talk(bot, "Is the VPN down?", "Yes, since noon.", channel="a")
+        await give_feedback(bot, "Is the VPN down?", "reaction", value="👍")
+        await talk(bot, "Who is on call?", "Ann is.", channel="b")
+        await give_feedback(bot, "Who is on call?", "reaction", value="👎")
+        await talk(bot, "Where is the handbook?", "On the wiki.", channel="c")
+        reply = await reply_to(bot, "Where is the handbook?")
+        async with bot.db.session() as session:
+            session.add(
+                ModerationEventRecord(message_id=reply.id, direction="out", category="profanity", action="flag")
+            )
+
+    seed(make_bot, project, chat)
+
+    def listed(*flags: str) -> list[str]:
+        result = botkit(project, "finetune", "review", "list", *flags)
+        assert result.exit_code == 0, result.output
+        return [line.split("user: ")[1] for line in result.output.splitlines() if "user: " in line]
+
+    assert listed("--votes", "up") == ["Is the VPN down?"]
+    assert listed("--votes", "down") == ["Who is on call?"]
+    assert listed("--votes", "none") == ["Where is the handbook?"]
+    assert listed("--moderation", "with") == ["Where is the handbook?"]
+    assert listed("--moderation", "without", "--votes", "down") == ["Who is on call?"]
+    assert listed("--truncated", "with") == []
+    assert len(listed("--truncated", "without")) == 3
+    output = botkit(project, "finetune", "review", "list").output
+    assert "moderation: out: flag profanity" in output and "  +1 -0" in output and "  +0 -1" in output

@@ -18,12 +18,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ARCHITECTURE = REPO / "docs" / "architecture.md"
 # Source folder -> installed package (pyproject.toml's package-dir).
-FOLDERS = {"botkit": "botkit", "plugins": "botkit.plugins", "finetune": "botkit.finetune"}
+FOLDERS = {"botkit": "botkit", "plugins": "botkit.plugins", "finetune": "botkit.finetune", "web": "botkit.web"}
 
 # The public modules: what plugins and finetune may import of botkit.
 # botkit.ops: for the commands a plugin adds (botkit_register_cli), as its docstring says.
 PLUGIN_API = {"botkit", "botkit.storage", "botkit.detectors", "botkit.ops"}
 FINETUNE_API = {"botkit", "botkit.storage", "botkit.prompts", "botkit.detectors", "botkit.ops"}
+# The web console calls what the CLI calls: the operations API, and finetune's review and export.
+WEB_API = FINETUNE_API
 
 
 @dataclass(frozen=True)
@@ -136,12 +138,24 @@ def test_finetune_imports_only_the_public_api():
     assert wrong == [], "finetune may import only " + ", ".join(sorted(FINETUNE_API)) + ":\n" + "\n".join(wrong)
 
 
-def test_the_core_imports_no_plugin_and_no_finetune_module():
+def test_the_web_console_imports_only_the_public_api_and_finetune():
     wrong = [
         f"{found.module} line {found.line}: imports {found.target}"
         for found in IMPORTS
-        if not found.module.startswith(("botkit.plugins", "botkit.finetune"))
-        and found.target.startswith(("botkit.plugins", "botkit.finetune"))
+        if found.module.startswith("botkit.web")
+        and found.when != "typing"
+        and not found.target.startswith(("botkit.web", "botkit.finetune"))
+        and found.target not in WEB_API
+    ]
+    assert wrong == [], "the web console may import only " + ", ".join(sorted(WEB_API)) + " and botkit.finetune:\n" + "\n".join(wrong)
+
+
+def test_the_core_imports_no_plugin_no_finetune_and_no_web_module():
+    wrong = [
+        f"{found.module} line {found.line}: imports {found.target}"
+        for found in IMPORTS
+        if not found.module.startswith(("botkit.plugins", "botkit.finetune", "botkit.web"))
+        and found.target.startswith(("botkit.plugins", "botkit.finetune", "botkit.web"))
     ]
     assert wrong == []
 
@@ -206,6 +220,7 @@ ROOMS = {
     "backends": "botkit.backends",
     "plugins": "botkit.plugins",
     "finetune": "botkit.finetune",
+    "web": "botkit.web",
     "migrations": "botkit.migrations",
 }
 

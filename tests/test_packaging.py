@@ -41,13 +41,15 @@ def run(env_dir: Path, *args: str, stdin: str = "", cwd: Path) -> subprocess.Com
 
 def test_no_generic_top_level_names_are_installed(installed):
     site = next((installed / "lib").glob("python3.*/site-packages"))
-    for generic in ("plugins", "finetune", "migrations", "tests", "bench", "scripts"):
+    for generic in ("plugins", "finetune", "web", "migrations", "tests", "bench", "scripts"):
         assert not (site / generic).exists(), f"{generic}/ installed at the top level of site-packages"
     assert (site / "botkit" / "plugins" / "commands.py").is_file()
     assert (site / "botkit" / "finetune" / "seed_tasks.jsonl").is_file()  # `finetune synth`'s seed set
     # `botkit redteam`'s probe suites, and moderation's toxicity suite
     assert (site / "botkit" / "plugins" / "redteam" / "suites" / "injection.jsonl").is_file()
     assert (site / "botkit" / "plugins" / "moderation" / "toxicity_probes.jsonl").is_file()
+    assert (site / "botkit" / "web" / "templates" / "review.html").is_file()  # the console's pages
+    assert (site / "botkit" / "web" / "static" / "console.css").is_file()
     assert not list(site.glob("__editable__*"))
 
 
@@ -59,6 +61,15 @@ def test_installed_botkit_lists_its_builtin_plugins(installed, tmp_path):
     names = {row["name"]: row for row in json.loads(result.stdout)}
     assert {"commands", "console", "llamacpp", "scripted"} <= names.keys()
     assert all(row["error"] is None for row in names.values())
+
+
+def test_the_web_console_without_its_extra_says_what_to_install(installed, tmp_path):
+    site = next((installed / "lib").glob("python3.*/site-packages"))
+    assert not (site / "starlette").exists()  # a plain install stays lean
+    for command in (["web"], ["web", "user", "add", "alice", "--role", "admin"]):
+        result = run(installed, *command, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "pip install 'botkit[web]'" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.model

@@ -16,6 +16,7 @@ from botkit.storage.database import (
 )
 from botkit.storage.migrations import MigrationBranch, Migrator
 from botkit.storage.models import (
+    AuditRecord,
     Base,
     ConversationRecord,
     DeadLetterRecord,
@@ -25,12 +26,15 @@ from botkit.storage.models import (
     PluginStateRecord,
     PrivacyRecord,
     UserRecord,
+    WebAccountRecord,
+    WebSessionRecord,
     utcnow,
 )
 from botkit.storage.moderation_rows import moderation_event, write_moderation_events
 from botkit.storage.write_behind import RecordSpool, WriteBehind, WriteCounts
 
 __all__ = [
+    "AuditRecord",
     "Base",
     "ConversationRecord",
     "Database",
@@ -45,6 +49,8 @@ __all__ = [
     "RecordSpool",
     "StorageSettings",
     "UserRecord",
+    "WebAccountRecord",
+    "WebSessionRecord",
     "WriteBehind",
     "WriteCounts",
     "insert_new",

@@ -1,4 +1,5 @@
-"""The core schema: users, conversations, messages, feedback, moderation, privacy, dead letters, deliveries.
+"""The core schema: users, conversations, messages, feedback, moderation, privacy, dead letters, deliveries,
+web console accounts, sessions and audit log.
 
 Alembic (``migrations/``) owns every change to these tables; a test checks that
 the migrations and these models agree.
@@ -236,3 +237,42 @@ class SeenDeliveryRecord(Base):
     # Slack's event_id, a Discord message id or "interaction:<id>".
     delivery_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebAccountRecord(Base):
+    """Someone who may log in to the web console (``botkit web user add``): a name, a role, an argon2 hash."""
+
+    __tablename__ = "web_accounts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # "admin" or "reviewer"
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebSessionRecord(Base):
+    """A web console login: only the SHA-256 of the cookie's token is kept, so a copy of the database
+    logs nobody in; logging out deletes the row."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_expires_at", "expires_at"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("web_accounts.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditRecord(Base):
+    """One action taken in the web console: who (the account's name), what, on what, when."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))  # "login", "review.approve", "plugin.disable"...
+    target: Mapped[str] = mapped_column(String(255), default="")

@@ -1,0 +1,163 @@
+"""Web console benchmark: conversation search at up to 1M stored messages, the review queue at 10K candidates.
+
+Run from the repository root::
+
+    .venv/bin/python bench/bench_web.py                       # a few minutes on two cores
+    .venv/bin/python bench/bench_web.py --messages 100000     # a smaller database
+    .venv/bin/python bench/bench_web.py --check               # exit 1 when a target is missed
+
+The databases are made as bench_export.py makes them (the real migrations, then bulk
+INSERTs of random-word exchanges, 500 channels). Search (``botkit.web.conversations.
+search_messages``, what the Conversations page runs) is timed for four kinds of query,
+each repeated: a word that occurs in about one message in 200 ("common"), a word that
+occurs nowhere ("absent": every row is read), a channel, and a user. The baseline is the
+same text query through a plain ``sqlite3`` cursor. The review queue is timed as
+``list_candidates`` (what ``botkit finetune review list`` and the page call) and as the
+whole page (``GET /review`` through the ASGI app, logged in) on a database of 10K
+candidate pairs. Target (``--check``): every search kind's p99 under 100 ms at the largest size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from bench_export import migrated, seed, vocabulary
+
+from botkit.finetune.review import list_candidates
+from botkit.storage import Database, StorageSettings
+from botkit.web.conversations import MessageSearch, literal_pattern, search_messages
+
+TARGET_SEARCH_P99_MS = 100.0
+REPEATS = 30
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 in milliseconds."""
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return statistics.median(ordered) * 1000, p99 * 1000
+
+
+async def timed(action: Callable[[], Awaitable[object]], repeats: int = REPEATS) -> list[float]:
+    await action()  # warm: the first call pays for imports and SQLite's page cache
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        await action()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def raw_search(path: Path, word: str, repeats: int = REPEATS) -> list[float]:
+    connection = sqlite3.connect(path)
+    query = (
+        "SELECT id, text FROM messages WHERE deleted_at IS NULL AND lower(text) LIKE ? ESCAPE '\\' "
+        "ORDER BY id DESC LIMIT 50"
+    )
+    connection.execute(query, (literal_pattern(word),)).fetchall()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        connection.execute(query, (literal_pattern(word),)).fetchall()
+        samples.append(time.perf_counter() - started)
+    connection.close()
+    return samples
+
+
+async def bench_search(folder: Path, messages: int) -> dict[str, tuple[float, float]]:
+    path = await migrated(folder)
+    seeded = seed(path, messages)
+    print(f"seeded {messages:,} messages in {seeded:.1f} s", file=sys.stderr)
+    words = vocabulary(random.Random(5))  # the words seed() drew from
+    common = words[17]
+    db = Database(StorageSettings(data_dir=folder))
+    await db.connect()
+    try:
+        kinds = {
+            f"text, common word ({common!r})": MessageSearch(text=common),
+            "text, absent word": MessageSearch(text="qqxqq"),
+            "channel": MessageSearch(channel="c7"),
+            "user": MessageSearch(user="u42"),
+        }
+        results = {}
+        for name, search in kinds.items():
+            results[name] = percentiles(await timed(lambda search=search: search_messages(db, search)))
+    finally:
+        await db.close()
+    results[f"baseline: raw sqlite3, common word ({common!r})"] = percentiles(raw_search(path, common))
+    results["baseline: raw sqlite3, absent word"] = percentiles(raw_search(path, "qqxqq"))
+    return results
+
+
+async def bench_review(folder: Path, pairs: int) -> dict[str, tuple[float, float]]:
+    import httpx2
+
+    from botkit.ops import load_bot
+    from botkit.settings import settings_from_mapping
+    from botkit.web.accounts import add_account
+    from botkit.web.app import create_app
+    from botkit.web.settings import WebSettings
+
+    path = await migrated(folder)
+    seed(path, pairs * 2)
+    bot = load_bot(settings_from_mapping({"backend": {"type": "scripted"}, "storage": {"data_dir": str(folder)}}))
+    await bot.db.connect()
+    try:
+        results = {"list_candidates (50 pending)": percentiles(await timed(lambda: list_candidates(bot.db, "pending", 50)))}
+        await add_account(bot.db, "bench", "reviewer", "bench-password-long")
+        transport = httpx2.ASGITransport(app=create_app(bot, WebSettings()))
+        async with httpx2.AsyncClient(transport=transport, base_url="http://console") as http:
+            form = await http.get("/login")
+            token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            await http.post("/login", data={"csrf": token, "name": "bench", "password": "bench-password-long"})
+
+            async def page() -> None:
+                response = await http.get("/review")
+                assert response.status_code == 200 and response.text.count("data-candidate") == 50
+
+            results["GET /review (50 of the pending pairs)"] = percentiles(await timed(page))
+    finally:
+        await bot.db.close()
+    return results
+
+
+def table(title: str, results: dict[str, tuple[float, float]]) -> None:
+    print(f"\n{title}\n\n| query | p50 | p99 |\n|---|---|---|")
+    for name, (p50, p99) in results.items():
+        print(f"| {name} | {p50:.1f} ms | {p99:.1f} ms |")
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1_000_000, help="stored messages for the search")
+    parser.add_argument("--pairs", type=int, default=10_000, help="candidate pairs for the review queue")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="botkit-bench-web-") as root:
+        search = await bench_search(Path(root) / "search", options.messages)
+        review = await bench_review(Path(root) / "review", options.pairs)
+    table(f"Conversation search, {options.messages:,} messages ({REPEATS} runs each)", search)
+    table(f"Review queue, {options.pairs:,} candidate pairs ({REPEATS} runs each)", review)
+    missed = [
+        name for name, (_, p99) in search.items()
+        if not name.startswith("baseline") and p99 >= TARGET_SEARCH_P99_MS
+    ]  # fmt: skip
+    if missed:
+        print(f"\nsearch p99 at or over {TARGET_SEARCH_P99_MS:g} ms: {', '.join(missed)}")
+    return 1 if options.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
