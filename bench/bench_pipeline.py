@@ -374,35 +374,12 @@ async def metrics_cost(args: argparse.Namespace, data_dir: Path) -> list[Case]:
         bot.backend.requests = deque(maxlen=1)  # type: ignore[attr-defined]
         label = "metrics on, JSON logs at INFO" if enabled else "metrics off, logs at WARNING"
         bots.append((Case(f"botkit, {label}"), bot, pipeline_answer(bot), memory_settle(bot)))
+    # stderr is the log file for the whole run: the log handler writes a batch of lines when it
+    # is due, which may be after the block that logged them.
     try:
-        for _, _, answer, settle in bots:
-            for message in make_messages(args.warmup, args.conversations):
-                assert await answer(message) == reply
-            await settle()
-        for _ in range(args.rounds):
-            # Blocks of BLOCK messages, the bots alternating which goes first: a drift of the
-            # machine's speed within a round hits both bots alike.
-            messages = make_messages(args.messages, args.conversations)
-            spent = {id(bot): Result(0, 0.0, []) for _, bot, _, _ in bots}
-            for number, start in enumerate(range(0, len(messages), BLOCK)):
-                block = messages[start : start + BLOCK]
-                for case, bot, answer, _ in bots if number % 2 == 0 else bots[::-1]:
-                    configure_logging(log_settings[bot.metrics.enabled], force=True)
-                    with contextlib.redirect_stderr(log_file):
-                        result = await run_sequential(case.name, answer, block, reply)
-                    total = spent[id(bot)]
-                    total.messages += result.messages
-                    total.seconds += result.seconds
-                    total.per_message_s += result.per_message_s
-            for case, bot, _, settle in bots:
-                configure_logging(log_settings[bot.metrics.enabled], force=True)
-                started = time.perf_counter()
-                with contextlib.redirect_stderr(log_file):
-                    spent[id(bot)].backlog = await settle()
-                    if bot.metrics.enabled:
-                        bot.metrics.exposition()  # a scrape per round, as Prometheus does every few seconds
-                spent[id(bot)].seconds += time.perf_counter() - started
-                case.rounds.append(spent[id(bot)])
+        with contextlib.redirect_stderr(log_file):
+            await alternate_rounds(args, bots, log_settings, reply)
+            configure_logging(LoggingSettings(), force=True)  # writes what is queued
     finally:
         configure_logging(LoggingSettings(), force=True)
         for _, bot, _, _ in bots:
@@ -414,6 +391,41 @@ async def metrics_cost(args: argparse.Namespace, data_dir: Path) -> list[Case]:
     assert answered >= expected, f"the JSON log holds {answered} answered lines, expected {expected}"
     print(f"  JSON log: {len(lines) / expected:.2f} lines per message measured ({len(lines):,} lines)")
     return [case for case, _, _, _ in bots]
+
+
+async def alternate_rounds(
+    args: argparse.Namespace,
+    bots: list[tuple[Case, Bot, Answer, Settle]],
+    log_settings: dict[bool, LoggingSettings],
+    reply: str,
+) -> None:
+    """The warm-up, then ``args.rounds`` rounds of the two bots taking turns; each round's time goes to its case."""
+    for _, _, answer, settle in bots:
+        for message in make_messages(args.warmup, args.conversations):
+            assert await answer(message) == reply
+        await settle()
+    for _ in range(args.rounds):
+        # Blocks of BLOCK messages, the bots alternating which goes first: a drift of the
+        # machine's speed within a round hits both bots alike.
+        messages = make_messages(args.messages, args.conversations)
+        spent = {id(bot): Result(0, 0.0, []) for _, bot, _, _ in bots}
+        for number, start in enumerate(range(0, len(messages), BLOCK)):
+            block = messages[start : start + BLOCK]
+            for case, bot, answer, _ in bots if number % 2 == 0 else bots[::-1]:
+                configure_logging(log_settings[bot.metrics.enabled], force=True)
+                result = await run_sequential(case.name, answer, block, reply)
+                total = spent[id(bot)]
+                total.messages += result.messages
+                total.seconds += result.seconds
+                total.per_message_s += result.per_message_s
+        for case, bot, _, settle in bots:
+            configure_logging(log_settings[bot.metrics.enabled], force=True)
+            started = time.perf_counter()
+            spent[id(bot)].backlog = await settle()
+            if bot.metrics.enabled:
+                bot.metrics.exposition()  # a scrape per round, as Prometheus does every few seconds
+            spent[id(bot)].seconds += time.perf_counter() - started
+            case.rounds.append(spent[id(bot)])
 
 
 def print_metrics_report(args: argparse.Namespace, pinned: str, cases: list[Case]) -> bool:

@@ -12,6 +12,8 @@ before), so that third-party loggers go through the same rules as botkit's own:
   libraries of ``PAYLOAD_LOGGERS`` log request and event bodies below WARNING (slack_bolt
   logs the whole body of a request with a bad signature at INFO), so their lines are
   written with those parts withheld unless ``include_text`` is on.
+- ``StderrHandler`` writes lines below WARNING a batch at a time from a writer thread (at most
+  ``FLUSH_INTERVAL_S`` late), and a WARNING or worse at once, after what was queued before it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import json
 import logging
 import re
 import sys
+import threading
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from botkit.settings import LoggingSettings
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 WITHHELD = "[withheld: include_text is off]"
+# A line below WARNING reaches stderr at most this long after it was logged (StderrHandler),
+# or as soon as MAX_BATCH lines wait: a burst never holds more than that in memory.
+FLUSH_INTERVAL_S = 0.2
+MAX_BATCH = 1000
 
 # Libraries whose INFO and DEBUG lines are noise for a bot's operator (aiosqlite alone writes
 # ~300 lines for one question at DEBUG): WARNING unless `[logging] loggers` asks for more.
@@ -232,19 +239,68 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to ``sys.stderr`` as it is when a record comes, not as it was at set-up."""
+class StderrHandler(logging.Handler):
+    """Writes lines to ``sys.stderr`` (as it is when they are written), a batch at a time.
+
+    The thread that logs (the event loop's, mostly) only queues the record; a writer thread
+    formats what has queued and writes it in one call, ``FLUSH_INTERVAL_S`` after the first
+    record of the batch. Formatting a batch in one go costs a fraction of formatting each
+    line between the pipeline's own work. A record at WARNING or above is written at once,
+    after everything queued before it, by the thread that logs it; so is a full batch.
+    ``flush()`` (and ``logging.shutdown()`` at exit) writes what is queued.
+    """
 
     def __init__(self) -> None:
-        super().__init__(sys.stderr)
+        super().__init__()
+        self._queued: list[logging.LogRecord] = []
+        self._first_queued = threading.Event()
+        self._closing = threading.Event()
+        self._writer: threading.Thread | None = None
 
-    @property  # type: ignore[override]
-    def stream(self) -> TextIO:
-        return sys.stderr
+    def emit(self, record: logging.LogRecord) -> None:
+        # handle() holds self.lock around this call.
+        self._queued.append(record)
+        if record.levelno >= logging.WARNING or len(self._queued) >= MAX_BATCH:
+            self.flush()
+        elif len(self._queued) == 1:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_batches, name="botkit-log-writer", daemon=True)
+                self._writer.start()
+            self._first_queued.set()
 
-    @stream.setter
-    def stream(self, _: TextIO) -> None:
-        pass
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            queued, self._queued = self._queued, []
+            self._first_queued.clear()
+            if not queued:
+                return
+            lines = []
+            for record in queued:
+                try:
+                    lines.append(self.format(record))
+                except Exception:
+                    self.handleError(record)
+            if not lines:
+                return
+            try:
+                stream = sys.stderr
+                stream.write("\n".join(lines) + "\n")
+                stream.flush()
+            except Exception:
+                self.handleError(queued[-1])
+
+    def close(self) -> None:
+        self.flush()
+        self._closing.set()
+        self._first_queued.set()
+        super().close()
+
+    def _write_batches(self) -> None:
+        while True:
+            self._first_queued.wait()
+            if self._closing.wait(FLUSH_INTERVAL_S):
+                return
+            self.flush()
 
 
 def configure_logging(settings: LoggingSettings, *, force: bool = False) -> logging.Handler | None:
@@ -268,6 +324,7 @@ def configure_logging(settings: LoggingSettings, *, force: bool = False) -> logg
     handler.set_name("botkit")
     for old in [h for h in root.handlers if h.get_name() == "botkit"]:
         root.removeHandler(old)
+        old.close()
     root.addHandler(handler)
     # The root's level lets through what any logger may write; the policy does the rest. Logger
     # levels for the quiet libraries spare them building records nobody writes.

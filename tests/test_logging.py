@@ -7,6 +7,8 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -158,6 +160,7 @@ def configured_logging():
     yield configure
     for handler in [h for h in root.handlers if h.get_name() == "botkit"]:
         root.removeHandler(handler)
+        handler.close()
     root.setLevel(saved[0])
     for name, level in saved[1].items():
         logging.getLogger(name).setLevel(level)
@@ -167,7 +170,9 @@ def configured_logging():
 async def test_slack_bolt_does_not_log_the_body_of_a_forged_request(
     make_bot, monkeypatch, capsys, configured_logging, include_text
 ):
-    configured_logging(level="INFO", format="json", include_text=include_text, loggers={"slack_bolt": "INFO"})
+    handler = configured_logging(
+        level="INFO", format="json", include_text=include_text, loggers={"slack_bolt": "INFO"}
+    )
     async with FakeSlack() as slack:
         monkeypatch.setenv("BOTKIT_ADAPTERS__SLACK__BOT_TOKEN", slack.bot_token)
         monkeypatch.setenv("BOTKIT_ADAPTERS__SLACK__SIGNING_SECRET", slack.signing_secret)
@@ -176,6 +181,7 @@ async def test_slack_bolt_does_not_log_the_body_of_a_forged_request(
             url = f"http://127.0.0.1:{adapter.http_port}/slack/events"
             status, _ = await slack.post_event(url, forged, secret="not-the-signing-secret")
             assert status == 401
+    handler.flush()  # lines below WARNING are written a batch at a time
     lines = json_lines(capsys.readouterr().err)
     refused = [line for line in lines if "Invalid request signature detected" in line["event"]]
     assert len(refused) == 1 and refused[0]["logger"].startswith("slack_bolt"), lines
@@ -243,3 +249,23 @@ def test_an_exception_is_a_field_of_its_json_line(configured_logging, capsys):
     )
     assert line["exception"].startswith("Traceback (most recent call last):")
     assert line["exception"].endswith("RuntimeError: the database went away")
+
+
+def test_lines_below_warning_are_written_by_the_writer_thread_and_a_warning_at_once(configured_logging, capsys):
+    configured_logging(level="INFO", format="json")
+    log = logging.getLogger("botkit.test")
+    log.info("first %d", 1)
+    # Nobody flushes: the writer thread writes the batch on its own, soon.
+    seen: list[dict] = []
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        seen = json_lines(capsys.readouterr().err)
+        if not seen:
+            threading.Event().wait(0.01)
+    assert [line["event"] for line in seen] == ["first 1"]
+    # A warning is written by the thread that logs it, before log.warning returns, after
+    # the lines queued before it and in their order.
+    log.info("second")
+    log.info("third")
+    log.warning("fourth")
+    assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["second", "third", "fourth"]
