@@ -132,6 +132,27 @@ def render_card(report: ExportReport) -> str:
         f"- LoRA adapters: {_counter_line(sources.adapters) or 'none'}",
     ]
 
+    if report.mixed:
+        out += [
+            "",
+            "## Mixed-in data",
+            "",
+            "Examples of other sources (`--mix`), written into the train file of each format but "
+            "preference, never into validation. They are written as they are: the selection and "
+            "curation above apply to the stored conversations only. A `botkit finetune synth` folder's "
+            "own README.md names its teacher model and the teacher's terms of use, which bind this "
+            "dataset too.",
+            "",
+            "| source | format | weight | examples | records in train | skipped |",
+            "|---|---|---|---|---|---|",
+        ]
+        for mixed in report.mixed:
+            skipped = "; ".join(f"{reason}: {count:,}" for reason, count in sorted(mixed.skipped.items()))
+            out.append(
+                f"| `{mixed.source.path}` | {mixed.format} | {mixed.source.weight:g} | {mixed.read:,} | "
+                f"{mixed.written:,} | {skipped or 'none'} |"
+            )
+
     out += ["", "## Base model", ""]
     out.append(
         f"`{options.base_model}`: the model these examples are meant to fine-tune."

@@ -21,6 +21,7 @@ from botkit.ops import Context, config_option, fail, run_with_database
 from .cli_dpo import dpo
 from .cli_train import convert, evaluate, train
 from .examples import FORMATS, FeedbackPolicy, FeedbackSelection, PiiPolicy, PreferencePrompt
+from .mixing import mix_option
 from .progress import progress_bars
 from .synth_cli import synth
 
@@ -118,6 +119,7 @@ def run_with_bot(ctx: Context, action: Any) -> Any:
 )
 @click.option("--overwrite", is_flag=True, help="replace --out if it exists")
 @click.option("--dry-run", is_flag=True, help="print the counts per filter; write nothing")
+@mix_option("go into train")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the train/validation split")
 @click.option(
     "--validation-fraction",
@@ -285,6 +287,7 @@ def export(ctx: Context, **flags: Any) -> None:
             base_model=flags["base_model"] or bot.default_backend.backend.model_name,
             base_model_license=_base_model_licence(bot.settings, flags["base_model"]),
             license=flags["licence"],
+            mix=flags["mix"],
         )
         with progress_bars() as progress:
             return await run_export(

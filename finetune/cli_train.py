@@ -17,20 +17,12 @@ from botkit import BotkitError, ConfigError
 from botkit.ops import Context, LoraError, config_option, config_table, fail
 
 from .examples import TrainingFormat
+from .mixing import mix_option
 from .progress import progress_bars
 from .settings import FinetuneSettings
 
 # Flags that override a [finetune] key of the same name (dashes for underscores).
 HYPER_FLAGS = tuple(FinetuneSettings.model_fields)
-
-
-def _mix_sources(_ctx: Any, param: Any, values: tuple[str, ...]) -> tuple[Any, ...]:
-    from .mixing import parse_source
-
-    try:
-        return tuple(parse_source(value) for value in values)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param=param) from None
 
 
 def _hyper(settings: FinetuneSettings, flags: dict[str, Any]) -> FinetuneSettings:
@@ -66,15 +58,7 @@ def _format_option(command: Any) -> Any:
     "--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="run folder"
 )
 @_format_option
-@click.option(
-    "--mix",
-    "mix",
-    multiple=True,
-    metavar="PATH[=WEIGHT]",
-    callback=_mix_sources,
-    help="more training data beside DATA: a `finetune synth` folder, an export or a file; "
-    "WEIGHT scales how many of its examples are used (default 1; 0.5 a seeded half, 2 each twice)",
-)
+@mix_option("a run uses")
 @click.option("--backend", default="default", show_default=True, help="the backend the adapter is for")
 @click.option(
     "--base-model",

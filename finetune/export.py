@@ -23,14 +23,15 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from botkit import ExportError, Message, User
+from botkit import BotkitError, ExportError, Message, User
 from botkit.ops import system_prompt_for
 from botkit.prompts import AlpacaVariant
 from botkit.storage import Database
 
 from .curate import Counts, Curation, Curator
 from .examples import Example, Feedback, StoredMessage
-from .formats import FORMATS, DatasetWriter, PreferencePairs, PreferencePrompt
+from .formats import FORMATS, RECORDS, DatasetWriter, PreferencePairs, PreferencePrompt
+from .mixing import MixedSource, Source, read_mixed
 from .select import (
     Pairing,
     Selection,
@@ -40,6 +41,7 @@ from .select import (
     opted_out_users,
     stream_messages,
 )
+from .training_data import PromptedAnswer
 
 CARD = "README.md"
 
@@ -70,6 +72,7 @@ class ExportOptions:
     base_model: str | None = None
     base_model_license: str | None = None  # None: not known (a name, or a model on a server)
     license: str = "other"
+    mix: tuple[Source, ...] = ()  # more examples for train, with their weights (finetune/mixing.py)
 
 
 @dataclass(slots=True)
@@ -111,6 +114,7 @@ class ExportReport:
     pairs_from_corrections: int = 0
     pairs_from_feedback: int = 0
     sources: Sources = field(default_factory=Sources)
+    mixed: list[MixedSource] = field(default_factory=list)
     files: list[tuple[str, int]] = field(default_factory=list)
     folder: Path | None = None
 
@@ -145,10 +149,11 @@ class ExportReport:
                 f"preference pairs: {self.pairs_from_corrections:,} from corrections, "
                 f"{self.pairs_from_feedback:,} from rated alternatives"
             )
+        mixed = sum(source.written for source in self.mixed)
         for name, splits in self.written.items():
             train, validation = splits["train"], splits["validation"]
             unit = "pairs" if name == "preference" else "records"
-            repeats = train - (self.counts.kept - validation)
+            repeats = train - mixed - (self.counts.kept - validation)
             if name != "preference" and repeats > 0:
                 copies = "1 extra copy" if repeats == 1 else f"{repeats:,} extra copies"
                 lines.append(
@@ -157,6 +162,12 @@ class ExportReport:
                 )
             else:
                 lines.append(f"{name}: train {train:,}, validation {validation:,} {unit}")
+        for source in self.mixed:
+            lines.append(
+                f"mixed in: {source.source.path} (weight {source.source.weight:g}, {source.format}): "
+                f"{source.written:,} records in each train file from {source.read:,} examples"
+            )
+            lines += [f"  skipped {count:,}: {reason}" for reason, count in sorted(source.skipped.items())]
         return lines
 
 
@@ -205,6 +216,11 @@ def check_options(options: ExportOptions) -> None:
     unknown = [name for name in options.formats if name not in FORMATS]
     if unknown:
         raise ExportError(f"--format: unknown format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    if options.mix and not any(name in RECORDS for name in options.formats):
+        raise ExportError(
+            "--mix adds examples with one answer each, for the alpaca, chat and sharegpt formats; "
+            "--format preference needs two answers to a prompt: export another format beside it"
+        )
     if not 0.0 <= options.validation_fraction < 1.0:
         raise ExportError("--validation-fraction must be at least 0 and below 1, e.g. 0.1")
     if options.dry_run:
@@ -229,6 +245,10 @@ async def run_export(
     """Export the selected conversations; returns the report, raises ``ExportError`` when nothing would be written."""
     check_options(options)
     report = ExportReport(options)
+    try:
+        mixed = read_mixed(options.mix, options.seed)  # a bad source is refused before anything is read
+    except BotkitError as error:  # it names the --mix source
+        raise ExportError(str(error)) from None
     staging = None if options.dry_run else _staging_folder(options.out)
     try:
         # One snapshot for every read: an exchange committed after the export started is not
@@ -238,7 +258,7 @@ async def run_export(
             moderated = await moderated_messages(session) if options.curation.moderation_clean else set()
             total = await count_messages(session, options.selection)
             await _read_and_write(
-                session, options, system_prompts, progress, report, staging, total, opted_out, moderated
+                session, options, system_prompts, progress, report, staging, total, opted_out, moderated, mixed
             )
         if report.total_written == 0:
             raise NothingToExport(_why_empty(report), report)
@@ -266,6 +286,7 @@ async def _read_and_write(
     total: int,
     opted_out: set[int],
     moderated: set[tuple[int, str]],
+    mixed: list[tuple[MixedSource, list[PromptedAnswer]]],
 ) -> None:
     wants_pairs = "preference" in options.formats
     pairs = PreferencePairs()
@@ -323,6 +344,14 @@ async def _read_and_write(
                         progress.advance(alternatives, 1)
 
             await asyncio.to_thread(pair_alternatives)
+
+        def mix_in() -> None:
+            for source, examples in mixed:
+                for example in examples:
+                    writer.mixed(example.prompt, example.answer, example.alpaca)
+                report.mixed.append(source)
+
+        await asyncio.to_thread(mix_in)
     finally:
         writer.close()
     report.skipped = pairing.skipped

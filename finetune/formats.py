@@ -47,24 +47,31 @@ def in_validation(conversation_id: int, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
-def alpaca_record(example: Example) -> dict[str, str]:
-    instruction, context = alpaca_fields(example.prompt())
-    return {"instruction": instruction, "input": context, "output": example.output}
+def alpaca_record(prompt: Prompt, output: str, alpaca: tuple[str, str] | None = None) -> dict[str, str]:
+    """``alpaca``: an Alpaca record's own instruction and input, kept as they were."""
+    instruction, context = alpaca or alpaca_fields(prompt)
+    return {"instruction": instruction, "input": context, "output": output}
 
 
-def chat_record(example: Example) -> dict[str, Any]:
-    return {"messages": [*chat_messages(example.prompt()), {"role": "assistant", "content": example.output}]}
+def chat_messages_record(prompt: Prompt, output: str, alpaca: tuple[str, str] | None = None) -> dict[str, Any]:
+    return {"messages": [*chat_messages(prompt), {"role": "assistant", "content": output}]}
 
 
-def sharegpt_record(example: Example) -> dict[str, Any]:
-    messages = chat_record(example)["messages"]
+def sharegpt_record(prompt: Prompt, output: str, alpaca: tuple[str, str] | None = None) -> dict[str, Any]:
+    messages = chat_messages_record(prompt, output)["messages"]
     return {"conversations": [{"from": SHAREGPT_FROM[m["role"]], "value": m["content"]} for m in messages]}
 
 
+def chat_record(example: Example) -> dict[str, Any]:
+    """An example as a ``chat`` record."""
+    return chat_messages_record(example.prompt(), example.output)
+
+
+# The formats of one example (a prompt and its answer); preference records are made of pairs.
 RECORDS = {
     "alpaca": alpaca_record,
     "alpaca-jsonl": alpaca_record,
-    "chat": chat_record,
+    "chat": chat_messages_record,
     "sharegpt": sharegpt_record,
 }
 
@@ -222,16 +229,24 @@ class DatasetWriter:
         split = self.split_of(example.conversation_id)
         copies = example.weight if split == "train" else 1
         wrote = False
+        prompt = example.prompt()
         for format_name in self.formats:
             make = RECORDS.get(format_name)
             if make is not None:
-                record: dict[str, Any] = dict(make(example))
+                record: dict[str, Any] = dict(make(prompt, example.output))
                 if example.truncated:  # kept with --keep-truncated: the label says the answer was cut
                     record["truncated"] = True
                 self._emit(format_name, split, record, copies)
                 wrote = True
         if wrote:
             self._count_conversation(split, example.conversation_id)
+
+    def mixed(self, prompt: Prompt, output: str, alpaca: tuple[str, str] | None = None) -> None:
+        """An example of another source (``--mix``): train only, in every format but preference."""
+        for format_name in self.formats:
+            make = RECORDS.get(format_name)
+            if make is not None:
+                self._emit(format_name, "train", make(prompt, output, alpaca))
 
     def _count_conversation(self, split: str, conversation_id: int) -> None:
         if self._last_conversation[split] != conversation_id:

@@ -1,4 +1,4 @@
-"""Training on several sources at once: ``botkit finetune train DATA --mix SOURCE=WEIGHT``.
+"""Training on several sources at once: ``botkit finetune train DATA --mix SOURCE=WEIGHT``, ``botkit export --mix``.
 
 The Alpaca recipe trains on synthetic instructions (``botkit finetune synth``) and
 Vicuna's on real conversations; botkit's own export is the second. ``--mix`` adds
@@ -7,7 +7,9 @@ export folder, or one data file. A source's weight scales how many of its exampl
 run uses: 1 each once, 0.5 a seeded half, 2 each twice (2.5: twice, and a seeded half
 once more). The choice is made once per run, so every epoch sees the same examples;
 validation stays the main data's. ``training.json`` and the model card list every
-source with its weight and the examples it gave.
+source with its weight and the examples it gave. ``botkit export --mix`` writes the
+chosen examples into the export's train files (every format but preference, which
+needs two answers), and its dataset card lists each source the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from .training_data import FORMAT_PREFERENCE, DataFiles, TrainingDataError, find_files
+import click
+
+from .training_data import FORMAT_PREFERENCE, DataFiles, TrainingDataError, find_files, read_prompted
 
 T = TypeVar("T")
 
@@ -71,3 +75,53 @@ def weighted(examples: list[T], weight: float, seed: int) -> list[T]:
     if extra:
         chosen += random.Random(seed).sample(examples, extra)
     return chosen
+
+
+def _parse_sources(_ctx: Any, param: Any, values: tuple[str, ...]) -> tuple[Source, ...]:
+    try:
+        return tuple(parse_source(value) for value in values)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+
+
+def mix_option(uses: str) -> Any:
+    """The ``--mix PATH[=WEIGHT]`` option of ``finetune train`` and ``export``; ``uses``: what the weight scales."""
+    return click.option(
+        "--mix",
+        "mix",
+        multiple=True,
+        metavar="PATH[=WEIGHT]",
+        callback=_parse_sources,
+        help="more training data: a `finetune synth` folder, an export or a file; "
+        f"WEIGHT scales how many of its examples {uses} (default 1; 0.5 a seeded half, 2 each twice)",
+    )
+
+
+@dataclass(frozen=True)
+class MixedSource:
+    """What one ``--mix`` source gave an export: examples read, skipped by reason, written."""
+
+    source: Source
+    format: str
+    read: int
+    written: int
+    skipped: dict[str, int]
+
+
+def read_mixed(sources: tuple[Source, ...], seed: int) -> list[tuple[MixedSource, list[Any]]]:
+    """Each source's examples (``PromptedAnswer``) as its weight chooses them, with what it gave.
+
+    The n-th source is chosen with ``seed + n``, as ``finetune train`` does.
+    """
+    mixed = []
+    for number, source in enumerate(sources, start=1):
+        files = source_files(source.path)
+        try:
+            examples, report = read_prompted(files.train, files.format)
+        except TrainingDataError as error:
+            raise TrainingDataError(f"--mix {source.path}: {error}") from None
+        chosen = weighted(examples, source.weight, seed + number)
+        mixed.append(
+            (MixedSource(source, files.format, len(examples), len(chosen), dict(report.skipped)), chosen)
+        )
+    return mixed

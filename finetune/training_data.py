@@ -71,6 +71,19 @@ class TrainingText:
     reference: str  # the answer without the end-of-turn token
 
 
+@dataclass(frozen=True)
+class PromptedAnswer:
+    """One example as a prompt and its answer, not yet rendered (``botkit export --mix`` writes it in any format).
+
+    ``alpaca`` keeps an Alpaca record's ``instruction`` and ``input`` as they were, for
+    writing it back as Alpaca unchanged; ``prompt`` is what a chat model is shown of it.
+    """
+
+    prompt: Prompt
+    answer: str
+    alpaca: tuple[str, str] | None = None
+
+
 @dataclass
 class DataFiles:
     """The files of one format found for training: train and, when the export has one, validation."""
@@ -162,8 +175,13 @@ def _preference_text(record: Any, style: PromptStyle) -> PreferenceText:
     if not isinstance(prompt, list):
         raise _Skip("no prompt (a list of messages or a text)")
     messages = [(m.get("role"), m.get("content")) for m in prompt if isinstance(m, dict)]
-    text = _chat_text([*messages, ("assistant", chosen)], style)
-    return PreferenceText(text.prompt, text.answer, rejected + style.eos_text, text.question)
+    example = _chat_prompted([*messages, ("assistant", chosen)])
+    return PreferenceText(
+        style.render(example.prompt),
+        chosen + style.eos_text,
+        rejected + style.eos_text,
+        example.prompt.turns[-1].text,
+    )
 
 
 def _preference_answer(record: dict[str, Any], key: str) -> str:
@@ -212,6 +230,11 @@ def read_examples(
     return _read(path, kind, lambda record: _to_text(record, kind, style))
 
 
+def read_prompted(path: Path, kind: TrainingFormat) -> tuple[list[PromptedAnswer], ReadReport]:
+    """Every usable record of ``path`` as a prompt and its answer; the rest counted by reason, as ``read_examples``."""
+    return _read(path, kind, lambda record: _to_prompted(record, kind))
+
+
 def _read(path: Path, kind: TrainingFormat, convert: Callable[[Any], T]) -> tuple[list[T], ReadReport]:
     """Each record of ``path`` converted; those that cannot be (``_Skip``) counted by reason."""
     report = ReadReport(path)
@@ -253,10 +276,23 @@ def _records(path: Path, kind: TrainingFormat, report: ReadReport) -> Iterator[A
 
 
 def _to_text(record: Any, kind: TrainingFormat, style: PromptStyle) -> TrainingText:
+    example = _to_prompted(record, kind)
+    question = example.prompt.turns[-1].text
+    if example.alpaca is not None:
+        question, context = example.alpaca
+    if example.alpaca is not None and style.prompt_format == "alpaca":
+        # The exact template the record was written for (what render_alpaca gives for its prompt).
+        prompt = alpaca_text(question, context, style.alpaca_variant)
+    else:
+        prompt = style.render(example.prompt)
+    return TrainingText(prompt, example.answer + style.eos_text, question, example.answer)
+
+
+def _to_prompted(record: Any, kind: TrainingFormat) -> PromptedAnswer:
     if not isinstance(record, dict):
         raise _Skip("a record that is not a JSON object")
     if kind in ("alpaca", "alpaca-jsonl"):
-        return _alpaca_text(record, style)
+        return _alpaca_prompted(record)
     if kind == "chat":
         messages = record.get("messages")
         pairs = (
@@ -277,10 +313,10 @@ def _to_text(record: Any, kind: TrainingFormat, style: PromptStyle) -> TrainingT
         )
     if not pairs:
         raise _Skip(f"no {'messages' if kind == 'chat' else 'conversations'} list")
-    return _chat_text(pairs, style)
+    return _chat_prompted(pairs)
 
 
-def _chat_text(pairs: list[tuple[Any, Any]], style: PromptStyle) -> TrainingText:
+def _chat_prompted(pairs: list[tuple[Any, Any]]) -> PromptedAnswer:
     if any(not isinstance(content, str) for _, content in pairs):
         raise _Skip("a message without text content")
     system = ""
@@ -297,31 +333,25 @@ def _chat_text(pairs: list[tuple[Any, Any]], style: PromptStyle) -> TrainingText
     answer = turns[-1].text
     if not answer.strip():
         raise _Skip("an empty answer")
-    return TrainingText(
-        style.render(Prompt(system, turns[:-1])), answer + style.eos_text, turns[-2].text, answer
-    )
+    return PromptedAnswer(Prompt(system, turns[:-1]), answer)
 
 
-def _alpaca_text(record: dict[str, Any], style: PromptStyle) -> TrainingText:
+def _alpaca_prompted(record: dict[str, Any]) -> PromptedAnswer:
     instruction, context, output = record.get("instruction"), record.get("input", ""), record.get("output")
     if not isinstance(instruction, str) or not isinstance(output, str) or not isinstance(context, str):
         raise _Skip("instruction, input or output missing or not text")
     if not instruction.strip() or not output.strip():
         raise _Skip("an empty instruction or output")
-    if style.prompt_format == "alpaca":
-        # The exact template the record was written for (what render_alpaca gives for its prompt).
-        prompt = alpaca_text(instruction, context, style.alpaca_variant)
-    else:
-        # A chat model gets one user message: the instruction, then the input after a blank line.
-        user = f"{instruction}\n\n{context}" if context else instruction
-        prompt = style.render(Prompt("", [Turn(Role.USER, user)]))
-    return TrainingText(prompt, output + style.eos_text, instruction, output)
+    # A chat model gets one user message: the instruction, then the input after a blank line.
+    user = f"{instruction}\n\n{context}" if context else instruction
+    return PromptedAnswer(Prompt("", [Turn(Role.USER, user)]), output, (instruction, context))
 
 
 __all__ = [
     "DataFiles",
     "PreferenceText",
     "PromptStyle",
+    "PromptedAnswer",
     "ReadReport",
     "TrainingDataError",
     "TrainingFormat",
@@ -330,4 +360,5 @@ __all__ = [
     "find_preference_files",
     "read_examples",
     "read_preferences",
+    "read_prompted",
 ]
