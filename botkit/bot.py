@@ -25,7 +25,7 @@ from botkit.backend_set import (
     start_backends,
     validate_backend,
 )
-from botkit.canary import PROMOTED, Canaries, CanaryPlan
+from botkit.canary import PROMOTED, Canaries, CanaryPlan, report_lines
 from botkit.cluster import ClusterLocks
 from botkit.commands import Command
 from botkit.deliveries import DeliveryClaims
@@ -157,6 +157,14 @@ class Bot:
             return f"{plan.describe()}: promoted, everyone gets LoRA adapter {plan.canary_lora!r} now"
         control = plan.control_lora or "the base model"
         return f"{plan.describe()}: rolled back ({reason}), everyone gets {control} now"
+
+    async def canary_report(self) -> list[str]:
+        """The running canaries (read again from the database) and each arm's results, as lines."""
+        notes = await self.refresh_canaries()
+        lines = [f"ended since: {note}" for note in notes]
+        for plan in self.canaries.plans:
+            lines.extend(report_lines(await self.canaries.results(plan)))
+        return lines or ["no canary is running"]
 
     async def refresh_canaries(self) -> list[str]:
         """Take the canaries another replica or the CLI started or ended; a line for each one ended."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +23,7 @@ from botkit.canary import (
     report_lines,
 )
 from botkit.canary_stats import normal_cdf, two_proportion_test, wilson_interval
+from botkit.control import ControlServer
 from botkit.finetune.plugin import WATCH
 from botkit.plugins.feedback import recorder
 from botkit.plugins.memory import memory
@@ -254,3 +259,110 @@ async def test_a_canary_as_good_as_the_control_keeps_running(make_bot):
         notes = await bot.state.require(WATCH).check()
         assert notes == []
         assert bot.canaries.plan_for("default") is not None
+
+
+async def test_admins_see_and_end_a_canary_with_the_canary_command(make_bot):
+    async with make_bot({**LORAS, **NO_AUTO_ROLLBACK}) as bot:
+        await bot.switch_lora("default", "v1")
+        await bot.start_canary("default", "v2", 50)
+        refused = await bot.chat.say("/canary rollback", user="mallory")
+        shown = await bot.chat.say("/canary", user="admin")
+        ended = await bot.chat.say("/canary rollback", user="admin")
+        again = await bot.chat.say("/canary rollback", user="admin")
+        none = await bot.chat.say("/canary", user="admin")
+    assert refused.texts == ["Sorry, /canary is for admins only."]
+    assert (
+        shown.texts[0]
+        .splitlines()[0]
+        .startswith(
+            "canary 1 on backend 'default': 50% of conversations get LoRA adapter 'v2', the rest v1, since "
+        )
+    )
+    assert "control  0 replies" in shown.texts[0] and "not testable yet" in shown.texts[0]
+    assert ended.texts[0].endswith("rolled back (rollback by admin test:admin), everyone gets v1 now")
+    assert again.texts == ["Canary not ended: no canary is running on backend 'default'"]
+    assert none.texts == ["no canary is running"]
+    assert bot.backend.active_lora == "v1"
+
+
+# -- the control socket and the command line
+
+
+async def test_the_control_socket_starts_reports_and_promotes_a_canary(make_bot):
+    async with make_bot({**LORAS, **NO_AUTO_ROLLBACK}) as bot:
+        control = ControlServer(bot, exclusive=False)
+        refused = await control.run_command("canary", request={"action": "start", "lora": "v9", "share": 10})
+        bad = await control.run_command("canary", request={"action": "start", "lora": "v2"})
+        started = await control.run_command("canary", request={"action": "start", "lora": "v2", "share": 10})
+        report = await control.run_command("canary", request={"action": "status"})
+        promoted = await control.run_command("canary", request={"action": "promote"})
+    assert refused == {
+        "ok": False,
+        "error": "backend 'default' has no LoRA adapter 'v9'; its LoRA adapters: "
+        "v1, v2 (name the new adapter in [backend] loras and reload)",
+    }
+    assert bad["ok"] is False and '"share" (percent)' in bad["error"]
+    assert started == {
+        "ok": True,
+        "notes": [
+            "canary 1 on backend 'default': 10% of conversations get LoRA adapter 'v2', the rest the base model"
+        ],
+    }
+    assert report["ok"] and report["report"][0].startswith("canary 1 on backend 'default'")
+    assert promoted["ok"] and promoted["notes"][0].endswith("promoted, everyone gets LoRA adapter 'v2' now")
+    assert bot.backend.active_lora == "v2"
+
+
+def botkit_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "botkit", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_the_command_line_shows_the_results_and_rolls_back_without_a_running_bot(make_bot, tmp_path):
+    data = tmp_path / "data"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[backend]\ntype = "scripted"\nloras = { v1 = "v1.gguf", v2 = "v2.gguf" }\n'
+        f'[storage]\ndata_dir = "{data}"\n[bot]\ncontrol_socket = "off"\n',
+        encoding="utf-8",
+    )
+    async with make_bot({**LORAS, **NO_AUTO_ROLLBACK, "storage": {"data_dir": str(data)}}) as bot:
+        await bot.start_canary("default", "v2", 50)
+        await converse(bot, 10, dislike={None: 0, "v2": 10})
+        await memory(bot).flush(WAIT_TIMEOUT)
+        results = await bot.canaries.results(bot.canaries.plans[0])
+        status = await asyncio.to_thread(
+            botkit_cli, "-c", str(config), "finetune", "canary", "status", cwd=tmp_path
+        )
+        start = await asyncio.to_thread(
+            botkit_cli, "-c", str(config), "finetune", "canary", "start", "v2", "--share", "5", cwd=tmp_path
+        )
+        rollback = await asyncio.to_thread(
+            botkit_cli,
+            "-c",
+            str(config),
+            "finetune",
+            "canary",
+            "rollback",
+            "--reason",
+            "too many 👎",
+            cwd=tmp_path,
+        )
+        notes = await bot.refresh_canaries()  # as the running bot's watch would, at its next look
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines() == report_lines(results)
+    assert f"👎 {results.canary.negative} (100.0%)" in status.stdout
+    assert start.returncode == 1
+    assert "no running bot to start the canary in" in start.stderr and "start the bot" in start.stderr
+    assert rollback.returncode == 0, rollback.stderr
+    assert "rolled_back in the database; no running bot answered" in rollback.stdout
+    assert notes == [
+        "canary 1 on backend 'default': 50% of conversations get LoRA adapter 'v2', the rest the base model: rolled_back"
+    ]
+    assert bot.canaries.plans == []

@@ -39,17 +39,17 @@ def upgrade() -> None:
     )
     # The running canary of a backend is its row without ended_at.
     op.create_index("ix_canaries_backend_ended_at", "canaries", ["backend", "ended_at"])
-    with op.batch_alter_table("messages") as batch:
-        batch.add_column(sa.Column("canary_id", Id, nullable=True))
-        batch.add_column(sa.Column("arm", sa.String(length=16), nullable=True))
-        # A canary's results are read every check_interval: by its replies, not by the whole history.
-        batch.create_index("ix_messages_canary_id", ["canary_id"], unique=False)
+    # No batch mode (as in 0002): on SQLite it copies the table and drops the old one, and with
+    # foreign keys on, that drop would cascade to feedback and null every reply_to_id.
+    op.add_column("messages", sa.Column("canary_id", Id, nullable=True))
+    op.add_column("messages", sa.Column("arm", sa.String(length=16), nullable=True))
+    # A canary's results are read every check_interval: by its replies, not by the whole history.
+    op.create_index("ix_messages_canary_id", "messages", ["canary_id"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("messages") as batch:
-        batch.drop_index("ix_messages_canary_id")
-        batch.drop_column("arm")
-        batch.drop_column("canary_id")
+    op.drop_index("ix_messages_canary_id", table_name="messages")
+    op.drop_column("messages", "arm")
+    op.drop_column("messages", "canary_id")
     op.drop_index("ix_canaries_backend_ended_at", table_name="canaries")
     op.drop_table("canaries")
