@@ -27,7 +27,6 @@ class CanaryWatch:
     def __init__(self, bot: Bot, settings: CanarySettings) -> None:
         self.bot = bot
         self.settings = settings
-        self.checks = 0  # looks completed, for whoever waits for the next one
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -61,7 +60,6 @@ class CanaryWatch:
                 notes.append(str(error))
         for note in notes:
             log.warning("canary: %s", note)
-        self.checks += 1
         return notes
 
     async def _loop(self) -> None:

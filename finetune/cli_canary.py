@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from botkit import BotkitError, ControlError, NoRunningBot
+from botkit import BotkitError, NoRunningBot
 from botkit.ops import (
     PROMOTED,
     ROLLED_BACK,
@@ -43,12 +43,18 @@ backend_option = click.option(
 )
 
 
-def ask_bot(settings: Settings, request: dict[str, Any], timeout: float = 30.0) -> list[str]:
-    """Send a canary request to the running bot; its lines. ``NoRunningBot`` when none answers."""
+NO_BOT = 'no running bot answered (none runs with this config, or its [bot] control_socket is "off")'
+
+
+def ask_bot(settings: Settings, request: dict[str, Any], timeout: float = 30.0) -> list[str] | None:
+    """Send a canary request to the running bot; its lines, or None when no bot answers."""
     path = control_socket_path(settings)
     if path is None:
-        raise NoRunningBot('[bot] control_socket is "off"')
-    answer = request_sync(path, {"command": "canary", **request}, timeout)
+        return None
+    try:
+        answer = request_sync(path, {"command": "canary", **request}, timeout)
+    except NoRunningBot:
+        return None
     if not answer["ok"]:
         raise CanaryError(str(answer.get("error")))
     return [str(line) for line in answer.get("notes", answer.get("report", []))]
@@ -56,13 +62,13 @@ def ask_bot(settings: Settings, request: dict[str, Any], timeout: float = 30.0) 
 
 def start_canary(settings: Settings, backend: str, lora: str, share: float) -> list[str]:
     """Start a canary in the running bot (which knows its active adapter and what it loaded)."""
-    try:
-        return ask_bot(settings, {"action": "start", "backend": backend, "lora": lora, "share": share})
-    except NoRunningBot as error:
+    lines = ask_bot(settings, {"action": "start", "backend": backend, "lora": lora, "share": share})
+    if lines is None:
         raise CanaryError(
-            f"no running bot to start the canary in ({error}): a canary is started by the bot that answers "
-            "with it; start the bot, then run this again"
-        ) from None
+            f"{NO_BOT}: a canary is started by the bot that answers with it (it knows the adapter in use and "
+            "what it loaded); start the bot, then run this again"
+        )
+    return lines
 
 
 @click.group()
@@ -126,19 +132,19 @@ def _ending(action: str) -> click.Command:
         settings = ctx.settings()
         why = reason or f"{action} by an operator"
         try:
-            try:
-                lines = ask_bot(settings, {"action": action, "backend": backend, "reason": why})
-            except NoRunningBot:
+            lines = ask_bot(settings, {"action": action, "backend": backend, "reason": why})
+            if lines is None:
                 plan = run_with_database(ctx, lambda bot: Canaries(bot.db).end(backend, outcome, why))
                 lines = [
-                    f"{plan.describe()}: {outcome} in the database; no running bot answered, it takes this when it starts"
+                    f"{plan.describe()}: {outcome} in the database; {NO_BOT}: a running bot takes it within "
+                    "[finetune.canary] check_interval, one started later when it starts"
                 ]
                 if outcome == PROMOTED:
                     lines.append(
-                        f"a bot started later answers with [backend] lora_path: to keep {plan.canary_lora!r} after a "
-                        "restart, deploy its file with `botkit finetune deploy`"
+                        f"a bot started later answers with the backend's lora_path: to keep {plan.canary_lora!r} "
+                        "after a restart, deploy its file with `botkit finetune deploy`"
                     )
-        except (BotkitError, ControlError) as error:
+        except BotkitError as error:
             fail(error)
         click.echo("\n".join(lines))
 

@@ -359,9 +359,10 @@ async def test_the_command_line_shows_the_results_and_rolls_back_without_a_runni
     assert status.stdout.splitlines() == report_lines(results)
     assert f"👎 {results.canary.negative} (100.0%)" in status.stdout
     assert start.returncode == 1
-    assert "no running bot to start the canary in" in start.stderr and "start the bot" in start.stderr
+    assert "no running bot answered" in start.stderr and "start the bot, then run this again" in start.stderr
     assert rollback.returncode == 0, rollback.stderr
     assert "rolled_back in the database; no running bot answered" in rollback.stdout
+    assert "a running bot takes it within [finetune.canary] check_interval" in rollback.stdout
     assert notes == [
         "canary 1 on backend 'default': 50% of conversations get LoRA adapter 'v2', the rest the base model: rolled_back"
     ]

@@ -21,7 +21,7 @@ def test_a_canary_needs_a_running_bot(config, adapters):  # noqa: F811
     config.write_text(with_lora(CONFIG, f'loras = {{ new = "{adapter}" }}'), encoding="utf-8")
     result = deploy(config, str(adapter), "--canary", "10")
     assert result.exit_code == 1
-    assert "no running bot to start the canary in" in result.stderr
+    assert "no running bot answered" in result.stderr
 
 
 def test_the_running_llamacpp_bot_answers_a_share_of_conversations_with_the_canary(config, adapters):  # noqa: F811
