@@ -215,19 +215,22 @@ class Canaries:
     async def end(self, backend: str, outcome: str, reason: str) -> CanaryPlan:
         """End the running canary of ``backend`` as ``PROMOTED`` or ``ROLLED_BACK``; the plan that ended.
 
-        Only the first of several replicas ending it at once changes the row.
+        Of several replicas (or an admin and the watch) ending it at once, the first wins; the
+        others get ``CanaryError``, so that a promotion never follows a rollback.
         """
         await self.refresh()
         plan = self.plan_for(backend)
         if plan is None:
             raise CanaryError(f"no canary is running on backend {backend!r}")
         async with self._db.session() as session:
-            await session.execute(
+            ended = await session.execute(
                 update(CanaryRecord)
                 .where(CanaryRecord.id == plan.id, CanaryRecord.ended_at.is_(None))
                 .values(ended_at=utcnow(), outcome=outcome, reason=reason[:255])
             )
         self._plans.pop(backend, None)
+        if ended.rowcount == 0:  # type: ignore[attr-defined]
+            raise CanaryError(f"{plan.describe()} was ended elsewhere meanwhile; see canary status")
         return plan
 
     async def results(self, plan: CanaryPlan) -> CanaryResults:

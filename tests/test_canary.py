@@ -367,3 +367,18 @@ async def test_the_command_line_shows_the_results_and_rolls_back_without_a_runni
         "canary 1 on backend 'default': 50% of conversations get LoRA adapter 'v2', the rest the base model: rolled_back"
     ]
     assert bot.canaries.plans == []
+
+
+async def test_of_two_endings_at_once_only_the_first_counts(make_bot):
+    async with make_bot({**LORAS, **NO_AUTO_ROLLBACK}) as bot:
+        await bot.switch_lora("default", "v1")
+        await bot.start_canary("default", "v2", 50)
+        replica = Canaries(bot.db)
+        await replica.refresh()  # another replica saw the canary running
+        await bot.end_canary("default", ROLLED_BACK, "auto_rollback")
+        with pytest.raises(CanaryError, match="no canary is running on backend 'default'"):
+            await replica.end("default", PROMOTED, "an admin, a moment later")
+        async with bot.db.sessions() as session:
+            row = await session.scalar(select(CanaryRecord))
+    assert row.outcome == ROLLED_BACK
+    assert bot.backend.active_lora == "v1"
