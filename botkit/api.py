@@ -252,6 +252,20 @@ class BotAPI(Protocol):
         """Make ``lora`` (a name, a path, or None for none) the active LoRA adapter of ``backend``."""
         ...
 
+    async def start_canary(self, backend: str, lora: str, share: float) -> Any:
+        """Answer ``share`` percent of ``backend``'s conversations, sticky per conversation, with LoRA adapter
+        ``lora`` (a name from its ``loras``); the rest keep the active one. ``CanaryError`` says why not.
+        Returns the ``botkit.canary.CanaryPlan``."""
+        ...
+
+    async def end_canary(self, backend: str, outcome: str, reason: str) -> str:
+        """End ``backend``'s canary, ``"promoted"`` (everyone gets its adapter) or ``"rolled_back"``; a note."""
+        ...
+
+    async def canary_report(self) -> list[str]:
+        """The running canaries (read again from the database) and each arm's results, as lines."""
+        ...
+
     async def reload_settings(self) -> list[str]:
         """Re-read the config file and apply what can be applied without a restart; notes for an admin."""
         ...

@@ -25,6 +25,7 @@ from botkit.backend_set import (
     start_backends,
     validate_backend,
 )
+from botkit.canary import PROMOTED, Canaries, CanaryPlan, report_lines
 from botkit.cluster import ClusterLocks
 from botkit.commands import Command
 from botkit.deliveries import DeliveryClaims
@@ -51,6 +52,7 @@ class Bot:
         host.settings = settings
         self.backends = build_backends(self.registry, settings)
         self.db = Database(settings.storage)
+        self.canaries = Canaries(self.db)
         self.migrator = Migrator(self.db, list(self.registry.migrations.values()))
         self.metrics: Metrics = open_metrics(settings.metrics, __version__)
         # Read once: which store a replica locks in is fixed for the process (a reload keeps it).
@@ -63,6 +65,7 @@ class Bot:
             is_admin=self.is_admin,
             bot=self,
             metrics=MessageMetrics(self.metrics, settings.metrics.per_channel),
+            canaries=self.canaries,
             locks=self.locks if self.locks.active else None,
         )
         self.deliveries = DeliveryClaims(self.db, self.metrics)
@@ -135,6 +138,42 @@ class Bot:
         if slot is None:
             raise LoraError(f"no backend {backend!r}; configured: {', '.join(sorted(self.backends))}")
         return await slot.backend.switch_lora(lora)
+
+    async def start_canary(self, backend: str, lora: str, share: float) -> CanaryPlan:
+        """Answer ``share`` percent of ``backend``'s conversations with LoRA adapter ``lora`` (``botkit.canary``)."""
+        slot = self.backends.get(backend)
+        if slot is None:
+            raise ConfigError(f"no backend {backend!r}; configured: {', '.join(self.backends)}")
+        return await self.canaries.start(slot, lora, share)
+
+    async def end_canary(self, backend: str, outcome: str, reason: str) -> str:
+        """End ``backend``'s canary: ``PROMOTED`` makes its adapter everyone's, ``ROLLED_BACK`` the control's.
+
+        Takes effect from the next message, without a restart; a line for the admin.
+        """
+        plan = await self.canaries.end(backend, outcome, reason)
+        if outcome == PROMOTED:
+            await self.switch_lora(backend, plan.canary_lora)
+            return f"{plan.describe()}: promoted, everyone gets LoRA adapter {plan.canary_lora!r} now"
+        control = plan.control_lora or "the base model"
+        return f"{plan.describe()}: rolled back ({reason}), everyone gets {control} now"
+
+    async def canary_report(self) -> list[str]:
+        """The running canaries (read again from the database) and each arm's results, as lines."""
+        notes = await self.refresh_canaries()
+        lines = [f"ended since: {note}" for note in notes]
+        for plan in self.canaries.plans:
+            lines.extend(report_lines(await self.canaries.results(plan)))
+        return lines or ["no canary is running"]
+
+    async def refresh_canaries(self) -> list[str]:
+        """Take the canaries another replica or the CLI started or ended; a line for each one ended."""
+        notes = []
+        for plan, outcome in await self.canaries.refresh():
+            if outcome == PROMOTED:
+                await self.switch_lora(plan.backend, plan.canary_lora)
+            notes.append(f"{plan.describe()}: {outcome or 'ended'}")
+        return notes
 
     async def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` by the default backend's tokenizer."""
@@ -214,6 +253,7 @@ class Bot:
         try:
             await self.migrator.ensure_current(self.settings.storage.auto_upgrade)
             self.host.apply_stored_switches(await read_stored_switches(self.db))
+            await self.canaries.refresh()  # before any message: a conversation keeps its arm across restarts
             await start_backends(self.backends)
         except BaseException:
             await self.db.close()

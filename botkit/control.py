@@ -19,6 +19,9 @@ without restarting it. One JSON object per line each way:
   never joins a real user's conversation; answers ``{"ok": true, "replies": [{"text", "status",
   "notices"}], "plugins": [names on], "backend": summary}`` (``status`` is null when the model
   was not asked: a gate or a command answered). Probes do not wait for a reload to finish.
+- ``{"command": "canary", "action": "status"}``: ``{"ok": true, "report": [lines]}`` (``bot.canary_report()``);
+  ``"action": "start", "backend", "lora", "share"``, ``"promote"`` or ``"rollback"`` (``"backend"``,
+  ``"reason"``): ``{"ok": true, "notes": [...]}``, or ``ok: false`` saying why not (``botkit/canary.py``).
 
 Who may ask is who may open the socket file: it is made 0600, in a folder only the
 bot's user enters, so the same user (or root) only.
@@ -41,6 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from botkit.canary import PROMOTED, ROLLED_BACK
 from botkit.errors import BotkitError, ConfigError, ControlError, NoRunningBot
 from botkit.health import as_json, readiness
 from botkit.settings import Settings, env_name
@@ -58,6 +62,7 @@ REQUEST_LIMIT = 64 * 1024  # bytes in one request line
 ANSWER_LIMIT = 1024 * 1024  # bytes in one answer line (a status with many adapters)
 CLAIM_TIMEOUT = 5.0  # seconds a bot found at the path has to answer before it counts as alive
 PROBE_MESSAGES = 20  # messages one probe request may send
+ENDINGS = {"promote": PROMOTED, "rollback": ROLLED_BACK}  # the canary actions that end one, and their outcome
 
 
 def unix_sockets_available() -> bool:
@@ -134,6 +139,7 @@ class ControlServer:
             "status": self._status,
             "metrics": self._metrics,
             "probe": self._probe,
+            "canary": self._canary,
         }
 
     async def open(self) -> None:
@@ -302,6 +308,20 @@ class ControlServer:
         except LookupError as error:
             raise ControlError(str(error)) from None
         return {"metrics": body.decode("utf-8")}
+
+    async def _canary(self, request: Mapping[str, Any]) -> Answer:
+        action, backend = request.get("action", "status"), str(request.get("backend", "default"))
+        if action == "status":
+            return {"report": await self.bot.canary_report()}
+        if action == "start":
+            share, lora = request.get("share"), request.get("lora")
+            if not isinstance(share, int | float) or not isinstance(lora, str):
+                raise ControlError('canary start takes "lora" (a name from the backend\'s loras) and "share" (percent)')
+            return {"notes": [(await self.bot.start_canary(backend, lora, float(share))).describe()]}
+        if action in ENDINGS:
+            reason = str(request.get("reason") or f"{action} by an operator")
+            return {"notes": [await self.bot.end_canary(backend, ENDINGS[action], reason)]}
+        raise ControlError(f"canary action {action!r}: status, start, promote or rollback")
 
     async def _probe(self, request: Mapping[str, Any]) -> Answer:
         return await answer_probe(self.bot, request)

@@ -255,6 +255,12 @@ class MessageMetrics:
         self._prompt_tokens = metrics.counter(
             "botkit_prompt_tokens_total", "Tokens of the prompts given to the model.", ("backend",)
         )
+        # A series of its own rather than an arm label on the others: dashboards built on them stay valid.
+        self._canary_replies = metrics.counter(
+            "botkit_canary_replies_total",
+            "Replies generated while a canary ran on their backend, by arm (control, canary) and status.",
+            ("backend", "arm", "status"),
+        )
 
     def _where(self, message: Message) -> tuple[str, ...]:
         if self.per_channel:
@@ -290,6 +296,8 @@ class MessageMetrics:
             self._child(self._duration, backend).observe(reply.latency_s)
         self._child(self._tokens, backend).inc(reply.completion_tokens)
         self._child(self._prompt_tokens, backend).inc(reply.prompt_tokens or 0)
+        if reply.arm is not None:
+            self._child(self._canary_replies, backend, reply.arm, reply.status.value).inc()
 
 
 def bot_state_families(bot: Bot) -> Iterator[Any]:

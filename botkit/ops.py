@@ -20,6 +20,9 @@ are thin wrappers.
   stores), ``apply_stored_switches`` (a loaded bot's plugins as its next start will switch them);
 - GGUF LoRA files: ``read_gguf_header``, ``gguf_model_name``, ``ModelInfo``, ``check_adapter``,
   ``tensor_mismatches``, ``BASE_MODEL_KEY``, ``LoraError``;
+- canary rollouts (``botkit/canary.py``): ``Canaries``, ``CanaryPlan``, ``CanaryResults``, ``ArmResults``,
+  ``report_lines``, ``CanaryError``, the arms ``CONTROL`` / ``CANARY``, the outcomes ``PROMOTED`` /
+  ``ROLLED_BACK``, and the statistics ``wilson_interval``, ``two_proportion_test``;
 - text: ``pii_scrubber`` (from ``botkit.detectors``, the rules moderation checks chat with).
 """
 
@@ -47,6 +50,19 @@ from botkit.backends.llamacpp_lora import (
     tensor_mismatches,
 )
 from botkit.bot import Bot
+from botkit.canary import (
+    CANARY,
+    CONTROL,
+    PROMOTED,
+    ROLLED_BACK,
+    ArmResults,
+    Canaries,
+    CanaryError,
+    CanaryPlan,
+    CanaryResults,
+    report_lines,
+)
+from botkit.canary_stats import ProportionTest, two_proportion_test, wilson_interval
 from botkit.config_edit import ConfigEdit, edit_table
 from botkit.control import PROBE_MESSAGES, answer_probe, control_socket_path, request_sync
 from botkit.control import request as control_request
@@ -69,6 +85,19 @@ from botkit.settings import (
 from botkit.types import Message
 
 __all__ = [
+    "CANARY",
+    "CONTROL",
+    "PROMOTED",
+    "ROLLED_BACK",
+    "ArmResults",
+    "Canaries",
+    "CanaryError",
+    "CanaryPlan",
+    "CanaryResults",
+    "ProportionTest",
+    "report_lines",
+    "two_proportion_test",
+    "wilson_interval",
     "BASE_MODEL_KEY",
     "CONFIG_HELP",
     "BackendSlot",

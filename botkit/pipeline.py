@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from botkit.backend_set import DEFAULT, BackendSlot
+from botkit.canary import Canaries
 from botkit.commands import Command, CommandContext, parse_command
 from botkit.context_fit import ContextFit, fit_context
 from botkit.detectors import has_tags, strip_hidden_tags
@@ -154,6 +155,8 @@ class ModelRequest:
     ticket: Ticket
     model: str
     lora: str | None  # the LoRA adapter it is generated with; None for the base model
+    canary_id: int | None = None  # the canary running on its backend (botkit/canary.py), and its arm there
+    arm: str | None = None
 
     def reply(
         self,
@@ -176,6 +179,8 @@ class ModelRequest:
             first_token_s=first_token_s,
             dropped_turns=self.fit.dropped,
             lora=self.lora,
+            canary_id=self.canary_id,
+            arm=self.arm,
         )
 
 
@@ -257,9 +262,11 @@ class Pipeline:
         is_admin: Callable[[User, Message | None], Awaitable[bool]],
         bot: BotAPI,
         metrics: MessageMetrics,
+        canaries: Canaries,
         locks: ClusterLocks | None = None,
     ) -> None:
         self._settings = settings
+        self._canaries = canaries
         self._hook = hook
         self._registry = registry
         self._backends = backends
@@ -495,6 +502,12 @@ class Pipeline:
             await responder.send("I'm answering a lot of people right now. Please try again in a minute.")
             return
         lora = params.lora if params.lora is not None else backend.active_lora
+        arm = None
+        canary = self._canaries.plan_for(slot.name)
+        if canary is not None and params.lora is None:  # a place that names its adapter stays out of it
+            arm = canary.arm(message.conversation_key(self._settings().bot.conversation_scope))
+            lora = canary.lora(arm) or NO_LORA
+            params = replace(params, lora=lora)  # the backend applies the arm's adapter to this request only
         request = ModelRequest(
             message,
             slot,
@@ -504,6 +517,8 @@ class Pipeline:
             ticket,
             backend.model_name,
             None if lora == NO_LORA else lora,
+            canary.id if arm is not None else None,
+            arm,
         )
         try:
             if place:

@@ -196,6 +196,9 @@ class Reply:
     first_token_s: float | None = None
     dropped_turns: int = 0
     lora: str | None = None  # the LoRA adapter that generated it, if any
+    # While a canary ran on its backend (botkit/canary.py): that canary's id, and the reply's arm there.
+    canary_id: int | None = None
+    arm: str | None = None  # "control" or "canary"
     # The platform's ids of the message(s) that carry the reply, first one first
     # (what ``Responder.finish`` returned): reactions and edits refer to these.
     platform_message_ids: tuple[str, ...] = ()

@@ -18,6 +18,7 @@ import click
 from botkit import NO_LORA, BotkitError
 from botkit.ops import Context, config_option, fail, run_with_database
 
+from .cli_canary import canary
 from .cli_dpo import dpo
 from .cli_train import convert, evaluate, train
 from .examples import FORMATS, FeedbackPolicy, FeedbackSelection, PiiPolicy, PreferencePrompt
@@ -438,6 +439,14 @@ def _scale(ctx: click.Context, param: click.Parameter, value: float | None) -> f
     show_default=True,
     help="seconds to wait for the running bot (a reload waits for the generation in progress)",
 )
+@click.option(
+    "--canary",
+    type=click.FloatRange(0, 100, min_open=True, max_open=True),
+    default=None,
+    metavar="PERCENT",
+    help="try the adapter (one of the backend's loras) on this share of conversations first; see "
+    "`botkit finetune canary`",
+)
 @click.pass_obj
 def deploy(
     ctx: Context,
@@ -448,6 +457,7 @@ def deploy(
     accept_license: bool,
     force: bool,
     timeout: float,
+    canary: float | None,
 ) -> None:
     """Deploy a GGUF LoRA adapter to a llama.cpp backend of the running bot, without a restart.
 
@@ -458,7 +468,9 @@ def deploy(
     deploys one outside it), its red-team results (redteam.json beside it, from `botkit redteam --lora
     ADAPTER --baseline --json ...`) held to [finetune.gate] (--force deploys one that misses it), written
     into the config file as lora_path, and the bot running with this config is
-    asked over its control socket to reload. See docs/finetune.md and docs/safety.md.
+    asked over its control socket to reload. With --canary PERCENT nothing is written: the adapter,
+    already one of the backend's loras, answers that share of conversations (sticky per conversation)
+    until `botkit finetune canary promote` or `rollback`. See docs/finetune.md and docs/safety.md.
     """
     from .deploy import Deployment, adapter_argument
     from .deploy import deploy as run_deploy
@@ -475,12 +487,19 @@ def deploy(
             accept_license=accept_license,
             force=force,
         )
-        run_deploy(ctx.settings(), deployment, click.echo, lambda line: click.echo(line, err=True))
+        warn = lambda line: click.echo(line, err=True)  # noqa: E731
+        if canary is not None:
+            from .cli_canary import deploy_canary
+
+            deploy_canary(ctx.settings(), deployment, canary, click.echo, warn)
+        else:
+            run_deploy(ctx.settings(), deployment, click.echo, warn)
     except BotkitError as error:
         fail(error)
 
 
 finetune.add_command(train)
+finetune.add_command(canary)
 finetune.add_command(dpo)
 finetune.add_command(convert)
 finetune.add_command(evaluate)

@@ -204,18 +204,12 @@ def check_licence(deployment: Deployment, finetune: FinetuneSettings, echo: Echo
         )
 
 
-def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -> None:
-    """Deploy as the command does; ``echo`` prints progress. Raises ``BotkitError`` on failure.
-
-    Nothing is written unless the adapter fits; when the running bot refuses the new
-    config, or keeps another adapter, the file gets its previous text back.
-    """
-    path = settings.source_path
-    if path is None:
-        raise ConfigError(
-            "deploy writes lora_path into the config file, and no config file was given: pass --config "
-            "PATH (or set BOTKIT_CONFIG, or run where ./config.toml is)"
-        )
+def check_deployment(
+    settings: Settings, deployment: Deployment, echo: Echo, warn: Echo
+) -> tuple[Bot, BackendSlot]:
+    """The checks of a deployment, before anything is written: its backend, and the adapter against
+    the backend's model, ``[finetune] allowed_licenses`` and ``[finetune.gate]``. The loaded bot
+    (no model) and the backend's slot; raises ``BotkitError``."""
     bot = load_bot(settings)
     slot = find_backend(bot, deployment.backend)
     if deployment.adapter is not None:
@@ -228,6 +222,22 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
         if (run / RUN_FILE).is_file():  # convert wrote it into a training run: what did that measure?
             for line in recorded_warnings(run):
                 warn(f"{line} (recorded in {run})")
+    return bot, slot
+
+
+def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -> None:
+    """Deploy as the command does; ``echo`` prints progress. Raises ``BotkitError`` on failure.
+
+    Nothing is written unless the adapter fits; when the running bot refuses the new
+    config, or keeps another adapter, the file gets its previous text back.
+    """
+    path = settings.source_path
+    if path is None:
+        raise ConfigError(
+            "deploy writes lora_path into the config file, and no config file was given: pass --config "
+            "PATH (or set BOTKIT_CONFIG, or run where ./config.toml is)"
+        )
+    bot, slot = check_deployment(settings, deployment, echo, warn)
     socket_path = control_socket_path(settings)  # a bad control_socket fails before anything is written
     table = table_path(slot.name)
     for key in deployment.values:

@@ -62,6 +62,29 @@ class GateSettings(BaseModel):
         return rates
 
 
+class CanarySettings(BaseModel):
+    """``[finetune.canary]``: how a running bot watches a canary rollout (docs/safety.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_rollback: bool = Field(
+        True,
+        description="roll a canary back when its 👎 rate is significantly higher than the control arm's",
+    )
+    check_interval: float = Field(
+        60.0, gt=0, description="seconds between two looks at the running canaries (and their results)"
+    )
+    min_votes: int = Field(
+        30, ge=1, description="👍 and 👎 each arm needs before auto_rollback judges the canary"
+    )
+    alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="significance level of the one-sided two-proportion test auto_rollback uses",
+    )
+
+
 class FinetuneSettings(BaseModel):
     """LoRA and training defaults. alpaca-lora's: rank 8, alpha 16, dropout 0.05, the attention projections."""
 
@@ -109,6 +132,9 @@ class FinetuneSettings(BaseModel):
     dpo: DpoSettings = Field(default_factory=DpoSettings, description="[finetune.dpo]: botkit finetune dpo")
     gate: GateSettings = Field(
         default_factory=GateSettings, description="[finetune.gate]: red-team results `deploy` requires"
+    )
+    canary: CanarySettings = Field(
+        default_factory=CanarySettings, description="[finetune.canary]: watching a canary rollout"
     )
 
     @field_validator("device")

@@ -1,4 +1,4 @@
-"""Admin commands, the same on every platform: plugins, reload, config, status, LoRA adapters.
+"""Admin commands, the same on every platform: plugins, reload, config, status, LoRA adapters, canaries.
 
 Every command here is admin-only: anyone else is refused and the attempt is
 logged (the core does both). Switching a plugin is stored in the database and
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from botkit import NO_LORA, Command, CommandContext, ConfigError, LoraError, hookimpl, to_toml
+from botkit import NO_LORA, BotkitError, Command, CommandContext, ConfigError, LoraError, hookimpl, to_toml
 
 log = logging.getLogger("botkit.plugins.admin")
 
@@ -115,6 +115,27 @@ async def lora(ctx: CommandContext) -> str:
     return note
 
 
+CANARY_ENDINGS = {"promote": "promoted", "rollback": "rolled_back"}  # botkit.canary's outcomes
+
+
+async def canary(ctx: CommandContext) -> str:
+    """``/canary``: the running canaries' results; ``/canary promote|rollback [BACKEND]`` ends one."""
+    bot = ctx.bot
+    words = ctx.args.split()
+    if not words:
+        return "\n".join(await bot.canary_report())
+    if len(words) > 2 or words[0] not in CANARY_ENDINGS:
+        return f"Usage: {bot.settings.bot.command_prefix}canary [promote|rollback [BACKEND]]"
+    backend = words[1] if len(words) == 2 else DEFAULT_BACKEND
+    reason = f"{words[0]} by admin {ctx.message.user_key}"
+    try:
+        note = await bot.end_canary(backend, CANARY_ENDINGS[words[0]], reason)
+    except BotkitError as error:
+        return f"Canary not ended: {error}"
+    log.warning("admin %s: canary of backend %s: %s", ctx.message.user_key, backend, words[0])
+    return note
+
+
 @hookimpl
 def botkit_register_commands(register):
     register(Command("plugins", "list the plugins and whether they are on", list_plugins, admin_only=True))
@@ -138,6 +159,15 @@ def botkit_register_commands(register):
             "list LoRA adapters, or switch one without restarting",
             lora,
             usage="[BACKEND] NAME|PATH|none",
+            admin_only=True,
+        )
+    )
+    register(
+        Command(
+            "canary",
+            "show the canary rollout's results per arm, or promote / roll it back",
+            canary,
+            usage="[promote|rollback [BACKEND]]",
             admin_only=True,
         )
     )

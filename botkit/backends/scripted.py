@@ -3,7 +3,8 @@
 Each generation takes the next scripted reply (a list of chunks) from a queue;
 when the queue is empty it answers ``default_reply`` split into words, or, after
 ``answer_with(reply)``, ``reply(prompt)``: a model whose answer depends on what
-it was asked. Every request is recorded, so a test can check what the model was asked.
+it was asked. Every request is recorded, so a test can check what the model was asked
+and with which of its ``loras`` (the request's ``lora``, else the active one).
 
 A test never needs to sleep to catch a generation in progress; it awaits what
 the backend reports instead:
@@ -42,7 +43,7 @@ from botkit import hookimpl
 from botkit.backend import Backend, BackendSettings
 from botkit.errors import LoraError
 from botkit.prompts import render_alpaca, render_chat
-from botkit.types import Chunk, Prompt, SamplingParams
+from botkit.types import NO_LORA, Chunk, Prompt, SamplingParams
 
 # Seconds a test waits for an event before it fails: generous, for a busy machine.
 WAIT_TIMEOUT = 30.0
@@ -79,6 +80,7 @@ class Request:
     prompt: Prompt
     rendered: str
     params: SamplingParams
+    lora: str | None  # the LoRA adapter it was answered with (the request's, else the active one)
 
 
 class Gate:
@@ -264,7 +266,13 @@ class ScriptedBackend(Backend):
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
     ) -> AsyncIterator[Chunk]:
-        self.requests.append(Request(prompt, self.render(prompt), params))
+        # As a real backend does: a request's adapter overrides the active one, and an unknown name fails.
+        lora = self._active_lora if params.lora is None else params.lora
+        if lora == NO_LORA:
+            lora = None
+        if lora is not None and lora not in self.loras:
+            raise LoraError(f"no LoRA adapter {lora!r} in [{self.table}] loras (it has: {', '.join(self.loras) or 'none'})")
+        self.requests.append(Request(prompt, self.render(prompt), params, lora))
         self._report_progress()
         if self.script:
             chunks: list[Piece] = self.script.popleft()

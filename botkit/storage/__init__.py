@@ -18,6 +18,7 @@ from botkit.storage.migrations import MigrationBranch, Migrator
 from botkit.storage.models import (
     AuditRecord,
     Base,
+    CanaryRecord,
     ConversationRecord,
     DeadLetterRecord,
     FeedbackRecord,
@@ -35,6 +36,7 @@ from botkit.storage.write_behind import RecordSpool, WriteBehind, WriteCounts
 
 __all__ = [
     "AuditRecord",
+    "CanaryRecord",
     "Base",
     "ConversationRecord",
     "Database",

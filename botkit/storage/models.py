@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -112,6 +113,7 @@ class MessageRecord(Base):
         Index("ix_messages_platform_platform_message_id", "platform", "platform_message_id"),
         Index("ix_messages_created_at", "created_at"),
         Index("ix_messages_user_id", "user_id"),
+        Index("ix_messages_canary_id", "canary_id"),  # a canary's results, read every check_interval
         # An exchange (a user's message and its reply) is written once, however often it is retried.
         Index("uq_messages_exchange_key_role", "exchange_key", "role", unique=True),
     )
@@ -138,6 +140,10 @@ class MessageRecord(Base):
     backend: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model: Mapped[str | None] = mapped_column(String(255), nullable=True)
     adapter: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The canary rollout running on its backend when the reply was generated, and its arm there
+    # ("control" or "canary"; botkit/canary.py); NULL when none ran. No foreign key: a reply outlives it.
+    canary_id: Mapped[int | None] = mapped_column(Id, nullable=True)
+    arm: Mapped[str | None] = mapped_column(String(16), nullable=True)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -276,3 +282,24 @@ class AuditRecord(Base):
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(64))  # "login", "review.approve", "plugin.disable"...
     target: Mapped[str] = mapped_column(String(255), default="")
+
+
+class CanaryRecord(Base):
+    """One canary rollout of a LoRA adapter on one backend (``botkit/canary.py``).
+
+    The running canary of a backend is its row without ``ended_at``; ``outcome`` then
+    says how it ended: "promoted" or "rolled_back".
+    """
+
+    __tablename__ = "canaries"
+    __table_args__ = (Index("ix_canaries_backend_ended_at", "backend", "ended_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    backend: Mapped[str] = mapped_column(String(64))
+    control_lora: Mapped[str | None] = mapped_column(String(255), nullable=True)  # None: the base model
+    canary_lora: Mapped[str] = mapped_column(String(255))
+    share: Mapped[float] = mapped_column(Float)  # percent of conversations on the canary arm
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(255), nullable=True)

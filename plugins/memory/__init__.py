@@ -202,6 +202,8 @@ async def botkit_reply_ready(message: Message, reply: Reply, bot):
                 "at": utcnow().isoformat(),
                 "tokens": await bot.count_tokens(reply.text),
                 "adapter": reply.lora,  # the messages.adapter column
+                "canary_id": reply.canary_id,  # the canary that ran, and its arm (botkit/canary.py)
+                "arm": reply.arm,
                 "message_ids": [],  # known once delivered: see botkit_after_reply
             },
             # Stored in the exchange's transaction: a stored exchange never lacks its flags.
