@@ -80,6 +80,10 @@ async def test_deploy_shows_the_checks_then_writes_the_config_as_the_cli_does_an
         checks = html.unescape(confirm.text)
         assert "a LoRA adapter for 'Smollm2 135M 8k Lc100K Mix1 Ep2' (SmolLM2-135M-Instruct.Q4_1.gguf), the model of [backend]" in checks
         assert f"{adapter}: licence apache-2.0" in checks
+        assert (
+            f"[finetune.gate]: not checked: no red-team results beside the adapter ({run / 'redteam.json'}), "
+            "and required = false"
+        ) in checks
         assert config.read_text(encoding="utf-8") == CONFIG  # looking writes nothing
 
         forged = await http.post("/runs/deploy", data={**form, "csrf": "forged"})
@@ -114,6 +118,10 @@ async def test_a_gate_refusal_is_shown_and_only_a_ticked_force_deploys(console_b
         confirm, form = await deploy_form(http, run)
         assert "the adapter misses [finetune.gate]; nothing was deployed" in confirm.text
         assert 'name="force"' in confirm.text
+        assert (
+            "[finetune.gate]: no suite more than 0 points under the base model&#39;s, least pass rates: none; "
+            f"red-team results: {run / 'redteam.json'}"
+        ) in confirm.text
         refused = await http.post("/runs/deploy", data=form)
         assert refused.status_code == 400
         assert "injection: pass rate 50.0% against the base model&#39;s 90.0%" in refused.text

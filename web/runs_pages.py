@@ -21,9 +21,10 @@ from starlette.responses import Response
 from botkit import BotkitError
 from botkit.finetune.catalog import Catalogue, RunEntry, catalogue
 from botkit.finetune.deploy import Deployment, adapter_argument, check_deployment, deploy, plan_rollback
-from botkit.finetune.gate import GateRefused
+from botkit.finetune.gate import GateRefused, gate_summary
 from botkit.finetune.licence import LicenceRefused
-from botkit.ops import Settings, load_settings
+from botkit.finetune.settings import FinetuneSettings
+from botkit.ops import Settings, config_table, load_settings
 
 from .app import Console, form_of
 
@@ -93,10 +94,12 @@ def add_runs_pages(console: Console) -> None:
             refusal = error
         except BotkitError as error:
             return console.render(request, "runs_result.html", status=400, action=action, said=said, problem=str(error))
+        gate = config_table(current, "finetune", FinetuneSettings).gate
         return console.render(
             request, "runs_confirm.html", status=status, action=action, what=what, deployment=deployment,
             said=said, refusal=refusal, gate=isinstance(refusal, GateRefused),
             licence=isinstance(refusal, LicenceRefused), run=values.get("run", ""),
+            rules=gate_summary(deployment.adapter, gate) if deployment.adapter else None,
         )  # fmt: skip
 
     async def act(request: Request, plan: Any, action: str) -> Response:
