@@ -7,6 +7,7 @@ it against ``[finetune.gate]`` (``finetune/gate.py``); write ``lora_path``
 (and ``lora_scale``) into the config, keeping its comments; ask the running bot over
 its control socket (botkit/control.py) to reload; confirm with its status that the
 adapter is active. When the bot refuses, the config file gets its previous text back.
+A change the file keeps is recorded (``finetune/rollback.py``), for ``botkit finetune rollback``.
 """
 
 from __future__ import annotations
