@@ -20,6 +20,7 @@ from botkit.ops import Context, config_option, fail, run_with_database
 
 from .cli_canary import canary
 from .cli_dpo import dpo
+from .cli_runs import exports, rollback, runs
 from .cli_train import convert, evaluate, train
 from .examples import FORMATS, FeedbackPolicy, FeedbackSelection, PiiPolicy, PreferencePrompt
 from .mixing import mix_option
@@ -504,3 +505,5 @@ finetune.add_command(dpo)
 finetune.add_command(convert)
 finetune.add_command(evaluate)
 finetune.add_command(synth)
+for command in (runs, exports, rollback):
+    finetune.add_command(command)

@@ -7,6 +7,7 @@ it against ``[finetune.gate]`` (``finetune/gate.py``); write ``lora_path``
 (and ``lora_scale``) into the config, keeping its comments; ask the running bot over
 its control socket (botkit/control.py) to reload; confirm with its status that the
 adapter is active. When the bot refuses, the config file gets its previous text back.
+A change the file keeps is recorded (``finetune/rollback.py``), for ``botkit finetune rollback``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from botkit.ops import (
 
 from .gate import check_gate
 from .licence import LicenceRefused, from_adapter_metadata, licence_problem
+from .rollback import DeployRecord, RollbackTarget, append_record, config_key, now, rollback_target
 from .scores import recorded_warnings
 from .settings import FinetuneSettings
 from .train import ADAPTER_FOLDER, CONVERTED_FILE, RUN_FILE
@@ -73,6 +75,7 @@ class Deployment:
     timeout: float = 300.0
     accept_license: bool = False  # deploy an adapter whose licence [finetune] allowed_licenses does not list
     force: bool = False  # deploy an adapter whose red-team results miss [finetune.gate]
+    rollback: bool = False  # it takes back the newest recorded deploy (finetune/rollback.py)
 
     @property
     def values(self) -> dict[str, Any]:
@@ -231,12 +234,7 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
     Nothing is written unless the adapter fits; when the running bot refuses the new
     config, or keeps another adapter, the file gets its previous text back.
     """
-    path = settings.source_path
-    if path is None:
-        raise ConfigError(
-            "deploy writes lora_path into the config file, and no config file was given: pass --config "
-            "PATH (or set BOTKIT_CONFIG, or run where ./config.toml is)"
-        )
+    path = config_file(settings)
     bot, slot = check_deployment(settings, deployment, echo, warn)
     socket_path = control_socket_path(settings)  # a bad control_socket fails before anything is written
     table = table_path(slot.name)
@@ -247,6 +245,7 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
                 f"warning: {variable} is set in this environment; where the bot has it too, it overrides {key} in {path}"
             )
 
+    before = _lora_values(slot)
     edit = edit_table(path, table, deployment.values)
     try:
         check_written_config(bot, path, slot.name)
@@ -254,7 +253,65 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
         edit.restore()
         raise
     echo(describe_edit(edit, slot, deployment))
+    try:
+        _reload_running_bot(deployment, edit, slot, socket_path, echo)
+    finally:
+        # Recorded while the file holds the deployment (not restored): what a rollback takes back.
+        if edit.changed and edit.path.resolve().read_text(encoding="utf-8") == edit.after:
+            try:
+                append_record(settings, _record(settings, deployment, slot, before))
+            except OSError as error:
+                warn(f"warning: the deploy is not recorded, so `botkit finetune rollback` cannot undo it: {error}")
 
+
+def config_file(settings: Settings) -> Path:
+    """The config file deploy writes into; ``ConfigError`` saying how to name one when there is none."""
+    if settings.source_path is None:
+        raise ConfigError(
+            "deploy writes lora_path into the config file, and no config file was given: pass --config "
+            "PATH (or set BOTKIT_CONFIG, or run where ./config.toml is)"
+        )
+    return settings.source_path
+
+
+def plan_rollback(settings: Settings, backend: str, **options: Any) -> tuple[RollbackTarget, Deployment]:
+    """What ``botkit finetune rollback`` deploys for ``backend``: the adapter its newest recorded deploy
+    replaced (``RollbackError`` when there is none), as a ``Deployment`` of ``options`` for ``deploy``."""
+    config_file(settings)
+    slot = find_backend(load_bot(settings), backend)
+    target = rollback_target(settings, slot.name, _lora_values(slot)[0])
+    return target, Deployment(slot.name, target.adapter, target.scale, rollback=True, **options)
+
+
+def _lora_values(slot: BackendSlot) -> tuple[str | None, float]:
+    lora_path = getattr(slot.settings, "lora_path", None)
+    return (str(lora_path) if lora_path else None), float(getattr(slot.settings, "lora_scale", 1.0))
+
+
+def _record(
+    settings: Settings, deployment: Deployment, slot: BackendSlot, before: tuple[str | None, float]
+) -> DeployRecord:
+    return DeployRecord(
+        at=now(),
+        config=config_key(settings),
+        backend=slot.name,
+        adapter=deployment.expected_adapter,
+        previous=before[0],
+        scale=deployment.scale,
+        previous_scale=before[1],
+        rollback=deployment.rollback,
+    )
+
+
+def _reload_running_bot(
+    deployment: Deployment,
+    edit: ConfigEdit,
+    slot: BackendSlot,
+    socket_path: Path | None,
+    echo: Echo,
+) -> None:
+    """Have the bot running with this config take the written deployment, as ``deploy`` describes."""
+    path = edit.path
     takes = "loads the adapter" if deployment.adapter else "answers with the base model"
     follow = f"it {takes} when it starts, or an admin can /reload"
     if not deployment.reload:

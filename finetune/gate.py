@@ -65,6 +65,18 @@ def problems(report: Mapping[str, Any], gate: GateSettings) -> list[str]:
     return found
 
 
+def gate_summary(adapter: Path, gate: GateSettings) -> str:
+    """What ``check_gate`` holds ``adapter`` to, in a line (for a page that asks before deploying)."""
+    path = adapter.parent / REPORT_FILE
+    least = ", ".join(f"{name} {rate:.0%}" for name, rate in gate.min_pass_rate.items()) or "none"
+    rules = f"no suite more than {gate.max_drop * 100:g} points under the base model's, least pass rates: {least}"
+    if path.is_file():
+        return f"[finetune.gate]: {rules}; red-team results: {path}"
+    if gate.required:
+        return f"[finetune.gate]: {rules}; no red-team results beside the adapter ({path}), which required = true refuses"
+    return f"[finetune.gate]: not checked: no red-team results beside the adapter ({path}), and required = false"
+
+
 def check_gate(adapter: Path, gate: GateSettings, force: bool, echo: Echo, warn: Echo) -> None:
     """Hold the red-team results beside ``adapter`` to ``gate``; ``GateRefused`` unless ``force``."""
     path = adapter.parent / REPORT_FILE

@@ -129,6 +129,11 @@ class FinetuneSettings(BaseModel):
         description="licences `botkit finetune deploy` accepts (e.g. ['apache-2.0', 'mit']); unset: any, "
         "with a warning for an adapter that declares none",
     )
+    folders: list[str] = Field(
+        default_factory=lambda: ["data", "runs"],
+        description="where `botkit finetune runs` and the console's Exports and runs page look for exports and "
+        "training runs: each folder and its sub-folders (relative: to the config file's folder)",
+    )
     dpo: DpoSettings = Field(default_factory=DpoSettings, description="[finetune.dpo]: botkit finetune dpo")
     gate: GateSettings = Field(
         default_factory=GateSettings, description="[finetune.gate]: red-team results `deploy` requires"

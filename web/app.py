@@ -237,12 +237,14 @@ def create_app(bot: BotAPI, settings: WebSettings, live: bool = False) -> Starle
     from .conversation_pages import add_conversation_pages
     from .plugin_pages import add_plugin_pages
     from .review_pages import add_review_pages
+    from .runs_pages import add_runs_pages
 
     console = Console(bot, settings, live)
     add_login_pages(console)
     add_review_pages(console)
     add_conversation_pages(console)
     add_plugin_pages(console)
+    add_runs_pages(console)
     console.routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
     app = Starlette(routes=console.routes, middleware=[Middleware(SecurityHeaders, https=settings.https)])
     app.state.console = console
