@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("botkit.storage.privacy")
 
 OPTOUT = "optout"  # the PrivacyRecord kind of an opt-out of training exports
+PUT_OFF = "a plugin cannot let go of the user now (its pending writes cannot reach the database)"
 
 
 @dataclass(frozen=True, slots=True)
