@@ -89,8 +89,7 @@ from botkit.settings import (
     toml_value,
     validate_table,
 )
-from botkit.storage import UserRows, forget_user
-from botkit.storage.privacy import PUT_OFF
+from botkit.storage import PUT_OFF, UserRows, forget_user
 from botkit.types import Message
 
 __all__ = [
@@ -275,7 +274,8 @@ async def forget_user_beside(bot: Bot, platform: str, platform_user_id: str) -> 
             pass
         else:
             if not answer["ok"]:
-                raise ControlError(f"the running bot did not forget {platform}:{platform_user_id}: {answer.get('error')}")
+                who = f"{platform}:{platform_user_id}"
+                raise ControlError(f"the running bot did not forget {who}: {answer.get('error')}")
             try:
                 return UserRows(**answer["deleted"]), "the running bot"
             except (KeyError, TypeError):

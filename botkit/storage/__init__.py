@@ -33,6 +33,7 @@ from botkit.storage.models import (
 )
 from botkit.storage.moderation_rows import moderation_event, write_moderation_events
 from botkit.storage.privacy import (
+    PUT_OFF,
     Place,
     StoredMessage,
     StoredUser,
@@ -46,11 +47,13 @@ from botkit.storage.privacy import (
     opt_in,
     opt_out,
     user_data,
+    user_platforms,
     user_record,
 )
 from botkit.storage.write_behind import RecordSpool, WriteBehind, WriteCounts
 
 __all__ = [
+    "PUT_OFF",
     "AuditRecord",
     "CanaryRecord",
     "Base",
@@ -89,6 +92,7 @@ __all__ = [
     "rejection_reason",
     "user_data",
     "user_id_for",
+    "user_platforms",
     "user_record",
     "utcnow",
     "write_dead_letter",

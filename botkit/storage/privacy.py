@@ -164,13 +164,19 @@ async def find_user(db: Database, platform: str, who: str) -> StoredUser:
         if named:
             ids = ", ".join(row.platform_user_id for row in named)
             raise UnknownUser(f"{len(named)} users on {platform} are called {who!r} (ids {ids}): give the id")
-        platforms = list(
-            await session.scalars(select(UserRecord.platform).distinct().order_by(UserRecord.platform))
-        )
+    platforms = await user_platforms(db)
     if platform not in platforms:
         stored = ", ".join(platforms) if platforms else "none yet"
         raise UnknownUser(f"no user is stored on platform {platform!r} (platforms with users: {stored})")
     raise UnknownUser(f"no user {who!r} is stored on {platform}: give their platform id or display name")
+
+
+async def user_platforms(db: Database) -> list[str]:
+    """The platforms the database has users of, sorted."""
+    async with db.sessions() as session:
+        return list(
+            await session.scalars(select(UserRecord.platform).distinct().order_by(UserRecord.platform))
+        )
 
 
 # -- what is stored -------------------------------------------------------------------
