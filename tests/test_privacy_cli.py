@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import func, select, update
+from test_control import running
 
 from botkit import UnknownUser
-from botkit.bot import Bot
 from botkit.cli import create_cli
-from botkit.control import ControlServer, request
+from botkit.control import request
 from botkit.plugins.memory import memory
-from botkit.settings import load_settings
 from botkit.storage import (
     MessageRecord,
     UserRecord,
@@ -126,9 +125,9 @@ async def test_show_prints_what_mydata_tells_and_text_only_with_text(make_bot, c
     assert lines[-1].startswith("forgetting them deletes: 6 messages, 0 conversations, 1 feedback entry")
     assert "zebra" not in shown.output and "address" not in shown.output  # no text without --text
     assert with_text.exit_code == 0, with_text.output
-    assert "their newest 2 messages (1 older not shown; --limit):" in with_text.output
-    assert with_text.output.rstrip().endswith("#general: and my address\n" + with_text.output.splitlines()[-1])
-    assert with_text.output.splitlines()[-1].endswith("#lobby: hi")
+    told = with_text.output.splitlines()
+    assert told[-3] == "their newest 2 messages (1 older not shown; --limit):"
+    assert told[-2].endswith("] #general: and my address") and told[-1].endswith("] #lobby: hi")
 
 
 async def test_unknown_users_and_platforms_are_clear_errors(make_bot, config):
@@ -183,12 +182,7 @@ async def test_optout_and_optin_from_the_shell_are_the_users_own(make_bot, confi
 
 async def test_forget_beside_a_running_bot_is_done_by_that_bot_and_its_memory_lets_go(config):
     """The bot caches a conversation's turns: forgetting from the shell must reach that cache too."""
-    bot = Bot.load(load_settings(config))
-    control = ControlServer(bot)
-    await control.open()
-    await bot.start()
-    await control.start_serving()
-    try:
+    async with running(config) as (bot, control):
         chat = MemoryChat(bot)
         await chat.say("my secret is zebra-4471", user="ann")
         assert await memory(bot).flush(WAIT_TIMEOUT)
@@ -197,9 +191,6 @@ async def test_forget_beside_a_running_bot_is_done_by_that_bot_and_its_memory_le
         prompt = bot.backend.render(bot.backend.prompts[-1])
         left = await messages_of(bot, "zebra")
         malformed = await request(control.path, {"command": "forget", "platform": "test"})
-    finally:
-        await control.close()
-        await bot.stop()
     assert done.exit_code == 0, done.output
     assert left == 0
     assert "what did ann say?" in prompt and "zebra" not in prompt

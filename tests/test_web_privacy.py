@@ -178,3 +178,27 @@ async def test_a_reviewer_cannot_see_or_forget_and_a_form_without_its_token_chan
         logged = await actions(bot)
     assert 'href="/privacy"' not in home.text
     assert [action for _, action, _ in logged if action.startswith("privacy.")] == []
+
+
+async def test_when_a_plugin_cannot_let_go_nothing_is_deleted_and_the_page_says_so(make_bot, tmp_path):
+    from botkit import hookimpl
+
+    class Stuck:
+        @hookimpl
+        async def botkit_forget_user(self, platform, user_id, bot):
+            return False  # its pending writes cannot reach the database now
+
+    async with make_bot({"storage": {"data_dir": str(tmp_path / "d")}}, plugins={"stuck": Stuck()}) as bot:
+        await add_test_accounts(bot)
+        async with client_for(create_app(bot, WebSettings(), live=True)) as http:
+            await seed(bot)
+            await log_in(http, "alice")
+            csrf = await page_csrf(http, "/privacy")
+            refused = await http.post(
+                "/privacy/forget", data={"csrf": csrf, "platform": "test", "user": "ann", "confirm": "test:ann"}
+            )
+            kept = await stored(bot, "zebra")
+            logged = await actions(bot)
+    assert refused.status_code == 503
+    assert "a plugin cannot let go of the user now" in refused.text and "nothing was deleted" in refused.text
+    assert kept == 1 and "privacy.forget" not in [action for _, action, _ in logged]
