@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         PluginLoadError,
         QueueFull,
         StorageError,
+        UnknownUser,
     )
     from botkit.metrics import Instrument, Metrics
     from botkit.settings import to_toml
@@ -103,6 +104,7 @@ _EXPORTS: dict[str, str] = {
     "PluginLoadError": "botkit.errors",
     "QueueFull": "botkit.errors",
     "StorageError": "botkit.errors",
+    "UnknownUser": "botkit.errors",
     "Instrument": "botkit.metrics",
     "Metrics": "botkit.metrics",
     "to_toml": "botkit.settings",
@@ -185,6 +187,7 @@ __all__ = [
     "StateKey",
     "StorageError",
     "Turn",
+    "UnknownUser",
     "User",
     "__version__",
     "hookimpl",

@@ -1,4 +1,4 @@
-"""The ``botkit`` command: chat, run, plugins, backends, config check, db (``botkit.cli_db``), and what plugins add.
+"""The ``botkit`` command: chat, run, plugins, backends, config check, db, privacy, and what plugins add.
 
 ``create_cli()`` builds the click group; the plugins that are on then add their commands
 through ``botkit_register_cli`` (``botkit export`` and ``botkit finetune`` come from the
@@ -22,6 +22,7 @@ from botkit.bot import Bot
 from botkit.cli_db import db, with_migrator
 from botkit.cli_models import models
 from botkit.cli_plugins import CommandGroup, add_plugin_commands
+from botkit.cli_privacy import privacy
 from botkit.control import ControlServer
 from botkit.errors import BotkitError, ConfigError, NoRunningBot
 from botkit.metrics_server import MetricsServer
@@ -409,7 +410,9 @@ def status(ctx: Context, show_metrics: bool) -> None:
         sys.exit(1)
 
 
-CORE_COMMANDS: tuple[click.Command, ...] = (chat, run, status, plugins, config_group, backends, db, models)
+CORE_COMMANDS: tuple[click.Command, ...] = (
+    chat, run, status, plugins, config_group, backends, db, models, privacy
+)
 
 
 def root_group() -> click.Group:

@@ -22,6 +22,8 @@ without restarting it. One JSON object per line each way:
 - ``{"command": "canary", "action": "status"}``: ``{"ok": true, "report": [lines]}`` (``bot.canary_report()``);
   ``"action": "start", "backend", "lora", "share"``, ``"promote"`` or ``"rollback"`` (``"backend"``,
   ``"reason"``): ``{"ok": true, "notes": [...]}``, or ``ok: false`` saying why not (``botkit/canary.py``).
+- ``{"command": "forget", "platform", "user"}`` (``botkit privacy forget``): the bot forgets the user as
+  ``/forgetme`` does, its caches included (``botkit.storage.forget_user``): ``{"ok": true, "deleted": {...}}``.
 
 Who may ask is who may open the socket file: it is made 0600, in a folder only the
 bot's user enters, so the same user (or root) only.
@@ -41,6 +43,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +51,7 @@ from botkit.canary import PROMOTED, ROLLED_BACK
 from botkit.errors import BotkitError, ConfigError, ControlError, NoRunningBot
 from botkit.health import as_json, readiness
 from botkit.settings import Settings, env_name
+from botkit.storage.privacy import PUT_OFF, forget_user
 from botkit.types import REDTEAM_PLATFORM, Message, ReplyStatus, Responder, User
 
 if TYPE_CHECKING:
@@ -140,6 +144,7 @@ class ControlServer:
             "metrics": self._metrics,
             "probe": self._probe,
             "canary": self._canary,
+            "forget": self._forget,
         }
 
     async def open(self) -> None:
@@ -325,6 +330,15 @@ class ControlServer:
 
     async def _probe(self, request: Mapping[str, Any]) -> Answer:
         return await answer_probe(self.bot, request)
+
+    async def _forget(self, request: Mapping[str, Any]) -> Answer:
+        platform, user = request.get("platform"), request.get("user")
+        if not isinstance(platform, str) or not isinstance(user, str) or not platform or not user:
+            raise ControlError('forget takes "platform" and "user" (the platform\'s id of the user)')
+        deleted = await forget_user(self.bot, platform, user)
+        if deleted is None:
+            raise ControlError(f"{PUT_OFF}: nothing was deleted; try again later")
+        return {"deleted": asdict(deleted)}
 
 
 async def answer_probe(bot: Bot, request: Mapping[str, Any]) -> Answer:

@@ -56,6 +56,10 @@ class ExportError(BotkitError):
     """A training-data export cannot run or would write nothing (empty selection, output folder exists)."""
 
 
+class UnknownUser(BotkitError):
+    """No stored user matches what was asked for (a platform and a user's id or display name)."""
+
+
 class ControlError(BotkitError):
     """A running bot's control socket cannot be claimed, reached, or gave no usable answer."""
 

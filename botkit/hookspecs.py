@@ -303,7 +303,8 @@ def botkit_conversation_handover(conversation_key: str, bot: BotAPI) -> MaybeAwa
 def botkit_forget_user(platform: str, user_id: str, bot: BotAPI) -> MaybeAwaitable:
     """A user asked to be forgotten: make sure nothing about them stays outside the database.
 
-    When: before their rows are deleted from the core tables (``/forgetme``).
+    When: before their rows are deleted from the core tables (``/forgetme``, ``botkit privacy
+    forget``, the web console's privacy page: ``botkit.storage.forget_user``).
     Arguments: ``platform`` and ``user_id``, the platform's id of the user; ``bot``.
     Results: every implementation is awaited; one that cannot do its part now
     (e.g. pending writes cannot reach the database) returns ``False`` and the

@@ -18,6 +18,7 @@ are thin wrappers.
 - red-team probes: ``probe_suites`` (what ``botkit_register_probes`` registered), ``ProbeSuite``;
 - plugin switches without a started bot: ``store_plugin_switch`` (what ``botkit plugins enable|disable``
   stores), ``apply_stored_switches`` (a loaded bot's plugins as its next start will switch them);
+- privacy beside the bot: ``forget_user_beside`` (the running bot forgets the user, else this process);
 - GGUF LoRA files: ``read_gguf_header``, ``gguf_model_name``, ``ModelInfo``, ``check_adapter``,
   ``tensor_mismatches``, ``BASE_MODEL_KEY``, ``LoraError``;
 - canary rollouts (``botkit/canary.py``): ``Canaries``, ``CanaryPlan``, ``CanaryResults``, ``ArmResults``,
@@ -64,10 +65,16 @@ from botkit.canary import (
 )
 from botkit.canary_stats import ProportionTest, two_proportion_test, wilson_interval
 from botkit.config_edit import ConfigEdit, edit_table
-from botkit.control import PROBE_MESSAGES, answer_probe, control_socket_path, request_sync
+from botkit.control import (
+    PROBE_MESSAGES,
+    answer_probe,
+    control_socket_path,
+    request_sync,
+    unix_sockets_available,
+)
 from botkit.control import request as control_request
 from botkit.detectors import pii_scrubber  # export scrubs with the rules moderation checks with
-from botkit.errors import BotkitError, ConfigError, LoraError
+from botkit.errors import BotkitError, ConfigError, ControlError, LoraError, NoRunningBot
 from botkit.logs import configure_logging
 from botkit.overrides import merged
 from botkit.plugin_discovery import discover
@@ -82,6 +89,7 @@ from botkit.settings import (
     toml_value,
     validate_table,
 )
+from botkit.storage import PUT_OFF, UserRows, forget_user
 from botkit.types import Message
 
 __all__ = [
@@ -124,6 +132,7 @@ __all__ = [
     "embedded_model_path",
     "env_name",
     "fail",
+    "forget_user_beside",
     "gguf_model_name",
     "load_bot",
     "load_settings",
@@ -239,6 +248,42 @@ async def apply_stored_switches(bot: Bot) -> None:
     bot.host.apply_stored_switches({**{name: infos[name].selected for name in cleared}, **stored})
     for name in cleared:
         infos[name].stored = None
+
+
+FORGET_TIMEOUT = 60.0  # seconds the running bot may take to forget a user (its pending writes first)
+
+
+async def forget_user_beside(bot: Bot, platform: str, platform_user_id: str) -> tuple[UserRows, str]:
+    """Forget a user from a tool beside the bot (``botkit privacy forget``, the console of ``botkit web``).
+
+    The bot running on this config does it (its control socket, ``forget``), so that its caches and
+    pending writes let go of the user too; with none running, this process does it
+    (``botkit.storage.forget_user``). Returns what was deleted and who deleted it (``"the running
+    bot"``, ``"this process"``). Raises ``ControlError`` when the running bot cannot do it now or
+    cannot be reached: nothing is deleted then.
+    """
+    try:
+        path = control_socket_path(bot.settings) if unix_sockets_available() else None
+    except ConfigError:
+        path = None  # a socket path too long to listen on: no bot listens there
+    if path is not None:
+        payload = {"command": "forget", "platform": platform, "user": platform_user_id}
+        try:
+            answer = await control_request(path, payload, timeout=FORGET_TIMEOUT)
+        except NoRunningBot:
+            pass
+        else:
+            if not answer["ok"]:
+                who = f"{platform}:{platform_user_id}"
+                raise ControlError(f"the running bot did not forget {who}: {answer.get('error')}")
+            try:
+                return UserRows(**answer["deleted"]), "the running bot"
+            except (KeyError, TypeError):
+                raise ControlError(f"the running bot at {path} gave no usable answer to forget") from None
+    deleted = await forget_user(bot, platform, platform_user_id)
+    if deleted is None:
+        raise ControlError(f"{PUT_OFF}: nothing was deleted; try again later")
+    return deleted, "this process"
 
 
 # -- settings -----------------------------------------------------------------

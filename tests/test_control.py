@@ -163,9 +163,9 @@ async def test_bad_requests_get_an_error_and_the_server_keeps_answering(config):
         )
         assert [a["ok"] for a in answers] == [False, False, False, False, True]
         assert answers[0]["error"].startswith("not JSON")
-        assert answers[1]["error"] == 'a request is a JSON object with a "command": reload, status, metrics, probe, canary'
+        assert answers[1]["error"] == 'a request is a JSON object with a "command": reload, status, metrics, probe, canary, forget'
         assert answers[2]["error"] == answers[1]["error"]
-        assert answers[3]["error"] == "unknown command 'shutdown'; known: reload, status, metrics, probe, canary"
+        assert answers[3]["error"] == "unknown command 'shutdown'; known: reload, status, metrics, probe, canary, forget"
         (too_long,) = await exchange(control.path, b"x" * (REQUEST_LIMIT + 10) + b"\n")
         assert too_long == {
             "ok": False,

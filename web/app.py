@@ -236,6 +236,7 @@ def create_app(bot: BotAPI, settings: WebSettings, live: bool = False) -> Starle
     # Imported here: the page modules import Console from this one.
     from .conversation_pages import add_conversation_pages
     from .plugin_pages import add_plugin_pages
+    from .privacy_pages import add_privacy_pages
     from .review_pages import add_review_pages
     from .runs_pages import add_runs_pages
 
@@ -245,6 +246,7 @@ def create_app(bot: BotAPI, settings: WebSettings, live: bool = False) -> Starle
     add_conversation_pages(console)
     add_plugin_pages(console)
     add_runs_pages(console)
+    add_privacy_pages(console)
     console.routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
     app = Starlette(routes=console.routes, middleware=[Middleware(SecurityHeaders, https=settings.https)])
     app.state.console = console

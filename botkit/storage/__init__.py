@@ -1,4 +1,4 @@
-"""Storage: the database engine, the core ORM models, their migrations, and the write-behind writer.
+"""Storage: the database engine, the core ORM models, their migrations, the write-behind writer, and a user's data.
 
 Plugins use ``bot.db`` (a ``Database``) and the models below; they never open
 their own engine. A plugin that stores something on every message queues it in
@@ -32,9 +32,28 @@ from botkit.storage.models import (
     utcnow,
 )
 from botkit.storage.moderation_rows import moderation_event, write_moderation_events
+from botkit.storage.privacy import (
+    PUT_OFF,
+    Place,
+    StoredMessage,
+    StoredUser,
+    UserData,
+    UserRows,
+    count_user_rows,
+    delete_user_rows,
+    find_user,
+    forget_user,
+    is_opted_out,
+    opt_in,
+    opt_out,
+    user_data,
+    user_platforms,
+    user_record,
+)
 from botkit.storage.write_behind import RecordSpool, WriteBehind, WriteCounts
 
 __all__ = [
+    "PUT_OFF",
     "AuditRecord",
     "CanaryRecord",
     "Base",
@@ -46,20 +65,35 @@ __all__ = [
     "MigrationBranch",
     "Migrator",
     "ModerationEventRecord",
+    "Place",
     "PluginStateRecord",
     "PrivacyRecord",
     "RecordSpool",
     "StorageSettings",
+    "StoredMessage",
+    "StoredUser",
+    "UserData",
+    "UserRows",
     "UserRecord",
     "WebAccountRecord",
     "WebSessionRecord",
     "WriteBehind",
     "WriteCounts",
+    "count_user_rows",
+    "delete_user_rows",
+    "find_user",
+    "forget_user",
     "insert_new",
+    "is_opted_out",
     "is_rejection",
     "moderation_event",
+    "opt_in",
+    "opt_out",
     "rejection_reason",
+    "user_data",
     "user_id_for",
+    "user_platforms",
+    "user_record",
     "utcnow",
     "write_dead_letter",
     "write_moderation_events",
