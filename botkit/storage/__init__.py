@@ -32,6 +32,13 @@ from botkit.storage.models import (
     utcnow,
 )
 from botkit.storage.moderation_rows import moderation_event, write_moderation_events
+from botkit.storage.text_index import (
+    SHORTEST_INDEXED,
+    compact_text_index,
+    fts_match,
+    has_fts_index,
+    messages_fts,
+)
 from botkit.storage.write_behind import RecordSpool, WriteBehind, WriteCounts
 
 __all__ = [
@@ -49,14 +56,19 @@ __all__ = [
     "PluginStateRecord",
     "PrivacyRecord",
     "RecordSpool",
+    "SHORTEST_INDEXED",
     "StorageSettings",
     "UserRecord",
     "WebAccountRecord",
     "WebSessionRecord",
     "WriteBehind",
     "WriteCounts",
+    "compact_text_index",
+    "fts_match",
+    "has_fts_index",
     "insert_new",
     "is_rejection",
+    "messages_fts",
     "moderation_event",
     "rejection_reason",
     "user_id_for",
