@@ -29,6 +29,7 @@ from botkit.storage import (
     PluginStateRecord,
     PrivacyRecord,
     UserRecord,
+    compact_text_index,
     user_id_for,
     utcnow,
 )
@@ -124,7 +125,8 @@ async def delete_user(bot: BotAPI, message: Message) -> int:
     them, every message of a conversation whose key names them (their DMs,
     per-user conversations), those conversations, feedback given by them or on
     any of those messages, their moderation events, privacy records and user
-    row. Then the SQLite WAL is checkpointed, so the file keeps no copy.
+    row. SQLite's text index is rewritten without their text, then the WAL is
+    checkpointed, so the file keeps no copy.
     """
     platform, author = message.platform, message.author.id
     dm_key, user_suffix = Message.user_conversation_keys(platform, author)
@@ -183,6 +185,8 @@ async def delete_user(bot: BotAPI, message: Message) -> int:
         named = [row.id for row in letters if names_user(row.record, platform, author, (dm_key, user_suffix))]
         if named:
             await session.execute(delete(DeadLetterRecord).where(DeadLetterRecord.id.in_(named)))
+        if gone:
+            await compact_text_index(session)
     if not await bot.db.checkpoint():
         log.info("forgetme: the WAL is in use; SQLite's next checkpoint removes the old copies")
     return gone or 0
@@ -273,6 +277,7 @@ async def purge_expired(bot: BotAPI, days: int) -> int:
         if count:
             await session.execute(delete(FeedbackRecord).where(FeedbackRecord.message_id.in_(old)))
             await session.execute(delete(MessageRecord).where(MessageRecord.created_at < cutoff))
+            await compact_text_index(session)
     if count:
         log.info("retention: deleted %d messages older than %d days", count, days)
     return count
