@@ -119,7 +119,9 @@ async def search_messages(db: Database, search: MessageSearch) -> list[FoundMess
             # lower() on both sides: SQLite's LIKE ignores case only for ASCII, PostgreSQL's never does.
             # PostgreSQL's trigram index is on lower(text): it serves this very condition.
             query = query.where(func.lower(MessageRecord.text).like(literal_pattern(lowered), escape=LIKE_ESCAPE))
-            if db.is_sqlite and len(lowered) >= SHORTEST_INDEXED and await has_fts_index(session):
+            # FTS5 reads a query only up to a NUL character (an error), which LIKE takes as text.
+            indexable = len(lowered) >= SHORTEST_INDEXED and "\x00" not in lowered
+            if db.is_sqlite and indexable and await has_fts_index(session):
                 # The index finds every row that holds the text (its case folding covers lower()'s) and
                 # gives them newest first, so the LIMIT stops it early; the LIKE above keeps exactly those.
                 query = query.join(messages_fts, messages_fts.c.rowid == MessageRecord.id).where(
