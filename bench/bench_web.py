@@ -5,13 +5,16 @@ Run from the repository root::
     .venv/bin/python bench/bench_web.py                       # a few minutes on two cores
     .venv/bin/python bench/bench_web.py --messages 100000     # a smaller database
     .venv/bin/python bench/bench_web.py --check               # exit 1 when a target is missed
+    .venv/bin/python bench/bench_web.py --without-text-index  # the LIKE scan, as before migration 0006
 
 The databases are made as bench_export.py makes them (the real migrations, then bulk
 INSERTs of random-word exchanges, 500 channels). Search (``botkit.web.conversations.
-search_messages``, what the Conversations page runs) is timed for four kinds of query,
-each repeated: a word that occurs in about one message in 200 ("common"), a word that
-occurs nowhere ("absent": every row is read), a channel, and a user. The baseline is the
-same text query through a plain ``sqlite3`` cursor. The review queue is timed as
+search_messages``, what the Conversations page runs) is timed for six kinds of query,
+each repeated: a word that occurs in about one message in 200 ("common"), a word added to
+20 messages spread over the table ("rare"), a word that occurs nowhere ("absent"), the
+common word in one channel, a channel, and a user. ``--without-text-index`` migrates to
+0005 only, so the text is found by the ``LIKE`` scan that came before the index. The
+baseline is the text query as that scan, through a plain ``sqlite3`` cursor. The review queue is timed as
 ``list_candidates`` (what ``botkit finetune review list`` and the page call) and as the
 whole page (``GET /review`` through the ASGI app, logged in) on a database of 10K
 candidate pairs. Target (``--check``): every search kind's p99 under 100 ms at the largest size.
@@ -36,7 +39,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from bench_export import migrated, seed, vocabulary
 
 from botkit.finetune.review import list_candidates
-from botkit.storage import Database, StorageSettings
+from botkit.storage import Database, Migrator, StorageSettings
 from botkit.web.conversations import MessageSearch, literal_pattern, search_messages
 
 TARGET_SEARCH_P99_MS = 100.0
@@ -76,9 +79,27 @@ def raw_search(path: Path, word: str, repeats: int = REPEATS) -> list[float]:
     return samples
 
 
-async def bench_search(folder: Path, messages: int) -> dict[str, tuple[float, float]]:
-    path = await migrated(folder)
+RARE_WORD, RARE_EVERY = "quillwort", 50_000  # not made of seed()'s syllables: only where it is added
+
+
+async def migrated_without_text_index(folder: Path) -> Path:
+    db = Database(StorageSettings(data_dir=folder))
+    await db.connect()
+    await Migrator(db, []).upgrade("0005")
+    await db.close()
+    return folder / "botkit.db"
+
+
+def add_rare_word(path: Path, messages: int) -> None:
+    every = max(1, min(RARE_EVERY, messages // 20))
+    with sqlite3.connect(path) as connection:
+        connection.execute(f"UPDATE messages SET text = text || ' {RARE_WORD}' WHERE id % ? = 0", (every,))
+
+
+async def bench_search(folder: Path, messages: int, text_index: bool = True) -> dict[str, tuple[float, float]]:
+    path = await (migrated(folder) if text_index else migrated_without_text_index(folder))
     seeded = seed(path, messages)
+    add_rare_word(path, messages)
     print(f"seeded {messages:,} messages in {seeded:.1f} s", file=sys.stderr)
     words = vocabulary(random.Random(5))  # the words seed() drew from
     common = words[17]
@@ -87,7 +108,9 @@ async def bench_search(folder: Path, messages: int) -> dict[str, tuple[float, fl
     try:
         kinds = {
             f"text, common word ({common!r})": MessageSearch(text=common),
+            f"text, rare word ({RARE_WORD!r}, 20 messages)": MessageSearch(text=RARE_WORD),
             "text, absent word": MessageSearch(text="qqxqq"),
+            "text, common word, one channel": MessageSearch(channel="c7", text=common),
             "channel": MessageSearch(channel="c7"),
             "user": MessageSearch(user="u42"),
         }
@@ -97,6 +120,7 @@ async def bench_search(folder: Path, messages: int) -> dict[str, tuple[float, fl
     finally:
         await db.close()
     results[f"baseline: raw sqlite3, common word ({common!r})"] = percentiles(raw_search(path, common))
+    results["baseline: raw sqlite3, rare word"] = percentiles(raw_search(path, RARE_WORD))
     results["baseline: raw sqlite3, absent word"] = percentiles(raw_search(path, "qqxqq"))
     return results
 
@@ -144,11 +168,15 @@ async def main() -> int:
     parser.add_argument("--messages", type=int, default=1_000_000, help="stored messages for the search")
     parser.add_argument("--pairs", type=int, default=10_000, help="candidate pairs for the review queue")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--without-text-index", action="store_true", help="search by the LIKE scan (schema 0005), as before the index"
+    )
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="botkit-bench-web-") as root:
-        search = await bench_search(Path(root) / "search", options.messages)
+        search = await bench_search(Path(root) / "search", options.messages, not options.without_text_index)
         review = await bench_review(Path(root) / "review", options.pairs)
-    table(f"Conversation search, {options.messages:,} messages ({REPEATS} runs each)", search)
+    index = "without the text index (LIKE scan)" if options.without_text_index else "with the text index"
+    table(f"Conversation search, {options.messages:,} messages, {index} ({REPEATS} runs each)", search)
     table(f"Review queue, {options.pairs:,} candidate pairs ({REPEATS} runs each)", review)
     missed = [
         name for name, (_, p99) in search.items()

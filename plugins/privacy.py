@@ -22,6 +22,7 @@ from botkit.storage import (
     FeedbackRecord,
     MessageRecord,
     PluginStateRecord,
+    compact_text_index,
     forget_user,
     opt_in,
     opt_out,
@@ -142,6 +143,7 @@ async def purge_expired(bot: BotAPI, days: int) -> int:
         if count:
             await session.execute(delete(FeedbackRecord).where(FeedbackRecord.message_id.in_(old)))
             await session.execute(delete(MessageRecord).where(MessageRecord.created_at < cutoff))
+            await compact_text_index(session)
     if count:
         log.info("retention: deleted %d messages older than %d days", count, days)
     return count

@@ -47,16 +47,16 @@ def test_db_commands_walk_the_schema_up_and_down(config, tmp_path):
     db_file = tmp_path / "data" / "botkit.db"
     current = botkit("-c", str(config), "db", "current", cwd=tmp_path)
     assert current.returncode == 0, current.stderr
-    assert current.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: empty (out of date (newest: 0005))"
+    assert current.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: empty (out of date (newest: 0006))"
 
     refused = botkit("-c", str(config), "chat", stdin="hi\n", cwd=tmp_path)
     assert refused.returncode == 1
     assert "is out of date" in refused.stderr and "run `botkit db upgrade`" in refused.stderr
 
     upgraded = botkit("-c", str(config), "db", "upgrade", cwd=tmp_path)
-    assert upgraded.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: empty -> 0005"
+    assert upgraded.stdout.strip() == f"sqlite+aiosqlite:///{db_file}: empty -> 0006"
     assert (
-        botkit("-c", str(config), "db", "current", cwd=tmp_path).stdout.strip().endswith("0005 (up to date)")
+        botkit("-c", str(config), "db", "current", cwd=tmp_path).stdout.strip().endswith("0006 (up to date)")
     )
     assert botkit("-c", str(config), "chat", stdin="hi\n", cwd=tmp_path).returncode == 0
 
@@ -65,7 +65,11 @@ def test_db_commands_walk_the_schema_up_and_down(config, tmp_path):
     assert "0001 -> 0002 (botkit), write keys and dead letters" in history.stdout
     assert "0002 -> 0003 (botkit), seen deliveries" in history.stdout
     assert "0003 -> 0004 (botkit), web console: accounts, sessions and the audit log" in history.stdout
-    assert "0004 -> 0005 (botkit) (head), canary rollout: the canaries table and each reply's arm" in history.stdout
+    assert "0004 -> 0005 (botkit), canary rollout: the canaries table and each reply's arm" in history.stdout
+    assert (
+        "0005 -> 0006 (botkit) (head), search indexes: message text, and feedback and moderation events by time"
+        in history.stdout
+    )
 
     backup = botkit("-c", str(config), "db", "backup", str(tmp_path / "copy.db"), cwd=tmp_path)
     assert backup.returncode == 0, backup.stderr
@@ -75,15 +79,15 @@ def test_db_commands_walk_the_schema_up_and_down(config, tmp_path):
     assert again.returncode == 1 and "pass --overwrite" in again.stderr
 
     down = botkit("-c", str(config), "db", "downgrade", "base", "--yes", cwd=tmp_path)
-    assert down.stdout.splitlines()[-1] == f"sqlite+aiosqlite:///{db_file}: 0005 -> empty"
+    assert down.stdout.splitlines()[-1] == f"sqlite+aiosqlite:///{db_file}: 0006 -> empty"
 
 
 def test_downgrade_takes_a_relative_revision_and_still_refuses_a_mistyped_option(config):
     assert invoke(config, "db", "upgrade").exit_code == 0
     down = invoke(config, "db", "downgrade", "-1", stdin="y\n")
     assert down.exit_code == 0, down.output
-    assert "from 0005 to -1 undoes migrations, which may drop tables and columns" in down.stderr
-    assert down.stdout.splitlines()[-1].endswith(": 0005 -> 0004")
+    assert "from 0006 to -1 undoes migrations, which may drop tables and columns" in down.stderr
+    assert down.stdout.splitlines()[-1].endswith(": 0006 -> 0005")
     typo = invoke(config, "db", "downgrade", "--yse", "base")
     assert typo.exit_code == 2 and "No such option '--yse'" in typo.stderr
     assert invoke(config, "db", "downgrade", "-h").stdout.count("'-1' for one step") == 1
@@ -112,7 +116,7 @@ def test_downgrade_to_base_asks_first_and_anything_but_yes_drops_nothing(config,
     refused = invoke(config, "db", "downgrade", "base", stdin=answer)
     assert refused.exit_code == 1
     assert (
-        f"Downgrading sqlite+aiosqlite:///{db_file} from 0005 to base drops every table of botkit and its "
+        f"Downgrading sqlite+aiosqlite:///{db_file} from 0006 to base drops every table of botkit and its "
         "plugins, with the data in them; a backup is made first: " in refused.stderr
     )
     assert "Downgrade? [y/N]" in refused.stderr
@@ -138,10 +142,10 @@ def test_downgrade_to_base_with_yes_backs_up_the_file_then_drops_every_table(con
     assert backup.parent == db_file.parent
     assert re.fullmatch(r"botkit-before-downgrade-\d{8}T\d{6}Z\.db", backup.name)
     assert f"a backup is made first: {backup}" in down.stderr
-    assert result == f"sqlite+aiosqlite:///{db_file}: 0005 -> empty"
+    assert result == f"sqlite+aiosqlite:///{db_file}: 0006 -> empty"
     with sqlite3.connect(backup) as copy:
         assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert copy.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
+        assert copy.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
         assert copy.execute("SELECT display_name FROM users").fetchall() == [("Ada",)]
     assert CORE_TABLES <= tables(backup)
     assert not CORE_TABLES & tables(db_file)
@@ -182,7 +186,7 @@ def test_downgrade_of_postgresql_says_no_backup_is_made_and_still_asks(tmp_path,
     dropped = invoke(config, "db", "downgrade", "base", "--yes")
     assert dropped.exit_code == 0, dropped.output
     assert "no backup is made of a PostgreSQL database" in dropped.stderr
-    assert dropped.stdout.strip().endswith(": 0005 -> empty")
+    assert dropped.stdout.strip().endswith(": 0006 -> empty")
     assert not CORE_TABLES & set(postgres.psql(listed, "downgrade").split())
 
 

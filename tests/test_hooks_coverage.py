@@ -238,9 +238,9 @@ async def test_a_migrated_database_with_a_dependent_branch_is_current(make_bot, 
     async with make_bot({"storage": storage}, plugins={"notes": plugin}):
         pass
     # notes_0001 depends on the core branch's first revision (its label), which the core's head
-    # 0005 comes after: Alembic stores both heads, and the schema is current.
+    # 0006 comes after: Alembic stores both heads, and the schema is current.
     async with make_bot({"storage": {**storage, "auto_upgrade": False}}, plugins={"notes": plugin}) as bot:
-        assert await bot.migrator.current() == {"0005", "notes_0001"}
+        assert await bot.migrator.current() == {"0006", "notes_0001"}
         assert await bot.migrator.is_current()
 
 

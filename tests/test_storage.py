@@ -35,7 +35,7 @@ async def test_upgrade_creates_the_core_tables_and_models_agree(storage_config):
     try:
         assert await migrator.current() == set()
         await migrator.upgrade()
-        assert await migrator.current() == {"0005"} == migrator.heads()
+        assert await migrator.current() == {"0006"} == migrator.heads()
         assert await migrator.is_current()
         assert await tables(db) >= {
             "users",
@@ -219,7 +219,7 @@ async def test_outdated_schema_refuses_to_start_unless_auto_upgrade(make_bot, st
     async with make_bot(storage_config) as bot:  # auto_upgrade (the default) migrates
         assert await bot.migrator.is_current()
     async with make_bot(config) as bot:  # now current: starts without upgrading
-        assert await bot.migrator.current() == {"0005"}
+        assert await bot.migrator.current() == {"0006"}
 
 
 async def test_a_database_from_a_newer_botkit_is_refused(make_bot, storage_config):
@@ -279,13 +279,13 @@ async def test_plugins_contribute_their_own_migration_branch(make_bot, storage_c
     plugin = notes_plugin(tmp_path)
     async with make_bot(storage_config, plugins={"notes": plugin}) as bot:
         # The plugin's branch depends on the core's 0001; the core's head is stored beside it.
-        assert await bot.migrator.current() == {"0005", "notes0001"}
+        assert await bot.migrator.current() == {"0006", "notes0001"}
         assert await bot.migrator.is_current()
         assert "notes_notes" in await tables(bot.db)
         assert await bot.migrator.differences() == []
         assert "notes0001 (notes) (head)" in bot.migrator.history()
         await bot.migrator.downgrade("notes@base")
-        assert await bot.migrator.current() == {"0005"}
+        assert await bot.migrator.current() == {"0006"}
         assert "notes_notes" not in await tables(bot.db)
 
 

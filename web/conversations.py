@@ -1,7 +1,10 @@
 """Finding stored messages (by platform, channel, user, date and text) and reading one conversation as a thread.
 
 Every value a user types becomes a bound parameter; the text is matched as a
-literal substring (``%``, ``_`` and ``\\`` escaped), never as a pattern or SQL.
+literal substring (``%``, ``_`` and ``\\`` escaped), never as a pattern or SQL. The
+text index (botkit.storage.text_index) finds the candidates: on PostgreSQL by itself,
+on SQLite by joining its FTS5 table when the text has 3 characters or more; the same
+``LIKE`` then decides, so the results are those of a scan.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 
 from botkit.storage import (
+    SHORTEST_INDEXED,
     ConversationRecord,
     Database,
     FeedbackRecord,
     MessageRecord,
     ModerationEventRecord,
     UserRecord,
+    fts_match,
+    has_fts_index,
+    messages_fts,
 )
 
 LIKE_ESCAPE = "\\"
@@ -86,34 +93,42 @@ async def search_messages(db: Database, search: MessageSearch) -> list[FoundMess
         )
         .outerjoin(UserRecord, UserRecord.id == MessageRecord.user_id)
         .where(MessageRecord.deleted_at.is_(None))
-        .order_by(MessageRecord.id.desc())
         .limit(search.limit)
     )
     if search.platform:
         query = query.where(MessageRecord.platform == search.platform)
     if search.channel:
         query = query.where(MessageRecord.channel_id == search.channel)
-    if search.user:
-        # The user's ids first: ix_messages_user_id then finds their messages without reading the others.
-        users = select(UserRecord.id).where(
-            or_(UserRecord.platform_user_id == search.user, UserRecord.display_name == search.user)
-        )
-        async with db.sessions() as session:
-            user_ids = list(await session.scalars(users))
-        if not user_ids:
-            return []
-        query = query.where(MessageRecord.user_id.in_(user_ids))
     if search.since is not None:
         query = query.where(MessageRecord.created_at >= search.since)
     if search.until is not None:
         query = query.where(MessageRecord.created_at < search.until)
-    if search.text:
-        # lower() on both sides: SQLite's LIKE ignores case only for ASCII, PostgreSQL's never does.
-        query = query.where(
-            func.lower(MessageRecord.text).like(literal_pattern(search.text.lower()), escape=LIKE_ESCAPE)
-        )
     async with db.sessions() as session:
-        rows = (await session.execute(query)).all()
+        if search.user:
+            # The user's ids first: ix_messages_user_id then finds their messages without reading the others.
+            users = select(UserRecord.id).where(
+                or_(UserRecord.platform_user_id == search.user, UserRecord.display_name == search.user)
+            )
+            user_ids = list(await session.scalars(users))
+            if not user_ids:
+                return []
+            query = query.where(MessageRecord.user_id.in_(user_ids))
+        newest_first = MessageRecord.id.desc()
+        if search.text:
+            lowered = search.text.lower()
+            # lower() on both sides: SQLite's LIKE ignores case only for ASCII, PostgreSQL's never does.
+            # PostgreSQL's trigram index is on lower(text): it serves this very condition.
+            query = query.where(func.lower(MessageRecord.text).like(literal_pattern(lowered), escape=LIKE_ESCAPE))
+            # FTS5 reads a query only up to a NUL character (an error), which LIKE takes as text.
+            indexable = len(lowered) >= SHORTEST_INDEXED and "\x00" not in lowered
+            if db.is_sqlite and indexable and await has_fts_index(session):
+                # The index finds every row that holds the text (its case folding covers lower()'s) and
+                # gives them newest first, so the LIMIT stops it early; the LIKE above keeps exactly those.
+                query = query.join(messages_fts, messages_fts.c.rowid == MessageRecord.id).where(
+                    fts_match(lowered)
+                )
+                newest_first = messages_fts.c.rowid.desc()
+        rows = (await session.execute(query.order_by(newest_first))).all()
     return [FoundMessage(*row) for row in rows]
 
 

@@ -50,6 +50,13 @@ from botkit.storage.privacy import (
     user_platforms,
     user_record,
 )
+from botkit.storage.text_index import (
+    SHORTEST_INDEXED,
+    compact_text_index,
+    fts_match,
+    has_fts_index,
+    messages_fts,
+)
 from botkit.storage.write_behind import RecordSpool, WriteBehind, WriteCounts
 
 __all__ = [
@@ -69,6 +76,7 @@ __all__ = [
     "PluginStateRecord",
     "PrivacyRecord",
     "RecordSpool",
+    "SHORTEST_INDEXED",
     "StorageSettings",
     "StoredMessage",
     "StoredUser",
@@ -83,9 +91,13 @@ __all__ = [
     "delete_user_rows",
     "find_user",
     "forget_user",
+    "compact_text_index",
+    "fts_match",
+    "has_fts_index",
     "insert_new",
     "is_opted_out",
     "is_rejection",
+    "messages_fts",
     "moderation_event",
     "opt_in",
     "opt_out",

@@ -157,7 +157,10 @@ class FeedbackRecord(Base):
     """A reaction, score or correction someone gave a bot reply."""
 
     __tablename__ = "feedback"
-    __table_args__ = (Index("ix_feedback_message_id", "message_id"),)
+    __table_args__ = (
+        Index("ix_feedback_message_id", "message_id"),
+        Index("ix_feedback_created_at", "created_at"),  # counts by time (the overview's charts)
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
@@ -176,6 +179,7 @@ class ModerationEventRecord(Base):
     __table_args__ = (
         Index("ix_moderation_events_message_id", "message_id"),
         Index("uq_moderation_events_event_key", "event_key", unique=True),
+        Index("ix_moderation_events_created_at", "created_at"),  # counts by time (the overview's charts)
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)

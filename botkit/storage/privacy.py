@@ -29,6 +29,7 @@ from botkit.storage.models import (
     PrivacyRecord,
     UserRecord,
 )
+from botkit.storage.text_index import compact_text_index
 from botkit.types import Message
 
 if TYPE_CHECKING:
@@ -366,7 +367,8 @@ async def delete_user_rows(
     on any of those messages, their moderation events, privacy records, user row
     and the dead letters that name them; ``plugin_state``: the ``(plugin, key)``
     rows of ``plugin_state`` a plugin keeps about them (the pending ``/forgetme``).
-    Then the SQLite WAL is checkpointed, so the file keeps no copy. Call
+    SQLite's text index is rewritten without their text, then the WAL is
+    checkpointed, so the file keeps no copy. Call
     ``forget_user`` instead, unless no plugin can hold anything of the user.
     """
     author = platform_user_id
@@ -400,6 +402,8 @@ async def delete_user_rows(
         named = await _named_dead_letters(session, platform, author)
         if named:
             await session.execute(delete(DeadLetterRecord).where(DeadLetterRecord.id.in_(named)))
+        if messages:
+            await compact_text_index(session)
     if not await db.checkpoint():
         log.info("forgetting a user: the WAL is in use; SQLite's next checkpoint removes the old copies")
     return UserRows(messages, conversations, feedback, events, privacy, int(row is not None), len(named))
