@@ -75,7 +75,9 @@ def bucket_index(db: Database, column: Any, window: Window) -> ColumnElement[int
     seconds = literal_column(str(int(window.step.total_seconds())))
     if db.is_sqlite:
         # Whole seconds cut from the text: strftime would round .9995 s up to the next second.
-        return cast((cast(func.strftime("%s", func.substr(column, 1, 19)), Integer) - origin) / seconds, Integer)
+        return cast(
+            (cast(func.strftime("%s", func.substr(column, 1, 19)), Integer) - origin) / seconds, Integer
+        )
     return cast(func.floor((extract("epoch", column) - origin) / seconds), Integer)
 
 
@@ -270,7 +272,11 @@ async def database_state(db: Database, migrator: Migrator) -> DatabaseState:
                     estimate = int(await session.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
                 rows[table] = estimate
             estimated = True
-        size = None if db.is_sqlite else await session.scalar(text("SELECT pg_database_size(current_database())"))
+        size = (
+            None
+            if db.is_sqlite
+            else await session.scalar(text("SELECT pg_database_size(current_database())"))
+        )
     if db.is_sqlite:
         size = sqlite_size(db)
     return DatabaseState(

@@ -109,7 +109,9 @@ def live_from_answers(source: str, status: Mapping[str, Any], metrics: str | Non
         checks = status["readiness"]["checks"]
         ready = bool(status["readiness"]["ready"])
     except (KeyError, TypeError, AttributeError) as error:
-        return LiveState(source, unknown=f"not known: the running bot's status lacks {error} (an older botkit?)")
+        return LiveState(
+            source, unknown=f"not known: the running bot's status lacks {error} (an older botkit?)"
+        )
     adapters = tuple(
         AdapterState(name.removeprefix("adapter:"), bool(check["ok"]), str(check["detail"]))
         for name, check in checks.items()
@@ -148,7 +150,9 @@ def metric_samples(exposition: str) -> dict[str, list[tuple[dict[str, str], floa
     return samples
 
 
-def summed(samples: Mapping[str, list[tuple[dict[str, str], float]]], name: str, label: str) -> dict[str, int]:
+def summed(
+    samples: Mapping[str, list[tuple[dict[str, str], float]]], name: str, label: str
+) -> dict[str, int]:
     """The samples of ``name`` summed by the value of ``label`` (other labels, e.g. platform, added up)."""
     totals: dict[str, int] = defaultdict(int)
     for labels, value in samples.get(name, ()):
@@ -175,7 +179,9 @@ async def live_state(bot: Bot, in_process: bool) -> LiveState:
     try:
         status = await request(path, {"command": "status"}, timeout=CLAIM_TIMEOUT)
         if not status["ok"]:
-            return LiveState(source, unknown=f"not known: the running bot's status failed: {status.get('error')}")
+            return LiveState(
+                source, unknown=f"not known: the running bot's status failed: {status.get('error')}"
+            )
         metrics_answer = await request(path, {"command": "metrics"}, timeout=CLAIM_TIMEOUT)
     except NoRunningBot:
         return LiveState(source, unknown=f"{NOT_KNOWN} (none answers on {path})")
@@ -238,7 +244,9 @@ class Overview:
         }
 
 
-async def read_overview(bot: Bot, now: datetime, in_process: bool = False, operations: bool = True) -> Overview:
+async def read_overview(
+    bot: Bot, now: datetime, in_process: bool = False, operations: bool = True
+) -> Overview:
     """The overview of ``bot``'s database (connected) at ``now``.
 
     ``in_process``: ``bot`` is the running bot; otherwise the running bot is asked through
@@ -256,3 +264,24 @@ async def read_overview(bot: Bot, now: datetime, in_process: bool = False, opera
         spool=spool_state(bot.settings.storage),
         live=await live_state(bot, in_process),
     )
+
+
+def human_bytes(size: int) -> str:
+    """``1,234 bytes``, ``5.2 MB``: a size as the overview shows it."""
+    value = float(size)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:,.0f} {unit}" if unit == "bytes" else f"{value:,.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    """``12 min``, ``5 h 3 min``, ``3 days 4 h``: an uptime as the overview shows it."""
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    return f"{hours // 24} days {hours % 24} h"

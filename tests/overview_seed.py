@@ -58,7 +58,9 @@ async def seed_overview(db: Any) -> None:
     """Store the rows above (one conversation, one user) directly, with their timestamps."""
     async with db.session() as session:
         user = UserRecord(platform="console", platform_user_id="dana", display_name="Dana")
-        conversation = ConversationRecord(scope_key="console:support", platform="console", channel_id="support")
+        conversation = ConversationRecord(
+            scope_key="console:support", platform="console", channel_id="support"
+        )
         session.add_all([user, conversation])
         await session.flush()
         rows = [
@@ -72,7 +74,9 @@ async def seed_overview(db: Any) -> None:
         await session.flush()
         reply = next(row for row in rows if row.role == "assistant")
         session.add_all(
-            FeedbackRecord(message_id=reply.id, user_id=user.id, kind=kind, value="👍", score=score, created_at=when)
+            FeedbackRecord(
+                message_id=reply.id, user_id=user.id, kind=kind, value="👍", score=score, created_at=when
+            )
             for when, kind, score in FEEDBACK
         )
         session.add_all(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -35,7 +37,9 @@ async def test_messages_and_votes_per_hour_and_per_day(make_bot, storage_config)
         hours = await activity(bot.db, hours_of_the_week(NOW))
     last_24 = hours[-24:]
     assert last_24[0].start == at(19, 16) and last_24[-1].start == at(20, 15)
-    counted = {bucket.start: (bucket.messages, bucket.replies, bucket.positive, bucket.negative) for bucket in hours}
+    counted = {
+        bucket.start: (bucket.messages, bucket.replies, bucket.positive, bucket.negative) for bucket in hours
+    }
     assert {start: counts for start, counts in counted.items() if counts != (0, 0, 0, 0)} == {
         at(20, 15): (3, 2, 2, 1),
         at(20, 14): (1, 0, 0, 0),
@@ -78,7 +82,13 @@ async def test_the_database_state_names_the_engine_revision_and_rows(make_bot, s
     assert state.size_bytes and state.size_bytes > 0
     if bot.db.is_sqlite:
         assert state.engine == "sqlite" and not state.rows_estimated
-        assert state.rows == {"messages": 12, "conversations": 1, "users": 1, "feedback": 6, "moderation_events": 5}
+        assert state.rows == {
+            "messages": 12,
+            "conversations": 1,
+            "users": 1,
+            "feedback": 6,
+            "moderation_events": 5,
+        }
     else:
         # The planner's estimates: tables never analysed are counted, so these are exact here too.
         assert state.engine == "postgresql" and state.rows_estimated
@@ -91,7 +101,10 @@ async def test_beside_no_bot_the_running_state_is_not_known_and_says_why(make_bo
     async with make_bot({"bot": {"control_socket": str(socket)}}) as bot:
         live = await live_state(bot, in_process=False)
         assert live.unknown == f"{NOT_KNOWN} (none answers on {socket})"
-        assert live.backends == () and live.as_json() == {"source": f"control socket {socket}", "unknown": live.unknown}
+        assert live.backends == () and live.as_json() == {
+            "source": f"control socket {socket}",
+            "unknown": live.unknown,
+        }
     async with make_bot({"bot": {"control_socket": "off"}}) as bot:
         live = await live_state(bot, in_process=False)
         assert live.unknown == f"{NOT_KNOWN} ([bot] control_socket is off)"
@@ -101,7 +114,7 @@ async def test_in_process_the_bot_reports_its_backends_and_metrics(make_bot):
     async with make_bot({"metrics": {"enabled": True}}) as bot:
         bot.metrics.counter("botkit_ratelimit_refusals_total", "", ("scope",)).labels(scope="user").inc(3)
         live = await live_state(bot, in_process=True)
-    assert live.unknown is None and live.source == "this process" and live.ready is False or live.ready is True
+    assert live.unknown is None and live.source == "this process" and live.ready is True
     assert [backend.name for backend in live.backends] == ["default"]
     assert live.backends[0].type == "scripted"
     assert live.metrics_on and live.ratelimit_refusals == {"user": 3}
@@ -157,7 +170,9 @@ async def test_a_reviewers_overview_holds_the_activity_only(make_bot):
         seen = await read_overview(bot, NOW, operations=False)
         full = await read_overview(bot, NOW, in_process=True)
     assert seen.database is None and seen.live is None and seen.spool is None
-    assert [bucket.messages for bucket in seen.hours][-1] == 3 and len(seen.hours) == 24 and len(seen.days) == 7
+    assert (
+        [bucket.messages for bucket in seen.hours][-1] == 3 and len(seen.hours) == 24 and len(seen.days) == 7
+    )
     assert full.database is not None and full.live is not None and full.live.source == "this process"
     data = full.as_json()
     assert data["days"][-1] == {
@@ -166,3 +181,77 @@ async def test_a_reviewers_overview_holds_the_activity_only(make_bot):
     }  # fmt: skip
     assert data["ratelimit_refusals_per_day"] is None
     assert datetime.fromisoformat(data["now"]) == NOW.astimezone(UTC)
+
+
+@pytest.fixture
+def seeded_config(tmp_path):
+    """A config.toml on a SQLite database holding the seeded rows (no bot runs: its control socket is free)."""
+    config = tmp_path / "config.toml"
+    data = tmp_path / "data"
+    config.write_text(
+        f'[bot]\ncontrol_socket = "{tmp_path / "bot.sock"}"\n[backend]\ntype = "scripted"\n'
+        f'[storage]\ndata_dir = "{data}"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+async def seed_config_database(config):
+    from botkit.ops import load_bot, load_settings
+
+    bot = load_bot(load_settings(config))
+    await bot.db.connect()
+    try:
+        await bot.migrator.upgrade()
+        await seed_overview(bot.db)
+    finally:
+        await bot.db.close()
+
+
+def section(lines: list[str], title: str) -> list[str]:
+    """The lines under ``title`` up to the next blank line."""
+    start = lines.index(title) + 1
+    end = lines.index("", start) if "" in lines[start:] else len(lines)
+    return lines[start:end]
+
+
+async def test_botkit_overview_prints_the_numbers_as_text_and_json(seeded_config, tmp_path):
+    from click.testing import CliRunner
+
+    from botkit.cli import create_cli
+
+    await seed_config_database(seeded_config)
+    at_option = ["--at", "2026-11-20T15:30"]
+
+    def invoke(*args):
+        return CliRunner().invoke(create_cli(), ["-c", str(seeded_config), "overview", *at_option, *args])
+
+    shown = await asyncio.to_thread(invoke)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0] == "overview at 2026-11-20 15:30 UTC"
+    hours = {line[:16].strip(): line[16:].split() for line in section(lines, "last 24 hours (UTC)")[1:]}
+    assert len(hours) == 24
+    assert hours["11-20 15:00"] == ["3", "2", "2", "1", "33%"]
+    assert hours["11-19 16:00"] == ["2", "0", "0", "0", "-"]
+    days = {line[:16].strip(): line[16:].split() for line in section(lines, "last 7 days (UTC)")[1:]}
+    assert days["2026-11-20"] == ["4", "2", "2", "1", "33%"]
+    assert days["2026-11-18"] == ["0", "0", "0", "1", "100%"]
+    assert "  2026-11-20  3  (block email 2, flag injection 1)" in lines
+    assert f"running bot: {NOT_KNOWN} (none answers on {tmp_path / 'bot.sock'})" in lines
+    assert any(line.startswith("rate-limit refusals: not stored per day") for line in lines)
+    assert "  rows: messages 12, conversations 1, users 1, feedback 6, moderation_events 5" in lines
+
+    printed = await asyncio.to_thread(invoke, "--json")
+    assert printed.exit_code == 0, printed.output
+    data = json.loads(printed.output)
+    assert [hour["messages"] for hour in data["hours"]][-2:] == [1, 3]
+    assert [day["negative"] for day in data["days"]] == [0, 0, 0, 0, 1, 0, 1]
+    assert data["moderation"][-1]["events"] == [
+        {"action": "block", "category": "email", "count": 2},
+        {"action": "flag", "category": "injection", "count": 1},
+    ]
+    assert data["live"]["unknown"].startswith(NOT_KNOWN) and data["database"]["engine"] == "sqlite"
+
+    wrong = CliRunner().invoke(create_cli(), ["-c", str(seeded_config), "overview", "--at", "yesterday"])
+    assert wrong.exit_code == 2 and "give a date and time as YYYY-MM-DDTHH:MM" in wrong.output
