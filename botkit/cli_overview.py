@@ -98,8 +98,7 @@ def refusal_lines(live: LiveState) -> list[str]:
     if not live.metrics_on:
         return [f"{head}; since the bot started: not counted ([metrics] enabled = false)"]
     scopes = ", ".join(f"{scope} {count}" for scope, count in live.ratelimit_refusals.items())
-    total = sum(live.ratelimit_refusals.values())
-    lines = [f"{head}; since the bot started: {total}" + (f" ({scopes})" if scopes else "")]
+    lines = [f"{head}; since the bot started: {live.ratelimit_total}" + (f" ({scopes})" if scopes else "")]
     if live.refused:
         lines.append("  every refusal by reason: " + ", ".join(f"{r} {n}" for r, n in live.refused.items()))
     return lines
@@ -133,10 +132,8 @@ def live_lines(live: LiveState) -> list[str]:
     lines += [f"  adapter {adapter.name}: {adapter.detail}" for adapter in live.adapters] or [
         "  adapters: none"
     ]
-    if live.metrics_on and (live.write_queues or live.spooled):
-        waiting = ", ".join(
-            f"{writer} {live.write_queues.get(writer, 0)} queued, {live.spooled.get(writer, 0)} spooled"
-            for writer in sorted(set(live.write_queues) | set(live.spooled))
-        )
-        lines.append(f"  records waiting for the database: {waiting}")
+    waiting = live.waiting_by_writer()
+    if waiting:
+        each = ", ".join(f"{writer} {queued} queued, {spooled} spooled" for writer, (queued, spooled) in waiting.items())
+        lines.append(f"  records waiting for the database: {each}")
     return lines

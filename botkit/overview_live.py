@@ -64,6 +64,15 @@ class LiveState:
     write_queues: dict[str, int] = field(default_factory=dict)  # records waiting, by writer
     spooled: dict[str, int] = field(default_factory=dict)  # records in the on-disk spool, by writer
 
+    @property
+    def ratelimit_total(self) -> int:
+        return sum(self.ratelimit_refusals.values())
+
+    def waiting_by_writer(self) -> dict[str, tuple[int, int]]:
+        """Each write-behind writer's records (queued in memory, in the on-disk spool), from the metrics."""
+        writers = sorted(set(self.write_queues) | set(self.spooled))
+        return {writer: (self.write_queues.get(writer, 0), self.spooled.get(writer, 0)) for writer in writers}
+
     def as_json(self) -> dict[str, Any]:
         if self.unknown is not None:
             return {"source": self.source, "unknown": self.unknown}
