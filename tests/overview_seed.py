@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from botkit.storage import (
@@ -56,6 +56,17 @@ MODERATION = [
 
 async def seed_overview(db: Any) -> None:
     """Store the rows above (one conversation, one user) directly, with their timestamps."""
+    await seed_rows(db, MESSAGES, FEEDBACK, MODERATION)
+
+
+async def seed_rows(
+    db: Any,
+    messages: list[tuple[datetime, str]],
+    feedback: list[tuple[datetime, str, int | None]],
+    moderation: list[tuple[datetime, str, str]],
+) -> None:
+    """Store ``messages`` (when, role), ``feedback`` (when, kind, score, on the first reply) and ``moderation``
+    events (when, action, category) in one conversation of one user."""
     async with db.session() as session:
         user = UserRecord(platform="console", platform_user_id="dana", display_name="Dana")
         conversation = ConversationRecord(
@@ -68,7 +79,7 @@ async def seed_overview(db: Any) -> None:
                 conversation_id=conversation.id, user_id=user.id if role == "user" else None, role=role,
                 text=f"message {number}", platform="console", channel_id="support", created_at=when,
             )
-            for number, (when, role) in enumerate(MESSAGES)
+            for number, (when, role) in enumerate(messages)
         ]  # fmt: skip
         session.add_all(rows)
         await session.flush()
@@ -77,17 +88,11 @@ async def seed_overview(db: Any) -> None:
             FeedbackRecord(
                 message_id=reply.id, user_id=user.id, kind=kind, value="👍", score=score, created_at=when
             )
-            for when, kind, score in FEEDBACK
+            for when, kind, score in feedback
         )
         session.add_all(
             ModerationEventRecord(
                 user_id=user.id, direction="in", category=category, action=action, created_at=when
             )
-            for when, action, category in MODERATION
+            for when, action, category in moderation
         )
-
-
-def hour_index(when: datetime) -> int:
-    """The bucket of ``when`` among the last 24 hours before NOW."""
-    first = at(19, 16)
-    return int((when - first) / timedelta(hours=1))

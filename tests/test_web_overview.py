@@ -33,9 +33,9 @@ async def test_an_admin_sees_the_charts_with_the_stored_numbers_and_the_state_of
     shown = titles(html)
     assert "11-20 15:00 UTC: 3 messages, 2 replies" in shown
     assert "11-19 16:00 UTC: 2 messages, 0 replies" in shown
-    assert "11-20 15:00 UTC: 2 👍, 1 👎 (👎 rate 33%)" in shown
+    assert "11-20 15:00 UTC: 2 up, 1 down (33% down)" in shown
     assert "Fri 2026-11-20 UTC: 4 messages, 2 replies" in shown
-    assert "Wed 2026-11-18 UTC: 0 👍, 1 👎 (👎 rate 100%)" in shown
+    assert "Wed 2026-11-18 UTC: 0 up, 1 down (100% down)" in shown
     assert "Fri 2026-11-20 UTC: 3 events (block email 2, flag injection 1)" in shown
     assert "Wed 2026-11-18 UTC: 1 events (redact phone 1)" in shown
     assert len([title for title in shown if title.startswith("11-")]) == 48  # 24 hours, two charts

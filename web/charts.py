@@ -1,7 +1,7 @@
 """The overview's bar charts, laid out on the server: each bar's rectangles, tooltips and axis labels, and the same
 numbers as a table, for ``templates/chart.html`` to draw as inline SVG (no script, no inline style: CSP).
 
-A chart is a row of bars, each a stack of segments (👍 under 👎; moderation actions),
+A chart is a row of bars, each a stack of segments (votes up under down; moderation actions),
 coloured by CSS class. ``overview_charts`` makes the home page's charts from an
 ``Overview`` (``botkit.ops.read_overview``): the numbers are those ``botkit overview`` prints.
 """
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-WIDTH = 720  # the SVG's coordinate system; CSS scales it to the page
-HEIGHT = 180
+WIDTH = 600  # the SVG's coordinate system; CSS scales it to the page
+HEIGHT = 170
 LEFT = 44  # room for the y axis' labels
 BOTTOM = 22  # room for the x axis' labels
 TOP = 8
@@ -112,7 +112,9 @@ def _rate(positive: int, negative: int) -> str:
 
 
 def activity_charts(key: str, buckets: Sequence[Any], hourly: bool) -> list[Chart]:
-    """The messages chart and the 👍 / 👎 chart of ``ActivityBucket``s (hours or days)."""
+    """The messages chart and the votes chart (👍 up, 👎 down) of ``ActivityBucket``s (hours or days).
+
+    Votes are words on the page: a browser without an emoji font would draw 👍 and 👎 as boxes."""
     span = "last 24 hours" if hourly else "last 7 days"
     unit = "hour" if hourly else "day"
 
@@ -146,19 +148,19 @@ def activity_charts(key: str, buckets: Sequence[Any], hourly: bool) -> list[Char
     )
     vote_chart = bar_chart(
         f"{key}-votes",
-        f"👍 and 👎 per {unit}, {span} (UTC)",
-        f"{positive} 👍 and {negative} 👎 in the {span} (👎 rate {_rate(positive, negative)}).",
+        f"Votes per {unit}, {span} (UTC)",
+        f"{positive} up and {negative} down in the {span} ({_rate(positive, negative)} down).",
         [
             (
                 label(number, bucket),
-                f"{when(bucket)} UTC: {bucket.positive} 👍, {bucket.negative} 👎 "
-                f"(👎 rate {_rate(bucket.positive, bucket.negative)})",
+                f"{when(bucket)} UTC: {bucket.positive} up, {bucket.negative} down "
+                f"({_rate(bucket.positive, bucket.negative)} down)",
                 [(bucket.positive, "bar-positive"), (bucket.negative, "bar-negative")],
             )
             for number, bucket in enumerate(buckets)
         ],
-        [("bar-positive", "👍"), ("bar-negative", "👎")],
-        ("UTC", "👍", "👎", "👎 rate"),
+        [("bar-positive", "up"), ("bar-negative", "down")],
+        ("UTC", "up", "down", "down rate"),
         [
             (
                 when(bucket),
