@@ -3,8 +3,8 @@ and the database's own state.
 
 ``botkit overview`` prints them and the web console's home page charts them; both call
 ``read_overview`` (``botkit.overview_live`` adds what the running bot says). Every count is
-taken in the database: rows are grouped by a time bucket (``bucket_index``, one expression
-for SQLite and PostgreSQL) within a range of ``created_at``, so that an index on
+taken in the database: rows are grouped by a time bucket (``time_buckets``, for SQLite and
+PostgreSQL) within a range of ``created_at``, so that an index on
 ``created_at`` serves each query and no row is read into Python. Times are UTC; a bucket
 holds ``[start, start + step)``, and the last one holds ``now``.
 
@@ -64,21 +64,38 @@ def days_of_the_week(now: datetime) -> Window:
     return Window(midnight - DAY * (DAYS - 1), DAY, DAYS)
 
 
-def bucket_index(db: Database, column: Any, window: Window) -> ColumnElement[int]:
-    """The number of ``window``'s bucket that holds ``column`` (a timestamp at or after its start), in SQL.
+# SQLite keeps a timestamp as UTC text, "YYYY-MM-DD HH:MM:SS.ffffff": an hour is its first 13
+# characters, a day its first 10. Cutting text costs a third less than parsing it as a date.
+SQLITE_PREFIX = {HOUR: 13, DAY: 10}
 
-    Whole numbers only, spelled out as literals (never bound parameters), so that the
-    expression in GROUP BY is the one in SELECT, as PostgreSQL requires. SQLite keeps
-    timestamps as UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``), read as whole seconds.
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """How the database names the bucket of a timestamp column, and which of the window's buckets a name is."""
+
+    key: ColumnElement[Any]  # SQL: the bucket of the column, to GROUP BY
+    numbers: dict[Any, int] | None  # the key of each bucket -> its number; None: the key is the number
+
+    def number(self, key: Any) -> int | None:
+        return self.numbers.get(key) if self.numbers is not None else int(key)
+
+
+def time_buckets(db: Database, column: Any, window: Window) -> Buckets:
+    """The bucket of ``column`` (a timestamp in ``window``) in SQL, for SQLite and PostgreSQL.
+
+    SQLite: the prefix of the stored text (hours and days). PostgreSQL: the bucket's number,
+    from the epoch, with whole numbers spelled out as literals (never bound parameters), so
+    that the expression in GROUP BY is the one in SELECT, as PostgreSQL requires.
     """
+    if db.is_sqlite:
+        length = SQLITE_PREFIX.get(window.step)
+        if length is None:
+            raise ValueError(f"a window's step is an hour or a day, not {window.step}")
+        keys = {start.strftime("%Y-%m-%d %H:%M:%S")[:length]: n for n, start in enumerate(window.starts())}
+        return Buckets(func.substr(column, 1, length), keys)
     origin = literal_column(str(int(window.start.timestamp())))
     seconds = literal_column(str(int(window.step.total_seconds())))
-    if db.is_sqlite:
-        # Whole seconds cut from the text: strftime would round .9995 s up to the next second.
-        return cast(
-            (cast(func.strftime("%s", func.substr(column, 1, 19)), Integer) - origin) / seconds, Integer
-        )
-    return cast(func.floor((extract("epoch", column) - origin) / seconds), Integer)
+    return Buckets(cast(func.floor((extract("epoch", column) - origin) / seconds), Integer), None)
 
 
 @dataclass(slots=True)
@@ -118,34 +135,35 @@ async def activity(db: Database, window: Window) -> list[ActivityBucket]:
     Reads ``ix_messages_created_at`` (and an index on ``feedback.created_at`` where there is one).
     """
     buckets = [ActivityBucket(start) for start in window.starts()]
-    message_bucket = bucket_index(db, MessageRecord.created_at, window)
-    vote_bucket = bucket_index(db, FeedbackRecord.created_at, window)
+    message_bucket = time_buckets(db, MessageRecord.created_at, window)
+    vote_bucket = time_buckets(db, FeedbackRecord.created_at, window)
     positive = FeedbackRecord.score > 0
-    async with db.snapshot() as session:
+    async with db.session() as session:
         messages = await session.execute(
-            select(message_bucket, MessageRecord.role, func.count())
+            select(message_bucket.key, MessageRecord.role, func.count())
             .where(MessageRecord.created_at >= window.start, MessageRecord.created_at < window.end)
-            .group_by(message_bucket, MessageRecord.role)
+            .group_by(message_bucket.key, MessageRecord.role)
         )
         votes = await session.execute(
-            select(vote_bucket, positive, func.count())
+            select(vote_bucket.key, positive, func.count())
             .where(
                 FeedbackRecord.created_at >= window.start,
                 FeedbackRecord.created_at < window.end,
                 FeedbackRecord.kind == "reaction",
                 FeedbackRecord.score.is_not(None),
             )
-            .group_by(vote_bucket, positive)
+            .group_by(vote_bucket.key, positive)
         )
-        for number, role, count in messages.all():
-            if 0 <= number < window.count:
-                bucket = buckets[number]
+        for key, role, count in messages.all():
+            number = message_bucket.number(key)
+            if number is not None and 0 <= number < window.count:
                 if role == "assistant":
-                    bucket.replies += count
+                    buckets[number].replies += count
                 else:
-                    bucket.messages += count
-        for number, good, count in votes.all():
-            if 0 <= number < window.count:
+                    buckets[number].messages += count
+        for key, good, count in votes.all():
+            number = vote_bucket.number(key)
+            if number is not None and 0 <= number < window.count:
                 if good:
                     buckets[number].positive += count
                 else:
@@ -201,19 +219,20 @@ async def moderation_per_day(db: Database, window: Window) -> list[ModerationBuc
     Reads a range of ``moderation_events.created_at`` (served by an index on it where there is one).
     """
     buckets = [ModerationBucket(start) for start in window.starts()]
-    number = bucket_index(db, ModerationEventRecord.created_at, window)
+    day = time_buckets(db, ModerationEventRecord.created_at, window)
     async with db.session() as session:
         rows = await session.execute(
-            select(number, ModerationEventRecord.action, ModerationEventRecord.category, func.count())
+            select(day.key, ModerationEventRecord.action, ModerationEventRecord.category, func.count())
             .where(
                 ModerationEventRecord.created_at >= window.start,
                 ModerationEventRecord.created_at < window.end,
             )
-            .group_by(number, ModerationEventRecord.action, ModerationEventRecord.category)
+            .group_by(day.key, ModerationEventRecord.action, ModerationEventRecord.category)
         )
-        for index, action, category, count in rows.all():
-            if 0 <= index < window.count:
-                buckets[index].counts[(action, category)] = count
+        for key, action, category, count in rows.all():
+            number = day.number(key)
+            if number is not None and 0 <= number < window.count:
+                buckets[number].counts[(action, category)] = count
     return buckets
 
 

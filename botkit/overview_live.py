@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from botkit.api import BackendStatus
 from botkit.backend_set import status_from_summary
-from botkit.control import CLAIM_TIMEOUT, control_socket_path, request, status_answer
+from botkit.control import control_socket_path, request, status_answer
 from botkit.errors import BotkitError, NoRunningBot
 from botkit.overview import (
     HOURS,
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from botkit.bot import Bot
 
 NOT_KNOWN = "not known: no running bot reachable"
+ASK_TIMEOUT = 2.0  # seconds the running bot has to answer each question: a page must not hang on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +187,12 @@ async def live_state(bot: Bot, in_process: bool) -> LiveState:
         return LiveState("control socket", unknown=f"{NOT_KNOWN} ([bot] control_socket is off)")
     source = f"control socket {path}"
     try:
-        status = await request(path, {"command": "status"}, timeout=CLAIM_TIMEOUT)
+        status = await request(path, {"command": "status"}, timeout=ASK_TIMEOUT)
         if not status["ok"]:
             return LiveState(
                 source, unknown=f"not known: the running bot's status failed: {status.get('error')}"
             )
-        metrics_answer = await request(path, {"command": "metrics"}, timeout=CLAIM_TIMEOUT)
+        metrics_answer = await request(path, {"command": "metrics"}, timeout=ASK_TIMEOUT)
     except NoRunningBot:
         return LiveState(source, unknown=f"{NOT_KNOWN} (none answers on {path})")
     except BotkitError as error:
