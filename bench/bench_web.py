@@ -34,9 +34,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -111,14 +113,27 @@ async def bench_search(folder: Path, messages: int) -> dict[str, tuple[float, fl
     return results
 
 
-async def bench_review(folder: Path, pairs: int) -> dict[str, tuple[float, float]]:
+@asynccontextmanager
+async def logged_in(bot: Any, name: str, role: str) -> AsyncIterator[Any]:
+    """An HTTP client of the console of ``bot`` (through ASGI), logged in as a new account ``name`` of ``role``."""
     import httpx2
 
-    from botkit.ops import load_bot
-    from botkit.settings import settings_from_mapping
     from botkit.web.accounts import add_account
     from botkit.web.app import create_app
     from botkit.web.settings import WebSettings
+
+    await add_account(bot.db, name, role, "bench-password-long")
+    transport = httpx2.ASGITransport(app=create_app(bot, WebSettings()))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://console") as http:
+        form = await http.get("/login")
+        token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        await http.post("/login", data={"csrf": token, "name": name, "password": "bench-password-long"})
+        yield http
+
+
+async def bench_review(folder: Path, pairs: int) -> dict[str, tuple[float, float]]:
+    from botkit.ops import load_bot
+    from botkit.settings import settings_from_mapping
 
     path = await migrated(folder)
     seed(path, pairs * 2)
@@ -126,12 +141,7 @@ async def bench_review(folder: Path, pairs: int) -> dict[str, tuple[float, float
     await bot.db.connect()
     try:
         results = {"list_candidates (50 pending)": percentiles(await timed(lambda: list_candidates(bot.db, "pending", 50)))}
-        await add_account(bot.db, "bench", "reviewer", "bench-password-long")
-        transport = httpx2.ASGITransport(app=create_app(bot, WebSettings()))
-        async with httpx2.AsyncClient(transport=transport, base_url="http://console") as http:
-            form = await http.get("/login")
-            token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-            await http.post("/login", data={"csrf": token, "name": "bench", "password": "bench-password-long"})
+        async with logged_in(bot, "bench", "reviewer") as http:
 
             async def page() -> None:
                 response = await http.get("/review")
@@ -145,8 +155,6 @@ async def bench_review(folder: Path, pairs: int) -> dict[str, tuple[float, float
 
 async def bench_overview(folder: Path, messages: int) -> dict[str, tuple[float, float]]:
     """The overview on the search's database (``folder``, already seeded), as of just after its last message."""
-    import httpx2
-
     from botkit.ops import load_bot, read_overview
     from botkit.overview import (
         activity,
@@ -157,9 +165,6 @@ async def bench_overview(folder: Path, messages: int) -> dict[str, tuple[float, 
     )
     from botkit.settings import settings_from_mapping
     from botkit.web import overview_pages
-    from botkit.web.accounts import add_account
-    from botkit.web.app import create_app
-    from botkit.web.settings import WebSettings
 
     exchanges = messages // 2
     now = SEED_START + timedelta(milliseconds=100 * exchanges + 50, minutes=1)  # bench_export.seed's clock
@@ -183,14 +188,9 @@ async def bench_overview(folder: Path, messages: int) -> dict[str, tuple[float, 
                 await timed(lambda: read_overview(bot, now), repeats)
             ),
         }
-        await add_account(bot.db, "bench-admin", "admin", "bench-password-long")
         # The page's clock set to the seed's: its week then holds every message, as read_overview's above.
         overview_pages.utcnow = lambda: now
-        transport = httpx2.ASGITransport(app=create_app(bot, WebSettings()))
-        async with httpx2.AsyncClient(transport=transport, base_url="http://console") as http:
-            form = await http.get("/login")
-            token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-            await http.post("/login", data={"csrf": token, "name": "bench-admin", "password": "bench-password-long"})
+        async with logged_in(bot, "bench-admin", "admin") as http:
 
             async def page() -> None:
                 response = await http.get("/")
