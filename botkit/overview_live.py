@@ -138,7 +138,10 @@ def live_from_answers(source: str, status: Mapping[str, Any], metrics: str | Non
     )
     if metrics is None:
         return live
-    samples = metric_samples(metrics)
+    try:
+        samples = metric_samples(metrics)
+    except ValueError:  # not the Prometheus text format: say nothing rather than something wrong
+        return live
     return replace(
         live,
         metrics_on=True,

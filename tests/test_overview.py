@@ -124,6 +124,9 @@ async def test_in_process_the_bot_reports_its_backends_and_metrics(make_bot):
 def test_a_status_from_an_older_bot_is_not_known_rather_than_guessed():
     live = live_from_answers("control socket /x", {"ok": True, "pid": 7}, None)
     assert live.unknown is not None and "lacks" in live.unknown
+    ready = {"pid": 7, "backends": {}, "readiness": {"ready": True, "checks": {}}}
+    garbled = live_from_answers("control socket /x", ready, "this is {not metrics")
+    assert garbled.unknown is None and not garbled.metrics_on and garbled.ratelimit_refusals == {}
 
 
 def test_adapters_come_from_the_readiness_checks_and_metrics_add_up_across_platforms():
