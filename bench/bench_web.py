@@ -1,4 +1,5 @@
-"""Web console benchmark: conversation search at up to 1M stored messages, the review queue at 10K candidates.
+"""Web console benchmark: conversation search and the overview at up to 1M stored messages, the review queue at 10K
+candidates.
 
 Run from the repository root::
 
@@ -17,7 +18,13 @@ common word in one channel, a channel, and a user. ``--without-text-index`` migr
 baseline is the text query as that scan, through a plain ``sqlite3`` cursor. The review queue is timed as
 ``list_candidates`` (what ``botkit finetune review list`` and the page call) and as the
 whole page (``GET /review`` through the ASGI app, logged in) on a database of 10K
-candidate pairs. Target (``--check``): every search kind's p99 under 100 ms at the largest size.
+candidate pairs. The overview (``botkit.overview_live.read_overview``, what ``botkit overview`` and
+the home page call) is timed on the search's database with "now" just after its last
+message, so that every one of the 1M messages is in the charts' week (the worst case): its
+activity query, its moderation query, the database's state, the whole overview, and the
+home page (``GET /`` as an admin); the baseline is the activity query's ``GROUP BY`` through
+a plain ``sqlite3`` cursor. Target (``--check``): every search kind's p99 under 100 ms at the
+largest size.
 """
 
 from __future__ import annotations
@@ -30,20 +37,25 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from bench_export import migrated, seed, vocabulary
+from bench_export import migrated, seed, sqlite_time, vocabulary
 
 from botkit.finetune.review import list_candidates
 from botkit.storage import Database, Migrator, StorageSettings
 from botkit.web.conversations import MessageSearch, literal_pattern, search_messages
 
 TARGET_SEARCH_P99_MS = 100.0
+SEED_START = datetime(2026, 1, 1, tzinfo=UTC)  # bench_export.seed's first message
 REPEATS = 30
+OVERVIEW_REPEATS = 5  # each run reads every row of the week: seconds at 1M messages
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -125,14 +137,27 @@ async def bench_search(folder: Path, messages: int, text_index: bool = True) -> 
     return results
 
 
-async def bench_review(folder: Path, pairs: int) -> dict[str, tuple[float, float]]:
+@asynccontextmanager
+async def logged_in(bot: Any, name: str, role: str) -> AsyncIterator[Any]:
+    """An HTTP client of the console of ``bot`` (through ASGI), logged in as a new account ``name`` of ``role``."""
     import httpx2
 
-    from botkit.ops import load_bot
-    from botkit.settings import settings_from_mapping
     from botkit.web.accounts import add_account
     from botkit.web.app import create_app
     from botkit.web.settings import WebSettings
+
+    await add_account(bot.db, name, role, "bench-password-long")
+    transport = httpx2.ASGITransport(app=create_app(bot, WebSettings()))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://console") as http:
+        form = await http.get("/login")
+        token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        await http.post("/login", data={"csrf": token, "name": name, "password": "bench-password-long"})
+        yield http
+
+
+async def bench_review(folder: Path, pairs: int) -> dict[str, tuple[float, float]]:
+    from botkit.ops import load_bot
+    from botkit.settings import settings_from_mapping
 
     path = await migrated(folder)
     seed(path, pairs * 2)
@@ -140,12 +165,7 @@ async def bench_review(folder: Path, pairs: int) -> dict[str, tuple[float, float
     await bot.db.connect()
     try:
         results = {"list_candidates (50 pending)": percentiles(await timed(lambda: list_candidates(bot.db, "pending", 50)))}
-        await add_account(bot.db, "bench", "reviewer", "bench-password-long")
-        transport = httpx2.ASGITransport(app=create_app(bot, WebSettings()))
-        async with httpx2.AsyncClient(transport=transport, base_url="http://console") as http:
-            form = await http.get("/login")
-            token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-            await http.post("/login", data={"csrf": token, "name": "bench", "password": "bench-password-long"})
+        async with logged_in(bot, "bench", "reviewer") as http:
 
             async def page() -> None:
                 response = await http.get("/review")
@@ -155,6 +175,75 @@ async def bench_review(folder: Path, pairs: int) -> dict[str, tuple[float, float
     finally:
         await bot.db.close()
     return results
+
+
+async def bench_overview(folder: Path, messages: int) -> dict[str, tuple[float, float]]:
+    """The overview on the search's database (``folder``, already seeded), as of just after its last message."""
+    from botkit.ops import load_bot, read_overview
+    from botkit.overview import (
+        activity,
+        database_state,
+        days_of_the_week,
+        hours_of_the_week,
+        moderation_per_day,
+    )
+    from botkit.settings import settings_from_mapping
+    from botkit.web import overview_pages
+
+    exchanges = messages // 2
+    now = SEED_START + timedelta(milliseconds=100 * exchanges + 50, minutes=1)  # bench_export.seed's clock
+    config = {"backend": {"type": "scripted"}, "storage": {"data_dir": str(folder)}, "bot": {"control_socket": "off"}}
+    bot = load_bot(settings_from_mapping(config))
+    await bot.db.connect()
+    try:
+        hours, days = hours_of_the_week(now), days_of_the_week(now)
+        counted = sum(bucket.messages + bucket.replies for bucket in await activity(bot.db, hours))
+        assert counted == messages, (counted, messages)
+        repeats = OVERVIEW_REPEATS
+        results = {
+            "activity: messages and votes per hour, one week": percentiles(
+                await timed(lambda: activity(bot.db, hours), repeats)
+            ),
+            "moderation events per day": percentiles(await timed(lambda: moderation_per_day(bot.db, days), repeats)),
+            "database state (revision, size, row counts)": percentiles(
+                await timed(lambda: database_state(bot.db, bot.migrator), repeats)
+            ),
+            "read_overview (all of it; no running bot)": percentiles(
+                await timed(lambda: read_overview(bot, now), repeats)
+            ),
+        }
+        # The page's clock set to the seed's: its week then holds every message, as read_overview's above.
+        overview_pages.utcnow = lambda: now
+        async with logged_in(bot, "bench-admin", "admin") as http:
+
+            async def page() -> None:
+                response = await http.get("/")
+                assert response.status_code == 200 and "Messages per hour" in response.text
+
+            results["GET / (the home page, as an admin)"] = percentiles(await timed(page, repeats))
+    finally:
+        await bot.db.close()
+    results["baseline: raw sqlite3, the activity GROUP BY"] = percentiles(
+        raw_overview(folder / "botkit.db", hours.start, hours.end, repeats)
+    )
+    return results
+
+
+def raw_overview(path: Path, start: datetime, end: datetime, repeats: int) -> list[float]:
+    connection = sqlite3.connect(path)
+    query = (
+        "SELECT substr(created_at, 1, 13) AS hour, role, count(*) "
+        "FROM messages WHERE created_at >= ? AND created_at < ? GROUP BY hour, role"
+    )
+    arguments = (sqlite_time(start), sqlite_time(end))
+    connection.execute(query, arguments).fetchall()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        connection.execute(query, arguments).fetchall()
+        samples.append(time.perf_counter() - started)
+    connection.close()
+    return samples
 
 
 def table(title: str, results: dict[str, tuple[float, float]]) -> None:
@@ -174,9 +263,11 @@ async def main() -> int:
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="botkit-bench-web-") as root:
         search = await bench_search(Path(root) / "search", options.messages, not options.without_text_index)
+        overview = await bench_overview(Path(root) / "search", options.messages)
         review = await bench_review(Path(root) / "review", options.pairs)
     index = "without the text index (LIKE scan)" if options.without_text_index else "with the text index"
     table(f"Conversation search, {options.messages:,} messages, {index} ({REPEATS} runs each)", search)
+    table(f"Overview, {options.messages:,} messages in its week ({OVERVIEW_REPEATS} runs each)", overview)
     table(f"Review queue, {options.pairs:,} candidate pairs ({REPEATS} runs each)", review)
     missed = [
         name for name, (_, p99) in search.items()

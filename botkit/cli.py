@@ -1,4 +1,5 @@
-"""The ``botkit`` command: chat, run, plugins, backends, config check, db, privacy, and what plugins add.
+"""The ``botkit`` command: chat, run, plugins, backends, config check, db (``botkit.cli_db``), overview
+(``botkit.cli_overview``), privacy (``botkit.cli_privacy``), and what plugins add.
 
 ``create_cli()`` builds the click group; the plugins that are on then add their commands
 through ``botkit_register_cli`` (``botkit export`` and ``botkit finetune`` come from the
@@ -21,6 +22,7 @@ from botkit import __version__
 from botkit.bot import Bot
 from botkit.cli_db import db, with_migrator
 from botkit.cli_models import models
+from botkit.cli_overview import overview
 from botkit.cli_plugins import CommandGroup, add_plugin_commands
 from botkit.cli_privacy import privacy
 from botkit.control import ControlServer
@@ -411,7 +413,7 @@ def status(ctx: Context, show_metrics: bool) -> None:
 
 
 CORE_COMMANDS: tuple[click.Command, ...] = (
-    chat, run, status, plugins, config_group, backends, db, models, privacy
+    chat, run, status, overview, plugins, config_group, backends, db, models, privacy
 )
 
 

@@ -9,8 +9,9 @@ without restarting it. One JSON object per line each way:
 - ``{"command": "status"}``: ``{"ok": true, "pid": ..., "config": ..., "backends": {name:
   {"type", "model", "adapter", "adapters", "context_window", "generating", "waiting",
   "concurrency", "queue_limit", "engine"}}, "database": {"url", "key"}, "readiness": {"ready",
-  "checks": {name: {"ok", "detail"}}}, "metrics": url or null}`` (``BackendSlot.summary()``; ``Database.key``, by which
-  ``botkit db upgrade`` knows a bot on its database; ``botkit.health``; keys are only added);
+  "checks": {name: {"ok", "detail"}}}, "metrics": url or null, "uptime_s": seconds}`` (``BackendSlot.summary()``;
+  ``Database.key``, by which ``botkit db upgrade`` knows a bot on its database; ``botkit.health``; keys are
+  only added);
 - ``{"command": "metrics"}``: ``{"ok": true, "metrics": "..."}``, the Prometheus text of
   ``/metrics`` (``botkit status --metrics``), or ``ok: false`` when ``[metrics]`` is off;
 - ``{"command": "probe", "messages": [{"text", "user", "channel"}, ...]}`` (``botkit redteam
@@ -298,14 +299,7 @@ class ControlServer:
         return {"notes": notes}
 
     async def _status(self, _: Mapping[str, Any]) -> Answer:
-        return {
-            "pid": os.getpid(),
-            "config": self.bot.settings.source_name,
-            "backends": {slot.name: slot.summary() for slot in self.bot.backends.values()},
-            "database": {"url": self.bot.db.display_url, "key": self.bot.db.key},
-            "readiness": as_json(await readiness(self.bot, self.adapters)),
-            "metrics": self.bot.metrics.url,
-        }
+        return await status_answer(self.bot, self.adapters)
 
     async def _metrics(self, _: Mapping[str, Any]) -> Answer:
         try:
@@ -339,6 +333,20 @@ class ControlServer:
         if deleted is None:
             raise ControlError(f"{PUT_OFF}: nothing was deleted; try again later")
         return {"deleted": asdict(deleted)}
+
+
+async def status_answer(bot: Bot, adapters: Sequence[str]) -> Answer:
+    """The ``status`` request's answer, less ``ok``, of ``bot`` running ``adapters``. The web console
+    inside the bot (``botkit.overview``) reads it in-process, so both ways report the same."""
+    return {
+        "pid": os.getpid(),
+        "config": bot.settings.source_name,
+        "backends": {slot.name: slot.summary() for slot in bot.backends.values()},
+        "database": {"url": bot.db.display_url, "key": bot.db.key},
+        "readiness": as_json(await readiness(bot, adapters)),
+        "metrics": bot.metrics.url,
+        "uptime_s": bot.status().uptime_s,
+    }
 
 
 async def answer_probe(bot: Bot, request: Mapping[str, Any]) -> Answer:

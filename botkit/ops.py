@@ -24,7 +24,9 @@ are thin wrappers.
 - canary rollouts (``botkit/canary.py``): ``Canaries``, ``CanaryPlan``, ``CanaryResults``, ``ArmResults``,
   ``report_lines``, ``CanaryError``, the arms ``CONTROL`` / ``CANARY``, the outcomes ``PROMOTED`` /
   ``ROLLED_BACK``, and the statistics ``wilson_interval``, ``two_proportion_test``;
-- text: ``pii_scrubber`` (from ``botkit.detectors``, the rules moderation checks chat with).
+- text: ``pii_scrubber`` (from ``botkit.detectors``, the rules moderation checks chat with);
+- the overview (``botkit overview``, the web console's home page): ``read_overview``, ``Overview``,
+  ``human_bytes``, ``human_duration``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ from botkit.detectors import pii_scrubber  # export scrubs with the rules modera
 from botkit.errors import BotkitError, ConfigError, ControlError, LoraError, NoRunningBot
 from botkit.logs import configure_logging
 from botkit.overrides import merged
+from botkit.overview_live import Overview, human_bytes, human_duration, read_overview
 from botkit.plugin_discovery import discover
 from botkit.plugin_host import read_stored_switches, store_switch
 from botkit.registry import ProbeScorer, ProbeSuite
@@ -116,6 +119,7 @@ __all__ = [
     "LlamaCppSettings",
     "LoraError",
     "ModelInfo",
+    "Overview",
     "PROBE_MESSAGES",
     "ProbeScorer",
     "ProbeSuite",
@@ -134,12 +138,15 @@ __all__ = [
     "fail",
     "forget_user_beside",
     "gguf_model_name",
+    "human_bytes",
+    "human_duration",
     "load_bot",
     "load_settings",
     "pii_scrubber",
     "probe_suites",
     "raw_tables",
     "read_gguf_header",
+    "read_overview",
     "request_sync",
     "run_with_database",
     "store_plugin_switch",

@@ -121,7 +121,7 @@ def form_of(request: Request) -> FormData:
     return request.state.form  # type: ignore[no-any-return]
 
 
-# -- login, logout, home, audit ------------------------------------------------
+# -- login, logout, audit (the home page: overview_pages.py) ----------------------
 
 
 def _next_path(value: str | None) -> str:
@@ -178,16 +178,12 @@ def add_login_pages(console: Console) -> None:
         response.delete_cookie(console.session_cookie, path="/", secure=console.settings.https, httponly=True)
         return response
 
-    async def home(request: Request) -> Response:
-        return console.render(request, "home.html")
-
     async def audit_log(request: Request) -> Response:
         return console.render(request, "audit.html", entries=await audit.recent(console.db))
 
     console.routes.append(Route("/login", show, methods=["GET"]))
     console.routes.append(Route("/login", log_in, methods=["POST"]))
     console.page("/logout", log_out, "reviewer", methods=("POST",))
-    console.page("/", home, "reviewer")
     console.page("/audit", audit_log, "admin")
 
 
@@ -235,6 +231,7 @@ def create_app(bot: BotAPI, settings: WebSettings, live: bool = False) -> Starle
     """
     # Imported here: the page modules import Console from this one.
     from .conversation_pages import add_conversation_pages
+    from .overview_pages import add_overview_pages
     from .plugin_pages import add_plugin_pages
     from .privacy_pages import add_privacy_pages
     from .review_pages import add_review_pages
@@ -247,6 +244,7 @@ def create_app(bot: BotAPI, settings: WebSettings, live: bool = False) -> Starle
     add_plugin_pages(console)
     add_runs_pages(console)
     add_privacy_pages(console)
+    add_overview_pages(console)
     console.routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
     app = Starlette(routes=console.routes, middleware=[Middleware(SecurityHeaders, https=settings.https)])
     app.state.console = console

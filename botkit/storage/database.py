@@ -54,6 +54,11 @@ class StorageSettings(BaseModel):
         "(survives power loss); 'normal': survives a crash of the bot, not of the machine",
     )
 
+    @property
+    def spool_dir(self) -> Path:
+        """The folder of the write-behind writers' journals (memory's ``memory.jsonl``)."""
+        return self.data_dir.expanduser() / "spool"
+
 
 def masked(url: URL) -> str:
     return url.render_as_string(hide_password=True)

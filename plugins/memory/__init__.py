@@ -112,7 +112,7 @@ async def botkit_startup(bot):
     settings = settings_of(bot)
     storage = bot.settings.storage
     spool = Spool.claim(
-        storage.data_dir.expanduser() / "spool",
+        storage.spool_dir,
         "memory",
         settings.spool_max_bytes,
         fsync=storage.sqlite_synchronous == "full",  # the journal is as durable as the database
