@@ -111,7 +111,7 @@ class MessageRecord(Base):
         # Context loading reads the newest rows of one conversation: independent of history size.
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
         Index("ix_messages_platform_platform_message_id", "platform", "platform_message_id"),
-        Index("ix_messages_created_at", "created_at"),
+        Index("ix_messages_created_at_role", "created_at", "role"),  # ranges of time; counts by role (overview)
         Index("ix_messages_user_id", "user_id"),
         Index("ix_messages_canary_id", "canary_id"),  # a canary's results, read every check_interval
         # An exchange (a user's message and its reply) is written once, however often it is retried.
