@@ -26,7 +26,8 @@ are thin wrappers.
   ``ROLLED_BACK``, and the statistics ``wilson_interval``, ``two_proportion_test``;
 - text: ``pii_scrubber`` (from ``botkit.detectors``, the rules moderation checks chat with);
 - the overview (``botkit overview``, the web console's home page): ``read_overview``, ``Overview``,
-  ``human_bytes``, ``human_duration``.
+  ``human_bytes``, ``human_duration``;
+- rate limits: ``limits_storage`` (where ``limits`` counts: this process's memory or a shared Redis).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ __all__ = [
     "gguf_model_name",
     "human_bytes",
     "human_duration",
+    "limits_storage",
     "load_bot",
     "load_settings",
     "pii_scrubber",
@@ -345,4 +347,15 @@ def transformers_engine() -> ModuleType:
     from botkit.backends import transformers_engine as engine
 
     return engine
+
+
+def limits_storage(uri: str, password: str | None = None) -> Any:
+    """The ``limits`` (asyncio) storage for ``uri``: ``redis://`` / ``rediss://`` (shared by every process
+    that counts in it; ``password`` from the environment, never the URL), anything else this process's memory.
+    """
+    from limits.storage import storage_from_string
+
+    if uri.startswith("redis"):
+        return storage_from_string(f"async+{uri}", **({"password": password} if password is not None else {}))
+    return storage_from_string("async+memory://")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import Storage
@@ -22,7 +22,6 @@ from limits.aio.strategies import (
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
-from limits.storage import storage_from_string
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from botkit import Message, Metrics, Refuse, StateKey, hookimpl
@@ -137,15 +136,10 @@ class Limiter:
             "Messages refused by a rate limit, by the limit's scope (user, channel, global, tokens).",
             ("scope",),
         )
-        uri = settings.storage
-        options: dict[str, Any] = {}
-        if uri.startswith("redis"):
-            uri = f"async+{uri}"
-            if settings.password is not None:
-                options["password"] = settings.password.get_secret_value()
-        else:
-            uri = "async+memory://"
-        self.storage: Storage = storage_from_string(uri, **options)
+        from botkit.ops import limits_storage  # late: botkit.ops imports the bot, which loads this plugin
+
+        password = settings.password.get_secret_value() if settings.password is not None else None
+        self.storage: Storage = limits_storage(settings.storage, password)
         self.limiter = STRATEGIES[settings.strategy](self.storage)
         self.budget = FixedWindowRateLimiter(self.storage)
         self.per_user = parse(settings.per_user) if settings.per_user else None

@@ -116,6 +116,33 @@ async def test_the_eleventh_wrong_password_in_a_minute_is_refused(bot):
             assert (await log_in(other, "rita")).status_code == 303
 
 
+async def test_consoles_on_one_redis_share_the_login_limit(make_bot, redis_server):
+    # [plugins.ratelimit] storage on Redis: two processes (replicas, or botkit web beside botkit run)
+    # allow 10 failed logins between them, not 10 each.
+    config = {"plugins": {"ratelimit": {"storage": redis_server.url}}}
+    async with make_bot(config) as first, make_bot(config) as second:
+        async with console_of(first) as one, console_of(second) as two:
+            await one.state.console.login_limit.storage.reset()  # nothing left from an earlier run
+            async with client_for(one) as http_one, client_for(two) as http_two:
+                for attempt in range(10):
+                    http = http_one if attempt % 2 else http_two
+                    assert (await log_in(http, "alice", "wrong password!")).status_code == 401, attempt
+                assert (await log_in(http_one, "alice")).status_code == 429
+                assert (await log_in(http_two, "alice")).status_code == 429
+
+
+async def test_a_shared_login_limit_that_fails_still_counts_in_the_process_and_says_so(make_bot, caplog):
+    from servers import free_port
+
+    config = {"plugins": {"ratelimit": {"storage": f"redis://127.0.0.1:{free_port()}/0"}}}
+    async with make_bot(config) as bot, console_of(bot) as app, client_for(app) as http:
+        for attempt in range(10):
+            assert (await log_in(http, "alice", "wrong password!")).status_code == 401, attempt
+        refused = await log_in(http, "alice")
+        assert refused.status_code == 429 and "too many failed logins" in refused.text
+    assert caplog.text.count("the shared login limit's storage failed") == 1
+
+
 async def test_wrong_names_from_one_address_are_limited_too(bot):
     async with console_of(bot) as app, client_for(app, client="10.0.0.7") as http:
         for attempt in range(10):

@@ -10,16 +10,12 @@ session's CSRF token -> 403, before the handler runs. Only ``/login`` and
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from limits import parse
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
 from starlette.middleware import Middleware
@@ -33,6 +29,7 @@ from botkit import BotAPI
 
 from . import audit
 from .accounts import check_password, close_session, login_for, open_session
+from .login_limit import LoginLimit, shared_storage
 from .settings import WebSettings
 
 HERE = Path(__file__).parent
@@ -59,8 +56,7 @@ class Console:
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
         )
-        self.login_limit = parse(settings.login_limit)
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.login_limit = LoginLimit(settings.login_limit, shared_storage(bot))
         self.routes: list[BaseRoute] = []
 
     # -- pages ------------------------------------------------------------
@@ -154,14 +150,13 @@ def add_login_pages(console: Console) -> None:
         client = request.client.host if request.client else "unknown"
         keys = (("name", name.lower()), ("client", client))
         for key in keys:
-            if not await console.limiter.test(console.login_limit, "web-login", *key):
-                reset, _ = await console.limiter.get_window_stats(console.login_limit, "web-login", *key)
-                wait = max(1, int(reset - time.time()))
+            wait = await console.login_limit.wait_s(key)
+            if wait is not None:
                 return await login_form(request, 429, f"too many failed logins: try again in {wait} s")
         account_id = await check_password(console.db, name, password)
         if account_id is None:
             for key in keys:
-                await console.limiter.hit(console.login_limit, "web-login", *key)
+                await console.login_limit.failed(key)
             await audit.record(console.db, name or "-", "login.failed", client)
             return await login_form(request, 401, "wrong name or password")
         token = await open_session(console.db, account_id, console.settings.session_hours)

@@ -29,7 +29,9 @@ class WebSettings(BaseModel):
     keyfile: Path | None = Field(None, description="TLS private key (PEM) of certfile")
     session_hours: int = Field(12, ge=1, le=24 * 30, description="how long a login lasts")
     login_limit: str = Field(
-        "10/minute", description="failed logins allowed per account name and per client address"
+        "10/minute",
+        description="failed logins allowed per account name and per client address "
+        "(counted in [plugins.ratelimit] storage when that is Redis, else per process)",
     )
 
     @field_validator("listen")
