@@ -68,6 +68,7 @@ ANSWER_LIMIT = 1024 * 1024  # bytes in one answer line (a status with many adapt
 CLAIM_TIMEOUT = 5.0  # seconds a bot found at the path has to answer before it counts as alive
 PROBE_MESSAGES = 20  # messages one probe request may send
 ENDINGS = {"promote": PROMOTED, "rollback": ROLLED_BACK}  # the canary actions that end one, and their outcome
+READS = {"status", "metrics"}  # commands that change nothing: logged at DEBUG, not INFO
 
 
 def unix_sockets_available() -> bool:
@@ -282,7 +283,8 @@ class ControlServer:
     ) -> Answer:
         if self._closing:
             return refusal("the bot is stopping")
-        log.info("%s: %s requested", via, command)
+        # Reads come every few seconds from a console or a scraper: only actions are worth a line at INFO.
+        log.log(logging.DEBUG if command in READS else logging.INFO, "%s: %s requested", via, command)
         try:
             return {"ok": True, **await handler(request)}
         except BotkitError as error:

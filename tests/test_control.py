@@ -175,13 +175,23 @@ async def test_bad_requests_get_an_error_and_the_server_keeps_answering(config):
 
 
 async def test_a_client_that_goes_away_mid_request_does_not_stop_the_server(config, caplog):
-    caplog.set_level(logging.INFO, logger="botkit.control")
+    caplog.set_level(logging.DEBUG, logger="botkit.control")  # a status request is a DEBUG line
     async with running(config) as (_, control):
         _, writer = await asyncio.open_unix_connection(str(control.path))
         writer.write(b'{"command": "status"}\n')
         writer.close()
         await eventually(lambda: "control socket: status requested" in caplog.text, what="the request is read")
         assert (await request(control.path, {"command": "status"}))["ok"] is True
+
+
+async def test_reads_are_not_logged_at_info_but_actions_are(config, caplog):
+    # A console or a scraper asks for status and metrics every few seconds: no INFO line each time.
+    caplog.set_level(logging.INFO, logger="botkit.control")
+    async with running(config) as (_, control):
+        assert (await request(control.path, {"command": "status"}))["ok"] is True
+        assert (await request(control.path, {"command": "reload"}))["ok"] is True
+    requested = [record.getMessage() for record in caplog.records if "requested" in record.getMessage()]
+    assert requested == ["control socket: reload requested"]
 
 
 async def test_requests_are_answered_one_at_a_time(config):
