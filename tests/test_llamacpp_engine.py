@@ -136,6 +136,23 @@ async def test_a_long_prompt_is_evaluated_in_pieces_between_the_steps_of_a_runni
     await until_idle(twenty)
 
 
+@pytest.mark.model
+async def test_a_reader_behind_the_engine_gets_what_queued_as_one_chunk_and_loses_nothing(one):
+    # A busy event loop reads a stream late: the tokens that queued meanwhile come as one chunk,
+    # so the pipeline's work per chunk is not paid once per token.
+    prompt = ask("Name three colours and say why you like them.")
+    promptly = [chunk async for chunk in one.stream(prompt, params(one), threading.Event())]
+    assert len(promptly) > 2
+    stream = one.stream(prompt, params(one), threading.Event())
+    first = await anext(stream)
+    await until_idle(one)  # the rest of the reply, and its end, are queued now
+    late = [chunk async for chunk in stream]
+    assert len(late) == 1
+    assert first.text + late[0].text == "".join(chunk.text for chunk in promptly)
+    assert first.tokens + late[0].tokens == sum(chunk.tokens for chunk in promptly)
+    assert late[0].truncated == promptly[-1].truncated
+
+
 # -- faults stay with their sequence -----------------------------------------------
 
 

