@@ -13,8 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from export_helpers import PII_OFF, read_records, settle, talk
@@ -47,17 +49,16 @@ def seed_config(data: Path) -> dict:
     return {"storage": {"data_dir": str(data)}, "plugins": {"moderation": {"input_actions": PII_OFF, "output_actions": PII_OFF}}}
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Site:
-    root = tmp_path_factory.mktemp("web-site")
+def served_site(tmp_path_factory, name: str, fill: Callable[[Any], Awaitable[None]]) -> Iterator[Site]:
+    """`botkit web` (a process) on a fresh SQLite database that ``fill(bot)`` seeds, with the test accounts."""
+    root = tmp_path_factory.mktemp(name)
     data = root / "data"
     config = root / "config.toml"
     config.write_text(f'[backend]\ntype = "scripted"\n[storage]\ndata_dir = "{data}"\n', encoding="utf-8")
 
     async def seed() -> None:
         async with bot_factory(tmp_path_factory)(seed_config(data)) as bot:
-            for question, answer in PAIRS.items():
-                await talk(bot, question, answer, user="dana", channel="support")
+            await fill(bot)
             await settle(bot)
             await add_test_accounts(bot)
 
@@ -70,6 +71,15 @@ def site(tmp_path_factory) -> Site:
     finally:
         server.terminate()
         server.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Iterator[Site]:
+    async def fill(bot) -> None:
+        for question, answer in PAIRS.items():
+            await talk(bot, question, answer, user="dana", channel="support")
+
+    yield from served_site(tmp_path_factory, "web-site", fill)
 
 
 @pytest.fixture(scope="module")

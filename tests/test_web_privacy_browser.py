@@ -7,19 +7,15 @@ Screenshots go where that module puts its own ($WEB_SCREENSHOTS renews docs/imag
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sqlite3
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from export_helpers import settle, talk
 from sqlalchemy import update
-from test_web_browser import Site, browser, log_in, seed_config, shoot, wait_for  # noqa: F401  (browser: a fixture)
-from web_helpers import add_test_accounts, serve_on_a_free_port
+from test_web_browser import Site, browser, log_in, served_site, shoot, wait_for  # noqa: F401  (browser: a fixture)
 
 from botkit.storage import UserRecord
-from botkit.testing import bot_factory
 
 DANAS = {
     "My account number is 4471, can you reset it?": "I cannot reset accounts.",
@@ -28,35 +24,21 @@ DANAS = {
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Site:
+def site(tmp_path_factory) -> Iterator[Site]:
     """`botkit web` on a database where dana ("Dana Scully") and erin talked in #support."""
-    root = tmp_path_factory.mktemp("web-privacy")
-    data = root / "data"
-    config = root / "config.toml"
-    config.write_text(f'[backend]\ntype = "scripted"\n[storage]\ndata_dir = "{data}"\n', encoding="utf-8")
 
-    async def seed() -> None:
-        async with bot_factory(tmp_path_factory)(seed_config(data)) as bot:
-            for question, answer in DANAS.items():
-                await talk(bot, question, answer, user="dana", channel="support")
-            await talk(bot, "erin asks about the weather", "Sunny.", user="erin", channel="support")
-            await bot.chat.say("/optout", user="dana")
-            await settle(bot)
-            async with bot.db.session() as session:
-                await session.execute(
-                    update(UserRecord).where(UserRecord.platform_user_id == "dana").values(display_name="Dana Scully")
-                )
-            await add_test_accounts(bot)
+    async def fill(bot) -> None:
+        for question, answer in DANAS.items():
+            await talk(bot, question, answer, user="dana", channel="support")
+        await talk(bot, "erin asks about the weather", "Sunny.", user="erin", channel="support")
+        await bot.chat.say("/optout", user="dana")
+        await settle(bot)
+        async with bot.db.session() as session:
+            await session.execute(
+                update(UserRecord).where(UserRecord.platform_user_id == "dana").values(display_name="Dana Scully")
+            )
 
-    asyncio.run(seed())
-    shots = Path(os.environ.get("WEB_SCREENSHOTS") or root / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
-    server, url = serve_on_a_free_port(config)
-    try:
-        yield Site(url, config, data, shots)
-    finally:
-        server.terminate()
-        server.communicate(timeout=30)
+    yield from served_site(tmp_path_factory, "web-privacy", fill)
 
 
 def stored_texts(site: Site) -> list[str]:
