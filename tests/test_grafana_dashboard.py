@@ -171,12 +171,14 @@ def test_the_dashboard_imports_anywhere():
 async def exported(make_bot) -> dict[str, set[str]]:
     """Every family and sample name a bot's /metrics serves, with the labels seen on it.
 
-    The bot answers, refuses (too long, rate limit, moderation), runs a command, fails once
-    and writes to its database, and its backend reports an engine, so that every
+    The bot answers (during a canary), refuses (too long, rate limit, moderation), runs a command,
+    fails once and writes to its database, and its backend reports an engine, so that every
     labelled series the dashboard reads has samples.
     """
     config = {
         **ON,
+        # Two adapters the backend can apply per request: a canary runs, and its replies carry their arm.
+        "backend": {"type": "scripted", "loras": {"v1": "adapters/v1.gguf", "v2": "adapters/v2.gguf"}},
         "plugins": {
             "ratelimit": {"per_user": "4/minute"},
             "moderation": {"blocklist": ["forbidden"]},
@@ -196,6 +198,7 @@ async def exported(make_bot) -> dict[str, set[str]]:
             evaluated_tokens=0,
         )
         bot.backend.load = lambda: engine  # the scripted backend reports no engine of its own
+        await bot.start_canary("default", "v2", 50)
         bot.backend.say("write to me at someone@example.com")
         await bot.chat.say("my address is alice@example.com")
         bot.backend.add_reply(RuntimeError("the model broke"))
