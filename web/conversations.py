@@ -95,6 +95,8 @@ async def search_messages(db: Database, search: MessageSearch) -> list[FoundMess
         .where(MessageRecord.deleted_at.is_(None))
         .limit(search.limit)
     )
+    if search.text and "\x00" in search.text and not db.is_sqlite:
+        return []  # PostgreSQL's text holds no NUL character (and refuses a query with one): nothing matches
     if search.platform:
         query = query.where(MessageRecord.platform == search.platform)
     if search.channel:
