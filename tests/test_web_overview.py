@@ -6,7 +6,7 @@ import re
 
 import pytest
 from overview_seed import NOW, seed_overview
-from web_helpers import client_for, console_of, log_in
+from web_helpers import add_test_accounts, client_for, console_of, log_in
 
 from botkit.web.app import create_app
 from botkit.web.settings import WebSettings
@@ -70,8 +70,7 @@ async def test_a_reviewer_sees_the_activity_only(bot):
 
 
 async def test_inside_the_bot_the_page_shows_its_backends_and_adapters(bot):
-    async with console_of(bot):  # the accounts
-        pass
+    await add_test_accounts(bot)
     app = create_app(bot, WebSettings(), live=True)
     async with client_for(app) as http:
         await log_in(http, "alice")
