@@ -7,7 +7,6 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +18,10 @@ from botkit.detectors import has_tags, strip_hidden_tags
 from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, Ticket
 from botkit.hookcall import call_all, run_chain
+from botkit.lanes import ConversationLanes
 from botkit.logs import message_context
 from botkit.overrides import Choice, merged
+from botkit.reply_updates import Streamed, StreamedUpdates
 from botkit.sampling import with_values
 from botkit.types import (
     NO_LORA,
@@ -39,7 +40,7 @@ from botkit.types import (
 
 if TYPE_CHECKING:
     from botkit.api import BotAPI
-    from botkit.cluster import ClusterLocks, Lease
+    from botkit.cluster import ClusterLocks
     from botkit.metrics import MessageMetrics
     from botkit.registry import Registry
     from botkit.settings import Settings
@@ -75,58 +76,6 @@ def without_hidden_text(message: Message) -> Message:
         text=strip_hidden_tags(message.text),
         thread_context=tuple(replace(turn, text=strip_hidden_tags(turn.text)) for turn in turns),
     )
-
-
-class ConversationLanes:
-    """One FIFO lock per conversation: its messages are handled in arrival order.
-
-    With ``locks`` active (several replicas: ``botkit.cluster``), the holder of a
-    lane also takes the conversation's cross-replica lock, so one process waits
-    for it once per conversation at a time; ``before_release(key)`` runs before
-    that lock goes to the next replica.
-    """
-
-    def __init__(
-        self,
-        locks: ClusterLocks | None = None,
-        before_release: Callable[[str], Awaitable[None]] | None = None,
-    ) -> None:
-        self._lanes: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-        self._locks = locks
-        self._before_release = before_release
-        self._leases: dict[str, Lease] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._lanes.setdefault(key, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                lease = await self._locks.acquire(key) if self._locks is not None else None
-                if lease is None:
-                    yield
-                    return
-                self._leases[key] = lease
-                try:
-                    yield
-                finally:
-                    try:
-                        if self._before_release is not None:
-                            await self._before_release(key)
-                    finally:
-                        del self._leases[key]
-                        await lease.release()
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._lanes[key]
-
-    def lease(self, key: str) -> Lease | None:
-        """The cross-replica lock this process holds for ``key`` now, if any."""
-        return self._leases.get(key)
-
-    def __len__(self) -> int:
-        return len(self._lanes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,64 +131,6 @@ class ModelRequest:
             canary_id=self.canary_id,
             arm=self.arm,
         )
-
-
-@dataclass(slots=True)
-class Streamed:
-    """What the backend's stream gave one request: its raw text and how the stream ended."""
-
-    raw: str = ""
-    status: ReplyStatus = ReplyStatus.COMPLETED
-    refusal: Refuse | None = None  # the output filter's, when one stopped the stream
-    completion_tokens: int = 0
-    prompt_tokens: int | None = None  # the backend's own count, when its stream gave one
-    first_token_s: float | None = None
-    truncated: bool = False  # the backend's finish reason: cut at the length limit
-
-
-class StreamedUpdates:
-    """Hands a growing reply to ``responder.update`` without ever making the model wait for it.
-
-    An update may wait on a platform (a rate limit, a slow edit); the model's
-    stream must not, or the model slot is held for as long as the platform
-    takes. ``offer`` keeps only the newest text and a task delivers it, one
-    ``update`` at a time; texts offered meanwhile are merged into the next one.
-    A responder whose ``update`` returns at once still gets every text.
-    """
-
-    def __init__(self, responder: Responder) -> None:
-        self._responder = responder
-        self._newest: str | None = None
-        self._delivery: asyncio.Task[None] | None = None
-
-    async def offer(self, text: str) -> None:
-        """Take the whole reply so far; it reaches the responder as soon as its last update is done."""
-        self._newest = text
-        if self._delivery is None or self._delivery.done():
-            self._delivery = asyncio.create_task(self._deliver(), name="botkit-reply-updates")
-        # One turn of the event loop: an update that does not wait is made before the next chunk.
-        await asyncio.sleep(0)
-
-    async def settle(self) -> None:
-        """Wait for the update in progress, if any; texts not yet delivered are dropped
-        (``finish`` delivers the final text, and must come after every update)."""
-        self._newest = None
-        if self._delivery is not None:
-            await asyncio.wait({self._delivery})
-
-    def abandon(self) -> None:
-        """Stop delivering: the message is no longer being answered (shutdown)."""
-        self._newest = None
-        if self._delivery is not None:
-            self._delivery.cancel()
-
-    async def _deliver(self) -> None:
-        while self._newest is not None:
-            text, self._newest = self._newest, None
-            try:
-                await self._responder.update(text)
-            except Exception:
-                log.exception("a streamed update of the reply failed; the final text is still delivered")
 
 
 class Pipeline:
