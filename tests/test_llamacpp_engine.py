@@ -79,6 +79,27 @@ async def test_greedy_replies_are_the_same_alone_and_in_a_batch_of_twenty(twenty
 
 
 @pytest.mark.model
+async def test_greedy_picks_the_tokens_llama_cpps_penalty_and_greedy_samplers_pick(twenty, monkeypatch):
+    """The engine reads a greedy reply's logits itself; llama.cpp's sampler chain must agree."""
+    prompts = [ask(f"Write a list of things made of {topic}.") for topic in ("glass", "paper", "copper")]
+    fast = [await reply(twenty, prompt, repeat_penalty=1.3, max_tokens=40) for prompt in prompts]
+    plain = [await reply(twenty, prompt, repeat_penalty=1.0, max_tokens=40) for prompt in prompts]
+    assert fast != plain  # the penalty changed something, so the comparison below covers it
+    llama_cpp = llamacpp_engine.llama_cpp
+
+    def llama_cpps_chain(engine, job):
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        window, penalty = llamacpp_engine.PENALTY_WINDOW, job.sampling.repeat_penalty
+        penalties = llama_cpp.llama_sampler_init_penalties(engine.model.n_vocab, window, penalty, 0.0, 0.0)
+        llama_cpp.llama_sampler_chain_add(chain, penalties)
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+
+    monkeypatch.setattr(llamacpp_engine.Engine, "_sampler", llama_cpps_chain)
+    assert [await reply(twenty, prompt, repeat_penalty=1.3, max_tokens=40) for prompt in prompts] == fast
+
+
+@pytest.mark.model
 async def test_all_twenty_sequences_generate_at_once(twenty):
     streams = [twenty.stream(ask(STORY), params(twenty, max_tokens=400), threading.Event()) for _ in TOPICS]
     firsts = await asyncio.gather(*(anext(stream) for stream in streams))
@@ -157,15 +178,17 @@ async def test_a_reader_behind_the_engine_gets_what_queued_as_one_chunk_and_lose
 
 
 @pytest.mark.model
-async def test_a_sampling_failure_ends_that_reply_and_no_other(twenty, monkeypatch):
+@pytest.mark.parametrize("sampling", [{"temperature": 0.8}, {}], ids=["sampler-chain", "greedy"])
+async def test_a_sampling_failure_ends_that_reply_and_no_other(twenty, monkeypatch, sampling):
     alone = await reply(twenty, ask("Tell me one fact about rain."))
     doomed: set[int] = set()
     make_sampler = llamacpp_engine.Engine._sampler
+    greedy = llamacpp_engine.Engine._greedy
     sample = llamacpp_engine.llama_cpp.llama_sampler_sample
 
     def marking(engine, job):
         chain = make_sampler(engine, job)
-        if job.sampling.max_tokens == 23:  # the request this test dooms
+        if chain is not None and job.sampling.max_tokens == 23:  # the request this test dooms
             doomed.add(ctypes.cast(chain, ctypes.c_void_p).value)
         return chain
 
@@ -174,11 +197,17 @@ async def test_a_sampling_failure_ends_that_reply_and_no_other(twenty, monkeypat
             raise RuntimeError("bad sampler value")
         return sample(chain, ctx, index)
 
+    def failing_greedy(engine, lane, job):
+        if job.sampling.max_tokens == 23:
+            raise RuntimeError("bad logits")
+        return greedy(engine, lane, job)
+
     monkeypatch.setattr(llamacpp_engine.Engine, "_sampler", marking)
     monkeypatch.setattr(llamacpp_engine.llama_cpp, "llama_sampler_sample", failing)
+    monkeypatch.setattr(llamacpp_engine.Engine, "_greedy", failing_greedy)
     healthy = asyncio.ensure_future(reply(twenty, ask("Tell me one fact about rain.")))
     with pytest.raises(EngineError, match="sampling failed"):
-        await reply(twenty, ask("Tell me one fact about salt."), max_tokens=23)
+        await reply(twenty, ask("Tell me one fact about salt."), max_tokens=23, **sampling)
     assert await asyncio.wait_for(healthy, WAIT_TIMEOUT) == alone
     monkeypatch.undo()
     assert await reply(twenty, ask("Tell me one fact about rain.")) == alone  # and the engine works after
