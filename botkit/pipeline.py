@@ -143,6 +143,8 @@ class Pipeline:
     hook relay, and ``bot`` is what hooks and command handlers receive as ``bot=``.
     """
 
+    clock: Callable[[], float] = staticmethod(time.monotonic)  # when a streamed reply is next looked at
+
     def __init__(
         self,
         *,
@@ -508,6 +510,9 @@ class Pipeline:
         filters, bot = self._hook.botkit_filter_reply, self._bot
         streamed = Streamed()
         shown = ""
+        # The filters read the whole reply so far, and the model streams a token at a time: looking at
+        # every chunk would cost the engine's threads a share of the CPU for updates no platform shows.
+        interval, next_look = self._settings().bot.stream_interval, 0.0
         stream: AsyncIterator[Chunk] | None = None
         try:
             async with asyncio.timeout(slot.settings.timeout):
@@ -520,6 +525,11 @@ class Pipeline:
                     streamed.completion_tokens += chunk.tokens
                     if chunk.prompt_tokens is not None:
                         streamed.prompt_tokens = chunk.prompt_tokens
+                    if interval:
+                        now = self.clock()
+                        if now < next_look:
+                            continue
+                        next_look = now + interval
                     filtered = await run_chain(
                         filters, "text", streamed.raw, str, message=message, final=False, bot=bot
                     )

@@ -51,6 +51,14 @@ class BotSettings(BaseModel):
         description="administrators as 'platform:user_id'",
     )
     command_prefix: str = Field("/", min_length=1, max_length=3)
+    stream_interval: float = Field(
+        0.1,
+        ge=0,
+        le=10,
+        allow_inf_nan=False,
+        description="seconds between two looks at a streamed reply (reply filters, then the adapter): "
+        "the first text at once, text streamed in between with the next look or the final text; 0 for every chunk",
+    )
     control_socket: str = Field(
         "auto",
         min_length=1,

@@ -45,7 +45,8 @@ and awaits the backend's events::
 ``backend.add_reply("partial ", gate, "rest")`` holds a reply after its first
 chunk, and ``first, second = backend.say_in_parts("One ", "two ", "three")``
 after each part, so that a test sees each part delivered (a streaming edit, a
-filter on a partial reply) before it opens the next. ``await
+filter on a partial reply) before it opens the next. (``make_bot`` sets ``[bot]
+stream_interval = 0``: every chunk is looked at, however fast the chunks come.) ``await
 backend.wait_for_generation(n)`` and ``await backend.wait_for_chunks(n)`` wait
 for the ``n``-th generation to begin and for ``n`` chunks to be sent. For an
 effect that completes in the background (a write-behind store, a task an
@@ -244,7 +245,9 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 DEFAULT_TEST_CONFIG: dict[str, Any] = {
-    "bot": {"admins": [f"{PLATFORM}:admin"]},
+    # Every streamed chunk goes through the reply filters to the responder, however fast they
+    # come, so that a test sees each part (a running bot looks every [bot] stream_interval).
+    "bot": {"admins": [f"{PLATFORM}:admin"], "stream_interval": 0},
     "backend": {"type": "scripted"},
 }
 

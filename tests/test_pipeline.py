@@ -167,6 +167,36 @@ async def test_filters_rewrite_streamed_and_final_text(make_bot):
     assert reply.final == "ONE TWO."
 
 
+async def test_a_streamed_reply_is_looked_at_every_stream_interval_not_every_chunk(make_bot):
+    looked: list[str] = []
+
+    class Watch:
+        @hookimpl
+        def botkit_filter_reply(self, text, final):
+            if not final:
+                looked.append(text)
+
+    async with make_bot({"bot": {"stream_interval": 0.5}}, plugins={"watch": Watch()}) as bot:
+        now = 100.0
+        bot.pipeline.clock = lambda: now
+        first, second, third = bot.backend.say_in_parts("One ", "two ", "three ", "four")
+        task, reply = bot.chat.say_nowait("count")
+        await first.reached()
+        assert reply.updates == ["One "]  # the first text at once
+        now = 100.4
+        first.open()
+        await second.reached()
+        assert reply.updates == ["One "]  # "two " came within the interval: it waits for the next look
+        now = 100.6
+        second.open()
+        await third.reached()
+        assert reply.updates == ["One ", "One two three "]
+        third.open()
+        await task
+    assert looked == reply.updates
+    assert reply.final == "One two three four"  # what no look saw is in the final text
+
+
 async def test_filter_refusal_stops_generation(make_bot):
     class Stopper:
         @hookimpl
