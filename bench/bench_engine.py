@@ -180,6 +180,7 @@ class Talk:
     arrived: float = 0.0
     updates: list[float] = field(default_factory=list)
     text: str = ""
+    finished: float = 0.0  # when the final text came (updates come every [bot] stream_interval)
     status: ReplyStatus | None = None
     notices: list[str] = field(default_factory=list)
 
@@ -201,7 +202,7 @@ class TimingResponder(Responder):
         self.talk.updates.append(clock())
 
     async def finish(self, text: str, status: ReplyStatus) -> None:
-        self.talk.text, self.talk.status = text, status
+        self.talk.text, self.talk.status, self.talk.finished = text, status, clock()
 
 
 class RecordReplies:
@@ -334,7 +335,9 @@ async def part_single(run: Run) -> None:
             reply = recorder.replies[talk.channel]
             prompt = reply.prompt_tokens
             evaluated = after.evaluated_tokens - before.evaluated_tokens if after and before else prompt
-            decode = (reply.completion_tokens - 1) / (talk.updates[-1] - talk.updates[0])
+            # From the first text to the final one, which comes after the last token and the reply's
+            # final filters (the updates between come every [bot] stream_interval, not every token).
+            decode = (reply.completion_tokens - 1) / (talk.finished - talk.updates[0])
             # llama-bench right after each run, so that the machine's load of the moment hits both.
             rates = run.llama_bench(prompt, SINGLE_TOKENS)
             tg, pp = rates[f"tg{SINGLE_TOKENS}"], rates[f"pp{prompt}"]

@@ -206,6 +206,15 @@ def _run(command: list[str], log, log_path: Path, step: str, niced: bool = True)
 # -- running them ---------------------------------------------------------------
 
 
+def _without_extra_buffers() -> bool:
+    """Whether botkit loads the model without llama.cpp's extra buffer types on this machine (AMX:
+    ``llamacpp_model.repacking_is_safe``); the tools must then do the same, or they measure other
+    kernels (and in 0.3.36 ``llama-bench`` crashes on such a machine)."""
+    from botkit.backends.llamacpp_model import repacking_is_safe
+
+    return not repacking_is_safe()
+
+
 def llama_bench(
     tools: LlamaTools,
     model: Path,
@@ -218,7 +227,7 @@ def llama_bench(
     prompts = ",".join(str(n) for n in sorted(set(prompt_lengths))) or "0"
     command = [
         str(tools.bench), "-m", str(model), "-t", str(threads), "-p", prompts, "-n", str(generate),
-        "-r", str(repetitions), "-o", "json",
+        "-r", str(repetitions), "-o", "json", *(["--repack", "0"] if _without_extra_buffers() else []),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -238,7 +247,7 @@ def batched_bench(
     command = [
         str(tools.batched_bench), "-m", str(model), "-t", str(threads), "-c", str(context),
         "-npp", str(prompt), "-ntg", str(generate), "-npl", ",".join(map(str, sequences)),
-        "--output-format", "jsonl",
+        "--output-format", "jsonl", *(["--no-repack"] if _without_extra_buffers() else []),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -270,6 +279,7 @@ class LlamaServer:
         self.command = [
             str(tools.server), "-m", str(model), "-t", str(threads), "-np", str(parallel),
             "-c", str(parallel * n_ctx), "--cont-batching", "--host", "127.0.0.1",
+            *(["--no-repack"] if _without_extra_buffers() else []),
         ]  # fmt: skip
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
