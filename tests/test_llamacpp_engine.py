@@ -283,6 +283,50 @@ async def test_a_conversation_set_aside_and_restored_answers_as_if_never_moved(o
 
 
 @pytest.fixture(scope="module")
+def two() -> Iterator[LlamaCppBackend]:
+    """Two sequences, with room to save the caches of the conversations they set aside."""
+    yield from started(parallel=2, n_ctx=1024, max_tokens=24)
+
+
+async def evaluated_for(backend: LlamaCppBackend, prompt: Prompt) -> int:
+    """The prompt tokens the engine evaluated to answer ``prompt`` (the rest came from caches)."""
+    before = backend.load()
+    await reply(backend, prompt)
+    return backend.load().evaluated_tokens - before.evaluated_tokens
+
+
+async def two_turns(backend: LlamaCppBackend, first: str, second: str) -> list[str]:
+    """A conversation of two exchanges, its cache (about 100 tokens) in a sequence: its texts."""
+    answer = await reply(backend, conversation(first))
+    return [first, answer, second, await reply(backend, conversation(first, answer, second))]
+
+
+@pytest.mark.model
+async def test_a_new_conversation_takes_the_beginning_it_shares_with_another_from_that_ones_cache(two):
+    question = "Describe the moon in two sentences for a child who cannot sleep."
+    alice = await two_turns(two, question, "What is it made of?")
+    # Bob asks Alice's first question in another channel: a new conversation. Alice's sequence
+    # stays hers; Bob's gets a copy of the prompt they share, and only its last token is evaluated.
+    assert await evaluated_for(two, conversation(question)) == 1
+    # Alice's next turn still finds her whole cache in her sequence: her new message is evaluated.
+    alice_next = conversation(*alice, "And the sun?")
+    assert await evaluated_for(two, alice_next) < 20 < await two.count_tokens(conversation(*alice[:3]))
+
+
+@pytest.mark.model
+async def test_a_new_conversation_takes_a_shared_beginning_from_a_saved_cache_and_leaves_it_saved(one):
+    question = "Describe a river in two sentences for a child who cannot sleep."
+    alice = await two_turns(one, question, "Where does it go?")
+    await reply(one, conversation("Name a planet."))  # takes the only sequence: Alice's cache is saved
+    assert await evaluated_for(one, conversation(question)) == 1  # Bob: the shared prompt from her saved cache
+    before = one.load()
+    await reply(one, conversation(*alice, "And the sea?"))
+    after = one.load()
+    # Her cache was still saved, and came back whole.
+    assert after.reused_tokens - before.reused_tokens >= await one.count_tokens(conversation(*alice[:3]))
+
+
+@pytest.fixture(scope="module")
 def tiny_cache() -> Iterator[LlamaCppBackend]:
     """One sequence, and room for only 10 KB of saved caches: less than any conversation needs."""
     yield from started(parallel=1, n_ctx=1024, max_tokens=8, kv_cache_mb=0.01)

@@ -41,6 +41,7 @@ log = logging.getLogger("botkit.backends.llamacpp")
 MAX_CONTEXTS = 2  # the base model and one adapter side by side (a canary), each with `parallel` sequences
 PENALTY_WINDOW = 64  # tokens the repeat penalty looks back over, as llama.cpp's tools do
 MIN_P = 0.05  # tokens less likely than this share of the likeliest are never sampled (llama.cpp's default)
+COPY_GAIN = 4  # prompt tokens another sequence's cache must spare evaluating to be copied (a copy costs ~1)
 
 
 class EngineError(RuntimeError):
@@ -161,6 +162,7 @@ class Engine:
         self.config = config
         self.saved = SavedCaches(config.kv_cache_bytes)
         self.reused_tokens = 0
+        self.copied_tokens = 0  # of reused_tokens: copied from another conversation's sequence
         self.evaluated_tokens = 0
         self.generated_tokens = 0
         self._lanes: dict[Hashable, Lane] = {}
@@ -306,7 +308,16 @@ class Engine:
             return victim
         if continues(best.cached, best_shared):
             return best
-        self._save(lane, victim, keep=common_prefix(victim.cached, tokens))
+        # A new conversation, or one whose cache is gone: the least recently used sequence. When
+        # another conversation begins as this prompt does (the same question in another channel, a
+        # thread's shared start), its cache is copied rather than that beginning evaluated again;
+        # the other conversation keeps its own, in its sequence or in host memory.
+        victim_shared = common_prefix(victim.cached, tokens)
+        self._save(lane, victim, keep=victim_shared)
+        if saved is not None and saved_shared >= max(best_shared, victim_shared) + COPY_GAIN:
+            self._restore(lane, victim, saved, keep=saved_shared)
+        elif best is not victim and best_shared >= victim_shared + COPY_GAIN:
+            self._copy(lane, best, victim, best_shared)
         return victim
 
     def _save(self, lane: Lane, slot: Slot, keep: int = 0) -> None:
@@ -322,11 +333,31 @@ class Engine:
         if written:
             self.saved.add(SavedCache(lane.key, tuple(slot.cached), data, written))
 
-    def _restore(self, lane: Lane, slot: Slot, saved: SavedCache) -> None:
-        self.saved.take(saved)
+    def _copy(self, lane: Lane, source: Slot, target: Slot, shared: int) -> None:
+        """Give ``target`` the first ``shared`` tokens of ``source``'s cache (llama.cpp copies a sequence
+        between cache streams only whole, so through its state bytes)."""
+        size = llama_cpp.llama_state_seq_get_size(lane.ctx, source.seq)
+        data = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(lane.ctx, data, size, source.seq)
+        lane.forget(target)
+        if written and llama_cpp.llama_state_seq_set_data(lane.ctx, data, written, target.seq):
+            target.cached = list(source.cached)
+            lane.forget(target, shared)
+            self.copied_tokens += shared
+        else:
+            lane.forget(target)
+
+    def _restore(self, lane: Lane, slot: Slot, saved: SavedCache, keep: int | None = None) -> None:
+        """Copy a saved cache into ``slot``: all of it, handing it back (its conversation returns),
+        or its first ``keep`` tokens, keeping it saved (another conversation begins the same way)."""
+        if keep is None:
+            self.saved.take(saved)
         lane.forget(slot)
         if llama_cpp.llama_state_seq_set_data(lane.ctx, saved.data, saved.size, slot.seq):
             slot.cached = list(saved.tokens)
+            if keep is not None:
+                lane.forget(slot, keep)
+                self.copied_tokens += keep
         else:
             log.warning("llama.cpp could not restore a saved conversation cache; evaluating it again")
             lane.forget(slot)

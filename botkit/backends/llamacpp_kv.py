@@ -6,7 +6,9 @@ follows the longest common prefix needs evaluating. When every sequence is taken
 the least recently used idle one is given up: its cache is copied to host memory
 (``SavedCaches``, within ``[backend] kv_cache_mb``) and copied back when its
 conversation returns. Only caches that memory cannot hold are dropped, to be
-evaluated again from the text.
+evaluated again from the text. A new conversation whose prompt begins as another's
+cache does gets a copy of that beginning (``Engine._copy``, ``Engine._restore`` with
+``keep``) and leaves the other's cache where it is.
 """
 
 from __future__ import annotations
