@@ -147,10 +147,11 @@ def again(adapter_dir) -> dict[str, str]:
 async def first_active(llama, adapter_dir) -> LlamaCppBackend:
     """The module's backend with lora_path active again, whatever the last test switched to.
 
-    It last answered with no adapter, so a test's first answer with one is evaluated from
-    scratch. (llama.cpp rounds a prompt evaluated in one batch slightly differently from one
-    whose last token is evaluated alone, and a random adapter's greedy answer may turn on
-    such a difference: exact comparisons are between prompts evaluated alike.)
+    Whether its adapter's context still holds the prompt's cache depends on the contexts the
+    tests before used (at most two live at once). llama.cpp rounds a prompt evaluated in one
+    batch slightly differently from one whose last token is evaluated alone, and a random
+    adapter's greedy answer may turn on such a difference: an adapter's answer is checked
+    against both (``answers_of``).
     """
     await llama.switch_lora(str(adapter_dir / "first.gguf"))
     await answer(llama, lora=NO_LORA)
@@ -162,45 +163,58 @@ async def answer(backend: LlamaCppBackend, **params: object) -> str:
     return "".join([chunk.text async for chunk in backend.stream(QUESTION, sampling, threading.Event())])
 
 
+@pytest.fixture
+def answers_of(fresh, again):
+    """An adapter's answer as evaluated from scratch or from its reused cache (see ``again``): a
+    backend that switched lanes back and forth may hold the prompt's cache or not."""
+    sets = {name: {fresh[name], again[name]} for name in fresh}
+    for name, answers in sets.items():  # the check below tells adapters apart only if their answers do
+        assert not any(answers & other for key, other in sets.items() if key != name), sets
+    return sets.__getitem__
+
+
 # -- applying and switching ------------------------------------------------------
 
 
 @pytest.mark.model
-async def test_lora_path_is_active_from_the_start_and_changes_the_answer(first_active, adapter_dir, fresh):
+async def test_lora_path_is_active_from_the_start_and_changes_the_answer(
+    first_active, adapter_dir, fresh, answers_of
+):
     assert first_active.active_lora == str(adapter_dir / "first.gguf")
     assert first_active.loras == {
         "second": str(adapter_dir / "second.gguf"),
         "third": str(adapter_dir / "third.gguf"),
     }
-    assert await answer(first_active) == fresh["first"] != fresh[NO_LORA]
+    got = await answer(first_active)
+    assert got in answers_of("first") and got != fresh[NO_LORA]
 
 
 @pytest.mark.model
-async def test_switching_to_no_adapter_gives_exactly_the_base_answer(first_active, fresh):
+async def test_switching_to_no_adapter_gives_exactly_the_base_answer(first_active, fresh, answers_of):
     note = await first_active.switch_lora(None)
     assert "base model" in note and first_active.active_lora is None
     assert await answer(first_active) == fresh[NO_LORA]
     await first_active.switch_lora(str(first_active.settings.lora_path))
-    assert await answer(first_active) == fresh["first"]
+    assert await answer(first_active) in answers_of("first")
     await first_active.switch_lora(NO_LORA)
     assert first_active.active_lora is None
     assert await answer(first_active) == fresh[NO_LORA]
 
 
 @pytest.mark.model
-async def test_switching_to_a_named_adapter(first_active, fresh):
-    assert await answer(first_active) == fresh["first"]
+async def test_switching_to_a_named_adapter(first_active, fresh, answers_of):
+    assert await answer(first_active) in answers_of("first")
     note = await first_active.switch_lora("second")
     assert note == "backend now answers with LoRA adapter second"
     assert first_active.active_lora == "second"
-    assert await answer(first_active) == fresh["second"]
+    assert await answer(first_active) in answers_of("second")
 
 
 @pytest.mark.model
-async def test_each_request_may_name_its_adapter(first_active, fresh):
-    assert await answer(first_active, lora="third") == fresh["third"]
+async def test_each_request_may_name_its_adapter(first_active, fresh, answers_of):
+    assert await answer(first_active, lora="third") in answers_of("third")
     assert await answer(first_active, lora=NO_LORA) == fresh[NO_LORA]
-    assert await answer(first_active, lora=None) == fresh["first"]  # None: the active adapter
+    assert await answer(first_active, lora=None) in answers_of("first")  # None: the active adapter
     assert first_active.active_lora == str(first_active.settings.lora_path)  # requests switch nothing
 
 
