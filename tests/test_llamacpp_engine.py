@@ -158,9 +158,10 @@ async def test_a_long_prompt_is_evaluated_in_pieces_between_the_steps_of_a_runni
 
 
 @pytest.mark.model
-async def test_a_reader_behind_the_engine_gets_what_queued_as_one_chunk_and_loses_nothing(one):
+async def test_a_reader_behind_the_engine_gets_what_queued_as_one_chunk_and_loses_nothing(one, monkeypatch):
     # A busy event loop reads a stream late: the tokens that queued meanwhile come as one chunk,
     # so the pipeline's work per chunk is not paid once per token.
+    monkeypatch.setattr(llamacpp_engine, "POST_INTERVAL_S", 0)  # the engine hands over every token
     prompt = ask("Name three colours and say why you like them.")
     promptly = [chunk async for chunk in one.stream(prompt, params(one), threading.Event())]
     assert len(promptly) > 2
@@ -197,10 +198,10 @@ async def test_a_sampling_failure_ends_that_reply_and_no_other(twenty, monkeypat
             raise RuntimeError("bad sampler value")
         return sample(chain, ctx, index)
 
-    def failing_greedy(engine, lane, job):
+    def failing_greedy(engine, job, found):
         if job.sampling.max_tokens == 23:
             raise RuntimeError("bad logits")
-        return greedy(engine, lane, job)
+        return greedy(engine, job, found)
 
     monkeypatch.setattr(llamacpp_engine.Engine, "_sampler", marking)
     monkeypatch.setattr(llamacpp_engine.llama_cpp, "llama_sampler_sample", failing)

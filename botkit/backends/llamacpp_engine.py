@@ -41,6 +41,10 @@ log = logging.getLogger("botkit.backends.llamacpp")
 MAX_CONTEXTS = 2  # the base model and one adapter side by side (a canary), each with `parallel` sequences
 PENALTY_WINDOW = 64  # tokens the repeat penalty looks back over, as llama.cpp's tools do
 MIN_P = 0.05  # tokens less likely than this share of the likeliest are never sampled (llama.cpp's default)
+# A reply's text goes to its reader at most this often (its first text at once, its end at once):
+# each handover wakes the event loop, whose thread takes CPU time from llama.cpp's on a small
+# machine, and nobody reads a token's worth of text (the pipeline looks every [bot] stream_interval).
+POST_INTERVAL_S = 0.05
 COPY_GAIN = 4  # prompt tokens another sequence's cache must spare evaluating to be copied (a copy costs ~1)
 
 
@@ -85,7 +89,9 @@ class Job:
     evaluated: int = 0  # prompt tokens in the sequence's cache
     next_token: int = -1  # sampled, not yet evaluated
     generated: int = 0
+    unsent_text: str = ""  # generated, shown by no chunk yet (POST_INTERVAL_S)
     unsent_tokens: int = 0
+    posted_at: float = 0.0  # time.monotonic() of the last chunk posted; 0 before the first
     sampler: Any = None  # its llama.cpp sampler chain; None when greedy (``Engine._greedy``)
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=PENALTY_WINDOW))  # for greedy's penalty
     text: ReplyText | None = None
@@ -385,26 +391,51 @@ class Engine:
         add(chain, llama_cpp.llama_sampler_init_dist(params.seed))
         return chain
 
-    def _greedy(self, lane: Lane, job: Job) -> int:
+    def _likeliest(self, lane: Lane, jobs: list[Job]) -> dict[Job, tuple[Any, int]]:
+        """Each greedy job's logits in this step and its likeliest token, found for all in one go.
+
+        ``llama_sampler_sample`` copies every logit into a candidates array (49,152 for SmolLM2)
+        for each sequence; after a decode the CPU's caches are cold, and a few numpy calls per
+        sequence cost more than one over the step's whole logits matrix. A job whose logits
+        llama.cpp cannot give is left out (``_greedy`` ends it).
+        """
+        base = llama_cpp.llama_get_logits(lane.ctx) if jobs else None
+        if not base:
+            return {}
+        start, row_bytes = ctypes.cast(base, ctypes.c_void_p).value or 0, 4 * self.model.n_vocab
+        rows: dict[Job, int] = {}
+        for job in jobs:
+            pointer = llama_cpp.llama_get_logits_ith(lane.ctx, job.output)
+            if pointer:
+                rows[job] = ((ctypes.cast(pointer, ctypes.c_void_p).value or 0) - start) // row_bytes
+        if not rows:
+            return {}
+        matrix = np.ctypeslib.as_array(base, shape=(max(rows.values()) + 1, self.model.n_vocab))
+        best = matrix.argmax(axis=1)
+        return {job: (matrix[row], int(best[row])) for job, row in rows.items()}
+
+    def _greedy(self, job: Job, found: tuple[Any, int] | None) -> int:
         """The likeliest next token, as llama.cpp's penalties and greedy samplers would choose it.
 
-        ``llama_sampler_sample`` copies every logit into a candidates array first (49,152 of
-        them for SmolLM2), which costs as much as a tenth of a small model's decode step; this
-        reads the logits where they are. Same arithmetic in single precision: a repeated token's
-        logit is divided by the penalty (multiplied when not positive), and the first of equal
-        logits wins, so the reply is the one the sampler chain gives.
+        ``found``: the job's logits and their likeliest token (``_likeliest``). The penalty is
+        applied only when that token is a repeat (a penalty above 1 only lowers logits). Same
+        arithmetic in single precision: a repeated token's logit is divided by the penalty
+        (multiplied when not positive), and the first of equal logits wins, so the reply is the
+        one the sampler chain gives.
         """
-        pointer = llama_cpp.llama_get_logits_ith(lane.ctx, job.output)
-        if not pointer:
+        if found is None:
             raise EngineError("llama.cpp gave no logits for the sequence")
-        logits = np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
+        logits, best = found
         penalty = job.sampling.repeat_penalty
-        if job.recent and penalty > 0 and penalty != 1.0:
-            repeated = np.fromiter(set(job.recent), dtype=np.intp, count=-1)
-            logits = logits.copy()
-            values = logits[repeated]
-            scale = np.float32(penalty)
-            logits[repeated] = np.where(values <= 0, values * scale, values / scale)
+        if penalty == 1.0 or penalty <= 0 or not job.recent:
+            return best
+        if penalty > 1.0 and best not in job.recent:
+            return best  # the likeliest is no repeat, and a penalty above 1 lowers only repeats
+        repeated = np.fromiter(set(job.recent), dtype=np.intp, count=-1)
+        logits = logits.copy()
+        values = logits[repeated]
+        scale = np.float32(penalty)
+        logits[repeated] = np.where(values <= 0, values * scale, values / scale)
         return int(logits.argmax())
 
     def _step(self) -> None:
@@ -436,27 +467,35 @@ class Engine:
         if llama_cpp.llama_decode(lane.ctx, batch) != 0:
             self._decode_apart(lane, planned)
             return
-        for job, tokens in planned:
-            self._after_decode(lane, job, tokens)
+        self._after_decode(lane, planned)
 
-    def _after_decode(self, lane: Lane, job: Job, tokens: list[int]) -> None:
-        """Record what a sequence evaluated; sample its next token when its logits are out."""
-        assert job.slot is not None
-        job.slot.cached.extend(tokens)
-        if job.prefilling:
-            job.evaluated += len(tokens)
-            self.evaluated_tokens += len(tokens)
+    def _after_decode(self, lane: Lane, planned: list[tuple[Job, list[int]]]) -> None:
+        """Record what each sequence evaluated; sample the next token of those whose logits are out."""
+        sampling: list[Job] = []
+        for job, tokens in planned:
+            assert job.slot is not None
+            job.slot.cached.extend(tokens)
             if job.prefilling:
-                return
+                job.evaluated += len(tokens)
+                self.evaluated_tokens += len(tokens)
+                if job.prefilling:
+                    continue
+            sampling.append(job)
         try:
-            if job.sampler is None:
-                token = self._greedy(lane, job)
-            else:
-                token = llama_cpp.llama_sampler_sample(job.sampler, lane.ctx, job.output)
-            self._take_token(job, token)
-        except Exception as error:
-            log.exception("sampling failed for one sequence; ending its reply")
-            self._finish(job, EngineError(f"sampling failed: {error}"))
+            likeliest = self._likeliest(lane, [job for job in sampling if job.sampler is None])
+        except Exception:
+            log.exception("reading this step's logits failed; sampling each sequence on its own")
+            likeliest = {}
+        for job in sampling:
+            try:
+                if job.sampler is None:
+                    token = self._greedy(job, likeliest.get(job))
+                else:
+                    token = llama_cpp.llama_sampler_sample(job.sampler, lane.ctx, job.output)
+                self._take_token(job, token)
+            except Exception as error:
+                log.exception("sampling failed for one sequence; ending its reply")
+                self._finish(job, EngineError(f"sampling failed: {error}"))
 
     def _add(self, lane: Lane, job: Job, tokens: list[int]) -> None:
         assert job.slot is not None
@@ -482,7 +521,7 @@ class Engine:
             self._add(lane, job, tokens)
             status = llama_cpp.llama_decode(lane.ctx, lane.batch)
             if status == 0:
-                self._after_decode(lane, job, tokens)
+                self._after_decode(lane, [(job, tokens)])
                 continue
             log.error("llama.cpp could not evaluate one sequence (llama_decode returned %d)", status)
             slot = job.slot
@@ -503,8 +542,11 @@ class Engine:
         job.unsent_tokens += 1
         text = job.text.feed(self.model.piece(token))
         if text:
-            job.post(Chunk(text, job.unsent_tokens))
-            job.unsent_tokens = 0
+            job.unsent_text += text
+            now = time.monotonic()
+            if now - job.posted_at >= POST_INTERVAL_S:
+                job.post(Chunk(job.unsent_text, job.unsent_tokens))
+                job.unsent_text, job.unsent_tokens, job.posted_at = "", 0, now
         if job.text.stopped:
             self._finish(job, None)
         elif job.generated >= job.sampling.max_tokens or len(job.slot.cached) + 1 >= self.n_ctx_seq:
@@ -515,10 +557,11 @@ class Engine:
     def _finish(
         self, job: Job, error: Exception | None, *, flush: bool = False, truncated: bool = False
     ) -> None:
-        if flush and job.text is not None:
-            rest = job.text.finish()
-            if rest or job.unsent_tokens or truncated:
-                job.post(Chunk(rest, job.unsent_tokens, truncated=truncated))
+        if job.text is not None:
+            text = job.unsent_text + (job.text.finish() if flush else "")
+            if text or (flush and (job.unsent_tokens or truncated)):
+                job.post(Chunk(text, job.unsent_tokens, truncated=truncated))
+            job.unsent_text, job.unsent_tokens = "", 0
         job.post(error)
         if job.sampler is not None:
             llama_cpp.llama_sampler_free(job.sampler)
