@@ -216,12 +216,26 @@ class JsonLineFormatter(logging.Formatter):
     def __init__(self, guard: TextGuard) -> None:
         super().__init__()
         self.guard = guard
+        self._encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+        # The last second formatted and its text (lines come many a second), set as one tuple:
+        # another thread formatting at the same time reads a pair that belongs together.
+        self._last_second: tuple[int, str] | None = None
+
+    def _time(self, created: float) -> str:
+        """``created`` as datetime.fromtimestamp(...).isoformat(timespec="milliseconds") writes it, in UTC."""
+        second = int(created)
+        micro = round((created - second) * 1e6)  # rounded to the microsecond first, as datetime does
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        last = self._last_second
+        if last is None or last[0] != second:
+            text = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds").removesuffix("+00:00")
+            last = self._last_second = (second, text)
+        return f"{last[1]}.{micro // 1000:03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "event": self.guard.message(record),
@@ -236,7 +250,7 @@ class JsonLineFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return self._encode(entry)
 
 
 class StderrHandler(logging.Handler):

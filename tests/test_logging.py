@@ -269,3 +269,21 @@ def test_lines_below_warning_are_written_by_the_writer_thread_and_a_warning_at_o
     log.info("third")
     log.warning("fourth")
     assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["second", "third", "fourth"]
+
+
+@pytest.mark.parametrize(
+    "created",
+    [0.0, 1.9994999, 1.9995, 1.9999996, 1733520000.0005, 1733520000.9999996, 1733529599.999, 4102444800.5],
+)
+def test_json_time_is_utc_iso_8601_to_the_millisecond_as_datetime_writes_it(created):
+    # The formatter reuses the text of the second it last wrote; rounding must still agree.
+    from datetime import UTC, datetime
+
+    from botkit.logs import JsonLineFormatter
+
+    formatter = JsonLineFormatter(TextGuard(False))
+    record = logging.LogRecord("botkit.test", logging.INFO, __file__, 1, "event", None, None)
+    for moment in (created - 1.0, created):  # the second before is cached first
+        record.created = moment
+        expected = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert json.loads(formatter.format(record))["time"] == expected
