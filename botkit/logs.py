@@ -119,6 +119,25 @@ def message_context(message: Message, conversation: str) -> dict[str, Any]:
     }
 
 
+def log_event(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+    """``logger.log(level, msg, *args, extra=fields)`` for a line written once per message.
+
+    The same record, built for less: the caller's file and line are read from its own
+    frame, not found by walking the stack, and ``fields`` (context names of
+    ``CONTEXT_FIELDS``, which no record attribute has) are set without the checks
+    ``extra`` gets. It goes through the record factory and the logger's handlers as usual.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    caller = sys._getframe(1)
+    code = caller.f_code
+    record = logging.getLogRecordFactory()(
+        logger.name, level, code.co_filename, caller.f_lineno, msg, args, None, code.co_name
+    )
+    record.__dict__.update(fields)
+    logger.handle(record)
+
+
 def _covers(name: str, logger: str) -> bool:
     return name == logger or name.startswith(logger + ".")
 
@@ -357,5 +376,6 @@ __all__ = [
     "TextGuard",
     "TextLineFormatter",
     "configure_logging",
+    "log_event",
     "message_context",
 ]

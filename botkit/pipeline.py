@@ -19,7 +19,7 @@ from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, Ticket
 from botkit.hookcall import call_all, run_chain
 from botkit.lanes import ConversationLanes
-from botkit.logs import message_context
+from botkit.logs import log_event, message_context
 from botkit.overrides import Choice, merged
 from botkit.reply_updates import Streamed, StreamedUpdates
 from botkit.sampling import with_values
@@ -479,15 +479,12 @@ class Pipeline:
         await call_all(self._hook.botkit_reply_ready, message=message, reply=reply, bot=bot)
         delivered = await responder.finish(text, status)
         reply.platform_message_ids = tuple(delivered or ())
-        log.info(
+        log_event(
+            log,
+            logging.INFO,
             "answered %s: %s in %.2f s, %d prompt + %d reply tokens, backend %r",
-            message.message_id,
-            status.value,
-            latency_s,
-            reply.prompt_tokens,
-            reply.completion_tokens,
-            slot.name,
-            extra={
+            (message.message_id, status.value, latency_s, reply.prompt_tokens, reply.completion_tokens, slot.name),
+            {
                 **self._context(message),
                 "backend": slot.name,
                 "status": status.value,

@@ -287,3 +287,32 @@ def test_json_time_is_utc_iso_8601_to_the_millisecond_as_datetime_writes_it(crea
         record.created = moment
         expected = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         assert json.loads(formatter.format(record))["time"] == expected
+
+
+def test_log_event_makes_the_record_logger_log_would():
+    from botkit.logs import log_event
+
+    logger = logging.getLogger("botkit.test.log_event")
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)
+    try:
+        fields = {"platform": "console", "message_id": "m1", "latency_s": 0.25}
+        logger.info("answered %s in %.2f s", "m1", 0.25, extra=fields)
+        log_event(logger, logging.INFO, "answered %s in %.2f s", ("m1", 0.25), fields)
+        log_event(logger, logging.DEBUG, "not written at INFO", (), fields)
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(logging.NOTSET)
+    stdlib, ours = records
+    assert len(records) == 2
+    for attribute in ("name", "levelno", "pathname", "funcName", "module", *fields):
+        assert getattr(ours, attribute) == getattr(stdlib, attribute), attribute
+    assert ours.getMessage() == stdlib.getMessage() == "answered m1 in 0.25 s"
+    assert ours.lineno == stdlib.lineno + 1
