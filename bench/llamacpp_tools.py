@@ -4,9 +4,15 @@ The benchmarks compare botkit with ``llama-bench``, ``llama-server`` and
 ``llama-batched-bench``. Those must run the same llama.cpp as botkit does, so
 they are built from ``vendor/llama.cpp`` in the sdist of the installed
 llama-cpp-python version (fetched with ``pip download``), CPU only, Release,
-into a cache folder that later runs reuse::
+against shared libraries, into a cache folder that later runs reuse::
 
-    ~/.cache/botkit-bench/llama.cpp-VERSION/bin/   (or $XDG_CACHE_HOME, or --tools-dir)
+    ~/.cache/botkit-bench/llama.cpp-VERSION-shared/bin/   (or $XDG_CACHE_HOME, or --tools-dir)
+
+Only the programs are kept: they run with ``LD_LIBRARY_PATH`` naming the folder of
+llama-cpp-python's own ``libllama.so`` and ``libggml*.so`` (``tool_env``), so both
+sides run the very same compiled llama.cpp. (Tools linked statically ran about 8%
+faster than the same library loaded by Python on this project's 2-core VM:
+position-independent code, and whatever flags pip's build chose.)
 
 Nothing here runs at test time: only a benchmark that needs the tools calls
 ``ensure_tools``. Run this file alone to build them ahead of a benchmark::
@@ -37,10 +43,10 @@ TOOLS = ("llama-bench", "llama-server", "llama-batched-bench")
 BUILD_JOBS = 2
 # CPU only, like botkit's llama-cpp-python here; no web UI, no downloads during the
 # build (the server's UI would otherwise come from a Hugging Face bucket), no HTTPS,
-# static so that the binaries do not depend on the build folder that is removed.
+# shared, as llama-cpp-python builds it, so that the programs load its libraries (``tool_env``).
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DBUILD_SHARED_LIBS=OFF",
+    "-DBUILD_SHARED_LIBS=ON",
     "-DGGML_CUDA=OFF",
     "-DGGML_VULKAN=OFF",
     "-DGGML_METAL=OFF",
@@ -85,7 +91,26 @@ def llama_cpp_version() -> str:
 
 def default_folder(version: str) -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "botkit-bench" / f"llama.cpp-{version}"
+    return cache / "botkit-bench" / f"llama.cpp-{version}-shared"
+
+
+def llama_cpp_libraries() -> Path:
+    """The folder of the installed llama-cpp-python's libllama.so and libggml*.so."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise ToolBuildError("llama-cpp-python is not installed here: run scripts/setup")
+    return Path(next(iter(spec.submodule_search_locations))) / "lib"
+
+
+def tool_env(tools: LlamaTools) -> dict[str, str]:
+    """The environment the tools run in: llama.cpp's libraries from llama-cpp-python, theirs beside them."""
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        [str(llama_cpp_libraries()), str(tools.folder / "bin"), *filter(None, [os.environ.get("LD_LIBRARY_PATH")])]
+    )
+    return env
 
 
 def ensure_tools(folder: Path | None = None, say=print) -> LlamaTools:
@@ -134,6 +159,12 @@ def _build(tools: LlamaTools, say) -> None:
         if not built.is_file():
             raise ToolBuildError(f"the build finished without {built}; see {log_path}")
         shutil.copy2(built, bin_folder / name)
+    # The tools' own libraries (llama-bench's implementation, the server's), not llama.cpp's:
+    # those come from llama-cpp-python at run time (tool_env).
+    provided = {path.name.split(".so")[0] for path in llama_cpp_libraries().glob("lib*.so*")}
+    for library in (build / "bin").glob("lib*.so*"):
+        if library.name.split(".so")[0] not in provided:
+            shutil.copy2(library, bin_folder / library.name, follow_symlinks=True)
     shutil.rmtree(work)
     say(f"  built in {time.monotonic() - started:.0f} s: {bin_folder} (log: {log_path})")
 
@@ -222,14 +253,16 @@ def llama_bench(
     prompt_lengths: Sequence[int],
     generate: int,
     repetitions: int,
+    depth: int = 0,
 ) -> dict[str, float]:
-    """Tokens/s from ``llama-bench``: ``pp<N>`` for each prompt length (from an empty cache), ``tg<generate>``."""
+    """Tokens/s from ``llama-bench``: ``pp<N>`` for each prompt length, ``tg<generate>``, each after
+    ``depth`` tokens already in the cache (0: from an empty cache)."""
     prompts = ",".join(str(n) for n in sorted(set(prompt_lengths))) or "0"
     command = [
         str(tools.bench), "-m", str(model), "-t", str(threads), "-p", prompts, "-n", str(generate),
-        "-r", str(repetitions), "-o", "json", *(["--repack", "0"] if _without_extra_buffers() else []),
+        "-d", str(depth), "-r", str(repetitions), "-o", "json", *(["--repack", "0"] if _without_extra_buffers() else []),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=tool_env(tools))
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
     rates = {}
@@ -249,7 +282,7 @@ def batched_bench(
         "-npp", str(prompt), "-ntg", str(generate), "-npl", ",".join(map(str, sequences)),
         "--output-format", "jsonl", *(["--no-repack"] if _without_extra_buffers() else []),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=tool_env(tools))
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
     rates = {}
@@ -282,6 +315,7 @@ class LlamaServer:
             *(["--no-repack"] if _without_extra_buffers() else []),
         ]  # fmt: skip
         self.log = log
+        self.tools = tools
         self.process: subprocess.Popen[bytes] | None = None
         self.base_url = ""
 
@@ -291,7 +325,9 @@ class LlamaServer:
             port = probe.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([*self.command, "--port", str(port)], stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                [*self.command, "--port", str(port)], stdout=log, stderr=log, env=tool_env(self.tools)
+            )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
