@@ -319,7 +319,9 @@ async def test_a_new_conversation_takes_a_shared_beginning_from_a_saved_cache_an
     question = "Describe a river in two sentences for a child who cannot sleep."
     alice = await two_turns(one, question, "Where does it go?")
     await reply(one, conversation("Name a planet."))  # takes the only sequence: Alice's cache is saved
-    assert await evaluated_for(one, conversation(question)) == 1  # Bob: the shared prompt from her saved cache
+    assert (
+        await evaluated_for(one, conversation(question)) == 1
+    )  # Bob: the shared prompt from her saved cache
     before = one.load()
     await reply(one, conversation(*alice, "And the sea?"))
     after = one.load()
@@ -378,3 +380,29 @@ def test_a_llama_cpp_built_with_amx_loads_weights_without_extra_buffer_types():
 def test_n_batch_must_leave_room_for_prompts():
     with pytest.raises(ValueError, match=r"n_batch \(8\) must be larger than parallel \(8\)"):
         LlamaCppSettings(parallel=8, n_batch=8)
+
+
+@pytest.mark.model
+async def test_flash_attention_follows_the_setting(monkeypatch):
+    made: list[int] = []
+    init = llamacpp_engine.llama_cpp.llama_init_from_model
+
+    def recording(model, context_params):
+        made.append(context_params.flash_attn_type)
+        return init(model, context_params)
+
+    monkeypatch.setattr(llamacpp_engine.llama_cpp, "llama_init_from_model", recording)
+    for flash_attn, expected in (
+        (True, llamacpp_engine.llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO),
+        (False, llamacpp_engine.llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED),
+    ):
+        made.clear()
+        backend = LlamaCppBackend(
+            LlamaCppSettings(**GREEDY, parallel=1, n_ctx=512, max_tokens=8, flash_attn=flash_attn)
+        )
+        await backend.start()
+        try:
+            assert (await reply(backend, ask("Say hello."))).strip()
+        finally:
+            await backend.close()
+        assert made == [expected]

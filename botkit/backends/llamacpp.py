@@ -78,6 +78,11 @@ class LlamaCppSettings(LoraSettings, BackendSettings):
         allow_inf_nan=False,
         description="memory for conversation caches set aside when all sequences are taken (batched engine)",
     )
+    flash_attn: bool = Field(
+        True,
+        description="llama.cpp's flash attention; off is faster with history on some CPUs (AVX-512) "
+        "but answered nonsense on an AVX2-only EPYC: see docs/backends.md",
+    )
     chat_template: str | None = Field(None, description="Jinja2 chat template instead of the model's own")
     lora_scale: float = Field(
         1.0, allow_inf_nan=False, description="how strongly LoRA adapters apply: 1.0 as trained, 0 not at all"
@@ -231,6 +236,7 @@ class LlamaCppBackend(LlamaCppBase):
             parallel=self.settings.parallel,
             n_batch=self.settings.n_batch,
             prefill_chunk=self.settings.prefill_chunk,
+            flash_attn=self.settings.flash_attn,
             n_threads=generation,
             n_threads_batch=batch,
             kv_cache_bytes=int(self.settings.kv_cache_mb * 2**20),

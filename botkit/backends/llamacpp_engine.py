@@ -61,6 +61,7 @@ class EngineConfig:
     n_threads_batch: int
     kv_cache_bytes: int
     prefill_chunk: int = 64  # most prompt tokens a sequence evaluates in one step (less when n_batch is small)
+    flash_attn: bool = True  # as llama.cpp decides (on, on a CPU); False: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,8 @@ class Lane:
         params.n_threads_batch = config.n_threads_batch
         params.kv_unified = False  # each sequence its own cache stream: the same layout alone or batched
         params.no_perf = True
+        if not config.flash_attn:
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = llama_cpp.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise EngineError(

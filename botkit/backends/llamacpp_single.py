@@ -60,11 +60,11 @@ class SingleLlamaCppBackend(LlamaCppBase):
                     n_threads=generation,
                     n_threads_batch=batch,
                     n_batch=self.settings.n_batch,
-                    # llama-cpp-python turns flash attention off; llama.cpp's own default (and the
-                    # batched engine's) turns it on for the CPU. Off, llama.cpp 0.3.36's attention
-                    # over several prompt tokens per step answers wrongly on some CPUs (an AVX2-only
-                    # AMD EPYC: SmolLM2 replies in French nonsense), and the two engines would differ.
-                    flash_attn=True,
+                    # [backend] flash_attn, on unless set: llama-cpp-python's own default is off, and
+                    # off llama.cpp 0.3.36's attention over several prompt tokens per step answered
+                    # wrongly on an AVX2-only AMD EPYC (SmolLM2 replied in French nonsense); on is
+                    # llama.cpp's default and the batched engine's, so the two engines agree.
+                    flash_attn=self.settings.flash_attn,
                     seed=seed,
                     verbose=False,
                 )
