@@ -406,3 +406,15 @@ async def test_flash_attention_follows_the_setting(monkeypatch):
         finally:
             await backend.close()
         assert made == [expected]
+
+
+@pytest.mark.model
+async def test_a_reply_s_first_text_goes_at_once_and_the_rest_at_most_every_post_interval(one, monkeypatch):
+    prompt = ask("Name three colours and say why you like them.")
+    usual = [chunk async for chunk in one.stream(prompt, params(one), threading.Event())]
+    monkeypatch.setattr(llamacpp_engine, "POST_INTERVAL_S", 3600)  # nothing between the first and the end
+    held = [chunk async for chunk in one.stream(prompt, params(one), threading.Event())]
+    assert len(held) == 2 and held[0].text and held[0].tokens <= 2
+    assert "".join(chunk.text for chunk in held) == "".join(chunk.text for chunk in usual)
+    assert sum(chunk.tokens for chunk in held) == sum(chunk.tokens for chunk in usual)
+    assert held[-1].truncated == usual[-1].truncated  # the end is said in the last chunk, as before
