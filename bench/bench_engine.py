@@ -158,13 +158,20 @@ class Run:
 
     def llama_bench(self, prompt: int = 0, generate: int = 0, depth: int = 0) -> dict[str, float]:
         repetitions = 2 if self.args.quick else 3
-        return llama_bench(self.tools, self.model, self.args.threads, [prompt], generate, repetitions, depth)
+        return llama_bench(
+            self.tools, self.model, self.args.threads, [prompt], generate, repetitions, depth, self.flash_attn
+        )
+
+    @property
+    def flash_attn(self) -> bool:
+        return self.args.flash_attn == "on"
 
 
 def backend_config(args: argparse.Namespace, max_tokens: int, parallel: int, **more: object) -> dict:
     return {
         "type": "llamacpp", "engine": args.engine, "parallel": parallel, "n_ctx": N_CTX,
         "n_threads": args.threads, "n_threads_batch": args.threads, "temperature": 0, "seed": args.seed,
+        "flash_attn": args.flash_attn == "on",
         "max_tokens": max_tokens, "queue_limit": 100, **more,
     }  # fmt: skip
 
@@ -257,7 +264,7 @@ async def part_batch(run: Run) -> None:
     log = Path(tempfile.gettempdir()) / "botkit-bench-llama-server.log"
     rounds, server_rounds = [], []
     # Both stay loaded and the rounds alternate, so that other load on the machine hits both sides.
-    with LlamaServer(run.tools, run.model, args.threads, CONVERSATIONS, N_CTX, log) as server:
+    with LlamaServer(run.tools, run.model, args.threads, CONVERSATIONS, N_CTX, log, run.flash_attn) as server:
         async with (
             running_bot(args, BATCH_TOKENS) as (bot, recorder),
             httpx2.AsyncClient(base_url=server.base_url, timeout=600) as client,
@@ -542,7 +549,7 @@ def probe(args, kind: str) -> dict:
         "--threads",
         str(args.threads),
     ]
-    command += ["--seed", str(args.seed), "--kv-cache-mb", str(args.kv_cache_mb)]
+    command += ["--seed", str(args.seed), "--kv-cache-mb", str(args.kv_cache_mb), "--flash-attn", args.flash_attn]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(
@@ -564,7 +571,7 @@ async def part_memory(run: Run) -> None:
         run.row(name, measured)
     if not run.args.quick:
         ceiling = batched_bench(
-            run.tools, run.model, run.args.threads, batch["prompt"], BATCH_TOKENS, [CONVERSATIONS]
+            run.tools, run.model, run.args.threads, batch["prompt"], BATCH_TOKENS, [CONVERSATIONS], run.flash_attn
         )
         rate, top = batch["rate"], ceiling[CONVERSATIONS]
         name = f"{CONVERSATIONS} at once, backend alone: tokens/s vs llama-batched-bench"
@@ -624,6 +631,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one round, 5 turns, no llama-batched-bench")
     parser.add_argument("--kv-cache-mb", type=int, default=16, help="kv_cache_mb to fill (default 16)")
     parser.add_argument("--tools-dir", type=Path, default=None, help="where the llama.cpp tools are built")
+    parser.add_argument(
+        "--flash-attn",
+        choices=["on", "off"],
+        default="on",
+        help="[backend] flash_attn, and llama.cpp's tools set alike (default on, botkit's default)",
+    )
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a target is missed")
     parser.add_argument("--probe", choices=["batch", "kv-full"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -254,13 +254,14 @@ def llama_bench(
     generate: int,
     repetitions: int,
     depth: int = 0,
+    flash_attn: bool = True,
 ) -> dict[str, float]:
     """Tokens/s from ``llama-bench``: ``pp<N>`` for each prompt length, ``tg<generate>``, each after
     ``depth`` tokens already in the cache (0: from an empty cache)."""
     prompts = ",".join(str(n) for n in sorted(set(prompt_lengths))) or "0"
     command = [
         str(tools.bench), "-m", str(model), "-t", str(threads), "-p", prompts, "-n", str(generate),
-        "-d", str(depth), "-r", str(repetitions), "-o", "json", *(["--repack", "0"] if _without_extra_buffers() else []),
+        "-d", str(depth), "-r", str(repetitions), "-fa", "1" if flash_attn else "0", "-o", "json", *(["--repack", "0"] if _without_extra_buffers() else []),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=tool_env(tools))
     if result.returncode != 0:
@@ -273,14 +274,20 @@ def llama_bench(
 
 
 def batched_bench(
-    tools: LlamaTools, model: Path, threads: int, prompt: int, generate: int, sequences: Sequence[int]
+    tools: LlamaTools,
+    model: Path,
+    threads: int,
+    prompt: int,
+    generate: int,
+    sequences: Sequence[int],
+    flash_attn: bool = True,
 ) -> dict[int, float]:
     """Decode tokens/s of ``llama-batched-bench`` (all sequences together), by number of sequences."""
     context = max(sequences) * (prompt + generate)
     command = [
         str(tools.batched_bench), "-m", str(model), "-t", str(threads), "-c", str(context),
         "-npp", str(prompt), "-ntg", str(generate), "-npl", ",".join(map(str, sequences)),
-        "--output-format", "jsonl", *(["--no-repack"] if _without_extra_buffers() else []),
+        "--output-format", "jsonl", "-fa", "on" if flash_attn else "off", *(["--no-repack"] if _without_extra_buffers() else []),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=tool_env(tools))
     if result.returncode != 0:
@@ -307,11 +314,19 @@ class LlamaServer:
     """``llama-server`` on a free port of 127.0.0.1, for as long as the ``with`` block lasts."""
 
     def __init__(
-        self, tools: LlamaTools, model: Path, threads: int, parallel: int, n_ctx: int, log: Path
+        self,
+        tools: LlamaTools,
+        model: Path,
+        threads: int,
+        parallel: int,
+        n_ctx: int,
+        log: Path,
+        flash_attn: bool = True,
     ) -> None:
         self.command = [
             str(tools.server), "-m", str(model), "-t", str(threads), "-np", str(parallel),
             "-c", str(parallel * n_ctx), "--cont-batching", "--host", "127.0.0.1",
+            "-fa", "on" if flash_attn else "off",
             *(["--no-repack"] if _without_extra_buffers() else []),
         ]  # fmt: skip
         self.log = log
