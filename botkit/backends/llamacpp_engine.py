@@ -171,7 +171,6 @@ class Engine:
         self.config = config
         self.saved = SavedCaches(config.kv_cache_bytes)
         self.reused_tokens = 0
-        self.copied_tokens = 0  # of reused_tokens: copied from another conversation's sequence
         self.evaluated_tokens = 0
         self.generated_tokens = 0
         self._lanes: dict[Hashable, Lane] = {}
@@ -352,7 +351,6 @@ class Engine:
         if written and llama_cpp.llama_state_seq_set_data(lane.ctx, data, written, target.seq):
             target.cached = list(source.cached)
             lane.forget(target, shared)
-            self.copied_tokens += shared
         else:
             lane.forget(target)
 
@@ -366,7 +364,6 @@ class Engine:
             slot.cached = list(saved.tokens)
             if keep is not None:
                 lane.forget(slot, keep)
-                self.copied_tokens += keep
         else:
             log.warning("llama.cpp could not restore a saved conversation cache; evaluating it again")
             lane.forget(slot)
