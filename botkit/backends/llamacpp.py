@@ -321,8 +321,12 @@ class LlamaCppBackend(LlamaCppBase):
         return len(await asyncio.to_thread(model.tokenize, text, add_bos=False, special=False))
 
     async def count_tokens(self, prompt: Prompt) -> int:
+        return len(await self._prompt_tokens_of(prompt))
+
+    async def _prompt_tokens_of(self, prompt: Prompt) -> list[int]:
+        """The prompt's tokens: kept from a recent count, else tokenized off the event loop."""
         text = self.render(prompt)
-        return len(self._tokenized(text) or await asyncio.to_thread(self.tokenize, text))
+        return self._tokenized(text) or await asyncio.to_thread(self.tokenize, text)
 
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
@@ -331,8 +335,7 @@ class LlamaCppBackend(LlamaCppBase):
 
         engine = self._engine
         assert engine is not None, "start() first"
-        text = self.render(prompt)
-        tokens = self._tokenized(text) or await asyncio.to_thread(self.tokenize, text)
+        tokens = await self._prompt_tokens_of(prompt)
         if len(tokens) >= engine.n_ctx_seq:
             raise ValueError(
                 f"the prompt has {len(tokens):,} tokens; a conversation's context holds {engine.n_ctx_seq:,}"
