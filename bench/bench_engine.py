@@ -159,19 +159,29 @@ class Run:
     def llama_bench(self, prompt: int = 0, generate: int = 0, depth: int = 0) -> dict[str, float]:
         repetitions = 2 if self.args.quick else 3
         return llama_bench(
-            self.tools, self.model, self.args.threads, [prompt], generate, repetitions, depth, self.flash_attn
-        )
+            self.tools, self.model, self.args.threads, [prompt], generate, repetitions, depth, self.flash_attn,
+            self.cache_type,
+        )  # fmt: skip
 
     @property
     def flash_attn(self) -> bool:
         return self.args.flash_attn == "on"
+
+    @property
+    def cache_type(self) -> str:
+        return cache_type(self.args)
+
+
+def cache_type(args: argparse.Namespace) -> str:
+    """The KV cache type botkit runs with, and the tools alike: as [backend] kv_cache_type resolves."""
+    return args.kv_cache_type or ("bf16" if args.flash_attn == "on" else "f16")
 
 
 def backend_config(args: argparse.Namespace, max_tokens: int, parallel: int, **more: object) -> dict:
     return {
         "type": "llamacpp", "engine": args.engine, "parallel": parallel, "n_ctx": N_CTX,
         "n_threads": args.threads, "n_threads_batch": args.threads, "temperature": 0, "seed": args.seed,
-        "flash_attn": args.flash_attn == "on",
+        "flash_attn": args.flash_attn == "on", "kv_cache_type": cache_type(args),
         "max_tokens": max_tokens, "queue_limit": 100, **more,
     }  # fmt: skip
 
@@ -264,7 +274,10 @@ async def part_batch(run: Run) -> None:
     log = Path(tempfile.gettempdir()) / "botkit-bench-llama-server.log"
     rounds, server_rounds = [], []
     # Both stay loaded and the rounds alternate, so that other load on the machine hits both sides.
-    with LlamaServer(run.tools, run.model, args.threads, CONVERSATIONS, N_CTX, log, run.flash_attn) as server:
+    server = LlamaServer(
+        run.tools, run.model, args.threads, CONVERSATIONS, N_CTX, log, run.flash_attn, run.cache_type
+    )
+    with server:
         async with (
             running_bot(args, BATCH_TOKENS) as (bot, recorder),
             httpx2.AsyncClient(base_url=server.base_url, timeout=600) as client,
@@ -550,6 +563,7 @@ def probe(args, kind: str) -> dict:
         str(args.threads),
     ]
     command += ["--seed", str(args.seed), "--kv-cache-mb", str(args.kv_cache_mb), "--flash-attn", args.flash_attn]
+    command += ["--kv-cache-type", cache_type(args)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(
@@ -571,8 +585,9 @@ async def part_memory(run: Run) -> None:
         run.row(name, measured)
     if not run.args.quick:
         ceiling = batched_bench(
-            run.tools, run.model, run.args.threads, batch["prompt"], BATCH_TOKENS, [CONVERSATIONS], run.flash_attn
-        )
+            run.tools, run.model, run.args.threads, batch["prompt"], BATCH_TOKENS, [CONVERSATIONS], run.flash_attn,
+            run.cache_type,
+        )  # fmt: skip
         rate, top = batch["rate"], ceiling[CONVERSATIONS]
         name = f"{CONVERSATIONS} at once, backend alone: tokens/s vs llama-batched-bench"
         run.row(name, f"{rate:.1f}", f"{top:.1f}", f"{rate / top:.2f}x")
@@ -637,6 +652,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="on",
         help="[backend] flash_attn, and llama.cpp's tools set alike (default on, botkit's default)",
     )
+    parser.add_argument(
+        "--kv-cache-type",
+        choices=["bf16", "f16", "q8_0"],
+        help="[backend] kv_cache_type, and llama.cpp's tools alike (default as botkit's: bf16 with flash "
+        "attention, f16 without)",
+    )
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a target is missed")
     parser.add_argument("--probe", choices=["batch", "kv-full"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -665,6 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  python {platform.python_version()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
     print(f"  model {run.model.name}, {args.threads} threads both sides, greedy; tools in {tools.folder}")
+    print(f"  flash attention {args.flash_attn}, KV cache {run.cache_type}, both sides")
     if args.engine == "batched":
         print(f"  [backend] engine = batched, parallel {CONVERSATIONS} (the memory part: as its rows say)")
     else:

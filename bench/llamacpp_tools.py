@@ -255,13 +255,14 @@ def llama_bench(
     repetitions: int,
     depth: int = 0,
     flash_attn: bool = True,
+    cache_type: str = "f16",
 ) -> dict[str, float]:
     """Tokens/s from ``llama-bench``: ``pp<N>`` for each prompt length, ``tg<generate>``, each after
     ``depth`` tokens already in the cache (0: from an empty cache)."""
     prompts = ",".join(str(n) for n in sorted(set(prompt_lengths))) or "0"
     command = [
         str(tools.bench), "-m", str(model), "-t", str(threads), "-p", prompts, "-n", str(generate),
-        "-d", str(depth), "-r", str(repetitions), "-fa", "1" if flash_attn else "0", "-o", "json", *(["--repack", "0"] if _without_extra_buffers() else []),
+        "-d", str(depth), "-r", str(repetitions), "-fa", "1" if flash_attn else "0", "-ctk", cache_type, "-ctv", cache_type, "-o", "json", *(["--repack", "0"] if _without_extra_buffers() else []),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=tool_env(tools))
     if result.returncode != 0:
@@ -281,13 +282,14 @@ def batched_bench(
     generate: int,
     sequences: Sequence[int],
     flash_attn: bool = True,
+    cache_type: str = "f16",
 ) -> dict[int, float]:
     """Decode tokens/s of ``llama-batched-bench`` (all sequences together), by number of sequences."""
     context = max(sequences) * (prompt + generate)
     command = [
         str(tools.batched_bench), "-m", str(model), "-t", str(threads), "-c", str(context),
         "-npp", str(prompt), "-ntg", str(generate), "-npl", ",".join(map(str, sequences)),
-        "--output-format", "jsonl", "-fa", "on" if flash_attn else "off", *(["--no-repack"] if _without_extra_buffers() else []),
+        "--output-format", "jsonl", "-fa", "on" if flash_attn else "off", "-ctk", cache_type, "-ctv", cache_type, *(["--no-repack"] if _without_extra_buffers() else []),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=tool_env(tools))
     if result.returncode != 0:
@@ -322,11 +324,12 @@ class LlamaServer:
         n_ctx: int,
         log: Path,
         flash_attn: bool = True,
+        cache_type: str = "f16",
     ) -> None:
         self.command = [
             str(tools.server), "-m", str(model), "-t", str(threads), "-np", str(parallel),
             "-c", str(parallel * n_ctx), "--cont-batching", "--host", "127.0.0.1",
-            "-fa", "on" if flash_attn else "off",
+            "-fa", "on" if flash_attn else "off", "-ctk", cache_type, "-ctv", cache_type,
             *(["--no-repack"] if _without_extra_buffers() else []),
         ]  # fmt: skip
         self.log = log

@@ -8,10 +8,14 @@ the others, and a conversation's next turn is not evaluated from scratch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
+import functools
+import itertools
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -155,6 +159,80 @@ async def test_a_long_prompt_is_evaluated_in_pieces_between_the_steps_of_a_runni
     # The running reply got a token in each step that evaluated a piece of the long prompt.
     assert seen >= 3
     await until_idle(twenty)
+
+
+def record_pieces(monkeypatch) -> list[tuple[int, int, int]]:
+    """Each llama_decode's (sequence, first position, tokens) for every sequence in its batch."""
+    pieces: list[tuple[int, int, int]] = []
+    decode = llamacpp_engine.llama_cpp.llama_decode
+
+    def recording(ctx, batch):
+        seen: dict[int, list[int]] = {}
+        for i in range(batch.n_tokens):
+            seen.setdefault(batch.seq_id[i][0], []).append(batch.pos[i])
+        pieces.extend((seq, positions[0], len(positions)) for seq, positions in seen.items())
+        return decode(ctx, batch)
+
+    monkeypatch.setattr(llamacpp_engine.llama_cpp, "llama_decode", recording)
+    return pieces
+
+
+async def answer_long_prompt(monkeypatch, prompt: Prompt, beside_a_story: bool):
+    """``prompt``'s greedy reply from a fresh engine, alone or while another reply streams, and the
+    pieces its prompt was evaluated in, as (first position, tokens)."""
+    backend = LlamaCppBackend(LlamaCppSettings(**GREEDY, parallel=2, n_ctx=1024, max_tokens=16, kv_cache_mb=0))
+    await backend.start()
+    try:
+        pieces = record_pieces(monkeypatch)
+        story = None
+        if beside_a_story:
+            # Another system prompt: the two share 3 tokens, too few to copy, so both start at 0.
+            told_to = Prompt("Storyteller.", [Turn(Role.USER, STORY)])
+            story = backend.stream(told_to, params(backend, max_tokens=400), threading.Event())
+            await anext(story)
+        (story_seq,) = {seq for seq, _, _ in pieces} or {None}
+        size = await backend.count_tokens(prompt)
+        if story is None:
+            answer = await reply(backend, prompt)
+        else:
+
+            async def keep_reading() -> None:
+                async for _ in story:
+                    pass
+
+            reading = asyncio.ensure_future(keep_reading())
+            answer = await reply(backend, prompt)
+            assert not reading.done()  # the story was still being told when the answer ended
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+            await story.aclose()
+        cuts = [(start, n) for seq, start, n in pieces if seq != story_seq and start < size]
+        return answer, cuts, size, backend._engine.piece_at
+    finally:
+        await backend.close()
+
+
+@pytest.mark.model
+async def test_a_long_prompt_is_cut_by_depth_alike_alone_and_beside_a_reply_and_answered_the_same(monkeypatch):
+    prompt = ask("Summarise these notes. " + " ".join(f"Note {i}: the {TOPICS[i % 20]} matter is open." for i in range(60)))
+    alone, alone_pieces, size, piece_at = await answer_long_prompt(monkeypatch, prompt, beside_a_story=False)
+    beside, beside_pieces, _, _ = await answer_long_prompt(monkeypatch, prompt, beside_a_story=True)
+    assert size > 600  # past 512 cached tokens, where llama.cpp's f16 attention for one token changes kernel
+    assert beside_pieces == alone_pieces
+    assert beside == alone and alone.strip()
+    # The whole prompt, each piece where the last ended, as many tokens as its depth allows: 64 at
+    # the start (prefill_chunk), fewer deeper in.
+    assert alone_pieces[0] == (0, 64) and sum(n for _, n in alone_pieces) == size
+    for (start, n), (following, _) in itertools.pairwise(alone_pieces):
+        assert following == start + n and n == piece_at(start)
+    assert alone_pieces[-2][1] < 64 * 2 // 3
+
+
+def test_prompt_pieces_halve_where_attention_costs_what_the_weights_do():
+    engine = SimpleNamespace(piece=64, piece_depth=778)  # SmolLM2-135M's depth (LlamaModel.doubling_depth)
+    piece_at = functools.partial(llamacpp_engine.Engine.piece_at, engine)
+    assert [piece_at(position) for position in (0, 100, 778, 2 * 778, 100_000)] == [64, 56, 32, 21, 1]
 
 
 @pytest.mark.model
@@ -383,29 +461,36 @@ def test_n_batch_must_leave_room_for_prompts():
 
 
 @pytest.mark.model
-async def test_flash_attention_follows_the_setting(monkeypatch):
-    made: list[int] = []
+async def test_flash_attention_and_the_cache_type_follow_the_settings(monkeypatch):
+    made: list[tuple[int, int, int]] = []
     init = llamacpp_engine.llama_cpp.llama_init_from_model
 
     def recording(model, context_params):
-        made.append(context_params.flash_attn_type)
+        made.append((context_params.flash_attn_type, context_params.type_k, context_params.type_v))
         return init(model, context_params)
 
     monkeypatch.setattr(llamacpp_engine.llama_cpp, "llama_init_from_model", recording)
-    for flash_attn, expected in (
-        (True, llamacpp_engine.llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO),
-        (False, llamacpp_engine.llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED),
+    on, off = llamacpp_engine.llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, llamacpp_engine.llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    bf16, f16, q8_0 = 30, 1, 8  # ggml.h's GGML_TYPE_BF16, _F16, _Q8_0
+    for settings, expected in (
+        ({}, (on, bf16, bf16)),
+        ({"flash_attn": False}, (off, f16, f16)),
+        ({"kv_cache_type": "q8_0"}, (on, q8_0, q8_0)),
+        ({"flash_attn": False, "kv_cache_type": "bf16"}, (off, bf16, bf16)),
     ):
         made.clear()
-        backend = LlamaCppBackend(
-            LlamaCppSettings(**GREEDY, parallel=1, n_ctx=512, max_tokens=8, flash_attn=flash_attn)
-        )
+        backend = LlamaCppBackend(LlamaCppSettings(**GREEDY, parallel=1, n_ctx=512, max_tokens=8, **settings))
         await backend.start()
         try:
             assert (await reply(backend, ask("Say hello."))).strip()
         finally:
             await backend.close()
-        assert made == [expected]
+        assert made == [expected], settings
+
+
+def test_a_quantized_cache_without_flash_attention_is_refused_with_the_way_out():
+    with pytest.raises(ValueError, match=r'kv_cache_type "q8_0" needs flash_attn = true.*kv_cache_type = "f16"'):
+        LlamaCppSettings(flash_attn=False, kv_cache_type="q8_0")
 
 
 @pytest.mark.model

