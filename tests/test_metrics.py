@@ -100,6 +100,83 @@ async def test_counters_and_histograms_move_by_exactly_what_was_sent(make_bot):
     assert not {v for v in label_values if "4711" in v or "0815" in v or "channel" in v}
 
 
+def exposed_like_prometheus_client(operate) -> tuple[dict, dict]:
+    """The samples of the same operations on botkit's instruments and on prometheus-client's own."""
+    import prometheus_client
+    from prometheus_client import generate_latest
+
+    from botkit.metrics import PrometheusMetrics
+
+    ours = PrometheusMetrics("0")
+    theirs = prometheus_client.CollectorRegistry()
+    made = {
+        "counter": lambda name, labels: prometheus_client.Counter(name, "doc", labels, registry=theirs),
+        "gauge": lambda name, labels: prometheus_client.Gauge(name, "doc", labels, registry=theirs),
+        "histogram": lambda name, labels: prometheus_client.Histogram(
+            name, "doc", labels, registry=theirs, buckets=(0.1, 1.0, 10.0)
+        ),
+    }
+    operate(
+        lambda kind, name, labels=(): (
+            ours.histogram(name, "doc", labels, buckets=(0.1, 1.0, 10.0))
+            if kind == "histogram"
+            else getattr(ours, kind)(name, "doc", labels)
+        ),
+    )
+    operate(lambda kind, name, labels=(): made[kind](name.removesuffix("_total"), labels))
+
+    def without_created(text: str) -> dict:
+        return {key: value for key, value in samples(text).items() if not key[0].endswith("_created")}
+
+    ours_text = ours.exposition()[0].decode()
+    assert "botkit_build_info" in ours_text
+    ours_samples = {k: v for k, v in without_created(ours_text).items() if not k[0].startswith("botkit_")}
+    return ours_samples, without_created(generate_latest(theirs).decode())
+
+
+def test_instruments_expose_what_prometheus_clients_own_would_for_the_same_updates():
+    def operate(make) -> None:
+        sent = make("counter", "sent_total", ("platform",))
+        sent.labels("slack").inc()
+        sent.labels(platform="slack").inc(2.5)
+        sent.labels("discord").inc()
+        make("counter", "plain_total").inc(3)
+        depth = make("gauge", "depth", ("queue",))
+        depth.labels("a").set(7)
+        depth.labels("a").inc(-2)
+        depth.labels("b").inc()
+        took = make("histogram", "took_seconds", ("backend",))
+        for seconds in (0.05, 0.1, 0.5, 1.0, 3.0, 99.0):
+            took.labels("default").observe(seconds)
+        make("histogram", "alone_seconds").observe(0.2)
+
+    ours, theirs = exposed_like_prometheus_client(operate)
+    assert ours == theirs
+    assert ours[("took_seconds_bucket", frozenset({("backend", "default"), ("le", "0.1")}))] == 2  # le: <=
+    assert ours[("took_seconds_sum", frozenset({("backend", "default")}))] == pytest.approx(103.65)
+
+
+def test_instruments_refuse_what_prometheus_clients_refuse():
+    from botkit.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics("0")
+    sent = metrics.counter("sent_total", "doc", ("platform",))
+    with pytest.raises(ValueError, match="only goes up"):
+        sent.labels("slack").inc(-1)
+    with pytest.raises(ValueError, match="use .labels"):
+        sent.inc()
+    with pytest.raises(ValueError, match="2 label values"):
+        sent.labels("slack", "extra")
+    with pytest.raises(ValueError, match="expected"):
+        sent.labels(channel="c1")
+    with pytest.raises(ValueError, match="invalid metric name"):
+        metrics.gauge("bad-name", "doc")
+    with pytest.raises(ValueError, match="invalid label name"):
+        metrics.gauge("good", "doc", ("bad-label",))
+    with pytest.raises(ValueError, match="already a counter"):
+        metrics.gauge("sent_total", "doc", ("platform",))
+    assert metrics.counter("sent_total", "doc", ("platform",)) is sent  # asked again: the same
+
 async def test_per_channel_labels_the_message_metrics_with_the_channel(make_bot):
     config = {"metrics": {**ON["metrics"], "per_channel": True}}
     async with make_bot(config) as bot, serving(bot) as base:
