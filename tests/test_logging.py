@@ -305,14 +305,58 @@ def test_log_event_makes_the_record_logger_log_would():
     try:
         fields = {"platform": "console", "message_id": "m1", "latency_s": 0.25}
         logger.info("answered %s in %.2f s", "m1", 0.25, extra=fields)
-        log_event(logger, logging.INFO, "answered %s in %.2f s", ("m1", 0.25), fields)
+        for number in (1, 2):  # the second copies what the first left for its call site
+            log_event(logger, logging.INFO, "answered %s in %.2f s", (f"m{number}", 0.25), fields)
         log_event(logger, logging.DEBUG, "not written at INFO", (), fields)
     finally:
         logger.removeHandler(keep)
         logger.setLevel(logging.NOTSET)
-    stdlib, ours = records
-    assert len(records) == 2
-    for attribute in ("name", "levelno", "pathname", "funcName", "module", *fields):
-        assert getattr(ours, attribute) == getattr(stdlib, attribute), attribute
-    assert ours.getMessage() == stdlib.getMessage() == "answered m1 in 0.25 s"
-    assert ours.lineno == stdlib.lineno + 1
+    assert len(records) == 3
+    stdlib, first, second = records
+    assert second is not first
+    stamped = {"args", "msg", "created", "msecs", "relativeCreated", "lineno", "message"}
+    for ours in (first, second):
+        assert set(ours.__dict__) == set(stdlib.__dict__)
+        for attribute in set(stdlib.__dict__) - stamped:
+            assert getattr(ours, attribute) == getattr(stdlib, attribute), attribute
+        assert ours.lineno == stdlib.lineno + 2
+    assert stdlib.created <= first.created <= second.created
+    assert stdlib.getMessage() == first.getMessage() == "answered m1 in 0.25 s"
+    assert second.getMessage() == "answered m2 in 0.25 s" and first.args == ("m1", 0.25)
+
+
+def test_log_event_makes_each_record_anew_under_a_custom_record_factory(monkeypatch):
+    from botkit.logs import log_event
+
+    made: list[str] = []
+    stdlib_factory = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        made.append(args[4])
+        return stdlib_factory(*args, **kwargs)
+
+    monkeypatch.setattr(logging, "_logRecordFactory", factory)
+    logger = logging.getLogger("botkit.test.log_event_factory")
+    logger.setLevel(logging.INFO)
+    try:
+        for _ in range(2):
+            log_event(logger, logging.INFO, "custom %s", ("x",), {})
+    finally:
+        logger.setLevel(logging.NOTSET)
+    assert made == ["custom %s", "custom %s"]
+
+
+@pytest.mark.parametrize(
+    "moment_ns", [1_700_000_000_123_456_789, 1_700_000_000_999_999_900, 1_700_000_001_000_000_000]
+)
+def test_log_event_stamps_the_time_and_arguments_as_log_records_do(monkeypatch, moment_ns):
+    from botkit import logs
+
+    monkeypatch.setattr(time, "time_ns", lambda: moment_ns)
+    monkeypatch.setattr(time, "time", lambda: moment_ns / 1e9)
+    for args in (({"a": 1},), ("a", 1), ()):
+        stdlib = logging.LogRecord("botkit.test", logging.INFO, __file__, 1, "event", args, None)
+        ours = logging.LogRecord.__new__(logging.LogRecord)
+        logs._stamp(ours, args)
+        for attribute in ("created", "msecs", "relativeCreated", "args"):
+            assert getattr(ours, attribute) == getattr(stdlib, attribute), attribute
