@@ -181,9 +181,9 @@ class Engine:
         self._waiting: deque[Job] = deque()
         self._wake = threading.Condition()
         self._closing = False
-        # Prompts are evaluated in pieces of this size, cut at the same places whatever else runs:
-        # llama.cpp rounds a prompt evaluated in other pieces slightly differently, and a greedy
-        # reply must not depend on the company it was generated in.
+        # Prompts are evaluated in pieces of at most this size (``piece_at``), cut at the same places
+        # whatever else runs: llama.cpp may round a prompt evaluated in other pieces slightly
+        # differently, and a greedy reply must not depend on the company it was generated in.
         self.piece = max(1, min(config.prefill_chunk, config.n_batch - config.parallel))
         self.piece_depth = model.doubling_depth
         base = self._lane_for(None)  # made now: a context that cannot be made fails the start
