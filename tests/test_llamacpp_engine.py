@@ -23,6 +23,7 @@ from botkit import Prompt, Role, Turn
 from botkit.backends import llamacpp_engine
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
 from botkit.backends.llamacpp_engine import EngineError
+from botkit.backends.llamacpp_model import LlamaModel
 from botkit.testing import WAIT_TIMEOUT, eventually
 
 SYSTEM = "You are a helpful assistant."
@@ -208,7 +209,7 @@ async def answer_long_prompt(monkeypatch, prompt: Prompt, beside_a_story: bool):
                 await reading
             await story.aclose()
         cuts = [(start, n) for seq, start, n in pieces if seq != story_seq and start < size]
-        return answer, cuts, size, backend._engine.piece_at
+        return answer, cuts, size, functools.partial(backend._engine.model.prompt_piece, backend._engine.piece)
     finally:
         await backend.close()
 
@@ -230,8 +231,8 @@ async def test_a_long_prompt_is_cut_by_depth_alike_alone_and_beside_a_reply_and_
 
 
 def test_prompt_pieces_halve_where_attention_costs_what_the_weights_do():
-    engine = SimpleNamespace(piece=64, piece_depth=778)  # SmolLM2-135M's depth (LlamaModel.doubling_depth)
-    piece_at = functools.partial(llamacpp_engine.Engine.piece_at, engine)
+    model = SimpleNamespace(doubling_depth=778)  # SmolLM2-135M's (LlamaModel.doubling_depth)
+    piece_at = functools.partial(LlamaModel.prompt_piece, model, 64)
     assert [piece_at(position) for position in (0, 100, 778, 2 * 778, 100_000)] == [64, 56, 32, 21, 1]
 
 

@@ -181,11 +181,10 @@ class Engine:
         self._waiting: deque[Job] = deque()
         self._wake = threading.Condition()
         self._closing = False
-        # Prompts are evaluated in pieces of at most this size (``piece_at``), cut at the same places
+        # Prompts are evaluated in pieces of at most this size (``prompt_piece``), cut at the same places
         # whatever else runs: llama.cpp may round a prompt evaluated in other pieces slightly
         # differently, and a greedy reply must not depend on the company it was generated in.
         self.piece = max(1, min(config.prefill_chunk, config.n_batch - config.parallel))
-        self.piece_depth = model.doubling_depth
         base = self._lane_for(None)  # made now: a context that cannot be made fails the start
         assert base is not None
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(base.ctx)
@@ -452,17 +451,6 @@ class Engine:
             if jobs:
                 self._decode_lane(lane, jobs)
 
-    def piece_at(self, position: int) -> int:
-        """How many prompt tokens a sequence evaluates in one step from ``position`` of its context.
-
-        A token's attention reads every position before it, so deeper in a context a token costs
-        more: twice its cost at the start at ``model.doubling_depth``. Pieces shrink with depth to
-        cost about what ``prefill_chunk`` tokens cost at the start, which bounds the pause a long
-        prompt makes in the other streams. They depend on the position alone, so a prompt is cut
-        at the same places whatever else runs.
-        """
-        return max(1, self.piece * self.piece_depth // (self.piece_depth + position))
-
     def _decode_lane(self, lane: Lane, jobs: list[Job]) -> None:
         batch, room = lane.batch, self.config.n_batch
         batch.n_tokens = 0
@@ -473,7 +461,8 @@ class Engine:
                 room -= 1
         for job in jobs:  # then the next piece of each prompt being evaluated, oldest first
             if job.prefilling:
-                piece = job.tokens[job.evaluated : job.evaluated + self.piece_at(len(job.slot.cached))]
+                size = self.model.prompt_piece(self.piece, len(job.slot.cached))
+                piece = job.tokens[job.evaluated : job.evaluated + size]
                 if len(piece) <= room:
                     planned.append((job, piece))
                     room -= len(piece)

@@ -145,10 +145,16 @@ class LlamaModel:
         # cached position, which llama.cpp's CPU flash-attention kernel does ~5x slower than its
         # matrix products (SmolLM2-135M on an AVX-512 Xeon, llama-bench pp16: a token cost twice
         # its cost at the start at depth 770 with a q8_0 cache and 900 with bf16; this gives 778).
-        # The batched engine's prompt pieces shrink by it.
+        # The batched engine's prompt pieces shrink by it (``prompt_piece``).
         layers_width = llama_cpp.llama_model_n_layer(model) * llama_cpp.llama_model_n_embd(model)
         self.doubling_depth = max(1, llama_cpp.llama_model_n_params(model) // (10 * max(1, layers_width)))
         self._pieces: dict[int, bytes] = {}
+
+    def prompt_piece(self, most: int, position: int) -> int:
+        """Prompt tokens to evaluate in one step from ``position`` of a context: ``most`` at its start,
+        fewer deeper in, where each costs more (twice at ``doubling_depth``), so that a step costs about
+        the same anywhere. A function of the position alone: a prompt is cut alike in any company."""
+        return max(1, most * self.doubling_depth // (self.doubling_depth + position))
 
     def close(self) -> None:
         if self.model is not None:
