@@ -18,6 +18,7 @@ before), so that third-party loggers go through the same rules as botkit's own:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -194,10 +195,9 @@ def _stamp_with_task(record: logging.LogRecord, args: tuple[Any, ...]) -> None:
     record.taskName = None
     asyncio = sys.modules.get("asyncio") if logging.logAsyncioTasks else None  # type: ignore[attr-defined]
     if asyncio is not None:
-        try:
+        # As LogRecord does: outside a running loop or a task the name stays None.
+        with contextlib.suppress(Exception):
             record.taskName = asyncio.current_task().get_name()
-        except Exception:
-            pass
 
 
 # logging's start time is in nanoseconds from Python 3.13 (and so is a record's clock).

@@ -197,9 +197,8 @@ async def answer_long_prompt(monkeypatch, prompt: Prompt, beside_a_story: bool):
             answer = await reply(backend, prompt)
         else:
 
-            async def keep_reading() -> None:
-                async for _ in story:
-                    pass
+            async def keep_reading() -> list[str]:
+                return [chunk.text async for chunk in story]
 
             reading = asyncio.ensure_future(keep_reading())
             answer = await reply(backend, prompt)
