@@ -28,6 +28,7 @@ import re
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -127,11 +128,17 @@ def message_context(message: Message, conversation: str) -> dict[str, Any]:
 # and take only their time and arguments anew, when made in the same thread and process.
 # LogRecord.__init__ reads the clock, splits the caller's path and asks for the thread's and
 # process's names: in a busy bot that is ~1% of a message's time on its own (bench/README.md).
-_EVENT_RECORDS: dict[tuple[Any, ...], dict[str, Any]] = {}
+# A site is known by its code's file, name and first line and the call's place in the bytecode:
+# a code object's hash is computed anew each time (over its whole bytecode), and a frame's line
+# number too (by reading the line table from the start). The value: the thread and process the
+# record was made in, and the record's attributes less those stamped per record.
+_EVENT_RECORDS: dict[tuple[Any, ...], tuple[int, int, dict[str, Any]]] = {}
 _STAMPED = frozenset({"args", "created", "msecs", "relativeCreated", "taskName"})
 _MOST_EVENT_SITES = 256
 _thread_id = threading.get_ident
-_process_id = os.getpid
+# os.getpid() is a system call each time: the process id is read once, and again after a fork.
+_process: list[int] = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _process.__setitem__(0, os.getpid()))
 
 
 def log_event(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
@@ -148,23 +155,24 @@ def log_event(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...
     if not logger.isEnabledFor(level):
         return
     caller = sys._getframe(1)
-    key = (caller.f_code, caller.f_lineno, level, msg, logger.name)
-    template = _EVENT_RECORDS.get(key)
+    code = caller.f_code
+    key = (code.co_filename, code.co_firstlineno, code.co_name, caller.f_lasti, level, msg, logger.name)
+    made = _EVENT_RECORDS.get(key)
     if (
-        template is not None
-        and template["thread"] == _thread_id()
-        and template["process"] == _process_id()
+        made is not None
+        and made[0] == _thread_id()
+        and made[1] == _process[0]
         and logging.getLogRecordFactory() is logging.LogRecord
     ):
         record = logging.LogRecord.__new__(logging.LogRecord)
-        record.__dict__.update(template)
+        record.__dict__.update(made[2])
         _stamp(record, args)
     else:
-        code = caller.f_code
         factory = logging.getLogRecordFactory()
         record = factory(logger.name, level, code.co_filename, caller.f_lineno, msg, args, None, code.co_name)
-        if factory is logging.LogRecord and (template is not None or len(_EVENT_RECORDS) < _MOST_EVENT_SITES):
-            _EVENT_RECORDS[key] = {k: v for k, v in record.__dict__.items() if k not in _STAMPED}
+        if factory is logging.LogRecord and (made is not None or len(_EVENT_RECORDS) < _MOST_EVENT_SITES):
+            template = {k: v for k, v in record.__dict__.items() if k not in _STAMPED}
+            _EVENT_RECORDS[key] = (_thread_id(), _process[0], template)
     record.__dict__.update(fields)
     logger.handle(record)
 
@@ -348,34 +356,58 @@ class StderrHandler(logging.Handler):
     line between the pipeline's own work. A record at WARNING or above is written at once,
     after everything queued before it, by the thread that logs it; so is a full batch.
     ``flush()`` (and ``logging.shutdown()`` at exit) writes what is queued.
+
+    ``policy`` decides first which records are written (``LevelPolicy``); then the handler's
+    filters, as any handler's. Queueing takes no lock (a deque's ``append`` and ``popleft``
+    are safe across threads); batches are formatted and written one at a time, in order,
+    under a lock of their own, so that a thread logging never waits for a batch's formatting.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, policy: LevelPolicy) -> None:
         super().__init__()
-        self._queued: list[logging.LogRecord] = []
+        self.policy = policy
+        self._queued: deque[logging.LogRecord] = deque()
+        self._write_lock = threading.Lock()
         self._first_queued = threading.Event()
         self._closing = threading.Event()
         self._writer: threading.Thread | None = None
 
+    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:
+        # logging.Handler.handle, less the lock that emit() does not need.
+        if record.levelno < self.policy.threshold(record.name):
+            return False
+        if self.filters:
+            passed = self.filter(record)
+            if not passed:
+                return False
+            if isinstance(passed, logging.LogRecord):  # Python 3.12 on: a filter may hand back a record
+                record = passed
+        self.emit(record)
+        return record
+
     def emit(self, record: logging.LogRecord) -> None:
-        # handle() holds self.lock around this call.
-        self._queued.append(record)
-        if record.levelno >= logging.WARNING or len(self._queued) >= MAX_BATCH:
+        queued = self._queued
+        queued.append(record)
+        if record.levelno >= logging.WARNING or len(queued) >= MAX_BATCH:
             self.flush()
-        elif len(self._queued) == 1:
+        elif len(queued) == 1:
+            if self._writer is None:
+                self._start_writer()
+            self._first_queued.set()
+
+    def _start_writer(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_batches, name="botkit-log-writer", daemon=True)
                 self._writer.start()
-            self._first_queued.set()
 
     def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            queued, self._queued = self._queued, []
-            self._first_queued.clear()
-            if not queued:
-                return
+        with self._write_lock:
+            queued = self._queued
             lines = []
-            for record in queued:
+            # What is queued now, not what other threads add meanwhile: a flush always ends.
+            for _ in range(len(queued)):
+                record = queued.popleft()
                 try:
                     lines.append(self.format(record))
                 except Exception:
@@ -387,7 +419,7 @@ class StderrHandler(logging.Handler):
                 stream.write("\n".join(lines) + "\n")
                 stream.flush()
             except Exception:
-                self.handleError(queued[-1])
+                self.handleError(record)
 
     def close(self) -> None:
         self.flush()
@@ -395,12 +427,25 @@ class StderrHandler(logging.Handler):
         self._first_queued.set()
         super().close()
 
+    def _at_fork_reinit(self) -> None:
+        # logging calls this in a forked child: no writer thread runs there, and a lock
+        # another thread held at the fork would stay held.
+        super()._at_fork_reinit()  # type: ignore[misc]
+        self._write_lock = threading.Lock()
+        self._first_queued = threading.Event()
+        self._writer = None
+
     def _write_batches(self) -> None:
         while True:
             self._first_queued.wait()
             if self._closing.wait(FLUSH_INTERVAL_S):
                 return
+            # Cleared before the batch is taken; a record queued while it was taken, and left for
+            # later, sets it again here (one queued after this check finds an empty queue and sets it).
+            self._first_queued.clear()
             self.flush()
+            if self._queued:
+                self._first_queued.set()
 
 
 def configure_logging(settings: LoggingSettings, *, force: bool = False) -> logging.Handler | None:
@@ -417,10 +462,9 @@ def configure_logging(settings: LoggingSettings, *, force: bool = False) -> logg
     levels = {name: logging.WARNING for name in QUIET_LOGGERS}
     levels.update({name: logging.getLevelNamesMapping()[value] for name, value in settings.loggers.items()})
     guard = TextGuard(settings.include_text)
-    handler = StderrHandler()
-    handler.setFormatter(JsonLineFormatter(guard) if settings.format == "json" else TextLineFormatter(guard))
     policy = LevelPolicy(level, levels)
-    handler.addFilter(policy)
+    handler = StderrHandler(policy)
+    handler.setFormatter(JsonLineFormatter(guard) if settings.format == "json" else TextLineFormatter(guard))
     handler.set_name("botkit")
     for old in [h for h in root.handlers if h.get_name() == "botkit"]:
         root.removeHandler(old)

@@ -360,3 +360,95 @@ def test_log_event_stamps_the_time_and_arguments_as_log_records_do(monkeypatch, 
         logs._stamp(ours, args)
         for attribute in ("created", "msecs", "relativeCreated", "args"):
             assert getattr(ours, attribute) == getattr(stdlib, attribute), attribute
+
+
+def test_log_event_records_carry_their_own_call_sites_line_and_function():
+    from botkit.logs import log_event
+
+    logger = logging.getLogger("botkit.test.log_event_sites")
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    # Two functions of the same name and body: the same place in the same bytecode, other lines.
+    def site() -> None:
+        log_event(logger, logging.INFO, "event", (), {})
+
+    first = site
+
+    def site() -> None:  # noqa: F811
+        log_event(logger, logging.INFO, "event", (), {})
+
+    keep = Keep()
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)
+    try:
+        for call in (first, site, first, site):
+            call()
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(logging.NOTSET)
+    first_line = first.__code__.co_firstlineno + 1
+    second_line = site.__code__.co_firstlineno + 1
+    assert [(record.lineno, record.funcName) for record in records] == [
+        (first_line, "site"),
+        (second_line, "site"),
+        (first_line, "site"),
+        (second_line, "site"),
+    ]
+
+
+def test_a_line_queued_while_a_batch_is_formatted_is_written_by_the_writer_thread(configured_logging, capsys):
+    handler = configured_logging(level="INFO", format="json")
+    log = logging.getLogger("botkit.test")
+    formatter = handler.formatter
+    format_line = formatter.format
+
+    def format_and_log_meanwhile(record: logging.LogRecord) -> str:
+        if record.getMessage() == "first":
+            log.info("queued while the first was formatted")  # as another thread may
+        return format_line(record)
+
+    formatter.format = format_and_log_meanwhile
+    log.info("first")
+    log.info("second")  # queued with the first, taken in the same batch after the line above
+    # Nobody flushes: the writer thread writes all three, the last in a batch of its own.
+    seen: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(seen) < 3 and time.monotonic() < deadline:
+        seen += [line["event"] for line in json_lines(capsys.readouterr().err)]
+        if len(seen) < 3:
+            threading.Event().wait(0.01)
+    assert seen == ["first", "second", "queued while the first was formatted"]
+
+
+def test_a_forked_child_writes_its_lines_with_a_writer_thread_of_its_own(tmp_path):
+    script = textwrap.dedent(
+        """
+        import logging, os, sys, time
+        from botkit.logs import configure_logging
+        from botkit.settings import LoggingSettings
+
+        handler = configure_logging(LoggingSettings(level="INFO", format="json"))
+        log = logging.getLogger("botkit.test")
+        log.info("parent")  # starts the parent's writer thread
+        handler.flush()
+        pid = os.fork()
+        if pid == 0:
+            log.info("child")
+            # Nobody flushes: the child's own writer thread writes the line.
+            deadline = time.monotonic() + 30
+            while handler._queued and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os._exit(0 if not handler._queued else 3)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=clean_env(), timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert [line["event"] for line in json_lines(result.stderr)] == ["parent", "child"]
