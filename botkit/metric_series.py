@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -77,6 +77,9 @@ class Family:
     def set(self, value: float) -> None:
         self._only().set(value)
 
+    def set_function(self, function: Callable[[], float]) -> None:
+        self._only().set_function(function)
+
     def observe(self, value: float) -> None:
         self._only().observe(value)
 
@@ -95,7 +98,7 @@ class Family:
         if self.kind == "gauge":
             family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
             for values, one in series:
-                family.add_metric(values, one.value)
+                family.add_metric(values, one.read())
             return family
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         edges = [*(floatToGoString(bound) for bound in self.bounds), "+Inf"]
@@ -113,10 +116,11 @@ class Family:
 class ValueSeries:
     """A counter's or gauge's value for one combination of label values."""
 
-    __slots__ = ("_counter", "_lock", "created", "value")
+    __slots__ = ("_counter", "_function", "_lock", "created", "value")
 
     def __init__(self, counter: bool) -> None:
         self._counter = counter
+        self._function: Callable[[], float] | None = None
         self._lock = threading.Lock()
         self.created = time.time()
         self.value = 0.0
@@ -132,6 +136,22 @@ class ValueSeries:
             raise AttributeError("a counter cannot be set, only increased")
         with self._lock:
             self.value = float(value)
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        """A gauge: ``function()`` is its value at each scrape, whatever is set (as prometheus-client's).
+
+        For a value that changes far more often than it is scraped (a queue's length): reading it
+        when asked costs nothing between scrapes. It is called from the scraping thread.
+        """
+        if self._counter:
+            raise AttributeError("a counter counts: only a gauge reads a function")
+        with self._lock:
+            self._function = function
+
+    def read(self) -> float:
+        """The value now: the function's, when one is set."""
+        function = self._function
+        return self.value if function is None else float(function())
 
     def observe(self, value: float) -> None:
         raise AttributeError("observe() is a histogram's")
@@ -163,4 +183,7 @@ class HistogramSeries:
         raise AttributeError("a histogram observes values: use observe()")
 
     def set(self, value: float) -> None:
+        raise AttributeError("a histogram observes values: use observe()")
+
+    def set_function(self, function: Callable[[], float]) -> None:
         raise AttributeError("a histogram observes values: use observe()")

@@ -44,6 +44,8 @@ class Instrument(Protocol):
 
     def set(self, value: float) -> None: ...
 
+    def set_function(self, function: Callable[[], float]) -> None: ...
+
     def observe(self, value: float) -> None: ...
 
 
@@ -57,6 +59,9 @@ class NoInstrument:
         pass
 
     def set(self, value: float) -> None:
+        pass
+
+    def set_function(self, function: Callable[[], float]) -> None:
         pass
 
     def observe(self, value: float) -> None:
@@ -220,6 +225,10 @@ class MessageMetrics:
     def __init__(self, metrics: Metrics, per_channel: bool) -> None:
         self.per_channel = per_channel
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # The series of every message, kept by what picks them: fewer lookups and calls a message.
+        self._received_by: dict[Any, Any] = {}
+        self._waited_by: dict[str, Any] = {}
+        self._answered_by: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         where = ("platform", "channel") if per_channel else ("platform",)
         self._received = metrics.counter(
             "botkit_messages_received_total", "Messages handed to the bot by an adapter.", where
@@ -281,7 +290,11 @@ class MessageMetrics:
         return child
 
     def received(self, message: Message) -> None:
-        self._child(self._received, *self._where(message)).inc()
+        where = (message.platform, message.channel_id) if self.per_channel else message.platform
+        series = self._received_by.get(where)
+        if series is None:
+            series = self._received_by[where] = self._received.labels(*self._where(message))
+        series.inc()
 
     def refused(self, message: Message, reason: str) -> None:
         self._child(self._refused, *self._where(message), reason).inc()
@@ -290,18 +303,33 @@ class MessageMetrics:
         self._child(self._commands, *self._where(message), name or "unknown").inc()
 
     def waited(self, backend: str, seconds: float) -> None:
-        self._child(self._queue_wait, backend).observe(seconds)
+        series = self._waited_by.get(backend)
+        if series is None:
+            series = self._waited_by[backend] = self._queue_wait.labels(backend)
+        series.observe(seconds)
 
     def answered(self, message: Message, backend: str, reply: Reply) -> None:
-        self._child(self._answered, *self._where(message), reply.status.value).inc()
+        status = reply.status
+        key = (message.platform, message.channel_id if self.per_channel else "", backend, status)
+        series = self._answered_by.get(key)
+        if series is None:
+            series = self._answered_by[key] = (
+                self._answered.labels(*self._where(message), status.value),
+                self._first_token.labels(backend),
+                self._duration.labels(backend),
+                self._tokens.labels(backend),
+                self._prompt_tokens.labels(backend),
+            )
+        answered, first_token, duration, tokens, prompt_tokens = series
+        answered.inc()
         if reply.first_token_s is not None:
-            self._child(self._first_token, backend).observe(reply.first_token_s)
+            first_token.observe(reply.first_token_s)
         if reply.latency_s:
-            self._child(self._duration, backend).observe(reply.latency_s)
-        self._child(self._tokens, backend).inc(reply.completion_tokens)
-        self._child(self._prompt_tokens, backend).inc(reply.prompt_tokens or 0)
+            duration.observe(reply.latency_s)
+        tokens.inc(reply.completion_tokens)
+        prompt_tokens.inc(reply.prompt_tokens or 0)
         if reply.arm is not None:
-            self._child(self._canary_replies, backend, reply.arm, reply.status.value).inc()
+            self._child(self._canary_replies, backend, reply.arm, status.value).inc()
 
 
 def bot_state_families(bot: Bot) -> Iterator[Any]:

@@ -145,6 +145,13 @@ def test_instruments_expose_what_prometheus_clients_own_would_for_the_same_updat
         depth.labels("a").set(7)
         depth.labels("a").inc(-2)
         depth.labels("b").inc()
+        waiting = [1, 2]
+        queued = make("gauge", "queued", ("writer",))
+        queued.labels("memory").set(9)
+        queued.labels("memory").set_function(lambda: len(waiting))  # read at the scrape, whatever was set
+        queued.labels("memory").set(11)
+        waiting.append(3)
+        make("gauge", "plain_depth").set_function(lambda: 4)
         took = make("histogram", "took_seconds", ("backend",))
         for seconds in (0.05, 0.1, 0.5, 1.0, 3.0, 99.0):
             took.labels("default").observe(seconds)
@@ -152,6 +159,7 @@ def test_instruments_expose_what_prometheus_clients_own_would_for_the_same_updat
 
     ours, theirs = exposed_like_prometheus_client(operate)
     assert ours == theirs
+    assert ours[("queued", frozenset({("writer", "memory")}))] == 3
     assert ours[("took_seconds_bucket", frozenset({("backend", "default"), ("le", "0.1")}))] == 2  # le: <=
     assert ours[("took_seconds_sum", frozenset({("backend", "default")}))] == pytest.approx(103.65)
 
@@ -176,6 +184,10 @@ def test_instruments_refuse_what_prometheus_clients_refuse():
     with pytest.raises(ValueError, match="already a counter"):
         metrics.gauge("sent_total", "doc", ("platform",))
     assert metrics.counter("sent_total", "doc", ("platform",)) is sent  # asked again: the same
+    with pytest.raises(AttributeError, match="only a gauge"):
+        sent.labels("slack").set_function(lambda: 1)
+    with pytest.raises(AttributeError, match="observes values"):
+        metrics.histogram("took_seconds", "doc").set_function(lambda: 1)
 
 async def test_per_channel_labels_the_message_metrics_with_the_channel(make_bot):
     config = {"metrics": {**ON["metrics"], "per_channel": True}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import math
@@ -381,3 +382,31 @@ async def test_close_spools_what_could_not_be_written(make_writer, db, caplog):
         await asyncio.wait_for(writer.close(0.05), 5)
     assert spool.records == [{"n": 1}]
     assert "they wait in the spool test-spool for the next start" in caplog.text
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+async def test_the_queue_length_gauge_reads_the_newest_writer_of_a_name_and_a_writer_gone_reads_empty(
+    make_writer, db
+):
+    from botkit.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics("0")
+
+    def queued() -> float:
+        text = metrics.exposition()[0].decode()
+        (line,) = [line for line in text.splitlines() if line.startswith('botkit_write_queue_length{writer="test"}')]
+        return float(line.split()[-1])
+
+    db.open.clear()  # writes hang: what is added stays queued
+    first = make_writer(metrics=metrics)
+    for number in range(3):
+        first.add(number)
+    assert queued() == 3  # read at the scrape: nothing set it
+    second = make_writer(metrics=metrics)  # as a plugin reloaded makes a new writer of the same name
+    second.add("a")
+    assert queued() == 1
+    del second
+    gc.collect()
+    assert queued() == 0

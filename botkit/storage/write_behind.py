@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -173,6 +174,12 @@ class WriteBehind(Generic[Record]):
         self._not_writing = asyncio.Event()
         self._not_writing.set()
         self._task: asyncio.Task[None] | None = None
+        # The queue's and the spool's lengths are read at each scrape, not set at each change. The
+        # newest writer of a name is the one read (a plugin reloaded makes a new one); a writer
+        # gone reads as empty.
+        this = weakref.ref(self)
+        self._metrics.pending.set_function(lambda: len(writer._pending) if (writer := this()) else 0)
+        self._metrics.spooled.set_function(lambda: writer._on_disk if (writer := this()) else 0)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -194,7 +201,6 @@ class WriteBehind(Generic[Record]):
                 self._maybe_written = len(spooled)  # the last run may have committed them
                 self.counts.queued += len(spooled)
                 self._metrics.replayed.inc(len(spooled))
-                self._report()
                 self._idle.clear()
         self._task = asyncio.create_task(self._write_forever(), name=f"botkit-{self.name}-writer")
 
@@ -315,7 +321,6 @@ class WriteBehind(Generic[Record]):
         self.counts.queued += 1
         if self.write_ahead:
             self._spool_waiting()  # on disk before ``add`` returns
-        self._report()
         self._idle.clear()
         self._wake.set()
 
@@ -357,7 +362,6 @@ class WriteBehind(Generic[Record]):
                 self._take_written()
                 self.counts.retries += 1
                 self._metrics.retries.inc()
-                self._report()
                 if not self._outage:
                     self._log.error(
                         "%s: cannot write to the database (%s); %s wait in %s until it is back",
@@ -387,7 +391,6 @@ class WriteBehind(Generic[Record]):
                     )
                     self._outage = False
             self._take_written()
-            self._report()
             delay = FIRST_RETRY
 
     def _refused(self, error: BaseException) -> bool:
@@ -471,10 +474,6 @@ class WriteBehind(Generic[Record]):
             self._taken += taken
             self._progress.set()
             self._progress = asyncio.Event()
-
-    def _report(self) -> None:
-        self._metrics.pending.set(len(self._pending))
-        self._metrics.spooled.set(self._on_disk)
 
     def _drop_from_spool(self, count: int) -> None:
         assert self.spool is not None
