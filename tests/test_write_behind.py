@@ -410,3 +410,40 @@ async def test_the_queue_length_gauge_reads_the_newest_writer_of_a_name_and_a_wr
     del second
     gc.collect()
     assert queued() == 0
+
+
+# -- lingering for fuller batches ------------------------------------------------------------
+
+
+async def test_records_added_while_the_writer_lingers_go_into_one_batch(make_writer, db):
+    # A linger far longer than the test: the batch is written because it fills, not because time passed.
+    async with started(make_writer(linger=3600, batch_size=5)) as writer:
+        for number in range(4):
+            writer.add(number)
+            await asyncio.sleep(0)  # the writer runs between adds, as between messages
+        assert db.batches == []  # it waits for more
+        writer.add(4)  # the batch is full: written now
+        assert await writer.written_up_to_now(30)
+    assert db.batches == [[0, 1, 2, 3, 4]]
+
+
+async def test_flush_and_written_up_to_now_do_not_wait_out_the_linger(make_writer, db):
+    async with started(make_writer(linger=3600)) as writer:
+        writer.add(1)
+        await asyncio.sleep(0)
+        assert await writer.written_up_to_now(30)  # False if it waited the hour
+        writer.add(2)
+        await asyncio.sleep(0)
+        assert await writer.flush(30)
+    assert db.batches == [[1], [2]]
+
+
+async def test_a_writer_without_linger_writes_what_it_has_at_once(make_writer, db):
+    async with started(make_writer(batch_size=5)) as writer:
+        writer.add(1)
+        deadline = asyncio.get_running_loop().time() + 30
+        while not db.batches and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        writer.add(2)
+        assert await writer.flush(30)
+    assert db.batches == [[1], [2]]

@@ -12,11 +12,12 @@ the head of the queue and is tried again, backing off up to ``retry_interval``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Generic, Protocol, TypeVar
@@ -112,6 +113,13 @@ class WriteBehind(Generic[Record]):
     records are written one by one, and each one still refused is handed to
     ``dead_letter`` with ``reason(error)`` (or dropped), and the rest written.
 
+    With ``linger`` (seconds), the task waits that long for more records before it
+    writes a batch that is not full: when records come faster than batches are written,
+    a transaction carries more of them, and each record costs less (a transaction's
+    round trips cost the same for one record as for two hundred). It does not wait while
+    somebody waits for the writes (``flush``, ``written_up_to_now``, ``close``) or while
+    the database is down.
+
     ``name`` (the plugin) and ``what`` (the records, plural) make the log
     messages; they go to ``log``. ``metrics`` (the bot's) get the writer's latency,
     retries, queue and spool, labelled ``writer=name``. ``sleep`` is how the task pauses between
@@ -128,6 +136,7 @@ class WriteBehind(Generic[Record]):
         retry_interval: float,
         log: logging.Logger,
         batch_size: int = 200,
+        linger: float = 0.0,
         max_pending: int | None = None,
         spool: RecordSpool[Record] | None = None,
         write_ahead: bool = False,
@@ -143,6 +152,7 @@ class WriteBehind(Generic[Record]):
         self.what = what
         self.retry_interval = retry_interval
         self.batch_size = batch_size
+        self.linger = linger
         self.max_pending = max_pending
         self.spool = spool
         self.write_ahead = write_ahead and spool is not None
@@ -169,6 +179,9 @@ class WriteBehind(Generic[Record]):
         self._writes_started = 0
         self._outage = False
         self._wake = asyncio.Event()
+        # Ends a linger early: a full batch waits, or somebody waits for the writes.
+        self._go = asyncio.Event()
+        self._waiting_for_writes = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._not_writing = asyncio.Event()
@@ -212,7 +225,8 @@ class WriteBehind(Generic[Record]):
         if self._idle.is_set():
             return True
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            with self._hurried():
+                await asyncio.wait_for(self._idle.wait(), timeout)
             return True
         except TimeoutError:
             self._spool_waiting()
@@ -227,13 +241,24 @@ class WriteBehind(Generic[Record]):
         """
         target = self._added
         try:
-            async with asyncio.timeout(timeout):
-                while self._taken < target:
-                    await self._progress.wait()
+            with self._hurried():
+                async with asyncio.timeout(timeout):
+                    while self._taken < target:
+                        await self._progress.wait()
         except TimeoutError:
             self._spool_waiting()
             return False
         return True
+
+    @contextlib.contextmanager
+    def _hurried(self) -> Iterator[None]:
+        """While inside, the task writes what is queued without lingering."""
+        self._waiting_for_writes += 1
+        self._go.set()
+        try:
+            yield
+        finally:
+            self._waiting_for_writes -= 1
 
     async def close(self, timeout: float) -> None:
         """Stop the task after writing what is queued, for at most ``timeout`` seconds."""
@@ -323,6 +348,8 @@ class WriteBehind(Generic[Record]):
             self._spool_waiting()  # on disk before ``add`` returns
         self._idle.clear()
         self._wake.set()
+        if len(self._pending) - self._in_flight >= self.batch_size:
+            self._go.set()
 
     def pending_changed(self, records: Iterable[Record]) -> None:
         """``records`` (pending ones) were changed in place: the spool must keep no old copy of them."""
@@ -343,6 +370,7 @@ class WriteBehind(Generic[Record]):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            await self._gather()
             batch = list(islice(self._pending, self.batch_size))
             self._in_flight = len(batch)
             self._writes_started += 1
@@ -392,6 +420,15 @@ class WriteBehind(Generic[Record]):
                     self._outage = False
             self._take_written()
             delay = FIRST_RETRY
+
+    async def _gather(self) -> None:
+        """Wait up to ``linger`` for the batch to fill, unless somebody waits for the writes."""
+        if self.linger <= 0 or self._outage or self._waiting_for_writes or len(self._pending) >= self.batch_size:
+            return
+        self._go.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.linger):
+                await self._go.wait()
 
     def _refused(self, error: BaseException) -> bool:
         return self._rejected is not None and self._rejected(error)

@@ -62,6 +62,13 @@ class MemorySettings(BaseModel):
         ge=0,
         description="keep a conversation's recent turns in memory this long (0: read the database every time)",
     )
+    write_delay: float = Field(
+        0.05,
+        ge=0,
+        le=5,
+        description="seconds an exchange waits for others to be written with it in one transaction "
+        "(fewer transactions when busy; the spool holds it meanwhile; 0: write at once)",
+    )
 
 
 STORE: StateKey[MemoryStore] = StateKey("memory.store")
@@ -121,7 +128,15 @@ async def botkit_startup(bot):
     # version check would cost the same indexed round trip as the read it saves (docs/storage.md).
     cache_seconds = 0.0 if bot.clustered else settings.cache_seconds
     store = bot.state.set(
-        STORE, MemoryStore(bot.db, spool, settings.retry_interval, cache_seconds, metrics=bot.metrics)
+        STORE,
+        MemoryStore(
+            bot.db,
+            spool,
+            settings.retry_interval,
+            cache_seconds,
+            write_delay=settings.write_delay,
+            metrics=bot.metrics,
+        ),
     )
     store.start()
 

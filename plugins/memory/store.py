@@ -102,6 +102,7 @@ class MemoryStore:
         retry_interval: float,
         cache_seconds: float = 0.0,
         max_pending: int = 100_000,
+        write_delay: float = 0.0,
         metrics: Metrics | None = None,
     ) -> None:
         self.db = db
@@ -118,6 +119,7 @@ class MemoryStore:
             retry_interval=retry_interval,
             log=log,
             max_pending=max_pending,
+            linger=write_delay,
             spool=spool,
             write_ahead=True,
             # A refused write is not an outage: ids cached from rows deleted behind our back
