@@ -406,25 +406,30 @@ async def alternate_rounds(
         await settle()
     for _ in range(args.rounds):
         # Blocks of BLOCK messages, the bots alternating which goes first: a drift of the
-        # machine's speed within a round hits both bots alike.
+        # machine's speed within a round hits both bots alike. Each block is done, inside its
+        # bot's time, when its exchanges are stored and its log lines written: memory's writer
+        # waits up to write_delay for a fuller batch, and a log line is formatted after it was
+        # logged, so either would otherwise land in the other bot's next block, or in no time.
         messages = make_messages(args.messages, args.conversations)
         spent = {id(bot): Result(0, 0.0, []) for _, bot, _, _ in bots}
         for number, start in enumerate(range(0, len(messages), BLOCK)):
             block = messages[start : start + BLOCK]
-            for case, bot, answer, _ in bots if number % 2 == 0 else bots[::-1]:
-                configure_logging(log_settings[bot.metrics.enabled], force=True)
-                result = await run_sequential(case.name, answer, block, reply)
+            for case, bot, answer, settle in bots if number % 2 == 0 else bots[::-1]:
+                handler = configure_logging(log_settings[bot.metrics.enabled], force=True)
+                assert handler is not None
+                result = await run_sequential(case.name, answer, block, reply, settle)
+                started = time.perf_counter()
+                handler.flush()
                 total = spent[id(bot)]
                 total.messages += result.messages
-                total.seconds += result.seconds
+                total.seconds += result.seconds + time.perf_counter() - started
                 total.per_message_s += result.per_message_s
-        for case, bot, _, settle in bots:
-            configure_logging(log_settings[bot.metrics.enabled], force=True)
-            started = time.perf_counter()
-            spent[id(bot)].backlog = await settle()
+                total.backlog = max(total.backlog, result.backlog)
+        for case, bot, _, _ in bots:
             if bot.metrics.enabled:
+                started = time.perf_counter()
                 bot.metrics.exposition()  # a scrape per round, as Prometheus does every few seconds
-            spent[id(bot)].seconds += time.perf_counter() - started
+                spent[id(bot)].seconds += time.perf_counter() - started
             case.rounds.append(spent[id(bot)])
 
 
