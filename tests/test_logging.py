@@ -452,3 +452,40 @@ def test_a_forked_child_writes_its_lines_with_a_writer_thread_of_its_own(tmp_pat
     )
     assert result.returncode == 0, result.stderr
     assert [line["event"] for line in json_lines(result.stderr)] == ["parent", "child"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"platform": "slack", "message_id": 'a "quoted"\\ id\n', "latency_s": 0.25, "prompt_tokens": 12},
+        {"user": "discord:ünïcødé ☃", "status": "completed", "first_token_s": 1e-07, "completion_tokens": 0},
+        {"latency_s": float("nan"), "prompt_tokens": True, "backend": ["a", 1], "conversation": {"k": None}},
+        {"latency_s": float("inf"), "completion_tokens": 10**30, "backend": Path("/x")},
+    ],
+)
+def test_a_json_line_is_what_json_writes_for_its_fields(fields):
+    from datetime import UTC, datetime
+
+    from botkit.logs import JsonLineFormatter
+
+    formatter = JsonLineFormatter(TextGuard(False))
+    try:
+        raise ValueError("broken\tline")
+    except ValueError:
+        exc_info = sys.exc_info()
+    for exception in (None, exc_info):
+        record = logging.LogRecord("botkit.test", logging.ERROR, __file__, 1, 'said "%s"', ("x\x00y",), exception)
+        record.__dict__.update(fields)
+        expected = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "level": "ERROR",
+            "logger": "botkit.test",
+            "event": 'said "x\x00y"',
+            **{name: fields[name] for name in ("platform", "conversation", "message_id", "user", "backend",
+                                               "status", "latency_s", "first_token_s", "prompt_tokens",
+                                               "completion_tokens") if name in fields},
+        }  # fmt: skip
+        if exception:
+            expected["exception"] = formatter.formatException(exception)
+        assert formatter.format(record) == json.dumps(expected, ensure_ascii=False, default=str)
