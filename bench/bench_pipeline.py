@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import platform
 import statistics
@@ -351,13 +352,6 @@ async def metrics_cost(args: argparse.Namespace, data_dir: Path) -> list[Case]:
     reply = reply_words(args.chunks)
     backend_config = {"type": "scripted", "default_reply": reply, "chunk_delay": args.chunk_delay}
     bots: list[tuple[Case, Bot, Answer, Settle]] = []
-    # The log each bot's rounds run under: the default (text at WARNING: no line per message), or
-    # JSON at INFO (the `answered` line of every message, its fields), written to a file as a
-    # service's stderr is (journald, a container runtime).
-    log_settings = {
-        False: LoggingSettings(),
-        True: LoggingSettings(level="INFO", format="json"),
-    }
     log_file = (data_dir / "bench.log").open("w", encoding="utf-8")
     for name, enabled in (("metrics off", False), ("metrics on", True)):
         folder = data_dir / name.replace(" ", "-")
@@ -374,11 +368,16 @@ async def metrics_cost(args: argparse.Namespace, data_dir: Path) -> list[Case]:
         bot.backend.requests = deque(maxlen=1)  # type: ignore[attr-defined]
         label = "metrics on, JSON logs at INFO" if enabled else "metrics off, logs at WARNING"
         bots.append((Case(f"botkit, {label}"), bot, pipeline_answer(bot), memory_settle(bot)))
-    # stderr is the log file for the whole run: the log handler writes a batch of lines when it
-    # is due, which may be after the block that logged them.
+    # One log set-up for the whole run, as a service has one: JSON lines at INFO (the `answered`
+    # line of every message, its fields), written to a file as a service's stderr is (journald,
+    # a container runtime). The bot with metrics off runs its blocks with the root logger at
+    # WARNING, botkit's default level (no line per message). The handler and its writer thread
+    # live through the run, as in a service.
     try:
         with contextlib.redirect_stderr(log_file):
-            await alternate_rounds(args, bots, log_settings, reply)
+            handler = configure_logging(LoggingSettings(level="INFO", format="json"), force=True)
+            assert handler is not None
+            await alternate_rounds(args, bots, handler, reply)
             configure_logging(LoggingSettings(), force=True)  # writes what is queued
     finally:
         configure_logging(LoggingSettings(), force=True)
@@ -396,11 +395,16 @@ async def metrics_cost(args: argparse.Namespace, data_dir: Path) -> list[Case]:
 async def alternate_rounds(
     args: argparse.Namespace,
     bots: list[tuple[Case, Bot, Answer, Settle]],
-    log_settings: dict[bool, LoggingSettings],
+    handler: logging.Handler,
     reply: str,
 ) -> None:
     """The warm-up, then ``args.rounds`` rounds of the two bots taking turns; each round's time goes to its case."""
-    for _, _, answer, settle in bots:
+
+    def log_level_of(bot: Bot) -> None:
+        logging.getLogger().setLevel(logging.INFO if bot.metrics.enabled else logging.WARNING)
+
+    for _, bot, answer, settle in bots:
+        log_level_of(bot)
         for message in make_messages(args.warmup, args.conversations):
             assert await answer(message) == reply
         await settle()
@@ -415,8 +419,7 @@ async def alternate_rounds(
         for number, start in enumerate(range(0, len(messages), BLOCK)):
             block = messages[start : start + BLOCK]
             for case, bot, answer, settle in bots if number % 2 == 0 else bots[::-1]:
-                handler = configure_logging(log_settings[bot.metrics.enabled], force=True)
-                assert handler is not None
+                log_level_of(bot)
                 result = await run_sequential(case.name, answer, block, reply, settle)
                 started = time.perf_counter()
                 handler.flush()
