@@ -82,6 +82,23 @@ async def test_history_goes_into_the_next_prompt(make_bot, storage_config):
     ]
 
 
+async def test_exchanges_within_write_delay_share_one_transaction_and_are_read_meanwhile(make_bot, storage_config):
+    # A delay far longer than the test: the writes wait for it until something waits for them.
+    config = {**storage_config, "plugins": {"memory": {"write_delay": 5}}}
+    async with make_bot(config) as bot:
+        for word in ("heron", "osprey", "kestrel"):
+            bot.backend.say("Noted.")
+            await bot.chat.say(f"The code word is {word}.")
+        # Not written yet: the next prompt still has them, from the queue.
+        assert [t.text for t in bot.backend.prompts[-1].turns][-3:] == [
+            "The code word is osprey.", "Noted.", "The code word is kestrel.",
+        ]  # fmt: skip
+        assert memory(bot).writer.writes_started == 0
+        await flushed(bot)  # flush does not wait out the delay
+        assert memory(bot).writer.writes_started == 1
+        assert len(await rows(bot)) == 6
+
+
 async def test_memory_survives_a_restart(make_bot, storage_config):
     async with make_bot(storage_config) as bot:
         bot.backend.say("Noted.")
