@@ -5,8 +5,8 @@ before), so that third-party loggers go through the same rules as botkit's own:
 
 - ``LevelPolicy`` decides by logger name: botkit's loggers (and any library not listed) follow
   ``level``; the chatty libraries of ``QUIET_LOGGERS`` stay at WARNING; ``[logging] loggers``
-  names any logger's level, a name covering its children (the longest name wins). It is a
-  filter on the handler, not logger levels alone, because some libraries set their loggers'
+  names any logger's level, a name covering its children (the longest name wins). The handler
+  applies it to every record, not logger levels alone, because some libraries set their loggers'
   levels themselves (slack_bolt copies the root logger's level into each of its loggers).
 - ``TextGuard``: botkit's own log calls never interpolate message or reply text; the
   libraries of ``PAYLOAD_LOGGERS`` log request and event bodies below WARNING (slack_bolt
@@ -460,9 +460,11 @@ class StderrHandler(logging.Handler):
         super().close()
 
     def _at_fork_reinit(self) -> None:
-        # logging calls this in a forked child: no writer thread runs there, and a lock
-        # another thread held at the fork would stay held.
+        # logging calls this in a forked child: no writer thread runs there, a lock another
+        # thread held at the fork would stay held, and what the parent queued is the parent's
+        # to write (the child would write it a second time).
         super()._at_fork_reinit()  # type: ignore[misc]
+        self._queued = deque()
         self._write_lock = threading.Lock()
         self._first_queued = threading.Event()
         self._writer = None
