@@ -9,6 +9,8 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -289,10 +291,9 @@ def test_json_time_is_utc_iso_8601_to_the_millisecond_as_datetime_writes_it(crea
         assert json.loads(formatter.format(record))["time"] == expected
 
 
-def test_log_event_makes_the_record_logger_log_would():
-    from botkit.logs import log_event
-
-    logger = logging.getLogger("botkit.test.log_event")
+@contextmanager
+def kept_records(logger: logging.Logger) -> Iterator[list[logging.LogRecord]]:
+    """The records ``logger`` hands its handlers at INFO and above while inside."""
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -303,14 +304,22 @@ def test_log_event_makes_the_record_logger_log_would():
     logger.addHandler(keep)
     logger.setLevel(logging.INFO)
     try:
+        yield records
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(logging.NOTSET)
+
+
+def test_log_event_makes_the_record_logger_log_would():
+    from botkit.logs import log_event
+
+    logger = logging.getLogger("botkit.test.log_event")
+    with kept_records(logger) as records:
         fields = {"platform": "console", "message_id": "m1", "latency_s": 0.25}
         logger.info("answered %s in %.2f s", "m1", 0.25, extra=fields)
         for number in (1, 2):  # the second copies what the first left for its call site
             log_event(logger, logging.INFO, "answered %s in %.2f s", (f"m{number}", 0.25), fields)
         log_event(logger, logging.DEBUG, "not written at INFO", (), fields)
-    finally:
-        logger.removeHandler(keep)
-        logger.setLevel(logging.NOTSET)
     assert len(records) == 3
     stdlib, first, second = records
     assert second is not first
@@ -366,11 +375,6 @@ def test_log_event_records_carry_their_own_call_sites_line_and_function():
     from botkit.logs import log_event
 
     logger = logging.getLogger("botkit.test.log_event_sites")
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
 
     # Two functions of the same name and body: the same place in the same bytecode, other lines.
     def site() -> None:
@@ -381,15 +385,9 @@ def test_log_event_records_carry_their_own_call_sites_line_and_function():
     def site() -> None:  # noqa: F811
         log_event(logger, logging.INFO, "event", (), {})
 
-    keep = Keep()
-    logger.addHandler(keep)
-    logger.setLevel(logging.INFO)
-    try:
+    with kept_records(logger) as records:
         for call in (first, site, first, site):
             call()
-    finally:
-        logger.removeHandler(keep)
-        logger.setLevel(logging.NOTSET)
     first_line = first.__code__.co_firstlineno + 1
     second_line = site.__code__.co_firstlineno + 1
     assert [(record.lineno, record.funcName) for record in records] == [
