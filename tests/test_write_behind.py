@@ -441,9 +441,7 @@ async def test_flush_and_written_up_to_now_do_not_wait_out_the_linger(make_write
 async def test_a_writer_without_linger_writes_what_it_has_at_once(make_writer, db):
     async with started(make_writer(batch_size=5)) as writer:
         writer.add(1)
-        deadline = asyncio.get_running_loop().time() + 30
-        while not db.batches and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: db.batches or None, what="the first record written on its own")
         writer.add(2)
         assert await writer.flush(30)
     assert db.batches == [[1], [2]]
