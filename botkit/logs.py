@@ -115,12 +115,17 @@ CONTEXT_FIELDS = (
 )
 
 
+# The record attribute of an event's name (log_event): a JSON line's event, in place of the message.
+EVENT_FIELD = "botkit_event"
+
 # Each field of a JSON line as it begins: the separator and the key.
-_FIELD_KEYS = tuple((field, f", {json.dumps(field)}: ") for field in CONTEXT_FIELDS)
+_KEYS = tuple(f", {json.dumps(field)}: " for field in CONTEXT_FIELDS)
+# A time's milliseconds as a JSON line writes them, with the "Z" of UTC.
+_MILLISECONDS = tuple(f".{number:03d}Z" for number in range(1000))
 # A string as JSON writes it with ensure_ascii=False: quoted, with quotes, backslashes and
 # control characters escaped.
 _quote = json.encoder.encode_basestring
-MAX_HEADS = 1024  # (level, logger) pairs whose line beginning is kept
+MAX_HEADS = 1024  # line beginnings a JSON formatter keeps: (level, logger, event name)
 
 
 def message_context(message: Message, conversation: str) -> dict[str, Any]:
@@ -150,8 +155,18 @@ _process: list[int] = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _process.__setitem__(0, os.getpid()))
 
 
-def log_event(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+def log_event(
+    logger: logging.Logger,
+    level: int,
+    msg: str,
+    args: tuple[Any, ...],
+    fields: dict[str, Any],
+    event: str | None = None,
+) -> None:
     """``logger.log(level, msg, *args, extra=fields)`` for a line written once per message.
+
+    ``event``: a short name for what happened (``answered``), the event of a JSON line in
+    place of the message; the fields say the rest. The record carries it as ``EVENT_FIELD``.
 
     The same record, built for less: the caller's file and line are read from its own
     frame, not found by walking the stack, and ``fields`` (context names of
@@ -165,7 +180,7 @@ def log_event(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...
         return
     caller = sys._getframe(1)
     code = caller.f_code
-    key = (code.co_filename, code.co_firstlineno, code.co_name, caller.f_lasti, level, msg, logger.name)
+    key = (code.co_filename, code.co_firstlineno, code.co_name, caller.f_lasti, level, msg, event, logger.name)
     made = _EVENT_RECORDS.get(key)
     if (
         made is not None
@@ -173,51 +188,58 @@ def log_event(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...
         and made[1] == _process[0]
         and logging.getLogRecordFactory() is logging.LogRecord
     ):
+        # One dict copied, stamped and given the fields, then made the record's: a dict filled
+        # key by key grows (and is copied) several times on the way to some thirty attributes.
+        values = made[2].copy()
+        _stamp(values, args)
+        values.update(fields)
         record = logging.LogRecord.__new__(logging.LogRecord)
-        record.__dict__.update(made[2])
-        _stamp(record, args)
+        record.__dict__ = values
     else:
         factory = logging.getLogRecordFactory()
         record = factory(logger.name, level, code.co_filename, caller.f_lineno, msg, args, None, code.co_name)
+        if event is not None:
+            record.__dict__[EVENT_FIELD] = event
         if factory is logging.LogRecord and (made is not None or len(_EVENT_RECORDS) < _MOST_EVENT_SITES):
             template = {k: v for k, v in record.__dict__.items() if k not in _STAMPED}
             _EVENT_RECORDS[key] = (_thread_id(), _process[0], template)
-    record.__dict__.update(fields)
+        record.__dict__.update(fields)
     if logger.filters:
         logger.handle(record)
     elif not logger.disabled:
         logger.callHandlers(record)  # what handle() comes to for a logger without filters
 
 
-def _stamp_seconds(record: logging.LogRecord, args: tuple[Any, ...]) -> None:
-    """``record``'s arguments and time, as ``LogRecord.__init__`` sets them up to Python 3.12."""
-    record.args = args[0] if args and len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args
+def _stamp_seconds(values: dict[str, Any], args: tuple[Any, ...]) -> None:
+    """A record's arguments and time (in ``values``, its dict), as ``LogRecord.__init__`` sets them up to Python 3.12."""
+    values["args"] = args[0] if args and len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args
     now = time.time()
-    record.created = now
-    record.msecs = int((now - int(now)) * 1000) + 0.0
-    record.relativeCreated = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
+    values["created"] = now
+    values["msecs"] = int((now - int(now)) * 1000) + 0.0
+    values["relativeCreated"] = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
 
 
-def _stamp_nanoseconds(record: logging.LogRecord, args: tuple[Any, ...]) -> None:
-    """``record``'s arguments and time, as ``LogRecord.__init__`` sets them from Python 3.13."""
-    record.args = args[0] if args and len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args
+def _stamp_nanoseconds(values: dict[str, Any], args: tuple[Any, ...]) -> None:
+    """A record's arguments and time (in ``values``), as ``LogRecord.__init__`` sets them from Python 3.13."""
+    values["args"] = args[0] if args and len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args
     ns = time.time_ns()
-    record.created = ns / 1e9
-    record.msecs = (ns % 1_000_000_000) // 1_000_000 + 0.0
-    if record.msecs == 999.0 and int(record.created) != ns // 1_000_000_000:
-        record.msecs = 0.0
-    record.relativeCreated = (ns - logging._startTime) / 1e6  # type: ignore[attr-defined]
+    created = values["created"] = ns / 1e9
+    msecs = (ns % 1_000_000_000) // 1_000_000 + 0.0
+    if msecs == 999.0 and int(created) != ns // 1_000_000_000:
+        msecs = 0.0
+    values["msecs"] = msecs
+    values["relativeCreated"] = (ns - logging._startTime) / 1e6  # type: ignore[attr-defined]
 
 
-def _stamp_with_task(record: logging.LogRecord, args: tuple[Any, ...]) -> None:
+def _stamp_with_task(values: dict[str, Any], args: tuple[Any, ...]) -> None:
     """As ``_stamp_time``, and the asyncio task's name, as Python 3.12 on sets it."""
-    _stamp_time(record, args)
-    record.taskName = None
+    _stamp_time(values, args)
+    values["taskName"] = None
     asyncio = sys.modules.get("asyncio") if logging.logAsyncioTasks else None  # type: ignore[attr-defined]
     if asyncio is not None:
         # As LogRecord does: outside a running loop or a task the name stays None.
         with contextlib.suppress(Exception):
-            record.taskName = asyncio.current_task().get_name()
+            values["taskName"] = asyncio.current_task().get_name()
 
 
 # logging's start time is in nanoseconds from Python 3.13 (and so is a record's clock).
@@ -317,7 +339,10 @@ class TextLineFormatter(logging.Formatter):
 
 
 class JsonLineFormatter(logging.Formatter):
-    """One JSON object per line: time (ISO 8601, UTC), level, logger, event, the context known, exception."""
+    """One JSON object per line: time (ISO 8601, UTC), level, logger, event, the context known, exception.
+
+    The event is the record's message, or the name ``log_event`` gave it (``EVENT_FIELD``).
+    """
 
     def __init__(self, guard: TextGuard) -> None:
         super().__init__()
@@ -326,7 +351,7 @@ class JsonLineFormatter(logging.Formatter):
         # The last second formatted and its text (lines come many a second), set as one tuple:
         # another thread formatting at the same time reads a pair that belongs together.
         self._last_second: tuple[int, str] | None = None
-        self._heads: dict[tuple[str, str], str] = {}
+        self._heads: dict[tuple[str, str, str | None], str] = {}
 
     def _time(self, created: float) -> str:
         """``created`` as datetime.fromtimestamp(...).isoformat(timespec="milliseconds") writes it, in UTC."""
@@ -338,16 +363,18 @@ class JsonLineFormatter(logging.Formatter):
         if last is None or last[0] != second:
             text = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds").removesuffix("+00:00")
             last = self._last_second = (second, text)
-        return f"{last[1]}.{micro // 1000:03d}Z"
+        return last[1] + _MILLISECONDS[micro // 1000]
 
     def format(self, record: logging.LogRecord) -> str:
         # The line json.JSONEncoder would write for the dict of these keys, in this order, built
         # from its parts: a line per message is worth the few microseconds (bench/README.md).
-        parts = ['{"time": "', self._time(record.created), '", ', self._head(record.levelname, record.name)]
-        parts.append(_quote(self.guard.message(record)))
         values = record.__dict__
-        for field, key in _FIELD_KEYS:
-            value = values.get(field)
+        event = values.get(EVENT_FIELD)
+        head = self._head(record.levelname, record.name, event if event.__class__ is str else None)
+        parts = ['{"time": "', self._time(record.created), '", ', head]
+        if event.__class__ is not str:
+            parts.append(_quote(self.guard.message(record)))
+        for key, value in zip(_KEYS, map(values.get, CONTEXT_FIELDS), strict=True):
             if value is None:
                 continue
             kind = value.__class__
@@ -366,13 +393,16 @@ class JsonLineFormatter(logging.Formatter):
         parts.append("}")
         return "".join(parts)
 
-    def _head(self, level: str, logger: str) -> str:
-        """``"level": ..., "logger": ..., "event": `` for a level and logger, made once."""
-        head = self._heads.get((level, logger))
+    def _head(self, level: str, logger: str, event: str | None) -> str:
+        """``"level": ..., "logger": ..., "event": `` for a level and logger (and the event's name), made once."""
+        key = (level, logger, event)
+        head = self._heads.get(key)
         if head is None:
             head = f'"level": {_quote(level)}, "logger": {_quote(logger)}, "event": '
+            if event is not None:
+                head += _quote(event)
             if len(self._heads) < MAX_HEADS:
-                self._heads[(level, logger)] = head
+                self._heads[key] = head
         return head
 
 
@@ -514,6 +544,7 @@ def configure_logging(settings: LoggingSettings, *, force: bool = False) -> logg
 
 __all__ = [
     "CONTEXT_FIELDS",
+    "EVENT_FIELD",
     "PAYLOAD_LOGGERS",
     "QUIET_LOGGERS",
     "JsonLineFormatter",

@@ -128,14 +128,25 @@ class ValueSeries:
     def inc(self, amount: float = 1) -> None:
         if self._counter and amount < 0:
             raise ValueError(f"a counter only goes up: inc({amount})")
-        with self._lock:
+        # acquire() and try/finally, not `with`: the same, for a third less of a call that
+        # a message makes several times (entering and leaving a `with` are two lookups and calls).
+        lock = self._lock
+        lock.acquire()
+        try:
             self.value += amount
+        finally:
+            lock.release()
 
     def set(self, value: float) -> None:
         if self._counter:
             raise AttributeError("a counter cannot be set, only increased")
-        with self._lock:
-            self.value = float(value)
+        value = float(value)
+        lock = self._lock
+        lock.acquire()
+        try:
+            self.value = value
+        finally:
+            lock.release()
 
     def set_function(self, function: Callable[[], float]) -> None:
         """A gauge: ``function()`` is its value at each scrape, whatever is set (as prometheus-client's).
@@ -171,9 +182,13 @@ class HistogramSeries:
 
     def observe(self, value: float) -> None:
         where = bisect_left(self._bounds, value)  # the first bucket whose bound is >= value ("le")
-        with self._lock:
+        lock = self._lock  # as in ValueSeries.inc
+        lock.acquire()
+        try:
             self._counts[where] += 1
             self._sum += value
+        finally:
+            lock.release()
 
     def snapshot(self) -> tuple[list[int], float]:
         with self._lock:

@@ -493,6 +493,7 @@ class Pipeline:
                 "prompt_tokens": reply.prompt_tokens,
                 "completion_tokens": reply.completion_tokens,
             },
+            event="answered",
         )
         return reply
 

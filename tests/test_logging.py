@@ -68,7 +68,7 @@ def test_json_lines_at_debug_carry_the_fields_and_no_chat_text(tmp_path):
     for line in lines:
         assert {"time", "level", "logger", "event"} <= set(line), line
         assert line["time"].endswith("Z") and "T" in line["time"]
-    answered = [line for line in lines if line["event"].startswith("answered ")]
+    answered = [line for line in lines if line["event"] == "answered"]
     assert len(answered) == len(USER_TEXTS)
     ids = set()
     for line in answered:
@@ -334,6 +334,25 @@ def test_log_event_makes_the_record_logger_log_would():
     assert second.getMessage() == "answered m2 in 0.25 s" and first.args == ("m1", 0.25)
 
 
+def test_an_event_name_is_the_json_lines_event_and_the_text_line_keeps_the_message():
+    from botkit.logs import EVENT_FIELD, JsonLineFormatter, TextLineFormatter, log_event
+
+    logger = logging.getLogger("botkit.test.event_name")
+    with kept_records(logger) as records:
+        for number in (1, 2):  # the second record is copied from what the first left
+            log_event(logger, logging.INFO, "answered %s", (f"m{number}",), {"message_id": f"m{number}"}, "answered")
+        log_event(logger, logging.INFO, "answered %s", ("m3",), {"message_id": "m3"})  # no name: the message
+    assert [record.__dict__.get(EVENT_FIELD) for record in records] == ["answered", "answered", None]
+    as_json = [json.loads(JsonLineFormatter(TextGuard(False)).format(record)) for record in records]
+    assert [(line["event"], line["message_id"]) for line in as_json] == [
+        ("answered", "m1"),
+        ("answered", "m2"),
+        ("answered m3", "m3"),
+    ]
+    text = TextLineFormatter(TextGuard(False))
+    assert [text.format(record).split(": ", 1)[1] for record in records] == ["answered m1", "answered m2", "answered m3"]
+
+
 def test_log_event_makes_each_record_anew_under_a_custom_record_factory(monkeypatch):
     from botkit.logs import log_event
 
@@ -365,10 +384,10 @@ def test_log_event_stamps_the_time_and_arguments_as_log_records_do(monkeypatch, 
     monkeypatch.setattr(time, "time", lambda: moment_ns / 1e9)
     for args in (({"a": 1},), ("a", 1), ()):
         stdlib = logging.LogRecord("botkit.test", logging.INFO, __file__, 1, "event", args, None)
-        ours = logging.LogRecord.__new__(logging.LogRecord)
+        ours: dict = {}
         logs._stamp(ours, args)
         for attribute in ("created", "msecs", "relativeCreated", "args"):
-            assert getattr(ours, attribute) == getattr(stdlib, attribute), attribute
+            assert ours[attribute] == getattr(stdlib, attribute), attribute
 
 
 def test_log_event_records_carry_their_own_call_sites_line_and_function():
@@ -462,29 +481,36 @@ def test_a_forked_child_writes_its_lines_with_a_writer_thread_of_its_own(tmp_pat
         {"user": "discord:ünïcødé ☃", "status": "completed", "first_token_s": 1e-07, "completion_tokens": 0},
         {"latency_s": float("nan"), "prompt_tokens": True, "backend": ["a", 1], "conversation": {"k": None}},
         {"latency_s": float("inf"), "completion_tokens": 10**30, "backend": Path("/x")},
+        {"platform": 7, "status": "a number before a string", "first_token_s": -0.0},
+        {"conversation": "100%s %d %%", "backend": "b", "latency_s": 2.5e-300, "completion_tokens": -3},
+        {"prompt_tokens": 4, "completion_tokens": 5.0, "message_id": None, "platform": "console"},
     ],
 )
-def test_a_json_line_is_what_json_writes_for_its_fields(fields):
+@pytest.mark.parametrize(("logger", "event"), [("botkit.test", None), ("botkit.100%s", "answered %s")])
+def test_a_json_line_is_what_json_writes_for_its_fields(fields, logger, event):
     from datetime import UTC, datetime
 
-    from botkit.logs import JsonLineFormatter
+    from botkit.logs import EVENT_FIELD, JsonLineFormatter
 
     formatter = JsonLineFormatter(TextGuard(False))
     try:
         raise ValueError("broken\tline")
     except ValueError:
         exc_info = sys.exc_info()
-    for exception in (None, exc_info):
-        record = logging.LogRecord("botkit.test", logging.ERROR, __file__, 1, 'said "%s"', ("x\x00y",), exception)
+    # Each record twice: the second is written from what the formatter kept of the first's shape.
+    for exception in (None, None, exc_info, exc_info):
+        record = logging.LogRecord(logger, logging.ERROR, __file__, 1, 'said "%s"', ("x\x00y",), exception)
         record.__dict__.update(fields)
+        if event is not None:
+            record.__dict__[EVENT_FIELD] = event
         expected = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
             "level": "ERROR",
-            "logger": "botkit.test",
-            "event": 'said "x\x00y"',
+            "logger": logger,
+            "event": 'said "x\x00y"' if event is None else event,
             **{name: fields[name] for name in ("platform", "conversation", "message_id", "user", "backend",
                                                "status", "latency_s", "first_token_s", "prompt_tokens",
-                                               "completion_tokens") if name in fields},
+                                               "completion_tokens") if fields.get(name) is not None},
         }  # fmt: skip
         if exception:
             expected["exception"] = formatter.formatException(exception)
