@@ -268,13 +268,14 @@ class Pipeline:
 
     async def _process(self, message: Message, responder: Responder, arrived: CommandReading) -> None:
         arrival = next(self._arrivals)
-        log.debug(
-            "message %s from %s: %d characters",
-            message.message_id,
-            message.user_key,
-            len(message.text),
-            extra=self._context(message),
-        )
+        if log.isEnabledFor(logging.DEBUG):  # its arguments are built for every message otherwise
+            log.debug(
+                "message %s from %s: %d characters",
+                message.message_id,
+                message.user_key,
+                len(message.text),
+                extra=self._context(message),
+            )
         limit = self._settings().bot.max_message_chars
         if len(message.text) > limit:
             self._metrics.refused(message, "too_long")
@@ -479,22 +480,23 @@ class Pipeline:
         await call_all(self._hook.botkit_reply_ready, message=message, reply=reply, bot=bot)
         delivered = await responder.finish(text, status)
         reply.platform_message_ids = tuple(delivered or ())
-        log_event(
-            log,
-            logging.INFO,
-            "answered %s: %s in %.2f s, %d prompt + %d reply tokens, backend %r",
-            (message.message_id, status.value, latency_s, reply.prompt_tokens, reply.completion_tokens, slot.name),
-            {
-                **self._context(message),
-                "backend": slot.name,
-                "status": status.value,
-                "latency_s": round(latency_s, 3),
-                "first_token_s": None if reply.first_token_s is None else round(reply.first_token_s, 3),
-                "prompt_tokens": reply.prompt_tokens,
-                "completion_tokens": reply.completion_tokens,
-            },
-            event="answered",
-        )
+        if log.isEnabledFor(logging.INFO):  # at botkit's default level (WARNING) nothing is built
+            log_event(
+                log,
+                logging.INFO,
+                "answered %s: %s in %.2f s, %d prompt + %d reply tokens, backend %r",
+                (message.message_id, status.value, latency_s, reply.prompt_tokens, reply.completion_tokens, slot.name),
+                {
+                    **self._context(message),
+                    "backend": slot.name,
+                    "status": status.value,
+                    "latency_s": round(latency_s, 3),
+                    "first_token_s": None if reply.first_token_s is None else round(reply.first_token_s, 3),
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                },
+                event="answered",
+            )
         return reply
 
     async def _stream(self, request: ModelRequest, updates: StreamedUpdates, started: float) -> Streamed:
