@@ -62,16 +62,16 @@ class Message:
 
     def conversation_key(self, scope: ConversationScope) -> str:
         """The key of the conversation this message belongs to under ``scope``."""
-        dm_key, user_suffix = self.user_conversation_keys(self.platform, self.author.id)
+        # The user's names are made only where the key has one (a message asks several times).
         if self.is_dm:
-            return dm_key
+            return self.user_conversation_keys(self.platform, self.author.id)[0]
         key = f"{self.platform}:{self.channel_id}"
         if scope is ConversationScope.CHANNEL:
             return key
         if self.thread_id is not None:
             key = f"{key}:{self.thread_id}"
         if scope is ConversationScope.USER:
-            key += user_suffix
+            key += self.user_conversation_keys(self.platform, self.author.id)[1]
         return key
 
     @staticmethod
