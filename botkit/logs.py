@@ -18,23 +18,21 @@ before), so that third-party loggers go through the same rules as botkit's own:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import json
 import logging
 import math
-import os
 import re
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from botkit.log_events import EventLine
     from botkit.settings import LoggingSettings
     from botkit.types import Message
 
@@ -136,115 +134,6 @@ def message_context(message: Message, conversation: str) -> dict[str, Any]:
         "message_id": message.message_id,
         "user": message.user_key,
     }
-
-
-# What the record factory filled in for a log_event call site: the next records there copy it
-# and take only their time and arguments anew, when made in the same thread and process.
-# LogRecord.__init__ reads the clock, splits the caller's path and asks for the thread's and
-# process's names: in a busy bot that is ~1% of a message's time on its own (bench/README.md).
-# A site is known by its code's file, name and first line and the call's place in the bytecode:
-# a code object's hash is computed anew each time (over its whole bytecode), and a frame's line
-# number too (by reading the line table from the start). The value: the thread and process the
-# record was made in, and the record's attributes less those stamped per record.
-_EVENT_RECORDS: dict[tuple[Any, ...], tuple[int, int, dict[str, Any]]] = {}
-_STAMPED = frozenset({"args", "created", "msecs", "relativeCreated", "taskName"})
-_MOST_EVENT_SITES = 256
-_thread_id = threading.get_ident
-# os.getpid() is a system call each time: the process id is read once, and again after a fork.
-_process: list[int] = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _process.__setitem__(0, os.getpid()))
-
-
-def log_event(
-    logger: logging.Logger,
-    level: int,
-    msg: str,
-    args: tuple[Any, ...],
-    fields: dict[str, Any],
-    event: str | None = None,
-) -> None:
-    """``logger.log(level, msg, *args, extra=fields)`` for a line written once per message.
-
-    ``event``: a short name for what happened (``answered``), the event of a JSON line in
-    place of the message; the fields say the rest. The record carries it as ``EVENT_FIELD``.
-
-    The same record, built for less: the caller's file and line are read from its own
-    frame, not found by walking the stack, and ``fields`` (context names of
-    ``CONTEXT_FIELDS``, which no record attribute has) are set without the checks
-    ``extra`` gets. The first record of a call site comes from the record factory; the next
-    ones (in the same thread and process) copy it and stamp their own time and arguments as
-    ``LogRecord`` does. A custom record factory is called for every record. The record goes
-    through the logger's filters and handlers as usual.
-    """
-    if not logger.isEnabledFor(level):
-        return
-    caller = sys._getframe(1)
-    code = caller.f_code
-    key = (code.co_filename, code.co_firstlineno, code.co_name, caller.f_lasti, level, msg, event, logger.name)
-    made = _EVENT_RECORDS.get(key)
-    if (
-        made is not None
-        and made[0] == _thread_id()
-        and made[1] == _process[0]
-        and logging.getLogRecordFactory() is logging.LogRecord
-    ):
-        # One dict copied, stamped and given the fields, then made the record's: a dict filled
-        # key by key grows (and is copied) several times on the way to some thirty attributes.
-        values = made[2].copy()
-        _stamp(values, args)
-        values.update(fields)
-        record = logging.LogRecord.__new__(logging.LogRecord)
-        record.__dict__ = values
-    else:
-        factory = logging.getLogRecordFactory()
-        record = factory(logger.name, level, code.co_filename, caller.f_lineno, msg, args, None, code.co_name)
-        if event is not None:
-            record.__dict__[EVENT_FIELD] = event
-        if factory is logging.LogRecord and (made is not None or len(_EVENT_RECORDS) < _MOST_EVENT_SITES):
-            template = {k: v for k, v in record.__dict__.items() if k not in _STAMPED}
-            _EVENT_RECORDS[key] = (_thread_id(), _process[0], template)
-        record.__dict__.update(fields)
-    if logger.filters:
-        logger.handle(record)
-    elif not logger.disabled:
-        logger.callHandlers(record)  # what handle() comes to for a logger without filters
-
-
-def _stamp_seconds(values: dict[str, Any], args: tuple[Any, ...]) -> None:
-    """A record's arguments and time (in ``values``, its dict), as ``LogRecord.__init__`` sets them up to Python 3.12."""
-    values["args"] = args[0] if args and len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args
-    now = time.time()
-    values["created"] = now
-    values["msecs"] = int((now - int(now)) * 1000) + 0.0
-    values["relativeCreated"] = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
-
-
-def _stamp_nanoseconds(values: dict[str, Any], args: tuple[Any, ...]) -> None:
-    """A record's arguments and time (in ``values``), as ``LogRecord.__init__`` sets them from Python 3.13."""
-    values["args"] = args[0] if args and len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args
-    ns = time.time_ns()
-    created = values["created"] = ns / 1e9
-    msecs = (ns % 1_000_000_000) // 1_000_000 + 0.0
-    if msecs == 999.0 and int(created) != ns // 1_000_000_000:
-        msecs = 0.0
-    values["msecs"] = msecs
-    values["relativeCreated"] = (ns - logging._startTime) / 1e6  # type: ignore[attr-defined]
-
-
-def _stamp_with_task(values: dict[str, Any], args: tuple[Any, ...]) -> None:
-    """As ``_stamp_time``, and the asyncio task's name, as Python 3.12 on sets it."""
-    _stamp_time(values, args)
-    values["taskName"] = None
-    asyncio = sys.modules.get("asyncio") if logging.logAsyncioTasks else None  # type: ignore[attr-defined]
-    if asyncio is not None:
-        # As LogRecord does: outside a running loop or a task the name stays None.
-        with contextlib.suppress(Exception):
-            values["taskName"] = asyncio.current_task().get_name()
-
-
-# logging's start time is in nanoseconds from Python 3.13 (and so is a record's clock).
-_stamp_time = _stamp_nanoseconds if isinstance(logging._startTime, int) else _stamp_seconds  # type: ignore[attr-defined]
-_stamp = _stamp_with_task if sys.version_info >= (3, 12) else _stamp_time
 
 
 def _covers(name: str, logger: str) -> bool:
@@ -370,10 +259,32 @@ class JsonLineFormatter(logging.Formatter):
         # from its parts: a line per message is worth the few microseconds (bench/README.md).
         values = record.__dict__
         event = values.get(EVENT_FIELD)
-        head = self._head(record.levelname, record.name, event if event.__class__ is str else None)
-        parts = ['{"time": "', self._time(record.created), '", ', head]
-        if event.__class__ is not str:
+        if event.__class__ is str:
+            parts = self._begin(record.created, record.levelname, record.name, event)
+        else:
+            parts = self._begin(record.created, record.levelname, record.name, None)
             parts.append(_quote(self.guard.message(record)))
+        self._add_fields(parts, values)
+        if record.exc_info:
+            parts += (', "exception": ', _quote(self.formatException(record.exc_info)))
+        elif record.exc_text:
+            parts += (', "exception": ', _quote(record.exc_text))
+        if record.stack_info:
+            parts += (', "stack": ', _quote(self.formatStack(record.stack_info)))
+        parts.append("}")
+        return "".join(parts)
+
+    def format_event(self, created: float, level: str, logger: str, event: str, fields: Mapping[str, Any]) -> str:
+        """The line ``format`` writes for a record of an event with these fields (no exception): no record needed."""
+        parts = self._begin(created, level, logger, event)
+        self._add_fields(parts, fields)
+        parts.append("}")
+        return "".join(parts)
+
+    def _begin(self, created: float, level: str, logger: str, event: str | None) -> list[str]:
+        return ['{"time": "', self._time(created), '", ', self._head(level, logger, event)]
+
+    def _add_fields(self, parts: list[str], values: Mapping[str, Any]) -> None:
         for key, value in zip(_KEYS, map(values.get, CONTEXT_FIELDS), strict=True):
             if value is None:
                 continue
@@ -384,14 +295,6 @@ class JsonLineFormatter(logging.Formatter):
                 parts += (key, repr(value))
             else:
                 parts += (key, self._encode(value))
-        if record.exc_info:
-            parts += (', "exception": ', _quote(self.formatException(record.exc_info)))
-        elif record.exc_text:
-            parts += (', "exception": ', _quote(record.exc_text))
-        if record.stack_info:
-            parts += (', "stack": ', _quote(self.formatStack(record.stack_info)))
-        parts.append("}")
-        return "".join(parts)
 
     def _head(self, level: str, logger: str, event: str | None) -> str:
         """``"level": ..., "logger": ..., "event": `` for a level and logger (and the event's name), made once."""
@@ -447,6 +350,26 @@ class StderrHandler(logging.Handler):
         self.emit(record)
         return record
 
+    def queue_event(self, line: EventLine, created: float, values: tuple[Any, ...]) -> None:
+        """Queue an ``EventLine``'s values, logged at ``created``: its line is built when the batch is written.
+
+        For ``EventLine.log`` alone, which checked that this handler, with the JSON formatter, is all
+        its record would meet (``sole_json_handler``): the level policy is still this handler's.
+        """
+        threshold = self.policy.thresholds.get(line.logger.name)
+        if threshold is None:
+            threshold = self.policy.threshold(line.logger.name)
+        if line.level < threshold:
+            return
+        queued = self._queued
+        queued.append((line, created, values))
+        if line.level >= logging.WARNING or len(queued) >= MAX_BATCH:
+            self.flush()
+        elif len(queued) == 1:
+            if self._writer is None:
+                self._start_writer()
+            self._first_queued.set()
+
     def emit(self, record: logging.LogRecord) -> None:
         queued = self._queued
         queued.append(record)
@@ -471,8 +394,13 @@ class StderrHandler(logging.Handler):
             for _ in range(len(queued)):
                 record = queued.popleft()
                 try:
-                    lines.append(self.format(record))
+                    if record.__class__ is tuple:  # queue_event's
+                        lines.append(self._event_line(*record))
+                    else:
+                        lines.append(self.format(record))
                 except Exception:
+                    if record.__class__ is tuple:
+                        record = self.failed_event(*record[:2])
                     self.handleError(record)
             if not lines:
                 return
@@ -482,6 +410,22 @@ class StderrHandler(logging.Handler):
                 stream.flush()
             except Exception:
                 self.handleError(record)
+
+    def _event_line(self, line: EventLine, created: float, values: tuple[Any, ...]) -> str:
+        formatter = self.formatter
+        if formatter.__class__ is JsonLineFormatter:
+            _, fields = line.describe(*values)
+            return formatter.format_event(  # type: ignore[union-attr]
+                created, logging.getLevelName(line.level), line.logger.name, line.event, fields
+            )
+        return self.format(line.record(created, values))  # the formatter was replaced since it was queued
+
+    @staticmethod
+    def failed_event(line: EventLine, created: float) -> logging.LogRecord:
+        """A record to report an event line that could not be built (its values left out: they failed)."""
+        record = logging.makeLogRecord({"name": line.logger.name, "msg": line.msg, "args": None, "created": created})
+        record.levelno, record.levelname = line.level, logging.getLevelName(line.level)
+        return record
 
     def close(self) -> None:
         self.flush()
@@ -552,6 +496,5 @@ __all__ = [
     "TextGuard",
     "TextLineFormatter",
     "configure_logging",
-    "log_event",
     "message_context",
 ]

@@ -19,13 +19,15 @@ from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, Ticket
 from botkit.hookcall import call_all, run_chain
 from botkit.lanes import ConversationLanes
-from botkit.logs import log_event, message_context
+from botkit.log_events import EventLine
+from botkit.logs import message_context
 from botkit.overrides import Choice, merged
 from botkit.reply_updates import Streamed, StreamedUpdates
 from botkit.sampling import with_values
 from botkit.types import (
     NO_LORA,
     Chunk,
+    ConversationScope,
     Message,
     Prompt,
     Refuse,
@@ -46,6 +48,41 @@ if TYPE_CHECKING:
     from botkit.settings import Settings
 
 log = logging.getLogger("botkit.pipeline")
+
+
+
+def _answered(
+    message: Message,
+    scope: ConversationScope,
+    backend: str,
+    status: str,
+    latency_s: float,
+    first_token_s: float | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The ``answered`` line's message arguments and fields (it may be built in the log's writer thread)."""
+    args = (message.message_id, status, latency_s, prompt_tokens, completion_tokens, backend)
+    fields = {
+        **message_context(message, message.conversation_key(scope)),
+        "backend": backend,
+        "status": status,
+        "latency_s": round(latency_s, 3),
+        "first_token_s": None if first_token_s is None else round(first_token_s, 3),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+    }
+    return args, fields
+
+
+# A line for every message answered, at INFO: its JSON event is "answered"; the fields say the rest.
+ANSWERED = EventLine(
+    log,
+    logging.INFO,
+    "answered",
+    "answered %s: %s in %.2f s, %d prompt + %d reply tokens, backend %r",
+    _answered,
+)
 
 EMPTY_REPLY = "(the model gave an empty answer)"
 FAILED_REPLY = "Sorry, something went wrong while I was answering. Please try again."
@@ -481,21 +518,15 @@ class Pipeline:
         delivered = await responder.finish(text, status)
         reply.platform_message_ids = tuple(delivered or ())
         if log.isEnabledFor(logging.INFO):  # at botkit's default level (WARNING) nothing is built
-            log_event(
-                log,
-                logging.INFO,
-                "answered %s: %s in %.2f s, %d prompt + %d reply tokens, backend %r",
-                (message.message_id, status.value, latency_s, reply.prompt_tokens, reply.completion_tokens, slot.name),
-                {
-                    **self._context(message),
-                    "backend": slot.name,
-                    "status": status.value,
-                    "latency_s": round(latency_s, 3),
-                    "first_token_s": None if reply.first_token_s is None else round(reply.first_token_s, 3),
-                    "prompt_tokens": reply.prompt_tokens,
-                    "completion_tokens": reply.completion_tokens,
-                },
-                event="answered",
+            ANSWERED.log(
+                message,
+                self._settings().bot.conversation_scope,
+                slot.name,
+                status.value,
+                latency_s,
+                reply.first_token_s,
+                reply.prompt_tokens,
+                reply.completion_tokens,
             )
         return reply
 

@@ -82,3 +82,27 @@ def redis_server(tmp_path_factory):
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def configured_logging():
+    """``configure_logging`` for a test in this process; the logging set-up as it was afterwards."""
+    import logging
+
+    from botkit.logs import QUIET_LOGGERS, configure_logging
+    from botkit.settings import LoggingSettings
+
+    root = logging.getLogger()
+    names = ["botkit", *QUIET_LOGGERS]
+    saved = (root.level, {name: logging.getLogger(name).level for name in names})
+
+    def configure(**values):
+        return configure_logging(LoggingSettings(**values), force=True)
+
+    yield configure
+    for handler in [h for h in root.handlers if h.get_name() == "botkit"]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(saved[0])
+    for name, level in saved[1].items():
+        logging.getLogger(name).setLevel(level)

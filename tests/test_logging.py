@@ -9,16 +9,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from fake_slack import FakeSlack, start_slack
 from test_cli import clean_env
 
-from botkit.logs import QUIET_LOGGERS, TextGuard, configure_logging
-from botkit.settings import LoggingSettings
+from botkit.logs import TextGuard
 
 USER_TEXTS = ["tell me about PLUMTREE-4471", "and what of QUINCE-9083"]
 REPLY_TEXT = "ZEPHYR-5527 is the answer"
@@ -149,25 +146,6 @@ def test_a_bad_logging_value_is_named(tmp_path, table, told):
     assert told in result.stderr, result.stderr
 
 
-@pytest.fixture
-def configured_logging():
-    """``configure_logging`` for a test in this process; the logging set-up as it was afterwards."""
-    root = logging.getLogger()
-    names = ["botkit", *QUIET_LOGGERS]
-    saved = (root.level, {name: logging.getLogger(name).level for name in names})
-
-    def configure(**values):
-        return configure_logging(LoggingSettings(**values), force=True)
-
-    yield configure
-    for handler in [h for h in root.handlers if h.get_name() == "botkit"]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(saved[0])
-    for name, level in saved[1].items():
-        logging.getLogger(name).setLevel(level)
-
-
 @pytest.mark.parametrize("include_text", [False, True])
 async def test_slack_bolt_does_not_log_the_body_of_a_forged_request(
     make_bot, monkeypatch, capsys, configured_logging, include_text
@@ -289,132 +267,6 @@ def test_json_time_is_utc_iso_8601_to_the_millisecond_as_datetime_writes_it(crea
         record.created = moment
         expected = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         assert json.loads(formatter.format(record))["time"] == expected
-
-
-@contextmanager
-def kept_records(logger: logging.Logger) -> Iterator[list[logging.LogRecord]]:
-    """The records ``logger`` hands its handlers at INFO and above while inside."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    keep = Keep()
-    logger.addHandler(keep)
-    logger.setLevel(logging.INFO)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(keep)
-        logger.setLevel(logging.NOTSET)
-
-
-def test_log_event_makes_the_record_logger_log_would():
-    from botkit.logs import log_event
-
-    logger = logging.getLogger("botkit.test.log_event")
-    with kept_records(logger) as records:
-        fields = {"platform": "console", "message_id": "m1", "latency_s": 0.25}
-        logger.info("answered %s in %.2f s", "m1", 0.25, extra=fields)
-        for number in (1, 2):  # the second copies what the first left for its call site
-            log_event(logger, logging.INFO, "answered %s in %.2f s", (f"m{number}", 0.25), fields)
-        log_event(logger, logging.DEBUG, "not written at INFO", (), fields)
-    assert len(records) == 3
-    stdlib, first, second = records
-    assert second is not first
-    stamped = {"args", "msg", "created", "msecs", "relativeCreated", "lineno", "message"}
-    for ours in (first, second):
-        assert set(ours.__dict__) == set(stdlib.__dict__)
-        for attribute in set(stdlib.__dict__) - stamped:
-            assert getattr(ours, attribute) == getattr(stdlib, attribute), attribute
-        assert ours.lineno == stdlib.lineno + 2
-    assert stdlib.created <= first.created <= second.created
-    assert stdlib.getMessage() == first.getMessage() == "answered m1 in 0.25 s"
-    assert second.getMessage() == "answered m2 in 0.25 s" and first.args == ("m1", 0.25)
-
-
-def test_an_event_name_is_the_json_lines_event_and_the_text_line_keeps_the_message():
-    from botkit.logs import EVENT_FIELD, JsonLineFormatter, TextLineFormatter, log_event
-
-    logger = logging.getLogger("botkit.test.event_name")
-    with kept_records(logger) as records:
-        for number in (1, 2):  # the second record is copied from what the first left
-            log_event(logger, logging.INFO, "answered %s", (f"m{number}",), {"message_id": f"m{number}"}, "answered")
-        log_event(logger, logging.INFO, "answered %s", ("m3",), {"message_id": "m3"})  # no name: the message
-    assert [record.__dict__.get(EVENT_FIELD) for record in records] == ["answered", "answered", None]
-    as_json = [json.loads(JsonLineFormatter(TextGuard(False)).format(record)) for record in records]
-    assert [(line["event"], line["message_id"]) for line in as_json] == [
-        ("answered", "m1"),
-        ("answered", "m2"),
-        ("answered m3", "m3"),
-    ]
-    text = TextLineFormatter(TextGuard(False))
-    assert [text.format(record).split(": ", 1)[1] for record in records] == ["answered m1", "answered m2", "answered m3"]
-
-
-def test_log_event_makes_each_record_anew_under_a_custom_record_factory(monkeypatch):
-    from botkit.logs import log_event
-
-    made: list[str] = []
-    stdlib_factory = logging.getLogRecordFactory()
-
-    def factory(*args, **kwargs):
-        made.append(args[4])
-        return stdlib_factory(*args, **kwargs)
-
-    monkeypatch.setattr(logging, "_logRecordFactory", factory)
-    logger = logging.getLogger("botkit.test.log_event_factory")
-    logger.setLevel(logging.INFO)
-    try:
-        for _ in range(2):
-            log_event(logger, logging.INFO, "custom %s", ("x",), {})
-    finally:
-        logger.setLevel(logging.NOTSET)
-    assert made == ["custom %s", "custom %s"]
-
-
-@pytest.mark.parametrize(
-    "moment_ns", [1_700_000_000_123_456_789, 1_700_000_000_999_999_900, 1_700_000_001_000_000_000]
-)
-def test_log_event_stamps_the_time_and_arguments_as_log_records_do(monkeypatch, moment_ns):
-    from botkit import logs
-
-    monkeypatch.setattr(time, "time_ns", lambda: moment_ns)
-    monkeypatch.setattr(time, "time", lambda: moment_ns / 1e9)
-    for args in (({"a": 1},), ("a", 1), ()):
-        stdlib = logging.LogRecord("botkit.test", logging.INFO, __file__, 1, "event", args, None)
-        ours: dict = {}
-        logs._stamp(ours, args)
-        for attribute in ("created", "msecs", "relativeCreated", "args"):
-            assert ours[attribute] == getattr(stdlib, attribute), attribute
-
-
-def test_log_event_records_carry_their_own_call_sites_line_and_function():
-    from botkit.logs import log_event
-
-    logger = logging.getLogger("botkit.test.log_event_sites")
-
-    # Two functions of the same name and body: the same place in the same bytecode, other lines.
-    def site() -> None:
-        log_event(logger, logging.INFO, "event", (), {})
-
-    first = site
-
-    def site() -> None:  # noqa: F811
-        log_event(logger, logging.INFO, "event", (), {})
-
-    with kept_records(logger) as records:
-        for call in (first, site, first, site):
-            call()
-    first_line = first.__code__.co_firstlineno + 1
-    second_line = site.__code__.co_firstlineno + 1
-    assert [(record.lineno, record.funcName) for record in records] == [
-        (first_line, "site"),
-        (second_line, "site"),
-        (first_line, "site"),
-        (second_line, "site"),
-    ]
 
 
 def test_a_line_queued_while_a_batch_is_formatted_is_written_by_the_writer_thread(configured_logging, capsys):
