@@ -328,7 +328,7 @@ class StderrHandler(logging.Handler):
     def __init__(self, policy: LevelPolicy) -> None:
         super().__init__()
         self.policy = policy
-        self._queued: deque[logging.LogRecord] = deque()
+        self._queued: deque[logging.LogRecord | tuple[EventLine, float, tuple[Any, ...]]] = deque()
         self._write_lock = threading.Lock()
         self._first_queued = threading.Event()
         self._closing = threading.Event()
@@ -359,21 +359,16 @@ class StderrHandler(logging.Handler):
         threshold = self.policy.thresholds.get(line.logger.name)
         if threshold is None:
             threshold = self.policy.threshold(line.logger.name)
-        if line.level < threshold:
-            return
-        queued = self._queued
-        queued.append((line, created, values))
-        if line.level >= logging.WARNING or len(queued) >= MAX_BATCH:
-            self.flush()
-        elif len(queued) == 1:
-            if self._writer is None:
-                self._start_writer()
-            self._first_queued.set()
+        if line.level >= threshold:
+            self._queue((line, created, values), line.level)
 
     def emit(self, record: logging.LogRecord) -> None:
+        self._queue(record, record.levelno)
+
+    def _queue(self, item: logging.LogRecord | tuple[EventLine, float, tuple[Any, ...]], level: int) -> None:
         queued = self._queued
-        queued.append(record)
-        if record.levelno >= logging.WARNING or len(queued) >= MAX_BATCH:
+        queued.append(item)
+        if level >= logging.WARNING or len(queued) >= MAX_BATCH:
             self.flush()
         elif len(queued) == 1:
             if self._writer is None:
