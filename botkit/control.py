@@ -15,7 +15,7 @@ without restarting it. One JSON object per line each way:
 - ``{"command": "metrics"}``: ``{"ok": true, "metrics": "..."}``, the Prometheus text of
   ``/metrics`` (``botkit status --metrics``), or ``ok: false`` when ``[metrics]`` is off;
 - ``{"command": "probe", "messages": [{"text", "user", "channel"}, ...]}`` (``botkit redteam
-  --live``): each message, in order, through the whole pipeline as if a user had sent it, on
+  --live``, ``botkit/control_probe.py``): each message, in order, through the whole pipeline as if a user had sent it, on
   the platform ``redteam`` (``botkit.types.REDTEAM_PLATFORM``), which no adapter uses, so a probe
   never joins a real user's conversation; answers ``{"ok": true, "replies": [{"text", "status",
   "notices"}], "plugins": [names on], "backend": summary}`` (``status`` is null when the model
@@ -49,11 +49,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botkit.canary import PROMOTED, ROLLED_BACK
+from botkit.control_probe import answer_probe
 from botkit.errors import BotkitError, ConfigError, ControlError, NoRunningBot
 from botkit.health import as_json, readiness
 from botkit.settings import Settings, env_name
 from botkit.storage.privacy import PUT_OFF, forget_user
-from botkit.types import REDTEAM_PLATFORM, Message, ReplyStatus, Responder, User
 
 if TYPE_CHECKING:
     from botkit.bot import Bot
@@ -66,7 +66,6 @@ MAX_PATH_BYTES = (108 if sys.platform.startswith("linux") else 104) - 1
 REQUEST_LIMIT = 64 * 1024  # bytes in one request line
 ANSWER_LIMIT = 1024 * 1024  # bytes in one answer line (a status with many adapters)
 CLAIM_TIMEOUT = 5.0  # seconds a bot found at the path has to answer before it counts as alive
-PROBE_MESSAGES = 20  # messages one probe request may send
 ENDINGS = {"promote": PROMOTED, "rollback": ROLLED_BACK}  # the canary actions that end one, and their outcome
 READS = {"status", "metrics"}  # commands that change nothing: logged at DEBUG, not INFO
 
@@ -349,56 +348,6 @@ async def status_answer(bot: Bot, adapters: Sequence[str]) -> Answer:
         "metrics": bot.metrics.url,
         "uptime_s": bot.status().uptime_s,
     }
-
-
-async def answer_probe(bot: Bot, request: Mapping[str, Any]) -> Answer:
-    """The ``probe`` request's answer, less ``ok``: the messages through ``bot``'s pipeline, on the
-    ``redteam`` platform. ``botkit redteam`` calls it in-process too, so both ways run one code path.
-    Raises ``ControlError`` for a request whose messages are not as documented."""
-    replies = []
-    for text, user, channel in probe_messages(request.get("messages")):
-        message = Message(text, User(user, user), platform=REDTEAM_PLATFORM, channel_id=channel)
-        responder = ProbeResponder()
-        await bot.handle(message, responder)
-        replies.append(responder.as_json())
-    plugins = sorted(name for name in bot.host.infos if bot.host.is_on(name))
-    return {"replies": replies, "plugins": plugins, "backend": bot.default_backend.summary()}
-
-
-def probe_messages(value: Any) -> list[tuple[str, str, str]]:
-    """``(text, user, channel)`` of each message of a ``probe`` request; ``ControlError`` naming what is wrong."""
-    if not isinstance(value, list) or not 0 < len(value) <= PROBE_MESSAGES:
-        raise ControlError(f'probe: "messages" must be a list of 1 to {PROBE_MESSAGES} messages')
-    messages = []
-    for number, item in enumerate(value, 1):
-        fields = [item.get(key) if isinstance(item, dict) else None for key in ("text", "user", "channel")]
-        if not all(isinstance(field, str) and field for field in fields):
-            raise ControlError(f'probe: message {number} needs "text", "user" and "channel", each a string')
-        messages.append((fields[0], fields[1], fields[2]))
-    return messages
-
-
-class ProbeResponder(Responder):
-    """What the bot answered a probe: notices (commands, gates) and the reply the model gave, if any."""
-
-    def __init__(self) -> None:
-        self.notices: list[str] = []
-        self.final: str | None = None
-        self.status: ReplyStatus | None = None
-
-    async def send(self, text: str) -> None:
-        self.notices.append(text)
-
-    async def update(self, text: str) -> None:
-        pass
-
-    async def finish(self, text: str, status: ReplyStatus) -> None:
-        self.final, self.status = text, status
-
-    def as_json(self) -> dict[str, Any]:
-        text = self.final if self.final is not None else "\n".join(self.notices)
-        status = self.status.value if self.status is not None else None
-        return {"text": text, "status": status, "notices": self.notices}
 
 
 def refusal(error: str) -> Answer:

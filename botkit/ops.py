@@ -69,13 +69,12 @@ from botkit.canary import (
 from botkit.canary_stats import ProportionTest, two_proportion_test, wilson_interval
 from botkit.config_edit import ConfigEdit, edit_table
 from botkit.control import (
-    PROBE_MESSAGES,
-    answer_probe,
     control_socket_path,
     request_sync,
     unix_sockets_available,
 )
 from botkit.control import request as control_request
+from botkit.control_probe import PROBE_MESSAGES, answer_probe
 from botkit.detectors import pii_scrubber  # export scrubs with the rules moderation checks with
 from botkit.errors import BotkitError, ConfigError, ControlError, LoraError, NoRunningBot
 from botkit.logs import configure_logging
