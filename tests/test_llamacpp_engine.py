@@ -22,7 +22,7 @@ import pytest
 from botkit import Prompt, Role, Turn
 from botkit.backends import llamacpp_engine
 from botkit.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-from botkit.backends.llamacpp_engine import EngineError
+from botkit.backends.llamacpp_lanes import EngineError
 from botkit.backends.llamacpp_model import LlamaModel
 from botkit.testing import WAIT_TIMEOUT, eventually
 

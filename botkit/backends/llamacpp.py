@@ -252,7 +252,8 @@ class LlamaCppBackend(LlamaCppBase):
         return self._engine.n_ctx_seq if self._engine is not None else self.settings.n_ctx
 
     async def _open(self, path: Path) -> None:
-        from botkit.backends.llamacpp_engine import Engine, EngineConfig
+        from botkit.backends.llamacpp_engine import Engine
+        from botkit.backends.llamacpp_lanes import EngineConfig
         from botkit.backends.llamacpp_model import LlamaModel
 
         generation, batch = threads(self.settings)
@@ -357,7 +358,7 @@ class LlamaCppBackend(LlamaCppBase):
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event
     ) -> AsyncIterator[Chunk]:
-        from botkit.backends.llamacpp_engine import Job, Sampling
+        from botkit.backends.llamacpp_lanes import Job, Sampling
 
         engine = self._engine
         assert engine is not None, "start() first"
