@@ -336,6 +336,45 @@ class ControlServer:
         return {"deleted": asdict(deleted)}
 
 
+# One request to the running bot, its answer: ``request_sync`` on its control socket, or ``in_process``.
+Ask = Callable[[Mapping[str, Any]], Answer]
+
+
+def in_process(bot: Bot, loop: asyncio.AbstractEventLoop, timeout: float = 30.0) -> Ask:
+    """``reload`` and ``status`` asked of ``bot``, running on ``loop``, from another thread of its process.
+
+    For the web console inside ``botkit run`` with ``[bot] control_socket = "off"``: it deploys
+    an adapter from a worker thread, as ``botkit finetune deploy`` does, and asks this bot what
+    the CLI would ask over the socket. The answers are the socket's (``ok``, ``notes``, ``error``).
+    """
+
+    async def answer(request: Mapping[str, Any]) -> Answer:
+        command = request.get("command")
+        if command == "status":
+            return {"ok": True, **await status_answer(bot, sorted(bot.adapters))}
+        if command != "reload":
+            return refusal(f"unknown command {command!r}; asked in-process: reload, status")
+        log.info("web console: reload requested")
+        try:
+            notes = await bot.reload_settings()
+        except BotkitError as error:
+            log.info("web console: reload refused: %s", error)
+            return refusal(str(error))
+        for note in notes:
+            log.info("reload: %s", note)
+        return {"ok": True, "notes": notes}
+
+    def ask(request: Mapping[str, Any]) -> Answer:
+        future = asyncio.run_coroutine_threadsafe(answer(request), loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise ControlError(f"the bot did not answer {request.get('command')!r} within {timeout:g} s") from None
+
+    return ask
+
+
 async def status_answer(bot: Bot, adapters: Sequence[str]) -> Answer:
     """The ``status`` request's answer, less ``ok``, of ``bot`` running ``adapters``. The web console
     inside the bot (``botkit.overview``) reads it in-process, so both ways report the same."""

@@ -12,6 +12,7 @@ are thin wrappers.
   ``embedded_model_path``, ``transformers_engine``;
 - config.toml: ``edit_table`` (``ConfigEdit``), which keeps the user's comments;
 - the running bot: ``control_socket_path``, ``request_sync`` (``{"command": "reload"}``, ``"status"``),
+  ``in_process`` (``reload`` and ``status`` asked of a bot of this process from another thread: an ``Ask``),
   ``control_request`` (the same, awaited: ``"probe"`` runs messages through its pipeline), and
   ``answer_probe`` (a ``probe`` request answered by a bot in this process; at most
   ``PROBE_MESSAGES`` messages);
@@ -69,7 +70,9 @@ from botkit.canary import (
 from botkit.canary_stats import ProportionTest, two_proportion_test, wilson_interval
 from botkit.config_edit import ConfigEdit, edit_table
 from botkit.control import (
+    Ask,
     control_socket_path,
+    in_process,
     request_sync,
     unix_sockets_available,
 )
@@ -96,6 +99,7 @@ from botkit.storage import PUT_OFF, UserRows, forget_user
 from botkit.types import Message
 
 __all__ = [
+    "Ask",
     "CANARY",
     "CONTROL",
     "PROMOTED",
@@ -148,6 +152,7 @@ __all__ = [
     "raw_tables",
     "read_gguf_header",
     "read_overview",
+    "in_process",
     "request_sync",
     "run_with_database",
     "store_plugin_switch",

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from botkit import BotkitError, ControlError, NoRunningBot
-from botkit.ops import Settings, config_table, control_socket_path, load_bot, request_sync
+from botkit import BotkitError, NoRunningBot
+from botkit.ops import Ask, Settings, config_table, control_socket_path, load_bot, request_sync
 
 from .examples import FORMATS
 from .export import CARD
@@ -129,15 +129,18 @@ class Catalogue:
         )
 
 
-def catalogue(settings: Settings, folders: list[Path] | None = None, ask_bot: bool = True) -> Catalogue:
+def catalogue(
+    settings: Settings, folders: list[Path] | None = None, ask_bot: bool = True, running: Ask | None = None
+) -> Catalogue:
     """The exports and runs in ``folders`` (default ``[finetune] folders``) and the adapters in use.
 
-    ``ask_bot``: also ask the bot running with this config (control socket) which adapter it uses.
+    ``ask_bot``: also ask the bot running with this config which adapter it uses: over its control
+    socket, or through ``running`` (``in_process``: the web console inside the bot).
     """
     problems: list[str] = []
     if folders is None:
         folders = configured_folders(settings, problems)
-    in_use = adapters_in_use(settings, ask_bot, problems)
+    in_use = adapters_in_use(settings, ask_bot, problems, running)
     exports: dict[Path, ExportEntry] = {}
     runs: dict[Path, RunEntry] = {}
     for folder in folders:
@@ -334,14 +337,16 @@ def _same_file(configured: str, adapter: Path) -> bool:
     return os.path.abspath(Path(configured).expanduser()) == os.path.abspath(adapter)
 
 
-def adapters_in_use(settings: Settings, ask_bot: bool, problems: list[str]) -> list[AdapterInUse]:
+def adapters_in_use(
+    settings: Settings, ask_bot: bool, problems: list[str], running: Ask | None = None
+) -> list[AdapterInUse]:
     """Each llama.cpp backend of the config: its lora_path, the running bot's adapter, what a rollback deploys."""
     try:
         bot = load_bot(settings)
     except BotkitError as error:
         problems.append(f"{settings.source_name}: {error}")
         return []
-    running, note = _running_adapters(settings) if ask_bot else ({}, "not asked")
+    active, note = _running_adapters(settings, running) if ask_bot else ({}, "not asked")
     found = []
     for slot in bot.backends.values():
         if slot.type_name != "llamacpp":
@@ -360,27 +365,28 @@ def adapters_in_use(settings: Settings, ask_bot: bool, problems: list[str]) -> l
                 slot.table,
                 str(lora_path) if lora_path else None,
                 float(getattr(slot.settings, "lora_scale", 1.0)),
-                running.get(slot.name),
-                "" if slot.name in running else note,
+                active.get(slot.name),
+                "" if slot.name in active else note,
                 rollback_to,
             )
         )
     return found
 
 
-def _running_adapters(settings: Settings) -> tuple[dict[str, str | None], str]:
+def _running_adapters(settings: Settings, running: Ask | None) -> tuple[dict[str, str | None], str]:
     """The active adapter of each backend of the bot running with this config; why not known when none answers."""
+    path = None
     try:
-        path = control_socket_path(settings)
-    except BotkitError as error:
-        return {}, str(error)
-    if path is None:
-        return {}, '[bot] control_socket is "off": the running bot cannot be asked'
-    try:
-        answer = request_sync(path, {"command": "status"}, STATUS_TIMEOUT)
+        if running is None:
+            path = control_socket_path(settings)
+            if path is None:
+                return {}, '[bot] control_socket is "off": the running bot cannot be asked'
+            answer = request_sync(path, {"command": "status"}, STATUS_TIMEOUT)
+        else:
+            answer = running({"command": "status"})
     except NoRunningBot:
         return {}, f"no running bot found at {path}"
-    except ControlError as error:
+    except BotkitError as error:  # a bad control_socket, no answer
         return {}, str(error)
     if not answer.get("ok"):
         return {}, str(answer.get("error"))

@@ -5,8 +5,8 @@ Steps: find the backend's table; check the adapter against the model file (read,
 loaded), its licence against ``[finetune] allowed_licenses`` and the red-team results beside
 it against ``[finetune.gate]`` (``finetune/gate.py``); write ``lora_path``
 (and ``lora_scale``) into the config, keeping its comments; ask the running bot over
-its control socket (botkit/control.py) to reload; confirm with its status that the
-adapter is active. When the bot refuses, the config file gets its previous text back.
+its control socket (botkit/control.py), or in-process (the web console inside the bot), to
+reload; confirm with its status that the adapter is active. When the bot refuses, the config file gets its previous text back.
 A change the file keeps is recorded (``finetune/rollback.py``), for ``botkit finetune rollback``.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 from botkit import NO_LORA, ConfigError, ControlError, ModelLoadError, NoRunningBot
 from botkit.ops import (
+    Ask,
     BackendSlot,
     Bot,
     ConfigEdit,
@@ -228,11 +229,13 @@ def check_deployment(
     return bot, slot
 
 
-def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -> None:
+def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo, running: Ask | None = None) -> None:
     """Deploy as the command does; ``echo`` prints progress. Raises ``BotkitError`` on failure.
 
     Nothing is written unless the adapter fits; when the running bot refuses the new
-    config, or keeps another adapter, the file gets its previous text back.
+    config, or keeps another adapter, the file gets its previous text back. ``running``:
+    how to ask the running bot, in place of its control socket (``in_process``, for the web
+    console inside ``botkit run`` with the socket off).
     """
     path = config_file(settings)
     bot, slot = check_deployment(settings, deployment, echo, warn)
@@ -254,7 +257,7 @@ def deploy(settings: Settings, deployment: Deployment, echo: Echo, warn: Echo) -
         raise
     echo(describe_edit(edit, slot, deployment))
     try:
-        _reload_running_bot(deployment, edit, slot, socket_path, echo)
+        _reload_running_bot(deployment, edit, slot, socket_path, echo, running)
     finally:
         # Recorded while the file holds the deployment (not restored): what a rollback takes back.
         if edit.changed and edit.path.resolve().read_text(encoding="utf-8") == edit.after:
@@ -309,6 +312,7 @@ def _reload_running_bot(
     slot: BackendSlot,
     socket_path: Path | None,
     echo: Echo,
+    running: Ask | None,
 ) -> None:
     """Have the bot running with this config take the written deployment, as ``deploy`` describes."""
     path = edit.path
@@ -317,11 +321,13 @@ def _reload_running_bot(
     if not deployment.reload:
         echo(f"not reloading the running bot (--no-reload): {follow}")
         return
-    if socket_path is None:
-        echo(f'[bot] control_socket is "off", so the running bot cannot be asked: {follow}')
-        return
+    if running is None:
+        if socket_path is None:
+            echo(f'[bot] control_socket is "off", so the running bot cannot be asked: {follow}')
+            return
+        running = _over_socket(socket_path, deployment.timeout)
     try:
-        answer = request_sync(socket_path, {"command": "reload"}, deployment.timeout)
+        answer = running({"command": "reload"})
     except NoRunningBot:
         echo(f"no running bot found at {socket_path}; {follow}")
         return
@@ -339,7 +345,14 @@ def _reload_running_bot(
     echo("the running bot reloaded its config:")
     for note in answer.get("notes", []):
         echo(f"  {note}")
-    confirm(socket_path, deployment, edit, slot, echo)
+    confirm(running, deployment, edit, slot, echo)
+
+
+def _over_socket(socket_path: Path, timeout: float) -> Ask:
+    def ask(request: Any) -> dict[str, Any]:
+        return request_sync(socket_path, request, timeout)
+
+    return ask
 
 
 def check_written_config(bot: Bot, path: Path, backend: str) -> None:
@@ -355,15 +368,13 @@ def describe_edit(edit: ConfigEdit, slot: BackendSlot, deployment: Deployment) -
     return f"{edit.path}: [{slot.table}] {'now has' if edit.changed else 'already had'} {keys}"
 
 
-def confirm(
-    socket_path: Path, deployment: Deployment, edit: ConfigEdit, slot: BackendSlot, echo: Echo
-) -> None:
+def confirm(running: Ask, deployment: Deployment, edit: ConfigEdit, slot: BackendSlot, echo: Echo) -> None:
     """Ask the bot which adapter the backend now applies; undo the edit when it is not the deployed one."""
-    status = request_sync(socket_path, {"command": "status"}, deployment.timeout)
+    status = running({"command": "status"})
     backend = status.get("backends", {}).get(slot.name) if status["ok"] else None
     if backend is None:
         raise ControlError(
-            f"the running bot at {socket_path} has no backend {slot.name!r} (started from another config?)"
+            f"the running bot (pid {status.get('pid')}) has no backend {slot.name!r} (started from another config?)"
         )
     active = backend.get("adapter")
     if active == deployment.expected_adapter:
@@ -373,7 +384,7 @@ def confirm(
     if edit.changed:
         edit.restore()
         # The bot read the deployed values; have it read the restored ones, so file and bot agree.
-        request_sync(socket_path, {"command": "reload"}, deployment.timeout)
+        running({"command": "reload"})
         undone = f"{edit.path} has its previous text again"
     else:
         undone = f"{edit.path} was unchanged (an admin may have switched with /lora: /lora {deployment.adapter or 'none'})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from test_deploy import CONFIG, NO_BOT, FakeBot, adapters, config, with_lora  # 
 from test_redteam_gate import results
 from web_helpers import add_test_accounts, client_for, log_in, page_csrf
 
+from botkit.bot import Bot
 from botkit.ops import load_bot
 from botkit.settings import load_settings
 from botkit.web import audit
@@ -173,3 +175,34 @@ async def test_inside_the_bot_deploy_asks_the_running_bot_over_its_control_socke
     assert "the running bot reloaded its config:" in done
     assert f"backend default of the running bot (pid 4711) now answers with adapter {adapter}" in done
     assert fake.commands[-2:] == ["reload", "status"]
+
+
+async def test_inside_the_bot_with_its_control_socket_off_deploy_reloads_this_bot(config, run):  # noqa: F811
+    # `botkit run` with the console and no control socket: the page asks the bot it runs in.
+    config.write_text(CONFIG.replace('control_socket = "ctl.sock"', 'control_socket = "off"'), encoding="utf-8")
+    adapter = run / "adapter.gguf"
+    bot = Bot.load(load_settings(config))
+    await bot.start()
+    try:
+        await add_test_accounts(bot)
+        async with client_for(create_app(bot, WebSettings(), live=True)) as http:
+            await log_in(http, "alice")
+            before = html.unescape((await http.get("/runs")).text)
+            _, form = await deploy_form(http, run)
+            done = html.unescape((await http.post("/runs/deploy", data=form)).text)
+            after = html.unescape((await http.get("/runs")).text)
+        assert bot.backends["default"].summary()["adapter"] == str(adapter)
+    finally:
+        await bot.stop()
+    assert '[bot] control_socket is "off"' not in done, done
+    assert "the running bot reloaded its config:" in done
+    assert f"backend default of the running bot (pid {os.getpid()}) now answers with adapter {adapter}" in done
+    assert f'lora_path = "{adapter}"' in config.read_text(encoding="utf-8")
+    # The listing asks this bot too: the base model before, the deployed adapter after.
+    assert [running_bot_cell(page) for page in (before, after)] == ["none (the base model)", str(adapter)]
+
+
+def running_bot_cell(page: str) -> str:
+    """The "Running bot" cell of the default backend's row of "Adapter in use"."""
+    row = page.split('<tr id="backend-default">')[1].split("</tr>")[0]
+    return row.split("<td>")[3].split("</td>")[0].strip()

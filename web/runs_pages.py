@@ -6,7 +6,8 @@ Deploy and rollback are ``botkit finetune deploy`` and ``rollback``: their confi
 page shows the checks deploy makes (``check_deployment``: the backend, the adapter against
 its model, the licence, the red-team gate) and the button calls ``deploy`` itself, so the
 config file is written and the bot running with it is asked over its control socket to
-reload, as the CLI does, with the CLI's words. Inside ``botkit run`` that bot is this one.
+reload, as the CLI does, with the CLI's words. Inside ``botkit run`` that bot is this one,
+asked in-process when its control socket is off (``in_process``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from botkit.finetune.deploy import Deployment, adapter_argument, check_deploymen
 from botkit.finetune.gate import GateRefused, gate_summary
 from botkit.finetune.licence import LicenceRefused
 from botkit.finetune.settings import FinetuneSettings
-from botkit.ops import Settings, config_table, load_settings
+from botkit.ops import Ask, Settings, config_table, control_socket_path, in_process, load_settings
 
 from .app import Console, form_of
 
@@ -53,9 +54,17 @@ def add_runs_pages(console: Console) -> None:
         current = console.bot.settings
         return load_settings(current.source_path) if current.source_path else current
 
+    def running(current: Settings) -> Ask | None:
+        """Inside ``botkit run`` with its control socket off, this bot answers in-process; else its socket."""
+        if console.live and control_socket_path(current) is None:
+            return in_process(console.bot, asyncio.get_running_loop())  # type: ignore[arg-type]
+        return None
+
     async def listing(request: Request) -> Response:
         try:
-            found: Catalogue | None = await asyncio.to_thread(lambda: catalogue(settings()))
+            current = settings()
+            asked = running(current)
+            found: Catalogue | None = await asyncio.to_thread(lambda: catalogue(current, running=asked))
             problem = None
         except BotkitError as error:
             found, problem = None, str(error)
@@ -111,7 +120,7 @@ def add_runs_pages(console: Console) -> None:
         forced = "".join(f" --{flag.replace('_', '-')}" for flag, on in overrides(values).items() if on)
         target = f"{deployment.backend}: {deployment.expected_adapter or 'none'}{forced}"
         try:
-            await asyncio.to_thread(deploy, current, deployment, said.echo, said.warn)
+            await asyncio.to_thread(deploy, current, deployment, said.echo, said.warn, running(current))
         except BotkitError as error:
             await console.act(request, f"finetune.{action}.failed", target)
             return console.render(
