@@ -14,6 +14,8 @@ before), so that third-party loggers go through the same rules as botkit's own:
   written with those parts withheld unless ``include_text`` is on.
 - ``StderrHandler`` writes lines below WARNING a batch at a time from a writer thread (at most
   ``FLUSH_INTERVAL_S`` late), and a WARNING or worse at once, after what was queued before it.
+  Besides records it queues the values of ``EventLine``s (``botkit/log_events.py``) whose
+  records nothing else would see; its writer builds their lines.
 """
 
 from __future__ import annotations

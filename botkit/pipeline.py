@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("botkit.pipeline")
 
 
-
 def _answered(
     message: Message,
     scope: ConversationScope,

@@ -6,8 +6,9 @@ loaded), its licence against ``[finetune] allowed_licenses`` and the red-team re
 it against ``[finetune.gate]`` (``finetune/gate.py``); write ``lora_path``
 (and ``lora_scale``) into the config, keeping its comments; ask the running bot over
 its control socket (botkit/control.py), or in-process (the web console inside the bot), to
-reload; confirm with its status that the adapter is active. When the bot refuses, the config file gets its previous text back.
-A change the file keeps is recorded (``finetune/rollback.py``), for ``botkit finetune rollback``.
+reload; confirm with its status that the adapter is active. When the bot refuses, the
+config file gets its previous text back. A change the file keeps is recorded
+(``finetune/rollback.py``), for ``botkit finetune rollback``.
 """
 
 from __future__ import annotations
