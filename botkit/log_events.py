@@ -3,7 +3,7 @@
 - ``log_event``: ``logger.log(level, msg, *args, extra=fields)``, with the record copied from
   its call site's first one rather than made anew.
 - ``EventLine``: one such line, declared once (logger, level, event, message) and logged with
-  the caller's values. When botkit's JSON handler is the only thing its records would meet,
+  the caller's values; ``ANSWERED``, the pipeline's line for every message answered. When botkit's JSON handler is the only thing its records would meet,
   no record is made at all: the handler queues the time and the values, and its writer
   builds the line (``StderrHandler.queue_event``).
 
@@ -21,9 +21,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from botkit.logs import EVENT_FIELD, JsonLineFormatter, StderrHandler
+from botkit.logs import EVENT_FIELD, JsonLineFormatter, StderrHandler, message_context
+
+if TYPE_CHECKING:
+    from botkit.types import ConversationScope, Message
 
 # Reports an EventLine whose fields could not be built where its record is made, as a handler
 # reports a line it cannot format (with logging.raiseExceptions: the traceback on stderr).
@@ -226,4 +229,38 @@ def sole_json_handler(logger: logging.Logger, level: int) -> StderrHandler | Non
     return sole
 
 
-__all__ = ["Describe", "EventLine", "log_event", "sole_json_handler"]
+def _answered(
+    message: Message,
+    scope: ConversationScope,
+    backend: str,
+    status: str,
+    latency_s: float,
+    first_token_s: float | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The ``answered`` line's message arguments and fields (it may be built in the log's writer thread)."""
+    args = (message.message_id, status, latency_s, prompt_tokens, completion_tokens, backend)
+    fields = {
+        **message_context(message, message.conversation_key(scope)),
+        "backend": backend,
+        "status": status,
+        "latency_s": round(latency_s, 3),
+        "first_token_s": None if first_token_s is None else round(first_token_s, 3),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+    }
+    return args, fields
+
+
+# The pipeline's line for every message answered, at INFO: its JSON event is "answered"; the fields say the rest.
+ANSWERED = EventLine(
+    logging.getLogger("botkit.pipeline"),
+    logging.INFO,
+    "answered",
+    "answered %s: %s in %.2f s, %d prompt + %d reply tokens, backend %r",
+    _answered,
+)
+
+
+__all__ = ["ANSWERED", "Describe", "EventLine", "log_event", "sole_json_handler"]

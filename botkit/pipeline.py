@@ -19,7 +19,7 @@ from botkit.errors import QueueFull
 from botkit.generation import GenerationCancelled, Ticket
 from botkit.hookcall import call_all, run_chain
 from botkit.lanes import ConversationLanes
-from botkit.log_events import EventLine
+from botkit.log_events import ANSWERED
 from botkit.logs import message_context
 from botkit.overrides import Choice, merged
 from botkit.reply_updates import Streamed, StreamedUpdates
@@ -27,7 +27,6 @@ from botkit.sampling import with_values
 from botkit.types import (
     NO_LORA,
     Chunk,
-    ConversationScope,
     Message,
     Prompt,
     Refuse,
@@ -49,39 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("botkit.pipeline")
 
-
-def _answered(
-    message: Message,
-    scope: ConversationScope,
-    backend: str,
-    status: str,
-    latency_s: float,
-    first_token_s: float | None,
-    prompt_tokens: int,
-    completion_tokens: int,
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The ``answered`` line's message arguments and fields (it may be built in the log's writer thread)."""
-    args = (message.message_id, status, latency_s, prompt_tokens, completion_tokens, backend)
-    fields = {
-        **message_context(message, message.conversation_key(scope)),
-        "backend": backend,
-        "status": status,
-        "latency_s": round(latency_s, 3),
-        "first_token_s": None if first_token_s is None else round(first_token_s, 3),
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-    }
-    return args, fields
-
-
-# A line for every message answered, at INFO: its JSON event is "answered"; the fields say the rest.
-ANSWERED = EventLine(
-    log,
-    logging.INFO,
-    "answered",
-    "answered %s: %s in %.2f s, %d prompt + %d reply tokens, backend %r",
-    _answered,
-)
 
 EMPTY_REPLY = "(the model gave an empty answer)"
 FAILED_REPLY = "Sorry, something went wrong while I was answering. Please try again."
