@@ -15,9 +15,9 @@ without restarting it. One JSON object per line each way:
 - ``{"command": "metrics"}``: ``{"ok": true, "metrics": "..."}``, the Prometheus text of
   ``/metrics`` (``botkit status --metrics``), or ``ok: false`` when ``[metrics]`` is off;
 - ``{"command": "probe", "messages": [{"text", "user", "channel"}, ...]}`` (``botkit redteam
-  --live``, ``botkit/control_probe.py``): each message, in order, through the whole pipeline as if a user had sent it, on
-  the platform ``redteam`` (``botkit.types.REDTEAM_PLATFORM``), which no adapter uses, so a probe
-  never joins a real user's conversation; answers ``{"ok": true, "replies": [{"text", "status",
+  --live``, ``botkit/control_probe.py``): each message, in order, through the whole pipeline
+  as if a user had sent it, on the platform ``redteam`` (``botkit.types.REDTEAM_PLATFORM``),
+  which no adapter uses, so a probe never joins a real user's conversation; answers ``{"ok": true, "replies": [{"text", "status",
   "notices"}], "plugins": [names on], "backend": summary}`` (``status`` is null when the model
   was not asked: a gate or a command answered). Probes do not wait for a reload to finish.
 - ``{"command": "canary", "action": "status"}``: ``{"ok": true, "report": [lines]}`` (``bot.canary_report()``);
@@ -341,36 +341,23 @@ Ask = Callable[[Mapping[str, Any]], Answer]
 
 
 def in_process(bot: Bot, loop: asyncio.AbstractEventLoop, timeout: float = 30.0) -> Ask:
-    """``reload`` and ``status`` asked of ``bot``, running on ``loop``, from another thread of its process.
+    """Requests asked of ``bot``, running on ``loop``, from another thread of its process.
 
     For the web console inside ``botkit run`` with ``[bot] control_socket = "off"``: it deploys
     an adapter from a worker thread, as ``botkit finetune deploy`` does, and asks this bot what
-    the CLI would ask over the socket. The answers are the socket's (``ok``, ``notes``, ``error``).
+    the CLI would ask over the socket. Answered by ``ControlServer.run_command``, as a socket
+    request or SIGHUP is: the same answers, refusals and log lines.
     """
-
-    async def answer(request: Mapping[str, Any]) -> Answer:
-        command = request.get("command")
-        if command == "status":
-            return {"ok": True, **await status_answer(bot, sorted(bot.adapters))}
-        if command != "reload":
-            return refusal(f"unknown command {command!r}; asked in-process: reload, status")
-        log.info("web console: reload requested")
-        try:
-            notes = await bot.reload_settings()
-        except BotkitError as error:
-            log.info("web console: reload refused: %s", error)
-            return refusal(str(error))
-        for note in notes:
-            log.info("reload: %s", note)
-        return {"ok": True, "notes": notes}
+    server = ControlServer(bot, exclusive=False, adapters=sorted(bot.adapters))
 
     def ask(request: Mapping[str, Any]) -> Answer:
-        future = asyncio.run_coroutine_threadsafe(answer(request), loop)
+        command = str(request.get("command"))
+        future = asyncio.run_coroutine_threadsafe(server.run_command(command, "web console", request), loop)
         try:
             return future.result(timeout)
         except TimeoutError:
             future.cancel()
-            raise ControlError(f"the bot did not answer {request.get('command')!r} within {timeout:g} s") from None
+            raise ControlError(f"the bot did not answer {command!r} within {timeout:g} s") from None
 
     return ask
 

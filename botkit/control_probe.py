@@ -58,7 +58,7 @@ class ProbeResponder(Responder):
         self.notices.append(text)
 
     async def update(self, text: str) -> None:
-        pass
+        """Streamed text is not kept: a probe's answer is the reply as finished."""
 
     async def finish(self, text: str, status: ReplyStatus) -> None:
         self.final, self.status = text, status
